@@ -1,0 +1,121 @@
+/**
+ * spec — what a migration is: source, target, table selection and knobs.
+ *
+ * The spec is validated with zod (one schema gives both the TypeScript type and
+ * the runtime check); every problem is reported with its field path so the
+ * provider can turn it into a Pulumi CheckFailure and the CLI into a message.
+ */
+import { createHash } from 'node:crypto';
+import { z } from 'zod';
+import { PgferryError } from './errors';
+
+export const SSL_MODES = ['disable', 'prefer', 'require', 'verify-ca', 'verify-full'] as const;
+export type SslMode = (typeof SSL_MODES)[number];
+
+export const SCHEMA_MODES = ['create', 'existing'] as const;
+export type SchemaMode = (typeof SCHEMA_MODES)[number];
+
+const identifierish = /^[A-Za-z_][A-Za-z0-9_$]*$/;
+
+export const EndpointSchema = z.object({
+  connectionString: z.string().min(1).optional(),
+  host: z.string().min(1).optional(),
+  port: z.number().int().min(1).max(65535).optional(),
+  database: z.string().min(1).optional(),
+  user: z.string().min(1).optional(),
+  password: z.string().optional(),
+  sslMode: z.enum(SSL_MODES).optional(),
+  /** PEM text of the CA that signed the server certificate (verify-ca / verify-full). */
+  sslRootCert: z.string().optional(),
+}).strict().superRefine((e, ctx) => {
+  if (!e.connectionString) {
+    for (const f of ['host', 'database', 'user'] as const) {
+      if (!e[f]) ctx.addIssue({ code: 'custom', path: [f], message: `is required (or give \`connectionString\`)` });
+    }
+  }
+  if ((e.sslMode === 'verify-ca' || e.sslMode === 'verify-full') && !e.sslRootCert && !e.connectionString) {
+    ctx.addIssue({ code: 'custom', path: ['sslRootCert'], message: `is required when sslMode is '${e.sslMode}' (PEM text of the server's CA)` });
+  }
+});
+export type Endpoint = z.infer<typeof EndpointSchema>;
+
+/** A table pattern: `schema.table`, either part may be `*`; quoted parts keep their case. */
+const tablePattern = z.string().regex(/^("[^"]+"|[^".]+)\.("[^"]+"|[^".]+)$/, {
+  message: "must look like 'schema.table' (either part may be '*', e.g. 'public.*')",
+});
+
+export const MigrationSpecSchema = z.object({
+  id: z.string().regex(/^[a-z][a-z0-9_]{0,39}$/, {
+    message: 'must start with a lowercase letter and contain only a-z, 0-9 and _ (at most 40 characters)',
+  }),
+  source: EndpointSchema,
+  target: EndpointSchema,
+  tables: z.object({
+    include: z.array(tablePattern).min(1).default(['public.*']),
+    exclude: z.array(tablePattern).default([]),
+  }).strict().default({ include: ['public.*'], exclude: [] }),
+  /** `create`: pgferry creates the schema on the target; `existing`: the target tables exist already. */
+  schemaMode: z.enum(SCHEMA_MODES).default('create'),
+  /** Allow loading into target tables that already hold rows (they are truncated first). */
+  overwriteTarget: z.boolean().default(false),
+  slotName: z.string().regex(identifierish).max(63).optional(),
+  publicationName: z.string().regex(identifierish).max(63).optional(),
+  copy: z.object({
+    /** Parallel copy workers (each holds one source and one target connection). */
+    workers: z.number().int().min(1).max(32).default(2),
+    /** Tables above this size (bytes) are split into ranges shared by several workers. */
+    splitBytes: z.number().int().min(1).default(64 * 1024 * 1024),
+    /** Secondary indexes and foreign keys built at once after the load. */
+    indexJobs: z.number().int().min(1).max(16).default(2),
+  }).strict().default({ workers: 2, splitBytes: 64 * 1024 * 1024, indexJobs: 2 }),
+  apply: z.object({
+    /** Source changes gathered into one target transaction, at most. */
+    batchChanges: z.number().int().min(1).default(5000),
+    /** Longest a batch stays open before it is committed, in ms. */
+    batchMs: z.number().int().min(1).default(200),
+  }).strict().default({ batchChanges: 5000, batchMs: 200 }),
+}).strict();
+
+export type MigrationSpecInput = z.input<typeof MigrationSpecSchema>;
+export type MigrationSpec = z.output<typeof MigrationSpecSchema>;
+
+export interface SpecIssue { path: string; message: string }
+
+/** Validate a spec; throws INVALID_SPEC naming every bad field. */
+export function parseSpec(input: unknown): MigrationSpec {
+  const r = MigrationSpecSchema.safeParse(input);
+  if (r.success) return r.data;
+  const issues = specIssues(r.error);
+  throw new PgferryError('INVALID_SPEC',
+    `The migration spec is invalid: ${issues.map((i) => `\`${i.path}\` ${i.message}`).join('; ')}.`,
+    'Correct the fields named above.');
+}
+
+export function specIssues(err: z.ZodError): SpecIssue[] {
+  return err.issues.map((i) => ({ path: i.path.map(String).join('.') || '(root)', message: i.message }));
+}
+
+export function slotNameOf(spec: MigrationSpec): string {
+  return spec.slotName ?? `pgferry_${spec.id}`;
+}
+export function publicationNameOf(spec: MigrationSpec): string {
+  return spec.publicationName ?? `pgferry_${spec.id}`;
+}
+
+/**
+ * The identity of a spec for idempotent starts: everything but the secrets
+ * (a rotated password is the same migration).
+ */
+export function specFingerprint(spec: MigrationSpec): string {
+  const strip = (e: Endpoint) => ({ ...e, password: undefined, connectionString: e.connectionString?.replace(/:[^:@/]*@/, '@') });
+  const canon = { ...spec, source: strip(spec.source), target: strip(spec.target), apply: undefined };
+  return createHash('sha256').update(stableJson(canon)).digest('hex').slice(0, 16);
+}
+
+export function stableJson(v: unknown): string {
+  if (v === undefined) return 'null';
+  if (v === null || typeof v !== 'object') return JSON.stringify(v);
+  if (Array.isArray(v)) return `[${v.map(stableJson).join(',')}]`;
+  const o = v as Record<string, unknown>;
+  return `{${Object.keys(o).filter((k) => o[k] !== undefined).sort().map((k) => `${JSON.stringify(k)}:${stableJson(o[k])}`).join(',')}}`;
+}
