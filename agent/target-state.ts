@@ -1,0 +1,79 @@
+/**
+ * target-state — pgferry's bookkeeping on the target, in schema `pgferry`.
+ *
+ * Progress that must be exactly as durable as the data it describes lives in
+ * the target, written in the same transaction as that data:
+ *   - `pgferry.apply_state`: the source position (end LSN of the last source
+ *     transaction applied) per migration; committed with the changes it covers.
+ *   - `pgferry.copy_state`: one row per table copied by the initial load, with
+ *     the LSN of the snapshot it was copied in; committed with the copied rows.
+ *   - `pgferry.migration_state`: stage markers (e.g. 'schema' done).
+ * `dropTargetState()` removes a migration's rows (and the schema when empty).
+ */
+import type pg from 'pg';
+import { formatLsn, parseLsn, type Lsn } from './lsn';
+
+export const TARGET_STATE_DDL = `
+CREATE SCHEMA IF NOT EXISTS pgferry;
+CREATE TABLE IF NOT EXISTS pgferry.apply_state (
+  migration_id text PRIMARY KEY,
+  applied_lsn pg_lsn NOT NULL,
+  applied_commit_time timestamptz,
+  updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS pgferry.copy_state (
+  migration_id text NOT NULL,
+  table_name text NOT NULL,
+  part int NOT NULL DEFAULT 0,
+  parts int NOT NULL DEFAULT 1,
+  snapshot_lsn pg_lsn NOT NULL,
+  rows bigint NOT NULL,
+  bytes bigint NOT NULL,
+  copied_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (migration_id, table_name, part)
+);
+CREATE TABLE IF NOT EXISTS pgferry.migration_state (
+  migration_id text NOT NULL,
+  marker text NOT NULL,
+  value text,
+  at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (migration_id, marker)
+);`;
+
+export async function ensureTargetState(client: pg.Client): Promise<void> {
+  // Serialize concurrent creators (several workers may start at once).
+  await client.query('SELECT pg_advisory_lock(hashtext(\'pgferry.target_state\'))');
+  try { await client.query(TARGET_STATE_DDL); } finally {
+    await client.query('SELECT pg_advisory_unlock(hashtext(\'pgferry.target_state\'))');
+  }
+}
+
+export async function readAppliedLsn(client: pg.Client, migrationId: string): Promise<Lsn | null> {
+  const r = await client.query('SELECT applied_lsn::text AS lsn FROM pgferry.apply_state WHERE migration_id = $1', [migrationId]);
+  return r.rows.length ? parseLsn(r.rows[0].lsn) : null;
+}
+
+/** Record the applied position; call inside the transaction that applied the changes. */
+export async function writeAppliedLsn(client: pg.Client, migrationId: string, lsn: Lsn, commitTime: Date | null): Promise<void> {
+  await client.query(`INSERT INTO pgferry.apply_state (migration_id, applied_lsn, applied_commit_time) VALUES ($1, $2::pg_lsn, $3)
+    ON CONFLICT (migration_id) DO UPDATE SET applied_lsn = excluded.applied_lsn, applied_commit_time = excluded.applied_commit_time, updated_at = now()`,
+  [migrationId, formatLsn(lsn), commitTime]);
+}
+
+export async function getMarker(client: pg.Client, migrationId: string, marker: string): Promise<string | null | undefined> {
+  const r = await client.query('SELECT value FROM pgferry.migration_state WHERE migration_id = $1 AND marker = $2', [migrationId, marker]);
+  return r.rows.length ? r.rows[0].value : undefined;
+}
+
+export async function setMarker(client: pg.Client, migrationId: string, marker: string, value: string | null = null): Promise<void> {
+  await client.query(`INSERT INTO pgferry.migration_state (migration_id, marker, value) VALUES ($1, $2, $3)
+    ON CONFLICT (migration_id, marker) DO UPDATE SET value = excluded.value, at = now()`, [migrationId, marker, value]);
+}
+
+export async function dropTargetState(client: pg.Client, migrationId: string): Promise<void> {
+  const exists = await client.query("SELECT 1 FROM pg_namespace WHERE nspname = 'pgferry'");
+  if (!exists.rows.length) return;
+  for (const t of ['apply_state', 'copy_state', 'migration_state']) {
+    await client.query(`DELETE FROM pgferry.${t} WHERE migration_id = $1`, [migrationId]);
+  }
+}
