@@ -1,0 +1,219 @@
+/**
+ * copy — the initial load: a supervisor feeds a queue of copy tasks (whole
+ * tables, or block ranges of large ones) to N workers that stream
+ * `COPY … TO STDOUT` on the source into `COPY … FROM STDIN` on the target.
+ *
+ * Input: the tables to load, an exported snapshot, worker count.
+ * Output: rows in the target tables and, committed in the SAME target
+ * transaction as each task's rows, a `pgferry.copy_state` row (table, part,
+ * snapshot LSN). A rerun skips tables whose every part is recorded ("already
+ * copied on a previous run") and truncates and re-copies partly copied ones.
+ *
+ * Guards:
+ *  1. Every worker imports the snapshot (`SET TRANSACTION SNAPSHOT`) before the
+ *     exporting connection is released — otherwise a worker would read a
+ *     different point in time (gap or double against the stream).
+ *  2. Memory does not grow with table size: the pipe is a stream pipeline,
+ *     each side bounded by its highWaterMark, so a slow target pauses the
+ *     source socket (TCP backpressure).
+ *  3. Binary COPY only for tables whose columns are all built-in types:
+ *     binary array/record values embed type OIDs, which differ on the target
+ *     for user-defined types; those tables travel as text.
+ *  4. Ranges are split on TID ranges only where the source can scan them
+ *     (PostgreSQL 14+, TID Range Scan); elsewhere a range filter would
+ *     re-scan the whole table per range.
+ */
+import { pipeline } from 'node:stream/promises';
+import { Transform } from 'node:stream';
+import type pg from 'pg';
+import { from as copyFrom, to as copyTo } from 'pg-copy-streams';
+import { connect, qi, qn } from './conn';
+import { dataColumns, tableKey, type TableInfo } from './catalog';
+import { PgferryError, asPgferryError } from './errors';
+import { formatLsn, parseLsn, type Lsn } from './lsn';
+import type { Endpoint } from './spec';
+
+export type TableCopyPhase = 'queued' | 'copying' | 'copied';
+
+export interface TableCopyProgress {
+  schema: string;
+  name: string;
+  phase: TableCopyPhase;
+  partsDone: number;
+  parts: number;
+  rowsCopied: number;
+  bytesCopied: number;
+  rowsEstimated: number;
+  bytesEstimated: number;
+  /** LSN of the snapshot the table was copied in. */
+  snapshotLsn?: Lsn;
+}
+
+export interface CopyTask {
+  table: TableInfo;
+  part: number;
+  parts: number;
+  /** First block (inclusive) and last (exclusive, undefined = to the end). */
+  fromBlock?: number;
+  toBlock?: number;
+}
+
+export interface LoadOptions {
+  migrationId: string;
+  source: Endpoint;
+  target: Endpoint;
+  /** Data tables (ordinary tables and leaf partitions). */
+  tables: TableInfo[];
+  snapshotName: string;
+  snapshotLsn: Lsn;
+  /** Called once every worker holds the snapshot. */
+  onSnapshotImported: () => Promise<void>;
+  workers: number;
+  splitBytes: number;
+  sourceMajor: number;
+  progress: Map<string, TableCopyProgress>;
+  signal: AbortSignal;
+  log: (level: 'info' | 'warn' | 'error', msg: string, fields?: object) => void;
+}
+
+export interface CopyPlan {
+  /** Tables already fully copied on a previous run, with their snapshot LSN. */
+  done: Map<string, Lsn>;
+  /** Tables to copy now. */
+  todo: TableInfo[];
+}
+
+/**
+ * Read what earlier runs committed and make partly copied tables empty again
+ * (their rows came from a snapshot that no longer exists).
+ */
+export async function planLoad(target: pg.Client, migrationId: string, tables: TableInfo[], log: LoadOptions['log']): Promise<CopyPlan> {
+  const r = await target.query(`SELECT table_name, count(*)::int AS parts_done, max(parts)::int AS parts, min(snapshot_lsn)::text AS lsn
+      FROM pgferry.copy_state WHERE migration_id = $1 GROUP BY table_name`, [migrationId]);
+  const state = new Map(r.rows.map((row) => [row.table_name as string, row]));
+  const done = new Map<string, Lsn>();
+  const todo: TableInfo[] = [];
+  for (const t of tables) {
+    const key = tableKey(t);
+    const s = state.get(key);
+    if (s && s.parts_done === s.parts) {
+      log('info', `Skipping table ${key}, already copied on a previous run`, { table: key });
+      done.set(key, parseLsn(s.lsn));
+      continue;
+    }
+    if (s) {
+      log('warn', `Table ${key} was partly copied when the previous run stopped; emptying it to copy it again`, { table: key });
+      await target.query('BEGIN');
+      await target.query(`TRUNCATE ONLY ${qn(t.schema, t.name)}`);
+      await target.query('DELETE FROM pgferry.copy_state WHERE migration_id = $1 AND table_name = $2', [migrationId, key]);
+      await target.query('COMMIT');
+    }
+    todo.push(t);
+  }
+  return { done, todo };
+}
+
+/** Split tables into tasks, largest first. */
+export async function planTasks(src: pg.Client, tables: TableInfo[], workers: number, splitBytes: number, sourceMajor: number): Promise<CopyTask[]> {
+  const tasks: CopyTask[] = [];
+  const sorted = [...tables].sort((a, b) => b.bytes - a.bytes);
+  for (const t of sorted) {
+    const parts = sourceMajor >= 14 && t.bytes > splitBytes ? Math.min(Math.ceil(t.bytes / splitBytes), Math.max(workers * 4, 4), 64) : 1;
+    if (parts === 1) { tasks.push({ table: t, part: 0, parts: 1 }); continue; }
+    const r = await src.query(`SELECT (pg_relation_size($1::oid) / current_setting('block_size')::int)::bigint AS blocks`, [t.oid]);
+    const blocks = Number(r.rows[0].blocks);
+    const step = Math.ceil(blocks / parts);
+    for (let i = 0; i < parts; i++) {
+      tasks.push({ table: t, part: i, parts, fromBlock: i * step, toBlock: i === parts - 1 ? undefined : (i + 1) * step });
+    }
+  }
+  return tasks;
+}
+
+/** Run the load. Resolves when every task is committed on the target. */
+export async function runLoad(opts: LoadOptions, tasks: CopyTask[]): Promise<void> {
+  const queue = [...tasks];
+  const n = Math.max(1, Math.min(opts.workers, queue.length));
+  const workers: Array<{ src: pg.Client; tgt: pg.Client }> = [];
+  let failed: unknown;
+  try {
+    // Guard 1: all workers import the snapshot before it is released.
+    for (let i = 0; i < n; i++) {
+      const src = await connect('source', opts.source, { applicationName: `pgferry copy ${opts.migrationId}` });
+      const tgt = await connect('target', opts.target, { applicationName: `pgferry copy ${opts.migrationId}`, extraOptions: '-c synchronous_commit=off' });
+      workers.push({ src, tgt });
+      await src.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
+      await src.query(`SET TRANSACTION SNAPSHOT '${opts.snapshotName.replace(/'/g, "''")}'`);
+      // Existing target schemas may carry foreign keys and triggers; loading
+      // in any table order needs them quiet, as PostgreSQL's own apply does.
+      await tgt.query('SET session_replication_role = replica').catch(() => undefined);
+    }
+    await opts.onSnapshotImported();
+    await Promise.all(workers.map(async (w, i) => {
+      for (;;) {
+        if (opts.signal.aborted || failed) return;
+        const task = queue.shift();
+        if (!task) return;
+        try {
+          await copyTask(w.src, w.tgt, task, opts);
+        } catch (e) {
+          failed ??= e;
+          opts.log('error', `copy worker ${i} failed on ${tableKey(task.table)}`, { error: (e as Error).message });
+          return;
+        }
+      }
+    }));
+    if (failed) throw failed;
+    if (opts.signal.aborted) throw new PgferryError('INTERNAL', 'The load was stopped.', '');
+  } catch (e) {
+    throw asPgferryError(e, 'COPY_FAILED', 'initial load');
+  } finally {
+    // STOP: every worker's connections are closed, whatever happened.
+    await Promise.all(workers.map(async (w) => {
+      await w.src.query('ROLLBACK').catch(() => undefined);
+      await w.src.end().catch(() => undefined);
+      await w.tgt.end().catch(() => undefined);
+    }));
+  }
+}
+
+async function copyTask(src: pg.Client, tgt: pg.Client, task: CopyTask, opts: LoadOptions): Promise<void> {
+  const t = task.table;
+  const key = tableKey(t);
+  const prog = opts.progress.get(key)!;
+  prog.phase = 'copying';
+  const cols = dataColumns(t).map((c) => qi(c.name)).join(', ');
+  // Guard 3: binary only when every column type is built in.
+  const format = t.columns.some((c) => c.userType) ? 'text' : 'binary';
+  const where: string[] = [];
+  if (task.fromBlock !== undefined && task.fromBlock > 0) where.push(`ctid >= '(${task.fromBlock},0)'::tid`);
+  if (task.toBlock !== undefined) where.push(`ctid < '(${task.toBlock},0)'::tid`);
+  const source = where.length
+    ? `(SELECT ${cols} FROM ONLY ${qn(t.schema, t.name)} WHERE ${where.join(' AND ')})`
+    : `${qn(t.schema, t.name)} (${cols})`;
+  const started = Date.now();
+  await tgt.query('BEGIN');
+  try {
+    const out = src.query(copyTo(`COPY ${source} TO STDOUT WITH (FORMAT ${format})`));
+    const into = tgt.query(copyFrom(`COPY ${qn(t.schema, t.name)} (${cols}) FROM STDIN WITH (FORMAT ${format})`));
+    const counter = new Transform({
+      transform(chunk: Buffer, _enc, cb) { prog.bytesCopied += chunk.length; cb(null, chunk); },
+    });
+    await pipeline(out, counter, into, { signal: opts.signal });
+    const rows = Number((into as unknown as { rowCount?: number }).rowCount ?? 0);
+    await tgt.query(`INSERT INTO pgferry.copy_state (migration_id, table_name, part, parts, snapshot_lsn, rows, bytes)
+      VALUES ($1, $2, $3, $4, $5::pg_lsn, $6, 0)`, [opts.migrationId, key, task.part, task.parts, formatLsn(opts.snapshotLsn), rows]);
+    await tgt.query('COMMIT');
+    prog.rowsCopied += rows;
+    prog.partsDone += 1;
+    if (prog.partsDone === prog.parts) {
+      prog.phase = 'copied';
+      prog.snapshotLsn = opts.snapshotLsn;
+      prog.bytesEstimated = Math.max(prog.bytesEstimated, prog.bytesCopied);
+      opts.log('info', `Copied ${key}: ${prog.rowsCopied} rows in ${((Date.now() - started) / 1000).toFixed(1)} s (last part)`, { table: key, rows: prog.rowsCopied });
+    }
+  } catch (e) {
+    await tgt.query('ROLLBACK').catch(() => undefined);
+    throw asPgferryError(e, 'COPY_FAILED', `copying ${key}${task.parts > 1 ? ` part ${task.part + 1}/${task.parts}` : ''}`);
+  }
+}

@@ -1,0 +1,473 @@
+/**
+ * migration — the supervisor of one migration: it walks the phases
+ *
+ *   created → schema → loading → indexing → syncing → cutting-over → completed
+ *                                   (any) → failed      (delete) → deleted
+ *
+ * and keeps what each phase finished durable, so that a restarted agent picks
+ * up where it stopped: the phase and source objects in the state file
+ * (state.ts), the copied tables and the applied position in the target
+ * (target-state.ts), in the same transactions as the data they describe.
+ *
+ * It also answers status: per-table copy progress, overall progress and ETA,
+ * lag in bytes and seconds for this database, WAL retained by the slot and
+ * the apply rate.
+ */
+import type pg from 'pg';
+import { connect } from './conn';
+import { dataTables, selectTables, tableKey, type TableInfo } from './catalog';
+import { PgferryError, asPgferryError, type ErrorCode } from './errors';
+import { formatLsn, parseLsn, type Lsn } from './lsn';
+import { migratableTables, runPreflight, summarizeFailures } from './preflight';
+import { createPublication, createSlotWithSnapshot, dropSourceObjects, slotExists } from './snapshot';
+import { planLoad, planTasks, runLoad, type TableCopyProgress } from './copy';
+import { runPostData } from './indexes';
+import { applyPreData, planSchema, verifyExistingSchema } from './schema';
+import { runSync, type SyncProgress } from './sync';
+import { ensureTargetState, getMarker, readAppliedLsn, setMarker, dropTargetState } from './target-state';
+import type { MigrationRecord, Phase, StateStore } from './state';
+import { liftFence } from './cutover';
+import type { MigrationSpec } from './spec';
+
+export type LogFn = (level: 'info' | 'warn' | 'error', msg: string, fields?: object) => void;
+
+export interface TableStatus {
+  schema: string; name: string; phase: 'queued' | 'copying' | 'copied' | 'synced';
+  rowsCopied: number; bytesCopied: number; rowsEstimated: number; bytesEstimated: number;
+}
+
+export interface MigrationStatus {
+  id: string;
+  phase: Phase;
+  errorCode: string; errorMessage: string; errorRemedy: string;
+  createdAt: string; updatedAt: string;
+  tables: TableStatus[];
+  tablesTotal: number; tablesCopied: number;
+  rowsCopied: number; bytesCopied: number; bytesEstimated: number;
+  progress: number; etaSeconds: number;
+  lagBytes: number; lagSeconds: number; retainedWalBytes: number;
+  applyRate: number; appliedLsn: string; changesApplied: number;
+  slotName: string; publicationName: string; specFingerprint: string;
+  activeEndpoint: 'source' | 'target';
+  sourceVersion: string; targetVersion: string;
+  cutover?: Record<string, unknown>;
+}
+
+const TERMINAL: Phase[] = ['completed', 'deleted'];
+
+export class MigrationRunner {
+  rec: MigrationRecord;
+  readonly spec: MigrationSpec;
+  private abort = new AbortController();
+  private running: Promise<void> | null = null;
+  private tables: TableInfo[] = [];
+  readonly copyProgress = new Map<string, TableCopyProgress>();
+  sync: SyncProgress | null = null;
+  private syncCaughtUp = false;
+  private lastCaughtUpAt = 0;
+  private copyStartedAt = 0;
+  private monitor: pg.Client | null = null;
+  private monitorCache: { at: number; currentLsn: Lsn; restartLsn: Lsn | null; confirmedLsn: Lsn | null } | null = null;
+  /** Waiters for "applied past LSN X" (cutover drain). */
+  private appliedWaiters: Array<{ lsn: Lsn; resolve: () => void }> = [];
+  readonly logFn: LogFn;
+  /** The cutover in progress, if any, and how to cancel it. */
+  cutoverRun: { promise: Promise<unknown>; abort: AbortController } | null = null;
+
+  constructor(private store: StateStore, rec: MigrationRecord, private log: LogFn) {
+    this.logFn = log;
+    this.rec = rec;
+    this.spec = store.openSpec(rec.spec);
+  }
+
+  get phase(): Phase { return this.rec.phase; }
+
+  /** Start (or resume) driving the phases in the background. */
+  start(): void {
+    if (this.running || TERMINAL.includes(this.rec.phase)) return;
+    if (this.rec.phase === 'failed') {
+      this.setPhase(this.rec.resumePhase ?? 'created');
+      delete this.rec.error;
+      this.save();
+    }
+    this.abort = new AbortController();
+    this.running = this.drive().finally(() => { this.running = null; });
+  }
+
+  /** Stop streaming changes (after a completed cutover); the slot stays. */
+  async stopSync(): Promise<void> {
+    this.abort.abort();
+    await this.running?.catch(() => undefined);
+  }
+
+  /** Stop the background work (does not change the phase). */
+  async stop(): Promise<void> {
+    this.abort.abort();
+    await this.running?.catch(() => undefined);
+    await this.monitor?.end().catch(() => undefined);
+    this.monitor = null;
+  }
+
+  save(): void { this.store.put(this.rec); }
+
+  private setPhase(p: Phase): void {
+    this.rec.phase = p;
+    this.save();
+    this.log('info', `phase ${p}`, { migration: this.rec.id, phase: p });
+  }
+
+  fail(e: unknown): void {
+    const err = asPgferryError(e);
+    if (this.rec.phase !== 'failed') this.rec.resumePhase = this.rec.phase;
+    this.rec.phase = 'failed';
+    this.rec.error = { code: err.code, message: err.message, remedy: err.remedy, at: new Date().toISOString() };
+    this.save();
+    this.log('error', `migration failed: ${err.detail}`, { migration: this.rec.id, code: err.code });
+  }
+
+  private async drive(): Promise<void> {
+    const signal = this.abort.signal;
+    try {
+      if (this.rec.phase === 'cutting-over' && !this.cutoverRun) {
+        // The agent stopped in the middle of a cutover: undo the fence, keep syncing.
+        if (await liftFence(this)) this.log('warn', 'A cutover was interrupted by an agent restart; the fence was lifted and sync resumes', { migration: this.rec.id });
+        const rep = this.rec.cutover as { state?: string; error?: string } | undefined;
+        if (rep && rep.state !== 'completed') { rep.state = 'failed'; rep.error = rep.error || 'interrupted by an agent restart'; }
+        this.setPhase('syncing');
+      }
+      if (this.rec.phase === 'created' || this.rec.phase === 'schema') await this.phaseSchema();
+      if (signal.aborted) return;
+      if (this.rec.phase === 'loading') await this.phaseLoad();
+      if (signal.aborted) return;
+      if (this.rec.phase === 'indexing') await this.phaseIndexes();
+      if (signal.aborted) return;
+      if (this.rec.phase === 'syncing' || this.rec.phase === 'cutting-over') await this.phaseSync();
+    } catch (e) {
+      if (signal.aborted) return;
+      this.fail(e);
+    }
+  }
+
+  private async loadTables(src: pg.Client): Promise<TableInfo[]> {
+    const sel = await selectTables(src, this.spec.tables);
+    this.tables = migratableTables(sel.tables);
+    for (const t of dataTables(this.tables)) {
+      const key = tableKey(t);
+      if (!this.copyProgress.has(key)) {
+        this.copyProgress.set(key, {
+          schema: t.schema, name: t.name, phase: 'queued', partsDone: 0, parts: 1,
+          rowsCopied: 0, bytesCopied: 0, rowsEstimated: Math.round(t.estimatedRows), bytesEstimated: t.bytes,
+        });
+      }
+    }
+    return this.tables;
+  }
+
+  private async withClients<T>(fn: (src: pg.Client, tgt: pg.Client) => Promise<T>): Promise<T> {
+    const src = await connect('source', this.spec.source, { applicationName: `pgferry ${this.rec.id}` });
+    let tgt: pg.Client | undefined;
+    try {
+      tgt = await connect('target', this.spec.target, { applicationName: `pgferry ${this.rec.id}` });
+      return await fn(src, tgt);
+    } finally {
+      await src.end().catch(() => undefined);
+      await tgt?.end().catch(() => undefined);
+    }
+  }
+
+  private async phaseSchema(): Promise<void> {
+    this.setPhase('schema');
+    await this.withClients(async (src, tgt) => {
+      const tables = await this.loadTables(src);
+      await ensureTargetState(tgt);
+      if ((await getMarker(tgt, this.rec.id, 'pre-data')) !== undefined) {
+        this.log('info', 'Skipping the schema, already created on a previous run', { migration: this.rec.id });
+      } else if (this.spec.schemaMode === 'existing') {
+        await verifyExistingSchema(tgt, tables);
+        if (this.spec.overwriteTarget) {
+          for (const t of dataTables(tables)) await tgt.query(`TRUNCATE ONLY ${tableKey(t)}`);
+        }
+        await setMarker(tgt, this.rec.id, 'pre-data', 'existing');
+      } else {
+        const plan = await planSchema(src, tables);
+        for (const w of plan.warnings) this.log('warn', w, { migration: this.rec.id });
+        await applyPreData(tgt, plan, { beforeCommit: (c) => setMarker(c, this.rec.id, 'pre-data', 'created') });
+      }
+    });
+    this.setPhase('loading');
+  }
+
+  private async phaseLoad(): Promise<void> {
+    const signal = this.abort.signal;
+    const log: LogFn = (l, m, f) => this.log(l, m, { migration: this.rec.id, ...f });
+    await this.withClients(async (src, tgt) => {
+      const tables = await this.loadTables(src);
+      const sourceMajor = Math.floor(Number((await src.query("SELECT current_setting('server_version_num') AS v")).rows[0].v) / 10000);
+      await ensureTargetState(tgt);
+      if (this.rec.slotState === 'creating' && await slotExists(src, this.rec.slotName)) {
+        // We died between creating the slot and recording it: nothing was
+        // copied with its snapshot (that is recorded first), so start afresh.
+        await dropSourceObjects(src, this.rec.id, this.rec.slotName, '\u0000none');
+        this.rec.slotState = 'none';
+        this.save();
+      }
+      const data = dataTables(tables);
+      this.copyStartedAt = Date.now();
+      if (this.rec.slotState !== 'created') {
+        await createPublication(src, this.rec.id, this.rec.publicationName, tables, sourceMajor);
+        this.rec.publicationCreated = true;
+        this.rec.slotState = 'creating';
+        this.save();
+        const snap = await createSlotWithSnapshot(this.spec.source, this.rec.slotName);
+        this.rec.slotState = 'created';
+        this.rec.snapshotLsn = formatLsn(snap.lsn);
+        this.save();
+        log('info', `Created slot ${this.rec.slotName} at ${formatLsn(snap.lsn)} with snapshot ${snap.snapshotName}`);
+        try {
+          const plan = await planLoad(tgt, this.rec.id, data, log);
+          const tasks = await planTasks(src, plan.todo, this.spec.copy.workers, this.spec.copy.splitBytes, sourceMajor);
+          this.noteParts(tasks);
+          await runLoad({
+            migrationId: this.rec.id, source: this.spec.source, target: this.spec.target, tables: plan.todo,
+            snapshotName: snap.snapshotName, snapshotLsn: snap.lsn, onSnapshotImported: snap.release,
+            workers: this.spec.copy.workers, splitBytes: this.spec.copy.splitBytes, sourceMajor,
+            progress: this.copyProgress, signal, log,
+          }, tasks);
+        } finally { await snap.release(); }
+      } else {
+        const plan = await planLoad(tgt, this.rec.id, data, log);
+        for (const [key] of plan.done) { const p = this.copyProgress.get(key); if (p) p.phase = 'copied'; }
+        const todo = this.widenToWholePartitionTrees(plan.todo, data, plan.done);
+        if (todo.length) {
+          if (todo.length > plan.todo.length) {
+            await planLoad(tgt, this.rec.id, todo, log); // empties the widened siblings too
+            await tgt.query('DELETE FROM pgferry.copy_state WHERE migration_id = $1 AND table_name = ANY($2::text[])', [this.rec.id, todo.map(tableKey)]);
+            for (const t of todo) await tgt.query(`TRUNCATE ONLY ${tableKey(t)}`);
+          }
+          // The exported snapshot died with the previous run: a temporary
+          // slot gives a new one; those tables record its LSN.
+          const tmpName = `${this.rec.slotName.slice(0, 50)}_r${Date.now().toString(36)}`;
+          const snap = await createSlotWithSnapshot(this.spec.source, tmpName, true);
+          log('info', `Resuming the load of ${todo.length} table(s) with a fresh snapshot at ${formatLsn(snap.lsn)}`);
+          try {
+            const tasks = await planTasks(src, todo, this.spec.copy.workers, this.spec.copy.splitBytes, sourceMajor);
+            this.noteParts(tasks);
+            await runLoad({
+              migrationId: this.rec.id, source: this.spec.source, target: this.spec.target, tables: todo,
+              snapshotName: snap.snapshotName, snapshotLsn: snap.lsn, onSnapshotImported: async () => undefined,
+              workers: this.spec.copy.workers, splitBytes: this.spec.copy.splitBytes, sourceMajor,
+              progress: this.copyProgress, signal, log,
+            }, tasks);
+          } finally { await snap.release(); }
+        }
+      }
+    });
+    if (!signal.aborted) this.setPhase('indexing');
+  }
+
+  /** Partitions of one root must share one snapshot (changes arrive as the root). */
+  private widenToWholePartitionTrees(todo: TableInfo[], data: TableInfo[], done: Map<string, Lsn>): TableInfo[] {
+    const roots = new Set(todo.filter((t) => t.root).map((t) => tableKey(t.root!)));
+    const out = [...todo];
+    for (const t of data) {
+      if (t.root && roots.has(tableKey(t.root)) && !out.includes(t)) {
+        out.push(t);
+        done.delete(tableKey(t));
+        const p = this.copyProgress.get(tableKey(t)); if (p) { p.phase = 'queued'; p.rowsCopied = 0; p.bytesCopied = 0; p.partsDone = 0; }
+      }
+    }
+    return out;
+  }
+
+  private noteParts(tasks: Array<{ table: TableInfo; parts: number }>): void {
+    for (const t of tasks) { const p = this.copyProgress.get(tableKey(t.table)); if (p) p.parts = t.parts; }
+  }
+
+  private async phaseIndexes(): Promise<void> {
+    const signal = this.abort.signal;
+    await this.withClients(async (src, tgt) => {
+      const tables = await this.loadTables(src);
+      if ((await getMarker(tgt, this.rec.id, 'post-data')) !== undefined) return;
+      if (this.spec.schemaMode === 'create') {
+        const plan = await planSchema(src, tables);
+        await runPostData({
+          target: this.spec.target, statements: plan.postData, tables, jobs: this.spec.copy.indexJobs, signal,
+          log: (l, m, f) => this.log(l, m, { migration: this.rec.id, ...f }),
+        });
+      }
+      if (!signal.aborted) await setMarker(tgt, this.rec.id, 'post-data', new Date().toISOString());
+    });
+    if (!signal.aborted) this.setPhase('syncing');
+  }
+
+  /** Which source LSN each table's copy is valid from (root name for partitions). */
+  private async tableSyncLsn(tgt: pg.Client): Promise<Map<string, Lsn>> {
+    const r = await tgt.query('SELECT table_name, max(snapshot_lsn)::text AS lsn FROM pgferry.copy_state WHERE migration_id = $1 GROUP BY table_name', [this.rec.id]);
+    const byLeaf = new Map(r.rows.map((row) => [row.table_name as string, parseLsn(row.lsn)]));
+    const out = new Map<string, Lsn>();
+    for (const t of dataTables(this.tables)) {
+      const lsn = byLeaf.get(tableKey(t));
+      if (lsn === undefined) continue;
+      const key = t.root ? tableKey(t.root) : tableKey(t);
+      const prev = out.get(key);
+      out.set(key, prev === undefined || lsn > prev ? lsn : prev);
+    }
+    return out;
+  }
+
+  private async phaseSync(): Promise<void> {
+    const signal = this.abort.signal;
+    const map = await this.withClients(async (src, tgt) => {
+      await this.loadTables(src);
+      for (const p of this.copyProgress.values()) if (p.phase !== 'copied') p.phase = 'copied';
+      return this.tableSyncLsn(tgt);
+    });
+    await runSync({
+      migrationId: this.rec.id, source: this.spec.source, target: this.spec.target,
+      slotName: this.rec.slotName, publicationName: this.rec.publicationName, tableSyncLsn: map,
+      batchChanges: this.spec.apply.batchChanges, batchMs: this.spec.apply.batchMs, signal,
+      onProgress: (p) => this.onSyncProgress(p),
+      log: (l, m, f) => this.log(l, m, { migration: this.rec.id, ...f }),
+    });
+  }
+
+  private onSyncProgress(p: SyncProgress): void {
+    this.sync = p;
+    for (let i = this.appliedWaiters.length - 1; i >= 0; i--) {
+      if (p.appliedLsn >= this.appliedWaiters[i].lsn) { this.appliedWaiters[i].resolve(); this.appliedWaiters.splice(i, 1); }
+    }
+  }
+
+  /** Resolves once the target has committed everything up to `lsn`. */
+  waitApplied(lsn: Lsn, signal?: AbortSignal): Promise<void> {
+    if (this.sync && this.sync.appliedLsn >= lsn) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const w = { lsn, resolve };
+      this.appliedWaiters.push(w);
+      signal?.addEventListener('abort', () => {
+        this.appliedWaiters = this.appliedWaiters.filter((x) => x !== w);
+        reject(new PgferryError('CUTOVER_CANCELLED', 'Stopped waiting for the target to apply.', ''));
+      }, { once: true });
+    });
+  }
+
+  private async sourceMonitor(): Promise<{ currentLsn: Lsn; restartLsn: Lsn | null; confirmedLsn: Lsn | null } | null> {
+    if (this.monitorCache && Date.now() - this.monitorCache.at < 1000) return this.monitorCache;
+    try {
+      if (!this.monitor) this.monitor = await connect('source', this.spec.source, { applicationName: `pgferry monitor ${this.rec.id}`, connectTimeoutMs: 5000 });
+      const r = await this.monitor.query(`SELECT pg_current_wal_lsn()::text AS cur, s.restart_lsn::text AS restart, s.confirmed_flush_lsn::text AS confirmed
+        FROM (SELECT 1) x LEFT JOIN pg_replication_slots s ON s.slot_name = $1`, [this.rec.slotName]);
+      const row = r.rows[0];
+      this.monitorCache = {
+        at: Date.now(), currentLsn: parseLsn(row.cur),
+        restartLsn: row.restart ? parseLsn(row.restart) : null, confirmedLsn: row.confirmed ? parseLsn(row.confirmed) : null,
+      };
+      return this.monitorCache;
+    } catch {
+      await this.monitor?.end().catch(() => undefined);
+      this.monitor = null;
+      return null;
+    }
+  }
+
+  /** The current status (queries the source at most once a second). */
+  async status(): Promise<MigrationStatus> {
+    const rec = this.rec;
+    const live = !TERMINAL.includes(rec.phase) && rec.slotState === 'created';
+    const mon = live ? await this.sourceMonitor() : null;
+    const tables: TableStatus[] = [...this.copyProgress.values()].map((p) => ({
+      schema: p.schema, name: p.name,
+      phase: p.phase === 'copied' && (rec.phase === 'syncing' || rec.phase === 'cutting-over' || rec.phase === 'completed') && (this.syncCaughtUp || rec.phase === 'completed') ? 'synced' : p.phase,
+      rowsCopied: p.rowsCopied, bytesCopied: p.bytesCopied,
+      rowsEstimated: Math.max(p.rowsEstimated, p.rowsCopied), bytesEstimated: Math.max(p.bytesEstimated, p.bytesCopied),
+    }));
+    const bytesCopied = tables.reduce((a, t) => a + t.bytesCopied, 0);
+    const bytesEstimated = tables.reduce((a, t) => a + t.bytesEstimated, 0);
+    const tablesCopied = tables.filter((t) => t.phase === 'copied' || t.phase === 'synced').length;
+    const loadDone = ['indexing', 'syncing', 'cutting-over', 'completed'].includes(rec.phase);
+    const progress = loadDone ? 1 : bytesEstimated > 0 ? Math.min(0.99, bytesCopied / bytesEstimated) : 0;
+    let etaSeconds = -1;
+    if (loadDone) etaSeconds = 0;
+    else if (rec.phase === 'loading' && this.copyStartedAt && bytesCopied > 0) {
+      const rate = bytesCopied / ((Date.now() - this.copyStartedAt) / 1000);
+      etaSeconds = Math.max(0, Math.round((bytesEstimated - bytesCopied) / rate));
+    }
+    // Lag for THIS database: WAL the decoder has not reached yet, plus what
+    // it received but the target has not committed. WAL of other databases
+    // that the decoder already passed does not count (it held nothing of ours).
+    let lagBytes = 0;
+    let lagSeconds = 0;
+    let retainedWalBytes = 0;
+    if (mon) {
+      if (mon.restartLsn !== null) retainedWalBytes = Number(mon.currentLsn - mon.restartLsn);
+      const s = this.sync;
+      if (s) {
+        const reached = s.decodedLsn > s.appliedLsn ? s.decodedLsn : s.appliedLsn;
+        const undecoded = mon.currentLsn > reached ? mon.currentLsn - reached : 0n;
+        const pending = s.pendingChanges > 0 && s.receivedLsn > s.appliedLsn ? s.receivedLsn - s.appliedLsn : 0n;
+        lagBytes = Number(undecoded + pending);
+      } else {
+        const from = mon.confirmedLsn ?? (rec.snapshotLsn ? parseLsn(rec.snapshotLsn) : mon.currentLsn);
+        lagBytes = Number(mon.currentLsn > from ? mon.currentLsn - from : 0n);
+      }
+      const now = Date.now();
+      if (lagBytes === 0 || (this.sync && this.sync.pendingChanges === 0 && lagBytes < 64 * 1024 && this.sync.decodedLsn >= mon.currentLsn)) {
+        this.lastCaughtUpAt = now; this.syncCaughtUp = this.sync !== null;
+      } else {
+        const since = Math.max(this.lastCaughtUpAt, this.sync?.appliedCommitTime?.getTime() ?? 0, this.copyStartedAt);
+        lagSeconds = since ? Math.max(0, (now - since) / 1000) : 0;
+      }
+    }
+    return {
+      id: rec.id, phase: rec.phase,
+      errorCode: rec.error?.code ?? '', errorMessage: rec.error?.message ?? '', errorRemedy: rec.error?.remedy ?? '',
+      createdAt: rec.createdAt, updatedAt: rec.updatedAt,
+      tables, tablesTotal: tables.length, tablesCopied,
+      rowsCopied: tables.reduce((a, t) => a + t.rowsCopied, 0), bytesCopied, bytesEstimated,
+      progress, etaSeconds,
+      lagBytes, lagSeconds, retainedWalBytes,
+      applyRate: this.sync?.applyRatePerSec ?? 0,
+      appliedLsn: this.sync ? formatLsn(this.sync.appliedLsn) : '',
+      changesApplied: this.sync?.changesApplied ?? 0,
+      slotName: rec.slotName, publicationName: rec.publicationName, specFingerprint: rec.fingerprint,
+      activeEndpoint: rec.phase === 'completed' ? 'target' : 'source',
+      sourceVersion: rec.sourceVersion ?? '', targetVersion: rec.targetVersion ?? '',
+      cutover: rec.cutover,
+    };
+  }
+
+  /** Stop, drop the slot and publication on the source, forget the migration. Target data stays. */
+  async destroy(): Promise<string[]> {
+    await this.stop();
+    const dropped: string[] = [];
+    const src = await connect('source', this.spec.source, { applicationName: `pgferry delete ${this.rec.id}` });
+    try {
+      const r = await dropSourceObjects(src, this.rec.id, this.rec.slotName, this.rec.publicationName);
+      dropped.push(...r.dropped);
+    } finally { await src.end().catch(() => undefined); }
+    try {
+      const tgt = await connect('target', this.spec.target, { applicationName: `pgferry delete ${this.rec.id}` });
+      try { await dropTargetState(tgt, this.rec.id); } finally { await tgt.end().catch(() => undefined); }
+    } catch (e) {
+      this.log('warn', `could not remove pgferry bookkeeping rows from the target: ${(e as Error).message}`, { migration: this.rec.id });
+    }
+    this.rec.phase = 'deleted';
+    this.store.remove(this.rec.id);
+    return dropped;
+  }
+}
+
+/** Errors that say the migration cannot start at all (nothing is created). */
+export async function preflightOrThrow(spec: MigrationSpec, ctx: Parameters<typeof runPreflight>[1] = {}): Promise<{ sourceVersion: string; targetVersion: string }> {
+  const { report } = await runPreflight(spec, ctx);
+  if (!report.ok) {
+    const failed = report.checks.filter((c) => c.verdict === 'fail');
+    const code: ErrorCode = failed.find((c) => c.code)?.code
+      ?? (failed.some((c) => c.name === 'slot_name' || c.name === 'publication_name') ? 'SLOT_NAME_TAKEN'
+        : failed.some((c) => c.name.endsWith('privilege') || c.name === 'table_ownership') ? 'INSUFFICIENT_PRIVILEGE' : 'PREFLIGHT_FAILED');
+    throw new PgferryError(code, `Preflight failed:\n${summarizeFailures(report)}`, failed.map((c) => c.remedy).filter(Boolean).join(' '));
+  }
+  return { sourceVersion: report.sourceVersion, targetVersion: report.targetVersion };
+}
+
+export { readAppliedLsn };

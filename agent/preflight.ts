@@ -1,0 +1,265 @@
+/**
+ * preflight — read-only checks that a spec can be migrated, each with a name,
+ * a verdict (pass | warn | fail) and the exact remedy.
+ *
+ * Input: a validated spec (and, for a migration that already exists, which
+ * slot/publication it owns). Output: a `PreflightReport`. Nothing is changed on
+ * either server: this runs in `pulumi preview` on pull requests.
+ */
+import type pg from 'pg';
+import { connect, qn, describeEndpoint, resolveEndpoint } from './conn';
+import { selectTables, hasUsableIdentity, tableKey, type TableInfo } from './catalog';
+import { isPgferryError, asPgferryError, type ErrorCode } from './errors';
+import { publicationNameOf, slotNameOf, type MigrationSpec } from './spec';
+
+export type Verdict = 'pass' | 'warn' | 'fail';
+
+export interface PreflightCheck {
+  name: string; verdict: Verdict; message: string; remedy: string; objects: string[];
+  /** The error code a failed check maps to when the migration is started anyway. */
+  code?: ErrorCode;
+}
+
+export interface PreflightReport {
+  ok: boolean;
+  checks: PreflightCheck[];
+  sourceVersion: string;
+  targetVersion: string;
+  tableCount: number;
+}
+
+export interface PreflightContext {
+  /** Objects this migration created earlier (a restart is not a name clash). */
+  ownsSlot?: boolean;
+  ownsPublication?: boolean;
+  /** Skip target-content checks (the migration is already loading into it). */
+  resuming?: boolean;
+}
+
+export interface PreflightResult { report: PreflightReport; tables: TableInfo[] }
+
+const check = (name: string, verdict: Verdict, message: string, remedy = '', objects: string[] = []): PreflightCheck =>
+  ({ name, verdict, message, remedy, objects });
+
+/** Tables that can take part: unlogged ones cannot be published. */
+export function migratableTables(tables: TableInfo[]): TableInfo[] {
+  return tables.filter((t) => t.persistence === 'p');
+}
+
+export async function runPreflight(spec: MigrationSpec, ctx: PreflightContext = {}): Promise<PreflightResult> {
+  const checks: PreflightCheck[] = [];
+  let sourceVersion = '';
+  let targetVersion = '';
+  let tables: TableInfo[] = [];
+  let src: pg.Client | undefined;
+  let tgt: pg.Client | undefined;
+  try {
+    try {
+      src = await connect('source', spec.source, { applicationName: 'pgferry preflight' });
+      checks.push(check('source_connection', 'pass', `Connected to the source ${describeEndpoint(resolveEndpoint(spec.source))}.`));
+    } catch (e) {
+      const err = asPgferryError(e);
+      checks.push({ ...check('source_connection', 'fail', err.message, err.remedy), code: err.code });
+    }
+    try {
+      tgt = await connect('target', spec.target, { applicationName: 'pgferry preflight' });
+      checks.push(check('target_connection', 'pass', `Connected to the target ${describeEndpoint(resolveEndpoint(spec.target))}.`));
+    } catch (e) {
+      const err = asPgferryError(e);
+      checks.push({ ...check('target_connection', 'fail', err.message, err.remedy), code: err.code });
+    }
+    let srcMajor = 0;
+    if (src) {
+      const s = await sourceChecks(src, spec, ctx, checks);
+      sourceVersion = s.version; srcMajor = s.major; tables = s.tables;
+    }
+    if (tgt) {
+      const t = await targetChecks(tgt, spec, ctx, tables, srcMajor, checks);
+      targetVersion = t.version;
+    }
+  } catch (e) {
+    if (!isPgferryError(e) && !(e as { code?: string })?.code) throw e;
+    const err = asPgferryError(e, 'INTERNAL', 'preflight query failed');
+    checks.push(check('preflight', 'fail', err.message, err.remedy || 'Check the privileges of the connecting roles.'));
+  } finally {
+    await src?.end().catch(() => undefined);
+    await tgt?.end().catch(() => undefined);
+  }
+  const report: PreflightReport = {
+    ok: checks.every((c) => c.verdict !== 'fail'),
+    checks, sourceVersion, targetVersion,
+    tableCount: migratableTables(tables).filter((t) => t.kind === 'r').length,
+  };
+  return { report, tables: migratableTables(tables) };
+}
+
+async function sourceChecks(src: pg.Client, spec: MigrationSpec, ctx: PreflightContext, checks: PreflightCheck[]) {
+  const info = (await src.query(`
+    SELECT current_setting('server_version') AS version, current_setting('server_version_num')::int AS num,
+           current_setting('wal_level') AS wal_level,
+           current_setting('max_replication_slots')::int AS max_slots,
+           current_setting('max_wal_senders')::int AS max_senders,
+           (SELECT count(*) FROM pg_replication_slots)::int AS used_slots,
+           (SELECT count(*) FROM pg_stat_replication)::int AS used_senders,
+           r.rolsuper AS superuser, r.rolreplication AS replication, current_user AS usr,
+           current_setting('server_encoding') AS encoding,
+           has_database_privilege(current_user, current_database(), 'CREATE') AS can_create,
+           (SELECT count(*) FROM pg_largeobject_metadata)::bigint AS large_objects
+      FROM pg_roles r WHERE r.rolname = current_user`)).rows[0];
+  const major = Math.floor(info.num / 10000);
+  if (major < 12) {
+    checks.push(check('source_version', 'fail', `The source runs PostgreSQL ${info.version}; pgferry needs 12 or newer.`, 'Upgrade the source to PostgreSQL 12+ first (pg_upgrade), or migrate with pg_dump.'));
+  }
+  checks.push(info.wal_level === 'logical'
+    ? check('wal_level', 'pass', 'wal_level is logical.')
+    : check('wal_level', 'fail', `wal_level is '${info.wal_level}' on the source; logical replication needs 'logical'.`,
+      "Run ALTER SYSTEM SET wal_level = logical; and restart the source (on Azure: set the server parameter wal_level to LOGICAL and restart)."));
+  const needSlots = ctx.ownsSlot ? 1 : 2; // main slot + a temporary one when a load resumes
+  const freeSlots = info.max_slots - info.used_slots + (ctx.ownsSlot ? 1 : 0);
+  checks.push(freeSlots >= needSlots
+    ? check('replication_slots', 'pass', `${freeSlots} replication slot(s) free.`)
+    : check('replication_slots', 'fail', `Only ${freeSlots} of max_replication_slots=${info.max_slots} are free; pgferry needs ${needSlots}.`,
+      `Raise max_replication_slots (ALTER SYSTEM SET max_replication_slots = ${info.max_slots + needSlots}; then restart), or drop unused slots (SELECT pg_drop_replication_slot(name)).`));
+  const freeSenders = info.max_senders - info.used_senders;
+  checks.push(freeSenders >= 2
+    ? check('wal_senders', 'pass', `${freeSenders} WAL sender(s) free.`)
+    : check('wal_senders', 'fail', `Only ${freeSenders} of max_wal_senders=${info.max_senders} are free; pgferry needs 2.`,
+      `Raise max_wal_senders (ALTER SYSTEM SET max_wal_senders = ${info.max_senders + 2}; then restart).`));
+  checks.push(info.superuser || info.replication
+    ? check('replication_privilege', 'pass', `Role '${info.usr}' may replicate.`)
+    : check('replication_privilege', 'fail', `Role '${info.usr}' has neither REPLICATION nor SUPERUSER on the source.`,
+      `Run ALTER ROLE "${info.usr}" WITH REPLICATION; as a superuser (on Azure: as the server admin).`));
+  if (!info.superuser && !info.can_create) {
+    checks.push(check('create_privilege', 'fail', `Role '${info.usr}' may not create a publication in this database.`,
+      `Run GRANT CREATE ON DATABASE "${(await src.query('SELECT current_database() AS d')).rows[0].d}" TO "${info.usr}";`));
+  }
+
+  const slotName = slotNameOf(spec);
+  const pubName = publicationNameOf(spec);
+  const slot = (await src.query('SELECT slot_name, database, plugin FROM pg_replication_slots WHERE slot_name = $1', [slotName])).rows[0];
+  if (slot && !ctx.ownsSlot) {
+    checks.push(check('slot_name', 'fail', `A replication slot named '${slotName}' already exists on the source and was not created by this migration.`,
+      `Set \`slotName\` to another name, or drop the slot if it is unused: SELECT pg_drop_replication_slot('${slotName}');`, [slotName]));
+  } else {
+    checks.push(check('slot_name', 'pass', `Slot name '${slotName}' is available.`));
+  }
+  const pub = (await src.query('SELECT pubname FROM pg_publication WHERE pubname = $1', [pubName])).rows[0];
+  if (pub && !ctx.ownsPublication) {
+    checks.push(check('publication_name', 'fail', `A publication named '${pubName}' already exists on the source and was not created by this migration.`,
+      `Set \`publicationName\` to another name, or drop it if it is unused: DROP PUBLICATION "${pubName}";`, [pubName]));
+  }
+
+  const sel = await selectTables(src, spec.tables);
+  for (const p of sel.unmatched) {
+    checks.push(check('table_selection', 'fail', `The pattern '${p}' matches no table on the source.`,
+      'Correct the pattern in `tables.include` (unquoted names fold to lower case; quote mixed-case names, e.g. \'public."Orders"\') or remove it.', [p]));
+  }
+  for (const t of sel.orphanPartitions) {
+    checks.push(check('table_selection', 'fail', `${tableKey(t)} is a partition, but its partitioned table ${qn(t.root!.schema, t.root!.name)} is not selected.`,
+      `Include ${qn(t.root!.schema, t.root!.name)} (it brings all its partitions) or exclude ${tableKey(t)}.`, [tableKey(t)]));
+  }
+  const unlogged = sel.tables.filter((t) => t.persistence === 'u');
+  if (unlogged.length) {
+    checks.push(check('unlogged_tables', 'warn', `${unlogged.length} unlogged table(s) cannot be replicated and will not be migrated: ${unlogged.map(tableKey).join(', ')}.`,
+      'Make them logged (ALTER TABLE ... SET LOGGED) before starting if their data must move, or exclude them to silence this warning.', unlogged.map(tableKey)));
+  }
+  const tables = migratableTables(sel.tables);
+  const data = tables.filter((t) => t.kind === 'r');
+  if (sel.unmatched.length === 0 && data.length === 0) {
+    checks.push(check('table_selection', 'fail', 'The table selection matches no table that holds data.', 'Adjust `tables.include` / `tables.exclude`.'));
+  } else if (data.length) {
+    checks.push(check('table_selection', 'pass', `${data.length} table(s) selected.`, '', data.map(tableKey)));
+  }
+  const noIdentity = tables.filter((t) => (t.kind === 'r' && !t.root || t.kind === 'p') && !hasUsableIdentity(t));
+  if (noIdentity.length) {
+    checks.push(check('replica_identity', 'fail',
+      `${noIdentity.length} table(s) have no primary key and no replica identity, so their UPDATEs and DELETEs cannot be replicated: ${noIdentity.map(tableKey).join(', ')}.`,
+      `Add a primary key, or run: ${noIdentity.map((t) => `ALTER TABLE ${tableKey(t)} REPLICA IDENTITY FULL;`).join(' ')}`,
+      noIdentity.map(tableKey)));
+  } else if (tables.length) {
+    checks.push(check('replica_identity', 'pass', 'Every selected table has a replica identity.'));
+  }
+  if (major < 13 && tables.some((t) => t.kind === 'p')) {
+    checks.push(check('partitioned_tables', 'fail', 'Partitioned tables on a PostgreSQL 12 source cannot be published via their root.',
+      'Upgrade the source to 13+, or select the partitions individually and create the target tables yourself (`schemaMode: existing`).'));
+  }
+  if (!info.superuser && tables.length) {
+    const owned = await src.query(`SELECT c.oid::int AS oid FROM pg_class c WHERE c.oid = ANY($1::oid[]) AND NOT pg_has_role(current_user, c.relowner, 'USAGE')`, [tables.map((t) => t.oid)]);
+    const notOwned = tables.filter((t) => owned.rows.some((r) => r.oid === t.oid));
+    if (notOwned.length) {
+      checks.push(check('table_ownership', 'fail', `Role '${info.usr}' does not own ${notOwned.length} selected table(s), which CREATE PUBLICATION requires: ${notOwned.map(tableKey).join(', ')}.`,
+        `Connect as the tables' owner, or GRANT the owning role to "${info.usr}".`, notOwned.map(tableKey)));
+    }
+  }
+  if (tables.length) {
+    const denied = await src.query(`SELECT c.oid::int AS oid FROM pg_class c WHERE c.oid = ANY($1::oid[]) AND NOT has_table_privilege(c.oid, 'SELECT')`, [tables.map((t) => t.oid)]);
+    if (denied.rows.length) {
+      const names = tables.filter((t) => denied.rows.some((r) => r.oid === t.oid)).map(tableKey);
+      checks.push(check('select_privilege', 'fail', `Role '${info.usr}' may not read ${names.join(', ')}.`, `GRANT SELECT ON ${names.join(', ')} TO "${info.usr}";`, names));
+    }
+  }
+  if (Number(info.large_objects) > 0) {
+    checks.push(check('large_objects', 'warn', `The source database holds ${info.large_objects} large object(s); large objects are not replicated by logical replication and will not be migrated.`,
+      'Move them separately (e.g. lo_export/lo_import) or store them as bytea.'));
+  }
+  return { version: info.version as string, major, tables, encoding: info.encoding as string };
+}
+
+async function targetChecks(tgt: pg.Client, spec: MigrationSpec, ctx: PreflightContext, tables: TableInfo[], srcMajor: number, checks: PreflightCheck[]) {
+  const info = (await tgt.query(`SELECT current_setting('server_version') AS version, current_setting('server_version_num')::int AS num,
+      current_setting('server_encoding') AS encoding, current_user AS usr,
+      has_database_privilege(current_user, current_database(), 'CREATE') AS can_create,
+      (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) AS superuser`)).rows[0];
+  const major = Math.floor(info.num / 10000);
+  if (srcMajor && major < srcMajor) {
+    checks.push(check('target_version', 'fail', `The target runs PostgreSQL ${info.version}, older than the source (${srcMajor}).`,
+      'Migrate to a target of the same or a newer major version.'));
+  } else {
+    checks.push(check('target_version', 'pass', `Target PostgreSQL ${info.version}.`));
+  }
+  if (info.encoding !== 'UTF8') {
+    checks.push(check('target_encoding', 'warn', `The target database encoding is ${info.encoding}; values are transferred as UTF-8 text.`, 'Create the target database with ENCODING \'UTF8\'.'));
+  }
+  if (!info.superuser && !info.can_create) {
+    checks.push(check('target_privilege', 'fail', `Role '${info.usr}' may not create schemas in the target database.`,
+      `Run GRANT CREATE ON DATABASE <target database> TO "${info.usr}"; or connect as the database owner.`));
+  }
+  if (ctx.resuming || tables.length === 0) return { version: info.version as string };
+  const data = tables.filter((t) => t.kind === 'r');
+  const existing = await tgt.query(`SELECT n.nspname AS schema, c.relname AS name, c.oid::int AS oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest($1::text[], $2::text[]))`, [data.map((t) => t.schema), data.map((t) => t.name)]);
+  if (spec.schemaMode === 'create') {
+    if (existing.rows.length) {
+      const names = existing.rows.map((r) => qn(r.schema, r.name));
+      checks.push(check('target_tables', 'fail', `${names.length} selected table(s) already exist on the target: ${names.slice(0, 20).join(', ')}${names.length > 20 ? ', …' : ''}.`,
+        "Drop them on the target, or set `schemaMode: 'existing'` to load into them.", names));
+    } else {
+      checks.push(check('target_tables', 'pass', 'No selected table exists on the target yet.'));
+    }
+  } else {
+    const missing = data.filter((t) => !existing.rows.some((r) => r.schema === t.schema && r.name === t.name)).map(tableKey);
+    if (missing.length) {
+      checks.push(check('target_tables', 'fail', `schemaMode is 'existing' but ${missing.length} table(s) are missing on the target: ${missing.join(', ')}.`,
+        "Create them on the target, or set `schemaMode: 'create'`.", missing));
+    }
+    const nonEmpty: string[] = [];
+    for (const r of existing.rows) {
+      const has = await tgt.query(`SELECT EXISTS (SELECT 1 FROM ONLY ${qn(r.schema, r.name)}) AS x`);
+      if (has.rows[0].x) nonEmpty.push(qn(r.schema, r.name));
+    }
+    if (nonEmpty.length) {
+      checks.push(spec.overwriteTarget
+        ? check('target_empty', 'warn', `${nonEmpty.length} target table(s) hold rows and will be TRUNCATED before the load (overwriteTarget is true): ${nonEmpty.join(', ')}.`, '', nonEmpty)
+        : check('target_empty', 'fail', `${nonEmpty.length} target table(s) already hold rows: ${nonEmpty.join(', ')}.`,
+          'Empty them yourself, or set `overwriteTarget: true` to let pgferry truncate them before the load.', nonEmpty));
+    } else if (existing.rows.length) {
+      checks.push(check('target_empty', 'pass', 'The existing target tables are empty.'));
+    }
+  }
+  return { version: info.version as string };
+}
+
+/** One line per failed check, for errors and logs. */
+export function summarizeFailures(report: PreflightReport): string {
+  return report.checks.filter((c) => c.verdict === 'fail').map((c) => `[${c.name}] ${c.message}${c.remedy ? ` Fix: ${c.remedy}` : ''}`).join('\n');
+}

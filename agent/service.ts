@@ -1,0 +1,167 @@
+/**
+ * service — the agent's operations, independent of the transport: preflight,
+ * start (idempotent by id and spec), get, list, delete, cutover. server.ts
+ * exposes them over gRPC; tests may call them directly.
+ *
+ * On start-up every migration found in the state directory that is not
+ * finished is resumed from where it stopped.
+ */
+import { PgferryError } from './errors';
+import { MigrationRunner, preflightOrThrow, type LogFn, type MigrationStatus } from './migration';
+import { runPreflight, type PreflightReport } from './preflight';
+import { parseSpec, publicationNameOf, slotNameOf, specFingerprint } from './spec';
+import type { MigrationRecord, StateStore } from './state';
+import { FENCE_METHODS, VALIDATIONS, runCutover, type CutoverOptions } from './cutover';
+
+export interface CutoverRequest {
+  id: string; maxLagBytes?: number; maxLagSeconds?: number; timeoutMs?: number;
+  fenceMethod?: string; skipSequences?: boolean; validation?: string;
+}
+
+export class AgentService {
+  readonly runners = new Map<string, MigrationRunner>();
+  private starting = new Map<string, Promise<MigrationStatus>>();
+
+  constructor(readonly store: StateStore, readonly log: LogFn) {}
+
+  /** Load every recorded migration and resume the unfinished ones. */
+  init(): void {
+    for (const rec of this.store.list()) {
+      const runner = new MigrationRunner(this.store, rec, this.log);
+      this.runners.set(rec.id, runner);
+      if (rec.phase !== 'completed' && rec.phase !== 'failed' && rec.phase !== 'deleted') {
+        this.log('info', `Resuming migration ${rec.id} in phase ${rec.phase}`, { migration: rec.id, phase: rec.phase });
+        runner.start();
+      }
+    }
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([...this.runners.values()].map((r) => r.stop()));
+  }
+
+  async preflight(input: unknown): Promise<PreflightReport> {
+    const spec = parseSpec(input);
+    const existing = this.runners.get(spec.id);
+    const same = existing && existing.rec.fingerprint === specFingerprint(spec);
+    const { report } = await runPreflight(spec, {
+      ownsSlot: same && existing.rec.slotState !== 'none',
+      ownsPublication: same && existing.rec.publicationCreated,
+      resuming: same && existing.rec.phase !== 'created',
+    });
+    return report;
+  }
+
+  startMigration(input: unknown): Promise<MigrationStatus> {
+    const spec = parseSpec(input);
+    // One start per id at a time: two concurrent identical calls return the same migration.
+    const inflight = this.starting.get(spec.id);
+    if (inflight) return inflight.then(() => this.startMigration(input));
+    const p = this.doStart(spec).finally(() => this.starting.delete(spec.id));
+    this.starting.set(spec.id, p);
+    return p;
+  }
+
+  private async doStart(spec: ReturnType<typeof parseSpec>): Promise<MigrationStatus> {
+    const fingerprint = specFingerprint(spec);
+    const existing = this.runners.get(spec.id);
+    if (existing) {
+      if (existing.rec.fingerprint !== fingerprint) {
+        throw new PgferryError('MIGRATION_EXISTS_DIFFERENT_SPEC',
+          `Migration '${spec.id}' already exists on this agent with a different spec (source, target, tables or options differ).`,
+          `Use another \`id\` for a new migration, or delete '${spec.id}' first (pgferry delete ${spec.id}).`);
+      }
+      // Same migration: keep the newest credentials (a rotated password is not a new spec).
+      existing.rec.spec = this.store.sealSpec(spec);
+      this.store.put(existing.rec);
+      if (existing.rec.phase === 'failed') existing.start();
+      return existing.status();
+    }
+    const versions = await preflightOrThrow(spec);
+    const now = new Date().toISOString();
+    const rec: MigrationRecord = {
+      id: spec.id, fingerprint, spec: this.store.sealSpec(spec), createdAt: now, updatedAt: now,
+      phase: 'created', slotName: slotNameOf(spec), publicationName: publicationNameOf(spec),
+      slotState: 'none', publicationCreated: false,
+      sourceVersion: versions.sourceVersion, targetVersion: versions.targetVersion,
+    };
+    this.store.put(rec);
+    const runner = new MigrationRunner(this.store, rec, this.log);
+    this.runners.set(spec.id, runner);
+    this.log('info', `Started migration ${spec.id}`, { migration: spec.id });
+    runner.start();
+    return runner.status();
+  }
+
+  get(id: string): MigrationRunner {
+    const r = this.runners.get(id);
+    if (!r) {
+      throw new PgferryError('MIGRATION_NOT_FOUND', `No migration '${id}' on this agent.`,
+        'Check the id (pgferry status lists them), or that you are talking to the right agent.');
+    }
+    return r;
+  }
+
+  async status(id: string): Promise<MigrationStatus> {
+    return this.get(id).status();
+  }
+
+  async list(): Promise<MigrationStatus[]> {
+    return Promise.all([...this.runners.values()].map((r) => r.status()));
+  }
+
+  /**
+   * Run the cutover (idempotent): on a completed migration it returns the
+   * existing report; while one runs, a second call waits for the same one.
+   */
+  async cutover(req: CutoverRequest): Promise<MigrationStatus> {
+    const r = this.get(req.id);
+    if (r.phase === 'completed') {
+      this.log('info', `Cutover of ${req.id} requested again: already completed, nothing to do`, { migration: req.id });
+      return r.status();
+    }
+    if (!r.cutoverRun) {
+      if (r.phase !== 'syncing') {
+        throw new PgferryError('WRONG_PHASE', `Migration '${req.id}' is in phase '${r.phase}'; a cutover needs it to be 'syncing'.`,
+          r.phase === 'failed' ? `Fix the failure (${r.rec.error?.message ?? 'see status'}) and start the migration again.` : 'Wait until the initial load finished and the migration is syncing (pgferry status).');
+      }
+      const abort = new AbortController();
+      const opts: CutoverOptions = {
+        maxLagBytes: req.maxLagBytes || undefined, maxLagSeconds: req.maxLagSeconds || undefined,
+        timeoutMs: req.timeoutMs || undefined, skipSequences: req.skipSequences,
+        fenceMethod: (req.fenceMethod || undefined) as CutoverOptions['fenceMethod'],
+        validation: (req.validation || undefined) as CutoverOptions['validation'],
+      };
+      if (opts.fenceMethod && !FENCE_METHODS.includes(opts.fenceMethod)) {
+        throw new PgferryError('INVALID_SPEC', `Unknown fence method '${opts.fenceMethod}'.`, `Use one of: ${FENCE_METHODS.join(', ')}.`);
+      }
+      if (opts.validation && !VALIDATIONS.includes(opts.validation)) {
+        throw new PgferryError('INVALID_SPEC', `Unknown validation '${opts.validation}'.`, `Use one of: ${VALIDATIONS.join(', ')}.`);
+      }
+      const promise = runCutover(r, opts, abort.signal).finally(() => { r.cutoverRun = null; });
+      r.cutoverRun = { promise, abort };
+    }
+    await r.cutoverRun!.promise;
+    return r.status();
+  }
+
+  async cancelCutover(id: string): Promise<MigrationStatus> {
+    const r = this.get(id);
+    const rep = r.rec.cutover as { state?: string } | undefined;
+    if (r.cutoverRun && rep?.state === 'waiting-for-lag') {
+      r.cutoverRun.abort.abort();
+      await r.cutoverRun.promise.catch(() => undefined);
+    } else if (r.cutoverRun) {
+      throw new PgferryError('WRONG_PHASE', `The cutover of '${id}' is past the fence (${rep?.state}); it completes or rolls back by itself.`, 'Wait for it to finish (pgferry status).');
+    }
+    return r.status();
+  }
+
+  async delete(id: string): Promise<string[]> {
+    const r = this.get(id);
+    const dropped = await r.destroy();
+    this.runners.delete(id);
+    this.log('info', `Deleted migration ${id}; dropped on the source: ${dropped.join(', ') || 'nothing'}`, { migration: id });
+    return dropped;
+  }
+}

@@ -1,0 +1,165 @@
+/**
+ * state — the agent's own durable state, one JSON file per migration in
+ * `<state-dir>/migrations/<id>.json`.
+ *
+ * What lives here: the spec (secrets encrypted), the phase, the slot and
+ * publication names and whether pgferry created them, the main snapshot LSN,
+ * the last error and the cutover report. What does NOT live here: anything
+ * that must be exactly as durable as target data (applied LSN, copied tables):
+ * that is in the target (target-state.ts), written in the same transactions.
+ *
+ * Writes are atomic (temp file, fsync, rename, fsync of the directory), so a
+ * `kill -9` at any instant leaves either the old or the new record.
+ *
+ * Secrets (passwords, connection strings) are encrypted with AES-256-GCM
+ * under a key kept in `<state-dir>/secret.key` (mode 0600, created on first
+ * start) or given by `--secret-key-file`; the state files never hold them in
+ * clear text. Hand-rolled on node:crypto: the format is three fields and
+ * pulling a library in for it would add more surface than it removes.
+ */
+import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
+import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, readdirSync, renameSync, unlinkSync, writeFileSync, chmodSync } from 'node:fs';
+import { join } from 'node:path';
+import { PgferryError, registerSecret } from './errors';
+import type { Endpoint, MigrationSpec } from './spec';
+
+export const PHASES = ['created', 'schema', 'loading', 'indexing', 'syncing', 'cutting-over', 'completed', 'failed', 'deleted'] as const;
+export type Phase = (typeof PHASES)[number];
+
+export interface StoredError { code: string; message: string; remedy: string; at: string }
+
+export interface MigrationRecord {
+  id: string;
+  fingerprint: string;
+  /** The spec with `password` and `connectionString` replaced by `enc:` blobs. */
+  spec: MigrationSpec;
+  createdAt: string;
+  updatedAt: string;
+  phase: Phase;
+  /** The phase before `failed`, to resume from. */
+  resumePhase?: Phase;
+  error?: StoredError;
+  slotName: string;
+  publicationName: string;
+  /** 'none' → 'creating' → 'created': lets a restart tell our slot from a stranger's. */
+  slotState: 'none' | 'creating' | 'created';
+  publicationCreated: boolean;
+  /** Consistent point of the main slot (LSN text). */
+  snapshotLsn?: string;
+  sourceVersion?: string;
+  targetVersion?: string;
+  /** The cutover report (cutover.ts), kept with the migration. */
+  cutover?: Record<string, unknown>;
+}
+
+export class StateStore {
+  readonly dir: string;
+  private key: Buffer;
+
+  constructor(stateDir: string, secretKeyFile?: string) {
+    this.dir = stateDir;
+    mkdirSync(join(stateDir, 'migrations'), { recursive: true, mode: 0o700 });
+    this.key = loadOrCreateKey(secretKeyFile ?? join(stateDir, 'secret.key'));
+  }
+
+  list(): MigrationRecord[] {
+    const dir = join(this.dir, 'migrations');
+    return readdirSync(dir).filter((f) => f.endsWith('.json')).sort().map((f) => this.readFile(join(dir, f)));
+  }
+
+  get(id: string): MigrationRecord | undefined {
+    const file = this.file(id);
+    return existsSync(file) ? this.readFile(file) : undefined;
+  }
+
+  put(rec: MigrationRecord): void {
+    rec.updatedAt = new Date().toISOString();
+    const file = this.file(rec.id);
+    const tmp = `${file}.tmp`;
+    const fd = openSync(tmp, 'w', 0o600);
+    try {
+      writeFileSync(fd, JSON.stringify(rec, null, 2));
+      fsyncSync(fd);
+    } finally { closeSync(fd); }
+    renameSync(tmp, file);
+    const dfd = openSync(join(this.dir, 'migrations'), 'r');
+    try { fsyncSync(dfd); } finally { closeSync(dfd); }
+  }
+
+  remove(id: string): void {
+    const file = this.file(id);
+    if (existsSync(file)) unlinkSync(file);
+  }
+
+  /** Encrypt the secrets of a spec for storage. */
+  sealSpec(spec: MigrationSpec): MigrationSpec {
+    return { ...spec, source: this.sealEndpoint(spec.source), target: this.sealEndpoint(spec.target) };
+  }
+
+  /** Decrypt the secrets of a stored spec (in memory only). */
+  openSpec(spec: MigrationSpec): MigrationSpec {
+    return { ...spec, source: this.openEndpoint(spec.source), target: this.openEndpoint(spec.target) };
+  }
+
+  private sealEndpoint(e: Endpoint): Endpoint {
+    return {
+      ...e,
+      password: e.password === undefined ? undefined : this.encrypt(e.password),
+      connectionString: e.connectionString === undefined ? undefined : this.encrypt(e.connectionString),
+    };
+  }
+
+  private openEndpoint(e: Endpoint): Endpoint {
+    const out = {
+      ...e,
+      password: e.password === undefined ? undefined : this.decrypt(e.password),
+      connectionString: e.connectionString === undefined ? undefined : this.decrypt(e.connectionString),
+    };
+    registerSecret(out.password);
+    return out;
+  }
+
+  private encrypt(plain: string): string {
+    const iv = randomBytes(12);
+    const c = createCipheriv('aes-256-gcm', this.key, iv);
+    const body = Buffer.concat([c.update(plain, 'utf8'), c.final()]);
+    return `enc:v1:${iv.toString('base64')}:${c.getAuthTag().toString('base64')}:${body.toString('base64')}`;
+  }
+
+  private decrypt(sealed: string): string {
+    const m = /^enc:v1:([^:]+):([^:]+):(.*)$/.exec(sealed);
+    if (!m) throw new PgferryError('STATE_CORRUPT', 'A stored secret is not in the expected encrypted form.', 'Restore the state directory from a backup, or delete the migration and start it again.');
+    try {
+      const d = createDecipheriv('aes-256-gcm', this.key, Buffer.from(m[1], 'base64'));
+      d.setAuthTag(Buffer.from(m[2], 'base64'));
+      return Buffer.concat([d.update(Buffer.from(m[3], 'base64')), d.final()]).toString('utf8');
+    } catch (e) {
+      throw new PgferryError('STATE_CORRUPT', 'A stored secret cannot be decrypted with the agent\'s secret key.',
+        'Start the agent with the same --state-dir (and --secret-key-file) it was started with before.', { cause: e });
+    }
+  }
+
+  private file(id: string): string {
+    return join(this.dir, 'migrations', `${id}.json`);
+  }
+
+  private readFile(file: string): MigrationRecord {
+    try {
+      return JSON.parse(readFileSync(file, 'utf8')) as MigrationRecord;
+    } catch (e) {
+      throw new PgferryError('STATE_CORRUPT', `The state file '${file}' cannot be read.`, 'Restore it from a backup or remove it (the migration is then forgotten by the agent).', { cause: e });
+    }
+  }
+}
+
+function loadOrCreateKey(file: string): Buffer {
+  if (existsSync(file)) {
+    const key = Buffer.from(readFileSync(file, 'utf8').trim(), 'base64');
+    if (key.length !== 32) throw new PgferryError('STATE_CORRUPT', `The secret key file '${file}' does not hold a 32-byte base64 key.`, 'Restore the key file, or point --secret-key-file at the right one.');
+    return key;
+  }
+  const key = randomBytes(32);
+  writeFileSync(file, key.toString('base64') + '\n', { mode: 0o600 });
+  chmodSync(file, 0o600);
+  return key;
+}
