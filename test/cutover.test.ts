@@ -1,0 +1,207 @@
+/**
+ * The cutover, as users fear it: under a continuous write load, with
+ * failures injected at each step, twice, and against a target changed behind
+ * pgferry's back. Real clusters, a real agent process.
+ */
+import assert from 'node:assert/strict';
+import type pg from 'pg';
+import { startCluster, type Cluster } from '../agent/testbed';
+import { AgentClient, isAgentError, type MigrationMessage } from '../provider/client';
+import { startAgent, type AgentProcess } from './support/agent';
+import { assertSameData, waitFor } from './support/compare';
+
+/** A client that commits tiny transactions as fast as it can and remembers which commits succeeded. */
+function ledgerWriter(connect: () => Promise<pg.Client>) {
+  const committed = new Set<number>();
+  const inDoubt = new Set<number>();
+  let refused = 0;
+  let running = true;
+  let seq = 0;
+  const loop = (async () => {
+    let c: pg.Client | null = null;
+    while (running) {
+      const i = ++seq;
+      try {
+        if (!c) c = await connect();
+        await c.query('BEGIN');
+        await c.query('INSERT INTO ledger (client_seq, note) VALUES ($1, $2)', [i, `tx ${i}`]);
+        await c.query('UPDATE counters SET n = n + 1 WHERE id = $1', [i % 5]);
+        try {
+          await c.query('COMMIT');
+          committed.add(i);
+        } catch {
+          inDoubt.add(i); // the connection died during COMMIT: it may or may not have committed
+          throw new Error('commit in doubt');
+        }
+      } catch {
+        refused++;
+        try { await c?.end(); } catch { /* gone */ }
+        c = null;
+        await new Promise((r) => setTimeout(r, 5));
+      }
+    }
+    await c?.end().catch(() => undefined);
+  })();
+  return { committed, inDoubt, get refused() { return refused; }, stop: async () => { running = false; await loop; } };
+}
+
+describe('cutover: PostgreSQL 14 → 17', function () {
+  this.timeout(300_000);
+  let source: Cluster;
+  let target: Cluster;
+  let agent: AgentProcess;
+  let client: AgentClient;
+  const DB = 'ledger';
+
+  const spec = () => ({
+    id: 'ledger', source: source.endpoint(DB), target: target.endpoint(DB), tables: { include: ['public.*'] },
+    apply: { batchChanges: 500, batchMs: 20 },
+  });
+
+  async function waitSyncing(): Promise<MigrationMessage> {
+    return waitFor('syncing', async () => {
+      const m = await client.getMigration('ledger');
+      if (m.phase === 'failed') throw new Error(`${m.errorCode}: ${m.errorMessage}`);
+      return m.phase === 'syncing' ? m : undefined;
+    });
+  }
+
+  async function sourceWritable(): Promise<boolean> {
+    const c = await source.client(DB); // a new session: picks up the database default
+    try {
+      const r = await c.query('SHOW default_transaction_read_only');
+      return r.rows[0].default_transaction_read_only === 'off';
+    } finally { await c.end(); }
+  }
+
+  async function expectCutoverFailure(p: Promise<unknown>, codes: string[]): Promise<void> {
+    try { await p; } catch (e) {
+      assert.ok(isAgentError(e), String(e));
+      assert.ok(codes.includes(e.code), `expected one of ${codes}, got ${e.code}: ${e.message}`);
+      return;
+    }
+    assert.fail('expected the cutover to fail');
+  }
+
+  before(async function () {
+    [source, target] = await Promise.all([startCluster({ version: 14, fast: true }), startCluster({ version: 17, fast: true })]);
+    await source.createDatabase(DB);
+    await target.createDatabase(DB);
+    await source.query(`CREATE TABLE ledger (id bigserial PRIMARY KEY, client_seq int NOT NULL, note text, at timestamptz DEFAULT now());
+      CREATE SEQUENCE standalone_seq; SELECT setval('standalone_seq', 4242);
+      CREATE TABLE counters (id int PRIMARY KEY, n bigint NOT NULL, ref bigint DEFAULT nextval('standalone_seq'));
+      INSERT INTO counters (id, n) SELECT g, 0 FROM generate_series(0, 4) g;
+      INSERT INTO ledger (client_seq, note) SELECT -g, 'seed' FROM generate_series(1, 5000) g;`, [], DB);
+    agent = await startAgent();
+    client = new AgentClient({ endpoint: agent.endpoint });
+    await client.startMigration(spec());
+    await waitSyncing();
+  });
+  after(async function () {
+    client?.close();
+    await agent?.stop();
+    await Promise.all([source?.stop(), target?.stop()]);
+  });
+
+  it('refuses to cut over a migration that is still loading or unknown', async function () {
+    await expectCutoverFailure(client.cutover({ id: 'nope' }), ['MIGRATION_NOT_FOUND']);
+  });
+
+  it('can be cancelled while it waits for lag, with nothing fenced', async function () {
+    const lock = await target.client(DB);
+    await lock.query('BEGIN; LOCK TABLE ledger IN ACCESS EXCLUSIVE MODE');
+    const w = ledgerWriter(() => source.client(DB));
+    try {
+      await waitFor('lag to build', async () => (await client.getMigration('ledger')).lagBytes > 0);
+      const p = client.cutover({ id: 'ledger', maxLagBytes: 1, maxLagSeconds: 0.001, timeoutMs: 60_000 });
+      await waitFor('the cutover to wait for lag', async () => (await client.getMigration('ledger')).cutover?.state === 'waiting-for-lag');
+      await client.cancelCutover('ledger');
+      await expectCutoverFailure(p, ['CUTOVER_CANCELLED']);
+      assert.ok(await sourceWritable());
+      assert.equal((await client.getMigration('ledger')).phase, 'syncing');
+    } finally {
+      await w.stop();
+      await lock.query('ROLLBACK'); await lock.end();
+    }
+  });
+
+  it('times out while the target stops answering during the drain: fence lifted, source writable, still syncing', async function () {
+    const w = ledgerWriter(() => source.client(DB));
+    const lock = await target.client(DB);
+    try {
+      await waitFor('writes flowing', async () => w.committed.size > 50);
+      // Let lag be small, then freeze the target's apply right before the fence.
+      await lock.query('BEGIN; LOCK TABLE ledger IN ACCESS EXCLUSIVE MODE');
+      await expectCutoverFailure(client.cutover({ id: 'ledger', maxLagBytes: 64 << 20, maxLagSeconds: 600, timeoutMs: 4000 }), ['CUTOVER_TIMEOUT']);
+      const m = await client.getMigration('ledger');
+      assert.equal(m.phase, 'syncing');
+      assert.equal(m.cutover?.state, 'failed');
+      assert.ok(await sourceWritable(), 'the fence must be lifted');
+    } finally {
+      await lock.query('ROLLBACK'); await lock.end();
+      await w.stop();
+    }
+    await waitFor('target to catch up', async () => { await assertSameData(source, target, DB); return true; }, 60_000);
+  });
+
+  it('fails validation when a row was changed on the target behind pgferry\'s back, and lifts the fence', async function () {
+    await target.query("UPDATE ledger SET note = 'tampered' WHERE id = (SELECT min(id) FROM ledger)", [], DB);
+    await expectCutoverFailure(client.cutover({ id: 'ledger', validation: 'checksums' }), ['CUTOVER_FAILED']);
+    const m = await client.getMigration('ledger');
+    assert.equal(m.phase, 'syncing');
+    assert.equal(m.cutover?.validationOk, false);
+    const bad = m.cutover!.tables.filter((t) => !t.match).map((t) => t.table);
+    assert.deepEqual(bad, ['public.ledger']);
+    assert.ok(await sourceWritable());
+    // repair the target from the source's value so the next cutover can pass
+    const orig = await source.query('SELECT note FROM ledger WHERE id = (SELECT min(id) FROM ledger)', [], DB);
+    await target.query('UPDATE ledger SET note = $1 WHERE id = (SELECT min(id) FROM ledger)', [orig.rows[0].note], DB);
+  });
+
+  it('cuts over under a continuous write load: every committed row lands, sequences are ahead, the connection switches', async function () {
+    const w = ledgerWriter(() => source.client(DB));
+    let done: MigrationMessage;
+    try {
+      await waitFor('writes flowing', async () => w.committed.size > 200);
+      done = await client.cutover({ id: 'ledger', validation: 'checksums', timeoutMs: 120_000 });
+      // keep the writer going a moment after the fence: its writes must be refused
+      const refusedBefore = w.refused;
+      await waitFor('writes refused after the fence', async () => w.refused > refusedBefore + 3);
+    } finally {
+      await w.stop();
+    }
+    assert.equal(done!.phase, 'completed');
+    assert.equal(done!.activeEndpoint, 'target');
+    const rep = done!.cutover!;
+    assert.equal(rep.state, 'completed');
+    assert.equal(rep.validationOk, true);
+    assert.ok(rep.writeDowntimeMs > 0);
+    assert.match(rep.fenceLsn, /^[0-9A-F]+\/[0-9A-F]+$/);
+    assert.ok(rep.tables.length === 2 && rep.tables.every((t) => t.match));
+    // Every commit the client saw succeed is on the target; nothing else but in-doubt ones.
+    const rows = await target.query('SELECT client_seq FROM ledger WHERE client_seq > 0', [], DB);
+    const onTarget = new Set(rows.rows.map((r) => r.client_seq as number));
+    const missing = [...w.committed].filter((i) => !onTarget.has(i));
+    assert.deepEqual(missing, [], 'committed rows missing on the target');
+    const unexpected = [...onTarget].filter((i) => !w.committed.has(i) && !w.inDoubt.has(i));
+    assert.deepEqual(unexpected, []);
+    await assertSameData(source, target, DB);
+    // Sequences on the target at or above the source's.
+    for (const seq of ['ledger_id_seq', 'standalone_seq']) {
+      const [s, t] = await Promise.all([source.query(`SELECT last_value FROM ${seq}`, [], DB), target.query(`SELECT last_value FROM ${seq}`, [], DB)]);
+      assert.ok(BigInt(t.rows[0].last_value) >= BigInt(s.rows[0].last_value), `${seq}: target ${t.rows[0].last_value} < source ${s.rows[0].last_value}`);
+    }
+    // The first insert on the target does not collide.
+    await target.query("INSERT INTO ledger (client_seq, note) VALUES (0, 'first on target')", [], DB);
+    // The source stays fenced after completion.
+    assert.equal(await sourceWritable(), false);
+  });
+
+  it('is harmless to run twice', async function () {
+    const first = await client.getMigration('ledger');
+    const again = await client.cutover({ id: 'ledger' });
+    assert.equal(again.phase, 'completed');
+    assert.equal(again.cutover!.fenceLsn, first.cutover!.fenceLsn);
+    assert.equal(again.cutover!.writeDowntimeMs, first.cutover!.writeDowntimeMs);
+  });
+});
