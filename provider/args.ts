@@ -1,0 +1,263 @@
+/**
+ * args — the shapes of a `pgferry.Migration`: its arguments as the provider
+ * receives them (plain values, secrets unwrapped by the engine), its outputs,
+ * the allowed values and defaults, and the derivation of a migration id from
+ * a resource name.
+ *
+ * Field names mirror agent/spec.ts (`migrationId` is the spec's `id`). The
+ * allowed-value tuples are copies of the agent's, kept equal by a unit test,
+ * so that the provider needs neither zod nor the agent's modules at run time.
+ */
+
+/** The value the Pulumi engine sends during preview for a value not known yet. */
+export const UNKNOWN = '04da6b54-80e4-46f7-96ec-b56ff0331ba9';
+
+export const SSL_MODES = ['disable', 'prefer', 'require', 'verify-ca', 'verify-full'] as const;
+export type SslMode = (typeof SSL_MODES)[number];
+
+export const SCHEMA_MODES = ['create', 'existing'] as const;
+export type SchemaMode = (typeof SCHEMA_MODES)[number];
+
+export const CUTOVER_VALIDATIONS = ['none', 'counts', 'checksums'] as const;
+export type CutoverValidation = (typeof CUTOVER_VALIDATIONS)[number];
+
+/** The phases the agent reports (Migration.phase). */
+export const PHASES = ['preflight', 'schema', 'loading', 'indexing', 'syncing', 'cutting-over', 'completed', 'failed', 'deleted'] as const;
+export type Phase = (typeof PHASES)[number];
+
+export const ACTIVE_ENDPOINTS = ['source', 'target'] as const;
+export type ActiveEndpoint = (typeof ACTIVE_ENDPOINTS)[number];
+
+/** The agent's id rule (agent/spec.ts). */
+export const MIGRATION_ID_PATTERN = /^[a-z][a-z0-9_]{0,39}$/;
+export const MIGRATION_ID_MAX_LENGTH = 40;
+
+/** Defaults the provider applies (the agent applies the same ones to the spec). */
+export const DEFAULTS = {
+  port: 5432,
+  sslMode: 'prefer' as SslMode,
+  tables: { include: ['public.*'], exclude: [] as string[] },
+  schemaMode: 'create' as SchemaMode,
+  overwriteTarget: false,
+  waitForSync: false,
+  createTimeoutMinutes: 30,
+  cutover: false,
+  cutoverOptions: { maxLagBytes: 1024 * 1024, maxLagSeconds: 5, timeoutMs: 300_000, validation: 'checksums' as CutoverValidation, skipSequences: false },
+} as const;
+
+/** Where the agent is and how to talk to it. */
+export interface AgentArgs {
+  /** `host:port` of the agent's gRPC listener, e.g. `10.0.0.4:7443`. */
+  endpoint: string;
+  /** Bearer token the agent was started with (a secret). Default: none. */
+  token?: string;
+  /** PEM text of the CA that signed the agent's TLS certificate. Default: none (system roots). */
+  caCert?: string;
+  /**
+   * Plain-text gRPC without TLS. Default: `false`; a loopback endpoint
+   * (127.0.0.1, ::1, localhost) without `caCert` is plain text anyway.
+   */
+  insecure?: boolean;
+}
+
+/** A PostgreSQL endpoint: either the separate fields or `connectionString`. */
+export interface EndpointArgs {
+  /** `postgresql://user:password@host:port/database?sslmode=require` (a secret when it holds a password). */
+  connectionString?: string;
+  host?: string;
+  /** Default: 5432. */
+  port?: number;
+  database?: string;
+  user?: string;
+  /** A secret. */
+  password?: string;
+  /** disable | prefer | require | verify-ca | verify-full. Default: `prefer`. */
+  sslMode?: SslMode;
+  /** PEM text of the server's CA, required for verify-ca / verify-full. */
+  sslRootCert?: string;
+}
+
+export interface TablesArgs {
+  /** `schema.table` patterns, either part may be `*`. Default: `["public.*"]`. */
+  include?: string[];
+  /** Patterns left out of `include`. Default: `[]`. */
+  exclude?: string[];
+}
+
+export interface CopyArgs {
+  /** Parallel copy workers, 1–32. Default: 2. */
+  workers?: number;
+  /** Tables above this size (bytes) are split into ranges. Default: 64 MiB. */
+  splitBytes?: number;
+  /** Index and foreign-key builds at once after the load, 1–16. Default: 2. */
+  indexJobs?: number;
+}
+
+export interface ApplyArgs {
+  /** Most source changes in one target transaction. Default: 5000. */
+  batchChanges?: number;
+  /** Longest a batch stays open, in ms. Default: 200. */
+  batchMs?: number;
+}
+
+export interface CutoverOptionsArgs {
+  /** Fence only once the lag is below this many bytes. Default: 1 MiB. */
+  maxLagBytes?: number;
+  /** …and below this many seconds. Default: 5. */
+  maxLagSeconds?: number;
+  /** The whole cutover, in ms. Default: 300000. */
+  timeoutMs?: number;
+  /** none | counts | checksums. Default: `checksums`. */
+  validation?: CutoverValidation;
+  /** Do not set the target's sequences at the fence. Default: `false`. */
+  skipSequences?: boolean;
+}
+
+/** The arguments as the provider receives them (plain values). */
+export interface MigrationInputs {
+  agent: AgentArgs;
+  source: EndpointArgs;
+  target: EndpointArgs;
+  tables?: TablesArgs;
+  schemaMode?: SchemaMode;
+  overwriteTarget?: boolean;
+  migrationId: string;
+  slotName?: string;
+  publicationName?: string;
+  copy?: CopyArgs;
+  apply?: ApplyArgs;
+  waitForSync?: boolean;
+  createTimeoutMinutes?: number;
+  cutover?: boolean;
+  cutoverOptions?: CutoverOptionsArgs;
+}
+
+/** The top-level argument names, for the unknown-field check. */
+export const ARG_NAMES = [
+  'agent', 'source', 'target', 'tables', 'schemaMode', 'overwriteTarget', 'migrationId', 'slotName',
+  'publicationName', 'copy', 'apply', 'waitForSync', 'createTimeoutMinutes', 'cutover', 'cutoverOptions',
+] as const;
+export const AGENT_FIELDS = ['endpoint', 'token', 'caCert', 'insecure'] as const;
+export const ENDPOINT_FIELDS = ['connectionString', 'host', 'port', 'database', 'user', 'password', 'sslMode', 'sslRootCert'] as const;
+export const TABLES_FIELDS = ['include', 'exclude'] as const;
+export const COPY_FIELDS = ['workers', 'splitBytes', 'indexJobs'] as const;
+export const APPLY_FIELDS = ['batchChanges', 'batchMs'] as const;
+export const CUTOVER_OPTION_FIELDS = ['maxLagBytes', 'maxLagSeconds', 'timeoutMs', 'validation', 'skipSequences'] as const;
+
+/** Arguments whose change means a different migration: the resource is replaced (delete first). */
+export const REPLACE_ON_CHANGE = ['migrationId', 'source', 'target', 'tables', 'schemaMode', 'slotName', 'publicationName'] as const;
+
+/** A database connection, as `activeConnection` and friends give it. */
+export interface ConnectionOutput {
+  host: string;
+  port: number;
+  database: string;
+  user: string;
+  /** Absent when none was given. */
+  password?: string;
+  sslMode: SslMode;
+  /** `postgresql://user:password@host:port/database?sslmode=…`, ready for an app setting. */
+  connectionString: string;
+}
+
+/** An endpoint as echoed in outputs: no password, the connection string redacted. */
+export type EndpointEcho = Omit<EndpointArgs, 'password'>;
+
+/** The resource's outputs (what the provider returns and the state holds). */
+export interface MigrationOutputs {
+  // The arguments, echoed without secrets (diff() receives the old outputs).
+  agent: { endpoint: string; caCert?: string; insecure?: boolean };
+  source: EndpointEcho;
+  target: EndpointEcho;
+  tables: { include: string[]; exclude: string[] };
+  schemaMode: SchemaMode;
+  overwriteTarget: boolean;
+  migrationId: string;
+  slotName?: string;
+  publicationName?: string;
+  copy?: CopyArgs;
+  apply?: ApplyArgs;
+  waitForSync: boolean;
+  createTimeoutMinutes: number;
+  /** `true` once a requested cutover completed (or is requested and the resource is up to date). */
+  cutover: boolean;
+  cutoverOptions?: CutoverOptionsArgs;
+
+  // Live status from the agent.
+  phase: string;
+  tablesTotal: number;
+  tablesCopied: number;
+  rowsCopied: number;
+  /** 0..1 of the initial load. */
+  progress: number;
+  lagBytes: number;
+  lagSeconds: number;
+  retainedWalBytes: number;
+  appliedLsn?: string;
+  /** The replication slot the migration holds on the source. */
+  replicationSlot?: string;
+  /** The publication the migration created on the source. */
+  publication?: string;
+  sourceVersion?: string;
+  targetVersion?: string;
+  /** `CODE: message Fix: remedy` of the last failure, when the migration failed. */
+  error?: string;
+
+  // The cutover report.
+  cutoverState?: string;
+  writeDowntimeMs?: number;
+  validationOk?: boolean;
+  validation?: string;
+  fenceLsn?: string;
+  cutoverCompletedAt?: string;
+  cutoverWarnings?: string[];
+
+  /** `source` until the cutover completed, then `target`. */
+  activeEndpoint: ActiveEndpoint;
+  /** Things worth knowing about the last change (e.g. knobs that apply at the next start). */
+  notes: string[];
+
+  // Secret outputs (additionalSecretOutputs; encrypted in the state).
+  activeConnection: ConnectionOutput;
+  sourceConnection: ConnectionOutput;
+  targetConnection: ConnectionOutput;
+  agentToken?: string;
+  /** scrypt digest of every secret argument, to see a rotated password or token in diff(). */
+  secretsDigest: string;
+}
+
+/** The outputs that hold or derive from secrets; the resource marks them secret. */
+export const SECRET_OUTPUTS = ['activeConnection', 'sourceConnection', 'targetConnection', 'agentToken', 'secretsDigest'] as const;
+
+/**
+ * Derive a migration id from a resource name: lower-case, runs of other
+ * characters become `_`, a leading non-letter gets an `m_` prefix, and a name
+ * too long for 40 characters keeps its first 31 plus `_` and 8 hex digits of
+ * its hash (so two long names do not collide).
+ *
+ * @example deriveMigrationId('Orders-DB.v2') === 'orders_db_v2'
+ */
+export function deriveMigrationId(name: string): string {
+  let id = name.toLowerCase().replace(/[^a-z0-9_]+/g, '_').replace(/_+/g, '_').replace(/^_+|_+$/g, '');
+  if (!/^[a-z]/.test(id)) id = `m_${id}`.replace(/_+$/, '');
+  if (id.length > MIGRATION_ID_MAX_LENGTH) id = `${id.slice(0, 31).replace(/_+$/, '')}_${fnv1a32(name)}`;
+  return id;
+}
+
+/** FNV-1a, 32 bits, as 8 hex digits (stable across Node versions; no crypto needed). */
+function fnv1a32(s: string): string {
+  let h = 0x811c9dc5;
+  for (const ch of Buffer.from(s, 'utf8')) {
+    h ^= ch;
+    h = Math.imul(h, 0x01000193) >>> 0;
+  }
+  return h.toString(16).padStart(8, '0');
+}
+
+/** True when `v` is, or contains, a value the engine does not know yet. */
+export function containsUnknown(v: unknown): boolean {
+  if (v === UNKNOWN) return true;
+  if (Array.isArray(v)) return v.some(containsUnknown);
+  if (v && typeof v === 'object') return Object.values(v).some(containsUnknown);
+  return false;
+}

@@ -1,0 +1,261 @@
+/**
+ * pgferry — the Pulumi side: the `Migration` resource (a dynamic resource)
+ * and its provider object. This is the package's main entry
+ * (`import * as pgferry from "pgferry"`).
+ *
+ * The provider object is serialized by Pulumi's closure serializer into the
+ * stack's state and run later by the dynamic-provider host from the user's
+ * program directory. So its methods capture nothing: each one `require`s
+ * `pgferry/dist/provider/lifecycle.js` (resolved from that directory, where
+ * pgferry is a dependency) and delegates. The work is in lifecycle.ts; the
+ * agent client in client.ts.
+ */
+import * as pulumi from '@pulumi/pulumi';
+import {
+  SECRET_OUTPUTS, deriveMigrationId,
+  type ActiveEndpoint, type ConnectionOutput, type CutoverValidation, type MigrationInputs, type MigrationOutputs,
+  type SchemaMode, type SslMode,
+} from './args';
+
+export {
+  ACTIVE_ENDPOINTS, CUTOVER_VALIDATIONS, DEFAULTS, PHASES, SCHEMA_MODES, SECRET_OUTPUTS, SSL_MODES, UNKNOWN, deriveMigrationId,
+} from './args';
+export type {
+  ActiveEndpoint, ConnectionOutput, CutoverValidation, MigrationInputs, MigrationOutputs, Phase, SchemaMode, SslMode,
+} from './args';
+export { AgentClient, AgentError, isAgentError } from './client';
+export type { AgentClientOptions, MigrationMessage, MigrationSpecMessage, PreflightReportMessage, CutoverRequestMessage } from './client';
+
+type Lifecycle = typeof import('./lifecycle');
+
+/**
+ * The provider of `Migration`, as Pulumi runs it. Exported so tests and tools
+ * can call its methods directly. Each method loads the lifecycle module from
+ * the installed `pgferry` package; nothing else is captured when it is
+ * serialized.
+ */
+export const MigrationProvider: pulumi.dynamic.ResourceProvider = {
+  async check(olds: Record<string, unknown>, news: Record<string, unknown>) {
+    const lifecycle: Lifecycle = require('pgferry/dist/provider/lifecycle.js');
+    return lifecycle.check(olds, news);
+  },
+  async diff(id: pulumi.ID, olds: Record<string, unknown>, news: Record<string, unknown>) {
+    const lifecycle: Lifecycle = require('pgferry/dist/provider/lifecycle.js');
+    return lifecycle.diff(id, olds, news);
+  },
+  async create(inputs: Record<string, unknown>) {
+    const lifecycle: Lifecycle = require('pgferry/dist/provider/lifecycle.js');
+    return lifecycle.create(inputs);
+  },
+  async read(id: pulumi.ID, props?: Record<string, unknown>) {
+    const lifecycle: Lifecycle = require('pgferry/dist/provider/lifecycle.js');
+    return lifecycle.read(id, props ?? {});
+  },
+  async update(id: pulumi.ID, olds: Record<string, unknown>, news: Record<string, unknown>) {
+    const lifecycle: Lifecycle = require('pgferry/dist/provider/lifecycle.js');
+    return lifecycle.update(id, olds, news);
+  },
+  async delete(id: pulumi.ID, props: Record<string, unknown>) {
+    const lifecycle: Lifecycle = require('pgferry/dist/provider/lifecycle.js');
+    return lifecycle.remove(id, props);
+  },
+};
+
+/** Where the agent is and how to talk to it. */
+export interface AgentInput {
+  /** `host:port` of the agent's gRPC listener, e.g. `10.0.0.4:7443`. */
+  endpoint: pulumi.Input<string>;
+  /** Bearer token the agent was started with; pass a secret (`config.requireSecret`). Default: none. */
+  token?: pulumi.Input<string>;
+  /** PEM text of the CA that signed the agent's TLS certificate. Default: none (system roots). */
+  caCert?: pulumi.Input<string>;
+  /** Plain-text gRPC. Default: `false` (a loopback endpoint without `caCert` is plain text anyway). */
+  insecure?: pulumi.Input<boolean>;
+}
+
+/** A PostgreSQL endpoint: the separate fields, or `connectionString`. */
+export interface EndpointInput {
+  /** `postgresql://user:password@host:5432/database?sslmode=require`; kept secret. */
+  connectionString?: pulumi.Input<string>;
+  host?: pulumi.Input<string>;
+  /** Default: 5432. */
+  port?: pulumi.Input<number>;
+  database?: pulumi.Input<string>;
+  user?: pulumi.Input<string>;
+  /** Kept secret. */
+  password?: pulumi.Input<string>;
+  /** disable | prefer | require | verify-ca | verify-full. Default: `prefer`. */
+  sslMode?: pulumi.Input<SslMode>;
+  /** PEM text of the server's CA; required for verify-ca / verify-full. */
+  sslRootCert?: pulumi.Input<string>;
+}
+
+/** The arguments of a `Migration`. */
+export interface MigrationArgs {
+  /** The agent that does the work (a long-running `pgferry agent` near the source). */
+  agent: pulumi.Input<AgentInput>;
+  /** The database to migrate from (a change replaces the migration). */
+  source: pulumi.Input<EndpointInput>;
+  /** The database to migrate to (a change replaces the migration). */
+  target: pulumi.Input<EndpointInput>;
+  /** Which tables: `schema.table` patterns. Default: `{ include: ["public.*"], exclude: [] }`. */
+  tables?: pulumi.Input<{ include?: pulumi.Input<pulumi.Input<string>[]>; exclude?: pulumi.Input<pulumi.Input<string>[]> }>;
+  /** `create`: pgferry creates the tables on the target; `existing`: they exist already. Default: `create`. */
+  schemaMode?: pulumi.Input<SchemaMode>;
+  /** Load into target tables that already hold rows (truncated first). Default: `false`. */
+  overwriteTarget?: pulumi.Input<boolean>;
+  /**
+   * The migration's id on the agent (`^[a-z][a-z0-9_]{0,39}$`); it names the
+   * replication slot and publication (`pgferry_<id>`). Default: derived from
+   * the resource name (see `deriveMigrationId`).
+   */
+  migrationId?: pulumi.Input<string>;
+  /** Replication slot name. Default: `pgferry_<migrationId>`. */
+  slotName?: pulumi.Input<string>;
+  /** Publication name. Default: `pgferry_<migrationId>`. */
+  publicationName?: pulumi.Input<string>;
+  /** Initial-load knobs (apply when the migration starts). Defaults: 2 workers, 64 MiB splits, 2 index jobs. */
+  copy?: pulumi.Input<{ workers?: pulumi.Input<number>; splitBytes?: pulumi.Input<number>; indexJobs?: pulumi.Input<number> }>;
+  /** Change-apply knobs. Defaults: 5000 changes, 200 ms per batch. */
+  apply?: pulumi.Input<{ batchChanges?: pulumi.Input<number>; batchMs?: pulumi.Input<number> }>;
+  /** Create returns only once the migration is in sync (phase `syncing`). Default: `false` (return once durably started). */
+  waitForSync?: pulumi.Input<boolean>;
+  /** Longest Create waits for sync, in minutes. Default: 30. */
+  createTimeoutMinutes?: pulumi.Input<number>;
+  /** Cut over: fence writes on the source, drain, sync sequences, validate, switch. Flip to `true` in a later change. Default: `false`. */
+  cutover?: pulumi.Input<boolean>;
+  /** How to cut over. Defaults: 1 MiB / 5 s of lag, 300000 ms, `checksums` validation, sequences set. */
+  cutoverOptions?: pulumi.Input<{
+    maxLagBytes?: pulumi.Input<number>;
+    maxLagSeconds?: pulumi.Input<number>;
+    timeoutMs?: pulumi.Input<number>;
+    validation?: pulumi.Input<CutoverValidation>;
+    skipSequences?: pulumi.Input<boolean>;
+  }>;
+}
+
+/** The output names of a Migration (registered so they exist on the resource object). */
+const OUTPUT_NAMES = [
+  'phase', 'tablesTotal', 'tablesCopied', 'rowsCopied', 'progress', 'lagBytes', 'lagSeconds', 'retainedWalBytes',
+  'appliedLsn', 'replicationSlot', 'publication', 'sourceVersion', 'targetVersion', 'error', 'cutoverState',
+  'writeDowntimeMs', 'validationOk', 'validation', 'fenceLsn', 'cutoverCompletedAt', 'cutoverWarnings',
+  'activeEndpoint', 'notes', 'activeConnection', 'sourceConnection', 'targetConnection', 'agentToken', 'secretsDigest',
+] as const;
+
+/** Wrap the secret fields of an endpoint/agent argument in `pulumi.secret`, keeping the rest readable in a preview. */
+function withSecretFields<T extends object>(value: pulumi.Input<T>, fields: readonly string[]): pulumi.Input<T> {
+  if (value === undefined || value === null) return value;
+  if (pulumi.Output.isInstance(value) || value instanceof Promise) {
+    // Opaque until resolved: the whole value is secret (its parts cannot be told apart here).
+    return pulumi.secret(value as pulumi.Input<T>) as unknown as pulumi.Input<T>;
+  }
+  const out: Record<string, unknown> = { ...(value as Record<string, unknown>) };
+  for (const f of fields) if (out[f] !== undefined) out[f] = pulumi.secret(out[f] as pulumi.Input<unknown>);
+  return out as T;
+}
+
+/**
+ * An online PostgreSQL migration run by a pgferry agent: Create starts it
+ * (initial load from one consistent snapshot, then continuous sync), Read
+ * shows its phase, progress and lag, flipping `cutover` to `true` cuts over
+ * (writes fenced, drained, sequences set, validated), and Delete drops the
+ * replication slot and publication on the source while the target keeps its
+ * data. `activeConnection` is the source until the cutover completed, then
+ * the target: wire the application's connection setting to it.
+ *
+ * Passwords, connection strings and the agent token are kept secret; no
+ * output holds them in clear text.
+ *
+ * @example
+ * import * as pulumi from "@pulumi/pulumi";
+ * import * as pgferry from "pgferry";
+ *
+ * const cfg = new pulumi.Config();
+ * const migration = new pgferry.Migration("orders", {
+ *   agent: { endpoint: "10.0.0.4:7443", token: cfg.requireSecret("agentToken"), caCert: cfg.get("agentCa") },
+ *   source: { host: "old-db.internal", database: "orders", user: "migrator", password: cfg.requireSecret("sourcePassword") },
+ *   target: { host: "new-db.postgres.database.azure.com", database: "orders", user: "pgadmin",
+ *             password: cfg.requireSecret("targetPassword"), sslMode: "require" },
+ *   tables: { include: ["public.*", "billing.invoices"], exclude: ["public.audit_log"] },
+ *   cutover: false,   // flip to true in a later change to cut over
+ * });
+ * export const phase = migration.phase;
+ * export const lagBytes = migration.lagBytes;
+ * export const connection = migration.activeConnection;   // secret
+ */
+export class Migration extends pulumi.dynamic.Resource {
+  // `declare`: the base constructor sets these; a class field would reset them.
+  /** The migration's id on the agent. */
+  declare readonly migrationId: pulumi.Output<string>;
+  /** preflight | schema | loading | indexing | syncing | cutting-over | completed | failed */
+  declare readonly phase: pulumi.Output<string>;
+  declare readonly tablesTotal: pulumi.Output<number>;
+  declare readonly tablesCopied: pulumi.Output<number>;
+  declare readonly rowsCopied: pulumi.Output<number>;
+  /** 0..1 of the initial load. */
+  declare readonly progress: pulumi.Output<number>;
+  /** WAL of the source database not yet applied to the target, in bytes. */
+  declare readonly lagBytes: pulumi.Output<number>;
+  /** Age of the oldest change not yet applied, in seconds. */
+  declare readonly lagSeconds: pulumi.Output<number>;
+  /** WAL the replication slot keeps on the source, in bytes. */
+  declare readonly retainedWalBytes: pulumi.Output<number>;
+  declare readonly appliedLsn: pulumi.Output<string | undefined>;
+  declare readonly replicationSlot: pulumi.Output<string | undefined>;
+  declare readonly publication: pulumi.Output<string | undefined>;
+  declare readonly sourceVersion: pulumi.Output<string | undefined>;
+  declare readonly targetVersion: pulumi.Output<string | undefined>;
+  /** `CODE: message Fix: remedy` when the migration failed. */
+  declare readonly error: pulumi.Output<string | undefined>;
+  /** The cutover's state (waiting-for-lag … completed | failed), once one was requested. */
+  declare readonly cutoverState: pulumi.Output<string | undefined>;
+  /** How long writes were fenced during the cutover, in ms. */
+  declare readonly writeDowntimeMs: pulumi.Output<number | undefined>;
+  /** Whether the cutover's validation (counts or checksums) matched. */
+  declare readonly validationOk: pulumi.Output<boolean | undefined>;
+  declare readonly validation: pulumi.Output<string | undefined>;
+  /** The source LSN at the fence. */
+  declare readonly fenceLsn: pulumi.Output<string | undefined>;
+  declare readonly cutoverCompletedAt: pulumi.Output<string | undefined>;
+  declare readonly cutoverWarnings: pulumi.Output<string[] | undefined>;
+  /** `source` until the cutover completed, then `target`. */
+  declare readonly activeEndpoint: pulumi.Output<ActiveEndpoint>;
+  /** The connection the application should use (secret): the source, then the target. */
+  declare readonly activeConnection: pulumi.Output<ConnectionOutput>;
+  /** The source connection (secret). */
+  declare readonly sourceConnection: pulumi.Output<ConnectionOutput>;
+  /** The target connection (secret). */
+  declare readonly targetConnection: pulumi.Output<ConnectionOutput>;
+  /** Things worth knowing about the last change (e.g. knobs that apply at the next start). */
+  declare readonly notes: pulumi.Output<string[]>;
+  declare readonly cutover: pulumi.Output<boolean>;
+
+  /**
+   * @param name The resource name; also the default `migrationId` (sanitized).
+   * @param args Where the agent is, source, target, tables and options.
+   * @param opts Resource options; the secret outputs are added to `additionalSecretOutputs`.
+   */
+  constructor(name: string, args: MigrationArgs, opts?: pulumi.CustomResourceOptions) {
+    const props: Record<string, unknown> = {
+      ...args,
+      agent: withSecretFields(args.agent, ['token']),
+      source: withSecretFields(args.source, ['password', 'connectionString']),
+      target: withSecretFields(args.target, ['password', 'connectionString']),
+      migrationId: args.migrationId ?? deriveMigrationId(name),
+    };
+    for (const k of OUTPUT_NAMES) props[k] = undefined;
+    super(MigrationProvider, name, props, {
+      ...opts,
+      additionalSecretOutputs: [...(opts?.additionalSecretOutputs ?? []), ...SECRET_OUTPUTS],
+    }, 'pgferry', 'Migration');
+  }
+
+  /**
+   * Look up an existing migration (read-only) by id, e.g. one started with the
+   * `pgferry` CLI. To manage such a migration, declare it with `new Migration`
+   * and the same `migrationId` and spec instead: Create adopts it.
+   */
+  static get(name: string, id: pulumi.Input<pulumi.ID>, args: MigrationArgs, opts?: pulumi.CustomResourceOptions): Migration {
+    return new Migration(name, args, { ...opts, id });
+  }
+}

@@ -1,0 +1,242 @@
+/**
+ * outputs — from arguments and the agent's status to the resource's outputs.
+ *
+ * Input: the arguments (plain, secrets included) or the previous outputs,
+ * and a `Migration` message from the agent.
+ * Output: `MigrationOutputs`, where the arguments are echoed without any
+ * secret (diff() receives old outputs, so they must be there), passwords and
+ * the token live only in the outputs the resource marks secret
+ * (`SECRET_OUTPUTS`), and `activeConnection` follows the cutover.
+ *
+ * Also here: the migration spec sent to the agent, connection-string parsing
+ * and redaction, and the digest that lets diff() see a rotated secret
+ * without keeping the secret itself in a plain output.
+ */
+import { scryptSync } from 'node:crypto';
+import {
+  DEFAULTS, SSL_MODES, type ActiveEndpoint, type ConnectionOutput, type EndpointArgs, type EndpointEcho,
+  type MigrationInputs, type MigrationOutputs, type SslMode,
+} from './args';
+import type { CutoverRequestMessage, MigrationMessage, MigrationSpecMessage } from './client';
+
+/** Drop `undefined` (and, with `dropNull`, `null`) deeply: a protobuf Struct holds neither. */
+export function compact<T>(v: T, dropNull = true): T {
+  if (Array.isArray(v)) return v.map((x) => compact(x, dropNull)) as T;
+  if (v && typeof v === 'object') {
+    const out: Record<string, unknown> = {};
+    for (const [k, x] of Object.entries(v as Record<string, unknown>)) {
+      if (x === undefined || (dropNull && x === null)) continue;
+      out[k] = compact(x, dropNull);
+    }
+    return out as T;
+  }
+  return v;
+}
+
+/** Parse a `postgres://` / `postgresql://` URI into its parts (percent-decoded). */
+export function parseConnectionString(cs: string): { host?: string; port?: number; database?: string; user?: string; password?: string; sslMode?: string } {
+  let url: URL;
+  try {
+    url = new URL(cs);
+  } catch {
+    return {};
+  }
+  const q = url.searchParams;
+  const dec = (s: string) => { try { return decodeURIComponent(s); } catch { return s; } };
+  const host = q.get('host') ?? (url.hostname ? dec(url.hostname.replace(/^\[|\]$/g, '')) : undefined);
+  const portText = q.get('port') ?? url.port;
+  return {
+    host: host || undefined,
+    port: portText ? Number(portText) : undefined,
+    database: q.get('dbname') ?? (url.pathname.length > 1 ? dec(url.pathname.slice(1)) : undefined),
+    user: q.get('user') ?? (url.username ? dec(url.username) : undefined),
+    password: q.get('password') ?? (url.password ? dec(url.password) : undefined),
+    sslMode: q.get('sslmode') ?? undefined,
+  };
+}
+
+/** A connection string with its password (userinfo or `password=`) replaced by `***`. */
+export function redactConnectionString(cs: string): string {
+  return cs
+    .replace(/^(postgres(?:ql)?:\/\/[^:/@?#]*:)[^@/?#]*@/i, '$1***@')
+    .replace(/([?&]password=)[^&#]*/gi, '$1***');
+}
+
+/** The endpoint as echoed in outputs: without `password`, the connection string redacted. */
+export function echoEndpoint(e: EndpointArgs | undefined): EndpointEcho {
+  if (!e) return {};
+  const { password: _password, connectionString, ...rest } = e;
+  return compact({ ...rest, connectionString: connectionString === undefined ? undefined : redactConnectionString(connectionString) });
+}
+
+function uriHost(host: string): string {
+  return host.includes(':') && !host.startsWith('[') ? `[${host}]` : host;
+}
+
+/** The full connection (password included) an endpoint argument describes, defaults applied. */
+export function resolveConnection(e: EndpointArgs): ConnectionOutput {
+  const p = e.connectionString ? parseConnectionString(e.connectionString) : {};
+  const host = p.host ?? e.host ?? 'localhost';
+  const port = p.port ?? e.port ?? DEFAULTS.port;
+  const database = p.database ?? e.database ?? '';
+  const user = p.user ?? e.user ?? '';
+  const password = p.password ?? e.password;
+  const mode = p.sslMode ?? e.sslMode ?? DEFAULTS.sslMode;
+  const sslMode: SslMode = (SSL_MODES as readonly string[]).includes(mode) ? mode as SslMode : DEFAULTS.sslMode;
+  const auth = password ? `${encodeURIComponent(user)}:${encodeURIComponent(password)}` : encodeURIComponent(user);
+  const connectionString = `postgresql://${auth}@${uriHost(host)}:${port}/${encodeURIComponent(database)}?sslmode=${sslMode}`;
+  return compact({ host, port, database, user, password, sslMode, connectionString });
+}
+
+/** The spec the agent validates (agent/spec.ts), from the arguments. */
+export function toSpec(a: MigrationInputs): MigrationSpecMessage {
+  const endpoint = (e: EndpointArgs) => compact({
+    connectionString: e.connectionString, host: e.host, port: e.port, database: e.database,
+    user: e.user, password: e.password, sslMode: e.sslMode, sslRootCert: e.sslRootCert,
+  });
+  return compact({
+    id: a.migrationId,
+    source: endpoint(a.source),
+    target: endpoint(a.target),
+    tables: a.tables ? compact({ include: a.tables.include, exclude: a.tables.exclude }) : undefined,
+    schemaMode: a.schemaMode,
+    overwriteTarget: a.overwriteTarget,
+    slotName: a.slotName,
+    publicationName: a.publicationName,
+    copy: a.copy ? compact({ ...a.copy }) : undefined,
+    apply: a.apply ? compact({ ...a.apply }) : undefined,
+  });
+}
+
+/** The Cutover request from the arguments (agent defaults for what is not given). */
+export function toCutoverRequest(a: MigrationInputs): CutoverRequestMessage {
+  const o = a.cutoverOptions ?? {};
+  return compact({
+    id: a.migrationId,
+    maxLagBytes: o.maxLagBytes,
+    maxLagSeconds: o.maxLagSeconds,
+    timeoutMs: o.timeoutMs,
+    validation: o.validation,
+    skipSequences: o.skipSequences,
+  });
+}
+
+/**
+ * A digest of every secret argument (passwords, connection strings, the agent
+ * token), salted with the migration id: diff() compares it to see a rotation.
+ * scrypt makes guessing a password from it expensive; the output is also
+ * marked secret, so the state holds it encrypted.
+ */
+export function secretsDigest(a: Pick<MigrationInputs, 'migrationId' | 'source' | 'target' | 'agent'>): string {
+  const material = JSON.stringify([
+    a.source?.password ?? null, a.source?.connectionString ?? null,
+    a.target?.password ?? null, a.target?.connectionString ?? null,
+    a.agent?.token ?? null,
+  ]);
+  return scryptSync(material, `pgferry:${a.migrationId}`, 32, { N: 16384, r: 8, p: 1 }).toString('hex');
+}
+
+/** The arguments echoed into outputs, without secrets and with defaults applied. */
+export function echoArgs(a: MigrationInputs): Pick<MigrationOutputs,
+  'agent' | 'source' | 'target' | 'tables' | 'schemaMode' | 'overwriteTarget' | 'migrationId' | 'slotName' | 'publicationName'
+  | 'copy' | 'apply' | 'waitForSync' | 'createTimeoutMinutes' | 'cutover' | 'cutoverOptions'> {
+  return compact({
+    agent: compact({ endpoint: a.agent.endpoint, caCert: a.agent.caCert, insecure: a.agent.insecure }),
+    source: echoEndpoint(a.source),
+    target: echoEndpoint(a.target),
+    tables: {
+      include: a.tables?.include ?? [...DEFAULTS.tables.include],
+      exclude: a.tables?.exclude ?? [...DEFAULTS.tables.exclude],
+    },
+    schemaMode: a.schemaMode ?? DEFAULTS.schemaMode,
+    overwriteTarget: a.overwriteTarget ?? DEFAULTS.overwriteTarget,
+    migrationId: a.migrationId,
+    slotName: a.slotName,
+    publicationName: a.publicationName,
+    copy: a.copy,
+    apply: a.apply,
+    waitForSync: a.waitForSync ?? DEFAULTS.waitForSync,
+    createTimeoutMinutes: a.createTimeoutMinutes ?? DEFAULTS.createTimeoutMinutes,
+    cutover: a.cutover ?? DEFAULTS.cutover,
+    cutoverOptions: a.cutoverOptions,
+  });
+}
+
+/** What the outputs need besides the echo: the secret parts. */
+export interface SecretParts {
+  sourceConnection: ConnectionOutput;
+  targetConnection: ConnectionOutput;
+  agentToken?: string;
+  secretsDigest: string;
+}
+
+export function secretPartsFromInputs(a: MigrationInputs): SecretParts {
+  return {
+    sourceConnection: resolveConnection(a.source),
+    targetConnection: resolveConnection(a.target),
+    agentToken: a.agent.token || undefined,
+    secretsDigest: secretsDigest(a),
+  };
+}
+
+/** The agent's status as outputs (the live part). */
+export function liveOutputs(m: MigrationMessage): Partial<MigrationOutputs> {
+  const c = m.cutover;
+  const error = m.errorMessage
+    ? `${m.errorCode ? `${m.errorCode}: ` : ''}${m.errorMessage}${m.errorRemedy ? ` Fix: ${m.errorRemedy}` : ''}`
+    : undefined;
+  return compact({
+    phase: m.phase,
+    tablesTotal: m.tablesTotal,
+    tablesCopied: m.tablesCopied,
+    rowsCopied: m.rowsCopied,
+    progress: m.progress,
+    lagBytes: m.lagBytes,
+    lagSeconds: m.lagSeconds,
+    retainedWalBytes: m.retainedWalBytes,
+    appliedLsn: m.appliedLsn || undefined,
+    replicationSlot: m.slotName || undefined,
+    publication: m.publicationName || undefined,
+    sourceVersion: m.sourceVersion || undefined,
+    targetVersion: m.targetVersion || undefined,
+    error,
+    cutoverState: c?.state || undefined,
+    writeDowntimeMs: c && (c.state === 'completed' || c.writeDowntimeMs > 0) ? c.writeDowntimeMs : undefined,
+    validationOk: c && c.state === 'completed' ? c.validationOk : undefined,
+    validation: c?.validation || undefined,
+    fenceLsn: c?.fenceLsn || undefined,
+    cutoverCompletedAt: c?.completedAt || undefined,
+    cutoverWarnings: c?.warnings?.length ? c.warnings : undefined,
+    activeEndpoint: activeEndpointOf(m),
+  });
+}
+
+/** `target` once the cutover completed, `source` before. */
+export function activeEndpointOf(m: MigrationMessage): ActiveEndpoint {
+  return m.activeEndpoint === 'target' || m.phase === 'completed' ? 'target' : 'source';
+}
+
+/** The outputs: echo + live status + secret parts, `activeConnection` chosen by the active endpoint. */
+export function buildOutputs(
+  echo: ReturnType<typeof echoArgs>,
+  secrets: SecretParts,
+  m: MigrationMessage,
+  notes: string[] = [],
+): MigrationOutputs {
+  const live = liveOutputs(m);
+  const active = activeEndpointOf(m);
+  const out: MigrationOutputs = {
+    ...echo,
+    phase: m.phase,
+    tablesTotal: 0, tablesCopied: 0, rowsCopied: 0, progress: 0, lagBytes: 0, lagSeconds: 0, retainedWalBytes: 0,
+    ...live,
+    activeEndpoint: active,
+    notes,
+    activeConnection: active === 'target' ? secrets.targetConnection : secrets.sourceConnection,
+    sourceConnection: secrets.sourceConnection,
+    targetConnection: secrets.targetConnection,
+    agentToken: secrets.agentToken,
+    secretsDigest: secrets.secretsDigest,
+  };
+  return compact(out);
+}
