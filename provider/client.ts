@@ -219,9 +219,11 @@ export function toAgentError(e: unknown, method: string, endpoint: string): Agen
     const v = meta?.get(key)[0];
     return v === undefined ? undefined : Buffer.isBuffer(v) ? v.toString('utf8') : String(v);
   };
-  const details = (se?.details || se?.message || String(e)).trim();
+  let details = (se?.details || se?.message || String(e)).trim();
   const agentCode = first('pgferry-code');
   const agentRemedy = first('pgferry-remedy');
+  // The agent's details may already end with "Fix: <remedy>": keep the fact and the remedy apart.
+  if (agentRemedy && details.endsWith(`Fix: ${agentRemedy}`)) details = details.slice(0, -`Fix: ${agentRemedy}`.length).trim();
   if (agentCode) {
     return new AgentError(details, { code: agentCode, remedy: agentRemedy ?? '', grpcCode, method, cause: e });
   }

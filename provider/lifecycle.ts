@@ -82,9 +82,15 @@ function replaceKey(field: (typeof REPLACE_ON_CHANGE)[number], v: Props): unknow
   }
 }
 
+/** `text` ending in a full stop (agent messages may or may not have one). */
+function sentence(text: string): string {
+  const t = text.trim();
+  return /[.!?]$/.test(t) ? t : `${t}.`;
+}
+
 /** An Error whose message says what happened and how to fix it. */
 function userError(message: string, remedy?: string, cause?: unknown): Error {
-  return new Error(remedy ? `${message} Fix: ${remedy}` : message, cause === undefined ? undefined : { cause });
+  return new Error(remedy ? `${sentence(message)} Fix: ${sentence(remedy)}` : sentence(message), cause === undefined ? undefined : { cause });
 }
 
 /** An agent error during a step, with the argument that fixes a connection problem named. */
@@ -493,7 +499,7 @@ export async function remove(id: string, props: Props): Promise<void> {
   } catch (e) {
     if (isAgentError(e) && (e.code === 'MIGRATION_NOT_FOUND' || e.grpcStatus === 'NOT_FOUND')) return;
     const err = stepError('Delete', id, e, agent.endpoint);
-    err.message += ` Until it is deleted, replication slot '${slot}' keeps WAL on the source. Run \`pulumi destroy\` again once the agent answers, ${byHand}`;
+    err.message += ` Until it is deleted, replication slot '${slot}' keeps WAL on the source. Run \`pulumi destroy\` again once the cause is fixed, ${byHand}`;
     throw err;
   } finally {
     client.close();
