@@ -416,7 +416,8 @@ export async function read(id: string, props: Props): Promise<ReadResult> {
  * In-place changes: `cutover` false → true cuts over and returns when it
  * completed (or throws the agent's reason; the source stays writable);
  * rotated passwords and `apply` knobs are handed to the agent (StartMigration
- * with the same spec keeps the newest credentials); `copy` and
+ * with the same spec stores the newest credentials; the agent's running
+ * migration picks them up when the agent restarts); `copy` and
  * `overwriteTarget` apply to the next start; the agent connection changes
  * nothing on the agent. `cutover` true → false after completion fails.
  */
@@ -453,8 +454,8 @@ export async function update(id: string, olds: Props, news: Props): Promise<Upda
       } catch (e) {
         throw stepError('Handing the new credentials to the agent', id, e, a.agent.endpoint);
       }
-      if (secretsChanged) notes.push('The agent now uses the rotated credentials.');
-      if (applyChanged) notes.push('`apply` changed: the agent stored it; it takes effect when the migration\'s stream restarts (e.g. when the agent restarts).');
+      if (secretsChanged) notes.push('Rotated credentials were handed to the agent, which stores them; the running migration uses them once the agent restarts.');
+      if (applyChanged) notes.push('`apply` changed: the agent stored it; the running migration uses it once the agent restarts.');
     }
     if (!same(olds.copy, a.copy) || (olds.overwriteTarget ?? false) !== (a.overwriteTarget ?? false)) {
       notes.push(`\`copy\` / \`overwriteTarget\` changed: they apply the next time a migration starts; the running migration '${id}' keeps the settings it started with.`);

@@ -9,6 +9,7 @@
 import assert from 'node:assert/strict';
 import { startCluster, type Cluster } from '../agent/testbed';
 import { SECRET_OUTPUTS } from '../provider/args';
+import { AgentClient, isAgentError } from '../provider/client';
 import { startAgent, removeAgentDir, type AgentProcess } from './support/agent';
 import { ProviderHost, declareMigration, pathsContaining, urnOf, type Declared, type Props } from './support/provider-host';
 
@@ -76,8 +77,12 @@ describe('provider end to end: PostgreSQL 14 → 17 through the real host and ag
   after(async function () {
     await host?.stop();
     await agent?.stop();
-    // PGFERRY_KEEP_AGENT_DIR=1 keeps the agent's state and log for a post-mortem.
-    if (agent && !process.env.PGFERRY_KEEP_AGENT_DIR) removeAgentDir(agent); else if (agent) console.log(`agent log: ${agent.logFile}`);
+    // PGFERRY_KEEP_AGENT_DIR=1 keeps the agent's state and log for a post-mortem. The support's exit
+    // handler reads the log 100 ms after the process exits, so the directory goes only after that.
+    if (agent && !process.env.PGFERRY_KEEP_AGENT_DIR) {
+      await new Promise((r) => setTimeout(r, 300));
+      removeAgentDir(agent);
+    } else if (agent) console.log(`agent log: ${agent.logFile}`);
     await Promise.all([source?.stop(), target?.stop()]);
   });
 
@@ -124,6 +129,23 @@ describe('provider end to end: PostgreSQL 14 → 17 through the real host and ag
     const res = await host.create(urn, news());
     assert.equal(res.id, 'orders');
     assert.equal(res.properties.phase, 'syncing');
+  });
+
+  it('the agent client: health, list, watch, and the agent\'s own code on a bad token', async function () {
+    const client = new AgentClient({ endpoint: agent.endpoint, token: TOKEN });
+    const intruder = new AgentClient({ endpoint: agent.endpoint, token: 'wrong' });
+    try {
+      assert.equal(await client.health(), 'SERVING');
+      assert.deepEqual((await client.listMigrations()).map((m) => m.id), ['orders']);
+      const seen: string[] = [];
+      await client.watchMigration('orders', 200, (m) => { seen.push(m.phase); return true; });
+      assert.deepEqual(seen, ['syncing']);
+      await assert.rejects(intruder.getMigration('orders'), (e: unknown) => isAgentError(e) && e.code === 'UNAUTHENTICATED' && e.grpcStatus === 'UNAUTHENTICATED');
+      await assert.rejects(client.getMigration('nope'), (e: unknown) => isAgentError(e) && e.code === 'MIGRATION_NOT_FOUND' && e.grpcStatus === 'NOT_FOUND' && e.remedy.length > 0);
+    } finally {
+      client.close();
+      intruder.close();
+    }
   });
 
   it('Read (refresh) shows the live phase, progress and lag', async function () {
