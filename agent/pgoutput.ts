@@ -1,0 +1,303 @@
+/**
+ * pgoutput — decode the logical replication messages of PostgreSQL's built-in
+ * `pgoutput` plugin (protocol version 1). Stage: receive → **transform** → apply.
+ *
+ * Input: the payload of one XLogData message (the bytes after the 25-byte
+ * 'w' header), in stream order. Output: one `PgoutputMessage`, a union
+ * discriminated by `tag`. Tuples are arrays indexed like the relation's
+ * columns, each value the exact text the server sent (`string`), `null`, or
+ * the `UNCHANGED_TOAST` marker (a large value an UPDATE did not touch; the
+ * apply stage must leave such columns out of its SET list, never write them).
+ *
+ * Message formats:
+ * https://www.postgresql.org/docs/current/protocol-logicalrep-message-formats.html
+ *
+ * Why our own parser and not pg-logical-replication's PgoutputParser: that
+ * parser turns every value through node-postgres' global type parsers
+ * (timestamps become JS Dates and lose their microseconds, json is parsed and
+ * re-serialized, numerics may become floats), which breaks exact round-trips,
+ * and it allocates an object keyed by column name per row. Here a value stays
+ * the server's canonical text (the replication session runs with conn.ts's
+ * SESSION_OPTIONS: ISO dates in UTC, hex bytea, shortest-exact floats), which
+ * the target casts back with its input functions.
+ *
+ * Large transactions: we request protocol version 1 (no streaming of
+ * in-progress transactions). The source's reorder buffer spills a large
+ * transaction to disk (beyond `logical_decoding_work_mem`) and sends it whole
+ * at commit; the apply stage consumes it in bounded chunks inside one target
+ * transaction, so neither side holds it in memory. Streaming (protocol 2,
+ * PG 14+) would only start sending earlier, at the cost of handling aborts of
+ * half-applied streamed transactions; not worth it for a migration.
+ */
+import type pg from 'pg';
+import { formatLsn, readLsn, type Lsn } from './lsn';
+
+/** Marks a TOASTed value an UPDATE did not change (pgoutput's 'u'): its value was not sent. */
+export const UNCHANGED_TOAST: unique symbol = Symbol('pgoutput.unchanged-toast');
+export type TupleValue = string | null | typeof UNCHANGED_TOAST;
+/** One row: values in the order of the relation's columns. */
+export type Tuple = TupleValue[];
+
+export interface RelationColumn {
+  name: string;
+  /** Part of the replica identity (every column when REPLICA IDENTITY FULL). */
+  isKey: boolean;
+  typeOid: number;
+  typeMod: number;
+}
+
+export interface BeginMessage { tag: 'begin'; /** LSN of the commit record. */ finalLsn: Lsn; /** µs since the PostgreSQL epoch. */ commitTimeMicros: bigint; xid: number }
+export interface CommitMessage { tag: 'commit'; flags: number; /** LSN of the commit record. */ commitLsn: Lsn; /** End of the commit record: the position to resume after this transaction. */ endLsn: Lsn; commitTimeMicros: bigint }
+export interface RelationMessage {
+  tag: 'relation';
+  relationOid: number;
+  schema: string;
+  name: string;
+  /** relreplident: 'd' default (primary key), 'n' nothing, 'f' full, 'i' index. */
+  replicaIdentity: 'd' | 'n' | 'f' | 'i';
+  columns: RelationColumn[];
+  /** Indexes of the identity columns in `columns`. */
+  keyIndexes: number[];
+}
+export interface TypeMessage { tag: 'type'; typeOid: number; schema: string; name: string }
+export interface InsertMessage { tag: 'insert'; relation: RelationMessage; newTuple: Tuple }
+export interface UpdateMessage {
+  tag: 'update';
+  relation: RelationMessage;
+  /** 'K': old key (the key changed, or is stored out of line); 'O': whole old row (REPLICA IDENTITY FULL); null: neither sent. */
+  oldKind: 'K' | 'O' | null;
+  oldTuple: Tuple | null;
+  newTuple: Tuple;
+}
+export interface DeleteMessage { tag: 'delete'; relation: RelationMessage; oldKind: 'K' | 'O'; oldTuple: Tuple }
+export interface TruncateMessage { tag: 'truncate'; cascade: boolean; restartIdentity: boolean; relations: RelationMessage[] }
+export interface OriginMessage { tag: 'origin'; originLsn: Lsn; name: string }
+export interface LogicalMessage { tag: 'message'; transactional: boolean; lsn: Lsn; prefix: string; content: Buffer }
+
+export type PgoutputMessage =
+  | BeginMessage | CommitMessage | RelationMessage | TypeMessage | InsertMessage
+  | UpdateMessage | DeleteMessage | TruncateMessage | OriginMessage | LogicalMessage;
+
+const REPLICA_IDENTITIES = ['d', 'n', 'f', 'i'] as const;
+
+/** A malformed or unexpected message: the stream cannot be trusted past it. */
+export class PgoutputDecodeError extends Error {
+  constructor(message: string) { super(message); this.name = 'PgoutputDecodeError'; }
+}
+
+/**
+ * Decodes pgoutput messages. Stateful: Relation messages are cached by OID
+ * and referenced by the row messages that follow, so feed every message of a
+ * stream, in order, to one parser.
+ */
+export class PgoutputParser {
+  private readonly relations = new Map<number, RelationMessage>();
+  private buf: Buffer = Buffer.alloc(0);
+  private pos = 0;
+
+  /** The last Relation message seen for `oid`, if any. */
+  relation(oid: number): RelationMessage | undefined {
+    return this.relations.get(oid);
+  }
+
+  parse(payload: Buffer): PgoutputMessage {
+    this.buf = payload;
+    this.pos = 1;
+    try {
+      return this.message(payload[0]);
+    } catch (e) {
+      // Buffer reads past the end throw RangeError: the message is truncated.
+      if (e instanceof RangeError) throw new PgoutputDecodeError(`message truncated (${payload.length} bytes): ${e.message}`);
+      throw e;
+    }
+  }
+
+  private message(tag: number | undefined): PgoutputMessage {
+    switch (tag) {
+      case 0x42 /*B*/: return this.begin();
+      case 0x43 /*C*/: return this.commit();
+      case 0x52 /*R*/: return this.relationMessage();
+      case 0x59 /*Y*/: return { tag: 'type', typeOid: this.u32(), schema: this.cstring(), name: this.cstring() };
+      case 0x49 /*I*/: return this.insert();
+      case 0x55 /*U*/: return this.update();
+      case 0x44 /*D*/: return this.delete();
+      case 0x54 /*T*/: return this.truncate();
+      case 0x4f /*O*/: return { tag: 'origin', originLsn: this.lsn(), name: this.cstring() };
+      case 0x4d /*M*/: return this.logicalMessage();
+      default:
+        throw new PgoutputDecodeError(`unexpected pgoutput message type ${tag === undefined ? '(empty)' : `'${String.fromCharCode(tag)}' (0x${tag.toString(16)})`}`);
+    }
+  }
+
+  // Begin: Int64 final LSN, Int64 commit timestamp, Int32 xid.
+  private begin(): BeginMessage {
+    return { tag: 'begin', finalLsn: this.lsn(), commitTimeMicros: this.i64(), xid: this.u32() };
+  }
+
+  // Commit: Int8 flags (unused), Int64 commit LSN, Int64 end LSN, Int64 commit timestamp.
+  private commit(): CommitMessage {
+    const flags = this.u8();
+    return { tag: 'commit', flags, commitLsn: this.lsn(), endLsn: this.lsn(), commitTimeMicros: this.i64() };
+  }
+
+  // Relation: Int32 OID, String namespace ('' = pg_catalog), String name,
+  // Int8 replica identity, Int16 ncols, then per column: Int8 flags
+  // (1 = part of the key), String name, Int32 type OID, Int32 type modifier.
+  private relationMessage(): RelationMessage {
+    const relationOid = this.u32();
+    const schema = this.cstring() || 'pg_catalog';
+    const name = this.cstring();
+    const ident = String.fromCharCode(this.u8());
+    if (!(REPLICA_IDENTITIES as readonly string[]).includes(ident)) throw new PgoutputDecodeError(`relation ${schema}.${name}: unknown replica identity '${ident}'`);
+    const n = this.u16();
+    const columns: RelationColumn[] = new Array(n);
+    const keyIndexes: number[] = [];
+    for (let i = 0; i < n; i++) {
+      const flags = this.u8();
+      columns[i] = { name: this.cstring(), isKey: (flags & 1) !== 0, typeOid: this.u32(), typeMod: this.buf.readInt32BE(this.advance(4)) };
+      if (columns[i].isKey) keyIndexes.push(i);
+    }
+    const rel: RelationMessage = { tag: 'relation', relationOid, schema, name, replicaIdentity: ident as RelationMessage['replicaIdentity'], columns, keyIndexes };
+    this.relations.set(relationOid, rel);
+    return rel;
+  }
+
+  // Insert: Int32 OID, Byte1 'N', TupleData.
+  private insert(): InsertMessage {
+    const relation = this.knownRelation(this.u32());
+    this.expect(0x4e /*N*/, 'insert');
+    return { tag: 'insert', relation, newTuple: this.tuple(relation) };
+  }
+
+  // Update: Int32 OID, optional (Byte1 'K' | 'O', TupleData), Byte1 'N', TupleData.
+  private update(): UpdateMessage {
+    const relation = this.knownRelation(this.u32());
+    let kind = this.u8();
+    let oldKind: 'K' | 'O' | null = null;
+    let oldTuple: Tuple | null = null;
+    if (kind === 0x4b /*K*/ || kind === 0x4f /*O*/) {
+      oldKind = kind === 0x4b ? 'K' : 'O';
+      oldTuple = this.tuple(relation);
+      kind = this.u8();
+    }
+    if (kind !== 0x4e /*N*/) throw new PgoutputDecodeError(`update of ${relation.schema}.${relation.name}: expected 'N', got 0x${kind.toString(16)}`);
+    return { tag: 'update', relation, oldKind, oldTuple, newTuple: this.tuple(relation) };
+  }
+
+  // Delete: Int32 OID, Byte1 'K' | 'O', TupleData.
+  private delete(): DeleteMessage {
+    const relation = this.knownRelation(this.u32());
+    const kind = this.u8();
+    if (kind !== 0x4b /*K*/ && kind !== 0x4f /*O*/) throw new PgoutputDecodeError(`delete from ${relation.schema}.${relation.name}: expected 'K' or 'O', got 0x${kind.toString(16)}`);
+    return { tag: 'delete', relation, oldKind: kind === 0x4b ? 'K' : 'O', oldTuple: this.tuple(relation) };
+  }
+
+  // Truncate: Int32 number of relations, Int8 options (1 = CASCADE, 2 = RESTART IDENTITY), Int32 OID each.
+  private truncate(): TruncateMessage {
+    const n = this.u32();
+    const options = this.u8();
+    const relations: RelationMessage[] = [];
+    for (let i = 0; i < n; i++) relations.push(this.knownRelation(this.u32()));
+    return { tag: 'truncate', cascade: (options & 1) !== 0, restartIdentity: (options & 2) !== 0, relations };
+  }
+
+  // Message: Int8 flags (1 = transactional), Int64 LSN, String prefix, Int32 length, Byte(n) content.
+  private logicalMessage(): LogicalMessage {
+    const transactional = (this.u8() & 1) !== 0;
+    const lsn = this.lsn();
+    const prefix = this.cstring();
+    const len = this.u32();
+    const start = this.advance(len);
+    return { tag: 'message', transactional, lsn, prefix, content: Buffer.from(this.buf.subarray(start, start + len)) };
+  }
+
+  // TupleData: Int16 ncols, then per column Byte1 'n' (null) | 'u' (unchanged
+  // TOAST) | 't' (Int32 length, text bytes) | 'b' (binary; never requested).
+  private tuple(rel: RelationMessage): Tuple {
+    const n = this.u16();
+    if (n !== rel.columns.length) throw new PgoutputDecodeError(`${rel.schema}.${rel.name}: tuple has ${n} columns, relation has ${rel.columns.length}`);
+    const out: Tuple = new Array(n);
+    const buf = this.buf;
+    for (let i = 0; i < n; i++) {
+      const kind = buf[this.pos++];
+      if (kind === 0x74 /*t*/) {
+        const len = buf.readUInt32BE(this.pos);
+        const start = this.pos + 4;
+        this.pos = start + len;
+        if (this.pos > buf.length) throw new PgoutputDecodeError(`${rel.schema}.${rel.name}: value runs past the message end`);
+        out[i] = buf.toString('utf8', start, this.pos);
+      } else if (kind === 0x6e /*n*/) {
+        out[i] = null;
+      } else if (kind === 0x75 /*u*/) {
+        out[i] = UNCHANGED_TOAST;
+      } else {
+        throw new PgoutputDecodeError(`${rel.schema}.${rel.name}: unsupported tuple value kind 0x${(kind ?? 0).toString(16)} in column ${rel.columns[i].name}`);
+      }
+    }
+    return out;
+  }
+
+  private knownRelation(oid: number): RelationMessage {
+    const rel = this.relations.get(oid);
+    if (!rel) throw new PgoutputDecodeError(`change for relation OID ${oid} before its Relation message`);
+    return rel;
+  }
+
+  private expect(byte: number, what: string): void {
+    const got = this.u8();
+    if (got !== byte) throw new PgoutputDecodeError(`${what}: expected '${String.fromCharCode(byte)}', got 0x${got.toString(16)}`);
+  }
+
+  private advance(n: number): number {
+    const at = this.pos;
+    this.pos += n;
+    if (this.pos > this.buf.length) throw new PgoutputDecodeError('message truncated');
+    return at;
+  }
+  private u8(): number { return this.buf.readUInt8(this.advance(1)); }
+  private u16(): number { return this.buf.readUInt16BE(this.advance(2)); }
+  private u32(): number { return this.buf.readUInt32BE(this.advance(4)); }
+  private i64(): bigint { return this.buf.readBigInt64BE(this.advance(8)); }
+  private lsn(): Lsn { return readLsn(this.buf, this.advance(8)); }
+  private cstring(): string {
+    const end = this.buf.indexOf(0, this.pos);
+    if (end < 0) throw new PgoutputDecodeError('unterminated string');
+    const s = this.buf.toString('utf8', this.pos, end);
+    this.pos = end + 1;
+    return s;
+  }
+}
+
+/** Quote a name for a replication command or a publication list (always quoted: keeps case). */
+function quoteAlways(name: string): string {
+  return `"${name.replace(/"/g, '""')}"`;
+}
+
+/**
+ * The `pgoutput` output plugin in the shape pg-logical-replication expects of
+ * a plugin (`name`, `parse`, `start`), decoding with `PgoutputParser`.
+ */
+export class PgoutputPlugin {
+  readonly name = 'pgoutput';
+  readonly parser = new PgoutputParser();
+  constructor(readonly publicationNames: string[]) {
+    if (publicationNames.length === 0) throw new Error('PgoutputPlugin needs at least one publication');
+  }
+
+  parse(payload: Buffer): PgoutputMessage {
+    return this.parser.parse(payload);
+  }
+
+  /** The START_REPLICATION command for `slotName` from `startLsn` (0 = the slot's confirmed position). */
+  startCommand(slotName: string, startLsn: Lsn): string {
+    // publication_names is split like an identifier list: quote each name so
+    // mixed case and special characters survive, then quote the list as a literal.
+    const pubs = this.publicationNames.map(quoteAlways).join(',').replace(/'/g, "''");
+    return `START_REPLICATION SLOT ${quoteAlways(slotName)} LOGICAL ${formatLsn(startLsn)} (proto_version '1', publication_names '${pubs}')`;
+  }
+
+  /** Issue START_REPLICATION on a replication connection; resolves when streaming ends. */
+  start(client: pg.Client, slotName: string, startLsn: Lsn): Promise<unknown> {
+    return client.query(this.startCommand(slotName, startLsn));
+  }
+}
