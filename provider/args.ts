@@ -53,6 +53,10 @@ export interface AgentArgs {
   token?: string;
   /** PEM text of the CA that signed the agent's TLS certificate. Default: none (system roots). */
   caCert?: string;
+  /** PEM text of a client certificate, for an agent that requires mutual TLS. Default: none. */
+  clientCert?: string;
+  /** PEM text of the private key of `clientCert` (a secret). */
+  clientKey?: string;
   /**
    * Plain-text gRPC without TLS. Default: `false`; a loopback endpoint
    * (127.0.0.1, ::1, localhost) without `caCert` is plain text anyway.
@@ -137,7 +141,7 @@ export const ARG_NAMES = [
   'agent', 'source', 'target', 'tables', 'schemaMode', 'overwriteTarget', 'migrationId', 'slotName',
   'publicationName', 'copy', 'apply', 'waitForSync', 'createTimeoutMinutes', 'cutover', 'cutoverOptions',
 ] as const;
-export const AGENT_FIELDS = ['endpoint', 'token', 'caCert', 'insecure'] as const;
+export const AGENT_FIELDS = ['endpoint', 'token', 'caCert', 'clientCert', 'clientKey', 'insecure'] as const;
 export const ENDPOINT_FIELDS = ['connectionString', 'host', 'port', 'database', 'user', 'password', 'sslMode', 'sslRootCert'] as const;
 export const TABLES_FIELDS = ['include', 'exclude'] as const;
 export const COPY_FIELDS = ['workers', 'splitBytes', 'indexJobs'] as const;
@@ -166,7 +170,7 @@ export type EndpointEcho = Omit<EndpointArgs, 'password'>;
 /** The resource's outputs (what the provider returns and the state holds). */
 export interface MigrationOutputs {
   // The arguments, echoed without secrets (diff() receives the old outputs).
-  agent: { endpoint: string; caCert?: string; insecure?: boolean };
+  agent: { endpoint: string; caCert?: string; clientCert?: string; insecure?: boolean };
   source: EndpointEcho;
   target: EndpointEcho;
   tables: { include: string[]; exclude: string[] };
@@ -222,12 +226,14 @@ export interface MigrationOutputs {
   sourceConnection: ConnectionOutput;
   targetConnection: ConnectionOutput;
   agentToken?: string;
-  /** scrypt digest of every secret argument, to see a rotated password or token in diff(). */
+  /** The private key of `agent.clientCert` (mutual TLS). */
+  agentClientKey?: string;
+  /** scrypt digest of the database secrets (passwords, connection strings), to see a rotation in diff(). */
   secretsDigest: string;
 }
 
 /** The outputs that hold or derive from secrets; the resource marks them secret. */
-export const SECRET_OUTPUTS = ['activeConnection', 'sourceConnection', 'targetConnection', 'agentToken', 'secretsDigest'] as const;
+export const SECRET_OUTPUTS = ['activeConnection', 'sourceConnection', 'targetConnection', 'agentToken', 'agentClientKey', 'secretsDigest'] as const;
 
 /**
  * Derive a migration id from a resource name: lower-case, runs of other

@@ -107,9 +107,20 @@ function validateAgent(f: Failures, v: unknown): void {
   if (checkString(f, 'agent.caCert', v.caCert) && !(v.caCert as string).includes('-----BEGIN CERTIFICATE-----')) {
     f.add('agent.caCert', '`agent.caCert` must be PEM text (starting with `-----BEGIN CERTIFICATE-----`), not a file name. Read the file into the program, e.g. `fs.readFileSync("ca.pem", "utf8")`.');
   }
+  if (checkString(f, 'agent.clientCert', v.clientCert) && !(v.clientCert as string).includes('-----BEGIN CERTIFICATE-----')) {
+    f.add('agent.clientCert', '`agent.clientCert` must be PEM text (starting with `-----BEGIN CERTIFICATE-----`), not a file name. Read the file into the program, e.g. `fs.readFileSync("client.pem", "utf8")`.');
+  }
+  if (checkString(f, 'agent.clientKey', v.clientKey) && !/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(v.clientKey as string)) {
+    f.add('agent.clientKey', '`agent.clientKey` must be PEM text of a private key (`-----BEGIN PRIVATE KEY-----`), not a file name. Pass it as a secret, e.g. `config.requireSecret("agentClientKey")`.');
+  }
+  for (const [given, missing] of [['clientCert', 'clientKey'], ['clientKey', 'clientCert']] as const) {
+    if (present(v[given]) && !isUnknown(v[given]) && !present(v[missing])) {
+      f.add(`agent.${missing}`, `\`agent.${missing}\` is required with \`agent.${given}\`: mutual TLS needs the client certificate and its private key. Give both, or neither.`);
+    }
+  }
   checkBoolean(f, 'agent.insecure', v.insecure);
-  if (v.insecure === true && typeof v.caCert === 'string' && v.caCert.length > 0) {
-    f.add('agent.insecure', '`agent.insecure` is `true` but `agent.caCert` is set: TLS cannot be both off and verified. Remove `agent.caCert` for a plain-text agent, or set `agent.insecure` to `false`.');
+  if (v.insecure === true && ((typeof v.caCert === 'string' && v.caCert.length > 0) || present(v.clientCert))) {
+    f.add('agent.insecure', '`agent.insecure` is `true` but `agent.caCert` or `agent.clientCert` is set: TLS cannot be both off and in use. Remove them for a plain-text agent, or set `agent.insecure` to `false`.');
   }
 }
 

@@ -264,10 +264,15 @@ export interface AgentClientOptions {
   token?: string;
   /** PEM text of the CA that signed the agent's certificate; turns on TLS verified against it. */
   caCert?: string;
+  /** PEM text of this client's certificate, for an agent that requires mutual TLS (with `clientKey`). */
+  clientCert?: string;
+  /** PEM text of the private key of `clientCert`. */
+  clientKey?: string;
   /**
    * Plain-text gRPC (no TLS). Default: `false`, except that a loopback
-   * endpoint (127.0.0.0/8, ::1, localhost) without `caCert` is plain text.
-   * Any other endpoint without `caCert` uses TLS verified against the system roots.
+   * endpoint (127.0.0.0/8, ::1, localhost) without `caCert` or `clientCert`
+   * is plain text. Any other endpoint without `caCert` uses TLS verified
+   * against the system roots.
    */
   insecure?: boolean;
   /** Deadline of calls without a specific one, in ms. Default: 30000. */
@@ -311,8 +316,8 @@ export function splitHostPort(endpoint: string): { host: string; port: number } 
 }
 
 /** Whether calls to `opts.endpoint` go over TLS (see `AgentClientOptions.insecure`). */
-export function usesTls(opts: Pick<AgentClientOptions, 'endpoint' | 'caCert' | 'insecure'>): boolean {
-  if (opts.caCert) return true;
+export function usesTls(opts: Pick<AgentClientOptions, 'endpoint' | 'caCert' | 'insecure' | 'clientCert'>): boolean {
+  if (opts.caCert || opts.clientCert) return true;
   if (opts.insecure) return false;
   return !isLoopbackEndpoint(opts.endpoint);
 }
@@ -364,8 +369,14 @@ export class AgentClient {
     this.endpoint = opts.endpoint;
     this.token = opts.token || undefined;
     this.defaultTimeoutMs = opts.defaultTimeoutMs ?? DEFAULT_TIMEOUT_MS;
+    if (!!opts.clientCert !== !!opts.clientKey) {
+      throw new AgentError('Mutual TLS needs both a client certificate and its key; only one was given.', {
+        code: 'INVALID_CLIENT_OPTIONS', remedy: 'Give both `clientCert` and `clientKey` (PEM texts), or neither.', grpcCode: grpc.status.INVALID_ARGUMENT, method: 'connect',
+      });
+    }
+    const pem = (text?: string) => (text ? Buffer.from(text) : null);
     const credentials = usesTls(opts)
-      ? grpc.credentials.createSsl(opts.caCert ? Buffer.from(opts.caCert) : null)
+      ? grpc.credentials.createSsl(pem(opts.caCert), pem(opts.clientKey), pem(opts.clientCert))
       : grpc.credentials.createInsecure();
     const ctors = serviceConstructors();
     const channelOptions: grpc.ChannelOptions = { 'grpc.max_receive_message_length': 64 * 1024 * 1024 };

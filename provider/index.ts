@@ -69,7 +69,11 @@ export interface AgentInput {
   token?: pulumi.Input<string>;
   /** PEM text of the CA that signed the agent's TLS certificate. Default: none (system roots). */
   caCert?: pulumi.Input<string>;
-  /** Plain-text gRPC. Default: `false` (a loopback endpoint without `caCert` is plain text anyway). */
+  /** PEM text of a client certificate, for an agent that requires mutual TLS (`--tls-client-ca`). Default: none. */
+  clientCert?: pulumi.Input<string>;
+  /** PEM text of the private key of `clientCert`; kept secret. */
+  clientKey?: pulumi.Input<string>;
+  /** Plain-text gRPC. Default: `false` (a loopback endpoint without `caCert`/`clientCert` is plain text anyway). */
   insecure?: pulumi.Input<boolean>;
 }
 
@@ -139,7 +143,7 @@ const OUTPUT_NAMES = [
   'phase', 'tablesTotal', 'tablesCopied', 'rowsCopied', 'progress', 'lagBytes', 'lagSeconds', 'retainedWalBytes',
   'appliedLsn', 'replicationSlot', 'publication', 'sourceVersion', 'targetVersion', 'error', 'cutoverState',
   'writeDowntimeMs', 'validationOk', 'validation', 'fenceLsn', 'cutoverCompletedAt', 'cutoverWarnings',
-  'activeEndpoint', 'notes', 'activeConnection', 'sourceConnection', 'targetConnection', 'agentToken', 'secretsDigest',
+  'activeEndpoint', 'notes', 'activeConnection', 'sourceConnection', 'targetConnection', 'agentToken', 'agentClientKey', 'secretsDigest',
 ] as const;
 
 /** Wrap the secret fields of an endpoint/agent argument in `pulumi.secret`, keeping the rest readable in a preview. */
@@ -238,7 +242,7 @@ export class Migration extends pulumi.dynamic.Resource {
   constructor(name: string, args: MigrationArgs, opts?: pulumi.CustomResourceOptions) {
     const props: Record<string, unknown> = {
       ...args,
-      agent: withSecretFields(args.agent, ['token']),
+      agent: withSecretFields(args.agent, ['token', 'clientKey']),
       source: withSecretFields(args.source, ['password', 'connectionString']),
       target: withSecretFields(args.target, ['password', 'connectionString']),
       migrationId: args.migrationId ?? deriveMigrationId(name),

@@ -15,7 +15,7 @@
  */
 import type { CheckResult, DiffResult, CreateResult, ReadResult, UpdateResult } from '@pulumi/pulumi/dynamic';
 import {
-  DEFAULTS, REPLACE_ON_CHANGE, containsUnknown,
+  DEFAULTS, REPLACE_ON_CHANGE, UNKNOWN, containsUnknown,
   type AgentArgs, type ConnectionOutput, type EndpointArgs, type MigrationInputs, type MigrationOutputs,
 } from './args';
 import { failuresFromAgentError, failuresFromPreflight, validateInputs, type CheckFailure } from './check';
@@ -55,7 +55,10 @@ function isEmpty(o: Props | undefined): boolean {
 }
 
 function clientFor(agent: AgentArgs): AgentClient {
-  return new AgentClient({ endpoint: agent.endpoint, token: agent.token || undefined, caCert: agent.caCert || undefined, insecure: agent.insecure });
+  return new AgentClient({
+    endpoint: agent.endpoint, token: agent.token || undefined, caCert: agent.caCert || undefined,
+    clientCert: agent.clientCert || undefined, clientKey: agent.clientKey || undefined, insecure: agent.insecure,
+  });
 }
 
 /** The endpoint's identity for diff: the echoed (password-free) fields with defaults. */
@@ -151,7 +154,11 @@ async function waitForSync(client: AgentClient, id: string, deadline: number): P
 function fromState(props: Props): { echo: ReturnType<typeof echoArgs>; secrets: SecretParts; agent: AgentArgs | undefined } {
   const agentOut = props.agent as (AgentArgs | undefined);
   const agent = agentOut?.endpoint
-    ? compact({ endpoint: agentOut.endpoint, caCert: agentOut.caCert, insecure: agentOut.insecure, token: (props.agentToken as string | undefined) ?? agentOut.token })
+    ? compact({
+      endpoint: agentOut.endpoint, caCert: agentOut.caCert, clientCert: agentOut.clientCert, insecure: agentOut.insecure,
+      token: (props.agentToken as string | undefined) ?? agentOut.token,
+      clientKey: (props.agentClientKey as string | undefined) ?? agentOut.clientKey,
+    })
     : undefined;
   if (typeof props.secretsDigest !== 'string' && props.source && props.target && agent) {
     // Arguments (Migration.get): they still hold the secrets.
@@ -160,7 +167,7 @@ function fromState(props: Props): { echo: ReturnType<typeof echoArgs>; secrets: 
   }
   const empty: ConnectionOutput = { host: '', port: DEFAULTS.port, database: '', user: '', sslMode: DEFAULTS.sslMode, connectionString: '' };
   const echo = compact({
-    agent: compact({ endpoint: agentOut?.endpoint ?? '', caCert: agentOut?.caCert, insecure: agentOut?.insecure }),
+    agent: compact({ endpoint: agentOut?.endpoint ?? '', caCert: agentOut?.caCert, clientCert: agentOut?.clientCert, insecure: agentOut?.insecure }),
     source: echoEndpoint(props.source as EndpointArgs | undefined),
     target: echoEndpoint(props.target as EndpointArgs | undefined),
     tables: tablesIdentity(props.tables as MigrationInputs['tables']) as { include: string[]; exclude: string[] },
@@ -180,6 +187,7 @@ function fromState(props: Props): { echo: ReturnType<typeof echoArgs>; secrets: 
     sourceConnection: (props.sourceConnection as ConnectionOutput | undefined) ?? empty,
     targetConnection: (props.targetConnection as ConnectionOutput | undefined) ?? empty,
     agentToken: agent?.token,
+    agentClientKey: agent?.clientKey,
     secretsDigest: String(props.secretsDigest ?? ''),
   };
   return { echo, secrets, agent };
@@ -274,8 +282,8 @@ export async function diff(_id: string, olds: Props, news: Props): Promise<DiffR
   const n = news as unknown as MigrationInputs;
   let changes = replaces.length > 0;
 
-  // Rotated secrets: compare digests (the old outputs hold no secret in clear).
-  const secretFields = [n.source?.password, n.source?.connectionString, n.target?.password, n.target?.connectionString, n.agent?.token];
+  // Rotated database secrets: compare digests (the old outputs hold no password in clear).
+  const secretFields = [n.source?.password, n.source?.connectionString, n.target?.password, n.target?.connectionString];
   if (!changes) {
     if (secretFields.some(containsUnknown) || containsUnknown(news.migrationId) || typeof olds.secretsDigest !== 'string') changes = true;
     else if (secretsDigest(n) !== olds.secretsDigest) changes = true;
@@ -283,10 +291,13 @@ export async function diff(_id: string, olds: Props, news: Props): Promise<DiffR
 
   // In-place arguments (the agent connection, knobs, the cutover).
   if (!changes) {
-    const agentNew = containsUnknown(news.agent) ? undefined : compact({ endpoint: n.agent?.endpoint, caCert: n.agent?.caCert, insecure: n.agent?.insecure });
+    const agentNew = containsUnknown(news.agent) ? UNKNOWN : compact({ endpoint: n.agent?.endpoint, caCert: n.agent?.caCert, clientCert: n.agent?.clientCert, insecure: n.agent?.insecure });
     const oldAgent = olds.agent as Props | undefined;
     const pairs: Array<[unknown, unknown]> = [
-      [oldAgent ? compact({ endpoint: oldAgent.endpoint, caCert: oldAgent.caCert, insecure: oldAgent.insecure }) : undefined, agentNew],
+      [oldAgent ? compact({ endpoint: oldAgent.endpoint, caCert: oldAgent.caCert, clientCert: oldAgent.clientCert, insecure: oldAgent.insecure }) : undefined, agentNew],
+      // The agent's secrets are secret outputs: compared as they are.
+      [olds.agentToken, containsUnknown(news.agent) ? UNKNOWN : n.agent?.token || undefined],
+      [olds.agentClientKey, containsUnknown(news.agent) ? UNKNOWN : n.agent?.clientKey || undefined],
       [olds.overwriteTarget ?? DEFAULTS.overwriteTarget, n.overwriteTarget ?? DEFAULTS.overwriteTarget],
       [olds.copy, n.copy],
       [olds.apply, n.apply],

@@ -122,16 +122,16 @@ export function toCutoverRequest(a: MigrationInputs): CutoverRequestMessage {
 }
 
 /**
- * A digest of every secret argument (passwords, connection strings, the agent
- * token), salted with the migration id: diff() compares it to see a rotation.
+ * A digest of the database secrets (passwords, connection strings), salted
+ * with the migration id: diff() compares it to see a rotation (the agent's
+ * token and client key are kept as secret outputs and compared directly).
  * scrypt makes guessing a password from it expensive; the output is also
  * marked secret, so the state holds it encrypted.
  */
-export function secretsDigest(a: Pick<MigrationInputs, 'migrationId' | 'source' | 'target' | 'agent'>): string {
+export function secretsDigest(a: Pick<MigrationInputs, 'migrationId' | 'source' | 'target'>): string {
   const material = JSON.stringify([
     a.source?.password ?? null, a.source?.connectionString ?? null,
     a.target?.password ?? null, a.target?.connectionString ?? null,
-    a.agent?.token ?? null,
   ]);
   return scryptSync(material, `pgferry:${a.migrationId}`, 32, { N: 16384, r: 8, p: 1 }).toString('hex');
 }
@@ -141,7 +141,7 @@ export function echoArgs(a: MigrationInputs): Pick<MigrationOutputs,
   'agent' | 'source' | 'target' | 'tables' | 'schemaMode' | 'overwriteTarget' | 'migrationId' | 'slotName' | 'publicationName'
   | 'copy' | 'apply' | 'waitForSync' | 'createTimeoutMinutes' | 'cutover' | 'cutoverOptions'> {
   return compact({
-    agent: compact({ endpoint: a.agent.endpoint, caCert: a.agent.caCert, insecure: a.agent.insecure }),
+    agent: compact({ endpoint: a.agent.endpoint, caCert: a.agent.caCert, clientCert: a.agent.clientCert, insecure: a.agent.insecure }),
     source: echoEndpoint(a.source),
     target: echoEndpoint(a.target),
     tables: {
@@ -167,6 +167,7 @@ export interface SecretParts {
   sourceConnection: ConnectionOutput;
   targetConnection: ConnectionOutput;
   agentToken?: string;
+  agentClientKey?: string;
   secretsDigest: string;
 }
 
@@ -175,6 +176,7 @@ export function secretPartsFromInputs(a: MigrationInputs): SecretParts {
     sourceConnection: resolveConnection(a.source),
     targetConnection: resolveConnection(a.target),
     agentToken: a.agent.token || undefined,
+    agentClientKey: a.agent.clientKey || undefined,
     secretsDigest: secretsDigest(a),
   };
 }
@@ -236,6 +238,7 @@ export function buildOutputs(
     sourceConnection: secrets.sourceConnection,
     targetConnection: secrets.targetConnection,
     agentToken: secrets.agentToken,
+    agentClientKey: secrets.agentClientKey,
     secretsDigest: secrets.secretsDigest,
   };
   return compact(out);

@@ -191,6 +191,7 @@ describe('provider without an agent: declaration, Check, Diff through the real h
       ['a source password rotates', (n: Props) => { (n.source as Props).password = 'rotated'; }],
       ['the agent token rotates', (n: Props) => { (n.agent as Props).token = 'rotated-token'; }],
       ['the agent endpoint moves', (n: Props) => { (n.agent as Props).endpoint = '10.0.0.5:7443'; }],
+      ['the agent token is unknown (preview)', (n: Props) => { (n.agent as Props).token = UNKNOWN; }],
       ['copy knobs change', (n: Props) => { n.copy = { workers: 4 }; }],
       ['apply knobs change', (n: Props) => { n.apply = { batchMs: 50 }; }],
       ['cutover options change', (n: Props) => { n.cutoverOptions = { validation: 'counts' }; }],

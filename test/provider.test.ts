@@ -7,10 +7,12 @@
  * token outside the outputs the resource marks secret.
  */
 import assert from 'node:assert/strict';
-import { startCluster, type Cluster } from '../agent/testbed';
+import { readFileSync } from 'node:fs';
+import { freePort, startCluster, type Cluster } from '../agent/testbed';
 import { SECRET_OUTPUTS } from '../provider/args';
 import { AgentClient, isAgentError } from '../provider/client';
 import { startAgent, removeAgentDir, type AgentProcess } from './support/agent';
+import { makeTestCerts, type TestCerts } from './support/certs';
 import { ProviderHost, declareMigration, pathsContaining, urnOf, type Declared, type Props } from './support/provider-host';
 
 const SOURCE_PW = 'src-Pw-31415926';
@@ -246,5 +248,68 @@ describe('provider end to end: PostgreSQL 14 → 17 through the real host and ag
     for (const name of SECRET_OUTPUTS) assert.ok(declared.additionalSecretOutputs.includes(name));
     for (const secret of [SOURCE_PW, TARGET_PW, TOKEN]) assert.ok(!declared.providerText.includes(secret));
     assert.ok(!host.log.includes(SOURCE_PW) && !host.log.includes(TARGET_PW) && !host.log.includes(TOKEN), 'the host logged a secret');
+  });
+});
+
+describe('provider ↔ agent over TLS and mutual TLS, through the real host', function () {
+  this.timeout(120_000);
+  let certs: TestCerts;
+  let host: ProviderHost;
+  const agents: AgentProcess[] = [];
+  const urn = urnOf('tls');
+  const pem = (f: string) => readFileSync(f, 'utf8');
+  let deadDb: number;
+
+  before(async function () {
+    certs = await makeTestCerts();
+    host = await ProviderHost.start();
+    await host.configure();
+    deadDb = await freePort();
+  });
+  after(async function () {
+    await host?.stop();
+    for (const a of agents) await a.stop();
+    await new Promise((r) => setTimeout(r, 300)); // the support reads the log shortly after exit
+    for (const a of agents) removeAgentDir(a);
+    certs?.remove();
+  });
+
+  /** Arguments for a migration whose source does not answer: the agent's preflight reports it on `source`. */
+  async function args(agentArgs: Record<string, unknown>): Promise<Props> {
+    const d = await declareMigration('tls', {
+      agent: agentArgs as { endpoint: string },
+      source: { host: '127.0.0.1', port: deadDb, database: 'shop', user: 'postgres', password: 'pw-src', sslMode: 'disable' },
+      target: { host: '127.0.0.1', port: deadDb, database: 'shop', user: 'postgres', password: 'pw-tgt', sslMode: 'disable' },
+    });
+    return d.plainInputs;
+  }
+
+  it('reaches a TLS agent with `agent.caCert` (the preflight then names the unreachable source), and not without it', async function () {
+    const token = 'tok-tls-1';
+    const agent = await startAgent({ token, tls: { cert: certs.serverCert, key: certs.serverKey } });
+    agents.push(agent);
+    const ok = await host.check(urn, {}, await args({ endpoint: agent.endpoint, token, caCert: pem(certs.caCert) }));
+    assert.ok(ok.failures.length > 0 && ok.failures.every((f) => f.property === 'source' || f.property === 'target'), JSON.stringify(ok.failures));
+    assert.match(ok.failures[0]!.reason, /source_connection/);
+    const untrusted = await host.check(urn, {}, await args({ endpoint: agent.endpoint, token }));
+    assert.deepEqual(untrusted.failures.map((f) => f.property), ['agent.endpoint']);
+    // Read and Delete use the agent settings kept in the state (the token as a secret output).
+    const state = { ...(await args({ endpoint: agent.endpoint, token, caCert: pem(certs.caCert) })) };
+    const gone = await host.read('tls', urn, { agent: { endpoint: agent.endpoint, caCert: pem(certs.caCert) }, agentToken: token, migrationId: 'tls', secretsDigest: 'x', __provider: state.__provider });
+    assert.equal(gone.id, '');
+    await host.delete('tls', urn, { agent: { endpoint: agent.endpoint, caCert: pem(certs.caCert) }, agentToken: token, __provider: state.__provider });
+    await assert.rejects(host.read('tls', urn, { agent: { endpoint: agent.endpoint, caCert: pem(certs.caCert) }, agentToken: 'wrong', secretsDigest: 'x', __provider: state.__provider }), /`agent\.token`/);
+  });
+
+  it('under mutual TLS, needs `agent.clientCert` and `agent.clientKey`', async function () {
+    const token = 'tok-tls-2';
+    const agent = await startAgent({ token, tls: { cert: certs.serverCert, key: certs.serverKey, clientCa: certs.caCert } });
+    agents.push(agent);
+    const without = await host.check(urn, {}, await args({ endpoint: agent.endpoint, token, caCert: pem(certs.caCert) }));
+    assert.deepEqual(without.failures.map((f) => f.property), ['agent.endpoint']);
+    const withCert = await host.check(urn, {}, await args({ endpoint: agent.endpoint, token, caCert: pem(certs.caCert), clientCert: pem(certs.clientCert), clientKey: pem(certs.clientKey) }));
+    assert.ok(withCert.failures.length > 0 && withCert.failures.every((f) => f.property === 'source' || f.property === 'target'), JSON.stringify(withCert.failures));
+    const half = await host.check(urn, {}, await args({ endpoint: agent.endpoint, token, caCert: pem(certs.caCert), clientCert: pem(certs.clientCert) }));
+    assert.deepEqual(half.failures.map((f) => f.property), ['agent.clientKey']);
   });
 });
