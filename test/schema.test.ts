@@ -31,7 +31,17 @@ CREATE TABLE typesdemo.refs_unselected (id integer PRIMARY KEY, u integer CONSTR
 CREATE FUNCTION typesdemo.audit_touch() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NEW; END$$;
 CREATE TRIGGER audit_touch BEFORE INSERT ON typesdemo.audit_log FOR EACH ROW EXECUTE FUNCTION typesdemo.audit_touch();
 CREATE POLICY customers_all ON typesdemo.customers USING (true);
+-- An operator class from an extension, used only by an index: the extension must still come along.
+CREATE EXTENSION pg_trgm WITH SCHEMA exts;
+CREATE INDEX tagged_label_trgm ON typesdemo.tagged USING gin ((label::text COLLATE "C") exts.gin_trgm_ops);
+-- What a partition holds differently from its parent.
+ALTER TABLE "Sales"."Orders_2024" ALTER COLUMN note SET DEFAULT 'n/a';
+ALTER TABLE "Sales"."Orders_2024" ALTER COLUMN note SET NOT NULL;
+CREATE UNLOGGED TABLE typesdemo.scratch (id integer PRIMARY KEY, v text) WITH (fillfactor = 70);
+ALTER TABLE typesdemo.bookings REPLICA IDENTITY USING INDEX bookings_pkey;
+ALTER DOMAIN typesdemo.posint ADD CONSTRAINT posint_not_13 CHECK (VALUE <> 13) NOT VALID;
 INSERT INTO typesdemo.tagged VALUES (1, 'Hello', 'World'), (2, 'hello2', 'WORLD');
+INSERT INTO typesdemo.scratch VALUES (1, 'unlogged');
 INSERT INTO typesdemo.unselected VALUES (1);
 INSERT INTO typesdemo.refs_unselected VALUES (1, 1);
 `;
@@ -48,7 +58,7 @@ async function describeSchema(c: pg.Client) {
   try {
     return {
       relations: await rows(`
-        SELECT n.nspname, c.relname, c.relkind, c.relpersistence, c.relispartition,
+        SELECT n.nspname, c.relname, c.relkind, c.relpersistence, c.relispartition, c.reloptions,
                CASE WHEN c.relkind = 'p' THEN pg_get_partkeydef(c.oid) END AS partkey,
                pg_get_expr(c.relpartbound, c.oid) AS bound,
                (SELECT i.inhparent::regclass::text FROM pg_inherits i WHERE i.inhrelid = c.oid) AS parent
@@ -97,6 +107,9 @@ async function describeSchema(c: pg.Client) {
           JOIN pg_class rc ON rc.oid = t.typrelid AND rc.relkind = 'c'
           JOIN pg_attribute a ON a.attrelid = rc.oid AND a.attnum > 0 AND NOT a.attisdropped
          WHERE n.nspname = 'typesdemo'`),
+      collations: await rows(`
+        SELECT co.collname, co.collprovider, co.collisdeterministic
+          FROM pg_collation co JOIN pg_namespace n ON n.oid = co.collnamespace WHERE n.nspname = 'typesdemo'`),
       ranges: await rows(`
         SELECT t.typname, format_type(r.rngsubtype, NULL) AS subtype, r.rngsubdiff::regproc::text AS subdiff,
                r.rngcanonical::regproc::text AS canonical, r.rngcollation
@@ -235,11 +248,14 @@ for (const pair of PAIRS) {
       assert.deepEqual(t.domains, s.domains);
       assert.deepEqual(t.composites, s.composites);
       assert.deepEqual(t.ranges, s.ranges);
+      assert.deepEqual(t.collations, s.collations);
+      assert.equal(t.collations.length, 1);
       assert.deepEqual(t.sequences, s.sequences);
       const preKinds = (rows: string[]) => rows.filter((r) => ['"p"', '"u"', '"c"'].some((k) => r.includes(`"contype":${k}`)));
       assert.deepEqual(preKinds(t.constraints), preKinds(s.constraints));
-      const ext = await target.query("SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'citext'");
-      assert.deepEqual(ext.rows, [{ nspname: 'exts' }]);
+      const ext = await target.query(`SELECT e.extname, n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
+        WHERE e.extname IN ('citext', 'pg_trgm') ORDER BY 1`);
+      assert.deepEqual(ext.rows, [{ extname: 'citext', nspname: 'exts' }, { extname: 'pg_trgm', nspname: 'exts' }]);
     });
 
     it('round-trips every row of every table (text COPY), including NaN, ±Infinity, extremes, arrays, ranges and NULLs', async function () {
@@ -284,6 +300,21 @@ for (const pair of PAIRS) {
       // Generated columns are not loaded, so their absence is not drift.
       await drift.query('ALTER TABLE typesdemo."AllTypes" ADD COLUMN "MixedCase Col" text, DROP COLUMN c_generated');
       await verifyExistingSchema(drift, tables);
+    });
+
+    it('applyPreData runs beforeCommit inside its transaction: a failure there leaves nothing created', async function () {
+      const hook = await targetDb('hook');
+      let seen = -1;
+      const e = await expectCode(applyPreData(hook, plan, {
+        beforeCommit: async (c) => {
+          seen = (await c.query('SELECT count(*)::int AS n FROM typesdemo."AllTypes"')).rows[0].n;
+          throw new Error('marker write failed');
+        },
+      }), 'SCHEMA_FAILED');
+      assert.ok(e instanceof Error);
+      assert.equal(seen, 0, 'the hook saw the uncommitted tables');
+      const left = await hook.query("SELECT nspname FROM pg_namespace WHERE nspname IN ('typesdemo', 'Sales', 'exts')");
+      assert.deepEqual(left.rows, []);
     });
 
     it('applyPreData fails with SCHEMA_FAILED and creates nothing when a table already exists on the target', async function () {
