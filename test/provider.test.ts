@@ -185,8 +185,33 @@ describe('provider end to end: PostgreSQL 14 → 17 through the real host and ag
     assert.deepEqual((await host.check(urn, news({ apply: { batchMs: 50 } }), n)).failures, []);
   });
 
+  it('a cutover that cannot drain in time fails the update with the agent\'s code and fix; the source stays writable', async function () {
+    const lock = await target.client(DB);
+    try {
+      await lock.query('BEGIN; LOCK TABLE orders IN ACCESS EXCLUSIVE MODE');
+      await source.query('INSERT INTO orders (customer_id, amount) VALUES (1, 1.00)', [], DB);
+      const n = news({ apply: { batchMs: 50 }, cutover: true, cutoverOptions: { timeoutMs: 3000, validation: 'checksums' } });
+      await assert.rejects(host.update('orders', urn, created, n), (e: Error) => {
+        assert.match(e.message, /Cutover of migration 'orders' failed \(CUTOVER_TIMEOUT\)/);
+        assert.match(e.message, /Fix: /);
+        assert.match(e.message, /The source stays writable/);
+        return true;
+      });
+    } finally {
+      await lock.query('ROLLBACK');
+      await lock.end();
+    }
+    const c = await source.client(DB); // a new session picks up the database default
+    try {
+      assert.equal((await c.query('SHOW default_transaction_read_only')).rows[0].default_transaction_read_only, 'off');
+    } finally { await c.end(); }
+    const again = await host.read('orders', urn, created);
+    assert.equal(again.properties.phase, 'syncing');
+    assert.equal(again.properties.activeEndpoint, 'source');
+  });
+
   it('Update with `cutover: true` cuts over: the target becomes the active connection, with the report as outputs', async function () {
-    await source.query(`INSERT INTO orders (customer_id, amount) SELECT 1 + g % 50, 9.99 FROM generate_series(1, 25) g;
+    await source.query(`INSERT INTO orders (customer_id, amount) SELECT 1 + g % 50, 9.99 FROM generate_series(1, 24) g;
       UPDATE customers SET name = name || ' (vip)' WHERE id <= 5; DELETE FROM notes WHERE id <= 3;`, [], DB);
     const res = await host.update('orders', urn, created, news({ apply: { batchMs: 50 }, cutover: true }));
     returned.push({ step: 'update-cutover', props: res.properties });
