@@ -112,14 +112,14 @@ const firstLine = (sql: string) => sql.split('\n')[0].slice(0, 200);
 interface RelRow {
   oid: number; schema: string; name: string; kind: string; persistence: string; replident: string;
   is_partition: boolean; options: string[] | null; partkey: string | null; bound: string | null;
-  parent_oid: number | null; n_parents: number; triggers: number; policies: number; rls: boolean; typed: boolean;
+  parent_oid: number | null; n_parents: number; triggers: number; policies: number; rls: boolean;
 }
 
 async function readRelations(c: pg.Client, oids: number[]): Promise<Map<number, RelRow>> {
   const r = await c.query<RelRow>(`
     SELECT c.oid::int AS oid, n.nspname AS schema, c.relname AS name, c.relkind::text AS kind,
            c.relpersistence::text AS persistence, c.relreplident::text AS replident, c.relispartition AS is_partition,
-           c.reloptions AS options, c.relrowsecurity AS rls, c.reloftype <> 0 AS typed,
+           c.reloptions AS options, c.relrowsecurity AS rls,
            CASE WHEN c.relkind = 'p' THEN pg_get_partkeydef(c.oid) END AS partkey,
            CASE WHEN c.relispartition THEN pg_get_expr(c.relpartbound, c.oid) END AS bound,
            (SELECT i.inhparent::int FROM pg_inherits i WHERE i.inhrelid = c.oid ORDER BY i.inhseqno LIMIT 1) AS parent_oid,
@@ -896,12 +896,13 @@ export async function verifyExistingSchema(target: pg.Client, tables: TableInfo[
       LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid
      GROUP BY n.nspname, c.relname, c.relkind`, [tables.map((t) => t.schema), tables.map((t) => t.name)]);
   const found = new Map(r.rows.map((row) => [`${row.schema}\u0000${row.name}`, row]));
+  const missing: string[] = [];
   const problems: string[] = [];
   const fixes: string[] = [];
   for (const t of tables) {
     const name = qn(t.schema, t.name);
     const have = found.get(`${t.schema}\u0000${t.name}`);
-    if (!have) { problems.push(`table ${name} is missing`); continue; }
+    if (!have) { missing.push(name); continue; }
     if (have.kind !== 'r' && have.kind !== 'p') { problems.push(`${name} exists but is not a table (relkind '${have.kind}')`); continue; }
     const cols = new Map(have.columns.map((col) => [col.name, col]));
     for (const col of t.columns) {
@@ -921,12 +922,18 @@ export async function verifyExistingSchema(target: pg.Client, tables: TableInfo[
       }
     }
   }
+  if (missing.length > 0) problems.unshift(`missing ${missing.length === 1 ? 'table' : 'tables'} ${capped(missing, ', ')}`);
   if (problems.length > 0) {
-    const examples = fixes.length > 0 ? ` (for example: ${fixes.slice(0, 10).join('; ')})` : '';
+    const examples = fixes.length > 0 ? ` (for example: ${capped(fixes, '; ', 10)})` : '';
     throw new PgferryError('SCHEMA_DRIFT',
-      `The target schema does not match the selected source tables: ${problems.join('; ')}.`,
+      `The target schema does not match the selected source tables: ${capped(problems, '; ')}.`,
       `Create what is missing on the target${examples}, or drop the target tables and set \`schemaMode: 'create'\` so that pgferry creates them.`);
   }
+}
+
+/** Join at most `max` items, saying how many more there are. */
+function capped(items: string[], sep: string, max = 25): string {
+  return items.length <= max ? items.join(sep) : `${items.slice(0, max).join(sep)}${sep}and ${items.length - max} more`;
 }
 
 /**
