@@ -180,7 +180,9 @@ export async function runCutover(runner: MigrationRunner, opts: CutoverOptions, 
       if (remaining() <= 0) throw timedOut('waiting for terminated sessions to exit');
       await sleep(10);
     }
-    const fenceLsn: Lsn = parseLsn((await src.query('SELECT pg_current_wal_lsn()::text AS l')).rows[0].l);
+    // The INSERT position, not pg_current_wal_lsn() (the write position): with
+    // synchronous_commit=off an acknowledged commit can sit above the latter.
+    const fenceLsn: Lsn = parseLsn((await src.query('SELECT pg_current_wal_insert_lsn()::text AS l')).rows[0].l);
     report.fenceLsn = formatLsn(fenceLsn);
     log('info', `cutover: fenced at ${report.fenceLsn}; ended ${pids.length} session(s)`);
 

@@ -355,7 +355,7 @@ export class MigrationRunner {
     if (this.monitorCache && Date.now() - this.monitorCache.at < 1000) return this.monitorCache;
     try {
       if (!this.monitor) this.monitor = await connect('source', this.spec.source, { applicationName: `pgferry monitor ${this.rec.id}`, connectTimeoutMs: 5000 });
-      const r = await this.monitor.query(`SELECT pg_current_wal_lsn()::text AS cur, s.restart_lsn::text AS restart, s.confirmed_flush_lsn::text AS confirmed
+      const r = await this.monitor.query(`SELECT pg_current_wal_insert_lsn()::text AS cur, s.restart_lsn::text AS restart, s.confirmed_flush_lsn::text AS confirmed
         FROM (SELECT 1) x LEFT JOIN pg_replication_slots s ON s.slot_name = $1`, [this.rec.slotName]);
       const row = r.rows[0];
       this.monitorCache = {
@@ -440,7 +440,9 @@ export class MigrationRunner {
   async destroy(): Promise<string[]> {
     await this.stop();
     const dropped: string[] = [];
-    const src = await connect('source', this.spec.source, { applicationName: `pgferry delete ${this.rec.id}` });
+    // A completed cutover leaves the source database read-only by default;
+    // this session must still be able to drop what pgferry created.
+    const src = await connect('source', this.spec.source, { applicationName: `pgferry delete ${this.rec.id}`, extraOptions: '-c default_transaction_read_only=off' });
     try {
       const r = await dropSourceObjects(src, this.rec.id, this.rec.slotName, this.rec.publicationName);
       dropped.push(...r.dropped);
