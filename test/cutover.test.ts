@@ -114,6 +114,7 @@ describe('cutover: PostgreSQL 14 → 17', function () {
     try {
       await waitFor('lag to build', async () => (await client.getMigration('ledger')).lagBytes > 0);
       const p = client.cutover({ id: 'ledger', maxLagBytes: 1, maxLagSeconds: 0.001, timeoutMs: 60_000 });
+      p.catch(() => undefined); // asserted below
       await waitFor('the cutover to wait for lag', async () => (await client.getMigration('ledger')).cutover?.state === 'waiting-for-lag');
       await client.cancelCutover('ledger');
       await expectCutoverFailure(p, ['CUTOVER_CANCELLED']);
