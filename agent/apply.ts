@@ -1,0 +1,708 @@
+/**
+ * apply — write decoded source changes into the target, exactly once.
+ * Stage: receive → transform → **apply**.
+ *
+ * Input: pgoutput messages in stream order (Begin, row changes, Truncate,
+ * Commit) and keepalive boundaries, fed by sync.ts. Output: target
+ * transactions, each holding the changes of many whole source transactions
+ * plus `pgferry.apply_state.applied_lsn` = the end LSN of the last of them,
+ * written in the same transaction (target-state.ts). `appliedLsn` is the
+ * position the source may be told to forget.
+ *
+ * Batching: a batch (one target transaction) commits at a source transaction
+ * boundary once `batchChanges` changes have gathered or `batchMs` has passed
+ * since it opened (sync.ts also flushes it when the stream goes idle). A
+ * source transaction larger than `batchChanges` is executed in chunks inside
+ * the still-open target transaction, so memory is bounded by one chunk.
+ *
+ * Statements are set-based: a run of consecutive INSERTs into one table is one
+ * `INSERT … SELECT … FROM unnest($1::text[], …)`, UPDATEs and DELETEs likewise
+ * join on the replica identity. Values travel as the source's text and are
+ * cast to the target column's type (I/O conversion works for every type:
+ * enums, domains, arrays, ranges). Types are cast without their modifier, so
+ * storing into a narrower target column fails instead of truncating silently.
+ *
+ * Ordering: the session runs with `session_replication_role = replica` when
+ * permitted (FK and ordinary triggers do not fire, as in PostgreSQL's own apply
+ * worker); then statements are grouped per table within a batch (per-table
+ * order kept, TRUNCATE is a barrier). When it is not permitted (non-superuser,
+ * managed services), runs are grouped only when consecutive in global order.
+ *
+ * Failure: a set-based statement can fail where the one-by-one sequence would
+ * not (e.g. values of a unique column swapped within a run). The fast path
+ * then rolls the batch back and throws `SafeReplayNeeded`; sync.ts restarts the
+ * stream from the last committed position and this stage re-applies the
+ * failed range strictly one change per statement. Re-reading from the source
+ * rather than keeping the batch in memory keeps memory bounded even when the
+ * failed batch was a huge transaction applied in chunks. A change that still
+ * fails is an APPLY_FAILED error naming the table, the operation and the LSN.
+ *
+ * Known limit: PostgreSQL lets UPDATE set a GENERATED ALWAYS identity column
+ * only to DEFAULT, so such columns are left out of UPDATE's SET list and
+ * checked instead; a source UPDATE that changed one stops with APPLY_FAILED.
+ */
+import type pg from 'pg';
+import { connect, qi, qn } from './conn';
+import { PgferryError, sqlState, type PgServerError } from './errors';
+import { formatLsn, maxLsn, pgMicrosToUnixMs, type Lsn } from './lsn';
+import { UNCHANGED_TOAST, type BeginMessage, type CommitMessage, type DeleteMessage, type InsertMessage, type RelationMessage, type TruncateMessage, type Tuple, type UpdateMessage } from './pgoutput';
+import type { Endpoint } from './spec';
+import { ensureTargetState, readAppliedLsn, writeAppliedLsn } from './target-state';
+
+export type LogFn = (level: 'info' | 'warn' | 'error', msg: string, fields?: object) => void;
+
+/** How statements may be ordered, decided by what the target session is allowed to do. */
+export type ApplyMode = 'replica' | 'ordered';
+
+export interface ApplierOptions {
+  migrationId: string;
+  /** Changes per target transaction (committed at the next source transaction boundary). */
+  batchChanges: number;
+  /** Longest a batch stays open, in ms. */
+  batchMs: number;
+  /** Per-table start: changes to `qn(schema, name)` apply only from source transactions committed at or after it. */
+  tableSyncLsn: Map<string, Lsn>;
+  /** Re-apply source transactions committed at or before this LSN one change per statement. Default: none. */
+  safeThroughLsn?: Lsn | null;
+  /** Position to assume when the target holds none (the slot's confirmed position). Default 0. */
+  fallbackStartLsn?: Lsn;
+  log?: LogFn;
+}
+
+/** The fast path failed: restart the stream from `appliedLsn` and apply through `throughLsn` one change per statement. */
+export class SafeReplayNeeded extends Error {
+  constructor(readonly throughLsn: Lsn, cause: unknown) {
+    super(`set-based apply failed, replaying through ${formatLsn(throughLsn)} one change per statement: ${(cause as Error)?.message ?? String(cause)}`, { cause });
+    this.name = 'SafeReplayNeeded';
+  }
+}
+
+/** A target table as the apply statements need it. */
+interface TargetColumn {
+  name: string;
+  /**
+   * The type to cast the text value to: format_type without the modifier, so
+   * the column's own modifier applies on assignment (an error when a value does
+   * not fit, where an explicit cast would truncate it silently). Typeless
+   * `character` and `bit` mean length 1, so those become bpchar / bit varying.
+   */
+  castType: string;
+  generated: boolean;
+  identityAlways: boolean;
+  /** ` COLLATE x` when the column's collation is not its type's default (equality must use the column's). */
+  collate: string;
+}
+interface TargetTable { schema: string; name: string; quoted: string; partitioned: boolean; columns: Map<string, TargetColumn> }
+
+/** A source relation mapped onto its target table. */
+interface RelMap {
+  rel: RelationMessage;
+  target: TargetTable;
+  /** Target column per source column, null when the target generates it (never written). */
+  cols: (TargetColumn | null)[];
+  /** Source column indexes that are written (not generated on the target). */
+  writeIdx: number[];
+  keyIdx: number[];
+  full: boolean;
+  overriding: boolean;
+  syncLsn: Lsn;
+}
+
+interface RowChange { op: 'INSERT' | 'UPDATE' | 'DELETE'; map: RelMap; lsn: Lsn; newTuple: Tuple | null; oldTuple: Tuple | null }
+interface TruncateChange { op: 'TRUNCATE'; maps: RelMap[]; restartIdentity: boolean; lsn: Lsn }
+type Change = RowChange | TruncateChange;
+
+/** A group of changes that becomes one statement. */
+interface Run {
+  op: 'INSERT' | 'UPDATE' | 'DELETE' | 'TRUNCATE';
+  changes: Change[];
+  map: RelMap | null;
+  /** UPDATE: which columns are present (not unchanged TOAST); '' = all. */
+  mask: string;
+  keys: Set<string> | null;
+  /** Single-change forms: UPDATE that moves the key, REPLICA IDENTITY FULL UPDATE/DELETE. */
+  single: 'key-change' | 'full' | null;
+}
+
+interface Statement { text: string; values: unknown[]; run: Run; expectRows: number | null; onShort: 'fail' | 'warn' }
+
+interface Batch {
+  openedAtMs: number;
+  changes: number;
+  txns: number;
+  lastEndLsn: Lsn | null;
+  lastCommitTime: Date | null;
+  /** A keepalive position received at a transaction boundary inside this batch. */
+  boundaryLsn: Lsn;
+  maxFinalLsn: Lsn;
+  targetTxnOpen: boolean;
+  /** Some of it was applied one change per statement. */
+  safe: boolean;
+}
+
+interface SourceTxn { finalLsn: Lsn; commitTimeMicros: bigint; skip: boolean; changes: number }
+
+/** Raised by the fast path when UPDATE touched fewer rows than it should have. */
+class ShortRowCount extends Error {}
+
+/**
+ * Applies one stream of source changes to the target. Not reentrant: await
+ * each call before the next (sync.ts drives it from one loop).
+ */
+export class Applier {
+  /** Everything the source committed before this position is committed on the target. */
+  appliedLsn: Lsn;
+  appliedCommitTime: Date | null = null;
+  changesApplied = 0;
+  transactionsApplied = 0;
+  lastBatchAt: Date | null = null;
+  safeThroughLsn: Lsn | null;
+
+  private txn: SourceTxn | null = null;
+  private batch: Batch | null = null;
+  private pending: Change[] = [];
+  private readonly maps = new Map<number, RelMap>();
+  private readonly targets = new Map<string, TargetTable>();
+  private readonly prepared = new Map<string, string>();
+  private readonly log: LogFn;
+
+  private constructor(private readonly client: pg.Client, readonly mode: ApplyMode, private readonly opts: ApplierOptions, durableLsn: Lsn) {
+    this.appliedLsn = durableLsn;
+    this.safeThroughLsn = opts.safeThroughLsn ?? null;
+    this.log = opts.log ?? (() => undefined);
+  }
+
+  /** Connect to the target, prepare the session and read the applied position. */
+  static async open(target: Endpoint, opts: ApplierOptions): Promise<Applier> {
+    const client = await connect('target', target, { applicationName: 'pgferry-apply' });
+    try {
+      // Durability of what we confirm to the source depends on the target's
+      // commit being flushed; long chunked transactions must not be cut off.
+      await client.query("SET synchronous_commit = on; SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0");
+      let mode: ApplyMode = 'replica';
+      try {
+        await client.query('SET session_replication_role = replica');
+      } catch (e) {
+        if (sqlState(e) !== '42501') throw e;
+        mode = 'ordered';
+      }
+      await ensureTargetState(client);
+      const durable = await readAppliedLsn(client, opts.migrationId);
+      const a = new Applier(client, mode, opts, durable ?? opts.fallbackStartLsn ?? 0n);
+      if (mode === 'replica') {
+        a.log('info', 'apply mode: replica (session_replication_role = replica; statements grouped per table within a batch)', { event: 'apply-mode', mode });
+      } else {
+        a.log('warn', 'apply mode: ordered (the target user may not set session_replication_role: foreign keys and triggers fire on the target, statements keep the source order)',
+          { event: 'apply-mode', mode, remedy: 'Run the agent with a target user allowed to SET session_replication_role (superuser, or on PostgreSQL 15+: GRANT SET ON PARAMETER session_replication_role TO <user>) for faster apply.' });
+      }
+      return a;
+    } catch (e) {
+      await client.end().catch(() => undefined);
+      throw e;
+    }
+  }
+
+  /** Inside a source transaction (between Begin and Commit). */
+  get inSourceTransaction(): boolean { return this.txn !== null; }
+  /** Changes gathered in the open batch, not yet committed. */
+  get pendingChanges(): number { return this.batch?.changes ?? 0; }
+  /** ms the open batch has been open; null when none. */
+  batchAgeMs(nowMs = Date.now()): number | null { return this.batch ? nowMs - this.batch.openedAtMs : null; }
+
+  /** A Relation message: forget the mapping for that OID (the source table may have changed). */
+  relation(m: RelationMessage): void {
+    this.maps.delete(m.relationOid);
+  }
+
+  begin(m: BeginMessage): void {
+    if (this.txn) throw new PgferryError('INTERNAL', `Begin of a source transaction at ${formatLsn(m.finalLsn)} inside the one at ${formatLsn(this.txn.finalLsn)}.`, 'Restart the agent; report this if it repeats.');
+    // Guard 1 (replay after restart): a transaction whose commit record starts
+    // before the applied position ended at or before it, so it is already on
+    // the target. Without this, a resend would apply it twice.
+    this.txn = { finalLsn: m.finalLsn, commitTimeMicros: m.commitTimeMicros, skip: m.finalLsn < this.appliedLsn, changes: 0 };
+    if (this.batch) this.batch.maxFinalLsn = maxLsn(this.batch.maxFinalLsn, m.finalLsn);
+  }
+
+  async change(m: InsertMessage | UpdateMessage | DeleteMessage | TruncateMessage): Promise<void> {
+    const txn = this.txn;
+    if (!txn) throw new PgferryError('INTERNAL', `A ${m.tag} arrived outside a source transaction.`, 'Restart the agent; report this if it repeats.');
+    if (txn.skip) return;
+    let change: Change;
+    if (m.tag === 'truncate') {
+      const maps: RelMap[] = [];
+      for (const rel of m.relations) {
+        const map = await this.mapFor(rel);
+        // Guard 2 (per-table start): the table's copy already holds what committed before its snapshot.
+        if (txn.finalLsn >= map.syncLsn && !maps.some((x) => x.target === map.target)) maps.push(map);
+      }
+      if (maps.length === 0) return;
+      change = { op: 'TRUNCATE', maps, restartIdentity: m.restartIdentity, lsn: txn.finalLsn };
+    } else {
+      const map = await this.mapFor(m.relation);
+      if (txn.finalLsn < map.syncLsn) return; // Guard 2, as above.
+      if (m.tag === 'insert') change = { op: 'INSERT', map, lsn: txn.finalLsn, newTuple: m.newTuple, oldTuple: null };
+      else if (m.tag === 'update') change = { op: 'UPDATE', map, lsn: txn.finalLsn, newTuple: m.newTuple, oldTuple: m.oldTuple };
+      else change = { op: 'DELETE', map, lsn: txn.finalLsn, newTuple: null, oldTuple: m.oldTuple };
+    }
+    if (!this.batch) {
+      this.batch = { openedAtMs: Date.now(), changes: 0, txns: 0, lastEndLsn: null, lastCommitTime: null, boundaryLsn: 0n, maxFinalLsn: txn.finalLsn, targetTxnOpen: false, safe: false };
+    }
+    this.pending.push(change);
+    this.batch.changes++;
+    txn.changes++;
+    // Guard 3 (bounded memory): a transaction larger than a batch is executed
+    // in chunks inside the open target transaction; it commits with its Commit.
+    if (this.pending.length >= this.opts.batchChanges) await this.execute();
+  }
+
+  /** Commit of a source transaction. Returns true when a target transaction was committed. */
+  async commit(m: CommitMessage): Promise<boolean> {
+    const txn = this.txn;
+    if (!txn) throw new PgferryError('INTERNAL', `Commit at ${formatLsn(m.commitLsn)} without Begin.`, 'Restart the agent; report this if it repeats.');
+    if (m.commitLsn !== txn.finalLsn) throw new PgferryError('INTERNAL', `Commit at ${formatLsn(m.commitLsn)} does not match its Begin (${formatLsn(txn.finalLsn)}).`, 'Restart the agent; report this if it repeats.');
+    this.txn = null;
+    if (txn.skip) return false;
+    const commitTime = new Date(pgMicrosToUnixMs(m.commitTimeMicros));
+    if (!this.batch) {
+      // Nothing of ours in it and nothing open: the target already reflects
+      // everything before its end (PG < 15 sends empty transactions too).
+      this.appliedLsn = maxLsn(this.appliedLsn, m.endLsn);
+      return false;
+    }
+    this.batch.lastEndLsn = m.endLsn;
+    if (txn.changes > 0) {
+      this.batch.txns++;
+      this.batch.lastCommitTime = commitTime;
+    }
+    // Guard 4 (exactly once): a batch commits only here, at a source
+    // transaction boundary, with the end LSN of that transaction.
+    if (this.batch.changes >= this.opts.batchChanges || Date.now() - this.batch.openedAtMs >= this.opts.batchMs) {
+      await this.flush();
+      return true;
+    }
+    return false;
+  }
+
+  /**
+   * A keepalive's walEnd seen between source transactions: everything the
+   * source committed before it has been received. It is covered at once when
+   * no batch is open, else when the open batch commits.
+   */
+  boundary(walEnd: Lsn): void {
+    if (this.txn) return;
+    if (this.batch) this.batch.boundaryLsn = maxLsn(this.batch.boundaryLsn, walEnd);
+    else this.appliedLsn = maxLsn(this.appliedLsn, walEnd);
+  }
+
+  /** Commit the open batch (call between source transactions). No-op when none is open. */
+  async flush(): Promise<void> {
+    const batch = this.batch;
+    if (!batch) return;
+    if (this.txn) throw new PgferryError('INTERNAL', 'flush inside a source transaction', 'Restart the agent; report this if it repeats.');
+    const endLsn = maxLsn(batch.lastEndLsn ?? 0n, batch.boundaryLsn);
+    try {
+      await this.execute();
+      if (batch.targetTxnOpen) {
+        await writeAppliedLsn(this.client, this.opts.migrationId, endLsn, batch.lastCommitTime);
+        await this.client.query('COMMIT');
+        batch.targetTxnOpen = false;
+      }
+    } catch (e) {
+      throw await this.failed(e, null);
+    }
+    this.batch = null;
+    this.appliedLsn = maxLsn(this.appliedLsn, endLsn);
+    if (batch.lastCommitTime) this.appliedCommitTime = batch.lastCommitTime;
+    this.changesApplied += batch.changes;
+    this.transactionsApplied += batch.txns;
+    this.lastBatchAt = new Date();
+    if (this.safeThroughLsn !== null && this.appliedLsn > this.safeThroughLsn) {
+      this.log('info', `one-change-per-statement replay done through ${formatLsn(this.safeThroughLsn)}; back to set-based apply`, { event: 'safe-replay-done' });
+      this.safeThroughLsn = null;
+    }
+  }
+
+  /** Roll back whatever is open and disconnect. Uncommitted changes are re-sent after a restart. */
+  async close(): Promise<void> {
+    if (this.batch?.targetTxnOpen) await this.client.query('ROLLBACK').catch(() => undefined);
+    this.batch = null;
+    this.pending = [];
+    this.txn = null;
+    await this.client.end().catch(() => undefined);
+  }
+
+  // ---- mapping -------------------------------------------------------------
+
+  private async mapFor(rel: RelationMessage): Promise<RelMap> {
+    const cached = this.maps.get(rel.relationOid);
+    if (cached && cached.rel === rel) return cached;
+    const key = qn(rel.schema, rel.name);
+    let target = this.targets.get(key);
+    const missing = (t: TargetTable | undefined) => (t ? rel.columns.find((c) => !t.columns.has(c.name)) : undefined);
+    if (!target || missing(target)) {
+      // Read (again: the user may have fixed drift) from the target catalog.
+      target = await this.readTarget(rel.schema, rel.name);
+      if (!target) {
+        throw new PgferryError('SCHEMA_DRIFT', `Table ${key} receives changes from the source but does not exist on the target.`,
+          `Create ${key} on the target with the source's definition, then restart the agent.`);
+      }
+      this.targets.set(key, target);
+    }
+    const lacking = missing(target);
+    if (lacking) {
+      throw new PgferryError('SCHEMA_DRIFT', `Column ${qi(lacking.name)} of table ${key} exists on the source but not on the target.`,
+        `Add the column on the target (ALTER TABLE ${key} ADD COLUMN ${qi(lacking.name)} <its type on the source>), then restart the agent.`);
+    }
+    const cols = rel.columns.map((c) => {
+      const t = target!.columns.get(c.name)!;
+      return t.generated ? null : t;
+    });
+    const writeIdx = cols.flatMap((c, i) => (c ? [i] : []));
+    const map: RelMap = {
+      rel, target, cols, writeIdx,
+      keyIdx: rel.replicaIdentity === 'f' ? [] : rel.keyIndexes,
+      full: rel.replicaIdentity === 'f',
+      overriding: writeIdx.some((i) => cols[i]!.identityAlways),
+      syncLsn: this.opts.tableSyncLsn.get(key) ?? 0n,
+    };
+    this.maps.set(rel.relationOid, map);
+    return map;
+  }
+
+  private async readTarget(schema: string, name: string): Promise<TargetTable | undefined> {
+    const r = await this.client.query(`
+      SELECT c.relkind::text AS kind, a.attname AS name,
+             CASE a.atttypid WHEN 'bpchar'::regtype THEN 'bpchar' WHEN '_bpchar'::regtype THEN 'bpchar[]'
+                             WHEN 'bit'::regtype THEN 'bit varying' WHEN '_bit'::regtype THEN 'bit varying[]'
+                             ELSE format_type(a.atttypid, NULL) END AS cast_type,
+             a.attgenerated <> '' AS generated, a.attidentity = 'a' AS identity_always,
+             CASE WHEN a.attcollation <> 0 AND a.attcollation <> t.typcollation
+                  THEN quote_ident(cn.nspname) || '.' || quote_ident(co.collname) END AS collation
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+        LEFT JOIN pg_type t ON t.oid = a.atttypid
+        LEFT JOIN pg_collation co ON co.oid = a.attcollation
+        LEFT JOIN pg_namespace cn ON cn.oid = co.collnamespace
+       WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
+       ORDER BY a.attnum`, [schema, name]);
+    if (r.rows.length === 0) return undefined;
+    const columns = new Map<string, TargetColumn>();
+    for (const row of r.rows) {
+      if (row.name === null) continue;
+      columns.set(row.name, { name: row.name, castType: row.cast_type, generated: row.generated, identityAlways: row.identity_always, collate: row.collation ? ` COLLATE ${row.collation}` : '' });
+    }
+    return { schema, name, quoted: qn(schema, name), partitioned: r.rows[0].kind === 'p', columns };
+  }
+
+  // ---- execution -----------------------------------------------------------
+
+  private async execute(): Promise<void> {
+    const batch = this.batch;
+    if (!batch || this.pending.length === 0) return;
+    const changes = this.pending;
+    this.pending = [];
+    const safe = this.safeThroughLsn !== null && changes[0].lsn <= this.safeThroughLsn;
+    if (safe) batch.safe = true;
+    let current: Run | null = null;
+    try {
+      if (!batch.targetTxnOpen) {
+        await this.client.query('BEGIN');
+        batch.targetTxnOpen = true;
+      }
+      for (const run of this.plan(changes, safe)) {
+        current = run;
+        const st = this.statement(run);
+        if (!st) continue;
+        const res = await this.run(st);
+        const rows = res.rowCount ?? 0;
+        if (st.expectRows !== null && rows < st.expectRows) {
+          if (st.onShort === 'warn') {
+            this.log('warn', `${st.run.op} on ${st.run.map!.target.quoted} found ${rows} of ${st.expectRows} rows on the target (already gone: the target had diverged)`, { event: 'rows-missing', lsn: formatLsn(st.run.changes[0].lsn) });
+          } else {
+            throw new ShortRowCount(`${st.run.op} on ${st.run.map!.target.quoted} matched ${rows} of ${st.expectRows} rows`);
+          }
+        }
+      }
+    } catch (e) {
+      throw await this.failed(e, safe ? current : null);
+    }
+  }
+
+  private async run(st: Statement): Promise<pg.QueryResult> {
+    let name = this.prepared.get(st.text);
+    if (name === undefined && this.prepared.size < 2000) {
+      name = `pgferry_${this.prepared.size}`;
+      this.prepared.set(st.text, name);
+    }
+    return this.client.query(name ? { name, text: st.text, values: st.values } : { text: st.text, values: st.values });
+  }
+
+  /**
+   * Roll back and classify a failure: transient ones (connection lost,
+   * deadlock) are rethrown for a reconnect; in the fast path anything else
+   * asks for a one-change-per-statement replay; in that replay it is fatal.
+   */
+  private async failed(e: unknown, safeRun: Run | null): Promise<unknown> {
+    if (e instanceof PgferryError || e instanceof SafeReplayNeeded) return e;
+    const batch = this.batch;
+    if (batch?.targetTxnOpen) {
+      await this.client.query('ROLLBACK').catch(() => undefined);
+      batch.targetTxnOpen = false;
+    }
+    if (isTransientError(e)) return e;
+    if (safeRun) return this.applyFailed(safeRun, e);
+    if (batch?.safe) {
+      // Failed at COMMIT (a deferred constraint) during the one-by-one replay: replaying again would loop.
+      const err = e as PgServerError;
+      return new PgferryError('APPLY_FAILED', `Committing the source transactions through ${formatLsn(batch.maxFinalLsn)} on the target failed: ${err?.message ?? String(e)}${sqlState(e) ? ` (SQLSTATE ${sqlState(e)})` : ''}`,
+        `Fix the target (a deferred constraint rejects the changes: compare the tables' constraints with the source), then restart the agent; the sync resumes from ${formatLsn(this.appliedLsn)}.`, { cause: e });
+    }
+    const through = maxLsn(batch?.maxFinalLsn ?? 0n, this.txn?.finalLsn ?? 0n);
+    return new SafeReplayNeeded(through, e);
+  }
+
+  private async applyFailed(run: Run, e: unknown): Promise<PgferryError> {
+    const c = run.changes[0];
+    const table = c.op === 'TRUNCATE' ? c.maps.map((m) => m.target.quoted).join(', ') : c.map.target.quoted;
+    const where = `${run.op} on ${table} from the source transaction committed at ${formatLsn(c.lsn)}`;
+    const resume = `the sync resumes from the last applied position ${formatLsn(this.appliedLsn)}`;
+    if (e instanceof ShortRowCount && c.op !== 'TRUNCATE') {
+      const key = c.map.full ? '' : ` with key (${c.map.keyIdx.map((i) => qi(c.map.rel.columns[i].name)).join(', ')})=(${keyValues(c).map((v) => (v === null ? 'NULL' : clip(String(v)))).join(', ')})`;
+      // Tell "row missing" from "GENERATED ALWAYS identity changed".
+      const ident = c.map.writeIdx.filter((i) => c.map.cols[i]!.identityAlways && !c.map.keyIdx.includes(i));
+      if (ident.length && !c.map.full && c.op === 'UPDATE' && !c.oldTuple && await this.rowExists(c)) {
+        const col = c.map.rel.columns[ident[0]].name;
+        return new PgferryError('APPLY_FAILED', `${where} failed: it changes ${qi(col)}, a GENERATED ALWAYS identity column on the target, which UPDATE cannot set.`,
+          `Make the column assignable during the migration (ALTER TABLE ${table} ALTER COLUMN ${qi(col)} SET GENERATED BY DEFAULT; set it back after cutover), then restart the agent; ${resume}.`);
+      }
+      return new PgferryError('APPLY_FAILED', `${where} failed: the row to ${run.op === 'UPDATE' ? 'update' : 'delete'}${key} does not exist on the target, so the target has diverged from the source.`,
+        `Copy ${table} again (or restore the row on the target), then restart the agent; ${resume}.`);
+    }
+    const err = e as PgServerError;
+    const state = sqlState(e);
+    const server = `${err?.message ?? String(e)}${state ? ` (SQLSTATE ${state}${err.detail ? `; ${err.detail}` : ''})` : ''}`;
+    let remedy: string;
+    if (state === '23505') remedy = `The target already holds a row with this key, so it has diverged from the source (written to directly, or loaded twice). Remove the conflicting row from ${table} on the target or copy the table again, then restart the agent; ${resume}.`;
+    else if (state === '23503') remedy = `A foreign key on the target rejects the change (the target session cannot set session_replication_role, so foreign keys are checked). Let the target user SET session_replication_role (superuser, or PostgreSQL 15+: GRANT SET ON PARAMETER session_replication_role TO <user>) or drop the foreign key until cutover, then restart the agent; ${resume}.`;
+    else if (state === '428C9') remedy = `The change writes a GENERATED ALWAYS column on the target. Make it assignable during the migration (ALTER TABLE ${table} ALTER COLUMN <column> SET GENERATED BY DEFAULT), then restart the agent; ${resume}.`;
+    else if (state === '42501') remedy = `Grant INSERT, UPDATE, DELETE and TRUNCATE on ${table} to \`target\`.user, then restart the agent; ${resume}.`;
+    else if (state && /^(22|23|42)/.test(state)) remedy = `The definition of ${table} on the target differs from the source (column type, NOT NULL, CHECK or unique constraint). Make it match the source, then restart the agent; ${resume}.`;
+    else remedy = `Fix the cause on the target, then restart the agent; ${resume}.`;
+    return new PgferryError('APPLY_FAILED', `${where} failed: ${server}`, remedy, { cause: e });
+  }
+
+  private async rowExists(c: RowChange): Promise<boolean> {
+    const m = c.map;
+    const cond = m.keyIdx.map((i, j) => `t.${qi(m.rel.columns[i].name)} = $${j + 1}::${m.cols[i]!.castType}${m.cols[i]!.collate}`).join(' AND ');
+    try {
+      const r = await this.client.query(`SELECT 1 FROM ${m.target.quoted} AS t WHERE ${cond} LIMIT 1`, keyValues(c));
+      return r.rows.length > 0;
+    } catch { return false; }
+  }
+
+  // ---- planning ------------------------------------------------------------
+
+  /** Split changes into runs, each one statement. */
+  private *plan(changes: Change[], safe: boolean): Generator<Run> {
+    if (safe) {
+      // One change per statement, in source order.
+      for (const c of changes) yield single(c);
+      return;
+    }
+    let segment: RowChange[] = [];
+    const flushSegment = function* (this: Applier): Generator<Run> {
+      if (this.mode === 'ordered') { yield* runsOf(segment); return; }
+      // Replica mode: no FK or trigger ties tables together, so each table's
+      // changes may be applied together, in their own order.
+      const byTable = new Map<TargetTable, RowChange[]>();
+      for (const c of segment) {
+        const list = byTable.get(c.map.target);
+        if (list) list.push(c); else byTable.set(c.map.target, [c]);
+      }
+      for (const list of byTable.values()) yield* runsOf(list);
+    };
+    for (const c of changes) {
+      if (c.op === 'TRUNCATE') {
+        // A barrier: everything before it, then it, then what follows.
+        yield* flushSegment.call(this);
+        segment = [];
+        yield single(c);
+      } else {
+        segment.push(c);
+      }
+    }
+    yield* flushSegment.call(this);
+  }
+
+  /** The SQL for a run; null when it would change nothing. */
+  private statement(run: Run): Statement | null {
+    if (run.op === 'TRUNCATE') {
+      const c = run.changes[0] as TruncateChange;
+      // ONLY keeps inheritance children (published separately) out; a
+      // partitioned root publishes for all its partitions, so it is truncated whole.
+      const list = c.maps.map((m) => (m.target.partitioned ? '' : 'ONLY ') + m.target.quoted).join(', ');
+      return { text: `TRUNCATE ${list}${c.restartIdentity ? ' RESTART IDENTITY' : ''}`, values: [], run, expectRows: null, onShort: 'warn' };
+    }
+    const m = run.map!;
+    const rows = run.changes as RowChange[];
+    const col = (i: number) => m.cols[i]!;
+    const name = (i: number) => qi(m.rel.columns[i].name);
+    const params = new Params();
+
+    if (run.op === 'INSERT') {
+      const arr = m.writeIdx.map((i) => params.array(rows.map((c) => value(c.newTuple!, i, c))));
+      return {
+        text: `INSERT INTO ${m.target.quoted} (${m.writeIdx.map(name).join(', ')})${m.overriding ? ' OVERRIDING SYSTEM VALUE' : ''} SELECT ${m.writeIdx.map((i, j) => `v.c${j}::${col(i).castType}`).join(', ')} FROM unnest(${arr.join(', ')}) AS v(${arr.map((_, j) => `c${j}`).join(', ')})`,
+        values: params.values, run, expectRows: rows.length, onShort: 'fail',
+      };
+    }
+
+    if (run.single === 'full') {
+      // REPLICA IDENTITY FULL: duplicates are possible, so match every old
+      // column and touch exactly one row (tableoid too: ctids repeat across
+      // partitions). Values are compared as the type's output text, the form
+      // the source sent: format('%s') calls the output function, whereas
+      // `::text` is a different cast for some types (boolean gives 'true' not
+      // 't', inet adds '/32', character(n) drops its padding), and comparing
+      // as typed values needs an equality operator that json, xml or point lack.
+      const c = rows[0];
+      const old = c.oldTuple!;
+      const match = m.writeIdx.filter((i) => old[i] !== UNCHANGED_TOAST)
+        .map((i) => (old[i] === null ? `t.${name(i)} IS NULL` : `(t.${name(i)} IS NOT NULL AND format('%s', t.${name(i)}) = ${params.scalar(old[i] as string)})`))
+        .join(' AND ') || 'true';
+      const pick = `WITH s AS MATERIALIZED (SELECT t.tableoid AS toid, t.ctid AS tid FROM ${m.target.quoted} AS t WHERE ${match} LIMIT 1)`;
+      const target = 'WHERE t.ctid = (SELECT tid FROM s) AND t.tableoid = (SELECT toid FROM s)';
+      if (run.op === 'DELETE') return { text: `${pick} DELETE FROM ${m.target.quoted} AS t ${target}`, values: params.values, run, expectRows: 1, onShort: 'warn' };
+      const nu = c.newTuple!;
+      const present = m.writeIdx.filter((i) => nu[i] !== UNCHANGED_TOAST);
+      const set = present.filter((i) => !col(i).identityAlways);
+      const guard = present.filter((i) => col(i).identityAlways).map((i) => ` AND t.${name(i)} IS NOT DISTINCT FROM ${params.scalar(nu[i] as string | null)}::${col(i).castType}`).join('');
+      if (set.length === 0) return null;
+      const sets = set.map((i) => `${name(i)} = ${params.scalar(nu[i] as string | null)}::${col(i).castType}`).join(', ');
+      return { text: `${pick} UPDATE ${m.target.quoted} AS t SET ${sets} ${target}${guard}`, values: params.values, run, expectRows: 1, onShort: 'fail' };
+    }
+
+    if (m.keyIdx.length === 0) {
+      throw new PgferryError('APPLY_FAILED', `${run.op} on ${m.target.quoted} (source transaction at ${formatLsn(rows[0].lsn)}) cannot be applied: the source table has no replica identity to find the row by.`,
+        `On the source: ALTER TABLE ${m.target.quoted} REPLICA IDENTITY FULL (or add a primary key), then copy the table again.`);
+    }
+    const keyCond = (keyArr: string[]) => m.keyIdx.map((i, j) => `t.${name(i)} = v.${keyArr[j]}::${col(i).castType}${col(i).collate}`).join(' AND ');
+    const aliases: string[] = [];
+    const arrays: string[] = [];
+    const addArray = (vals: (string | null)[]) => { arrays.push(params.array(vals)); const a = `c${aliases.length}`; aliases.push(a); return a; };
+
+    if (run.op === 'DELETE') {
+      const keyA = m.keyIdx.map((i) => addArray(rows.map((c) => value(c.oldTuple!, i, c))));
+      return {
+        text: `DELETE FROM ${m.target.quoted} AS t USING unnest(${arrays.join(', ')}) AS v(${aliases.join(', ')}) WHERE ${keyCond(keyA)}`,
+        values: params.values, run, expectRows: run.keys ? run.keys.size : rows.length, onShort: 'warn',
+      };
+    }
+
+    // UPDATE. The key is matched on the old key when it changed ('K' sent), else on the new tuple.
+    const keyChange = run.single === 'key-change';
+    const first = rows[0].newTuple!;
+    const present = m.writeIdx.filter((i) => first[i] !== UNCHANGED_TOAST);
+    // Guard 5 (unchanged TOAST): absent values are left out of SET, never written.
+    const set = present.filter((i) => (keyChange || !m.keyIdx.includes(i)) && !(col(i).identityAlways && !(keyChange && m.keyIdx.includes(i))));
+    const guardIdx = present.filter((i) => col(i).identityAlways && !set.includes(i) && !m.keyIdx.includes(i));
+    if (set.length === 0) return null;
+    const keyA = m.keyIdx.map((i) => addArray(rows.map((c) => value(keyChange ? c.oldTuple! : c.newTuple!, i, c))));
+    const setA = set.map((i) => addArray(rows.map((c) => value(c.newTuple!, i, c))));
+    const guardA = guardIdx.map((i) => addArray(rows.map((c) => value(c.newTuple!, i, c))));
+    const guards = guardIdx.map((i, j) => ` AND t.${name(i)} IS NOT DISTINCT FROM v.${guardA[j]}::${col(i).castType}`).join('');
+    return {
+      text: `UPDATE ${m.target.quoted} AS t SET ${set.map((i, j) => `${name(i)} = v.${setA[j]}::${col(i).castType}`).join(', ')} FROM unnest(${arrays.join(', ')}) AS v(${aliases.join(', ')}) WHERE ${keyCond(keyA)}${guards}`,
+      values: params.values, run, expectRows: rows.length, onShort: 'fail',
+    };
+  }
+}
+
+/** Bind parameters in order. */
+class Params {
+  readonly values: unknown[] = [];
+  array(vals: (string | null)[]): string { this.values.push(vals); return `$${this.values.length}::text[]`; }
+  scalar(v: string | null): string { this.values.push(v); return `$${this.values.length}::text`; }
+}
+
+function value(t: Tuple, i: number, c: RowChange): string | null {
+  const v = t[i];
+  if (v === UNCHANGED_TOAST) {
+    throw new PgferryError('APPLY_FAILED', `${c.op} on ${c.map.target.quoted} (source transaction at ${formatLsn(c.lsn)}): column ${qi(c.map.rel.columns[i].name)} is needed but its value was not sent (unchanged TOAST).`,
+      'Restart the agent; if it repeats, set REPLICA IDENTITY FULL on the source table and copy it again.');
+  }
+  return v;
+}
+
+function keyValues(c: RowChange): (string | null)[] {
+  const t = (c.op === 'DELETE' || (c.op === 'UPDATE' && c.oldTuple)) ? c.oldTuple! : c.newTuple!;
+  return c.map.keyIdx.map((i) => value(t, i, c));
+}
+
+function keyString(t: Tuple, idx: number[]): string {
+  let s = '';
+  for (const i of idx) { const v = t[i]; s += (v === null ? '\u0000' : String(v)) + '\u0001'; }
+  return s;
+}
+
+function presentMask(t: Tuple): string {
+  let hasUnchanged = false;
+  for (let i = 0; i < t.length; i++) if (t[i] === UNCHANGED_TOAST) { hasUnchanged = true; break; }
+  if (!hasUnchanged) return '';
+  let s = '';
+  for (let i = 0; i < t.length; i++) s += t[i] === UNCHANGED_TOAST ? '0' : '1';
+  return s;
+}
+
+function single(c: Change): Run {
+  if (c.op === 'TRUNCATE') return { op: 'TRUNCATE', changes: [c], map: null, mask: '', keys: null, single: null };
+  const full = c.map.full && c.op !== 'INSERT';
+  const keyChange = !full && c.op === 'UPDATE' && c.oldTuple !== null;
+  return { op: c.op, changes: [c], map: c.map, mask: '', keys: null, single: full ? 'full' : keyChange ? 'key-change' : null };
+}
+
+/**
+ * Consecutive changes of one relation and kind become one run.
+ * Guard 6 (one row per key per UPDATE): a key already in the run starts a new
+ * run, else UPDATE … FROM would apply only one of its changes, at random.
+ * Guard 7: different sets of present columns (unchanged TOAST) start a new run.
+ */
+function* runsOf(changes: RowChange[]): Generator<Run> {
+  let cur: Run | null = null;
+  for (const c of changes) {
+    const s = single(c);
+    if (s.single !== null) {
+      if (cur) { yield cur; cur = null; }
+      yield s;
+      continue;
+    }
+    const mask = c.op === 'UPDATE' ? presentMask(c.newTuple!) : '';
+    const key = c.op === 'INSERT' || c.map.keyIdx.length === 0 ? null : keyString(c.op === 'UPDATE' ? c.newTuple! : c.oldTuple!, c.map.keyIdx);
+    if (cur && cur.op === c.op && cur.map === c.map && cur.mask === mask && !(key !== null && cur.keys!.has(key))) {
+      cur.changes.push(c);
+      if (key !== null) cur.keys!.add(key);
+    } else {
+      if (cur) yield cur;
+      cur = { op: c.op, changes: [c], map: c.map, mask, keys: new Set(key !== null ? [key] : []), single: null };
+    }
+  }
+  if (cur) yield cur;
+}
+
+function clip(s: string): string {
+  return s.length > 60 ? `${s.slice(0, 57)}...` : s;
+}
+
+/**
+ * Errors after which a reconnect may succeed: lost connections, server
+ * shutdown, too many connections, serialization failures and deadlocks, a
+ * replication slot still held by the previous session.
+ */
+export function isTransientError(e: unknown): boolean {
+  if (e instanceof PgferryError) return e.code === 'SOURCE_UNREACHABLE' || e.code === 'TARGET_UNREACHABLE';
+  const state = sqlState(e);
+  if (state) return state.startsWith('08') || ['57P01', '57P02', '57P03', '53300', '40001', '40P01', '55006', '55P03'].includes(state);
+  const code = (e as { code?: unknown })?.code;
+  if (typeof code === 'string' && ['ECONNRESET', 'ECONNREFUSED', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ECONNABORTED'].includes(code)) return true;
+  return /Connection terminated|connection timeout|Client has encountered a connection error|not queryable|Client was closed/i.test((e as Error)?.message ?? '');
+}

@@ -1,0 +1,273 @@
+/**
+ * sync — continuous sync, the stage after the initial copy: stream the
+ * source's changes from the migration's logical slot and apply them to the
+ * target until told to stop. Stage driver for receive → transform → apply.
+ *
+ * Input: `SyncOptions` (endpoints, slot, publication, per-table start LSNs,
+ * batching knobs, an AbortSignal). Output: target tables kept in step with
+ * the source, `pgferry.apply_state` on the target, the slot's confirmed
+ * position on the source, and `SyncProgress` reports.
+ *
+ * Process shape (one session; a session is retried on transient failures):
+ *
+ *   source walsender ──CopyData──▶ receive.ts (ordered queue, TCP backpressure)
+ *        ▲                              │ decode (pgoutput.ts)
+ *        │ Standby Status Update        ▼
+ *        └──── appliedLsn ◀──── apply.ts (batches → target transactions)
+ *
+ * The slot is confirmed only up to what the target has committed
+ * (`Applier.appliedLsn`): after a crash at any instant the next session
+ * restarts from the target's recorded position and nothing is lost or doubled.
+ */
+import { Applier, isTransientError, SafeReplayNeeded, type LogFn } from './apply';
+import { connect, resolveEndpoint } from './conn';
+import { asPgferryError, PgferryError, redact } from './errors';
+import { formatLsn, maxLsn, parseLsn, type Lsn } from './lsn';
+import { PgoutputParser, type PgoutputMessage } from './pgoutput';
+import { ReplicationStream } from './receive';
+import type { Endpoint } from './spec';
+
+export { encodeStandbyStatus, parseKeepalive, type Keepalive } from './receive';
+
+export interface SyncOptions {
+  migrationId: string;
+  source: Endpoint;
+  target: Endpoint;
+  slotName: string;
+  publicationName: string;
+  /** Per table (`qn(schema, name)`): apply only source transactions committed at or after this LSN (its copy holds the earlier ones). Absent tables apply from the start. */
+  tableSyncLsn: Map<string, Lsn>;
+  /** Changes per target transaction, committed at the next source transaction boundary (spec default 5000). */
+  batchChanges: number;
+  /** Longest a batch stays open, in ms (spec default 200). */
+  batchMs: number;
+  /** Aborting stops the sync: `runSync` resolves once the connections are closed (uncommitted work is rolled back and re-sent next time). */
+  signal: AbortSignal;
+  onProgress?: (p: SyncProgress) => void;
+  log?: LogFn;
+}
+
+export interface SyncProgress {
+  /** Everything the source committed before this position is committed on the target. */
+  appliedLsn: Lsn;
+  /** Commit time (source clock) of the last applied source transaction. */
+  appliedCommitTime: Date | null;
+  /** Start of the last XLogData message received. */
+  receivedLsn: Lsn;
+  /** Server position the decoder has reached (keepalive walEnd / last message). */
+  decodedLsn: Lsn;
+  /** Changes gathered in the open target transaction, not committed yet. */
+  pendingChanges: number;
+  changesApplied: number;
+  transactionsApplied: number;
+  /** Changes committed per second over the last 10 s. */
+  applyRatePerSec: number;
+  lastBatchAt: Date | null;
+}
+
+/** How often the source hears from us even when nothing changes (wal_sender_timeout defaults to 60 s). */
+const STATUS_INTERVAL_MS = 10_000;
+const BACKOFF_MIN_MS = 500;
+const BACKOFF_MAX_MS = 30_000;
+const RATE_WINDOW_MS = 10_000;
+
+/** State that outlives one session (connection pair). */
+interface SyncState {
+  appliedLsn: Lsn;
+  appliedCommitTime: Date | null;
+  receivedLsn: Lsn;
+  decodedLsn: Lsn;
+  changesApplied: number;
+  transactionsApplied: number;
+  lastBatchAt: Date | null;
+  safeThroughLsn: Lsn | null;
+  rateSamples: { atMs: number; changes: number }[];
+}
+
+/**
+ * Runs until `signal` aborts (resolves) or a fatal error (rejects with a
+ * PgferryError). Starts from the target's applied LSN (or the slot's
+ * confirmed position when none). Reconnects on transient connection loss with
+ * backoff (0.5 s doubling to 30 s), resuming from the target's applied LSN.
+ *
+ * @example
+ * const ac = new AbortController();
+ * const done = runSync({ migrationId: 'orders', source, target, slotName: 'pgferry_orders',
+ *   publicationName: 'pgferry_orders', tableSyncLsn: new Map(), batchChanges: 5000, batchMs: 200,
+ *   signal: ac.signal, onProgress: (p) => console.log(formatLsn(p.appliedLsn)) });
+ * // ... later
+ * ac.abort(); await done;
+ */
+export async function runSync(opts: SyncOptions): Promise<void> {
+  if (!Number.isInteger(opts.batchChanges) || opts.batchChanges < 1) throw new PgferryError('INVALID_SPEC', `batchChanges must be a positive integer, got ${opts.batchChanges}.`, 'Set `apply.batchChanges` to 1 or more.');
+  if (!Number.isFinite(opts.batchMs) || opts.batchMs < 1) throw new PgferryError('INVALID_SPEC', `batchMs must be a positive number, got ${opts.batchMs}.`, 'Set `apply.batchMs` to 1 or more.');
+  const log: LogFn = opts.log ?? (() => undefined);
+  const state: SyncState = {
+    appliedLsn: 0n, appliedCommitTime: null, receivedLsn: 0n, decodedLsn: 0n,
+    changesApplied: 0, transactionsApplied: 0, lastBatchAt: null, safeThroughLsn: null, rateSamples: [],
+  };
+  let backoffMs = BACKOFF_MIN_MS;
+  while (!opts.signal.aborted) {
+    const appliedBefore = state.changesApplied;
+    try {
+      await runSession(opts, state, log);
+      return;
+    } catch (e) {
+      if (opts.signal.aborted && !(e instanceof PgferryError && !isTransientError(e))) return;
+      if (e instanceof SafeReplayNeeded) {
+        state.safeThroughLsn = e.throughLsn;
+        log('warn', `set-based apply failed; re-applying through ${formatLsn(e.throughLsn)} one change per statement`, { event: 'safe-replay', throughLsn: formatLsn(e.throughLsn), cause: redact((e.cause as Error)?.message ?? String(e.cause)) });
+        continue;
+      }
+      if (!isTransientError(e)) {
+        const err = asPgferryError(e, 'INTERNAL', 'continuous sync');
+        log('error', err.message, { code: err.code, remedy: err.remedy });
+        throw err;
+      }
+      if (state.changesApplied > appliedBefore) backoffMs = BACKOFF_MIN_MS;
+      log('warn', `sync connection lost, reconnecting in ${backoffMs} ms: ${redact((e as Error)?.message ?? String(e))}`, { event: 'reconnect', appliedLsn: formatLsn(state.appliedLsn) });
+      await sleep(backoffMs, opts.signal);
+      backoffMs = Math.min(backoffMs * 2, BACKOFF_MAX_MS);
+    }
+  }
+}
+
+/** The slot's confirmed position; fails when the slot is missing or is not this migration's kind of slot. */
+async function readSlot(source: Endpoint, slotName: string): Promise<Lsn> {
+  const database = resolveEndpoint(source).database;
+  const c = await connect('source', source, { applicationName: 'pgferry-sync' });
+  try {
+    const r = await c.query('SELECT confirmed_flush_lsn::text AS lsn, plugin, database FROM pg_replication_slots WHERE slot_name = $1', [slotName]);
+    if (r.rows.length === 0) {
+      throw new PgferryError('STATE_CORRUPT', `The replication slot "${slotName}" does not exist on the source.`,
+        'The slot was dropped, so the changes since the last applied position are gone from the source. Delete the migration and start it again (a fresh copy).');
+    }
+    const row = r.rows[0];
+    if (row.plugin !== 'pgoutput' || row.database !== database) {
+      throw new PgferryError('SLOT_NAME_TAKEN', `The replication slot "${slotName}" on the source is not a pgoutput slot of database "${database}" (plugin ${row.plugin}, database ${row.database}).`,
+        'Give the migration another `slotName`, or drop the other slot if it is unused.');
+    }
+    return row.lsn ? parseLsn(row.lsn) : 0n;
+  } finally {
+    await c.end().catch(() => undefined);
+  }
+}
+
+async function runSession(opts: SyncOptions, state: SyncState, log: LogFn): Promise<void> {
+  const slotLsn = await readSlot(opts.source, opts.slotName);
+  const applier = await Applier.open(opts.target, {
+    migrationId: opts.migrationId, batchChanges: opts.batchChanges, batchMs: opts.batchMs, tableSyncLsn: opts.tableSyncLsn,
+    safeThroughLsn: state.safeThroughLsn, fallbackStartLsn: slotLsn, log,
+  });
+  // The target's durable position may trail what this process already knew
+  // was applied (idle positions are not written); both are safe starts.
+  applier.appliedLsn = maxLsn(applier.appliedLsn, state.appliedLsn);
+  const base = { changes: state.changesApplied, txns: state.transactionsApplied };
+  let stream: ReplicationStream<PgoutputMessage> | null = null;
+  let timer: NodeJS.Timeout | null = null;
+  let lastSentLsn = -1n;
+  let lastSentAtMs = 0;
+
+  const sendStatus = (force: boolean) => {
+    const lsn = applier.appliedLsn;
+    if (!stream || (!force && lsn === lastSentLsn && Date.now() - lastSentAtMs < STATUS_INTERVAL_MS)) return;
+    stream.sendStatus(lsn);
+    lastSentLsn = lsn;
+    lastSentAtMs = Date.now();
+  };
+  const report = () => {
+    state.appliedLsn = maxLsn(state.appliedLsn, applier.appliedLsn);
+    state.appliedCommitTime = applier.appliedCommitTime ?? state.appliedCommitTime;
+    state.changesApplied = base.changes + applier.changesApplied;
+    state.transactionsApplied = base.txns + applier.transactionsApplied;
+    state.lastBatchAt = applier.lastBatchAt ?? state.lastBatchAt;
+    state.safeThroughLsn = applier.safeThroughLsn;
+    const nowMs = Date.now();
+    const samples = state.rateSamples;
+    samples.push({ atMs: nowMs, changes: state.changesApplied });
+    while (samples.length > 2 && nowMs - samples[0].atMs > RATE_WINDOW_MS) samples.shift();
+    const spanMs = nowMs - samples[0].atMs;
+    const rate = spanMs > 0 ? ((state.changesApplied - samples[0].changes) * 1000) / spanMs : 0;
+    opts.onProgress?.({
+      appliedLsn: state.appliedLsn, appliedCommitTime: state.appliedCommitTime, receivedLsn: state.receivedLsn,
+      decodedLsn: state.decodedLsn, pendingChanges: applier.pendingChanges, changesApplied: state.changesApplied,
+      transactionsApplied: state.transactionsApplied, applyRatePerSec: rate, lastBatchAt: state.lastBatchAt,
+    });
+  };
+
+  try {
+    const parser = new PgoutputParser();
+    stream = await ReplicationStream.open<PgoutputMessage>({
+      source: opts.source, slotName: opts.slotName, publicationName: opts.publicationName,
+      startLsn: applier.appliedLsn, decode: (payload) => parser.parse(payload),
+    });
+    log('info', `streaming changes from slot "${opts.slotName}" from ${formatLsn(applier.appliedLsn)}`, { mode: applier.mode, safeThroughLsn: applier.safeThroughLsn === null ? null : formatLsn(applier.safeThroughLsn) });
+    timer = setInterval(() => { sendStatus(false); report(); }, STATUS_INTERVAL_MS);
+    timer.unref();
+    report();
+
+    while (!opts.signal.aborted) {
+      const ageMs = applier.batchAgeMs();
+      const atBoundary = !applier.inSourceTransaction;
+      const waitMs = ageMs !== null && atBoundary ? Math.max(0, opts.batchMs - ageMs) : STATUS_INTERVAL_MS;
+      const ev = await stream.next(waitMs, opts.signal);
+      if (opts.signal.aborted) break;
+
+      if (ev === null) {
+        // batchMs passed with the batch open and no transaction in flight.
+        if (!applier.inSourceTransaction && (applier.batchAgeMs() ?? -1) >= opts.batchMs) {
+          await applier.flush();
+          sendStatus(false);
+          report();
+        }
+        continue;
+      }
+
+      if (ev.kind === 'keepalive') {
+        const { walEnd, replyRequested } = ev.keepalive;
+        state.decodedLsn = maxLsn(state.decodedLsn, walEnd);
+        // Guard (confirm only what is applied): walEnd covers every transaction
+        // committed before it only when no transaction is in flight; inside one
+        // (a keepalive sent mid-transaction) it must not be used.
+        if (!applier.inSourceTransaction) {
+          applier.boundary(walEnd);
+          // Idle: nothing more buffered, commit now rather than wait for batchMs.
+          if (stream.buffered === 0) await applier.flush();
+        }
+        sendStatus(replyRequested);
+        report();
+        continue;
+      }
+
+      state.receivedLsn = maxLsn(state.receivedLsn, ev.dataStart);
+      state.decodedLsn = maxLsn(state.decodedLsn, ev.walEnd);
+      const m = ev.message;
+      switch (m.tag) {
+        case 'begin': applier.begin(m); break;
+        case 'commit':
+          if (await applier.commit(m)) { sendStatus(false); report(); }
+          break;
+        case 'relation': applier.relation(m); break;
+        case 'insert': case 'update': case 'delete': case 'truncate':
+          await applier.change(m);
+          break;
+        case 'type': case 'origin': case 'message':
+          break; // values are cast by the target's column types; origins and logical messages are not ours
+      }
+    }
+  } finally {
+    if (timer) clearInterval(timer);
+    report();
+    await stream?.close();
+    await applier.close();
+  }
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) return resolve();
+    const done = () => { clearTimeout(t); signal.removeEventListener('abort', done); resolve(); };
+    const t = setTimeout(done, ms);
+    signal.addEventListener('abort', done, { once: true });
+  });
+}

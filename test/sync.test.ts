@@ -1,0 +1,463 @@
+/**
+ * Continuous sync, as a user lives it: the app keeps writing to the source,
+ * pgferry keeps the target equal, survives stops and lost connections without
+ * losing or doubling a change, and says exactly what to fix when it cannot go on.
+ *
+ * Each test gets its own database pair (same DDL on both sides), a
+ * publication and a pgoutput slot; the initial copy is not part of this stage,
+ * so tables start empty. We wait until the sync's appliedLsn passes the
+ * source's WAL insert position taken after the writes, then compare every table.
+ */
+import assert from 'node:assert/strict';
+import pg from 'pg';
+import { SESSION_OPTIONS } from '../agent/conn';
+import { isPgferryError, type PgferryError } from '../agent/errors';
+import { formatLsn, parseLsn, PG_EPOCH_MS, type Lsn } from '../agent/lsn';
+import { PgoutputParser, type PgoutputMessage } from '../agent/pgoutput';
+import { ReplicationStream } from '../agent/receive';
+import { encodeStandbyStatus, parseKeepalive, runSync, type SyncOptions, type SyncProgress } from '../agent/sync';
+import { startCluster, type Cluster, type PgMajor } from '../agent/testbed';
+import { ALL_TYPES_DDL, ALL_TYPES_ROWS, NUMERIC_INFINITY_ROWS, SCHEMA_FEATURES_DDL, SCHEMA_FEATURES_ROWS } from './fixtures/types';
+import { tableFingerprint } from '../agent/checksum';
+
+const PAIRS: { source: PgMajor; target: PgMajor }[] = [{ source: 14, target: 17 }, { source: 17, target: 17 }];
+
+type LogEntry = { level: string; msg: string; fields?: Record<string, unknown> };
+
+/** A running `runSync` with helpers to wait on its progress. */
+class SyncRun {
+  readonly ac = new AbortController();
+  readonly done: Promise<void>;
+  progress: SyncProgress | null = null;
+  error: unknown = null;
+  readonly logs: LogEntry[] = [];
+  private waiters: { lsn: Lsn; resolve: () => void; reject: (e: unknown) => void }[] = [];
+  maxHeapUsed = 0;
+
+  constructor(opts: Omit<SyncOptions, 'signal' | 'onProgress' | 'log'>) {
+    this.done = runSync({
+      ...opts, signal: this.ac.signal,
+      onProgress: (p) => {
+        this.progress = p;
+        this.maxHeapUsed = Math.max(this.maxHeapUsed, process.memoryUsage().heapUsed);
+        this.waiters = this.waiters.filter((w) => (p.appliedLsn >= w.lsn ? (w.resolve(), false) : true));
+      },
+      log: (level, msg, fields) => { this.logs.push({ level, msg, fields: fields as Record<string, unknown> }); },
+    });
+    this.done.then(
+      () => { for (const w of this.waiters) w.reject(new Error('sync stopped before reaching the LSN')); this.waiters = []; },
+      (e) => { this.error = e; for (const w of this.waiters) w.reject(e); this.waiters = []; });
+  }
+
+  /** Resolves once everything the source committed before `lsn` is committed on the target. */
+  waitApplied(lsn: Lsn): Promise<void> {
+    if (this.progress && this.progress.appliedLsn >= lsn) return Promise.resolve();
+    if (this.error) return Promise.reject(this.error);
+    return new Promise((resolve, reject) => this.waiters.push({ lsn, resolve, reject }));
+  }
+
+  /** Resolves once at least `n` changes have been committed on the target. */
+  async waitChanges(n: number): Promise<void> {
+    while (!this.progress || this.progress.changesApplied < n) {
+      if (this.error) throw this.error;
+      await new Promise<void>((resolve, reject) => this.waiters.push({ lsn: (this.progress?.appliedLsn ?? 0n) + 1n, resolve, reject }));
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.ac.abort();
+    await this.done;
+  }
+}
+
+async function sessionClient(c: Cluster, database: string, user?: { user: string; password: string }): Promise<pg.Client> {
+  const client = new pg.Client({ ...c.endpoint(database), ...(user ?? {}), ssl: false, options: SESSION_OPTIONS });
+  client.on('error', () => undefined);
+  await client.connect();
+  return client;
+}
+
+/**
+ * The source's WAL insert position: past every commit so far. (The test
+ * clusters commit asynchronously, so pg_current_wal_lsn(), the write
+ * position, can still be behind the last commit record.)
+ */
+async function currentLsn(client: pg.Client): Promise<Lsn> {
+  return parseLsn((await client.query('SELECT pg_current_wal_insert_lsn()::text AS l')).rows[0].l);
+}
+
+/** Assert every data table (ordinary tables and leaf partitions) of the source equals its target twin; returns their names. */
+async function assertSameData(s: pg.Client, t: pg.Client): Promise<string[]> {
+  const tables = (await s.query(`SELECT n.nspname AS schema, c.relname AS name,
+      array_agg(a.attname::text ORDER BY a.attnum) FILTER (WHERE a.attgenerated = '') AS columns
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+    WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgferry') AND n.nspname NOT LIKE 'pg\\_%'
+    GROUP BY 1, 2 ORDER BY 1, 2`)).rows as { schema: string; name: string; columns: string[] }[];
+  assert.ok(tables.length > 0, 'no tables to compare');
+  const diffs: string[] = [];
+  for (const tb of tables) {
+    const [a, b] = await Promise.all([tableFingerprint(s, tb.schema, tb.name, tb.columns), tableFingerprint(t, tb.schema, tb.name, tb.columns)]);
+    if (a.rows !== b.rows || a.checksum !== b.checksum) diffs.push(`${tb.schema}.${tb.name}: source ${a.rows} rows/${a.checksum}, target ${b.rows} rows/${b.checksum}`);
+  }
+  assert.deepEqual(diffs, [], `tables differ:\n${diffs.join('\n')}`);
+  return tables.map((x) => `${x.schema}.${x.name}`);
+}
+
+async function rows(client: pg.Client, sql: string): Promise<unknown[]> {
+  return (await client.query(sql)).rows;
+}
+
+for (const pair of PAIRS) {
+  describe(`sync: PostgreSQL ${pair.source} source → ${pair.target} target`, function () {
+    let src: Cluster;
+    let dst: Cluster;
+    let dbCounter = 0;
+    const open: pg.Client[] = [];
+    const runs: SyncRun[] = [];
+
+    before(async function () {
+      [src, dst] = await Promise.all([startCluster({ version: pair.source, fast: true }), startCluster({ version: pair.target, fast: true })]);
+    });
+    after(async function () {
+      for (const r of runs) await r.stop().catch(() => undefined);
+      for (const c of open) await c.end().catch(() => undefined);
+      await Promise.all([src?.stop(), dst?.stop()]);
+    });
+
+    afterEach(async function () {
+      // Stop the test's syncs and drop its slot, so it retains no WAL for the next tests.
+      for (const r of runs.splice(0)) await r.stop().catch(() => undefined);
+      await src.query("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE NOT active AND slot_name LIKE 's\\_%'").catch(() => undefined);
+    });
+
+    /** A fresh database pair with `ddl` on both sides, a publication `p` (all tables, via partition root) and slot `s`. */
+    async function setup(ddl: string, opts: { targetDdl?: string; targetOwner?: { user: string; password: string } } = {}) {
+      const db = `sync_${++dbCounter}`;
+      await src.createDatabase(db);
+      if (opts.targetOwner) {
+        await dst.query(`DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '${opts.targetOwner.user}') THEN CREATE ROLE ${opts.targetOwner.user} LOGIN PASSWORD '${opts.targetOwner.password}'; END IF; END $$`);
+        await dst.query(`CREATE DATABASE ${db} OWNER ${opts.targetOwner.user}`);
+      } else {
+        await dst.createDatabase(db);
+      }
+      const s = await sessionClient(src, db);
+      const t = await sessionClient(dst, db, opts.targetOwner);
+      open.push(s, t);
+      await s.query(ddl);
+      await t.query(opts.targetDdl ?? ddl);
+      await s.query('CREATE PUBLICATION p FOR ALL TABLES WITH (publish_via_partition_root = true)');
+      const slotName = `s_${db}`; // slots are cluster-wide
+      await s.query('SELECT pg_create_logical_replication_slot($1, \'pgoutput\')', [slotName]);
+      const start = (extra: Partial<SyncOptions> = {}) => {
+        const r = new SyncRun({
+          migrationId: 'm1', source: src.endpoint(db), target: { ...dst.endpoint(db), ...(opts.targetOwner ?? {}) },
+          slotName, publicationName: 'p', tableSyncLsn: new Map(), batchChanges: 500, batchMs: 50, ...extra,
+        });
+        runs.push(r);
+        return r;
+      };
+      /** Wait until the target has applied everything written so far, then compare every table. */
+      const converge = async (run: SyncRun) => {
+        await run.waitApplied(await currentLsn(s));
+        return assertSameData(s, t);
+      };
+      return { db, s, t, slotName, start, converge };
+    }
+
+    it('applies inserts, updates and deletes from many small transactions, incl. one key updated again and again in a batch', async function () {
+      const env = await setup(`
+        CREATE TABLE acct (id int PRIMARY KEY, balance numeric NOT NULL, note text);
+        CREATE SCHEMA "Mixed Case";
+        CREATE TABLE "Mixed Case"."Order Items" ("Id" bigint PRIMARY KEY, "Qty" int, "select" text);
+        CREATE TABLE events (id int, region text, v int, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
+        CREATE TABLE events_eu PARTITION OF events FOR VALUES IN ('eu');
+        CREATE TABLE events_us PARTITION OF events FOR VALUES IN ('us');`);
+      const run = env.start();
+      await env.s.query(`DO $$ BEGIN
+        FOR i IN 1..300 LOOP
+          INSERT INTO acct VALUES (i, i * 10, 'n' || i);
+          INSERT INTO "Mixed Case"."Order Items" VALUES (i, i, 'x');
+          INSERT INTO events VALUES (i, CASE WHEN i % 2 = 0 THEN 'eu' ELSE 'us' END, i);
+          UPDATE acct SET balance = balance + 1 WHERE id = greatest(1, i - 5);
+          UPDATE acct SET balance = balance * 2, note = NULL WHERE id = 1;
+          IF i % 7 = 0 THEN DELETE FROM acct WHERE id = i - 3; DELETE FROM "Mixed Case"."Order Items" WHERE "Id" = i - 1; END IF;
+          IF i % 11 = 0 THEN UPDATE events SET region = 'eu' WHERE id = i AND region = 'us'; END IF;
+          COMMIT;
+        END LOOP;
+      END $$`);
+      // One transaction updating the same key 50 times.
+      await env.s.query(`BEGIN; ${Array.from({ length: 50 }, (_, i) => `UPDATE acct SET balance = ${i}, note = 'round ${i}' WHERE id = 2;`).join(' ')} COMMIT;`);
+      await env.converge(run);
+      assert.deepEqual((await rows(env.t, "SELECT balance::text AS b, note FROM acct WHERE id = 2"))[0], (await rows(env.s, "SELECT balance::text AS b, note FROM acct WHERE id = 2"))[0]);
+      assert.ok(run.progress!.transactionsApplied >= 301);
+      assert.ok(run.progress!.changesApplied >= 300 * 5);
+      assert.ok(run.logs.some((l) => l.fields?.event === 'apply-mode' && l.fields.mode === 'replica'));
+      await run.stop();
+    });
+
+    it('applies a primary-key update by the old key, and a unique-value rotation', async function () {
+      const env = await setup(`
+        CREATE TABLE k (id int PRIMARY KEY, v text);
+        CREATE TABLE u (id int PRIMARY KEY, code text UNIQUE);`);
+      const run = env.start();
+      await env.s.query("INSERT INTO k SELECT g, 'v' || g FROM generate_series(1, 100) g; INSERT INTO u SELECT g, 'c' || g FROM generate_series(1, 200) g");
+      await env.s.query('UPDATE k SET id = id + 1000 WHERE id <= 10');
+      await env.s.query('BEGIN; UPDATE k SET id = -id WHERE id = 50; UPDATE k SET id = 50 WHERE id = 51; UPDATE k SET id = 51 WHERE id = -50; COMMIT');
+      // Each code moves to the next row: valid one by one, in this order only.
+      await env.s.query(`DO $$ BEGIN
+        UPDATE u SET code = 'tmp' WHERE id = 200;
+        FOR i IN REVERSE 199..1 LOOP UPDATE u SET code = 'c' || (i + 1) WHERE id = i; END LOOP;
+        UPDATE u SET code = 'c1' WHERE id = 200;
+      END $$`);
+      await env.converge(run);
+      assert.deepEqual(await rows(env.t, 'SELECT id, v FROM k WHERE id IN (50, 51, 1001) ORDER BY id'), [{ id: 50, v: 'v51' }, { id: 51, v: 'v50' }, { id: 1001, v: 'v1' }]);
+      await run.stop();
+    });
+
+    it('re-applies a batch one change per statement when the set-based statement fails, then carries on', async function () {
+      // An ALWAYS trigger (it fires even as replica) that rejects any UPDATE
+      // statement touching more than one row: only the fallback can apply.
+      const ddl = 'CREATE TABLE w (id int PRIMARY KEY, v int)';
+      const env = await setup(ddl, {
+        targetDdl: `${ddl};
+          CREATE FUNCTION one_row_only() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN IF (SELECT count(*) FROM nt) > 1 THEN RAISE EXCEPTION 'more than one row'; END IF; RETURN NULL; END $$;
+          CREATE TRIGGER one_row_only AFTER UPDATE ON w REFERENCING NEW TABLE AS nt FOR EACH STATEMENT EXECUTE FUNCTION one_row_only();
+          ALTER TABLE w ENABLE ALWAYS TRIGGER one_row_only;`,
+      });
+      const run = env.start({ batchChanges: 1000, batchMs: 1000 });
+      await env.s.query('INSERT INTO w SELECT g, 0 FROM generate_series(1, 50) g');
+      await env.s.query('UPDATE w SET v = v + 1');
+      await env.converge(run);
+      await env.s.query('UPDATE w SET v = v + 1 WHERE id <= 25');
+      await env.converge(run);
+      assert.ok(run.logs.some((l) => l.fields?.event === 'safe-replay'));
+      assert.deepEqual(await rows(env.t, 'SELECT sum(v)::int AS s FROM w'), [{ s: 75 }]);
+      await run.stop();
+    });
+
+    it('never writes an unchanged TOAST value: large text and jsonb stay intact when another column changes', async function () {
+      const env = await setup('CREATE TABLE docs (id int PRIMARY KEY, counter int, body text, meta jsonb)');
+      const run = env.start();
+      // Random base64 does not compress: > 8 kB out of line.
+      await env.s.query(`INSERT INTO docs SELECT g, 0, b, jsonb_build_object('blob', b, 'g', g)
+        FROM generate_series(1, 4) g, LATERAL (SELECT encode(decode(string_agg(md5(random()::text || g || k), ''), 'hex'), 'base64') AS b FROM generate_series(1, 1000) k) x`);
+      await env.converge(run);
+      const before = await rows(env.s, 'SELECT id, md5(body) AS b, md5(meta::text) AS m FROM docs ORDER BY id');
+      // Row 1: only the counter; row 2: counter and body; row 3: counter and meta; row 4: counter, many times.
+      await env.s.query(`BEGIN;
+        UPDATE docs SET counter = counter + 1 WHERE id = 1;
+        UPDATE docs SET counter = counter + 1, body = body || 'x' WHERE id = 2;
+        UPDATE docs SET counter = counter + 1, meta = meta || '{"k": 1}' WHERE id = 3;
+        UPDATE docs SET counter = counter + 1 WHERE id = 4; UPDATE docs SET counter = counter + 1 WHERE id = 4;
+        COMMIT`);
+      await env.converge(run);
+      const after = await rows(env.t, 'SELECT id, counter, md5(body) AS b, md5(meta::text) AS m FROM docs ORDER BY id') as { id: number; counter: number; b: string; m: string }[];
+      const b = before as { b: string; m: string }[];
+      assert.equal(after[0].b, b[0].b); assert.equal(after[0].m, b[0].m); assert.equal(after[0].counter, 1);
+      assert.notEqual(after[1].b, b[1].b); assert.equal(after[1].m, b[1].m);
+      assert.equal(after[2].b, b[2].b); assert.notEqual(after[2].m, b[2].m);
+      assert.equal(after[3].b, b[3].b); assert.equal(after[3].counter, 2);
+      await run.stop();
+    });
+
+    it('REPLICA IDENTITY FULL: deletes and updates exactly one of two identical rows', async function () {
+      const env = await setup(`CREATE TABLE dups (a int, b text, flag bool, c char(4), ip inet, j json, bits bit(3), cs char(2)[]);
+        ALTER TABLE dups REPLICA IDENTITY FULL;`);
+      const run = env.start();
+      await env.s.query(`INSERT INTO dups VALUES (1, 'x', true, 'ab', '10.0.0.1', '{"a": 1}', '101', '{a,bc}'), (1, 'x', true, 'ab', '10.0.0.1', '{"a": 1}', '101', '{a,bc}'),
+        (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL), (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL), (3, 'z', false, 'zz', '::1', '[]', '000', '{}')`);
+      await env.converge(run);
+      await env.s.query('DELETE FROM dups WHERE ctid = (SELECT ctid FROM dups WHERE a = 1 LIMIT 1)');
+      await env.s.query("UPDATE dups SET b = 'y' WHERE ctid = (SELECT ctid FROM dups WHERE a = 2 LIMIT 1)");
+      await env.s.query("UPDATE dups SET flag = true WHERE a = 3");
+      await env.converge(run);
+      assert.deepEqual(await rows(env.t, 'SELECT a, count(*)::int AS n FROM dups GROUP BY a ORDER BY a'), [{ a: 1, n: 1 }, { a: 2, n: 2 }, { a: 3, n: 1 }]);
+      await run.stop();
+    });
+
+    it('TRUNCATE empties exactly the tables truncated on the source', async function () {
+      const env = await setup(`
+        CREATE TABLE t1 (id int GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, v text);
+        CREATE TABLE t2 (id int PRIMARY KEY, v text);
+        CREATE TABLE t3 (id int PRIMARY KEY);
+        CREATE TABLE pt (id int, k int, PRIMARY KEY (id, k)) PARTITION BY RANGE (k);
+        CREATE TABLE pt_a PARTITION OF pt FOR VALUES FROM (0) TO (10);
+        CREATE TABLE pt_b PARTITION OF pt FOR VALUES FROM (10) TO (20);`);
+      const run = env.start();
+      await env.s.query("INSERT INTO t1 (v) SELECT 'a' FROM generate_series(1, 20); INSERT INTO t2 SELECT g, 'b' FROM generate_series(1, 20) g; INSERT INTO t3 VALUES (1); INSERT INTO pt SELECT g, g FROM generate_series(0, 19) g");
+      await env.s.query("BEGIN; TRUNCATE t1 RESTART IDENTITY; INSERT INTO t1 (v) VALUES ('after'); COMMIT");
+      await env.s.query('TRUNCATE t2, pt');
+      await env.s.query("INSERT INTO t2 VALUES (7, 'back'); INSERT INTO pt VALUES (1, 15)");
+      await env.converge(run);
+      assert.deepEqual(await rows(env.t, 'SELECT (SELECT count(*) FROM t1)::int AS t1, (SELECT count(*) FROM t2)::int AS t2, (SELECT count(*) FROM t3)::int AS t3, (SELECT count(*) FROM pt)::int AS pt'), [{ t1: 1, t2: 1, t3: 1, pt: 1 }]);
+      await run.stop();
+    });
+
+    it('applies a 200 000-row transaction in bounded memory', async function () {
+      this.timeout(600_000);
+      const env = await setup('CREATE TABLE big (id int PRIMARY KEY, pad text)');
+      const run = env.start({ batchChanges: 2000 });
+      await env.converge(run);
+      const baseline = process.memoryUsage().heapUsed;
+      const sampler = setInterval(() => { run.maxHeapUsed = Math.max(run.maxHeapUsed, process.memoryUsage().heapUsed); }, 20);
+      try {
+        // ~1 kB per row: holding the transaction would take > 200 MB of heap.
+        await env.s.query("INSERT INTO big SELECT g, repeat(md5(g::text), 32) FROM generate_series(1, 200000) g");
+        await env.converge(run);
+      } finally { clearInterval(sampler); }
+      const growthMb = (run.maxHeapUsed - baseline) / 1e6;
+      assert.ok(growthMb < 150, `heap grew by ${growthMb.toFixed(0)} MB while applying the transaction`);
+      assert.deepEqual(await rows(env.t, 'SELECT count(*)::int AS n FROM big'), [{ n: 200000 }]);
+      await run.stop();
+    });
+
+    it('round-trips every type exactly (fixture: all built-in families, enums, domains, ranges, partitions, identity, generated)', async function () {
+      const ddl = `${ALL_TYPES_DDL}\n${SCHEMA_FEATURES_DDL}`;
+      const env = await setup(ddl);
+      const run = env.start();
+      await env.s.query(ALL_TYPES_ROWS);
+      if (pair.source >= 14) await env.s.query(NUMERIC_INFINITY_ROWS);
+      await env.s.query(SCHEMA_FEATURES_ROWS);
+      await env.s.query(`
+        UPDATE typesdemo."AllTypes" SET c_text = c_text || '!', c_numeric = c_numeric * 2 WHERE id IN (1, 3);
+        UPDATE typesdemo."AllTypes" SET c_double = '-0', c_timestamptz = '2000-01-01 00:00:00.000001+00' WHERE id = 4;
+        DELETE FROM typesdemo."AllTypes" WHERE id = 2;
+        UPDATE typesdemo.customers SET code = 'Z9' WHERE code = 'B2';
+        UPDATE "Sales"."Orders" SET ordered_at = '2023-02-02' WHERE note = 'mid';
+        DELETE FROM typesdemo.audit_log WHERE ctid = (SELECT ctid FROM typesdemo.audit_log WHERE actor = 'alice' LIMIT 1);`);
+      const tables = await env.converge(run);
+      assert.ok(tables.length >= 10);
+      const textOf = 'SELECT t::text AS r FROM typesdemo."AllTypes" t ORDER BY id';
+      assert.deepEqual(await rows(env.t, textOf), await rows(env.s, textOf));
+      await run.stop();
+    });
+
+    it('exactly once: stopping mid-stream, writing while stopped and losing connections neither loses nor doubles a change', async function () {
+      this.timeout(300_000);
+      const env = await setup(`
+        CREATE TABLE counter (id int PRIMARY KEY, n bigint NOT NULL);
+        CREATE TABLE log (seq int NOT NULL, note text);
+        INSERT INTO counter SELECT g, 0 FROM generate_series(1, 5) g;`);
+      // The counter rows exist on both sides before the slot, as after a copy.
+      const writer = await sessionClient(src, env.db);
+      open.push(writer);
+      const write = (from: number, to: number) => writer.query(`DO $$ BEGIN FOR i IN ${from}..${to} LOOP
+          UPDATE counter SET n = n + 1 WHERE id = i % 5 + 1; INSERT INTO log VALUES (i, 'row ' || i); COMMIT;
+        END LOOP; END $$`);
+      let run = env.start({ batchChanges: 50, batchMs: 20 });
+      const writing = write(1, 3000);
+      await run.waitChanges(500);
+      await run.stop(); // mid-stream: the writer is still going
+      await writing;
+      await write(3001, 3500); // while stopped
+      run = env.start({ batchChanges: 50, batchMs: 20 });
+      const writing2 = write(3501, 6000);
+      await run.waitChanges(1000);
+      // Lose both connections mid-stream: the sync reconnects by itself.
+      await env.t.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'pgferry-apply'");
+      await env.s.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'pgferry-sync'");
+      await writing2;
+      await env.converge(run);
+      assert.deepEqual(await rows(env.t, 'SELECT count(*)::int AS n, count(DISTINCT seq)::int AS d, min(seq) AS lo, max(seq) AS hi FROM log'), [{ n: 6000, d: 6000, lo: 1, hi: 6000 }]);
+      assert.deepEqual(await rows(env.t, 'SELECT sum(n)::int AS s FROM counter'), [{ s: 6000 }]);
+      assert.ok(run.logs.some((l) => l.level === 'warn' && l.fields?.event === 'reconnect'));
+      // The target's recorded position is what the slot was told.
+      const applied = await rows(env.t, "SELECT applied_lsn::text AS l FROM pgferry.apply_state WHERE migration_id = 'm1'") as { l: string }[];
+      assert.ok(parseLsn(applied[0].l) <= run.progress!.appliedLsn);
+      await run.stop();
+      const slot = (await env.s.query('SELECT confirmed_flush_lsn::text AS l FROM pg_replication_slots WHERE slot_name = $1', [env.slotName])).rows as { l: string }[];
+      assert.ok(parseLsn(slot[0].l) <= run.progress!.appliedLsn);
+    });
+
+    it('stops with SCHEMA_DRIFT when the source gains a column the target lacks, and resumes once it is added', async function () {
+      const env = await setup('CREATE TABLE drift (id int PRIMARY KEY, a text)');
+      let run = env.start();
+      await env.s.query("INSERT INTO drift VALUES (1, 'before')");
+      await env.converge(run);
+      await env.s.query("ALTER TABLE drift ADD COLUMN b int; INSERT INTO drift VALUES (2, 'after', 42)");
+      await assert.rejects(run.done, (e: unknown) => isPgferryError(e) && (e as PgferryError).code === 'SCHEMA_DRIFT' && /drift/.test(e.message) && /\bb\b/.test(e.message));
+      await env.t.query('ALTER TABLE drift ADD COLUMN b int');
+      run = env.start();
+      await env.converge(run);
+      assert.deepEqual(await rows(env.t, 'SELECT id, a, b FROM drift ORDER BY id'), [{ id: 1, a: 'before', b: null }, { id: 2, a: 'after', b: 42 }]);
+      await run.stop();
+    });
+
+    it('applies in source order when the target user may not set session_replication_role (non-superuser, foreign keys live)', async function () {
+      const owner = { user: 'app_owner', password: 'app-owner-pw' };
+      const env = await setup(`
+        CREATE TABLE parent (id int PRIMARY KEY, name text);
+        CREATE TABLE child (id int PRIMARY KEY, parent_id int NOT NULL REFERENCES parent (id), v int);`, { targetOwner: owner });
+      const run = env.start();
+      await env.s.query(`DO $$ BEGIN
+        FOR i IN 1..200 LOOP
+          INSERT INTO parent VALUES (i, 'p' || i);
+          INSERT INTO child VALUES (i, i, 0);
+          UPDATE child SET v = v + 1 WHERE id = i;
+          IF i % 3 = 0 THEN DELETE FROM child WHERE id = i; DELETE FROM parent WHERE id = i; END IF;
+          IF i % 5 = 0 THEN UPDATE parent SET id = id + 1000 WHERE id = i - 4 AND NOT EXISTS (SELECT 1 FROM child WHERE parent_id = i - 4); END IF;
+          COMMIT;
+        END LOOP;
+      END $$`);
+      await env.converge(run);
+      assert.ok(run.logs.some((l) => l.fields?.event === 'apply-mode' && l.fields.mode === 'ordered'));
+      await run.stop();
+    });
+  });
+}
+
+describe('receive: standby status updates and keepalives against a real server', function () {
+  let c: Cluster;
+  before(async function () { c = await startCluster({ version: 17, fast: true }); });
+  after(async function () { await c?.stop(); });
+
+  it('confirms exactly the LSN sent (not lsn+1) with a clock on the PostgreSQL epoch', async function () {
+    const s = await sessionClient(c, 'postgres');
+    try {
+      await s.query('CREATE TABLE r (id int PRIMARY KEY); CREATE PUBLICATION p FOR TABLE r');
+      await s.query("SELECT pg_create_logical_replication_slot('s', 'pgoutput')");
+      await s.query('INSERT INTO r VALUES (1)');
+      await s.query('INSERT INTO r VALUES (2)');
+      const parser = new PgoutputParser();
+      const stream = await ReplicationStream.open<PgoutputMessage>({ source: c.endpoint('postgres'), slotName: 's', publicationName: 'p', startLsn: 0n, decode: (b) => parser.parse(b) });
+      try {
+        const ends: Lsn[] = [];
+        let keepaliveEnd: Lsn | null = null;
+        while (ends.length < 2 || keepaliveEnd === null) {
+          const ev = await stream.next(60_000);
+          assert.ok(ev, 'stream ended');
+          if (ev.kind === 'xlog' && ev.message.tag === 'commit') ends.push(ev.message.endLsn);
+          if (ev.kind === 'keepalive' && ends.length === 2) keepaliveEnd = ev.keepalive.walEnd;
+        }
+        assert.ok(keepaliveEnd >= ends[1]);
+        // Confirm the end of the first transaction: the slot must record exactly it.
+        stream.sendStatus(ends[0]);
+        const confirmed = async () => parseLsn((await s.query("SELECT confirmed_flush_lsn::text AS l FROM pg_replication_slots WHERE slot_name = 's'")).rows[0].l);
+        while ((await confirmed()) !== ends[0]) { assert.ok((await confirmed()) < ends[0], 'confirmed past what was sent'); await stream.next(50); }
+        const reply = await s.query("SELECT extract(epoch FROM now() - reply_time)::float8 AS skew_s FROM pg_stat_replication WHERE application_name = 'pgferry-sync'");
+        // A clock on the wrong epoch (the library's 946080000000) would be 7 days off.
+        assert.ok(Math.abs(reply.rows[0].skew_s) < 3600, `reply_time is ${reply.rows[0].skew_s} s away from now`);
+      } finally {
+        await stream.close();
+      }
+    } finally {
+      await s.end();
+    }
+  });
+
+  it('encodes the status update and parses keepalives byte for byte', function () {
+    const nowMs = PG_EPOCH_MS + 86_400_000; // one day after the PostgreSQL epoch
+    const b = encodeStandbyStatus(0x1_0000_0010n, nowMs, true);
+    assert.equal(b.length, 34);
+    assert.equal(b[0], 0x72);
+    for (const off of [1, 9, 17]) assert.equal(b.readBigUInt64BE(off), 0x1_0000_0010n);
+    assert.equal(b.readBigInt64BE(25), 86_400_000_000n);
+    assert.equal(b[33], 1);
+    const k = Buffer.alloc(18);
+    k[0] = 0x6b; k.writeBigUInt64BE(0x2_0000_0020n, 1); k.writeBigInt64BE(5n, 9); k[17] = 1;
+    assert.deepEqual(parseKeepalive(k), { walEnd: 0x2_0000_0020n, sendTimeMicros: 5n, replyRequested: true });
+    assert.equal(formatLsn(parseKeepalive(k).walEnd), '2/20');
+  });
+});
