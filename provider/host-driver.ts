@@ -1,6 +1,7 @@
 /**
- * provider-host — drive the pgferry Migration provider exactly as the Pulumi
- * engine does, without a Pulumi CLI.
+ * host-driver — drive the pgferry Migration provider exactly as the Pulumi
+ * engine does, without a Pulumi CLI. Used by `pgferry demo` (the README's
+ * main job) and by the provider tests; not loaded by the Pulumi resource.
  *
  * 1. `declareMigration` runs a tiny Pulumi program under `setMocks` that
  *    declares a `pgferry.Migration` and captures what the SDK sends the
@@ -21,7 +22,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as pulumi from '@pulumi/pulumi';
-import type { MigrationArgs } from '../../provider';
+import type { MigrationArgs } from './index';
 
 /* The SDK's generated stubs are CommonJS without usable typings for our needs. */
 // eslint-disable-next-line @typescript-eslint/no-require-imports
@@ -31,8 +32,8 @@ const statusproto = require('@pulumi/pulumi/proto/status_pb');
 const pulumiDir = dirname(require.resolve('@pulumi/pulumi/package.json'));
 const structproto = require(require.resolve('google-protobuf/google/protobuf/struct_pb', { paths: [pulumiDir] }));
 
-/** The repository root (dist/test/support → ../../..). */
-export const PACKAGE_ROOT = resolve(__dirname, '..', '..', '..');
+/** The package root (dist/provider → ../..). */
+export const PACKAGE_ROOT = resolve(__dirname, '..', '..');
 export const HOST_SCRIPT = join(PACKAGE_ROOT, 'node_modules', '@pulumi', 'pulumi', 'cmd', 'dynamic-provider', 'index.js');
 export const MIGRATION_TYPE = 'pulumi-nodejs:dynamic/pgferry:Migration';
 /** The engine's marker of a secret value in a serialized property map. */
@@ -111,7 +112,7 @@ export async function declareMigration(name: string, args: MigrationArgs, opts: 
         call() { return {}; },
       }, 'proj', 'test', opts.preview ?? false);
     });
-    const { Migration } = require('../../provider') as typeof import('../../provider');
+    const { Migration } = require('./index') as typeof import('./index');
     new Migration(name, args);
     const { type, inputs } = await captured;
     const providerText = inputs.__provider;
