@@ -16,7 +16,9 @@
  *
  *  - native   CREATE SUBSCRIPTION (copy_data), wait until ready, ALTER
  *             SUBSCRIPTION … DISABLE and wait for its apply worker to exit,
- *             write the backlog, then time from ALTER SUBSCRIPTION … ENABLE.
+ *             write the backlog, then time from ALTER SUBSCRIPTION … ENABLE
+ *             (issued ≥ wal_retrieve_retry_interval after the DISABLE, see
+ *             the guard in applyNative).
  *  - pgferry  StartMigration, wait until syncing and caught up, SIGTERM the
  *             agent, write the backlog, then time from the restart of the
  *             agent process on the same state dir (process start included;
@@ -32,7 +34,7 @@ import type pg from 'pg';
 import type { Cluster } from '../agent/testbed';
 import { BenchAgent, benchSpec } from './agent';
 import { assertSameData } from './compare';
-import { RssSampler, fatal, nowMs, pollUntil } from './measure';
+import { RssSampler, fatal, nowMs, pollUntil, sleep } from './measure';
 
 export const APPLY_CONTENDERS = ['native', 'pgferry'] as const;
 export type ApplyContender = (typeof APPLY_CONTENDERS)[number];
@@ -199,10 +201,18 @@ async function applyNative(ctx: ApplyContext, db: string, run: ApplyRun): Promis
       const s = await src.query('SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active', [sub]);
       return w.rows.length === 0 && s.rows.length === 0;
     });
+    const disabledAt = nowMs();
     const backlog = await commitBacklog(ctx.source, db, ctx.txns);
     run.backlogWalBytes = backlog.walBytes;
     run.backlogWriteMs = backlog.elapsedMs;
     await Promise.all([ctx.source.query('CHECKPOINT'), ctx.target.query('CHECKPOINT')]);
+    // Guard: up to PostgreSQL 15 the launcher starts apply workers at most once
+    // per wal_retrieve_retry_interval (5 s) for ALL subscriptions, counted from
+    // its last pass — which the DISABLE just caused. Enabling sooner would time
+    // the launcher's throttle, not the apply (a small backlog is written in < 5 s).
+    const retry = await tgt.query(`SELECT EXTRACT(EPOCH FROM current_setting('wal_retrieve_retry_interval')::interval) * 1000 AS ms`);
+    const waitMs = disabledAt + Number(retry.rows[0].ms) + 250 - nowMs();
+    if (waitMs > 0) await sleep(waitMs);
     const t0 = nowMs();
     await tgt.query(`ALTER SUBSCRIPTION ${sub} ENABLE`);
     await waitForRow(ctx.target, db, backlog.lastLedgerId, 'the native subscriber to apply the backlog');

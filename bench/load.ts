@@ -34,7 +34,7 @@ import type { Cluster } from '../agent/testbed';
 import type { LoadDataset, SourceFacts } from './dataset';
 import { verifyTarget } from './dataset';
 import { BenchAgent, benchSpec } from './agent';
-import { RssSampler, fatal, nowMs, pollUntil } from './measure';
+import { RssSampler, fatal, nowMs, pollUntil, sleep } from './measure';
 
 export const LOAD_CONTENDERS = ['native', 'raw pipe', 'pgferry'] as const;
 export type LoadContender = (typeof LOAD_CONTENDERS)[number];
@@ -108,12 +108,21 @@ function connInfo(c: Cluster, db: string): string {
   return `host=${e.host} port=${e.port} dbname=${db} user=${e.user} password=${e.password}`;
 }
 
+/** When the previous native run dropped its subscription (its workers' exit wakes the launcher). */
+let lastNativeDropAt = -Infinity;
+
 async function loadNative(ctx: LoadContext, db: string): Promise<number> {
   const pub = 'bench_native_pub';
   const sub = 'bench_native_sub';
   const src = await ctx.source.client(ctx.sourceDb);
   const tgt = await ctx.target.client(db);
   try {
+    // Guard: up to PostgreSQL 15 the launcher starts apply workers at most once per
+    // wal_retrieve_retry_interval, counted from its last pass (the previous DROP
+    // SUBSCRIPTION caused one). Only tiny datasets run close enough to hit it.
+    const retry = await tgt.query(`SELECT EXTRACT(EPOCH FROM current_setting('wal_retrieve_retry_interval')::interval) * 1000 AS ms`);
+    const waitMs = lastNativeDropAt + Number(retry.rows[0].ms) + 250 - nowMs();
+    if (waitMs > 0) await sleep(waitMs);
     const t0 = nowMs();
     await src.query(`CREATE PUBLICATION ${pub} FOR TABLE ${ctx.ds.tables.map((t) => `public.${t.name}`).join(', ')}`);
     for (const t of ctx.ds.tables) {
@@ -133,6 +142,7 @@ async function loadNative(ctx: LoadContext, db: string): Promise<number> {
   } finally {
     // DROP SUBSCRIPTION also drops its slot on the source.
     await tgt.query(`DROP SUBSCRIPTION IF EXISTS ${sub}`).catch((e) => ctx.log(`  DROP SUBSCRIPTION: ${(e as Error).message}`));
+    lastNativeDropAt = nowMs();
     await src.query(`DROP PUBLICATION IF EXISTS ${pub}`).catch(() => undefined);
     await src.end(); await tgt.end();
   }
