@@ -159,9 +159,11 @@ async function runSession(opts: SyncOptions, state: SyncState, log: LogFn): Prom
     migrationId: opts.migrationId, batchChanges: opts.batchChanges, batchMs: opts.batchMs, tableSyncLsn: opts.tableSyncLsn,
     safeThroughLsn: state.safeThroughLsn, fallbackStartLsn: slotLsn, log,
   });
-  // The target's durable position may trail what this process already knew
-  // was applied (idle positions are not written); both are safe starts.
-  applier.appliedLsn = maxLsn(applier.appliedLsn, state.appliedLsn);
+  // The target's durable position may trail the slot's confirmed position
+  // and what this process already knew was applied (idle positions are not
+  // written to the target). All three only ever cover applied changes, and
+  // the server starts from the slot's position at the earliest anyway.
+  applier.appliedLsn = maxLsn(maxLsn(applier.appliedLsn, slotLsn), state.appliedLsn);
   const base = { changes: state.changesApplied, txns: state.transactionsApplied };
   let stream: ReplicationStream<PgoutputMessage> | null = null;
   let timer: NodeJS.Timeout | null = null;

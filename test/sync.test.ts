@@ -346,7 +346,22 @@ for (const pair of PAIRS) {
       const write = (from: number, to: number) => writer.query(`DO $$ BEGIN FOR i IN ${from}..${to} LOOP
           UPDATE counter SET n = n + 1 WHERE id = i % 5 + 1; INSERT INTO log VALUES (i, 'row ' || i); COMMIT;
         END LOOP; END $$`);
+      // Invariant, sampled all along: the slot is never told more than the
+      // target has committed (the slot's confirmed position, read first, must
+      // not pass the applied position reported afterwards).
       let run = env.start({ batchChanges: 50, batchMs: 20 });
+      const violations: string[] = [];
+      let sampling = true;
+      const monitor = await sessionClient(src, env.db);
+      open.push(monitor);
+      const sampler = (async () => {
+        while (sampling) {
+          const r = await monitor.query('SELECT confirmed_flush_lsn::text AS l FROM pg_replication_slots WHERE slot_name = $1', [env.slotName]);
+          const confirmed = r.rows[0]?.l ? parseLsn(r.rows[0].l) : 0n;
+          const applied = run.progress?.appliedLsn ?? 0n;
+          if (confirmed > applied && run.progress) violations.push(`slot confirmed ${formatLsn(confirmed)} > applied ${formatLsn(applied)}`);
+        }
+      })();
       const writing = write(1, 3000);
       await run.waitChanges(500);
       await run.stop(); // mid-stream: the writer is still going
@@ -360,6 +375,9 @@ for (const pair of PAIRS) {
       await env.s.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'pgferry-sync'");
       await writing2;
       await env.converge(run);
+      sampling = false;
+      await sampler;
+      assert.deepEqual(violations, []);
       assert.deepEqual(await rows(env.t, 'SELECT count(*)::int AS n, count(DISTINCT seq)::int AS d, min(seq) AS lo, max(seq) AS hi FROM log'), [{ n: 6000, d: 6000, lo: 1, hi: 6000 }]);
       assert.deepEqual(await rows(env.t, 'SELECT sum(n)::int AS s FROM counter'), [{ s: 6000 }]);
       assert.ok(run.logs.some((l) => l.level === 'warn' && l.fields?.event === 'reconnect'));
