@@ -3,63 +3,75 @@
  * cli — the `pgferry` command.
  *
  *   pgferry agent --listen 127.0.0.1:7443 --state-dir /var/lib/pgferry   run the agent
+ *   pgferry status [id] [--watch] [--json]                                 what the agent is doing
+ *   pgferry preflight|start --spec FILE                                    check / start a migration
+ *   pgferry cutover ID | cancel-cutover ID | delete ID                     finish / stop one
  *   pgferry demo                                                          the whole story on throwaway local clusters
  *
- * Errors go to stderr with a non-zero exit code; they name what is wrong and
- * how to fix it.
+ * The client commands live in commands.ts (docs/cli.md); this file runs the
+ * agent: TLS (tls.ts), tokens and the refusal to serve insecurely on a
+ * non-loopback address (auth.ts), metrics (metrics.ts), logs (log.ts).
+ *
+ * Errors go to stderr with a non-zero exit code (2: usage or configuration,
+ * 1: failure); they name what is wrong and how to fix it. No secret is ever
+ * taken from the command line of the agent: tokens come from a file or the
+ * environment.
  */
-import { Command, Option } from 'commander';
-import { readFileSync, existsSync } from 'node:fs';
-import { isIP } from 'node:net';
+import { Command, CommanderError, Option } from 'commander';
 import { PgferryError, isPgferryError } from './errors';
-import { createLogger, type LogFormat } from './log';
+import { LOG_FORMATS, LOG_LEVELS, createLogger, type LogFormat, type LogLevel } from './log';
 import { StateStore } from './state';
 import { AgentService } from './service';
 import { createServer, listen } from './server';
+import { AGENT_TOKEN_ENV, MIN_TOKEN_LENGTH, StaticTokens, TokenAuth, TokenFile, checkListenSecurity, tokensFromEnv, type TokenSource } from './auth';
+import { loadServerTls, type ServerTls } from './tls';
+import { AgentMetrics, serveMetrics, type MetricsServer } from './metrics';
+import { EXIT, registerClientCommands, reportError } from './commands';
+import type { MigrationStatus } from './migration';
+
+const VERSION: string = require('../../package.json').version;
+
+// gRPC over TLS to an IP address (e.g. --agent 10.0.0.4:7443) makes Node warn
+// that an IP is not a valid TLS server name (DEP0123); the certificate is
+// still checked against the IP in its subjectAltName. Keep other warnings.
+process.removeAllListeners('warning');
+process.on('warning', (w: Error & { code?: string }) => {
+  if (w.code !== 'DEP0123') process.stderr.write(`pgferry: ${w.name}: ${w.message}\n`);
+});
 
 const program = new Command();
-program.name('pgferry').description('Online, minimal-downtime PostgreSQL migration, declared as infrastructure code.').version(require('../../package.json').version);
+program.name('pgferry').description('Online, minimal-downtime PostgreSQL migration, declared as infrastructure code.').version(VERSION);
+program.exitOverride();
+
+interface AgentFlags {
+  listen: string; stateDir: string; tokenFile?: string; secretKeyFile?: string;
+  tlsCert?: string; tlsKey?: string; tlsClientCa?: string;
+  metricsListen?: string;
+  insecureAllowPlaintext?: boolean; insecureAllowNoToken?: boolean;
+  logFormat: LogFormat; logLevel: LogLevel;
+  token?: string; allowUnauthenticated?: boolean;
+}
 
 program.command('agent')
   .description('Run the migration agent (a long-running gRPC server near the source database).')
   .requiredOption('--listen <host:port>', 'address to serve gRPC on', '127.0.0.1:7443')
-  .requiredOption('--state-dir <dir>', 'directory for the agent\'s durable state (created if missing)')
-  .option('--token-file <file>', 'file holding the bearer token(s) clients must send, one per line (re-read on every call, so it can be rotated)')
+  .requiredOption('--state-dir <dir>', "directory for the agent's durable state (created if missing)")
+  .option('--tls-cert <file>', "the agent's TLS certificate (PEM); with --tls-key, gRPC is served over TLS")
+  .option('--tls-key <file>', 'the private key of --tls-cert (PEM, unencrypted, mode 0600)')
+  .option('--tls-client-ca <file>', 'CA (PEM) that signs client certificates: require and verify one on every connection (mutual TLS)')
+  .option('--token-file <file>', `file holding the bearer token(s) clients must send, one per line; re-read when it changes, so it can be rotated (or env ${AGENT_TOKEN_ENV})`)
+  .option('--metrics-listen <host:port>', 'serve Prometheus metrics on http://HOST:PORT/metrics (default: off)')
   .option('--secret-key-file <file>', 'AES key used to encrypt stored credentials (default: <state-dir>/secret.key, created on first start)')
-  .addOption(new Option('--log-format <format>', 'log format').choices(['json', 'pretty']).default(process.stderr.isTTY ? 'pretty' : 'json'))
-  .option('--allow-unauthenticated', 'allow serving without --token-file on a non-loopback address (dangerous)')
-  .action(async (opts: { listen: string; stateDir: string; tokenFile?: string; secretKeyFile?: string; logFormat: LogFormat; allowUnauthenticated?: boolean }) => {
-    const { log } = createLogger(opts.logFormat);
-    const host = opts.listen.replace(/:\d+$/, '').replace(/^\[|\]$/g, '');
-    const loopback = host === 'localhost' || host === '::1' || (isIP(host) === 4 && host.startsWith('127.'));
-    if (!loopback && !opts.tokenFile && !opts.allowUnauthenticated) {
-      throw new PgferryError('INVALID_SPEC', `Refusing to serve on the non-loopback address ${opts.listen} without a token.`,
-        'Pass --token-file <file>, listen on 127.0.0.1, or (not recommended) --allow-unauthenticated.');
-    }
-    let tokens: (() => string[]) | undefined;
-    if (opts.tokenFile) {
-      const file = opts.tokenFile;
-      if (!existsSync(file)) throw new PgferryError('INVALID_SPEC', `The token file '${file}' does not exist.`, 'Create it with one token per line, or fix --token-file.');
-      tokens = () => readFileSync(file, 'utf8').split(/\r?\n/).map((l) => l.trim()).filter(Boolean);
-      if (tokens().length === 0) throw new PgferryError('INVALID_SPEC', `The token file '${file}' holds no token.`, 'Write at least one token (one per line) into it.');
-    }
-    const store = new StateStore(opts.stateDir, opts.secretKeyFile);
-    const svc = new AgentService(store, log);
-    const server = createServer(svc, { tokens });
-    const port = await listen(server, opts.listen);
-    svc.init();
-    log('info', `pgferry agent listening on ${host}:${port}`, { stateDir: opts.stateDir });
-    // A line on stdout that tools (tests, demo) can wait for.
-    process.stdout.write(`listening ${port}\n`);
-    const shutdown = async (sig: string) => {
-      log('info', `received ${sig}, stopping`);
-      server.tryShutdown(() => undefined);
-      await svc.close();
-      process.exit(0);
-    };
-    process.once('SIGINT', () => void shutdown('SIGINT'));
-    process.once('SIGTERM', () => void shutdown('SIGTERM'));
-  });
+  .option('--insecure-allow-plaintext', 'DANGEROUS: serve without TLS on a non-loopback address (tokens and passwords cross the network in clear text)')
+  .option('--insecure-allow-no-token', 'DANGEROUS: serve without a bearer token on a non-loopback address')
+  .addOption(new Option('--log-format <format>', 'log format').choices(LOG_FORMATS).default(process.stderr.isTTY ? 'pretty' : 'json'))
+  .addOption(new Option('--log-level <level>', 'lowest level logged').choices(LOG_LEVELS).default('info'))
+  // Refused with an explanation rather than "unknown option":
+  .addOption(new Option('--token <token>').hideHelp())
+  .addOption(new Option('--allow-unauthenticated').hideHelp())
+  .action(async (opts: AgentFlags) => runAgent(opts));
+
+registerClientCommands(program);
 
 program.command('demo')
   .description('Run a whole migration on throwaway local PostgreSQL clusters: load, sync under a live writer, cut over, report.')
@@ -71,11 +83,124 @@ program.command('demo')
     await runDemo({ sourceVersion: Number(opts.sourceVersion) as 13, targetVersion: Number(opts.targetVersion) as 17, rows: Number(opts.rows) });
   });
 
-program.parseAsync(process.argv).catch((e: unknown) => {
-  if (isPgferryError(e)) {
-    process.stderr.write(`pgferry: ${e.message}\n${e.remedy ? `  fix: ${e.remedy}\n` : ''}`);
-  } else {
-    process.stderr.write(`pgferry: ${(e as Error)?.stack ?? String(e)}\n`);
+async function runAgent(opts: AgentFlags): Promise<void> {
+  if (opts.token !== undefined) {
+    throw new PgferryError('INVALID_SPEC', 'The agent does not take a token on the command line (every user on the machine can read it with `ps`).',
+      `Put the token in a file readable only by the agent's user and pass --token-file FILE, or set ${AGENT_TOKEN_ENV}.`);
   }
-  process.exit(1);
+  if (opts.allowUnauthenticated) {
+    throw new PgferryError('INVALID_SPEC', '--allow-unauthenticated was replaced.',
+      'Use --token-file FILE (recommended), or --insecure-allow-no-token (and --insecure-allow-plaintext without TLS) if you really mean it.');
+  }
+  if (!!opts.tlsCert !== !!opts.tlsKey) {
+    throw new PgferryError('INVALID_SPEC', 'Only one of --tls-cert and --tls-key was given.', 'Give both: the certificate and its private key.');
+  }
+  if (opts.tlsClientCa && !opts.tlsCert) {
+    throw new PgferryError('INVALID_SPEC', '--tls-client-ca needs TLS.', 'Also give --tls-cert and --tls-key (mutual TLS runs over TLS).');
+  }
+
+  // Tokens: a file (rotatable) or the environment; never argv.
+  let svcRef: AgentService | undefined;
+  let metrics: AgentMetrics | undefined;
+  const { log } = createLogger(opts.logFormat, process.stderr, opts.logLevel, {
+    phaseOf: (id) => svcRef?.runners.get(id)?.phase,
+    // A migration failure is recorded (rec.error, with its time) before it is logged at error level: count each once.
+    onLog: (level) => { if (level === 'error') noteFailures(); },
+  });
+  const seenFailures = new Map<string, string>();
+  const noteFailures = (count = true) => {
+    for (const [id, r] of svcRef?.runners ?? []) {
+      const err = r.rec.error;
+      if (r.rec.phase !== 'failed' || !err || seenFailures.get(id) === err.at) continue;
+      seenFailures.set(id, err.at);
+      if (count) metrics?.recordError(err.code, 'migration');
+    }
+  };
+  const envTokens = tokensFromEnv();
+  if (opts.tokenFile && envTokens) {
+    throw new PgferryError('INVALID_SPEC', `Both --token-file and ${AGENT_TOKEN_ENV} are set.`, `Use one: --token-file (rotatable without a restart) or ${AGENT_TOKEN_ENV}.`);
+  }
+  let source: TokenSource | undefined;
+  if (opts.tokenFile) {
+    const file = new TokenFile(opts.tokenFile, (e) => {
+      if ('problem' in e) log('warn', `The token file ${opts.tokenFile} ${e.problem}: every call is refused until it holds a token`);
+      else {
+        log('info', `Loaded ${e.tokens} token(s) from ${opts.tokenFile}`);
+        if (e.shortest < MIN_TOKEN_LENGTH) log('warn', `A token in ${opts.tokenFile} is shorter than ${MIN_TOKEN_LENGTH} characters; use a long random one (openssl rand -hex 32)`);
+      }
+    });
+    file.loadOrThrow();
+    source = file;
+  } else if (envTokens) {
+    if (envTokens.length === 0) throw new PgferryError('INVALID_SPEC', `${AGENT_TOKEN_ENV} is set but empty.`, 'Put a token in it, or unset it.');
+    if (envTokens.some((t) => t.length < MIN_TOKEN_LENGTH)) log('warn', `A token in ${AGENT_TOKEN_ENV} is shorter than ${MIN_TOKEN_LENGTH} characters; use a long random one (openssl rand -hex 32)`);
+    source = new StaticTokens(envTokens, `environment ${AGENT_TOKEN_ENV}`);
+  }
+
+  let tls: ServerTls | undefined;
+  if (opts.tlsCert && opts.tlsKey) tls = loadServerTls({ certFile: opts.tlsCert, keyFile: opts.tlsKey, clientCaFile: opts.tlsClientCa });
+
+  const warnings = checkListenSecurity({
+    listen: opts.listen, tls: !!tls, mutualTls: !!tls?.mutual, token: !!source,
+    allowPlaintext: !!opts.insecureAllowPlaintext, allowNoToken: !!opts.insecureAllowNoToken,
+  });
+  for (const w of [...warnings, ...(tls?.warnings ?? [])]) log('warn', w);
+
+  const store = new StateStore(opts.stateDir, opts.secretKeyFile);
+  const svc = new AgentService(store, log);
+  svcRef = svc;
+  const statuses = async (): Promise<MigrationStatus[]> => {
+    const settled = await Promise.allSettled([...svc.runners.values()].map((r) => r.status()));
+    return settled.flatMap((s) => (s.status === 'fulfilled' ? [s.value] : []));
+  };
+  metrics = new AgentMetrics(statuses, { version: VERSION, tlsNotAfter: tls?.notAfter });
+  const m = metrics;
+  const server = createServer(svc, {
+    auth: source ? new TokenAuth(source) : undefined,
+    onCall: (method, status, code) => { m.recordRpc(method, status); if (code) m.recordError(code, 'rpc'); },
+  });
+  const port = await listen(server, opts.listen, tls?.credentials).catch((e: Error) => {
+    throw new PgferryError('INVALID_SPEC', `Cannot listen on ${opts.listen}: ${e.message}.`, 'Pick a free port and an address of this machine for --listen.', { cause: e });
+  });
+  let metricsServer: MetricsServer | undefined;
+  if (opts.metricsListen) {
+    metricsServer = await serveMetrics(m, opts.metricsListen, log).catch((e: Error) => {
+      throw new PgferryError('INVALID_SPEC', `Cannot serve metrics on ${opts.metricsListen}: ${e.message}.`, 'Pick a free port and an address of this machine for --metrics-listen.', { cause: e });
+    });
+  }
+  svc.init();
+  noteFailures(false); // failures recorded by an earlier run are not this process's errors
+  const host = opts.listen.replace(/:\d+$/, '');
+  log('info', `pgferry agent ${VERSION} listening on ${host}:${port}`, {
+    stateDir: opts.stateDir, tls: tls ? (tls.mutual ? 'mutual' : 'server') : 'off', certificate: tls?.subject,
+    certificateExpires: tls?.notAfter.toISOString(), auth: source ? source.description : 'none',
+    ...(metricsServer ? { metrics: `http://${opts.metricsListen!.replace(/:\d+$/, '')}:${metricsServer.port}/metrics` } : {}),
+  });
+  // Lines on stdout that tools (tests, demo) can wait for.
+  process.stdout.write(`listening ${port}\n`);
+  if (metricsServer) process.stdout.write(`metrics ${metricsServer.port}\n`);
+  let stopping = false;
+  const shutdown = async (sig: string) => {
+    if (stopping) return;
+    stopping = true;
+    log('info', `received ${sig}, stopping`);
+    server.tryShutdown(() => undefined);
+    await metricsServer?.close();
+    await svc.close();
+    process.exit(0);
+  };
+  process.once('SIGINT', () => void shutdown('SIGINT'));
+  process.once('SIGTERM', () => void shutdown('SIGTERM'));
+}
+
+program.parseAsync(process.argv).catch((e: unknown) => {
+  if (e instanceof CommanderError) {
+    // Commander printed its message already; help and version are not errors.
+    process.exit(e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.exitCode === 0 ? 0 : EXIT.usage);
+  }
+  if (!isPgferryError(e)) {
+    process.stderr.write(`pgferry: ${(e as Error)?.stack ?? String(e)}\n`);
+    process.exit(EXIT.failure);
+  }
+  process.exit(reportError({ out: process.stdout, err: process.stderr, env: process.env }, e));
 });

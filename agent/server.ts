@@ -5,15 +5,18 @@
  *
  * Each handler completes exactly once; failures become a gRPC status from
  * the one table below, with `pgferry-code` and `pgferry-remedy` in the
- * trailing metadata. A bearer token, when configured, is required on every
- * call but health and compared in constant time.
+ * trailing metadata. When the agent has tokens (auth.ts), every call but
+ * health needs `authorization: Bearer <token>`; a call without a valid one
+ * fails with UNAUTHENTICATED and is logged with its peer and the reason,
+ * never the token. Transport security (TLS, mutual TLS) comes from the
+ * credentials given to `listen` (tls.ts).
  */
 import { join } from 'node:path';
-import { timingSafeEqual, createHash } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { HealthImplementation } from 'grpc-health-check';
-import { PgferryError, asPgferryError, redact, type ErrorCode } from './errors';
+import { PgferryError, asPgferryError, redact, registerSecret, type ErrorCode } from './errors';
+import { StaticTokens, TokenAuth, type AuthRejectReason } from './auth';
 import type { AgentService } from './service';
 import type { MigrationStatus } from './migration';
 
@@ -84,46 +87,97 @@ export function statusToProto(s: MigrationStatus): Record<string, unknown> {
   return { ...s, cutover: s.cutover ?? null };
 }
 
-export interface ServerOptions {
-  /** Returns the accepted tokens (re-read on every call so a token file can be rotated). */
-  tokens?: () => string[];
-  credentials?: grpc.ServerCredentials;
+/** Remember the passwords of an incoming spec so that `redact()` scrubs them from anything that leaves the agent. */
+export function registerSpecSecrets(spec: unknown): void {
+  const s = spec as { source?: Record<string, unknown>; target?: Record<string, unknown> } | undefined;
+  for (const e of [s?.source, s?.target]) {
+    if (!e) continue;
+    if (typeof e.password === 'string') registerSecret(e.password);
+    if (typeof e.connectionString === 'string') {
+      const m = /^[a-z]+:\/\/[^:/@\s]+:([^@\s]+)@/i.exec(e.connectionString);
+      if (m) { registerSecret(m[1]); try { registerSecret(decodeURIComponent(m[1])); } catch { /* not URI-encoded */ } }
+      const kv = /(?:^|\s)password\s*=\s*('[^']*'|\S+)/i.exec(e.connectionString);
+      if (kv) registerSecret(kv[1].replace(/^'|'$/g, ''));
+    }
+  }
 }
 
-function tokenOk(md: grpc.Metadata, tokens: string[]): boolean {
-  const auth = md.get('authorization')[0];
-  if (typeof auth !== 'string' || !auth.startsWith('Bearer ')) return false;
-  const given = createHash('sha256').update(auth.slice(7)).digest();
-  let ok = false;
-  for (const t of tokens) {
-    // Equal-length digests: timingSafeEqual leaks neither content nor length.
-    if (timingSafeEqual(given, createHash('sha256').update(t).digest())) ok = true;
-  }
-  return ok;
+/** The gRPC status name of a code, e.g. `UNAUTHENTICATED`. */
+export function grpcStatusName(code: grpc.status | undefined): string {
+  return code === undefined ? 'UNKNOWN' : (grpc.status[code] ?? String(code));
 }
+
+export interface ServerOptions {
+  /**
+   * Checks the bearer token of every call but health (auth.ts). Default: no
+   * token required (only sensible on loopback; cli.ts enforces that).
+   */
+  auth?: TokenAuth;
+  /** @deprecated Use `auth`. The accepted tokens, asked on every call. */
+  tokens?: () => string[];
+  /** Hears about every finished call (metrics.ts). Default: none. */
+  onCall?: (method: string, status: string, code?: string) => void;
+}
+
+/** A token source asked on every call (the legacy `tokens` option). */
+class CallbackTokens {
+  readonly description = 'callback';
+  constructor(private fn: () => string[]) {}
+  digests(): Buffer[] { return new StaticTokens(this.fn(), this.description).digests(); }
+}
+
+type AnyCall = grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown>;
+
+/** The migration a request is about, for log lines. */
+function migrationOf(req: unknown): string | undefined {
+  const r = req as { id?: unknown; spec?: { id?: unknown } } | undefined;
+  const id = typeof r?.id === 'string' && r.id ? r.id : typeof r?.spec?.id === 'string' ? r.spec.id : undefined;
+  return id && /^[a-z][a-z0-9_]{0,39}$/.test(id) ? id : undefined;
+}
+
+const REASON_TEXT: Record<AuthRejectReason, string> = {
+  missing: 'no authorization metadata',
+  malformed: "authorization metadata is not 'Bearer <token>'",
+  wrong: 'the bearer token is not one the agent accepts',
+  'no-tokens': 'the agent has no usable token (token file missing or empty)',
+};
 
 export function createServer(svc: AgentService, opts: ServerOptions = {}): grpc.Server {
   const server = new grpc.Server();
   const health = new HealthImplementation({ '': 'SERVING', [SERVICE_NAME]: 'SERVING' });
   health.addToServer(server);
+  const auth = opts.auth ?? (opts.tokens ? new TokenAuth(new CallbackTokens(opts.tokens)) : undefined);
 
-  const guard = (call: grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown>, method: string) => {
-    if (!opts.tokens) return;
-    const tokens = opts.tokens();
-    if (!tokenOk(call.metadata, tokens)) {
-      svc.log('warn', `rejected ${method}: missing or wrong bearer token`, { peer: call.getPeer() });
-      throw new PgferryError('UNAUTHENTICATED', 'The call has no valid bearer token.', 'Pass the agent token (`agent.token` in Pulumi, --token-file for the CLI).');
+  const guard = (call: AnyCall, method: string) => {
+    if (!auth) return;
+    const verdict = auth.verify(call.metadata);
+    if (!verdict.ok) {
+      svc.log('warn', `rejected ${method}: ${REASON_TEXT[verdict.reason]}`, { peer: call.getPeer(), method, reason: verdict.reason });
+      throw new PgferryError('UNAUTHENTICATED', `The call has no valid bearer token (${REASON_TEXT[verdict.reason]}).`,
+        'Send `authorization: Bearer <token>` with a token from the agent\'s --token-file (`agent.token` in Pulumi; --token-file, --token or PGFERRY_TOKEN for the CLI).');
     }
+  };
+
+  const finished = (method: string, e?: unknown, req?: unknown) => {
+    if (e === undefined) { opts.onCall?.(method, 'OK'); return undefined; }
+    const err = asPgferryError(e);
+    const se = toServiceError(err);
+    opts.onCall?.(method, grpcStatusName(se.code), err.code);
+    const migration = migrationOf(req);
+    if (se.code !== grpc.status.NOT_FOUND && se.code !== grpc.status.UNAUTHENTICATED) {
+      svc.log('warn', `${method} failed: ${se.details}`, { method, code: err.code, ...(migration ? { migration } : {}) });
+    }
+    return se;
   };
 
   const unary = <Req, Res>(method: string, fn: (req: Req) => Promise<Res>) =>
     (call: grpc.ServerUnaryCall<Req, Res>, callback: grpc.sendUnaryData<Res>) => {
-      Promise.resolve().then(() => { guard(call as never, method); return fn(call.request); })
-        .then((res) => callback(null, res), (e) => {
-          const se = toServiceError(e);
-          if (se.code !== grpc.status.NOT_FOUND && se.code !== grpc.status.UNAUTHENTICATED) svc.log('warn', `${method} failed: ${se.details}`, {});
-          callback(se as grpc.ServiceError, null);
-        });
+      Promise.resolve().then(() => {
+        guard(call as AnyCall, method);
+        registerSpecSecrets((call.request as { spec?: unknown } | undefined)?.spec);
+        return fn(call.request);
+      }).then((res) => { finished(method); callback(null, res); },
+        (e) => { callback(finished(method, e, call.request) as grpc.ServiceError, null); });
     };
 
   server.addService(loadServiceDefinition(), {
@@ -135,16 +189,18 @@ export function createServer(svc: AgentService, opts: ServerOptions = {}): grpc.
     Cutover: unary('Cutover', async (req: Record<string, unknown>) => statusToProto(await svc.cutover(req as never))),
     CancelCutover: unary('CancelCutover', async (req: { id: string }) => statusToProto(await svc.cancelCutover(req.id))),
     WatchMigration: (call: grpc.ServerWritableStream<{ id: string; intervalMs: number }, unknown>) => {
+      const method = 'WatchMigration';
       let timer: NodeJS.Timeout | undefined;
       let ended = false;
       const end = (e?: unknown) => {
         if (ended) return;
         ended = true;
         if (timer) clearTimeout(timer);
-        if (e) call.destroy(toServiceError(e) as grpc.ServiceError); else call.end();
+        const se = finished(method, e, call.request);
+        if (se) call.destroy(se as grpc.ServiceError); else call.end();
       };
       call.on('cancelled', () => end());
-      try { guard(call as never, 'WatchMigration'); svc.get(call.request.id); } catch (e) { end(e); return; }
+      try { guard(call as AnyCall, method); svc.get(call.request.id); } catch (e) { end(e); return; }
       const interval = Math.max(100, call.request.intervalMs || 1000);
       let last = '';
       const tick = async () => {
@@ -167,6 +223,7 @@ export function createServer(svc: AgentService, opts: ServerOptions = {}): grpc.
   return server;
 }
 
+/** Bind `server` on `address` (HOST:PORT; port 0 picks a free one) with `credentials` (default: plain text). */
 export function listen(server: grpc.Server, address: string, credentials = grpc.ServerCredentials.createInsecure()): Promise<number> {
   return new Promise((resolve, reject) => {
     server.bindAsync(address, credentials, (err, port) => (err ? reject(err) : resolve(port)));

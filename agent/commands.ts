@@ -1,0 +1,415 @@
+/**
+ * commands — the operator's side of the `pgferry` CLI: `status`, `preflight`,
+ * `start`, `cutover`, `cancel-cutover` and `delete`, each a client of a
+ * running agent (provider/client.ts), with human output for an 80-column
+ * terminal or `--json` for scripts.
+ *
+ * Input: flags, environment (`PGFERRY_AGENT`, `PGFERRY_TOKEN`,
+ * `PGFERRY_TOKEN_FILE`, `PGFERRY_CA_CERT`) and spec files (docs/cli.md).
+ * Output: stdout for results, stderr for errors, and the exit code:
+ *
+ *   | code | meaning                                                         |
+ *   |------|-----------------------------------------------------------------|
+ *   | 0    | done                                                            |
+ *   | 1    | failed: agent unreachable or refused, preflight or cutover failed |
+ *   | 2    | usage or input error: bad flag, bad spec file, invalid spec       |
+ *
+ * Secrets: spec files name passwords as `{"env": "VAR"}` or `{"file": "path"}`
+ * instead of holding them; the token comes from `--token-file` or the
+ * environment (`--token` works too, but is visible in `ps`). Nothing here
+ * prints a password or a token.
+ */
+import { readFileSync } from 'node:fs';
+import { dirname, isAbsolute, resolve } from 'node:path';
+import { Command, InvalidArgumentError, Option } from 'commander';
+import {
+  AgentClient, CUTOVER_VALIDATIONS, isAgentError, splitHostPort,
+  type AgentClientOptions, type MigrationMessage, type MigrationSpecMessage,
+} from '../provider/client';
+import { PgferryError, isPgferryError } from './errors';
+import { parseTokens } from './auth';
+import { loadClientTls } from './tls';
+import { DEFAULT_WIDTH, renderCutover, renderList, renderMigration, renderPreflight } from './status-view';
+
+/** Exit codes of the client commands. */
+export const EXIT = { ok: 0, failure: 1, usage: 2 } as const;
+
+/** The agent the commands talk to unless `--agent` or `PGFERRY_AGENT` say otherwise. */
+export const DEFAULT_AGENT = '127.0.0.1:7443';
+
+/** Environment variables the client commands read. */
+export const CLIENT_ENV = ['PGFERRY_AGENT', 'PGFERRY_TOKEN', 'PGFERRY_TOKEN_FILE', 'PGFERRY_CA_CERT'] as const;
+
+// ---------------------------------------------------------------------------
+// Connection to the agent
+// ---------------------------------------------------------------------------
+
+export interface ConnectionFlags {
+  agent?: string;
+  token?: string;
+  tokenFile?: string;
+  caCert?: string;
+  clientCert?: string;
+  clientKey?: string;
+  insecurePlaintext?: boolean;
+}
+
+/**
+ * Options for the agent client from flags and environment. Throws
+ * INVALID_SPEC (exit 2) for a malformed address or unreadable files.
+ */
+export function clientOptions(f: ConnectionFlags, env: NodeJS.ProcessEnv = process.env): AgentClientOptions {
+  const endpoint = f.agent || env.PGFERRY_AGENT || DEFAULT_AGENT;
+  if (!splitHostPort(endpoint)) {
+    throw new PgferryError('INVALID_SPEC', `The agent address '${endpoint}' is not HOST:PORT.`,
+      `Pass --agent HOST:PORT (or set PGFERRY_AGENT), e.g. --agent ${DEFAULT_AGENT}.`);
+  }
+  if (f.token !== undefined && f.tokenFile !== undefined) {
+    throw new PgferryError('INVALID_SPEC', 'Both --token and --token-file were given.', 'Give one of them (--token-file keeps the token out of `ps`).');
+  }
+  let token: string | undefined;
+  const tokenFile = f.tokenFile ?? (f.token === undefined ? env.PGFERRY_TOKEN_FILE : undefined);
+  if (f.token !== undefined) token = f.token.trim();
+  else if (tokenFile) {
+    let text: string;
+    try { text = readFileSync(tokenFile, 'utf8'); } catch (e) {
+      throw new PgferryError('INVALID_SPEC', `The token file '${tokenFile}' cannot be read (${(e as NodeJS.ErrnoException).code ?? 'error'}).`,
+        'Fix --token-file (or PGFERRY_TOKEN_FILE), or pass the token in PGFERRY_TOKEN.', { cause: e });
+    }
+    token = parseTokens(text)[0];
+    if (!token) throw new PgferryError('INVALID_SPEC', `The token file '${tokenFile}' holds no token.`, 'Write the agent token into it.');
+  } else if (env.PGFERRY_TOKEN) token = env.PGFERRY_TOKEN.trim();
+  const tls = loadClientTls({ caFile: f.caCert ?? env.PGFERRY_CA_CERT, certFile: f.clientCert, keyFile: f.clientKey });
+  return {
+    endpoint, token: token || undefined, caCert: tls.caCert, insecure: f.insecurePlaintext || undefined,
+    ...(tls.clientCert ? { clientCert: tls.clientCert, clientKey: tls.clientKey } : {}),
+  };
+}
+
+function withConnection(cmd: Command): Command {
+  return cmd
+    .option('--agent <host:port>', `the agent's gRPC address (env PGFERRY_AGENT; default ${DEFAULT_AGENT})`)
+    .option('--token-file <file>', 'file holding the agent token (env PGFERRY_TOKEN_FILE)')
+    .option('--token <token>', 'the agent token (visible to other users in `ps`; prefer --token-file or env PGFERRY_TOKEN)')
+    .option('--ca-cert <file>', "CA certificate (PEM) that signed the agent's certificate; turns on TLS (env PGFERRY_CA_CERT)")
+    .option('--client-cert <file>', 'client certificate (PEM) for an agent that requires mutual TLS')
+    .option('--client-key <file>', 'private key (PEM) of --client-cert')
+    .option('--insecure-plaintext', 'talk plain-text gRPC to a non-loopback agent (only if it runs with --insecure-allow-plaintext)');
+}
+
+// ---------------------------------------------------------------------------
+// Spec files
+// ---------------------------------------------------------------------------
+
+/** Top-level keys of the Pulumi resource that a spec file may carry and the CLI ignores. */
+export const PULUMI_ONLY_KEYS = ['agent', 'waitForSync', 'createTimeoutMinutes', 'cutover', 'cutoverOptions'] as const;
+
+type Kind = 'string' | 'number' | 'boolean' | 'strings' | Record<string, unknown>;
+const ENDPOINT_SHAPE: Record<string, Kind> = {
+  connectionString: 'string', host: 'string', port: 'number', database: 'string', user: 'string',
+  password: 'string', sslMode: 'string', sslRootCert: 'string',
+};
+/** The spec's shape (agent/spec.ts), for the checks the wire format would otherwise hide. */
+const SPEC_SHAPE: Record<string, Kind> = {
+  id: 'string', migrationId: 'string', source: ENDPOINT_SHAPE, target: ENDPOINT_SHAPE,
+  tables: { include: 'strings', exclude: 'strings' }, schemaMode: 'string', overwriteTarget: 'boolean',
+  slotName: 'string', publicationName: 'string',
+  copy: { workers: 'number', splitBytes: 'number', indexJobs: 'number' },
+  apply: { batchChanges: 'number', batchMs: 'number' },
+};
+const SECRET_KEYS = new Set(['password', 'connectionString']);
+
+/**
+ * Read a spec file: JSON with the fields of the Pulumi resource's arguments
+ * (agent/spec.ts; `id` or `migrationId`). Any string value may instead be
+ * `{"env": "NAME"}` (the environment variable's value) or `{"file": "path"}`
+ * (the file's text without its final newline; relative to the spec file).
+ * Pulumi-only keys (`agent`, `cutover`, …) are ignored.
+ *
+ * @example
+ * { "id": "orders",
+ *   "source": { "host": "10.0.0.5", "database": "shop", "user": "ferry", "password": { "env": "SRC_PW" } },
+ *   "target": { "host": "db.example.com", "database": "shop", "user": "ferry", "password": { "file": "target.pw" }, "sslMode": "require" },
+ *   "tables": { "include": ["public.*"] } }
+ */
+export function loadSpecFile(path: string, env: NodeJS.ProcessEnv = process.env, warn: (msg: string) => void = () => undefined): MigrationSpecMessage {
+  let text: string;
+  try { text = readFileSync(path, 'utf8'); } catch (e) {
+    throw new PgferryError('INVALID_SPEC', `The spec file '${path}' cannot be read (${(e as NodeJS.ErrnoException).code ?? 'error'}).`, 'Fix --spec.', { cause: e });
+  }
+  let doc: unknown;
+  try { doc = JSON.parse(text); } catch (e) {
+    throw new PgferryError('INVALID_SPEC', `The spec file '${path}' is not valid JSON: ${(e as Error).message}.`, 'Fix the JSON (a linter such as `jq . FILE` points at the spot).', { cause: e });
+  }
+  if (!doc || typeof doc !== 'object' || Array.isArray(doc)) {
+    throw new PgferryError('INVALID_SPEC', `The spec file '${path}' must hold a JSON object.`, 'Write the spec as { "id": …, "source": {…}, "target": {…} }.');
+  }
+  const base = dirname(path);
+  const bad = (field: string, what: string, fix: string) => new PgferryError('INVALID_SPEC', `\`${field}\` in the spec file '${path}' ${what}.`, fix);
+  const resolveRef = (v: unknown, field: string): unknown => {
+    if (!v || typeof v !== 'object' || Array.isArray(v)) return v;
+    const keys = Object.keys(v);
+    const o = v as Record<string, unknown>;
+    if (keys.length === 1 && keys[0] === 'env') {
+      if (typeof o.env !== 'string' || !o.env) throw bad(field, 'has an `env` reference without a variable name', 'Write {"env": "VARIABLE_NAME"}.');
+      const val = env[o.env];
+      if (val === undefined || val === '') throw bad(field, `refers to the environment variable ${o.env}, which is not set`, `Set ${o.env} (e.g. \`export ${o.env}=…\` or read it from your secret store) before running pgferry.`);
+      return val;
+    }
+    if (keys.length === 1 && keys[0] === 'file') {
+      if (typeof o.file !== 'string' || !o.file) throw bad(field, 'has a `file` reference without a path', 'Write {"file": "path/to/file"}.');
+      const p = isAbsolute(o.file) ? o.file : resolve(base, o.file);
+      try { return readFileSync(p, 'utf8').replace(/\r?\n$/, ''); } catch (e) {
+        throw bad(field, `refers to the file '${p}', which cannot be read (${(e as NodeJS.ErrnoException).code ?? 'error'})`, 'Fix the path (relative paths start at the spec file).');
+      }
+    }
+    return v;
+  };
+  const walk = (v: unknown, shape: Record<string, Kind>, prefix: string): Record<string, unknown> => {
+    const out: Record<string, unknown> = {};
+    for (const [k, raw] of Object.entries(v as Record<string, unknown>)) {
+      const field = prefix ? `${prefix}.${k}` : k;
+      if (!prefix && (PULUMI_ONLY_KEYS as readonly string[]).includes(k)) continue;
+      const kind = shape[k];
+      if (kind === undefined) {
+        throw bad(field, 'is not a spec field', `Remove it, or use one of: ${Object.keys(shape).join(', ')}.`);
+      }
+      const x = resolveRef(raw, field);
+      if (x === null || x === undefined) continue;
+      if (typeof kind === 'object') {
+        if (typeof x !== 'object' || Array.isArray(x)) throw bad(field, 'must be an object', `Write \`${field}\` as { ${Object.keys(kind).join(', ')} }.`);
+        out[k] = walk(x, kind as Record<string, Kind>, field);
+        continue;
+      }
+      const ok = kind === 'strings' ? Array.isArray(x) && x.every((s) => typeof s === 'string') : typeof x === kind;
+      if (!ok) throw bad(field, `must be ${kind === 'strings' ? 'an array of strings' : `a ${kind}`}`, `Correct \`${field}\`.`);
+      if (SECRET_KEYS.has(k) && typeof raw === 'string' && raw !== '' && (k === 'password' || /:[^:@/]+@/.test(raw))) {
+        warn(`the spec file '${path}' holds \`${field}\` in clear text; prefer {"env": "VAR"} or {"file": "path"} (docs/cli.md).`);
+      }
+      out[k] = x;
+    }
+    return out;
+  };
+  const spec = walk(doc, SPEC_SHAPE, '');
+  if (spec.migrationId !== undefined) {
+    if (spec.id !== undefined && spec.id !== spec.migrationId) throw bad('migrationId', `('${String(spec.migrationId)}') differs from \`id\` ('${String(spec.id)}')`, 'Keep one of them.');
+    spec.id = spec.migrationId;
+    delete spec.migrationId;
+  }
+  for (const req of ['id', 'source', 'target'] as const) {
+    if (spec[req] === undefined) throw bad(req, 'is missing', req === 'id' ? 'Add "id": "a_name" (lowercase letters, digits, _).' : `Add "${req}": { "host", "database", "user", "password" } or { "connectionString" }.`);
+  }
+  return spec as unknown as MigrationSpecMessage;
+}
+
+// ---------------------------------------------------------------------------
+// Output
+// ---------------------------------------------------------------------------
+
+/** Where the commands write; a test can capture it. */
+export interface Io {
+  out: NodeJS.WriteStream | { write(s: string): unknown; isTTY?: boolean; columns?: number; rows?: number };
+  err: { write(s: string): unknown };
+  env: NodeJS.ProcessEnv;
+}
+
+const termWidth = (io: Io) => (io.out.isTTY && io.out.columns ? Math.min(io.out.columns, 120) : DEFAULT_WIDTH);
+const print = (io: Io, lines: string[]) => { io.out.write(`${lines.join('\n')}\n`); };
+const printJson = (io: Io, v: unknown, compact = false) => { io.out.write(`${compact ? JSON.stringify(v) : JSON.stringify(v, null, 2)}\n`); };
+
+/** Redraws a block of lines in place on a terminal; appends frames otherwise. */
+class Screen {
+  private drawn = 0;
+  constructor(private io: Io) {}
+  draw(lines: string[]): void {
+    if (this.io.out.isTTY) {
+      const clear = this.drawn ? `\x1b[${this.drawn}F\x1b[0J` : '';
+      this.io.out.write(`${clear}${lines.join('\n')}\n`);
+      this.drawn = lines.length;
+    } else {
+      this.io.out.write(`--- ${new Date().toISOString()}\n${lines.join('\n')}\n`);
+    }
+  }
+}
+
+/** Turn any failure into stderr text and an exit code. */
+export function reportError(io: Io, e: unknown): number {
+  if (isPgferryError(e)) {
+    io.err.write(`pgferry: ${e.code}: ${e.message}\n${e.remedy ? `  fix: ${e.remedy}\n` : ''}`);
+    return e.code === 'INVALID_SPEC' ? EXIT.usage : EXIT.failure;
+  }
+  if (isAgentError(e)) {
+    let remedy = e.remedy;
+    if (e.code === 'AGENT_UNREACHABLE') {
+      remedy = [remedy, 'If the agent requires client certificates (--tls-client-ca), pass --client-cert and --client-key.'].filter(Boolean).join(' ');
+    }
+    io.err.write(`pgferry: ${e.code}: ${e.message}\n${remedy ? `  fix: ${remedy}\n` : ''}`);
+    return e.code === 'INVALID_SPEC' ? EXIT.usage : EXIT.failure;
+  }
+  io.err.write(`pgferry: ${(e as Error)?.message ?? String(e)}\n`);
+  return EXIT.failure;
+}
+
+// ---------------------------------------------------------------------------
+// Commands
+// ---------------------------------------------------------------------------
+
+const intArg = (name: string, min = 0) => (v: string): number => {
+  const n = Number(v);
+  if (!/^\d+$/.test(v.trim()) || !Number.isSafeInteger(n) || n < min) throw new InvalidArgumentError(`${name} must be a whole number ≥ ${min}.`);
+  return n;
+};
+const numArg = (name: string) => (v: string): number => {
+  const n = Number(v);
+  if (!Number.isFinite(n) || n < 0) throw new InvalidArgumentError(`${name} must be a number ≥ 0.`);
+  return n;
+};
+
+async function withClient<T>(io: Io, flags: ConnectionFlags, fn: (c: AgentClient) => Promise<T>): Promise<T> {
+  const client = new AgentClient(clientOptions(flags, io.env));
+  try { return await fn(client); } finally { client.close(); }
+}
+
+/** Ctrl-C ends a watch cleanly (exit 0). */
+function interruptSignal(): { signal: AbortSignal; dispose(): void } {
+  const ac = new AbortController();
+  const onSig = () => ac.abort();
+  process.once('SIGINT', onSig);
+  process.once('SIGTERM', onSig);
+  return { signal: ac.signal, dispose: () => { process.off('SIGINT', onSig); process.off('SIGTERM', onSig); } };
+}
+
+async function watchOne(io: Io, client: AgentClient, id: string, intervalMs: number, view: { json?: boolean; tables?: boolean }, until?: (m: MigrationMessage) => boolean): Promise<MigrationMessage | undefined> {
+  const screen = new Screen(io);
+  const intr = interruptSignal();
+  let last: MigrationMessage | undefined;
+  try {
+    await client.watchMigration(id, intervalMs, (m) => {
+      last = m;
+      if (view.json) printJson(io, m, true);
+      else {
+        const width = termWidth(io);
+        const rows = io.out.isTTY && io.out.rows ? io.out.rows : 0;
+        screen.draw(renderMigration(m, { width, allTables: view.tables, maxTables: rows ? Math.max(3, rows - 12) : 20 }));
+      }
+      return until ? until(m) : false;
+    }, intr.signal);
+  } catch (e) {
+    if (!(intr.signal.aborted && isAgentError(e) && e.code === 'CANCELLED')) throw e;
+  } finally { intr.dispose(); }
+  return last;
+}
+
+async function watchAll(io: Io, client: AgentClient, intervalMs: number, json: boolean): Promise<void> {
+  const screen = new Screen(io);
+  const intr = interruptSignal();
+  try {
+    while (!intr.signal.aborted) {
+      const ms = await client.listMigrations();
+      if (json) printJson(io, { migrations: ms }, true); else screen.draw(renderList(ms, { width: termWidth(io) }));
+      await new Promise<void>((r) => { const t = setTimeout(r, intervalMs); intr.signal.addEventListener('abort', () => { clearTimeout(t); r(); }, { once: true }); });
+    }
+  } finally { intr.dispose(); }
+}
+
+/** Register the client commands on `program`; each sets `process.exitCode` through `run`. */
+export function registerClientCommands(program: Command, io: Io = { out: process.stdout, err: process.stderr, env: process.env }): void {
+  const run = (fn: () => Promise<number | void>) => async () => {
+    let code: number;
+    try { code = (await fn()) ?? EXIT.ok; } catch (e) { code = reportError(io, e); }
+    process.exitCode = code;
+  };
+
+  withConnection(program.command('status')
+    .argument('[id]', 'a migration id (default: all migrations)')
+    .description('Show one migration (phase, per-table progress while copying, lag, apply rate, ETA, WAL kept by the slot) or all of them.')
+    .option('--json', 'print the status message(s) as JSON (one object per line with --watch)')
+    .option('--watch', 'keep refreshing (in place on a terminal) until Ctrl-C')
+    .addOption(new Option('--interval-ms <ms>', 'refresh interval for --watch').argParser(intArg('--interval-ms', 100)).default(1000))
+    .option('--tables', 'list every table, not only while copying'))
+    .action((id: string | undefined, o: ConnectionFlags & { json?: boolean; watch?: boolean; intervalMs: number; tables?: boolean }) => run(async () => {
+      await withClient(io, o, async (client) => {
+        if (id && o.watch) { await watchOne(io, client, id, o.intervalMs, { json: o.json, tables: o.tables }); return; }
+        if (o.watch) { await watchAll(io, client, o.intervalMs, !!o.json); return; }
+        if (id) {
+          const m = await client.getMigration(id);
+          if (o.json) printJson(io, m); else print(io, renderMigration(m, { width: termWidth(io), allTables: o.tables }));
+        } else {
+          const ms = await client.listMigrations();
+          if (o.json) printJson(io, { migrations: ms }); else print(io, renderList(ms, { width: termWidth(io) }));
+        }
+      });
+    })());
+
+  withConnection(program.command('preflight')
+    .description('Check a spec against source and target without changing anything (exit 1 when a check fails).')
+    .requiredOption('--spec <file>', 'the migration spec (JSON; see docs/cli.md)')
+    .option('--json', 'print the report as JSON'))
+    .action((o: ConnectionFlags & { spec: string; json?: boolean }) => run(async () => {
+      const spec = loadSpecFile(o.spec, io.env, (w) => io.err.write(`pgferry: warning: ${w}\n`));
+      return withClient(io, o, async (client) => {
+        const report = await client.preflight(spec);
+        if (o.json) printJson(io, report); else print(io, renderPreflight(report, { width: termWidth(io) }));
+        return report.ok ? EXIT.ok : EXIT.failure;
+      });
+    })());
+
+  withConnection(program.command('start')
+    .description('Start a migration (idempotent: the same id and spec returns the running one).')
+    .requiredOption('--spec <file>', 'the migration spec (JSON; see docs/cli.md)')
+    .option('--json', 'print the status message as JSON')
+    .option('--watch', 'then follow it until it is syncing (exit 0) or failed (exit 1)'))
+    .action((o: ConnectionFlags & { spec: string; json?: boolean; watch?: boolean }) => run(async () => {
+      const spec = loadSpecFile(o.spec, io.env, (w) => io.err.write(`pgferry: warning: ${w}\n`));
+      return withClient(io, o, async (client) => {
+        let m = await client.startMigration(spec);
+        if (o.json) printJson(io, m, !!o.watch); else print(io, [`Started migration ${m.id}.`, ...renderMigration(m, { width: termWidth(io) })]);
+        if (o.watch) m = (await watchOne(io, client, m.id, 1000, { json: o.json }, (x) => ['syncing', 'completed', 'failed', 'deleted'].includes(x.phase))) ?? m;
+        return m.phase === 'failed' ? EXIT.failure : EXIT.ok;
+      });
+    })());
+
+  withConnection(program.command('cutover')
+    .argument('<id>', 'the migration id')
+    .description('Fence writers on the source, drain, set sequences, validate and switch to the target (exit 1 unless it completed).')
+    .addOption(new Option('--max-lag-bytes <n>', 'fence only once the lag is at most this many bytes (agent default 1 MiB)').argParser(intArg('--max-lag-bytes')))
+    .addOption(new Option('--max-lag-seconds <s>', '…and at most this many seconds (agent default 5)').argParser(numArg('--max-lag-seconds')))
+    .addOption(new Option('--timeout-ms <ms>', 'the whole cutover (agent default 300000)').argParser(intArg('--timeout-ms', 1)))
+    .addOption(new Option('--validation <kind>', 'validation before completing (agent default checksums)').choices(CUTOVER_VALIDATIONS))
+    .option('--skip-sequences', 'do not set the target sequences at the fence')
+    .option('--json', 'print the resulting status message as JSON'))
+    .action((id: string, o: ConnectionFlags & { maxLagBytes?: number; maxLagSeconds?: number; timeoutMs?: number; validation?: (typeof CUTOVER_VALIDATIONS)[number]; skipSequences?: boolean; json?: boolean }) => run(async () => {
+      return withClient(io, o, async (client) => {
+        if (!o.json) io.err.write(`pgferry: cutting over ${id} (waiting for lag, fence, drain, sequences, validation)…\n`);
+        const m = await client.cutover({
+          id, maxLagBytes: o.maxLagBytes, maxLagSeconds: o.maxLagSeconds, timeoutMs: o.timeoutMs,
+          validation: o.validation, skipSequences: o.skipSequences,
+        });
+        if (o.json) printJson(io, m); else print(io, renderCutover(m, { width: termWidth(io) }));
+        return m.phase === 'completed' && m.cutover?.state === 'completed' ? EXIT.ok : EXIT.failure;
+      });
+    })());
+
+  withConnection(program.command('cancel-cutover')
+    .argument('<id>', 'the migration id')
+    .description('Cancel a cutover that is still waiting for the lag to drop (before the fence).')
+    .option('--json', 'print the resulting status message as JSON'))
+    .action((id: string, o: ConnectionFlags & { json?: boolean }) => run(async () => {
+      await withClient(io, o, async (client) => {
+        const m = await client.cancelCutover(id);
+        if (o.json) printJson(io, m); else print(io, renderMigration(m, { width: termWidth(io) }));
+      });
+    })());
+
+  withConnection(program.command('delete')
+    .argument('<id>', 'the migration id')
+    .description("Stop a migration and drop its replication slot and publication on the source (the target's data stays).")
+    .option('--json', 'print the response as JSON'))
+    .action((id: string, o: ConnectionFlags & { json?: boolean }) => run(async () => {
+      await withClient(io, o, async (client) => {
+        const r = await client.deleteMigration(id);
+        if (o.json) printJson(io, r);
+        else print(io, [`Deleted migration ${r.id}; dropped on the source: ${r.dropped.length ? r.dropped.join(', ') : 'nothing'}. The target keeps its data.`]);
+      });
+    })());
+}

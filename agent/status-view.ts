@@ -1,0 +1,219 @@
+/**
+ * status-view — what an operator reads: a migration's status, the list of
+ * migrations, a preflight report and a cutover report, rendered as plain
+ * lines that fit the terminal (80 columns unless told otherwise).
+ *
+ * Input: the agent's messages as the client returns them (provider/client.ts).
+ * Output: arrays of lines, each at most `width` columns (long messages wrap,
+ * anything else that would not fit is cut with `…`), so callers can redraw
+ * them in place (`pgferry status --watch`). No colour and no wide glyphs
+ * beyond the block characters of the bars, which are one column each.
+ */
+import type { CutoverReportMessage, MigrationMessage, PreflightReportMessage, TableStatusMessage } from '../provider/client';
+
+/** The width used when the output is not a terminal. */
+export const DEFAULT_WIDTH = 80;
+
+/** Phases in which per-table copy bars are shown by default. */
+export const COPY_PHASES = ['created', 'preflight', 'schema', 'loading'] as const;
+
+export interface ViewOptions {
+  /** Columns available; lines never exceed it. Default: 80. */
+  width?: number;
+  /** Show every table, not just while copying. Default: false. */
+  allTables?: boolean;
+  /** Most table lines shown (the rest are summarised). Default: 20. */
+  maxTables?: number;
+}
+
+const IEC = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
+
+/** `1536` → `1.5 KiB`. */
+export function formatBytes(n: number): string {
+  if (!Number.isFinite(n) || n < 0) return '?';
+  let v = n;
+  let i = 0;
+  while (v >= 1024 && i < IEC.length - 1) { v /= 1024; i++; }
+  return i === 0 ? `${v} B` : `${v < 10 ? v.toFixed(1) : Math.round(v)} ${IEC[i]}`;
+}
+
+/** `1234` → `1,234`; `1234567` → `1.2M`. */
+export function formatCount(n: number): string {
+  if (!Number.isFinite(n)) return '?';
+  if (Math.abs(n) < 10_000) return Math.round(n).toLocaleString('en-US');
+  const units: Array<[number, string]> = [[1e12, 'T'], [1e9, 'G'], [1e6, 'M'], [1e3, 'k']];
+  for (const [d, u] of units) if (Math.abs(n) >= d) { const v = n / d; return `${v < 10 ? v.toFixed(1) : Math.round(v)}${u}`; }
+  return String(n);
+}
+
+/** `200` → `3m 20s`; negative → `?`. */
+export function formatDuration(seconds: number): string {
+  if (!Number.isFinite(seconds) || seconds < 0) return '?';
+  if (seconds < 10) return `${seconds.toFixed(1).replace(/\.0$/, '')}s`;
+  const s = Math.round(seconds);
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m ${String(s % 60).padStart(2, '0')}s`;
+  if (s < 86400) return `${Math.floor(s / 3600)}h ${String(Math.floor((s % 3600) / 60)).padStart(2, '0')}m`;
+  return `${Math.floor(s / 86400)}d ${Math.floor((s % 86400) / 3600)}h`;
+}
+
+/** A bar of `width` columns (brackets included) for `ratio` in 0..1. */
+export function bar(ratio: number, width: number): string {
+  const inner = Math.max(1, width - 2);
+  const r = Number.isFinite(ratio) ? Math.min(1, Math.max(0, ratio)) : 0;
+  const full = Math.floor(r * inner);
+  return `[${'█'.repeat(full)}${'░'.repeat(inner - full)}]`;
+}
+
+/** Cut `text` to `width` columns, ending with `…` when cut. */
+export function fit(text: string, width: number): string {
+  return text.length <= width ? text : `${text.slice(0, Math.max(0, width - 1))}…`;
+}
+
+/** Wrap `text` into lines of at most `width` columns; continuation lines get `indent`. */
+export function wrap(text: string, width: number, first = '', indent = ''): string[] {
+  const out: string[] = [];
+  let line = first;
+  let empty = true;
+  for (const word of text.replace(/\s+/g, ' ').trim().split(' ')) {
+    const sep = empty ? '' : ' ';
+    if (line.length + sep.length + word.length <= width || empty) {
+      if (line.length + sep.length + word.length > width) {
+        // A single word longer than the line: hard-cut it.
+        let w = word;
+        while (line.length + w.length > width) { const room = width - line.length; out.push(line + w.slice(0, room)); line = indent; w = w.slice(room); }
+        line += w;
+      } else line += sep + word;
+      empty = false;
+    } else {
+      out.push(line);
+      line = indent + word;
+    }
+  }
+  out.push(line);
+  return out;
+}
+
+const pct = (r: number) => `${Math.floor(Math.min(1, Math.max(0, r)) * 100)}%`;
+
+function tableRatio(t: TableStatusMessage): number {
+  if (t.phase === 'copied' || t.phase === 'synced') return 1;
+  if (t.bytesEstimated > 0) return Math.min(0.99, t.bytesCopied / t.bytesEstimated);
+  if (t.rowsEstimated > 0) return Math.min(0.99, t.rowsCopied / t.rowsEstimated);
+  return 0;
+}
+
+const TABLE_ORDER: Record<string, number> = { copying: 0, queued: 1, copied: 2, synced: 3 };
+
+function tableLines(m: MigrationMessage, width: number, max: number): string[] {
+  const lines: string[] = [];
+  const tables = [...m.tables].sort((a, b) => (TABLE_ORDER[a.phase] ?? 9) - (TABLE_ORDER[b.phase] ?? 9) || `${a.schema}.${a.name}`.localeCompare(`${b.schema}.${b.name}`));
+  const barW = Math.min(20, Math.max(6, width - 60));
+  const fixed = 2 + 1 + barW + 1 + 4 + 2 + 15 + 1 + 7;
+  const nameW = Math.max(8, width - fixed);
+  for (const t of tables.slice(0, max)) {
+    const r = tableRatio(t);
+    const rows = `${formatCount(t.rowsCopied)}/${formatCount(Math.max(t.rowsEstimated, t.rowsCopied))} rows`;
+    lines.push(`  ${fit(`${t.schema}.${t.name}`, nameW).padEnd(nameW)} ${bar(r, barW)} ${pct(r).padStart(4)}  ${fit(rows, 15).padEnd(15)} ${t.phase}`);
+  }
+  if (tables.length > max) {
+    const rest = tables.slice(max);
+    const by = (p: string) => rest.filter((t) => t.phase === p).length;
+    const parts = [['copying', by('copying')], ['queued', by('queued')], ['copied', by('copied') + by('synced')]].filter(([, n]) => n).map(([p, n]) => `${n} ${p}`);
+    lines.push(`  … ${rest.length} more table(s): ${parts.join(', ')}`);
+  }
+  return lines;
+}
+
+/** The detailed view of one migration. */
+export function renderMigration(m: MigrationMessage, opts: ViewOptions = {}): string[] {
+  const width = opts.width ?? DEFAULT_WIDTH;
+  const lines: string[] = [];
+  const label = (l: string) => l.padEnd(9);
+  const versions = m.sourceVersion || m.targetVersion ? `PG ${m.sourceVersion || '?'} → ${m.targetVersion || '?'}` : '';
+  lines.push([`Migration ${m.id}`, m.phase.toUpperCase(), versions, `active: ${m.activeEndpoint || 'source'}`].filter(Boolean).join('  ·  '));
+  const loading = (COPY_PHASES as readonly string[]).includes(m.phase);
+  const eta = m.etaSeconds > 0 ? `  ETA ${formatDuration(m.etaSeconds)}` : '';
+  const barW = Math.min(32, Math.max(10, width - 30));
+  lines.push(`${label('Load')}${bar(m.progress, barW)} ${pct(m.progress).padStart(4)}${eta}`);
+  lines.push(`${label('')}${m.tablesCopied}/${m.tablesTotal} tables · ${formatCount(m.rowsCopied)} rows · ${formatBytes(m.bytesCopied)} of ${formatBytes(m.bytesEstimated)}`);
+  // While loading, the lag is the WAL written since the snapshot (the stream catches up after the load).
+  if (!loading || m.lagBytes > 0) lines.push(`${label('Lag')}${formatBytes(m.lagBytes)} · ${formatDuration(m.lagSeconds)} behind the source`);
+  if (!loading || m.changesApplied > 0) {
+    lines.push(`${label('Apply')}${formatCount(Math.round(m.applyRate))} changes/s · ${formatCount(m.changesApplied)} applied${m.appliedLsn ? ` · at ${m.appliedLsn}` : ''}`);
+  }
+  if (m.slotName) lines.push(`${label('Slot')}${m.slotName} retains ${formatBytes(m.retainedWalBytes)} of WAL`);
+  if (m.errorCode || m.errorMessage) {
+    lines.push(...wrap(`${m.errorCode}: ${m.errorMessage}`, width, label('Error'), label('')));
+    if (m.errorRemedy) lines.push(...wrap(m.errorRemedy, width, label('Fix'), label('')));
+  }
+  if (m.cutover && m.cutover.state) lines.push(...cutoverSummary(m.cutover, width, label));
+  if (m.tables.length && (loading || opts.allTables)) {
+    lines.push('Tables');
+    lines.push(...tableLines(m, width, opts.maxTables ?? 20));
+  }
+  return lines.map((l) => fit(l, width));
+}
+
+function cutoverSummary(c: CutoverReportMessage, width: number, label: (l: string) => string): string[] {
+  const parts = [c.state];
+  if (c.state === 'completed') parts.push(`write downtime ${c.writeDowntimeMs} ms`);
+  if (c.fenceLsn) parts.push(`fence ${c.fenceLsn}`);
+  if (c.validation && c.validation !== 'none' && c.state === 'completed') parts.push(`${c.validation} ${c.validationOk ? 'match' : 'DIFFER'}`);
+  const lines = wrap(parts.join(' · '), width, label('Cutover'), label(''));
+  if (c.error) lines.push(...wrap(c.error, width, label(''), label('')));
+  for (const w of c.warnings ?? []) lines.push(...wrap(`warning: ${w}`, width, label(''), label('')));
+  return lines;
+}
+
+/** One line per migration, under a header. */
+export function renderList(ms: MigrationMessage[], opts: ViewOptions = {}): string[] {
+  const width = opts.width ?? DEFAULT_WIDTH;
+  if (ms.length === 0) return ['No migrations on this agent. Start one with: pgferry start --spec FILE'];
+  const idW = Math.max(8, Math.min(20, width - 62));
+  const row = (id: string, phase: string, prog: string, lag: string, rate: string, wal: string) =>
+    `${fit(id, idW).padEnd(idW)} ${fit(phase, 12).padEnd(12)} ${prog.padStart(5)}  ${fit(lag, 18).padEnd(18)} ${fit(rate, 9).padEnd(9)} ${wal}`;
+  const lines = [row('ID', 'PHASE', 'LOAD', 'LAG', 'APPLY/S', 'WAL KEPT')];
+  for (const m of ms) {
+    const lag = m.phase === 'failed' ? m.errorCode : `${formatBytes(m.lagBytes)} / ${formatDuration(m.lagSeconds)}`;
+    lines.push(row(m.id, m.phase, pct(m.progress), lag, formatCount(Math.round(m.applyRate)), formatBytes(m.retainedWalBytes)));
+  }
+  return lines.map((l) => fit(l, width));
+}
+
+/** A preflight report: verdict per check, with the fix under every one that is not a pass. */
+export function renderPreflight(r: PreflightReportMessage, opts: ViewOptions = {}): string[] {
+  const width = opts.width ?? DEFAULT_WIDTH;
+  const lines = [fit(`Preflight ${r.ok ? 'passed' : 'FAILED'}: source PG ${r.sourceVersion || '?'}, target PG ${r.targetVersion || '?'}, ${r.tableCount} table(s)`, width)];
+  const nameW = Math.min(24, Math.max(10, ...r.checks.map((c) => c.name.length)));
+  for (const c of r.checks) {
+    const mark = c.verdict === 'pass' ? 'ok  ' : c.verdict === 'warn' ? 'WARN' : 'FAIL';
+    const head = `  ${mark} ${fit(c.name, nameW).padEnd(nameW)} `;
+    lines.push(...wrap(c.message || c.verdict, width, head, ' '.repeat(head.length)));
+    if (c.verdict !== 'pass') {
+      if (c.objects.length) lines.push(...wrap(c.objects.join(', '), width, `${' '.repeat(7)}objects: `, ' '.repeat(16)));
+      if (c.remedy) lines.push(...wrap(c.remedy, width, `${' '.repeat(7)}fix: `, ' '.repeat(12)));
+    }
+  }
+  return lines;
+}
+
+/** The full cutover report (after `pgferry cutover`). */
+export function renderCutover(m: MigrationMessage, opts: ViewOptions = {}): string[] {
+  const width = opts.width ?? DEFAULT_WIDTH;
+  const c = m.cutover;
+  if (!c) return [fit(`Migration ${m.id} has no cutover report (phase ${m.phase}).`, width)];
+  const lines = [fit(`Cutover of ${m.id}: ${c.state.toUpperCase()}${c.attempts > 1 ? ` (attempt ${c.attempts})` : ''} · active endpoint: ${m.activeEndpoint}`, width)];
+  if (c.state === 'completed') lines.push(fit(`  write downtime ${c.writeDowntimeMs} ms · fence LSN ${c.fenceLsn} · ${c.fenceStartedAt} → ${c.fenceEndedAt}`, width));
+  if (c.error) lines.push(...wrap(c.error, width, '  error: ', '         '));
+  if (c.tables.length) {
+    const tW = Math.max(10, width - 2 - 12 - 12 - 11);
+    lines.push(fit(`  ${'table'.padEnd(tW)} ${'source rows'.padStart(11)} ${'target rows'.padStart(11)} ${c.validation === 'checksums' ? ' checksum' : '    count'}`, width));
+    for (const t of c.tables) {
+      lines.push(fit(`  ${fit(t.table, tW).padEnd(tW)} ${String(t.sourceRows).padStart(11)} ${String(t.targetRows).padStart(11)} ${(t.match ? 'match' : 'DIFFER').padStart(9)}`, width));
+    }
+  }
+  if (c.sequences.length) lines.push(fit(`  ${c.sequences.length} sequence(s) set on the target`, width));
+  for (const w of c.warnings) lines.push(...wrap(w, width, '  warning: ', '           '));
+  return lines;
+}

@@ -1,0 +1,188 @@
+/**
+ * The Prometheus endpoint as a monitoring system scrapes it, during a real
+ * migration (PostgreSQL 14 → 17) and after its cutover: the exposition text
+ * parses line by line, every documented metric is there with values that
+ * agree with the migration's status, and docs/metrics.md and the Grafana
+ * dashboard use exactly these names.
+ */
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { METRIC_NAMES } from '../agent/metrics';
+import { isAgentError } from '../provider/client';
+import { makeTestCerts, type TestCerts } from './support/certs';
+import { pollUntil, startShop, type RunningShop } from './support/running';
+
+interface Sample { name: string; labels: Record<string, string>; value: number }
+interface Exposition { help: Map<string, string>; type: Map<string, string>; samples: Sample[] }
+
+/** Parse the Prometheus text format (0.0.4); throws on any line it cannot read. */
+function parseExposition(text: string): Exposition {
+  const out: Exposition = { help: new Map(), type: new Map(), samples: [] };
+  for (const [i, line] of text.split('\n').entries()) {
+    if (line === '') continue;
+    let m = /^# HELP ([a-zA-Z_:][a-zA-Z0-9_:]*) (.*)$/.exec(line);
+    if (m) { out.help.set(m[1], m[2]); continue; }
+    m = /^# TYPE ([a-zA-Z_:][a-zA-Z0-9_:]*) (counter|gauge|histogram|summary|untyped)$/.exec(line);
+    if (m) { out.type.set(m[1], m[2]); continue; }
+    if (line.startsWith('#')) continue;
+    m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? ([^ ]+)(?: -?\d+)?$/.exec(line);
+    if (!m) throw new Error(`line ${i + 1} is not a sample: ${line}`);
+    const labels: Record<string, string> = {};
+    if (m[2]) {
+      const re = /([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"(,|$)/y;
+      let pos = 0;
+      while (pos < m[2].length) {
+        re.lastIndex = pos;
+        const l = re.exec(m[2]);
+        if (!l) throw new Error(`line ${i + 1} has malformed labels: ${line}`);
+        labels[l[1]] = l[2].replace(/\\n/g, '\n').replace(/\\"/g, '"').replace(/\\\\/g, '\\');
+        pos = re.lastIndex;
+      }
+    }
+    const v = m[3] === '+Inf' ? Infinity : m[3] === '-Inf' ? -Infinity : Number(m[3]);
+    if (Number.isNaN(v) && m[3] !== 'NaN') throw new Error(`line ${i + 1} has a bad value: ${line}`);
+    out.samples.push({ name: m[1], labels, value: v });
+  }
+  return out;
+}
+
+/** The family a sample belongs to (histogram/summary suffixes folded). */
+const family = (e: Exposition, name: string) => (e.type.has(name) ? name : name.replace(/_(bucket|sum|count)$/, ''));
+
+function pick(e: Exposition, name: string, labels: Record<string, string> = {}): Sample[] {
+  return e.samples.filter((s) => s.name === name && Object.entries(labels).every(([k, v]) => s.labels[k] === v));
+}
+function one(e: Exposition, name: string, labels: Record<string, string> = {}): number {
+  const s = pick(e, name, labels);
+  assert.equal(s.length, 1, `exactly one ${name}${JSON.stringify(labels)}, found ${s.length}`);
+  return s[0].value;
+}
+const sum = (e: Exposition, name: string, labels: Record<string, string> = {}) => pick(e, name, labels).reduce((a, s) => a + s.value, 0);
+
+describe('metrics: the Prometheus endpoint (PostgreSQL 14 → 17)', function () {
+  this.timeout(300_000);
+  let certs: TestCerts;
+  let shop: RunningShop;
+  const token = `metrics-test-token-${process.pid}-abcdef`;
+
+  const scrape = async (): Promise<Exposition> => {
+    const res = await fetch(`http://127.0.0.1:${shop.agent.metricsPort}/metrics`);
+    assert.equal(res.status, 200);
+    assert.match(res.headers.get('content-type') ?? '', /^text\/plain/);
+    const e = parseExposition(await res.text());
+    for (const s of e.samples) assert.ok(e.type.has(family(e, s.name)), `${s.name} has a TYPE line`);
+    return e;
+  };
+
+  before(async function () {
+    certs = await makeTestCerts();
+    shop = await startShop({ token, metrics: true, tls: { cert: certs.serverCert, key: certs.serverKey }, caCert: certs.caCert });
+  });
+  after(async function () {
+    await shop?.stop();
+    certs?.remove();
+  });
+
+  it('exposes every documented metric with values that agree with the status while syncing', async () => {
+    try { await shop.client.getMigration('no_such_migration'); assert.fail('expected NOT_FOUND'); } catch (e) { assert.ok(isAgentError(e) && e.code === 'MIGRATION_NOT_FOUND'); }
+    const before = Number((await shop.source.query('SELECT count(*)::int AS n FROM orders', [], 'shop')).rows[0].n);
+    await shop.source.query('INSERT INTO orders (customer_id, status, total) SELECT customer_id, status, total FROM orders LIMIT 100', [], 'shop');
+    await shop.source.query("UPDATE customers SET name = name || ' (updated)' WHERE id <= 20", [], 'shop');
+    await pollUntil('the new orders on the target', async () => {
+      const n = Number((await shop.target.query('SELECT count(*)::int AS n FROM orders', [], 'shop')).rows[0].n);
+      return n === before + 100 ? n : undefined;
+    });
+    const status = await pollUntil('the agent to count the applied changes', async () => {
+      const m = await shop.client.getMigration('shop');
+      return m.changesApplied >= 120 ? m : undefined;
+    });
+
+    const e = await scrape();
+    const ours = new Set(e.samples.map((s) => family(e, s.name)).filter((n) => n.startsWith('pgferry_')));
+    for (const n of ours) assert.ok((METRIC_NAMES as readonly string[]).includes(n), `${n} is documented in METRIC_NAMES`);
+    const absentUntilCutover = ['pgferry_cutover_state', 'pgferry_cutover_write_downtime_milliseconds', 'pgferry_cutover_validation_ok', 'pgferry_migration_error_info'];
+    for (const n of METRIC_NAMES) {
+      if (absentUntilCutover.includes(n)) continue;
+      assert.ok(ours.has(n), `${n} is exposed`);
+      assert.ok(e.help.get(n), `${n} has HELP`);
+    }
+    assert.ok(pick(e, 'process_resident_memory_bytes').length === 1, 'the standard process metrics');
+
+    const mig = { migration: 'shop' };
+    assert.equal(one(e, 'pgferry_migration_phase', { ...mig, phase: 'syncing' }), 1);
+    assert.equal(sum(e, 'pgferry_migration_phase', mig), 1, 'exactly one phase is current');
+    assert.equal(pick(e, 'pgferry_migration_phase', mig).length, 9, 'every phase is listed');
+    assert.equal(one(e, 'pgferry_migrations', { phase: 'syncing' }), 1);
+    assert.equal(one(e, 'pgferry_migration_info', { ...mig, slot: 'pgferry_shop', active_endpoint: 'source' }), 1);
+    const total = one(e, 'pgferry_tables_total', mig);
+    assert.ok(total > 0);
+    assert.equal(total, status.tablesTotal);
+    assert.equal(one(e, 'pgferry_tables_copied', mig), total);
+    assert.equal(pick(e, 'pgferry_copy_rows_total', mig).length, total, 'one series per table');
+    assert.equal(sum(e, 'pgferry_copy_rows_total', mig), status.rowsCopied);
+    assert.ok(one(e, 'pgferry_copy_rows_total', { ...mig, table: 'public.orders' }) >= 5000);
+    assert.ok(one(e, 'pgferry_copy_bytes_total', { ...mig, table: 'public.orders' }) > 0);
+    assert.ok(one(e, 'pgferry_copy_rows_estimated', { ...mig, table: 'public.orders' }) >= one(e, 'pgferry_copy_rows_total', { ...mig, table: 'public.orders' }));
+    assert.ok(one(e, 'pgferry_copy_bytes_estimated', { ...mig, table: 'public.orders' }) > 0);
+    assert.equal(one(e, 'pgferry_load_progress_ratio', mig), 1);
+    assert.equal(one(e, 'pgferry_load_eta_seconds', mig), 0);
+    assert.ok(one(e, 'pgferry_apply_changes_total', mig) >= 120);
+    assert.ok(one(e, 'pgferry_apply_changes_per_second', mig) >= 0);
+    assert.ok(one(e, 'pgferry_lag_bytes', mig) >= 0);
+    assert.ok(one(e, 'pgferry_lag_seconds', mig) >= 0);
+    assert.ok(one(e, 'pgferry_slot_retained_wal_bytes', { ...mig, slot: 'pgferry_shop' }) >= 0);
+    assert.ok(one(e, 'pgferry_errors_total', { code: 'MIGRATION_NOT_FOUND', origin: 'rpc' }) >= 1);
+    assert.ok(one(e, 'pgferry_rpc_calls_total', { method: 'StartMigration', status: 'OK' }) >= 1);
+    assert.ok(one(e, 'pgferry_rpc_calls_total', { method: 'GetMigration', status: 'NOT_FOUND' }) >= 1);
+    assert.ok(one(e, 'pgferry_tls_certificate_expiry_timestamp_seconds') > Date.now() / 1000);
+    assert.equal(one(e, 'pgferry_build_info', { version: JSON.parse(readFileSync(join(__dirname, '..', '..', 'package.json'), 'utf8')).version }), 1);
+  });
+
+  it('counts a migration failure once under its code, and shows the error', async () => {
+    await shop.target.createDatabase('shop2');
+    const spec = { ...shop.spec, id: 'broken', target: { ...shop.spec.target, database: 'shop2' }, tables: { include: ['public.products'] } };
+    await shop.client.startMigration(spec);
+    await shop.waitPhase('syncing', 'broken');
+    // The target loses the table; the next change for it cannot be applied.
+    await shop.target.query('DROP TABLE products CASCADE', [], 'shop2');
+    await shop.source.query('UPDATE products SET price = price + 1 WHERE id = 1', [], 'shop');
+    const failed = await shop.waitPhase('failed', 'broken');
+    assert.ok(failed.errorCode);
+    const e = await scrape();
+    assert.equal(one(e, 'pgferry_migration_phase', { migration: 'broken', phase: 'failed' }), 1);
+    assert.equal(one(e, 'pgferry_migration_error_info', { migration: 'broken', code: failed.errorCode }), 1);
+    assert.equal(one(e, 'pgferry_errors_total', { code: failed.errorCode, origin: 'migration' }), 1);
+    await shop.client.deleteMigration('broken');
+    const after = await scrape();
+    assert.equal(pick(after, 'pgferry_migration_phase', { migration: 'broken' }).length, 0, 'a deleted migration leaves no series behind');
+  });
+
+  it('after the cutover: its state, write downtime and validation', async () => {
+    const done = await shop.client.cutover({ id: 'shop', validation: 'counts', maxLagBytes: 4 * 1024 * 1024, timeoutMs: 120_000 });
+    assert.equal(done.phase, 'completed');
+    const e = await scrape();
+    const mig = { migration: 'shop' };
+    assert.equal(one(e, 'pgferry_migration_phase', { ...mig, phase: 'completed' }), 1);
+    assert.equal(one(e, 'pgferry_cutover_state', { ...mig, state: 'completed' }), 1);
+    assert.equal(sum(e, 'pgferry_cutover_state', mig), 1);
+    assert.equal(one(e, 'pgferry_cutover_write_downtime_milliseconds', mig), done.cutover!.writeDowntimeMs);
+    assert.ok(done.cutover!.writeDowntimeMs >= 0);
+    assert.equal(one(e, 'pgferry_cutover_validation_ok', mig), 1);
+    assert.equal(one(e, 'pgferry_migration_info', { ...mig, active_endpoint: 'target' }), 1);
+  });
+
+  it('docs/metrics.md documents every metric and the Grafana dashboard uses only those names', () => {
+    const root = join(__dirname, '..', '..');
+    const doc = readFileSync(join(root, 'docs', 'metrics.md'), 'utf8');
+    for (const n of METRIC_NAMES) assert.ok(doc.includes(`\`${n}\``), `docs/metrics.md documents ${n}`);
+    const dashboard = JSON.parse(readFileSync(join(root, 'grafana', 'pgferry-dashboard.json'), 'utf8')) as { panels: Array<{ targets?: Array<{ expr: string }> }>; templating: { list: Array<{ definition?: string }> } };
+    const exprs = [
+      ...dashboard.panels.flatMap((p) => (p.targets ?? []).map((t) => t.expr)),
+      ...dashboard.templating.list.map((v) => v.definition ?? ''),
+    ].join('\n');
+    const used = new Set(exprs.match(/pgferry_[a-z_]+/g) ?? []);
+    for (const n of used) assert.ok((METRIC_NAMES as readonly string[]).includes(n), `the dashboard's ${n} is a real metric`);
+    for (const n of METRIC_NAMES) assert.ok(used.has(n), `the dashboard shows ${n}`);
+  });
+});
