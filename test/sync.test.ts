@@ -334,6 +334,50 @@ for (const pair of PAIRS) {
       await run.stop();
     });
 
+    it('round-trips tricky values of its own small type table (NaN, ±Infinity, µs, intervals, bytea, jsonb, arrays, ranges, enum, domain)', async function () {
+      const env = await setup(`
+        CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+        CREATE DOMAIN posint AS int CHECK (VALUE > 0);
+        CREATE TABLE ty (id int PRIMARY KEY, n numeric, f8 float8, f4 real, ts timestamptz, iv interval, b bytea, j jsonb,
+          ia int[], ta text[], r int8range, tr tstzrange, m mood, d posint, u uuid, t time(3), c varchar(5), bits bit varying);`);
+      const run = env.start();
+      await env.s.query(`INSERT INTO ty VALUES
+        (1, 'NaN', 'NaN', '-Infinity', '2024-02-29 23:59:59.999999+00', '-1 year 2 mons -3 days 04:05:06.000007', '\\x00ff', '{"a": [1, 2.50, null], "b": "\\u00e9"}',
+          '{1,NULL,3}', '{"a,b","c\\"d",NULL,""}', '[1,5)', '[2024-01-01 00:00:00.000001+00,infinity)', 'happy', 7, 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '12:34:56.789', 'abcde', '101'),
+        (2, 'Infinity', '-0', 'Infinity', '-infinity', '0', '\\x', 'null', '{}', '{}', 'empty', '(,)', 'sad', 1, NULL, '00:00', '', ''),
+        (3, '-Infinity', 1e-310, 1.17549435e-38, 'infinity', '178000000 years', NULL, '{}', NULL, '{{a,b},{c,d}}', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+        (4, 0.000000000000000000000000000001, 0.1, 0.1, '1999-12-31 23:59:59.999999+00', '1 mon', '\\xdeadbeef', '[]', '{2147483647}', '{NULL}', '(,10]', 'empty', 'ok', 2147483647, NULL, '23:59:59.999', 'x', '0')`);
+      await env.s.query(`UPDATE ty SET n = n * 3, ts = ts + interval '1 microsecond', ta = ta || '{e}'::text[] WHERE id IN (1, 4);
+        UPDATE ty SET m = 'ok', r = '[3,4]' WHERE id = 2; DELETE FROM ty WHERE id = 3`);
+      await env.converge(run);
+      const textOf = 'SELECT t::text AS r FROM ty t ORDER BY id';
+      assert.deepEqual(await rows(env.t, textOf), await rows(env.s, textOf));
+      await run.stop();
+    });
+
+    it('applies a table only from its own start LSN (its copy holds the earlier transactions)', async function () {
+      const env = await setup('CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY);');
+      await env.s.query('DO $$ BEGIN FOR i IN 1..10 LOOP INSERT INTO a VALUES (i); INSERT INTO b VALUES (i); COMMIT; END LOOP; END $$');
+      const copyLsn = await currentLsn(env.s);
+      await env.s.query('DO $$ BEGIN FOR i IN 11..20 LOOP INSERT INTO a VALUES (i); INSERT INTO b VALUES (i); COMMIT; END LOOP; END $$');
+      const run = env.start({ tableSyncLsn: new Map([['public.a', copyLsn]]) });
+      await run.waitApplied(await currentLsn(env.s));
+      assert.deepEqual(await rows(env.t, 'SELECT (SELECT array_agg(id ORDER BY id) FROM a) AS a, (SELECT count(*)::int FROM b) AS b'),
+        [{ a: Array.from({ length: 10 }, (_, i) => i + 11), b: 20 }]);
+      await run.stop();
+    });
+
+    it('stops with APPLY_FAILED when a change cannot apply even one by one (target diverged)', async function () {
+      const env = await setup('CREATE TABLE c (id int PRIMARY KEY, v text)');
+      await env.t.query("INSERT INTO c VALUES (2, 'written on the target')");
+      const run = env.start();
+      await env.s.query("INSERT INTO c VALUES (1, 'a'), (2, 'b'), (3, 'c')");
+      await assert.rejects(run.done, (e: unknown) => isPgferryError(e) && e.code === 'APPLY_FAILED' && e.message.includes('public.c') && e.message.includes('INSERT') && e.remedy.length > 0);
+      // Nothing of the failed transaction is on the target; its position is not recorded.
+      assert.deepEqual(await rows(env.t, 'SELECT id FROM c ORDER BY id'), [{ id: 2 }]);
+      assert.equal(run.logs.filter((l) => l.fields?.event === 'safe-replay').length, 1);
+    });
+
     it('exactly once: stopping mid-stream, writing while stopped and losing connections neither loses nor doubles a change', async function () {
       this.timeout(300_000);
       const env = await setup(`
