@@ -228,9 +228,10 @@ async function runSession(opts: SyncOptions, state: SyncState, log: LogFn): Prom
       if (ev.kind === 'keepalive') {
         const { walEnd, replyRequested } = ev.keepalive;
         state.decodedLsn = maxLsn(state.decodedLsn, walEnd);
-        // Guard (confirm only what is applied): walEnd covers every transaction
-        // committed before it only when no transaction is in flight; inside one
-        // (a keepalive sent mid-transaction) it must not be used.
+        // Guard 8 (confirm only what is applied; guards 1-7 are in apply.ts):
+        // walEnd covers every transaction committed before it only when no
+        // transaction is in flight; a keepalive sent mid-transaction must not
+        // move the position, or a crash would skip the rest of that transaction.
         if (!applier.inSourceTransaction) {
           applier.boundary(walEnd);
           // Idle: nothing more buffered, commit now rather than wait for batchMs.
