@@ -170,7 +170,9 @@ async function sourceChecks(src: pg.Client, spec: MigrationSpec, ctx: PreflightC
   } else if (data.length) {
     checks.push(check('table_selection', 'pass', `${data.length} table(s) selected.`, '', data.map(tableKey)));
   }
-  const noIdentity = tables.filter((t) => (t.kind === 'r' && !t.root || t.kind === 'p') && !hasUsableIdentity(t));
+  // Identity is checked where rows live: the source refuses UPDATE/DELETE on a
+  // published leaf partition without one, whatever its partitioned root has.
+  const noIdentity = tables.filter((t) => t.kind === 'r' && !hasUsableIdentity(t));
   if (noIdentity.length) {
     checks.push(check('replica_identity', 'fail',
       `${noIdentity.length} table(s) have no primary key and no replica identity, so their UPDATEs and DELETEs cannot be replicated: ${noIdentity.map(tableKey).join(', ')}.`,
