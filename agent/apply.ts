@@ -550,6 +550,10 @@ export class Applier {
     const params = new Params();
 
     if (run.op === 'INSERT') {
+      if (m.writeIdx.length === 0) {
+        // A table without columns (or only generated ones): rows carry no values.
+        return { text: `INSERT INTO ${m.target.quoted} SELECT FROM generate_series(1, $1::int)`, values: [rows.length], run, expectRows: rows.length, onShort: 'fail' };
+      }
       const arr = m.writeIdx.map((i) => params.array(rows.map((c) => value(c.newTuple!, i, c))));
       return {
         text: `INSERT INTO ${m.target.quoted} (${m.writeIdx.map(name).join(', ')})${m.overriding ? ' OVERRIDING SYSTEM VALUE' : ''} SELECT ${m.writeIdx.map((i, j) => `v.c${j}::${col(i).castType}`).join(', ')} FROM unnest(${arr.join(', ')}) AS v(${arr.map((_, j) => `c${j}`).join(', ')})`,
