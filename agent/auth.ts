@@ -16,14 +16,16 @@
  *     accepted token is compared (no early exit).
  *  3. Fail closed: a token file that vanished, cannot be read or holds no
  *     token refuses every call (and says so in the log, once per change).
- *  4. The token itself is never logged, echoed in an error or kept in clear
- *     text longer than the read: only digests are cached.
+ *  4. The token itself is never logged or echoed in an error: only digests
+ *     are compared and cached, and every token read is registered with
+ *     `redact()`, so that even a token pasted into some other field is
+ *     scrubbed from logs and messages.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import { isIP } from 'node:net';
 import type * as grpc from '@grpc/grpc-js';
-import { PgferryError } from './errors';
+import { PgferryError, registerSecret } from './errors';
 
 /** Environment variable the agent reads a (non-rotating) token from when no `--token-file` is given. */
 export const AGENT_TOKEN_ENV = 'PGFERRY_AGENT_TOKEN';
@@ -100,6 +102,7 @@ export class TokenFile implements TokenSource {
       return this.problem(`cannot be read (${(e as NodeJS.ErrnoException).code ?? 'error'})`);
     }
     this.key = key;
+    for (const t of tokens) registerSecret(t);
     this.cached = tokens.map(digest);
     if (tokens.length === 0) this.onChange({ problem: 'holds no token' });
     else this.onChange({ tokens: tokens.length, shortest: Math.min(...tokens.map((t) => t.length)) });
@@ -118,6 +121,7 @@ export class TokenFile implements TokenSource {
 export class StaticTokens implements TokenSource {
   private readonly list: Buffer[];
   constructor(tokens: string[], readonly description: string) {
+    for (const t of tokens) registerSecret(t);
     this.list = tokens.map(digest);
   }
   digests(): Buffer[] { return this.list; }

@@ -34,10 +34,10 @@ const VERSION: string = require('../../package.json').version;
 // gRPC over TLS to an IP address (e.g. --agent 10.0.0.4:7443) makes Node warn
 // that an IP is not a valid TLS server name (DEP0123); the certificate is
 // still checked against the IP in its subjectAltName. Keep other warnings.
+// The agent routes the others through its logger, so stderr stays JSON lines.
+let onWarning = (w: Error & { code?: string }) => { process.stderr.write(`pgferry: ${w.name}: ${w.message}\n`); };
 process.removeAllListeners('warning');
-process.on('warning', (w: Error & { code?: string }) => {
-  if (w.code !== 'DEP0123') process.stderr.write(`pgferry: ${w.name}: ${w.message}\n`);
-});
+process.on('warning', (w: Error & { code?: string }) => { if (w.code !== 'DEP0123') onWarning(w); });
 
 const program = new Command();
 program.name('pgferry').description('Online, minimal-downtime PostgreSQL migration, declared as infrastructure code.').version(VERSION);
@@ -116,6 +116,7 @@ async function runAgent(opts: AgentFlags): Promise<void> {
       if (count) metrics?.recordError(err.code, 'migration');
     }
   };
+  onWarning = (w) => log('warn', `${w.name}: ${w.message}`, w.code ? { code: w.code } : {});
   const envTokens = tokensFromEnv();
   if (opts.tokenFile && envTokens) {
     throw new PgferryError('INVALID_SPEC', `Both --token-file and ${AGENT_TOKEN_ENV} are set.`, `Use one: --token-file (rotatable without a restart) or ${AGENT_TOKEN_ENV}.`);

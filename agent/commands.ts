@@ -29,7 +29,7 @@ import {
 import { PgferryError, isPgferryError } from './errors';
 import { parseTokens } from './auth';
 import { loadClientTls } from './tls';
-import { DEFAULT_WIDTH, renderCutover, renderList, renderMigration, renderPreflight } from './status-view';
+import { DEFAULT_WIDTH, formatBytes, formatDuration, renderCutover, renderList, renderMigration, renderPreflight } from './status-view';
 
 /** Exit codes of the client commands. */
 export const EXIT = { ok: 0, failure: 1, usage: 2 } as const;
@@ -209,7 +209,7 @@ export function loadSpecFile(path: string, env: NodeJS.ProcessEnv = process.env,
 /** Where the commands write; a test can capture it. */
 export interface Io {
   out: NodeJS.WriteStream | { write(s: string): unknown; isTTY?: boolean; columns?: number; rows?: number };
-  err: { write(s: string): unknown };
+  err: { write(s: string): unknown; isTTY?: boolean };
   env: NodeJS.ProcessEnv;
 }
 
@@ -380,11 +380,31 @@ export function registerClientCommands(program: Command, io: Io = { out: process
     .option('--json', 'print the resulting status message as JSON'))
     .action((id: string, o: ConnectionFlags & { maxLagBytes?: number; maxLagSeconds?: number; timeoutMs?: number; validation?: (typeof CUTOVER_VALIDATIONS)[number]; skipSequences?: boolean; json?: boolean }) => run(async () => {
       return withClient(io, o, async (client) => {
-        if (!o.json) io.err.write(`pgferry: cutting over ${id} (waiting for lag, fence, drain, sequences, validation)…\n`);
-        const m = await client.cutover({
-          id, maxLagBytes: o.maxLagBytes, maxLagSeconds: o.maxLagSeconds, timeoutMs: o.timeoutMs,
-          validation: o.validation, skipSequences: o.skipSequences,
-        });
+        if (!o.json) io.err.write(`pgferry: cutting over ${id}…\n`);
+        // On a terminal, narrate the cutover's states while the call runs.
+        const narrate = !o.json && io.err.isTTY;
+        const stopNarrating = new AbortController();
+        let narrating: Promise<void> | undefined;
+        if (narrate) {
+          const attempts = (await client.getMigration(id)).cutover?.attempts ?? 0;
+          let shown = '';
+          narrating = client.watchMigration(id, 250, (x) => {
+            const c = x.cutover;
+            if (!c || c.attempts <= attempts || c.state === shown) return;
+            shown = c.state;
+            io.err.write(`  ${new Date().toISOString().slice(11, 19)} ${c.state}${c.state === 'waiting-for-lag' ? ` (lag ${formatBytes(x.lagBytes)}, ${formatDuration(x.lagSeconds)})` : ''}\n`);
+          }, stopNarrating.signal).catch(() => undefined);
+        }
+        let m: MigrationMessage;
+        try {
+          m = await client.cutover({
+            id, maxLagBytes: o.maxLagBytes, maxLagSeconds: o.maxLagSeconds, timeoutMs: o.timeoutMs,
+            validation: o.validation, skipSequences: o.skipSequences,
+          });
+        } finally {
+          stopNarrating.abort();
+          await narrating;
+        }
         if (o.json) printJson(io, m); else print(io, renderCutover(m, { width: termWidth(io) }));
         return m.phase === 'completed' && m.cutover?.state === 'completed' ? EXIT.ok : EXIT.failure;
       });

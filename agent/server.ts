@@ -16,7 +16,7 @@ import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { HealthImplementation } from 'grpc-health-check';
 import { PgferryError, asPgferryError, redact, registerSecret, type ErrorCode } from './errors';
-import { StaticTokens, TokenAuth, type AuthRejectReason } from './auth';
+import type { AuthRejectReason, TokenAuth } from './auth';
 import type { AgentService } from './service';
 import type { MigrationStatus } from './migration';
 
@@ -113,17 +113,8 @@ export interface ServerOptions {
    * token required (only sensible on loopback; cli.ts enforces that).
    */
   auth?: TokenAuth;
-  /** @deprecated Use `auth`. The accepted tokens, asked on every call. */
-  tokens?: () => string[];
   /** Hears about every finished call (metrics.ts). Default: none. */
   onCall?: (method: string, status: string, code?: string) => void;
-}
-
-/** A token source asked on every call (the legacy `tokens` option). */
-class CallbackTokens {
-  readonly description = 'callback';
-  constructor(private fn: () => string[]) {}
-  digests(): Buffer[] { return new StaticTokens(this.fn(), this.description).digests(); }
 }
 
 type AnyCall = grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown>;
@@ -134,6 +125,9 @@ function migrationOf(req: unknown): string | undefined {
   const id = typeof r?.id === 'string' && r.id ? r.id : typeof r?.spec?.id === 'string' ? r.spec.id : undefined;
   return id && /^[a-z][a-z0-9_]{0,39}$/.test(id) ? id : undefined;
 }
+
+/** At most this many refused calls are logged one by one per minute. */
+export const REJECTIONS_LOGGED_PER_MINUTE = 20;
 
 const REASON_TEXT: Record<AuthRejectReason, string> = {
   missing: 'no authorization metadata',
@@ -146,13 +140,28 @@ export function createServer(svc: AgentService, opts: ServerOptions = {}): grpc.
   const server = new grpc.Server();
   const health = new HealthImplementation({ '': 'SERVING', [SERVICE_NAME]: 'SERVING' });
   health.addToServer(server);
-  const auth = opts.auth ?? (opts.tokens ? new TokenAuth(new CallbackTokens(opts.tokens)) : undefined);
+  const auth = opts.auth;
+
+  // Refused calls are logged, but at most REJECTIONS_LOGGED_PER_MINUTE a
+  // minute, so that a client hammering with bad tokens cannot fill the disk
+  // (pgferry_errors_total{code="UNAUTHENTICATED"} still counts every one).
+  let windowStart = 0;
+  let loggedInWindow = 0;
+  let suppressed = 0;
+  const logRejection = (msg: string, fields: object) => {
+    const now = Date.now();
+    if (now - windowStart >= 60_000) {
+      if (suppressed) svc.log('warn', `${suppressed} more call(s) were rejected in the previous minute (not logged one by one)`, { suppressed });
+      windowStart = now; loggedInWindow = 0; suppressed = 0;
+    }
+    if (loggedInWindow < REJECTIONS_LOGGED_PER_MINUTE) { loggedInWindow++; svc.log('warn', msg, fields); } else suppressed++;
+  };
 
   const guard = (call: AnyCall, method: string) => {
     if (!auth) return;
     const verdict = auth.verify(call.metadata);
     if (!verdict.ok) {
-      svc.log('warn', `rejected ${method}: ${REASON_TEXT[verdict.reason]}`, { peer: call.getPeer(), method, reason: verdict.reason });
+      logRejection(`rejected ${method}: ${REASON_TEXT[verdict.reason]}`, { peer: call.getPeer(), method, reason: verdict.reason });
       throw new PgferryError('UNAUTHENTICATED', `The call has no valid bearer token (${REASON_TEXT[verdict.reason]}).`,
         'Send `authorization: Bearer <token>` with a token from the agent\'s --token-file (`agent.token` in Pulumi; --token-file, --token or PGFERRY_TOKEN for the CLI).');
     }

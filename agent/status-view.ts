@@ -137,9 +137,11 @@ export function renderMigration(m: MigrationMessage, opts: ViewOptions = {}): st
   const barW = Math.min(32, Math.max(10, width - 30));
   lines.push(`${label('Load')}${bar(m.progress, barW)} ${pct(m.progress).padStart(4)}${eta}`);
   lines.push(`${label('')}${m.tablesCopied}/${m.tablesTotal} tables · ${formatCount(m.rowsCopied)} rows · ${formatBytes(m.bytesCopied)} of ${formatBytes(m.bytesEstimated)}`);
-  // While loading, the lag is the WAL written since the snapshot (the stream catches up after the load).
-  if (!loading || m.lagBytes > 0) lines.push(`${label('Lag')}${formatBytes(m.lagBytes)} · ${formatDuration(m.lagSeconds)} behind the source`);
-  if (!loading || m.changesApplied > 0) {
+  // While loading, the lag is the WAL written since the snapshot (the stream catches up after the load);
+  // once completed, the target is the database of record and lag means nothing.
+  const done = m.phase === 'completed' || m.phase === 'deleted';
+  if (!done && (!loading || m.lagBytes > 0)) lines.push(`${label('Lag')}${formatBytes(m.lagBytes)} · ${formatDuration(m.lagSeconds)} behind the source`);
+  if (!done && (!loading || m.changesApplied > 0)) {
     lines.push(`${label('Apply')}${formatCount(Math.round(m.applyRate))} changes/s · ${formatCount(m.changesApplied)} applied${m.appliedLsn ? ` · at ${m.appliedLsn}` : ''}`);
   }
   if (m.slotName) lines.push(`${label('Slot')}${m.slotName} retains ${formatBytes(m.retainedWalBytes)} of WAL`);
@@ -204,7 +206,11 @@ export function renderCutover(m: MigrationMessage, opts: ViewOptions = {}): stri
   const c = m.cutover;
   if (!c) return [fit(`Migration ${m.id} has no cutover report (phase ${m.phase}).`, width)];
   const lines = [fit(`Cutover of ${m.id}: ${c.state.toUpperCase()}${c.attempts > 1 ? ` (attempt ${c.attempts})` : ''} · active endpoint: ${m.activeEndpoint}`, width)];
-  if (c.state === 'completed') lines.push(fit(`  write downtime ${c.writeDowntimeMs} ms · fence LSN ${c.fenceLsn} · ${c.fenceStartedAt} → ${c.fenceEndedAt}`, width));
+  const clock = (iso: string) => (iso ? `${iso.slice(11, 23)}Z` : '?');
+  if (c.state === 'completed') {
+    lines.push(fit(`  write downtime ${c.writeDowntimeMs} ms · fence LSN ${c.fenceLsn}`, width));
+    lines.push(fit(`  fenced ${c.fenceStartedAt.slice(0, 10)} ${clock(c.fenceStartedAt)} → ${clock(c.fenceEndedAt)} · completed ${clock(c.completedAt)}`, width));
+  }
   if (c.error) lines.push(...wrap(c.error, width, '  error: ', '         '));
   if (c.tables.length) {
     const tW = Math.max(10, width - 2 - 12 - 12 - 11);

@@ -14,7 +14,7 @@ import { renderList, renderMigration, renderPreflight } from '../agent/status-vi
 import { loadSpecFile } from '../agent/commands';
 import type { MigrationMessage } from '../provider/client';
 import { CLI } from './support/agent';
-import { runCli } from './support/cli';
+import { haveTerminalRunner, runCli, runCliInTerminal } from './support/cli';
 import { startShop, type RunningShop } from './support/running';
 
 const WIDTH = 80;
@@ -152,6 +152,16 @@ describe('cli: against a running migration (PostgreSQL 14 → 17)', function () 
     assert.ok(one.stdout.includes('pgferry_shop'), 'names the slot');
   });
 
+  it('status on a terminal fits its width (80 by default, 60 when narrower)', async function () {
+    if (!haveTerminalRunner()) this.skip();
+    for (const columns of [undefined, 60]) {
+      const r = await runCliInTerminal(['status', 'shop', '--tables', ...conn], { columns });
+      assert.equal(r.code, 0, r.stdout);
+      assertFits(r.stdout.replace(/\n$/, '').split('\n'), columns ?? WIDTH);
+      assert.match(r.stdout, /SYNCING/);
+    }
+  });
+
   it('status --watch --json streams updates until Ctrl-C, then exits 0', async () => {
     const child = spawn(process.execPath, [CLI, 'status', 'shop', '--watch', '--json', '--interval-ms', '200', ...conn], { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
@@ -226,8 +236,11 @@ describe('cli: against a running migration (PostgreSQL 14 → 17)', function () 
   });
 
   it('cutover completes and prints the report; delete drops the slot', async () => {
-    const r = await runCli(['cutover', 'shop', '--validation', 'counts', '--max-lag-bytes', String(4 * 1024 * 1024), '--timeout-ms', '120000', ...conn], { timeoutMs: 180_000 });
+    // On a terminal (when `script` is there) the cutover also narrates its states on stderr.
+    const args = ['cutover', 'shop', '--validation', 'counts', '--max-lag-bytes', String(4 * 1024 * 1024), '--timeout-ms', '120000', ...conn];
+    const r = haveTerminalRunner() ? await runCliInTerminal(args, { timeoutMs: 180_000 }) : await runCli(args, { timeoutMs: 180_000 });
     assert.equal(r.code, 0, r.stderr + r.stdout);
+    assert.match(r.stdout, /COMPLETED/);
     assertFits(r.stdout.replace(/\n$/, '').split('\n'));
     const after = await shop.client.getMigration('shop');
     assert.equal(after.phase, 'completed');
