@@ -14,6 +14,8 @@ import * as grpc from '@grpc/grpc-js';
 import { startCluster, type Cluster } from '../agent/testbed';
 import { seedShop } from '../agent/sample';
 import { loadServiceDefinition } from '../agent/server';
+import { checkListenSecurity, isLoopbackHost } from '../agent/auth';
+import { generate } from 'selfsigned';
 import { AgentClient, isAgentError, type MigrationSpecMessage } from '../provider/client';
 import { startAgent, removeAgentDir, type AgentProcess } from './support/agent';
 import { makeTestCerts, type TestCerts } from './support/certs';
@@ -185,6 +187,41 @@ describe('security: TLS, mutual TLS and bearer tokens', function () {
       assert.equal(r.code, 2);
       assert.ok(r.stderr.includes('--token-file'));
       assertNoSecrets('the refusal', r.stdout + r.stderr, [secret]);
+    } finally { rmSync(dir, { recursive: true, force: true }); }
+  });
+
+  it('treats only 127.0.0.0/8, ::1 and localhost as loopback', () => {
+    for (const h of ['127.0.0.1', '127.1.2.3', '::1', '[::1]', '::ffff:127.0.0.1', 'localhost', 'LOCALHOST']) assert.equal(isLoopbackHost(h), true, h);
+    for (const h of ['0.0.0.0', '::', '10.0.0.4', '::ffff:10.0.0.4', 'agent.internal', '127.0.0.1.nip.io', '128.0.0.1']) assert.equal(isLoopbackHost(h), false, h);
+    const base = { tls: true, mutualTls: false, token: true, allowPlaintext: false, allowNoToken: false };
+    assert.deepEqual(checkListenSecurity({ ...base, listen: '[::]:7443' }), []);
+    assert.throws(() => checkListenSecurity({ ...base, listen: '[::]:7443', tls: false }), (e: { code?: string }) => e.code === 'INVALID_SPEC');
+    assert.throws(() => checkListenSecurity({ ...base, listen: '10.0.0.4:7443', token: false }), (e: { code?: string }) => e.code === 'INVALID_SPEC');
+    assert.throws(() => checkListenSecurity({ ...base, listen: 'no-port' }), (e: { code?: string }) => e.code === 'INVALID_SPEC');
+  });
+
+  it('refuses TLS files that cannot work, naming the flag', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'pgferry-badtls-'));
+    try {
+      const expired = await generate([{ name: 'commonName', value: 'localhost' }], {
+        algorithm: 'sha256', keyType: 'ec', notBeforeDate: new Date(Date.now() - 3 * 86_400_000), notAfterDate: new Date(Date.now() - 86_400_000),
+      });
+      writeFileSync(join(dir, 'expired.pem'), expired.cert);
+      writeFileSync(join(dir, 'expired.key'), expired.private, { mode: 0o600 });
+      writeFileSync(join(dir, 'not-pem'), 'hello');
+      const cases: Array<{ args: string[]; flag: string }> = [
+        { args: ['--tls-cert', certs.serverCert, '--tls-key', certs.clientKey], flag: '--tls-key' },
+        { args: ['--tls-cert', join(dir, 'not-pem'), '--tls-key', certs.serverKey], flag: '--tls-cert' },
+        { args: ['--tls-cert', join(dir, 'missing.pem'), '--tls-key', certs.serverKey], flag: '--tls-cert' },
+        { args: ['--tls-cert', join(dir, 'expired.pem'), '--tls-key', join(dir, 'expired.key')], flag: '--tls-cert' },
+        { args: ['--tls-cert', certs.serverCert], flag: '--tls-key' },
+        { args: ['--tls-client-ca', certs.caCert], flag: '--tls-cert' },
+      ];
+      for (const c of cases) {
+        const r = await runCli(['agent', '--listen', '127.0.0.1:0', '--state-dir', join(dir, 'state'), ...c.args], { timeoutMs: 20_000 });
+        assert.equal(r.code, 2, `${c.args.join(' ')}: exit ${r.code}\n${r.stderr}`);
+        assert.ok(r.stderr.includes(c.flag), `names ${c.flag}: ${r.stderr}`);
+      }
     } finally { rmSync(dir, { recursive: true, force: true }); }
   });
 
