@@ -361,7 +361,10 @@ export class Applier {
     const map: RelMap = {
       rel, target, cols, writeIdx,
       keyIdx: rel.replicaIdentity === 'f' ? [] : rel.keyIndexes,
-      full: rel.replicaIdentity === 'f',
+      // No key columns: UPDATE/DELETE can only have reached us with a full old
+      // tuple ('O'), e.g. a partitioned root without a key whose leaf
+      // partitions are REPLICA IDENTITY FULL (the source refuses them otherwise).
+      full: rel.replicaIdentity === 'f' || rel.keyIndexes.length === 0,
       overriding: writeIdx.some((i) => cols[i]!.identityAlways),
       syncLsn: this.opts.tableSyncLsn.get(key) ?? 0n,
     };

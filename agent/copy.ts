@@ -192,6 +192,7 @@ async function copyTask(src: pg.Client, tgt: pg.Client, task: CopyTask, opts: Lo
     ? `(SELECT ${cols} FROM ONLY ${qn(t.schema, t.name)} WHERE ${where.join(' AND ')})`
     : `${qn(t.schema, t.name)} (${cols})`;
   const started = Date.now();
+  const bytesBefore = prog.bytesCopied;
   await tgt.query('BEGIN');
   try {
     const out = src.query(copyTo(`COPY ${source} TO STDOUT WITH (FORMAT ${format})`));
@@ -202,7 +203,7 @@ async function copyTask(src: pg.Client, tgt: pg.Client, task: CopyTask, opts: Lo
     await pipeline(out, counter, into, { signal: opts.signal });
     const rows = Number((into as unknown as { rowCount?: number }).rowCount ?? 0);
     await tgt.query(`INSERT INTO pgferry.copy_state (migration_id, table_name, part, parts, snapshot_lsn, rows, bytes)
-      VALUES ($1, $2, $3, $4, $5::pg_lsn, $6, 0)`, [opts.migrationId, key, task.part, task.parts, formatLsn(opts.snapshotLsn), rows]);
+      VALUES ($1, $2, $3, $4, $5::pg_lsn, $6, $7)`, [opts.migrationId, key, task.part, task.parts, formatLsn(opts.snapshotLsn), rows, prog.bytesCopied - bytesBefore]);
     await tgt.query('COMMIT');
     prog.rowsCopied += rows;
     prog.partsDone += 1;

@@ -96,7 +96,8 @@ export async function liftFence(runner: MigrationRunner, conn?: pg.Client): Prom
   const report = runner.rec.cutover as CutoverReport | undefined;
   const fence = report?.fence;
   if (!fence?.active) return false;
-  const c = conn ?? await connect('source', runner.spec.source, { applicationName: `pgferry cutover ${runner.rec.id}` });
+  // A fenced database starts every new session read-only, this one included.
+  const c = conn ?? await connect('source', runner.spec.source, { applicationName: `pgferry cutover ${runner.rec.id}`, extraOptions: '-c default_transaction_read_only=off' });
   try {
     if (fence.previous === null) {
       await c.query(`ALTER DATABASE ${qi(fence.database)} RESET default_transaction_read_only`);
@@ -135,7 +136,7 @@ export async function runCutover(runner: MigrationRunner, opts: CutoverOptions, 
   let src: pg.Client | undefined;
   let tgt: pg.Client | undefined;
   try {
-    src = await connect('source', runner.spec.source, { applicationName: `pgferry cutover ${runner.rec.id}` });
+    src = await connect('source', runner.spec.source, { applicationName: `pgferry cutover ${runner.rec.id}`, extraOptions: '-c default_transaction_read_only=off' });
     tgt = await connect('target', runner.spec.target, { applicationName: `pgferry cutover ${runner.rec.id}` });
     await checkFencePrivileges(src, database);
     const prepared = await src.query('SELECT gid FROM pg_prepared_xacts WHERE database = current_database()');

@@ -106,6 +106,14 @@ export function connectError(side: 'source' | 'target', where: string, e: unknow
       `Grant the privilege to ${field}.user or connect as a role that has it.`, { cause: e });
   }
   const code = side === 'source' ? 'SOURCE_UNREACHABLE' : 'TARGET_UNREACHABLE';
+  if (/does not support SSL/i.test(raw)) {
+    return new PgferryError(code, `The ${side} server at ${where} does not accept TLS connections, but ${field}.sslMode requires TLS.`,
+      `Enable ssl on the ${side} server, or set ${field}.sslMode to 'prefer' (TLS when offered) or 'disable'.`, { cause: e });
+  }
+  if (/self[- ]signed|unable to verify|altname|certificate/i.test(raw)) {
+    return new PgferryError(code, `The ${side} server's TLS certificate at ${where} could not be verified: ${raw}.`,
+      `Give ${field}.sslRootCert the CA that signed it (and for verify-full use the host name in the certificate), or use sslMode 'require' to encrypt without verifying.`, { cause: e });
+  }
   return new PgferryError(code, `Cannot connect to the ${side} at ${where}: ${raw}.`,
     `Check ${field}.host and ${field}.port, that the server is running and that the agent's network can reach it.`,
     { cause: e });

@@ -236,7 +236,7 @@ export class MigrationRunner {
         } finally { await snap.release(); }
       } else {
         const plan = await planLoad(tgt, this.rec.id, data, log);
-        for (const [key] of plan.done) { const p = this.copyProgress.get(key); if (p) p.phase = 'copied'; }
+        await this.restoreCopyProgress(tgt);
         const todo = this.widenToWholePartitionTrees(plan.todo, data, plan.done);
         if (todo.length) {
           if (todo.length > plan.todo.length) {
@@ -287,6 +287,7 @@ export class MigrationRunner {
     const signal = this.abort.signal;
     await this.withClients(async (src, tgt) => {
       const tables = await this.loadTables(src);
+      await this.restoreCopyProgress(tgt);
       if ((await getMarker(tgt, this.rec.id, 'post-data')) !== undefined) return;
       if (this.spec.schemaMode === 'create') {
         const plan = await planSchema(src, tables);
@@ -298,6 +299,19 @@ export class MigrationRunner {
       if (!signal.aborted) await setMarker(tgt, this.rec.id, 'post-data', new Date().toISOString());
     });
     if (!signal.aborted) this.setPhase('syncing');
+  }
+
+  /** Restore per-table copy figures from the target's records (after a restart). */
+  private async restoreCopyProgress(tgt: pg.Client): Promise<void> {
+    const r = await tgt.query(`SELECT table_name, sum(rows)::float8 AS rows, sum(bytes)::float8 AS bytes, count(*)::int AS parts_done, max(parts)::int AS parts
+      FROM pgferry.copy_state WHERE migration_id = $1 GROUP BY table_name`, [this.rec.id]);
+    for (const row of r.rows) {
+      const p = this.copyProgress.get(row.table_name);
+      if (!p) continue;
+      p.rowsCopied = Number(row.rows); p.bytesCopied = Number(row.bytes);
+      p.partsDone = row.parts_done; p.parts = row.parts;
+      if (row.parts_done === row.parts) p.phase = 'copied';
+    }
   }
 
   /** Which source LSN each table's copy is valid from (root name for partitions). */
@@ -319,6 +333,7 @@ export class MigrationRunner {
     const signal = this.abort.signal;
     const map = await this.withClients(async (src, tgt) => {
       await this.loadTables(src);
+      await this.restoreCopyProgress(tgt);
       for (const p of this.copyProgress.values()) if (p.phase !== 'copied') p.phase = 'copied';
       return this.tableSyncLsn(tgt);
     });

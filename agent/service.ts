@@ -9,7 +9,7 @@
 import { PgferryError } from './errors';
 import { MigrationRunner, preflightOrThrow, type LogFn, type MigrationStatus } from './migration';
 import { runPreflight, type PreflightReport } from './preflight';
-import { parseSpec, publicationNameOf, slotNameOf, specFingerprint } from './spec';
+import { parseSpec, publicationNameOf, slotNameOf, specFingerprint, stableJson } from './spec';
 import type { MigrationRecord, StateStore } from './state';
 import { FENCE_METHODS, VALIDATIONS, runCutover, type CutoverOptions } from './cutover';
 
@@ -71,9 +71,21 @@ export class AgentService {
           `Migration '${spec.id}' already exists on this agent with a different spec (source, target, tables or options differ).`,
           `Use another \`id\` for a new migration, or delete '${spec.id}' first (pgferry delete ${spec.id}).`);
       }
-      // Same migration: keep the newest credentials (a rotated password is not a new spec).
+      // Same migration: keep the newest credentials and apply knobs (a
+      // rotated password is not a new spec). A syncing migration restarts its
+      // stream to use them at once; an earlier phase picks them up when it
+      // next resumes (a load is not interrupted for them).
+      const changed = stableJson(existing.spec) !== stableJson(spec);
       existing.rec.spec = this.store.sealSpec(spec);
       this.store.put(existing.rec);
+      if (changed && existing.rec.phase === 'syncing' && !existing.cutoverRun) {
+        await existing.stop();
+        const fresh = new MigrationRunner(this.store, existing.rec, this.log);
+        this.runners.set(spec.id, fresh);
+        this.log('info', `Migration ${spec.id}: new credentials or apply settings; restarting its stream`, { migration: spec.id });
+        fresh.start();
+        return fresh.status();
+      }
       if (existing.rec.phase === 'failed') existing.start();
       return existing.status();
     }

@@ -10,13 +10,19 @@ import { AgentClient, isAgentError, type MigrationMessage } from '../provider/cl
 import { startAgent, type AgentProcess } from './support/agent';
 import { assertSameData, waitFor } from './support/compare';
 
-/** A client that commits tiny transactions as fast as it can and remembers which commits succeeded. */
+let writerNo = 0;
+
+/**
+ * A client that commits tiny transactions as fast as it can and remembers
+ * which commits succeeded. Each writer numbers its rows from its own base.
+ */
 function ledgerWriter(connect: () => Promise<pg.Client>) {
   const committed = new Set<number>();
   const inDoubt = new Set<number>();
   let refused = 0;
   let running = true;
-  let seq = 0;
+  const base = ++writerNo * 1_000_000;
+  let seq = base;
   const loop = (async () => {
     let c: pg.Client | null = null;
     while (running) {
@@ -42,7 +48,7 @@ function ledgerWriter(connect: () => Promise<pg.Client>) {
     }
     await c?.end().catch(() => undefined);
   })();
-  return { committed, inDoubt, get refused() { return refused; }, stop: async () => { running = false; await loop; } };
+  return { base, committed, inDoubt, get refused() { return refused; }, stop: async () => { running = false; await loop; } };
 }
 
 describe('cutover: PostgreSQL 14 → 17', function () {
@@ -159,6 +165,29 @@ describe('cutover: PostgreSQL 14 → 17', function () {
     await target.query('UPDATE ledger SET note = $1 WHERE id = (SELECT min(id) FROM ledger)', [orig.rows[0].note], DB);
   });
 
+  it('lifts the fence when the agent is killed in the middle of a cutover, and keeps syncing', async function () {
+    const lock = await target.client(DB);
+    await lock.query('BEGIN; LOCK TABLE ledger IN ACCESS EXCLUSIVE MODE');
+    await source.query("INSERT INTO ledger (client_seq, note) VALUES (-99999, 'pending at the fence')", [], DB);
+    const p = client.cutover({ id: 'ledger', maxLagBytes: 64 << 20, maxLagSeconds: 600, timeoutMs: 120_000 });
+    p.catch(() => undefined); // the agent dies under it
+    try {
+      await waitFor('the cutover to drain', async () => (await client.getMigration('ledger')).cutover?.state === 'draining');
+      assert.equal(await sourceWritable(), false, 'fenced while draining');
+      agent.kill();
+    } finally {
+      await lock.query('ROLLBACK'); await lock.end();
+    }
+    await agent.restart();
+    client.close();
+    client = new AgentClient({ endpoint: agent.endpoint });
+    await waitFor('the fence lifted and the migration syncing', async () => {
+      const m = await client.getMigration('ledger');
+      return m.phase === 'syncing' && m.cutover?.state === 'failed' && await sourceWritable();
+    });
+    await waitFor('target to catch up', async () => { await assertSameData(source, target, DB); return true; }, 60_000);
+  });
+
   it('cuts over under a continuous write load: every committed row lands, sequences are ahead, the connection switches', async function () {
     const w = ledgerWriter(() => source.client(DB));
     let done: MigrationMessage;
@@ -180,7 +209,7 @@ describe('cutover: PostgreSQL 14 → 17', function () {
     assert.match(rep.fenceLsn, /^[0-9A-F]+\/[0-9A-F]+$/);
     assert.ok(rep.tables.length === 2 && rep.tables.every((t) => t.match));
     // Every commit the client saw succeed is on the target; nothing else but in-doubt ones.
-    const rows = await target.query('SELECT client_seq FROM ledger WHERE client_seq > 0', [], DB);
+    const rows = await target.query('SELECT client_seq FROM ledger WHERE client_seq > $1 AND client_seq < $2', [w.base, w.base + 1_000_000], DB);
     const onTarget = new Set(rows.rows.map((r) => r.client_seq as number));
     const missing = [...w.committed].filter((i) => !onTarget.has(i));
     assert.deepEqual(missing, [], 'committed rows missing on the target');
