@@ -24,7 +24,6 @@
  *     re-scan the whole table per range.
  */
 import { pipeline } from 'node:stream/promises';
-import { Transform } from 'node:stream';
 import type pg from 'pg';
 import { from as copyFrom, to as copyTo } from 'pg-copy-streams';
 import { connect, qi, qn } from './conn';
@@ -197,10 +196,9 @@ async function copyTask(src: pg.Client, tgt: pg.Client, task: CopyTask, opts: Lo
   try {
     const out = src.query(copyTo(`COPY ${source} TO STDOUT WITH (FORMAT ${format})`));
     const into = tgt.query(copyFrom(`COPY ${qn(t.schema, t.name)} (${cols}) FROM STDIN WITH (FORMAT ${format})`));
-    const counter = new Transform({
-      transform(chunk: Buffer, _enc, cb) { prog.bytesCopied += chunk.length; cb(null, chunk); },
-    });
-    await pipeline(out, counter, into, { signal: opts.signal });
+    // Count bytes with a listener, not a Transform: one stream hop less per chunk.
+    out.on('data', (chunk: Buffer) => { prog.bytesCopied += chunk.length; });
+    await pipeline(out, into, { signal: opts.signal });
     const rows = Number((into as unknown as { rowCount?: number }).rowCount ?? 0);
     await tgt.query(`INSERT INTO pgferry.copy_state (migration_id, table_name, part, parts, snapshot_lsn, rows, bytes)
       VALUES ($1, $2, $3, $4, $5::pg_lsn, $6, $7)`, [opts.migrationId, key, task.part, task.parts, formatLsn(opts.snapshotLsn), rows, prog.bytesCopied - bytesBefore]);

@@ -2,7 +2,8 @@
  * indexes — post-data: secondary indexes, exclusion and foreign-key
  * constraints and replica identities, built on the target after the load
  * (building them into loaded tables is far cheaper than maintaining them row
- * by row during COPY), `indexJobs` at a time, then ANALYZE.
+ * by row during COPY), `indexJobs` at a time. `analyzeTables` refreshes the
+ * planner's statistics afterwards, in the background of the sync.
  *
  * Input: the schema plan's `postData` statements (each re-runnable: an
  * `existsSql` probe skips what a previous run already built).
@@ -71,13 +72,22 @@ export async function runPostData(opts: PostDataOptions): Promise<void> {
       await Promise.all(conns.map((c) => c.end().catch(() => undefined)));
     }
   }
-  // Fresh statistics so the apply's lookups use the new indexes.
-  const c = await connect('target', opts.target, { applicationName: 'pgferry analyze' });
+}
+
+/**
+ * ANALYZE the loaded tables, off the critical path: it runs while the stream
+ * already applies (the planner's first lookups use the primary keys either
+ * way), and its marker keeps a restart from doing it twice.
+ */
+export async function analyzeTables(target: Endpoint, tables: TableInfo[], signal: AbortSignal, log: PostDataOptions['log']): Promise<boolean> {
+  const c = await connect('target', target, { applicationName: 'pgferry analyze' });
   try {
-    const roots = opts.tables.filter((t) => t.root === null);
-    for (const t of roots) {
-      if (opts.signal.aborted) return;
+    const t0 = Date.now();
+    for (const t of tables.filter((x) => x.root === null)) {
+      if (signal.aborted) return false;
       await c.query(`ANALYZE ${qn(t.schema, t.name)}`);
     }
+    log('info', `Analyzed ${tables.length} table(s) on the target in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+    return true;
   } finally { await c.end().catch(() => undefined); }
 }

@@ -21,7 +21,7 @@ import { formatLsn, parseLsn, type Lsn } from './lsn';
 import { migratableTables, runPreflight, summarizeFailures } from './preflight';
 import { createPublication, createSlotWithSnapshot, dropSourceObjects, slotExists } from './snapshot';
 import { planLoad, planTasks, runLoad, type TableCopyProgress } from './copy';
-import { runPostData } from './indexes';
+import { analyzeTables, runPostData } from './indexes';
 import { applyPreData, planSchema, verifyExistingSchema } from './schema';
 import { runSync, type SyncProgress } from './sync';
 import { ensureTargetState, getMarker, readAppliedLsn, setMarker, dropTargetState } from './target-state';
@@ -337,6 +337,7 @@ export class MigrationRunner {
       for (const p of this.copyProgress.values()) if (p.phase !== 'copied') p.phase = 'copied';
       return this.tableSyncLsn(tgt);
     });
+    void this.analyzeOnce(signal);
     await runSync({
       migrationId: this.rec.id, source: this.spec.source, target: this.spec.target,
       slotName: this.rec.slotName, publicationName: this.rec.publicationName, tableSyncLsn: map,
@@ -344,6 +345,23 @@ export class MigrationRunner {
       onProgress: (p) => this.onSyncProgress(p),
       log: (l, m, f) => this.log(l, m, { migration: this.rec.id, ...f }),
     });
+  }
+
+  /** Fresh planner statistics for the loaded tables, once, in the background. */
+  private async analyzeOnce(signal: AbortSignal): Promise<void> {
+    try {
+      const done = await this.withTarget((tgt) => getMarker(tgt, this.rec.id, 'analyzed'));
+      if (done !== undefined) return;
+      const ok = await analyzeTables(this.spec.target, this.tables, signal, (l, m, f) => this.log(l, m, { migration: this.rec.id, ...f }));
+      if (ok) await this.withTarget((tgt) => setMarker(tgt, this.rec.id, 'analyzed', new Date().toISOString()));
+    } catch (e) {
+      if (!signal.aborted) this.log('warn', `ANALYZE of the loaded tables failed (statistics will come from autovacuum): ${(e as Error).message}`, { migration: this.rec.id });
+    }
+  }
+
+  private async withTarget<T>(fn: (tgt: pg.Client) => Promise<T>): Promise<T> {
+    const tgt = await connect('target', this.spec.target, { applicationName: `pgferry ${this.rec.id}` });
+    try { return await fn(tgt); } finally { await tgt.end().catch(() => undefined); }
   }
 
   private onSyncProgress(p: SyncProgress): void {
