@@ -44,10 +44,10 @@
 import type pg from 'pg';
 import { connect, qi, qn } from './conn';
 import { PgferryError, sqlState, type PgServerError } from './errors';
-import { formatLsn, maxLsn, pgMicrosToUnixMs, type Lsn } from './lsn';
+import { formatLsn, maxLsn, parseLsn, pgMicrosToUnixMs, type Lsn } from './lsn';
 import { UNCHANGED_TOAST, type BeginMessage, type CommitMessage, type DeleteMessage, type InsertMessage, type RelationMessage, type TruncateMessage, type Tuple, type UpdateMessage } from './pgoutput';
 import type { Endpoint } from './spec';
-import { ensureTargetState, readAppliedLsn, writeAppliedLsn } from './target-state';
+import { commitWithAppliedLsn, ensureTargetState, readAppliedLsn } from './target-state';
 
 export type LogFn = (level: 'info' | 'warn' | 'error', msg: string, fields?: object) => void;
 
@@ -150,8 +150,24 @@ class ShortRowCount extends Error {}
  * each call before the next (sync.ts drives it from one loop).
  */
 export class Applier {
-  /** Everything the source committed before this position is committed on the target. */
+  /** Everything the source committed before this position is committed (visible) on the target. */
   appliedLsn: Lsn;
+  /**
+   * Everything the source committed before this position is committed AND
+   * flushed on the target: the only position ever confirmed to the source.
+   */
+  durableLsn: Lsn;
+  /** Committed batches not yet known to be flushed: source end LSN → target commit position. */
+  private notDurable: Array<{ sourceLsn: Lsn; localLsn: Lsn }> = [];
+  /** The batch committing on the target while the next one gathers. */
+  private inflight: Promise<void> | null = null;
+  private inflightChanges = 0;
+  private inflightFailure: { e: unknown } | null = null;
+  /** An idle position seen while a batch was in flight: covered once it commits. */
+  private idleWhileInflight: Lsn = 0n;
+  /** Called after each batch commits (sync.ts reports progress and confirms). */
+  onCommitted: (() => void) | null = null;
+  private lastLocalLsn: Lsn = 0n;
   appliedCommitTime: Date | null = null;
   changesApplied = 0;
   transactionsApplied = 0;
@@ -168,6 +184,7 @@ export class Applier {
 
   private constructor(private readonly client: pg.Client, readonly mode: ApplyMode, private readonly opts: ApplierOptions, durableLsn: Lsn) {
     this.appliedLsn = durableLsn;
+    this.durableLsn = durableLsn;
     this.safeThroughLsn = opts.safeThroughLsn ?? null;
     this.log = opts.log ?? (() => undefined);
   }
@@ -176,9 +193,12 @@ export class Applier {
   static async open(target: Endpoint, opts: ApplierOptions): Promise<Applier> {
     const client = await connect('target', target, { applicationName: 'pgferry-apply' });
     try {
-      // Durability of what we confirm to the source depends on the target's
-      // commit being flushed; long chunked transactions must not be cut off.
-      await client.query("SET synchronous_commit = on; SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0");
+      // Commits are asynchronous (as PostgreSQL's own apply worker's): what is
+      // confirmed to the source is not the committed position but the durable
+      // one (`durableLsn`: batches whose commit record the target has flushed),
+      // so a target crash that loses the last commits loses nothing for good.
+      // Long chunked transactions must not be cut off by timeouts.
+      await client.query("SET synchronous_commit = off; SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0");
       let mode: ApplyMode = 'replica';
       try {
         await client.query('SET session_replication_role = replica');
@@ -205,7 +225,7 @@ export class Applier {
   /** Inside a source transaction (between Begin and Commit). */
   get inSourceTransaction(): boolean { return this.txn !== null; }
   /** Changes gathered in the open batch, not yet committed. */
-  get pendingChanges(): number { return this.batch?.changes ?? 0; }
+  get pendingChanges(): number { return (this.batch?.changes ?? 0) + this.inflightChanges; }
   /** ms the open batch has been open; null when none. */
   batchAgeMs(nowMs = Date.now()): number | null { return this.batch ? nowMs - this.batch.openedAtMs : null; }
 
@@ -252,7 +272,15 @@ export class Applier {
     txn.changes++;
     // Guard 3 (bounded memory): a transaction larger than a batch is executed
     // in chunks inside the open target transaction; it commits with its Commit.
-    if (this.pending.length >= this.opts.batchChanges) await this.execute();
+    // (Twice the batch size: an ordinary batch that reaches batchChanges at
+    // its last change commits through flush() — overlapped with decoding —
+    // instead of being executed here while decoding waits.)
+    if (this.pending.length >= 2 * this.opts.batchChanges) {
+      await this.settle();
+      const chunk = this.pending;
+      this.pending = [];
+      await this.execute(this.batch, chunk);
+    }
   }
 
   /** Commit of a source transaction. Returns true when a target transaction was committed. */
@@ -266,7 +294,8 @@ export class Applier {
     if (!this.batch) {
       // Nothing of ours in it and nothing open: the target already reflects
       // everything before its end (PG < 15 sends empty transactions too).
-      this.appliedLsn = maxLsn(this.appliedLsn, m.endLsn);
+      if (this.inflight) this.idleWhileInflight = maxLsn(this.idleWhileInflight, m.endLsn);
+      else { this.appliedLsn = maxLsn(this.appliedLsn, m.endLsn); this.coverIdle(m.endLsn); }
       return false;
     }
     this.batch.lastEndLsn = m.endLsn;
@@ -291,39 +320,113 @@ export class Applier {
   boundary(walEnd: Lsn): void {
     if (this.txn) return;
     if (this.batch) this.batch.boundaryLsn = maxLsn(this.batch.boundaryLsn, walEnd);
-    else this.appliedLsn = maxLsn(this.appliedLsn, walEnd);
+    else if (this.inflight) this.idleWhileInflight = maxLsn(this.idleWhileInflight, walEnd);
+    else { this.appliedLsn = maxLsn(this.appliedLsn, walEnd); this.coverIdle(walEnd); }
   }
 
-  /** Commit the open batch (call between source transactions). No-op when none is open. */
+  /**
+   * A position that covers no change of ours: durable as soon as every batch
+   * committed before it is (it rides on the last batch's commit position).
+   */
+  private coverIdle(lsn: Lsn): void {
+    if (this.notDurable.length === 0) this.durableLsn = maxLsn(this.durableLsn, lsn);
+    else this.notDurable.push({ sourceLsn: lsn, localLsn: this.lastLocalLsn });
+  }
+
+  /** Advance `durableLsn` over batches whose target commit is at or below `flushedLsn`. */
+  private advanceDurable(flushedLsn: Lsn): void {
+    while (this.notDurable.length && this.notDurable[0].localLsn <= flushedLsn) {
+      this.durableLsn = maxLsn(this.durableLsn, this.notDurable.shift()!.sourceLsn);
+    }
+  }
+
+  /** Commits not yet known to be flushed on the target. */
+  get undurableBatches(): number { return this.notDurable.length; }
+
+  /** Ask the target how far its WAL is flushed (cheap; safe inside an open transaction). */
+  async refreshDurable(): Promise<void> {
+    if (this.notDurable.length === 0) return;
+    const r = await this.client.query('SELECT pg_current_wal_flush_lsn()::text AS l');
+    this.advanceDurable(parseLsn(r.rows[0].l));
+  }
+
+  /**
+   * Commit the open batch (call between source transactions). No-op when none
+   * is open. The batch's statements and COMMIT run on the target while the
+   * caller goes on decoding the next batch (at most one batch in flight):
+   * decode and target execution overlap instead of taking turns. A failure
+   * surfaces from the next call that needs the connection (`settle`).
+   */
   async flush(): Promise<void> {
     const batch = this.batch;
     if (!batch) return;
     if (this.txn) throw new PgferryError('INTERNAL', 'flush inside a source transaction', 'Restart the agent; report this if it repeats.');
+    await this.settle();
+    const changes = this.pending;
+    this.pending = [];
+    this.batch = null;
+    this.inflightChanges = batch.changes;
+    const p = this.commitBatch(batch, changes).finally(() => { this.inflightChanges = 0; });
+    p.catch((e) => { this.inflightFailure ??= { e }; }); // surfaced by settle() / throwIfFailed()
+    this.inflight = p;
+  }
+
+  /** Wait for the batch in flight, if any; rethrows its failure. */
+  async settle(): Promise<void> {
+    const p = this.inflight;
+    if (!p) return;
+    this.inflight = null;
+    this.inflightFailure = null;
+    await p;
+  }
+
+  /** A batch is committing on the target. */
+  get hasInflight(): boolean { return this.inflight !== null; }
+
+  /** Rethrow the failure of the batch in flight as soon as it is known. */
+  throwIfFailed(): void {
+    const f = this.inflightFailure;
+    if (f) { this.inflight = null; this.inflightFailure = null; throw f.e; }
+  }
+
+  private async commitBatch(batch: Batch, changes: Change[]): Promise<void> {
     const endLsn = maxLsn(batch.lastEndLsn ?? 0n, batch.boundaryLsn);
     try {
-      await this.execute();
+      await this.execute(batch, changes);
       if (batch.targetTxnOpen) {
-        await writeAppliedLsn(this.client, this.opts.migrationId, endLsn, batch.lastCommitTime);
-        await this.client.query('COMMIT');
+        const { localLsn, flushedLsn } = await commitWithAppliedLsn(this.client, this.opts.migrationId, endLsn, batch.lastCommitTime);
         batch.targetTxnOpen = false;
+        this.lastLocalLsn = localLsn;
+        this.notDurable.push({ sourceLsn: endLsn, localLsn });
+        this.advanceDurable(flushedLsn);
+      } else {
+        this.coverIdle(endLsn);
       }
     } catch (e) {
-      throw await this.failed(e, null);
+      throw await this.failed(e, null, batch);
     }
-    this.batch = null;
     this.appliedLsn = maxLsn(this.appliedLsn, endLsn);
     if (batch.lastCommitTime) this.appliedCommitTime = batch.lastCommitTime;
     this.changesApplied += batch.changes;
     this.transactionsApplied += batch.txns;
     this.lastBatchAt = new Date();
+    // Positions that arrived (idle keepalives) while this batch was in flight.
+    if (this.idleWhileInflight > 0n) {
+      this.appliedLsn = maxLsn(this.appliedLsn, this.idleWhileInflight);
+      this.coverIdle(this.idleWhileInflight);
+      this.idleWhileInflight = 0n;
+    }
     if (this.safeThroughLsn !== null && this.appliedLsn > this.safeThroughLsn) {
       this.log('info', `one-change-per-statement replay done through ${formatLsn(this.safeThroughLsn)}; back to set-based apply`, { event: 'safe-replay-done' });
       this.safeThroughLsn = null;
     }
+    this.onCommitted?.();
   }
 
   /** Roll back whatever is open and disconnect. Uncommitted changes are re-sent after a restart. */
   async close(): Promise<void> {
+    await this.inflight?.catch(() => undefined);
+    this.inflight = null;
     if (this.batch?.targetTxnOpen) await this.client.query('ROLLBACK').catch(() => undefined);
     this.batch = null;
     this.pending = [];
@@ -399,11 +502,8 @@ export class Applier {
 
   // ---- execution -----------------------------------------------------------
 
-  private async execute(): Promise<void> {
-    const batch = this.batch;
-    if (!batch || this.pending.length === 0) return;
-    const changes = this.pending;
-    this.pending = [];
+  private async execute(batch: Batch, changes: Change[]): Promise<void> {
+    if (changes.length === 0) return;
     const safe = this.safeThroughLsn !== null && changes[0].lsn <= this.safeThroughLsn;
     if (safe) batch.safe = true;
     let current: Run | null = null;
@@ -427,7 +527,7 @@ export class Applier {
         }
       }
     } catch (e) {
-      throw await this.failed(e, safe ? current : null);
+      throw await this.failed(e, safe ? current : null, batch);
     }
   }
 
@@ -445,9 +545,8 @@ export class Applier {
    * deadlock) are rethrown for a reconnect; in the fast path anything else
    * asks for a one-change-per-statement replay; in that replay it is fatal.
    */
-  private async failed(e: unknown, safeRun: Run | null): Promise<unknown> {
+  private async failed(e: unknown, safeRun: Run | null, batch: Batch): Promise<unknown> {
     if (e instanceof PgferryError || e instanceof SafeReplayNeeded) return e;
-    const batch = this.batch;
     if (batch?.targetTxnOpen) {
       await this.client.query('ROLLBACK').catch(() => undefined);
       batch.targetTxnOpen = false;

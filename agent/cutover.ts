@@ -37,6 +37,7 @@ import { dataColumns, dataTables, selectTables, tableKey } from './catalog';
 import { migratableTables } from './preflight';
 import { listSequences } from './schema';
 import { tableFingerprint, tableRowCount } from './checksum';
+import { setMarker } from './target-state';
 import type { MigrationRunner } from './migration';
 
 export const FENCE_METHODS = ['default_transaction_read_only'] as const;
@@ -196,6 +197,11 @@ export async function runCutover(runner: MigrationRunner, opts: CutoverOptions, 
       if (remaining() <= 0) throw timedOut(`draining to the fence LSN ${report.fenceLsn} (applied ${s ? formatLsn(s.appliedLsn) : 'nothing yet'})`);
       await sleep(5);
     }
+
+    // The apply commits asynchronously; make everything it committed durable
+    // before the target takes over (a synchronous commit flushes all WAL before it).
+    await tgt.query('SET synchronous_commit = on');
+    await setMarker(tgt, runner.rec.id, 'cutover-drained', report.fenceLsn);
 
     // 4. Sequences: after the last change, so the first insert on the target cannot collide.
     setState('sequences');

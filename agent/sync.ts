@@ -67,6 +67,8 @@ export interface SyncProgress {
 
 /** How often the source hears from us even when nothing changes (wal_sender_timeout defaults to 60 s). */
 const STATUS_INTERVAL_MS = 10_000;
+/** How often to ask the target how far its WAL is flushed while commits wait to become durable. */
+const DURABLE_POLL_MS = 100;
 const BACKOFF_MIN_MS = 500;
 const BACKOFF_MAX_MS = 30_000;
 const RATE_WINDOW_MS = 10_000;
@@ -159,19 +161,24 @@ async function runSession(opts: SyncOptions, state: SyncState, log: LogFn): Prom
     migrationId: opts.migrationId, batchChanges: opts.batchChanges, batchMs: opts.batchMs, tableSyncLsn: opts.tableSyncLsn,
     safeThroughLsn: state.safeThroughLsn, fallbackStartLsn: slotLsn, log,
   });
-  // The target's durable position may trail the slot's confirmed position
-  // and what this process already knew was applied (idle positions are not
-  // written to the target). All three only ever cover applied changes, and
-  // the server starts from the slot's position at the earliest anyway.
-  applier.appliedLsn = maxLsn(maxLsn(applier.appliedLsn, slotLsn), state.appliedLsn);
+  // The target's recorded position may trail the slot's confirmed position
+  // (idle positions are not written to the target). Both only ever cover
+  // durably applied changes, and the server starts from the slot's position
+  // at the earliest anyway.
+  // Only durable positions count here: what this process saw committed may
+  // have been lost by a target crash (commits are asynchronous, see apply.ts).
+  applier.appliedLsn = maxLsn(applier.appliedLsn, slotLsn);
+  applier.durableLsn = applier.appliedLsn;
   const base = { changes: state.changesApplied, txns: state.transactionsApplied };
   let stream: ReplicationStream<PgoutputMessage> | null = null;
   let timer: NodeJS.Timeout | null = null;
+  let durableTimer: NodeJS.Timeout | null = null;
   let lastSentLsn = -1n;
   let lastSentAtMs = 0;
 
   const sendStatus = (force: boolean) => {
-    const lsn = applier.appliedLsn;
+    // Guard 9 (durability): confirm only what the target has flushed.
+    const lsn = applier.durableLsn;
     if (!stream || (!force && lsn === lastSentLsn && Date.now() - lastSentAtMs < STATUS_INTERVAL_MS)) return;
     stream.sendStatus(lsn);
     lastSentLsn = lsn;
@@ -202,16 +209,35 @@ async function runSession(opts: SyncOptions, state: SyncState, log: LogFn): Prom
     stream = await ReplicationStream.open<PgoutputMessage>({
       source: opts.source, slotName: opts.slotName, publicationName: opts.publicationName,
       startLsn: applier.appliedLsn, decode: (payload) => parser.parse(payload),
+      // Room for about two batches: the walsender keeps decoding while the
+      // previous batch executes on the target.
+      highWaterEvents: Math.max(512, Math.min(2 * opts.batchChanges + 512, 32_768)),
     });
     log('info', `streaming changes from slot "${opts.slotName}" from ${formatLsn(applier.appliedLsn)}`, { mode: applier.mode, safeThroughLsn: applier.safeThroughLsn === null ? null : formatLsn(applier.safeThroughLsn) });
     timer = setInterval(() => { sendStatus(false); report(); }, STATUS_INTERVAL_MS);
     timer.unref();
+    // The target's WAL writer flushes asynchronous commits within
+    // wal_writer_delay; ask for the flush position a few times a second while
+    // some committed batches are not known durable, then confirm them.
+    let refreshing = false;
+    durableTimer = setInterval(() => {
+      if (refreshing || applier.undurableBatches === 0) return;
+      refreshing = true;
+      // node-postgres queues this behind whatever the loop is running on the
+      // same connection; a read-only function call is harmless inside a batch.
+      applier.refreshDurable().then(() => sendStatus(false), () => undefined).finally(() => { refreshing = false; });
+    }, DURABLE_POLL_MS);
+    durableTimer.unref();
     report();
 
+    applier.onCommitted = () => { sendStatus(false); report(); };
     while (!opts.signal.aborted) {
+      applier.throwIfFailed();
       const ageMs = applier.batchAgeMs();
       const atBoundary = !applier.inSourceTransaction;
-      const waitMs = ageMs !== null && atBoundary ? Math.max(0, opts.batchMs - ageMs) : STATUS_INTERVAL_MS;
+      let waitMs = ageMs !== null && atBoundary ? Math.max(0, opts.batchMs - ageMs) : STATUS_INTERVAL_MS;
+      // A batch in flight may fail while the stream is quiet: look again soon.
+      if (applier.hasInflight) waitMs = Math.min(waitMs, 50);
       const ev = await stream.next(waitMs, opts.signal);
       if (opts.signal.aborted) break;
 
@@ -260,6 +286,7 @@ async function runSession(opts: SyncOptions, state: SyncState, log: LogFn): Prom
     }
   } finally {
     if (timer) clearInterval(timer);
+    if (durableTimer) clearInterval(durableTimer);
     report();
     await stream?.close();
     await applier.close();

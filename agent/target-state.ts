@@ -60,6 +60,23 @@ export async function writeAppliedLsn(client: pg.Client, migrationId: string, ls
   [migrationId, formatLsn(lsn), commitTime]);
 }
 
+/**
+ * The same as `writeAppliedLsn` + COMMIT, in ONE round trip, returning the
+ * target's WAL insert position after the commit (the commit record is below
+ * it) and its flush position. Values are our own LSN text and an ISO date,
+ * quoted as literals (a multi-statement simple query takes no parameters).
+ */
+export async function commitWithAppliedLsn(client: pg.Client, migrationId: string, lsn: Lsn, commitTime: Date | null): Promise<{ localLsn: Lsn; flushedLsn: Lsn }> {
+  const lit = (v: string) => `'${v.replace(/'/g, "''")}'`;
+  const res = await client.query(`INSERT INTO pgferry.apply_state (migration_id, applied_lsn, applied_commit_time)
+      VALUES (${lit(migrationId)}, ${lit(formatLsn(lsn))}::pg_lsn, ${commitTime ? `${lit(commitTime.toISOString())}::timestamptz` : 'NULL'})
+    ON CONFLICT (migration_id) DO UPDATE SET applied_lsn = excluded.applied_lsn, applied_commit_time = excluded.applied_commit_time, updated_at = now();
+    COMMIT;
+    SELECT pg_current_wal_insert_lsn()::text AS local, pg_current_wal_flush_lsn()::text AS flushed`) as unknown as pg.QueryResult[];
+  const row = res[res.length - 1].rows[0];
+  return { localLsn: parseLsn(row.local), flushedLsn: parseLsn(row.flushed) };
+}
+
 export async function getMarker(client: pg.Client, migrationId: string, marker: string): Promise<string | null | undefined> {
   const r = await client.query('SELECT value FROM pgferry.migration_state WHERE migration_id = $1 AND marker = $2', [migrationId, marker]);
   return r.rows.length ? r.rows[0].value : undefined;
