@@ -8,6 +8,7 @@
  * allowed-value tuples are copies of the agent's, kept equal by a unit test,
  * so that the provider needs neither zod nor the agent's modules at run time.
  */
+import type { AgentClientOptions } from './client';
 
 /** The value the Pulumi engine sends during preview for a value not known yet. */
 export const UNKNOWN = '04da6b54-80e4-46f7-96ec-b56ff0331ba9';
@@ -45,24 +46,12 @@ export const DEFAULTS = {
   cutoverOptions: { maxLagBytes: 1024 * 1024, maxLagSeconds: 5, timeoutMs: 300_000, validation: 'checksums' as CutoverValidation, skipSequences: false },
 } as const;
 
-/** Where the agent is and how to talk to it. */
-export interface AgentArgs {
-  /** `host:port` of the agent's gRPC listener, e.g. `10.0.0.4:7443`. */
-  endpoint: string;
-  /** Bearer token the agent was started with (a secret). Default: none. */
-  token?: string;
-  /** PEM text of the CA that signed the agent's TLS certificate. Default: none (system roots). */
-  caCert?: string;
-  /** PEM text of a client certificate, for an agent that requires mutual TLS. Default: none. */
-  clientCert?: string;
-  /** PEM text of the private key of `clientCert` (a secret). */
-  clientKey?: string;
-  /**
-   * Plain-text gRPC without TLS. Default: `false`; a loopback endpoint
-   * (127.0.0.1, ::1, localhost) without `caCert` is plain text anyway.
-   */
-  insecure?: boolean;
-}
+/**
+ * Where the agent is and how to talk to it: the agent client's options
+ * (provider/client.ts documents each field and its default) without call
+ * deadlines. `token` and `clientKey` are secrets.
+ */
+export type AgentArgs = Omit<AgentClientOptions, 'defaultTimeoutMs'>;
 
 /** A PostgreSQL endpoint: either the separate fields or `connectionString`. */
 export interface EndpointArgs {

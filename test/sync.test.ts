@@ -8,6 +8,7 @@
  * so tables start empty. We wait until the sync's appliedLsn passes the
  * source's WAL insert position taken after the writes, then compare every table.
  */
+import { assertSameTables } from './support/compare';
 import assert from 'node:assert/strict';
 import pg from 'pg';
 import { SESSION_OPTIONS } from '../agent/conn';
@@ -18,7 +19,6 @@ import { ReplicationStream } from '../agent/receive';
 import { encodeStandbyStatus, parseKeepalive, runSync, type SyncOptions, type SyncProgress } from '../agent/sync';
 import { startCluster, type Cluster, type PgMajor } from '../agent/testbed';
 import { ALL_TYPES_DDL, ALL_TYPES_ROWS, NUMERIC_INFINITY_ROWS, SCHEMA_FEATURES_DDL, SCHEMA_FEATURES_ROWS } from './fixtures/types';
-import { tableFingerprint } from '../agent/checksum';
 
 const PAIRS: { source: PgMajor; target: PgMajor }[] = [{ source: 14, target: 17 }, { source: 17, target: 17 }];
 
@@ -86,23 +86,8 @@ async function currentLsn(client: pg.Client): Promise<Lsn> {
   return parseLsn((await client.query('SELECT pg_current_wal_insert_lsn()::text AS l')).rows[0].l);
 }
 
-/** Assert every data table (ordinary tables and leaf partitions) of the source equals its target twin; returns their names. */
-async function assertSameData(s: pg.Client, t: pg.Client): Promise<string[]> {
-  const tables = (await s.query(`SELECT n.nspname AS schema, c.relname AS name,
-      array_agg(a.attname::text ORDER BY a.attnum) FILTER (WHERE a.attgenerated = '') AS columns
-    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-    JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-    WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgferry') AND n.nspname NOT LIKE 'pg\\_%'
-    GROUP BY 1, 2 ORDER BY 1, 2`)).rows as { schema: string; name: string; columns: string[] }[];
-  assert.ok(tables.length > 0, 'no tables to compare');
-  const diffs: string[] = [];
-  for (const tb of tables) {
-    const [a, b] = await Promise.all([tableFingerprint(s, tb.schema, tb.name, tb.columns), tableFingerprint(t, tb.schema, tb.name, tb.columns)]);
-    if (a.rows !== b.rows || a.checksum !== b.checksum) diffs.push(`${tb.schema}.${tb.name}: source ${a.rows} rows/${a.checksum}, target ${b.rows} rows/${b.checksum}`);
-  }
-  assert.deepEqual(diffs, [], `tables differ:\n${diffs.join('\n')}`);
-  return tables.map((x) => `${x.schema}.${x.name}`);
-}
+/** Every data table (ordinary tables and leaf partitions) of the source equals its target twin. */
+const assertSameData = assertSameTables;
 
 async function rows(client: pg.Client, sql: string): Promise<unknown[]> {
   return (await client.query(sql)).rows;

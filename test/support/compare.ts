@@ -33,18 +33,23 @@ export async function assertSameData(source: Cluster, target: Cluster, database:
   const s = await sessionClient(source, database);
   const t = await sessionClient(target, database);
   try {
-    const tables = await listDataTables(s);
-    assert.ok(tables.length > 0, 'no tables to compare');
-    const diffs: string[] = [];
-    for (const tb of tables) {
-      const [a, b] = await Promise.all([tableFingerprint(s, tb.schema, tb.name, tb.columns), tableFingerprint(t, tb.schema, tb.name, tb.columns)]);
-      if (a.rows !== b.rows || a.checksum !== b.checksum) diffs.push(`${tb.schema}.${tb.name}: source ${a.rows} rows/${a.checksum}, target ${b.rows} rows/${b.checksum}`);
-    }
-    assert.deepEqual(diffs, [], `tables differ:\n${diffs.join('\n')}`);
-    return tables.map((x) => `${x.schema}.${x.name}`);
+    return await assertSameTables(s, t);
   } finally {
     await s.end(); await t.end();
   }
+}
+
+/** The same over two open clients (source first); returns `schema.table` names compared. */
+export async function assertSameTables(s: pg.Client, t: pg.Client): Promise<string[]> {
+  const tables = await listDataTables(s);
+  assert.ok(tables.length > 0, 'no tables to compare');
+  const diffs: string[] = [];
+  for (const tb of tables) {
+    const [a, b] = await Promise.all([tableFingerprint(s, tb.schema, tb.name, tb.columns), tableFingerprint(t, tb.schema, tb.name, tb.columns)]);
+    if (a.rows !== b.rows || a.checksum !== b.checksum) diffs.push(`${tb.schema}.${tb.name}: source ${a.rows} rows/${a.checksum}, target ${b.rows} rows/${b.checksum}`);
+  }
+  assert.deepEqual(diffs, [], `tables differ:\n${diffs.join('\n')}`);
+  return tables.map((x) => `${x.schema}.${x.name}`);
 }
 
 export async function currentLsn(c: Cluster, database: string): Promise<Lsn> {
