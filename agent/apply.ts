@@ -42,6 +42,7 @@
  * checked instead; a source UPDATE that changed one stops with APPLY_FAILED.
  */
 import type pg from 'pg';
+import { from as copyFrom } from 'pg-copy-streams';
 import { connect, qi, qn } from './conn';
 import { PgferryError, sqlState, type PgServerError } from './errors';
 import { formatLsn, maxLsn, parseLsn, pgMicrosToUnixMs, type Lsn } from './lsn';
@@ -124,7 +125,24 @@ interface Run {
   single: 'key-change' | 'full' | null;
 }
 
-interface Statement { text: string; values: unknown[]; run: Run; expectRows: number | null; onShort: 'fail' | 'warn' }
+interface Statement {
+  text: string; values: unknown[]; run: Run; expectRows: number | null; onShort: 'fail' | 'warn';
+  /** COPY … FROM STDIN text-format data, when the statement is a COPY. */
+  copyData?: string;
+}
+
+/** INSERT runs at least this long go through COPY (bulk insert path, no casts, no array literals). */
+const COPY_MIN_ROWS = 16;
+
+/**
+ * A raw pgoutput text value as a COPY text-format field: the value's own
+ * text, with backslash, newline, carriage return and tab escaped (the
+ * delimiter and the line structure are the only things COPY text reads).
+ */
+function copyField(v: string | null): string {
+  if (v === null) return '\\N';
+  return /[\\\n\r\t]/.test(v) ? v.replace(/[\\\n\r\t]/g, (ch) => (ch === '\\' ? '\\\\' : ch === '\n' ? '\\n' : ch === '\r' ? '\\r' : '\\t')) : v;
+}
 
 interface Batch {
   openedAtMs: number;
@@ -532,6 +550,15 @@ export class Applier {
   }
 
   private async run(st: Statement): Promise<pg.QueryResult> {
+    if (st.copyData !== undefined) {
+      const stream = this.client.query(copyFrom(st.text));
+      await new Promise<void>((resolve, reject) => {
+        stream.once('error', reject);
+        stream.once('finish', resolve);
+        stream.end(st.copyData);
+      });
+      return { rowCount: Number((stream as unknown as { rowCount?: number }).rowCount ?? 0) } as pg.QueryResult;
+    }
     let name = this.prepared.get(st.text);
     if (name === undefined && this.prepared.size < 2000) {
       name = `pgferry_${this.prepared.size}`;
@@ -655,6 +682,17 @@ export class Applier {
       if (m.writeIdx.length === 0) {
         // A table without columns (or only generated ones): rows carry no values.
         return { text: `INSERT INTO ${m.target.quoted} SELECT FROM generate_series(1, $1::int)`, values: [rows.length], run, expectRows: rows.length, onShort: 'fail' };
+      }
+      if (rows.length >= COPY_MIN_ROWS) {
+        // COPY writes identity (even GENERATED ALWAYS) columns as given and
+        // enforces the columns' types and lengths like an INSERT would.
+        let data = '';
+        for (const c of rows) {
+          const t = c.newTuple!;
+          for (let j = 0; j < m.writeIdx.length; j++) data += (j ? '\t' : '') + copyField(value(t, m.writeIdx[j], c));
+          data += '\n';
+        }
+        return { text: `COPY ${m.target.quoted} (${m.writeIdx.map(name).join(', ')}) FROM STDIN`, values: [], copyData: data, run, expectRows: rows.length, onShort: 'fail' };
       }
       const arr = m.writeIdx.map((i) => params.array(rows.map((c) => value(c.newTuple!, i, c))));
       return {
