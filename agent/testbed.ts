@@ -45,6 +45,12 @@ export interface Cluster {
   client(database?: string): Promise<pg.Client>;
   query(sql: string, params?: unknown[], database?: string): Promise<pg.QueryResult>;
   createDatabase(name: string): Promise<void>;
+  /**
+   * Crash the server (`kill -9` of the postmaster: what was only in shared
+   * memory, such as asynchronously committed WAL not yet written, is lost)
+   * and start it again on the same data directory (crash recovery).
+   */
+  crashAndRestart(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -105,6 +111,23 @@ class ClusterImpl implements Cluster {
   async createDatabase(name: string): Promise<void> {
     await this.query(`CREATE DATABASE "${name.replace(/"/g, '""')}"`);
   }
+  async crashAndRestart(): Promise<void> {
+    const proc = this.pg.process;
+    if (!proc?.pid) throw new Error('the cluster is not running');
+    const pid = proc.pid;
+    process.kill(pid, 'SIGKILL');
+    // The backends notice the postmaster's death and exit; a new postmaster
+    // refuses to start while they still hold the shared memory.
+    const alive = (p: number) => { try { process.kill(p, 0); return true; } catch { return false; } };
+    while (alive(pid)) await new Promise((r) => setTimeout(r, 20));
+    for (let attempt = 0; ; attempt++) {
+      try { await this.pg.start(); return; } catch (e) {
+        if (attempt >= 50) throw e;
+        await new Promise((r) => setTimeout(r, 200));
+      }
+    }
+  }
+
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
