@@ -21,7 +21,9 @@ const fmtBytes = (n: number) => (n > 1 << 20 ? `${(n / (1 << 20)).toFixed(1)} MB
 function line(m: MigrationMessage): string {
   const pct = `${Math.round(m.progress * 100)}%`.padStart(4);
   const lag = m.phase === 'syncing' || m.phase === 'cutting-over' ? `  lag ${fmtBytes(m.lagBytes)} / ${m.lagSeconds.toFixed(1)} s  applied ${m.changesApplied} changes (${Math.round(m.applyRate)}/s)` : '';
-  return `  ${m.phase.padEnd(12)} ${pct}  tables ${m.tablesCopied}/${m.tablesTotal}  rows ${m.rowsCopied}${m.etaSeconds > 0 ? `  eta ${m.etaSeconds}s` : ''}${lag}`;
+  // Rows are counted when a table (or a range of it) commits; bytes move live.
+  const moved = m.phase === 'loading' ? `copied ${fmtBytes(m.bytesCopied)} of ~${fmtBytes(m.bytesEstimated)}` : `rows ${m.rowsCopied}`;
+  return `  ${m.phase.padEnd(12)} ${pct}  tables ${m.tablesCopied}/${m.tablesTotal}  ${moved}${m.etaSeconds > 0 ? `  eta ${m.etaSeconds}s` : ''}${lag}`;
 }
 
 export async function runDemo(opts: DemoOptions): Promise<void> {
