@@ -78,11 +78,11 @@ export class AgentService {
       const changed = stableJson(existing.spec) !== stableJson(spec);
       existing.rec.spec = this.store.sealSpec(spec);
       this.store.put(existing.rec);
-      if (changed && existing.rec.phase === 'syncing' && !existing.cutoverRun) {
+      if (changed && (existing.rec.phase === 'syncing' || existing.rec.phase === 'failed') && !existing.cutoverRun) {
         await existing.stop();
         const fresh = new MigrationRunner(this.store, existing.rec, this.log);
         this.runners.set(spec.id, fresh);
-        this.log('info', `Migration ${spec.id}: new credentials or apply settings; restarting its stream`, { migration: spec.id });
+        this.log('info', `Migration ${spec.id}: new credentials or apply settings; ${existing.rec.phase === 'failed' ? 'resuming it with them' : 'restarting its stream'}`, { migration: spec.id });
         fresh.start();
         return fresh.status();
       }
