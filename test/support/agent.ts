@@ -77,8 +77,16 @@ async function spawnAgent(stateDir: string, logFile: string, extraArgs: string[]
   return { child, ...ports };
 }
 
+/** Agent directories (state + log) to remove when the test process exits; PGFERRY_KEEP_AGENT_DIR=1 keeps them for a post-mortem. */
+const agentDirs: string[] = [];
+process.once('exit', () => {
+  if (process.env.PGFERRY_KEEP_AGENT_DIR) return;
+  for (const d of agentDirs) { try { rmSync(d, { recursive: true, force: true }); } catch { /* best effort */ } }
+});
+
 export async function startAgent(opts: StartAgentOptions = {}): Promise<AgentProcess> {
   const dir = mkdtempSync(join(tmpdir(), 'pgferry-agent-'));
+  agentDirs.push(dir);
   const stateDir = join(dir, 'state');
   const logFile = join(dir, 'agent.log');
   const args = [...(opts.args ?? [])];
