@@ -24,6 +24,7 @@ import { planLoad, planTasks, runLoad, type TableCopyProgress } from './copy';
 import { analyzeTables, runPostData } from './indexes';
 import { applyPreData, planSchema, verifyExistingSchema } from './schema';
 import { runSync, type SyncProgress } from './sync';
+import { isTransientError } from './apply';
 import { ensureTargetState, getMarker, readAppliedLsn, setMarker, dropTargetState } from './target-state';
 import type { MigrationRecord, Phase, StateStore } from './state';
 import { liftFence } from './cutover';
@@ -54,6 +55,16 @@ export interface MigrationStatus {
 }
 
 const TERMINAL: Phase[] = ['completed', 'deleted'];
+/** Transient failures retried per phase before the migration is marked failed. */
+const TRANSIENT_RETRIES = 8;
+
+/** A transient error, also when wrapped (COPY_FAILED around a lost connection). */
+function isTransientDeep(e: unknown): boolean {
+  for (let x: unknown = e, depth = 0; x && depth < 5; x = (x as { cause?: unknown }).cause, depth++) {
+    if (isTransientError(x)) return true;
+  }
+  return false;
+}
 
 export class MigrationRunner {
   rec: MigrationRecord;
@@ -127,25 +138,43 @@ export class MigrationRunner {
 
   private async drive(): Promise<void> {
     const signal = this.abort.signal;
-    try {
-      if (this.rec.phase === 'cutting-over' && !this.cutoverRun) {
-        // The agent stopped in the middle of a cutover: undo the fence, keep syncing.
-        if (await liftFence(this)) this.log('warn', 'A cutover was interrupted by an agent restart; the fence was lifted and sync resumes', { migration: this.rec.id });
-        const rep = this.rec.cutover as { state?: string; error?: string } | undefined;
-        if (rep && rep.state !== 'completed') { rep.state = 'failed'; rep.error = rep.error || 'interrupted by an agent restart'; }
-        this.setPhase('syncing');
+    // Lost connections, a restarting server, deadlocks: the phase is retried
+    // (every phase resumes from what it made durable) with backoff, and the
+    // migration fails only when they persist.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.drivePhases(signal);
+        return;
+      } catch (e) {
+        if (signal.aborted) return;
+        if (attempt <= TRANSIENT_RETRIES && isTransientDeep(e)) {
+          const waitMs = Math.min(30_000, 1000 * 2 ** (attempt - 1));
+          this.log('warn', `phase ${this.rec.phase} hit a transient error, retrying in ${waitMs} ms (attempt ${attempt}/${TRANSIENT_RETRIES}): ${(e as Error).message}`, { migration: this.rec.id });
+          await new Promise((r) => { const t = setTimeout(r, waitMs); signal.addEventListener('abort', () => { clearTimeout(t); r(undefined); }, { once: true }); });
+          if (signal.aborted) return;
+          continue;
+        }
+        this.fail(e);
+        return;
       }
-      if (this.rec.phase === 'created' || this.rec.phase === 'schema') await this.phaseSchema();
-      if (signal.aborted) return;
-      if (this.rec.phase === 'loading') await this.phaseLoad();
-      if (signal.aborted) return;
-      if (this.rec.phase === 'indexing') await this.phaseIndexes();
-      if (signal.aborted) return;
-      if (this.rec.phase === 'syncing' || this.rec.phase === 'cutting-over') await this.phaseSync();
-    } catch (e) {
-      if (signal.aborted) return;
-      this.fail(e);
     }
+  }
+
+  private async drivePhases(signal: AbortSignal): Promise<void> {
+    if (this.rec.phase === 'cutting-over' && !this.cutoverRun) {
+      // The agent stopped in the middle of a cutover: undo the fence, keep syncing.
+      if (await liftFence(this)) this.log('warn', 'A cutover was interrupted by an agent restart; the fence was lifted and sync resumes', { migration: this.rec.id });
+      const rep = this.rec.cutover as { state?: string; error?: string } | undefined;
+      if (rep && rep.state !== 'completed') { rep.state = 'failed'; rep.error = rep.error || 'interrupted by an agent restart'; }
+      this.setPhase('syncing');
+    }
+    if (this.rec.phase === 'created' || this.rec.phase === 'schema') await this.phaseSchema();
+    if (signal.aborted) return;
+    if (this.rec.phase === 'loading') await this.phaseLoad();
+    if (signal.aborted) return;
+    if (this.rec.phase === 'indexing') await this.phaseIndexes();
+    if (signal.aborted) return;
+    if (this.rec.phase === 'syncing' || this.rec.phase === 'cutting-over') await this.phaseSync();
   }
 
   private async loadTables(src: pg.Client): Promise<TableInfo[]> {

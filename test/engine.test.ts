@@ -151,6 +151,27 @@ for (const pair of PAIRS) {
       await client.deleteMigration('many');
     });
 
+    it('takes a rotated source password from a repeated start, without an agent restart', async function () {
+      await source.createDatabase('rot');
+      await target.createDatabase('rot');
+      await source.query("CREATE ROLE mover LOGIN REPLICATION PASSWORD 'first-pass-111'", [], 'rot').catch(() => undefined);
+      await source.query(`GRANT CREATE ON DATABASE rot TO mover; CREATE TABLE r (id int PRIMARY KEY, v text); ALTER TABLE r OWNER TO mover;
+        INSERT INTO r SELECT g, 'v' || g FROM generate_series(1, 100) g`, [], 'rot');
+      const spec = (password: string) => specFor('rot', source, target, 'rot', { source: { ...source.endpoint('rot'), user: 'mover', password } });
+      await client.startMigration(spec('first-pass-111'));
+      await waitPhase(client, 'rot', 'syncing');
+      await source.query("ALTER ROLE mover PASSWORD 'second-pass-222'", [], 'rot');
+      const again = await client.startMigration(spec('second-pass-222'));
+      assert.equal(again.id, 'rot');
+      // Every session of the old password ends: the agent must come back with the new one.
+      await source.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'mover'", [], 'rot');
+      await source.query("INSERT INTO r SELECT g, 'after rotation' FROM generate_series(101, 200) g", [], 'rot');
+      await waitFor('target to equal source after the rotation', async () => { await assertSameData(source, target, 'rot'); return true; }, 60_000);
+      const m = await client.getMigration('rot');
+      assert.equal(m.phase, 'syncing', `${m.errorCode} ${m.errorMessage}`);
+      await client.deleteMigration('rot');
+    });
+
     describe('bad input gets a clear error and leaves nothing half-made', function () {
       before(async function () {
         await source.createDatabase('bad');
