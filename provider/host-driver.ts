@@ -185,6 +185,16 @@ export class ProviderHost {
     });
   }
 
+  /** A request of `Ctor` addressed to the resource `urn` (urn, name and type set, as the engine does). */
+  private request(Ctor: new () => Record<string, (v: unknown) => void>, urn: string, id?: string): Record<string, (v: unknown) => void> {
+    const req = new Ctor();
+    if (id !== undefined) req.setId(id);
+    req.setUrn(urn);
+    req.setName(urn.split('::').pop()!);
+    req.setType(MIGRATION_TYPE);
+    return req;
+  }
+
   async configure(): Promise<{ acceptSecrets: boolean }> {
     const req = new provproto.ConfigureRequest();
     req.setArgs(structproto.Struct.fromJavaScript({}));
@@ -194,10 +204,7 @@ export class ProviderHost {
   }
 
   async check(urn: string, olds: Props, news: Props): Promise<CheckReply> {
-    const req = new provproto.CheckRequest();
-    req.setUrn(urn);
-    req.setName(urn.split('::').pop()!);
-    req.setType(MIGRATION_TYPE);
+    const req = this.request(provproto.CheckRequest, urn);
     req.setOlds(structproto.Struct.fromJavaScript(olds));
     req.setNews(structproto.Struct.fromJavaScript(news));
     const res = await this.call<{ getInputs(): { toJavaScript(): Props }; getFailuresList(): Array<{ getProperty(): string; getReason(): string }> }>('check', req);
@@ -208,11 +215,7 @@ export class ProviderHost {
   }
 
   async diff(id: string, urn: string, olds: Props, news: Props): Promise<DiffReply> {
-    const req = new provproto.DiffRequest();
-    req.setId(id);
-    req.setUrn(urn);
-    req.setName(urn.split('::').pop()!);
-    req.setType(MIGRATION_TYPE);
+    const req = this.request(provproto.DiffRequest, urn, id);
     req.setOlds(structproto.Struct.fromJavaScript(olds));
     req.setNews(structproto.Struct.fromJavaScript(news));
     const res = await this.call<{ getChanges(): number; getReplacesList(): string[]; getDeletebeforereplace(): boolean }>('diff', req);
@@ -221,32 +224,21 @@ export class ProviderHost {
   }
 
   async create(urn: string, props: Props): Promise<{ id: string; properties: Props }> {
-    const req = new provproto.CreateRequest();
-    req.setUrn(urn);
-    req.setName(urn.split('::').pop()!);
-    req.setType(MIGRATION_TYPE);
+    const req = this.request(provproto.CreateRequest, urn);
     req.setProperties(structproto.Struct.fromJavaScript(props));
     const res = await this.call<{ getId(): string; getProperties(): { toJavaScript(): Props } }>('create', req);
     return { id: res.getId(), properties: res.getProperties().toJavaScript() };
   }
 
   async read(id: string, urn: string, props: Props): Promise<{ id: string; properties: Props }> {
-    const req = new provproto.ReadRequest();
-    req.setId(id);
-    req.setUrn(urn);
-    req.setName(urn.split('::').pop()!);
-    req.setType(MIGRATION_TYPE);
+    const req = this.request(provproto.ReadRequest, urn, id);
     req.setProperties(structproto.Struct.fromJavaScript(props));
     const res = await this.call<{ getId(): string; getProperties(): { toJavaScript(): Props } | undefined }>('read', req);
     return { id: res.getId(), properties: res.getProperties()?.toJavaScript() ?? {} };
   }
 
   async update(id: string, urn: string, olds: Props, news: Props): Promise<{ properties: Props }> {
-    const req = new provproto.UpdateRequest();
-    req.setId(id);
-    req.setUrn(urn);
-    req.setName(urn.split('::').pop()!);
-    req.setType(MIGRATION_TYPE);
+    const req = this.request(provproto.UpdateRequest, urn, id);
     req.setOlds(structproto.Struct.fromJavaScript(olds));
     req.setNews(structproto.Struct.fromJavaScript(news));
     const res = await this.call<{ getProperties(): { toJavaScript(): Props } }>('update', req);
@@ -254,11 +246,7 @@ export class ProviderHost {
   }
 
   async delete(id: string, urn: string, props: Props): Promise<void> {
-    const req = new provproto.DeleteRequest();
-    req.setId(id);
-    req.setUrn(urn);
-    req.setName(urn.split('::').pop()!);
-    req.setType(MIGRATION_TYPE);
+    const req = this.request(provproto.DeleteRequest, urn, id);
     req.setProperties(structproto.Struct.fromJavaScript(props));
     await this.call<unknown>('delete', req);
   }
