@@ -76,6 +76,7 @@ export class MigrationRunner {
   sync: SyncProgress | null = null;
   private syncCaughtUp = false;
   private lastCaughtUpAt = 0;
+  private lastLag: { lagBytes: number; retainedWalBytes: number } | null = null;
   private copyStartedAt = 0;
   private monitor: pg.Client | null = null;
   private monitorCache: { at: number; currentLsn: Lsn; restartLsn: Lsn | null; confirmedLsn: Lsn | null } | null = null;
@@ -479,6 +480,14 @@ export class MigrationRunner {
         const since = Math.max(this.lastCaughtUpAt, this.sync?.appliedCommitTime?.getTime() ?? 0, this.copyStartedAt);
         lagSeconds = since ? Math.max(0, (now - since) / 1000) : 0;
       }
+      this.lastLag = { lagBytes, retainedWalBytes };
+    } else if (live && this.lastLag) {
+      // The source does not answer: never report a reassuring 0. Keep the
+      // last measured bytes, and let the seconds grow since the last time
+      // we knew we were caught up.
+      ({ lagBytes, retainedWalBytes } = this.lastLag);
+      const since = Math.max(this.lastCaughtUpAt, this.sync?.appliedCommitTime?.getTime() ?? 0, this.copyStartedAt);
+      lagSeconds = since ? Math.max(0, (Date.now() - since) / 1000) : 0;
     }
     return {
       id: rec.id, phase: rec.phase,
