@@ -68,8 +68,7 @@ export interface ConnectOptions {
 
 /** Open and return a connected client, or throw an error naming the side and the fix. */
 export async function connect(side: Side, endpoint: Endpoint | ResolvedEndpoint, opts: ConnectOptions = {}): Promise<pg.Client> {
-  const e = 'sslMode' in endpoint && typeof (endpoint as ResolvedEndpoint).port === 'number' && !(endpoint as Endpoint).connectionString
-    ? endpoint as ResolvedEndpoint : resolveEndpoint(endpoint as Endpoint);
+  const e = resolveEndpoint(endpoint as Endpoint);
   const attempt = async (mode: SslMode) => {
     const config: pg.ClientConfig & { replication?: string } = {
       host: e.host, port: e.port, database: e.database, user: e.user, password: e.password,

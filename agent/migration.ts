@@ -19,13 +19,13 @@ import { dataTables, selectTables, tableKey, type TableInfo } from './catalog';
 import { PgferryError, asPgferryError, type ErrorCode } from './errors';
 import { formatLsn, parseLsn, type Lsn } from './lsn';
 import { migratableTables, runPreflight, summarizeFailures } from './preflight';
-import { createPublication, createSlotWithSnapshot, dropSourceObjects, slotExists } from './snapshot';
+import { createPublication, createSlotWithSnapshot, dropSlot, dropSourceObjects, slotExists } from './snapshot';
 import { planLoad, planTasks, runLoad, type TableCopyProgress } from './copy';
 import { analyzeTables, runPostData } from './indexes';
 import { applyPreData, planSchema, verifyExistingSchema } from './schema';
 import { runSync, type SyncProgress } from './sync';
 import { isTransientError } from './apply';
-import { ensureTargetState, getMarker, readAppliedLsn, setMarker, dropTargetState } from './target-state';
+import { ensureTargetState, getMarker, setMarker, dropTargetState } from './target-state';
 import type { MigrationRecord, Phase, StateStore } from './state';
 import { liftFence } from './cutover';
 import type { MigrationSpec } from './spec';
@@ -237,7 +237,7 @@ export class MigrationRunner {
       if (this.rec.slotState === 'creating' && await slotExists(src, this.rec.slotName)) {
         // We died between creating the slot and recording it: nothing was
         // copied with its snapshot (that is recorded first), so start afresh.
-        await dropSourceObjects(src, this.rec.id, this.rec.slotName, '\u0000none');
+        await dropSlot(src, this.rec.slotName);
         this.rec.slotState = 'none';
         this.save();
       }
@@ -269,10 +269,15 @@ export class MigrationRunner {
         await this.restoreCopyProgress(tgt);
         const todo = this.widenToWholePartitionTrees(plan.todo, data, plan.done);
         if (todo.length) {
-          if (todo.length > plan.todo.length) {
-            await planLoad(tgt, this.rec.id, todo, log); // empties the widened siblings too
-            await tgt.query('DELETE FROM pgferry.copy_state WHERE migration_id = $1 AND table_name = ANY($2::text[])', [this.rec.id, todo.map(tableKey)]);
-            for (const t of todo) await tgt.query(`TRUNCATE ONLY ${tableKey(t)}`);
+          const siblings = todo.filter((t) => !plan.todo.includes(t));
+          if (siblings.length) {
+            // Finished partitions of a tree that also has unfinished ones are
+            // copied again with them: one tree, one snapshot.
+            log('warn', `Copying again ${siblings.length} finished partition(s) whose partitioned table was not finished: ${siblings.map(tableKey).join(', ')}`);
+            await tgt.query('BEGIN');
+            await tgt.query('DELETE FROM pgferry.copy_state WHERE migration_id = $1 AND table_name = ANY($2::text[])', [this.rec.id, siblings.map(tableKey)]);
+            for (const t of siblings) await tgt.query(`TRUNCATE ONLY ${tableKey(t)}`);
+            await tgt.query('COMMIT');
           }
           // The exported snapshot died with the previous run: a temporary
           // slot gives a new one; those tables record its LSN.
@@ -543,4 +548,3 @@ export async function preflightOrThrow(spec: MigrationSpec, ctx: Parameters<type
   return { sourceVersion: report.sourceVersion, targetVersion: report.targetVersion };
 }
 
-export { readAppliedLsn };

@@ -98,9 +98,24 @@ export interface DropResult { dropped: string[] }
  */
 export async function dropSourceObjects(src: pg.Client, migrationId: string, slotName: string, publicationName: string): Promise<DropResult> {
   const dropped: string[] = [];
+  if (await dropSlot(src, slotName)) dropped.push(`replication slot ${slotName}`);
+  const pub = await src.query(`SELECT obj_description(p.oid, 'pg_publication') AS comment FROM pg_publication p WHERE p.pubname = $1`, [publicationName]);
+  if (pub.rows.length && pub.rows[0].comment === PUBLICATION_COMMENT_PREFIX + migrationId) {
+    await src.query(`DROP PUBLICATION ${qi(publicationName)}`);
+    dropped.push(`publication ${publicationName}`);
+  }
+  return { dropped };
+}
+
+/**
+ * Drop a replication slot, waiting for a walsender still holding it to let
+ * go (terminating it when it is pgferry's own). Returns false when there was
+ * no such slot.
+ */
+export async function dropSlot(src: pg.Client, slotName: string): Promise<boolean> {
   for (let attempt = 0; attempt < 50; attempt++) {
     const slot = await src.query('SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1', [slotName]);
-    if (!slot.rows.length) break;
+    if (!slot.rows.length) return false;
     const pid = slot.rows[0].active_pid;
     if (pid) {
       await src.query(`SELECT pg_terminate_backend($1) FROM pg_stat_activity WHERE pid = $1 AND application_name LIKE 'pgferry%'`, [pid]);
@@ -109,19 +124,14 @@ export async function dropSourceObjects(src: pg.Client, migrationId: string, slo
     }
     try {
       await src.query('SELECT pg_drop_replication_slot($1)', [slotName]);
-      dropped.push(`replication slot ${slotName}`);
-      break;
+      return true;
     } catch (e) {
       if (sqlState(e) === '55006' || sqlState(e) === '42704') { await new Promise((r) => setTimeout(r, 100)); continue; }
       throw asPgferryError(e, 'INTERNAL', `dropping replication slot '${slotName}'`);
     }
   }
-  const pub = await src.query(`SELECT obj_description(p.oid, 'pg_publication') AS comment FROM pg_publication p WHERE p.pubname = $1`, [publicationName]);
-  if (pub.rows.length && pub.rows[0].comment === PUBLICATION_COMMENT_PREFIX + migrationId) {
-    await src.query(`DROP PUBLICATION ${qi(publicationName)}`);
-    dropped.push(`publication ${publicationName}`);
-  }
-  return { dropped };
+  throw new PgferryError('INTERNAL', `The replication slot '${slotName}' is still in use on the source after 5 s; it was not dropped.`,
+    `Find the session holding it (SELECT active_pid FROM pg_replication_slots WHERE slot_name = '${slotName}'), end it, then retry; or drop it by hand: SELECT pg_drop_replication_slot('${slotName}');`);
 }
 
 export async function slotExists(src: pg.Client, slotName: string): Promise<boolean> {

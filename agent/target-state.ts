@@ -53,15 +53,9 @@ export async function readAppliedLsn(client: pg.Client, migrationId: string): Pr
   return r.rows.length ? parseLsn(r.rows[0].lsn) : null;
 }
 
-/** Record the applied position; call inside the transaction that applied the changes. */
-export async function writeAppliedLsn(client: pg.Client, migrationId: string, lsn: Lsn, commitTime: Date | null): Promise<void> {
-  await client.query(`INSERT INTO pgferry.apply_state (migration_id, applied_lsn, applied_commit_time) VALUES ($1, $2::pg_lsn, $3)
-    ON CONFLICT (migration_id) DO UPDATE SET applied_lsn = excluded.applied_lsn, applied_commit_time = excluded.applied_commit_time, updated_at = now()`,
-  [migrationId, formatLsn(lsn), commitTime]);
-}
-
 /**
- * The same as `writeAppliedLsn` + COMMIT, in ONE round trip, returning the
+ * Record the applied position and COMMIT the transaction that applied the
+ * changes it covers, in ONE round trip, returning the
  * target's WAL insert position after the commit (the commit record is below
  * it) and its flush position. Values are our own LSN text and an ISO date,
  * quoted as literals (a multi-statement simple query takes no parameters).
