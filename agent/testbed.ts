@@ -8,9 +8,9 @@
  * (en_US.UTF-8 may be absent), run as the unprivileged `postgres` user when we
  * are root, and are removed on stop, on process exit and on Ctrl-C.
  */
-import { mkdtempSync, chmodSync, rmSync } from 'node:fs';
+import { mkdtempSync, chmodSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { createServer } from 'node:net';
 import pg from 'pg';
 
@@ -141,10 +141,30 @@ class ClusterImpl implements Cluster {
   }
 }
 
+/**
+ * As root the server runs as the unprivileged `postgres` user, which must be
+ * able to reach the binaries inside node_modules: a checkout under a private
+ * directory (mode 0700, e.g. from `mktemp -d`) would make initdb fail with
+ * EACCES. Add only the search (x) bit for others on the directories above the
+ * package that lack it — no listing or reading rights are granted.
+ */
+function ensureBinariesReachable(pkg: string): void {
+  if (process.getuid?.() !== 0) return;
+  let dir = dirname(require.resolve(`${pkg}/package.json`));
+  for (;;) {
+    const mode = statSync(dir).mode;
+    if ((mode & 0o001) === 0) chmodSync(dir, (mode & 0o7777) | 0o001);
+    const up = dirname(dir);
+    if (up === dir) return;
+    dir = up;
+  }
+}
+
 /** Start a fresh cluster. Always `stop()` it (tests: in an `after` hook). */
 export async function startCluster(opts: ClusterOptions = {}): Promise<Cluster> {
   installExitHooks();
   const version = opts.version ?? 17;
+  ensureBinariesReachable(PACKAGE_BY_VERSION[version]);
   const mod = await import(PACKAGE_BY_VERSION[version]) as { default: new (o: object) => EmbeddedPostgresLike };
   const EmbeddedPostgres = mod.default;
   const baseDir = mkdtempSync(join(tmpdir(), `pgferry-pg${version}-`));
