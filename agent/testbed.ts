@@ -145,12 +145,13 @@ class ClusterImpl implements Cluster {
  * As root the server runs as the unprivileged `postgres` user, which must be
  * able to reach the binaries inside node_modules: a checkout under a private
  * directory (mode 0700, e.g. from `mktemp -d`) would make initdb fail with
- * EACCES. Add only the search (x) bit for others on the directories above the
- * package that lack it — no listing or reading rights are granted.
+ * EACCES. Add only the search (x) bit for others on node_modules and the
+ * directories above it that lack it — no listing or reading rights are granted.
  */
-function ensureBinariesReachable(pkg: string): void {
+function ensureBinariesReachable(): void {
   if (process.getuid?.() !== 0) return;
-  let dir = dirname(require.resolve(`${pkg}/package.json`));
+  // dist/agent/testbed.js → the package root, whose node_modules hold the binaries.
+  let dir = join(__dirname, '..', '..', 'node_modules');
   for (;;) {
     const mode = statSync(dir).mode;
     if ((mode & 0o001) === 0) chmodSync(dir, (mode & 0o7777) | 0o001);
@@ -164,7 +165,7 @@ function ensureBinariesReachable(pkg: string): void {
 export async function startCluster(opts: ClusterOptions = {}): Promise<Cluster> {
   installExitHooks();
   const version = opts.version ?? 17;
-  ensureBinariesReachable(PACKAGE_BY_VERSION[version]);
+  ensureBinariesReachable();
   const mod = await import(PACKAGE_BY_VERSION[version]) as { default: new (o: object) => EmbeddedPostgresLike };
   const EmbeddedPostgres = mod.default;
   const baseDir = mkdtempSync(join(tmpdir(), `pgferry-pg${version}-`));
