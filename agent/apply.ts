@@ -46,6 +46,7 @@ import { from as copyFrom } from 'pg-copy-streams';
 import { connect, qi, qn } from './conn';
 import { PgferryError, sqlState, type PgServerError } from './errors';
 import { formatLsn, maxLsn, parseLsn, pgMicrosToUnixMs, type Lsn } from './lsn';
+import { Plan, type Change, type Group, type RelMap, type RowChange, type Single, type Step, type TargetColumn, type TargetTable, type TruncateChange } from './apply-plan';
 import { UNCHANGED_TOAST, type BeginMessage, type CommitMessage, type DeleteMessage, type InsertMessage, type RelationMessage, type TruncateMessage, type Tuple, type UpdateMessage } from './pgoutput';
 import type { Endpoint } from './spec';
 import { commitWithAppliedLsn, ensureTargetState, readAppliedLsn } from './target-state';
@@ -78,71 +79,14 @@ export class SafeReplayNeeded extends Error {
   }
 }
 
-/** A target table as the apply statements need it. */
-interface TargetColumn {
-  name: string;
-  /**
-   * The type to cast the text value to: format_type without the modifier, so
-   * the column's own modifier applies on assignment (an error when a value does
-   * not fit, where an explicit cast would truncate it silently). Typeless
-   * `character` and `bit` mean length 1, so those become bpchar / bit varying.
-   */
-  castType: string;
-  generated: boolean;
-  identityAlways: boolean;
-  /** ` COLLATE x` when the column's collation is not its type's default (equality must use the column's). */
-  collate: string;
-}
-interface TargetTable { schema: string; name: string; quoted: string; partitioned: boolean; columns: Map<string, TargetColumn> }
-
-/** A source relation mapped onto its target table. */
-interface RelMap {
-  rel: RelationMessage;
-  target: TargetTable;
-  /** Target column per source column, null when the target generates it (never written). */
-  cols: (TargetColumn | null)[];
-  /** Source column indexes that are written (not generated on the target). */
-  writeIdx: number[];
-  keyIdx: number[];
-  full: boolean;
-  overriding: boolean;
-  syncLsn: Lsn;
-}
-
-interface RowChange { op: 'INSERT' | 'UPDATE' | 'DELETE'; map: RelMap; lsn: Lsn; newTuple: Tuple | null; oldTuple: Tuple | null }
-interface TruncateChange { op: 'TRUNCATE'; maps: RelMap[]; restartIdentity: boolean; lsn: Lsn }
-type Change = RowChange | TruncateChange;
-
-/** A group of changes that becomes one statement. */
-interface Run {
-  op: 'INSERT' | 'UPDATE' | 'DELETE' | 'TRUNCATE';
-  changes: Change[];
-  map: RelMap | null;
-  /** UPDATE: which columns are present (not unchanged TOAST); '' = all. */
-  mask: string;
-  keys: Set<string> | null;
-  /** Single-change forms: UPDATE that moves the key, REPLICA IDENTITY FULL UPDATE/DELETE. */
-  single: 'key-change' | 'full' | null;
-}
-
 interface Statement {
-  text: string; values: unknown[]; run: Run; expectRows: number | null; onShort: 'fail' | 'warn';
+  text: string; values: unknown[]; step: Step; expectRows: number | null; onShort: 'fail' | 'warn';
   /** COPY … FROM STDIN text-format data, when the statement is a COPY. */
-  copyData?: string;
+  copyData?: Buffer;
 }
 
-/** INSERT runs at least this long go through COPY (bulk insert path, no casts, no array literals). */
-const COPY_MIN_ROWS = 16;
-
-/**
- * A raw pgoutput text value as a COPY text-format field: the value's own
- * text, with backslash, newline, carriage return and tab escaped (the
- * delimiter and the line structure are the only things COPY text reads).
- */
-function copyField(v: string | null): string {
-  if (v === null) return '\\N';
-  return /[\\\n\r\t]/.test(v) ? v.replace(/[\\\n\r\t]/g, (ch) => (ch === '\\' ? '\\\\' : ch === '\n' ? '\\n' : ch === '\r' ? '\\r' : '\\t')) : v;
-}
+/** A batch commits at the next source transaction boundary once its row data reaches this size, whatever its change count. */
+const BATCH_BYTES = 16 * 1024 * 1024;
 
 interface Batch {
   openedAtMs: number;
@@ -153,6 +97,8 @@ interface Batch {
   /** A keepalive position received at a transaction boundary inside this batch. */
   boundaryLsn: Lsn;
   maxFinalLsn: Lsn;
+  /** Row data bytes gathered. */
+  bytes: number;
   targetTxnOpen: boolean;
   /** Some of it was applied one change per statement. */
   safe: boolean;
@@ -194,7 +140,7 @@ export class Applier {
 
   private txn: SourceTxn | null = null;
   private batch: Batch | null = null;
-  private pending: Change[] = [];
+  private plan: Plan;
   private readonly maps = new Map<number, RelMap>();
   private readonly targets = new Map<string, TargetTable>();
   private readonly prepared = new Map<string, string>();
@@ -205,6 +151,7 @@ export class Applier {
     this.durableLsn = durableLsn;
     this.safeThroughLsn = opts.safeThroughLsn ?? null;
     this.log = opts.log ?? (() => undefined);
+    this.plan = new Plan(mode === 'replica');
   }
 
   /** Connect to the target, prepare the session and read the applied position. */
@@ -216,7 +163,12 @@ export class Applier {
       // one (`durableLsn`: batches whose commit record the target has flushed),
       // so a target crash that loses the last commits loses nothing for good.
       // Long chunked transactions must not be cut off by timeouts.
-      await client.query("SET synchronous_commit = off; SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0");
+      // Generic plans: a custom plan sees the real array length and, for a
+      // few thousand keys against a cached table, picks a hash join over a
+      // sequential scan of the WHOLE table (cost grows with table size and
+      // is replanned every time); the generic plan probes the replica
+      // identity index per key, as PostgreSQL's own apply worker does.
+      await client.query("SET synchronous_commit = off; SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0; SET plan_cache_mode = force_generic_plan");
       let mode: ApplyMode = 'replica';
       try {
         await client.query('SET session_replication_role = replica');
@@ -261,48 +213,89 @@ export class Applier {
     if (this.batch) this.batch.maxFinalLsn = maxLsn(this.batch.maxFinalLsn, m.finalLsn);
   }
 
-  async change(m: InsertMessage | UpdateMessage | DeleteMessage | TruncateMessage): Promise<void> {
+  /**
+   * A row change or TRUNCATE of the open source transaction. Synchronous in
+   * the common case (the table's mapping is known and no chunk is due);
+   * returns a promise, which the caller must await before the next call,
+   * when it has to read the target's catalog or execute a chunk.
+   */
+  change(m: InsertMessage | UpdateMessage | DeleteMessage | TruncateMessage): Promise<void> | undefined {
     const txn = this.txn;
     if (!txn) throw new PgferryError('INTERNAL', `A ${m.tag} arrived outside a source transaction.`, 'Restart the agent; report this if it repeats.');
-    if (txn.skip) return;
-    let change: Change;
-    if (m.tag === 'truncate') {
-      const maps: RelMap[] = [];
-      for (const rel of m.relations) {
-        const map = await this.mapFor(rel);
-        // Guard 2 (per-table start): the table's copy already holds what committed before its snapshot.
-        if (txn.finalLsn >= map.syncLsn && !maps.some((x) => x.target === map.target)) maps.push(map);
-      }
-      if (maps.length === 0) return;
-      change = { op: 'TRUNCATE', maps, restartIdentity: m.restartIdentity, lsn: txn.finalLsn };
+    if (txn.skip) return undefined;
+    if (m.tag === 'truncate') return this.truncate(m, txn);
+    const map = this.knownMap(m.relation);
+    if (!map) return this.mapFor(m.relation).then(() => this.change(m));
+    const lsn = txn.finalLsn;
+    if (lsn < map.syncLsn) return undefined; // Guard 2 (per-table start): the table's copy already holds what committed before its snapshot.
+    const batch = this.openBatch(txn);
+    const plan = this.plan;
+    if (this.safeThroughLsn !== null && lsn <= this.safeThroughLsn) {
+      // One change per statement, in source order (a barrier each).
+      const c: RowChange = { op: m.tag === 'insert' ? 'INSERT' : m.tag === 'update' ? 'UPDATE' : 'DELETE', map, lsn,
+        newTuple: m.tag === 'delete' ? null : m.newTuple.values(), oldTuple: m.tag === 'insert' ? null : m.oldTuple?.values() ?? null };
+      plan.addBarrier(singleOf(c, true));
+      batch.safe = true;
+    } else if (m.tag === 'insert') {
+      plan.insert(map, m.newTuple, lsn);
+    } else if (map.full || (m.tag === 'update' && m.oldTuple)) {
+      // REPLICA IDENTITY FULL rows and UPDATEs that move the key: one statement each.
+      const c: RowChange = m.tag === 'update'
+        ? { op: 'UPDATE', map, lsn, newTuple: m.newTuple.values(), oldTuple: m.oldTuple?.values() ?? null }
+        : { op: 'DELETE', map, lsn, newTuple: null, oldTuple: m.oldTuple.values() };
+      plan.addSingle(singleOf(c, false), map.target);
+    } else if (m.tag === 'update') {
+      plan.update(map, m.newTuple, lsn);
     } else {
-      const map = await this.mapFor(m.relation);
-      if (txn.finalLsn < map.syncLsn) return; // Guard 2, as above.
-      if (m.tag === 'insert') change = { op: 'INSERT', map, lsn: txn.finalLsn, newTuple: m.newTuple, oldTuple: null };
-      else if (m.tag === 'update') change = { op: 'UPDATE', map, lsn: txn.finalLsn, newTuple: m.newTuple, oldTuple: m.oldTuple };
-      else change = { op: 'DELETE', map, lsn: txn.finalLsn, newTuple: null, oldTuple: m.oldTuple };
+      plan.delete(map, m.oldTuple, lsn);
     }
+    return this.added(batch, txn);
+  }
+
+  private async truncate(m: TruncateMessage, txn: SourceTxn): Promise<void> {
+    const maps: RelMap[] = [];
+    for (const rel of m.relations) {
+      const map = await this.mapFor(rel);
+      // Guard 2, as above.
+      if (txn.finalLsn >= map.syncLsn && !maps.some((x) => x.target === map.target)) maps.push(map);
+    }
+    if (maps.length === 0) return;
+    const batch = this.openBatch(txn);
+    const safe = this.safeThroughLsn !== null && txn.finalLsn <= this.safeThroughLsn;
+    this.plan.addBarrier(singleOf({ op: 'TRUNCATE', maps, restartIdentity: m.restartIdentity, lsn: txn.finalLsn }, safe));
+    if (safe) batch.safe = true;
+    await this.added(batch, txn);
+  }
+
+  private openBatch(txn: SourceTxn): Batch {
     if (!this.batch) {
-      this.batch = { openedAtMs: Date.now(), changes: 0, txns: 0, lastEndLsn: null, lastCommitTime: null, boundaryLsn: 0n, maxFinalLsn: txn.finalLsn, targetTxnOpen: false, safe: false };
+      this.batch = { openedAtMs: Date.now(), changes: 0, txns: 0, lastEndLsn: null, lastCommitTime: null, boundaryLsn: 0n, maxFinalLsn: txn.finalLsn, bytes: 0, targetTxnOpen: false, safe: false };
     }
-    this.pending.push(change);
-    this.batch.changes++;
+    return this.batch;
+  }
+
+  private added(batch: Batch, txn: SourceTxn): Promise<void> | undefined {
+    batch.changes++;
     txn.changes++;
     // Guard 3 (bounded memory): a transaction larger than a batch is executed
     // in chunks inside the open target transaction; it commits with its Commit.
     // (Twice the batch size: an ordinary batch that reaches batchChanges at
     // its last change commits through flush() — overlapped with decoding —
     // instead of being executed here while decoding waits.)
-    if (this.pending.length >= 2 * this.opts.batchChanges) {
-      await this.settle();
-      const chunk = this.pending;
-      this.pending = [];
-      await this.execute(this.batch, chunk);
-    }
+    if (this.plan.changes >= 2 * this.opts.batchChanges || this.plan.bytes >= 2 * BATCH_BYTES) return this.executeChunk(batch);
+    return undefined;
+  }
+
+  private async executeChunk(batch: Batch): Promise<void> {
+    await this.settle();
+    const plan = this.plan;
+    this.plan = new Plan(this.mode === 'replica');
+    batch.bytes += plan.bytes;
+    await this.execute(batch, plan);
   }
 
   /** Commit of a source transaction. Returns true when a target transaction was committed. */
-  async commit(m: CommitMessage): Promise<boolean> {
+  commit(m: CommitMessage): boolean | Promise<boolean> {
     const txn = this.txn;
     if (!txn) throw new PgferryError('INTERNAL', `Commit at ${formatLsn(m.commitLsn)} without Begin.`, 'Restart the agent; report this if it repeats.');
     if (m.commitLsn !== txn.finalLsn) throw new PgferryError('INTERNAL', `Commit at ${formatLsn(m.commitLsn)} does not match its Begin (${formatLsn(txn.finalLsn)}).`, 'Restart the agent; report this if it repeats.');
@@ -323,9 +316,8 @@ export class Applier {
     }
     // Guard 4 (exactly once): a batch commits only here, at a source
     // transaction boundary, with the end LSN of that transaction.
-    if (this.batch.changes >= this.opts.batchChanges || Date.now() - this.batch.openedAtMs >= this.opts.batchMs) {
-      await this.flush();
-      return true;
+    if (this.batch.changes >= this.opts.batchChanges || this.batch.bytes + this.plan.bytes >= BATCH_BYTES || Date.now() - this.batch.openedAtMs >= this.opts.batchMs) {
+      return this.flush().then(() => true);
     }
     return false;
   }
@@ -380,11 +372,11 @@ export class Applier {
     if (!batch) return;
     if (this.txn) throw new PgferryError('INTERNAL', 'flush inside a source transaction', 'Restart the agent; report this if it repeats.');
     await this.settle();
-    const changes = this.pending;
-    this.pending = [];
+    const plan = this.plan;
+    this.plan = new Plan(this.mode === 'replica');
     this.batch = null;
     this.inflightChanges = batch.changes;
-    const p = this.commitBatch(batch, changes).finally(() => { this.inflightChanges = 0; });
+    const p = this.commitBatch(batch, plan).finally(() => { this.inflightChanges = 0; });
     p.catch((e) => { this.inflightFailure ??= { e }; }); // surfaced by settle() / throwIfFailed()
     this.inflight = p;
   }
@@ -407,10 +399,10 @@ export class Applier {
     if (f) { this.inflight = null; this.inflightFailure = null; throw f.e; }
   }
 
-  private async commitBatch(batch: Batch, changes: Change[]): Promise<void> {
+  private async commitBatch(batch: Batch, plan: Plan): Promise<void> {
     const endLsn = maxLsn(batch.lastEndLsn ?? 0n, batch.boundaryLsn);
     try {
-      await this.execute(batch, changes);
+      await this.execute(batch, plan);
       if (batch.targetTxnOpen) {
         const { localLsn, flushedLsn } = await commitWithAppliedLsn(this.client, this.opts.migrationId, endLsn, batch.lastCommitTime);
         batch.targetTxnOpen = false;
@@ -447,16 +439,22 @@ export class Applier {
     this.inflight = null;
     if (this.batch?.targetTxnOpen) await this.client.query('ROLLBACK').catch(() => undefined);
     this.batch = null;
-    this.pending = [];
+    this.plan = new Plan(this.mode === 'replica');
     this.txn = null;
     await this.client.end().catch(() => undefined);
   }
 
   // ---- mapping -------------------------------------------------------------
 
-  private async mapFor(rel: RelationMessage): Promise<RelMap> {
+  /** The mapping of `rel` when it is known (no catalog read needed). */
+  private knownMap(rel: RelationMessage): RelMap | undefined {
     const cached = this.maps.get(rel.relationOid);
-    if (cached && cached.rel === rel) return cached;
+    return cached && cached.rel === rel ? cached : undefined;
+  }
+
+  private async mapFor(rel: RelationMessage): Promise<RelMap> {
+    const cached = this.knownMap(rel);
+    if (cached) return cached;
     const key = qn(rel.schema, rel.name);
     let target = this.targets.get(key);
     const missing = (t: TargetTable | undefined) => (t ? rel.columns.find((c) => !t.columns.has(c.name)) : undefined);
@@ -488,6 +486,7 @@ export class Applier {
       full: rel.replicaIdentity === 'f' || rel.keyIndexes.length === 0,
       overriding: writeIdx.some((i) => cols[i]!.identityAlways),
       syncLsn: this.opts.tableSyncLsn.get(key) ?? 0n,
+      shapes: new Map(),
     };
     this.maps.set(rel.relationOid, map);
     return map;
@@ -520,33 +519,46 @@ export class Applier {
 
   // ---- execution -----------------------------------------------------------
 
-  private async execute(batch: Batch, changes: Change[]): Promise<void> {
-    if (changes.length === 0) return;
-    const safe = this.safeThroughLsn !== null && changes[0].lsn <= this.safeThroughLsn;
-    if (safe) batch.safe = true;
-    let current: Run | null = null;
+  private async execute(batch: Batch, plan: Plan): Promise<void> {
+    const steps = plan.steps();
+    if (steps.length === 0) return;
+    let current: Step | null = null;
     try {
       if (!batch.targetTxnOpen) {
         await this.client.query('BEGIN');
         batch.targetTxnOpen = true;
       }
-      for (const run of this.plan(changes, safe)) {
-        current = run;
-        const st = this.statement(run);
+      for (const step of steps) {
+        current = step;
+        const st = step.kind === 'group' ? this.groupStatement(step, plan) : this.statement(step);
         if (!st) continue;
         const res = await this.run(st);
         const rows = res.rowCount ?? 0;
         if (st.expectRows !== null && rows < st.expectRows) {
           if (st.onShort === 'warn') {
-            this.log('warn', `${st.run.op} on ${st.run.map!.target.quoted} found ${rows} of ${st.expectRows} rows on the target (already gone: the target had diverged)`, { event: 'rows-missing', lsn: formatLsn(st.run.changes[0].lsn) });
+            this.log('warn', `${step.op} on ${stepTable(step)} found ${rows} of ${st.expectRows} rows on the target (already gone: the target had diverged)`, { event: 'rows-missing', lsn: formatLsn(stepLsn(step)) });
           } else {
-            throw new ShortRowCount(`${st.run.op} on ${st.run.map!.target.quoted} matched ${rows} of ${st.expectRows} rows`);
+            throw new ShortRowCount(`${step.op} on ${stepTable(step)} matched ${rows} of ${st.expectRows} rows`);
           }
         }
       }
     } catch (e) {
-      throw await this.failed(e, safe ? current : null, batch);
+      throw await this.failed(e, current?.kind === 'single' && current.safe ? current : null, batch);
     }
+  }
+
+  /** The statement of a group built by the plan; null when it would change nothing. */
+  private groupStatement(g: Group, plan: Plan): Statement | null {
+    const s = g.shape;
+    if (s.text === null) return null;
+    if (g.op === 'INSERT') {
+      if (g.map.writeIdx.length === 0) return { text: s.text, values: [g.rows], step: g, expectRows: g.rows, onShort: 'fail' };
+      if (g.copy) return { text: s.copyText!, values: [], copyData: g.copy.view(), step: g, expectRows: g.rows, onShort: 'fail' };
+      return { text: s.text, values: plan.insertArrays(g), step: g, expectRows: g.rows, onShort: 'fail' };
+    }
+    const values = g.arrays!.map((a) => a.finish());
+    if (g.op === 'DELETE') return { text: s.text, values, step: g, expectRows: g.keys!.size, onShort: 'warn' };
+    return { text: s.text, values, step: g, expectRows: g.rows, onShort: 'fail' };
   }
 
   private async run(st: Statement): Promise<pg.QueryResult> {
@@ -572,7 +584,7 @@ export class Applier {
    * deadlock) are rethrown for a reconnect; in the fast path anything else
    * asks for a one-change-per-statement replay; in that replay it is fatal.
    */
-  private async failed(e: unknown, safeRun: Run | null, batch: Batch): Promise<unknown> {
+  private async failed(e: unknown, safeRun: Single | null, batch: Batch): Promise<unknown> {
     if (e instanceof PgferryError || e instanceof SafeReplayNeeded) return e;
     if (batch?.targetTxnOpen) {
       await this.client.query('ROLLBACK').catch(() => undefined);
@@ -590,8 +602,8 @@ export class Applier {
     return new SafeReplayNeeded(through, e);
   }
 
-  private async applyFailed(run: Run, e: unknown): Promise<PgferryError> {
-    const c = run.changes[0];
+  private async applyFailed(run: Single, e: unknown): Promise<PgferryError> {
+    const c = run.change;
     const table = c.op === 'TRUNCATE' ? c.maps.map((m) => m.target.quoted).join(', ') : c.map.target.quoted;
     const where = `${run.op} on ${table} from the source transaction committed at ${formatLsn(c.lsn)}`;
     const resume = `the sync resumes from the last applied position ${formatLsn(this.appliedLsn)}`;
@@ -629,79 +641,36 @@ export class Applier {
     } catch { return false; }
   }
 
-  // ---- planning ------------------------------------------------------------
+  // ---- single-change statements --------------------------------------------
 
-  /** Split changes into runs, each one statement. */
-  private *plan(changes: Change[], safe: boolean): Generator<Run> {
-    if (safe) {
-      // One change per statement, in source order.
-      for (const c of changes) yield single(c);
-      return;
-    }
-    let segment: RowChange[] = [];
-    const flushSegment = function* (this: Applier): Generator<Run> {
-      if (this.mode === 'ordered') { yield* runsOf(segment); return; }
-      // Replica mode: no FK or trigger ties tables together, so each table's
-      // changes may be applied together, in their own order.
-      const byTable = new Map<TargetTable, RowChange[]>();
-      for (const c of segment) {
-        const list = byTable.get(c.map.target);
-        if (list) list.push(c); else byTable.set(c.map.target, [c]);
-      }
-      for (const list of byTable.values()) yield* runsOf(list);
-    };
-    for (const c of changes) {
-      if (c.op === 'TRUNCATE') {
-        // A barrier: everything before it, then it, then what follows.
-        yield* flushSegment.call(this);
-        segment = [];
-        yield single(c);
-      } else {
-        segment.push(c);
-      }
-    }
-    yield* flushSegment.call(this);
-  }
-
-  /** The SQL for a run; null when it would change nothing. */
-  private statement(run: Run): Statement | null {
+  /** The SQL for one change; null when it would change nothing. */
+  private statement(run: Single): Statement | null {
     if (run.op === 'TRUNCATE') {
-      const c = run.changes[0] as TruncateChange;
+      const c = run.change as TruncateChange;
       // ONLY keeps inheritance children (published separately) out; a
       // partitioned root publishes for all its partitions, so it is truncated whole.
       const list = c.maps.map((m) => (m.target.partitioned ? '' : 'ONLY ') + m.target.quoted).join(', ');
-      return { text: `TRUNCATE ${list}${c.restartIdentity ? ' RESTART IDENTITY' : ''}`, values: [], run, expectRows: null, onShort: 'warn' };
+      return { text: `TRUNCATE ${list}${c.restartIdentity ? ' RESTART IDENTITY' : ''}`, values: [], step: run, expectRows: null, onShort: 'warn' };
     }
-    const m = run.map!;
-    const rows = run.changes as RowChange[];
+    const c = run.change as RowChange;
+    const m = c.map;
     const col = (i: number) => m.cols[i]!;
     const name = (i: number) => qi(m.rel.columns[i].name);
     const params = new Params();
 
     if (run.op === 'INSERT') {
       if (m.writeIdx.length === 0) {
-        // A table without columns (or only generated ones): rows carry no values.
-        return { text: `INSERT INTO ${m.target.quoted} SELECT FROM generate_series(1, $1::int)`, values: [rows.length], run, expectRows: rows.length, onShort: 'fail' };
+        // A table without columns (or only generated ones): the row carries no values.
+        return { text: `INSERT INTO ${m.target.quoted} DEFAULT VALUES`, values: [], step: run, expectRows: 1, onShort: 'fail' };
       }
-      if (rows.length >= COPY_MIN_ROWS) {
-        // COPY writes identity (even GENERATED ALWAYS) columns as given and
-        // enforces the columns' types and lengths like an INSERT would.
-        let data = '';
-        for (const c of rows) {
-          const t = c.newTuple!;
-          for (let j = 0; j < m.writeIdx.length; j++) data += (j ? '\t' : '') + copyField(value(t, m.writeIdx[j], c));
-          data += '\n';
-        }
-        return { text: `COPY ${m.target.quoted} (${m.writeIdx.map(name).join(', ')}) FROM STDIN`, values: [], copyData: data, run, expectRows: rows.length, onShort: 'fail' };
-      }
-      const arr = m.writeIdx.map((i) => params.array(rows.map((c) => value(c.newTuple!, i, c))));
+      const vals = m.writeIdx.map((i) => `${params.scalar(value(c.newTuple!, i, c))}::${col(i).castType}`);
       return {
-        text: `INSERT INTO ${m.target.quoted} (${m.writeIdx.map(name).join(', ')})${m.overriding ? ' OVERRIDING SYSTEM VALUE' : ''} SELECT ${m.writeIdx.map((i, j) => `v.c${j}::${col(i).castType}`).join(', ')} FROM unnest(${arr.join(', ')}) AS v(${arr.map((_, j) => `c${j}`).join(', ')})`,
-        values: params.values, run, expectRows: rows.length, onShort: 'fail',
+        text: `INSERT INTO ${m.target.quoted} (${m.writeIdx.map(name).join(', ')})${m.overriding ? ' OVERRIDING SYSTEM VALUE' : ''} VALUES (${vals.join(', ')})`,
+        values: params.values, step: run, expectRows: 1, onShort: 'fail',
       };
     }
 
-    if (run.single === 'full') {
+    if (run.form === 'full') {
       // REPLICA IDENTITY FULL: duplicates are possible, so match every old
       // column and touch exactly one row (tableoid too: ctids repeat across
       // partitions). Values are compared as the type's output text, the form
@@ -709,63 +678,50 @@ export class Applier {
       // `::text` is a different cast for some types (boolean gives 'true' not
       // 't', inet adds '/32', character(n) drops its padding), and comparing
       // as typed values needs an equality operator that json, xml or point lack.
-      const c = rows[0];
       const old = c.oldTuple!;
       const match = m.writeIdx.filter((i) => old[i] !== UNCHANGED_TOAST)
         .map((i) => (old[i] === null ? `t.${name(i)} IS NULL` : `(t.${name(i)} IS NOT NULL AND format('%s', t.${name(i)}) = ${params.scalar(old[i] as string)})`))
         .join(' AND ') || 'true';
       const pick = `WITH s AS MATERIALIZED (SELECT t.tableoid AS toid, t.ctid AS tid FROM ${m.target.quoted} AS t WHERE ${match} LIMIT 1)`;
       const target = 'WHERE t.ctid = (SELECT tid FROM s) AND t.tableoid = (SELECT toid FROM s)';
-      if (run.op === 'DELETE') return { text: `${pick} DELETE FROM ${m.target.quoted} AS t ${target}`, values: params.values, run, expectRows: 1, onShort: 'warn' };
+      if (run.op === 'DELETE') return { text: `${pick} DELETE FROM ${m.target.quoted} AS t ${target}`, values: params.values, step: run, expectRows: 1, onShort: 'warn' };
       const nu = c.newTuple!;
       const present = m.writeIdx.filter((i) => nu[i] !== UNCHANGED_TOAST);
       const set = present.filter((i) => !col(i).identityAlways);
       const guard = present.filter((i) => col(i).identityAlways).map((i) => ` AND t.${name(i)} IS NOT DISTINCT FROM ${params.scalar(nu[i] as string | null)}::${col(i).castType}`).join('');
       if (set.length === 0) return null;
       const sets = set.map((i) => `${name(i)} = ${params.scalar(nu[i] as string | null)}::${col(i).castType}`).join(', ');
-      return { text: `${pick} UPDATE ${m.target.quoted} AS t SET ${sets} ${target}${guard}`, values: params.values, run, expectRows: 1, onShort: 'fail' };
+      return { text: `${pick} UPDATE ${m.target.quoted} AS t SET ${sets} ${target}${guard}`, values: params.values, step: run, expectRows: 1, onShort: 'fail' };
     }
 
     if (m.keyIdx.length === 0) {
-      throw new PgferryError('APPLY_FAILED', `${run.op} on ${m.target.quoted} (source transaction at ${formatLsn(rows[0].lsn)}) cannot be applied: the source table has no replica identity to find the row by.`,
+      throw new PgferryError('APPLY_FAILED', `${run.op} on ${m.target.quoted} (source transaction at ${formatLsn(c.lsn)}) cannot be applied: the source table has no replica identity to find the row by.`,
         `On the source: ALTER TABLE ${m.target.quoted} REPLICA IDENTITY FULL (or add a primary key), then copy the table again.`);
     }
-    const keyCond = (keyArr: string[]) => m.keyIdx.map((i, j) => `t.${name(i)} = v.${keyArr[j]}::${col(i).castType}${col(i).collate}`).join(' AND ');
-    const aliases: string[] = [];
-    const arrays: string[] = [];
-    const addArray = (vals: (string | null)[]) => { arrays.push(params.array(vals)); const a = `c${aliases.length}`; aliases.push(a); return a; };
+    const keyCond = (tuple: Tuple) => m.keyIdx.map((i) => `t.${name(i)} = ${params.scalar(value(tuple, i, c))}::${col(i).castType}${col(i).collate}`).join(' AND ');
 
     if (run.op === 'DELETE') {
-      const keyA = m.keyIdx.map((i) => addArray(rows.map((c) => value(c.oldTuple!, i, c))));
-      return {
-        text: `DELETE FROM ${m.target.quoted} AS t USING unnest(${arrays.join(', ')}) AS v(${aliases.join(', ')}) WHERE ${keyCond(keyA)}`,
-        values: params.values, run, expectRows: run.keys ? run.keys.size : rows.length, onShort: 'warn',
-      };
+      return { text: `DELETE FROM ${m.target.quoted} AS t WHERE ${keyCond(c.oldTuple!)}`, values: params.values, step: run, expectRows: 1, onShort: 'warn' };
     }
 
     // UPDATE. The key is matched on the old key when it changed ('K' sent), else on the new tuple.
-    const keyChange = run.single === 'key-change';
-    const first = rows[0].newTuple!;
-    const present = m.writeIdx.filter((i) => first[i] !== UNCHANGED_TOAST);
+    const keyChange = run.form === 'key-change';
+    const nu = c.newTuple!;
+    const present = m.writeIdx.filter((i) => nu[i] !== UNCHANGED_TOAST);
     // Guard 5 (unchanged TOAST): absent values are left out of SET, never written.
     const set = present.filter((i) => (keyChange || !m.keyIdx.includes(i)) && !(col(i).identityAlways && !(keyChange && m.keyIdx.includes(i))));
     const guardIdx = present.filter((i) => col(i).identityAlways && !set.includes(i) && !m.keyIdx.includes(i));
     if (set.length === 0) return null;
-    const keyA = m.keyIdx.map((i) => addArray(rows.map((c) => value(keyChange ? c.oldTuple! : c.newTuple!, i, c))));
-    const setA = set.map((i) => addArray(rows.map((c) => value(c.newTuple!, i, c))));
-    const guardA = guardIdx.map((i) => addArray(rows.map((c) => value(c.newTuple!, i, c))));
-    const guards = guardIdx.map((i, j) => ` AND t.${name(i)} IS NOT DISTINCT FROM v.${guardA[j]}::${col(i).castType}`).join('');
-    return {
-      text: `UPDATE ${m.target.quoted} AS t SET ${set.map((i, j) => `${name(i)} = v.${setA[j]}::${col(i).castType}`).join(', ')} FROM unnest(${arrays.join(', ')}) AS v(${aliases.join(', ')}) WHERE ${keyCond(keyA)}${guards}`,
-      values: params.values, run, expectRows: rows.length, onShort: 'fail',
-    };
+    const sets = set.map((i) => `${name(i)} = ${params.scalar(value(nu, i, c))}::${col(i).castType}`).join(', ');
+    const where = keyCond(keyChange ? c.oldTuple! : nu);
+    const guards = guardIdx.map((i) => ` AND t.${name(i)} IS NOT DISTINCT FROM ${params.scalar(value(nu, i, c))}::${col(i).castType}`).join('');
+    return { text: `UPDATE ${m.target.quoted} AS t SET ${sets} WHERE ${where}${guards}`, values: params.values, step: run, expectRows: 1, onShort: 'fail' };
   }
 }
 
 /** Bind parameters in order. */
 class Params {
   readonly values: unknown[] = [];
-  array(vals: (string | null)[]): string { this.values.push(vals); return `$${this.values.length}::text[]`; }
   scalar(v: string | null): string { this.values.push(v); return `$${this.values.length}::text`; }
 }
 
@@ -783,54 +739,21 @@ function keyValues(c: RowChange): (string | null)[] {
   return c.map.keyIdx.map((i) => value(t, i, c));
 }
 
-function keyString(t: Tuple, idx: number[]): string {
-  let s = '';
-  for (const i of idx) { const v = t[i]; s += (v === null ? '\u0000' : String(v)) + '\u0001'; }
-  return s;
-}
-
-function presentMask(t: Tuple): string {
-  let hasUnchanged = false;
-  for (let i = 0; i < t.length; i++) if (t[i] === UNCHANGED_TOAST) { hasUnchanged = true; break; }
-  if (!hasUnchanged) return '';
-  let s = '';
-  for (let i = 0; i < t.length; i++) s += t[i] === UNCHANGED_TOAST ? '0' : '1';
-  return s;
-}
-
-function single(c: Change): Run {
-  if (c.op === 'TRUNCATE') return { op: 'TRUNCATE', changes: [c], map: null, mask: '', keys: null, single: null };
+function singleOf(c: Change, safe: boolean): Single {
+  if (c.op === 'TRUNCATE') return { kind: 'single', op: 'TRUNCATE', change: c, form: null, safe };
   const full = c.map.full && c.op !== 'INSERT';
   const keyChange = !full && c.op === 'UPDATE' && c.oldTuple !== null;
-  return { op: c.op, changes: [c], map: c.map, mask: '', keys: null, single: full ? 'full' : keyChange ? 'key-change' : null };
+  return { kind: 'single', op: c.op, change: c, form: full ? 'full' : keyChange ? 'key-change' : null, safe };
 }
 
-/**
- * Consecutive changes of one relation and kind become one run.
- * Guard 6 (one row per key per UPDATE): a key already in the run starts a new
- * run, else UPDATE … FROM would apply only one of its changes, at random.
- * Guard 7: different sets of present columns (unchanged TOAST) start a new run.
- */
-function* runsOf(changes: RowChange[]): Generator<Run> {
-  let cur: Run | null = null;
-  for (const c of changes) {
-    const s = single(c);
-    if (s.single !== null) {
-      if (cur) { yield cur; cur = null; }
-      yield s;
-      continue;
-    }
-    const mask = c.op === 'UPDATE' ? presentMask(c.newTuple!) : '';
-    const key = c.op === 'INSERT' || c.map.keyIdx.length === 0 ? null : keyString(c.op === 'UPDATE' ? c.newTuple! : c.oldTuple!, c.map.keyIdx);
-    if (cur && cur.op === c.op && cur.map === c.map && cur.mask === mask && !(key !== null && cur.keys!.has(key))) {
-      cur.changes.push(c);
-      if (key !== null) cur.keys!.add(key);
-    } else {
-      if (cur) yield cur;
-      cur = { op: c.op, changes: [c], map: c.map, mask, keys: new Set(key !== null ? [key] : []), single: null };
-    }
-  }
-  if (cur) yield cur;
+function stepTable(s: Step): string {
+  if (s.kind === 'group') return s.map.target.quoted;
+  const c = s.change;
+  return c.op === 'TRUNCATE' ? c.maps.map((m) => m.target.quoted).join(', ') : c.map.target.quoted;
+}
+
+function stepLsn(s: Step): Lsn {
+  return s.kind === 'group' ? s.firstLsn : s.change.lsn;
 }
 
 function clip(s: string): string {

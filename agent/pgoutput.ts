@@ -4,10 +4,14 @@
  *
  * Input: the payload of one XLogData message (the bytes after the 25-byte
  * 'w' header), in stream order. Output: one `PgoutputMessage`, a union
- * discriminated by `tag`. Tuples are arrays indexed like the relation's
- * columns, each value the exact text the server sent (`string`), `null`, or
- * the `UNCHANGED_TOAST` marker (a large value an UPDATE did not touch; the
- * apply stage must leave such columns out of its SET list, never write them).
+ * discriminated by `tag`. Row data stays as the server's bytes in a
+ * `TupleData` (validated when the message is decoded): the apply stage's
+ * fast path copies those bytes straight into its statements without making a
+ * JavaScript string per value; `values()` gives the row as an array indexed
+ * like the relation's columns, each value the exact text the server sent
+ * (`string`), `null`, or the `UNCHANGED_TOAST` marker (a large value an
+ * UPDATE did not touch; the apply stage must leave such columns out of its
+ * SET list, never write them).
  *
  * Message formats:
  * https://www.postgresql.org/docs/current/protocol-logicalrep-message-formats.html
@@ -38,6 +42,62 @@ export type TupleValue = string | null | typeof UNCHANGED_TOAST;
 /** One row: values in the order of the relation's columns. */
 export type Tuple = TupleValue[];
 
+/** Column value lengths `TupleData.scan` reports for a NULL and for an unchanged TOAST value. */
+export const SCAN_NULL = -1;
+export const SCAN_UNCHANGED = -2;
+
+/**
+ * One row of a change message, as the server's bytes: `buf` from `start`
+ * (the first column's kind byte) to `end`. The bytes must not be reused while
+ * the TupleData is in use (receive.ts copies messages out of the socket's
+ * buffers). Well-formed by construction: the parser walked it.
+ */
+export class TupleData {
+  private decoded: Tuple | null = null;
+  constructor(readonly buf: Buffer, readonly start: number, readonly end: number, readonly columns: number) {}
+
+  /**
+   * Fill `starts[i]`/`lens[i]` with where column i's text is in `buf` and its
+   * byte length, or SCAN_NULL / SCAN_UNCHANGED. Arrays must hold `columns`.
+   */
+  scan(starts: Int32Array, lens: Int32Array): void {
+    const buf = this.buf;
+    let pos = this.start;
+    for (let i = 0; i < this.columns; i++) {
+      const kind = buf[pos++];
+      if (kind === 0x74 /*t*/) {
+        const len = buf.readUInt32BE(pos);
+        starts[i] = pos + 4;
+        lens[i] = len;
+        pos += 4 + len;
+      } else {
+        starts[i] = pos;
+        lens[i] = kind === 0x6e /*n*/ ? SCAN_NULL : SCAN_UNCHANGED;
+      }
+    }
+  }
+
+  /** The row as strings (decoded once, then kept). */
+  values(): Tuple {
+    if (this.decoded) return this.decoded;
+    const out: Tuple = new Array(this.columns);
+    const buf = this.buf;
+    let pos = this.start;
+    for (let i = 0; i < this.columns; i++) {
+      const kind = buf[pos++];
+      if (kind === 0x74 /*t*/) {
+        const len = buf.readUInt32BE(pos);
+        out[i] = buf.toString('utf8', pos + 4, pos + 4 + len);
+        pos += 4 + len;
+      } else {
+        out[i] = kind === 0x6e /*n*/ ? null : UNCHANGED_TOAST;
+      }
+    }
+    this.decoded = out;
+    return out;
+  }
+}
+
 export interface RelationColumn {
   name: string;
   /** Part of the replica identity (every column when REPLICA IDENTITY FULL). */
@@ -60,16 +120,16 @@ export interface RelationMessage {
   keyIndexes: number[];
 }
 export interface TypeMessage { tag: 'type'; typeOid: number; schema: string; name: string }
-export interface InsertMessage { tag: 'insert'; relation: RelationMessage; newTuple: Tuple }
+export interface InsertMessage { tag: 'insert'; relation: RelationMessage; newTuple: TupleData }
 export interface UpdateMessage {
   tag: 'update';
   relation: RelationMessage;
   /** 'K': old key (the key changed, or is stored out of line); 'O': whole old row (REPLICA IDENTITY FULL); null: neither sent. */
   oldKind: 'K' | 'O' | null;
-  oldTuple: Tuple | null;
-  newTuple: Tuple;
+  oldTuple: TupleData | null;
+  newTuple: TupleData;
 }
-export interface DeleteMessage { tag: 'delete'; relation: RelationMessage; oldKind: 'K' | 'O'; oldTuple: Tuple }
+export interface DeleteMessage { tag: 'delete'; relation: RelationMessage; oldKind: 'K' | 'O'; oldTuple: TupleData }
 export interface TruncateMessage { tag: 'truncate'; cascade: boolean; restartIdentity: boolean; relations: RelationMessage[] }
 export interface OriginMessage { tag: 'origin'; originLsn: Lsn; name: string }
 export interface LogicalMessage { tag: 'message'; transactional: boolean; lsn: Lsn; prefix: string; content: Buffer }
@@ -94,20 +154,29 @@ export class PgoutputParser {
   private readonly relations = new Map<number, RelationMessage>();
   private buf: Buffer = Buffer.alloc(0);
   private pos = 0;
+  private end = 0;
 
   /** The last Relation message seen for `oid`, if any. */
   relation(oid: number): RelationMessage | undefined {
     return this.relations.get(oid);
   }
 
-  parse(payload: Buffer): PgoutputMessage {
+  /**
+   * Decode the message in `payload` from `offset` to `end` (default: the end
+   * of `payload`). Row data keeps referring to `payload` (see TupleData).
+   */
+  parse(payload: Buffer, offset = 0, end = payload.length): PgoutputMessage {
     this.buf = payload;
-    this.pos = 1;
+    this.pos = offset + 1;
+    this.end = end;
     try {
-      return this.message(payload[0]);
+      if (offset >= end) throw new PgoutputDecodeError('empty message');
+      const m = this.message(payload[offset]);
+      if (this.pos > end) throw new RangeError('read past the end');
+      return m;
     } catch (e) {
       // Buffer reads past the end throw RangeError: the message is truncated.
-      if (e instanceof RangeError) throw new PgoutputDecodeError(`message truncated (${payload.length} bytes): ${e.message}`);
+      if (e instanceof RangeError) throw new PgoutputDecodeError(`message truncated (${end - offset} bytes): ${e.message}`);
       throw e;
     }
   }
@@ -174,7 +243,7 @@ export class PgoutputParser {
     const relation = this.knownRelation(this.u32());
     let kind = this.u8();
     let oldKind: 'K' | 'O' | null = null;
-    let oldTuple: Tuple | null = null;
+    let oldTuple: TupleData | null = null;
     if (kind === 0x4b /*K*/ || kind === 0x4f /*O*/) {
       oldKind = kind === 0x4b ? 'K' : 'O';
       oldTuple = this.tuple(relation);
@@ -213,28 +282,27 @@ export class PgoutputParser {
 
   // TupleData: Int16 ncols, then per column Byte1 'n' (null) | 'u' (unchanged
   // TOAST) | 't' (Int32 length, text bytes) | 'b' (binary; never requested).
-  private tuple(rel: RelationMessage): Tuple {
+  // Walked here to validate it and find its end; values are read later.
+  private tuple(rel: RelationMessage): TupleData {
     const n = this.u16();
     if (n !== rel.columns.length) throw new PgoutputDecodeError(`${rel.schema}.${rel.name}: tuple has ${n} columns, relation has ${rel.columns.length}`);
-    const out: Tuple = new Array(n);
     const buf = this.buf;
+    const end = this.end;
+    const start = this.pos;
+    let pos = start;
     for (let i = 0; i < n; i++) {
-      const kind = buf[this.pos++];
+      if (pos >= end) throw new PgoutputDecodeError(`${rel.schema}.${rel.name}: tuple truncated at column ${rel.columns[i].name}`);
+      const kind = buf[pos++];
       if (kind === 0x74 /*t*/) {
-        const len = buf.readUInt32BE(this.pos);
-        const start = this.pos + 4;
-        this.pos = start + len;
-        if (this.pos > buf.length) throw new PgoutputDecodeError(`${rel.schema}.${rel.name}: value runs past the message end`);
-        out[i] = buf.toString('utf8', start, this.pos);
-      } else if (kind === 0x6e /*n*/) {
-        out[i] = null;
-      } else if (kind === 0x75 /*u*/) {
-        out[i] = UNCHANGED_TOAST;
-      } else {
+        if (pos + 4 > end) throw new PgoutputDecodeError(`${rel.schema}.${rel.name}: tuple truncated at column ${rel.columns[i].name}`);
+        pos += 4 + buf.readUInt32BE(pos);
+        if (pos > end) throw new PgoutputDecodeError(`${rel.schema}.${rel.name}: value runs past the message end`);
+      } else if (kind !== 0x6e /*n*/ && kind !== 0x75 /*u*/) {
         throw new PgoutputDecodeError(`${rel.schema}.${rel.name}: unsupported tuple value kind 0x${(kind ?? 0).toString(16)} in column ${rel.columns[i].name}`);
       }
     }
-    return out;
+    this.pos = pos;
+    return new TupleData(buf, start, pos, n);
   }
 
   private knownRelation(oid: number): RelationMessage {
@@ -251,7 +319,7 @@ export class PgoutputParser {
   private advance(n: number): number {
     const at = this.pos;
     this.pos += n;
-    if (this.pos > this.buf.length) throw new PgoutputDecodeError('message truncated');
+    if (this.pos > this.end) throw new PgoutputDecodeError('message truncated');
     return at;
   }
   private u8(): number { return this.buf.readUInt8(this.advance(1)); }
@@ -261,7 +329,7 @@ export class PgoutputParser {
   private lsn(): Lsn { return readLsn(this.buf, this.advance(8)); }
   private cstring(): string {
     const end = this.buf.indexOf(0, this.pos);
-    if (end < 0) throw new PgoutputDecodeError('unterminated string');
+    if (end < 0 || end >= this.end) throw new PgoutputDecodeError('unterminated string');
     const s = this.buf.toString('utf8', this.pos, end);
     this.pos = end + 1;
     return s;
@@ -284,8 +352,8 @@ export class PgoutputPlugin {
     if (publicationNames.length === 0) throw new Error('PgoutputPlugin needs at least one publication');
   }
 
-  parse(payload: Buffer): PgoutputMessage {
-    return this.parser.parse(payload);
+  parse(payload: Buffer, offset = 0, end = payload.length): PgoutputMessage {
+    return this.parser.parse(payload, offset, end);
   }
 
   /** The START_REPLICATION command for `slotName` from `startLsn` (0 = the slot's confirmed position). */

@@ -40,6 +40,7 @@ import type { Endpoint } from './spec';
 
 /** A primary keepalive ('k'). */
 export interface Keepalive {
+  tag: 'keepalive';
   /** The server's position: everything before it has been sent. */
   walEnd: Lsn;
   /** Server clock, µs since the PostgreSQL epoch. */
@@ -48,14 +49,17 @@ export interface Keepalive {
   replyRequested: boolean;
 }
 
-export type ReceiveEvent<T> =
-  | { kind: 'xlog'; dataStart: Lsn; walEnd: Lsn; message: T }
-  | { kind: 'keepalive'; keepalive: Keepalive };
+/**
+ * What `next()`/`poll()` return, in stream order: a decoded XLogData payload
+ * (its header's positions are read from the stream, see `consumedWalEnd`) or
+ * a primary keepalive. Decoded payloads must not use the tag 'keepalive'.
+ */
+export type ReceiveEvent<T> = T | Keepalive;
 
 /** Parse a primary keepalive message ('k', 18 bytes). */
 export function parseKeepalive(buf: Buffer): Keepalive {
   if (buf.length < 18 || buf[0] !== 0x6b /*k*/) throw new Error(`not a primary keepalive message (${buf.length} bytes, type 0x${(buf[0] ?? 0).toString(16)})`);
-  return { walEnd: readLsn(buf, 1), sendTimeMicros: buf.readBigInt64BE(9), replyRequested: buf[17] !== 0 };
+  return { tag: 'keepalive', walEnd: readLsn(buf, 1), sendTimeMicros: buf.readBigInt64BE(9), replyRequested: buf[17] !== 0 };
 }
 
 /**
@@ -80,38 +84,71 @@ export interface ReplicationStreamOptions<T> {
   publicationName: string;
   /** Where to start; 0 = the slot's confirmed position. The server never goes below the slot's confirmed position. */
   startLsn: Lsn;
-  /** Decodes an XLogData payload; runs as bytes arrive (the socket's buffers are reused afterwards). */
-  decode: (payload: Buffer) => T;
+  /**
+   * Decodes an XLogData payload: `buf` from `offset` to `end`. Runs when the
+   * consumer takes the event; the bytes are the stream's own copy and are
+   * never reused, so the result may keep referring to them.
+   */
+  decode: (buf: Buffer, offset: number, end: number) => T;
   /** Pause the socket when this many events wait for the consumer. Default 512. */
   highWaterEvents?: number;
+  /** ... or when their payloads add up to this many bytes. Default 64 MiB. */
+  highWaterBytes?: number;
   applicationName?: string;
 }
 
 type Connection = pg.Connection & { sendCopyFromChunk(chunk: Buffer): void; endCopyFrom(): void };
 interface CopyDataMsg { chunk: Buffer }
 
-/** A running START_REPLICATION session. Call `close()` when done. */
-export class ReplicationStream<T> {
-  private readonly queue: ReceiveEvent<T>[] = [];
+/** Payloads are copied into chunks of this size (larger ones get their own buffer). */
+const ARENA_CHUNK = 1 << 20;
+
+/**
+ * A running START_REPLICATION session. Call `close()` when done.
+ *
+ * Per message cost matters here (hundreds of thousands a second), and so does
+ * what stays alive until the consumer gets to it (the garbage collector copies
+ * every surviving object): a received XLogData payload is copied out of the
+ * socket's buffer (node-postgres reuses it) into a 1 MiB arena chunk and
+ * queued as (chunk, start, end) plus its header's positions as 32-bit halves,
+ * in parallel arrays — no object per message until the consumer takes it and
+ * it is decoded. `consumedDataStart`/`consumedWalEnd` turn the positions of
+ * the last consumed message into an Lsn when asked.
+ */
+export class ReplicationStream<T extends { tag: string }> {
+  /** Per queued event: its payload's arena chunk, or a decoded keepalive. */
+  private readonly items: (Buffer | Keepalive)[] = [];
+  /** Per queued event, 6 numbers: payload start, end, dataStart hi/lo, walEnd hi/lo. */
+  private readonly nums: number[] = [];
   private head = 0;
+  private queuedBytes = 0;
+  private arena: Buffer = Buffer.allocUnsafeSlow(ARENA_CHUNK);
+  private arenaUsed = 0;
+  private readonly consumed = [0, 0, 0, 0];
   private failure: unknown = null;
   private waiter: (() => void) | null = null;
   private paused = false;
   private closed = false;
   private readonly highWater: number;
+  private readonly highWaterBytes: number;
+  private readonly decode: (buf: Buffer, offset: number, end: number) => T;
+  private readonly slotName: string;
   private streaming: Promise<unknown> = Promise.resolve();
 
-  private constructor(private readonly client: pg.Client, private readonly con: Connection, highWater: number, private readonly slotName: string) {
-    this.highWater = highWater;
+  private constructor(private readonly client: pg.Client, private readonly con: Connection, opts: ReplicationStreamOptions<T>) {
+    this.highWater = opts.highWaterEvents ?? 512;
+    this.highWaterBytes = opts.highWaterBytes ?? 64 * 1024 * 1024;
+    this.decode = opts.decode;
+    this.slotName = opts.slotName;
   }
 
   /** Connect (as conn.ts does, with SESSION_OPTIONS) and start streaming. */
-  static async open<T>(opts: ReplicationStreamOptions<T>): Promise<ReplicationStream<T>> {
+  static async open<T extends { tag: string }>(opts: ReplicationStreamOptions<T>): Promise<ReplicationStream<T>> {
     const client = await connect('source', opts.source, { replication: true, applicationName: opts.applicationName ?? 'pgferry-sync' });
     const con = (client as unknown as { connection: Connection }).connection;
-    const s = new ReplicationStream<T>(client, con, opts.highWaterEvents ?? 512, opts.slotName);
+    const s = new ReplicationStream<T>(client, con, opts);
     const plugin = new PgoutputPlugin([opts.publicationName]);
-    con.on('copyData', (msg: CopyDataMsg) => s.onCopyData(msg.chunk, opts.decode));
+    con.on('copyData', (msg: CopyDataMsg) => s.onCopyData(msg.chunk));
     client.on('error', (e: unknown) => s.fail(e));
     client.on('end', () => s.fail(new Error('Connection terminated: the replication connection to the source ended')));
     const started = new Promise<void>((resolve) => con.once('replicationStart', () => resolve()));
@@ -127,29 +164,42 @@ export class ReplicationStream<T> {
     return s;
   }
 
-  private onCopyData(chunk: Buffer, decode: (payload: Buffer) => T): void {
+  private onCopyData(chunk: Buffer): void {
     if (this.closed || this.failure) return;
     try {
       const type = chunk[0];
       if (type === 0x77 /*w*/) {
-        this.push({ kind: 'xlog', dataStart: readLsn(chunk, 1), walEnd: readLsn(chunk, 9), message: decode(chunk.subarray(25)) });
+        if (chunk.length < 25) throw new Error(`XLogData message of ${chunk.length} bytes (less than its 25-byte header)`);
+        const n = chunk.length - 25;
+        let buf: Buffer;
+        let at: number;
+        if (n > ARENA_CHUNK / 4) {
+          buf = Buffer.allocUnsafeSlow(n);
+          at = 0;
+        } else {
+          if (this.arenaUsed + n > ARENA_CHUNK) { this.arena = Buffer.allocUnsafeSlow(ARENA_CHUNK); this.arenaUsed = 0; }
+          buf = this.arena;
+          at = this.arenaUsed;
+          this.arenaUsed += n;
+        }
+        chunk.copy(buf, at, 25);
+        this.items.push(buf);
+        this.nums.push(at, at + n, chunk.readUInt32BE(1), chunk.readUInt32BE(5), chunk.readUInt32BE(9), chunk.readUInt32BE(13));
+        this.queuedBytes += n;
       } else if (type === 0x6b /*k*/) {
-        this.push({ kind: 'keepalive', keepalive: parseKeepalive(chunk) });
+        this.items.push(parseKeepalive(chunk));
+        this.nums.push(0, 0, 0, 0, 0, 0);
       } else {
         throw new Error(`unexpected replication message type 0x${(type ?? 0).toString(16)}`);
       }
+      if (!this.paused && (this.items.length - this.head >= this.highWater || this.queuedBytes >= this.highWaterBytes)) {
+        this.paused = true;
+        this.con.stream.pause();
+      }
+      if (this.waiter) this.wake();
     } catch (e) {
       this.fail(e);
     }
-  }
-
-  private push(ev: ReceiveEvent<T>): void {
-    this.queue.push(ev);
-    if (!this.paused && this.queue.length - this.head >= this.highWater) {
-      this.paused = true;
-      this.con.stream.pause();
-    }
-    this.wake();
   }
 
   private fail(e: unknown): void {
@@ -165,7 +215,29 @@ export class ReplicationStream<T> {
 
   /** Events waiting in memory. */
   get buffered(): number {
-    return this.queue.length - this.head;
+    return this.items.length - this.head;
+  }
+
+  /** Start of the last XLogData message consumed (0 before the first). */
+  get consumedDataStart(): Lsn {
+    return (BigInt(this.consumed[0]) << 32n) | BigInt(this.consumed[1]);
+  }
+
+  /** Server WAL end reported with the last XLogData message consumed (0 before the first). */
+  get consumedWalEnd(): Lsn {
+    return (BigInt(this.consumed[2]) << 32n) | BigInt(this.consumed[3]);
+  }
+
+  /**
+   * The next event if one is already buffered, else undefined; throws once
+   * the connection has failed and everything received before has been
+   * consumed, or when a payload does not decode. Synchronous: the consumer
+   * drains what is buffered without a promise per message.
+   */
+  poll(): ReceiveEvent<T> | undefined {
+    if (this.head < this.items.length) return this.take();
+    if (this.failure !== null) throw this.failure;
+    return undefined;
   }
 
   /**
@@ -176,7 +248,7 @@ export class ReplicationStream<T> {
   async next(timeoutMs: number, signal?: AbortSignal): Promise<ReceiveEvent<T> | null> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
-      if (this.head < this.queue.length) return this.take();
+      if (this.head < this.items.length) return this.take();
       if (this.failure !== null) throw this.failure;
       const leftMs = deadline - Date.now();
       if (this.closed || signal?.aborted || leftMs <= 0) return null;
@@ -190,11 +262,23 @@ export class ReplicationStream<T> {
   }
 
   private take(): ReceiveEvent<T> {
-    const ev = this.queue[this.head];
-    this.queue[this.head++] = undefined as unknown as ReceiveEvent<T>;
-    if (this.head === this.queue.length) { this.queue.length = 0; this.head = 0; }
-    else if (this.head >= 1024) { this.queue.splice(0, this.head); this.head = 0; }
-    if (this.paused && this.buffered <= this.highWater / 4) { this.paused = false; this.con.stream.resume(); }
+    const i = this.head++;
+    const item: Buffer | Keepalive = this.items[i];
+    this.items[i] = undefined as unknown as Buffer;
+    const p = this.nums;
+    const j = 6 * i;
+    let ev: ReceiveEvent<T>;
+    if (item instanceof Buffer) {
+      const c = this.consumed;
+      c[0] = p[j + 2]; c[1] = p[j + 3]; c[2] = p[j + 4]; c[3] = p[j + 5];
+      this.queuedBytes -= p[j + 1] - p[j];
+      ev = this.decode(item, p[j], p[j + 1]);
+    } else {
+      ev = item as Keepalive;
+    }
+    if (this.head === this.items.length) { this.items.length = 0; p.length = 0; this.head = 0; }
+    else if (this.head >= 1024) { this.items.splice(0, this.head); p.splice(0, 6 * this.head); this.head = 0; }
+    if (this.paused && this.buffered <= this.highWater / 4 && this.queuedBytes <= this.highWaterBytes / 4) { this.paused = false; this.con.stream.resume(); }
     return ev;
   }
 
@@ -213,8 +297,10 @@ export class ReplicationStream<T> {
     if (this.closed) return;
     const healthy = this.failure === null;
     this.closed = true;
-    this.queue.length = 0;
+    this.items.length = 0;
+    this.nums.length = 0;
     this.head = 0;
+    this.queuedBytes = 0;
     this.wake();
     if (healthy) {
       try {

@@ -65,6 +65,9 @@ export interface SyncProgress {
   lastBatchAt: Date | null;
 }
 
+/** Events decoded between two turns of the event loop (see the main loop). */
+const YIELD_EVERY = 256;
+const yieldToIo = () => new Promise<void>((resolve) => setImmediate(resolve));
 /** How often the source hears from us even when nothing changes (wal_sender_timeout defaults to 60 s). */
 const STATUS_INTERVAL_MS = 10_000;
 /** How often to ask the target how far its WAL is flushed while commits wait to become durable. */
@@ -184,7 +187,16 @@ async function runSession(opts: SyncOptions, state: SyncState, log: LogFn): Prom
     lastSentLsn = lsn;
     lastSentAtMs = Date.now();
   };
+  // True while the loop awaits the applier on an event it has taken from the
+  // stream: the stream's consumed position already includes that event but
+  // the applier does not count it yet, so the position is not reported then
+  // (the cutover must never see "nothing pending" past an unapplied change).
+  let midEvent = false;
   const report = () => {
+    if (stream && !midEvent) {
+      state.receivedLsn = maxLsn(state.receivedLsn, stream.consumedDataStart);
+      state.decodedLsn = maxLsn(state.decodedLsn, stream.consumedWalEnd);
+    }
     state.appliedLsn = maxLsn(state.appliedLsn, applier.appliedLsn);
     state.appliedCommitTime = applier.appliedCommitTime ?? state.appliedCommitTime;
     state.changesApplied = base.changes + applier.changesApplied;
@@ -208,7 +220,7 @@ async function runSession(opts: SyncOptions, state: SyncState, log: LogFn): Prom
     const parser = new PgoutputParser();
     stream = await ReplicationStream.open<PgoutputMessage>({
       source: opts.source, slotName: opts.slotName, publicationName: opts.publicationName,
-      startLsn: applier.appliedLsn, decode: (payload) => parser.parse(payload),
+      startLsn: applier.appliedLsn, decode: (buf, offset, end) => parser.parse(buf, offset, end),
       // Room for about two batches: the walsender keeps decoding while the
       // previous batch executes on the target.
       highWaterEvents: Math.max(512, Math.min(2 * opts.batchChanges + 512, 32_768)),
@@ -231,55 +243,73 @@ async function runSession(opts: SyncOptions, state: SyncState, log: LogFn): Prom
     report();
 
     applier.onCommitted = () => { sendStatus(false); report(); };
+    let sinceYield = 0;
     while (!opts.signal.aborted) {
       applier.throwIfFailed();
-      const ageMs = applier.batchAgeMs();
-      const atBoundary = !applier.inSourceTransaction;
-      let waitMs = ageMs !== null && atBoundary ? Math.max(0, opts.batchMs - ageMs) : STATUS_INTERVAL_MS;
-      // A batch in flight may fail while the stream is quiet: look again soon.
-      if (applier.hasInflight) waitMs = Math.min(waitMs, 50);
-      const ev = await stream.next(waitMs, opts.signal);
-      if (opts.signal.aborted) break;
+      // Drain what is buffered synchronously; await only when nothing is —
+      // and let the event loop run every YIELD_EVERY events: the batch in
+      // flight on the target advances (its next statement is sent) only from
+      // I/O callbacks, as does reading the source socket. Without it, decode
+      // and target execution would take turns instead of overlapping.
+      let ev = ++sinceYield < YIELD_EVERY ? stream.poll() : undefined;
+      if (ev === undefined && sinceYield >= YIELD_EVERY) {
+        sinceYield = 0;
+        await yieldToIo();
+        if (opts.signal.aborted) break;
+        continue;
+      }
+      if (ev === undefined) {
+        const ageMs = applier.batchAgeMs();
+        const atBoundary = !applier.inSourceTransaction;
+        let waitMs = ageMs !== null && atBoundary ? Math.max(0, opts.batchMs - ageMs) : STATUS_INTERVAL_MS;
+        // A batch in flight may fail while the stream is quiet: look again soon.
+        if (applier.hasInflight) waitMs = Math.min(waitMs, 50);
+        const got = await stream.next(waitMs, opts.signal);
+        if (opts.signal.aborted) break;
+        if (got === null) {
+          // batchMs passed with the batch open and no transaction in flight.
+          if (!applier.inSourceTransaction && (applier.batchAgeMs() ?? -1) >= opts.batchMs) {
+            await applier.flush();
+            sendStatus(false);
+            report();
+          }
+          continue;
+        }
+        ev = got;
+      }
 
-      if (ev === null) {
-        // batchMs passed with the batch open and no transaction in flight.
-        if (!applier.inSourceTransaction && (applier.batchAgeMs() ?? -1) >= opts.batchMs) {
-          await applier.flush();
+      switch (ev.tag) {
+        case 'keepalive': {
+          const { walEnd, replyRequested } = ev;
+          state.decodedLsn = maxLsn(state.decodedLsn, walEnd);
+          // Guard 8 (confirm only what is applied; guards 1-7 are in apply.ts):
+          // walEnd covers every transaction committed before it only when no
+          // transaction is in flight; a keepalive sent mid-transaction must not
+          // move the position, or a crash would skip the rest of that transaction.
+          if (!applier.inSourceTransaction) {
+            applier.boundary(walEnd);
+            // Idle: nothing more buffered, commit now rather than wait for batchMs.
+            if (stream.buffered === 0) { midEvent = true; await applier.flush(); midEvent = false; }
+          }
+          sendStatus(replyRequested);
+          report();
+          break;
+        }
+        case 'begin': applier.begin(ev); break;
+        case 'commit': {
+          const r = applier.commit(ev);
+          if (r === false) break;
+          if (r !== true) { midEvent = true; const flushed = await r; midEvent = false; if (!flushed) break; }
           sendStatus(false);
           report();
-        }
-        continue;
-      }
-
-      if (ev.kind === 'keepalive') {
-        const { walEnd, replyRequested } = ev.keepalive;
-        state.decodedLsn = maxLsn(state.decodedLsn, walEnd);
-        // Guard 8 (confirm only what is applied; guards 1-7 are in apply.ts):
-        // walEnd covers every transaction committed before it only when no
-        // transaction is in flight; a keepalive sent mid-transaction must not
-        // move the position, or a crash would skip the rest of that transaction.
-        if (!applier.inSourceTransaction) {
-          applier.boundary(walEnd);
-          // Idle: nothing more buffered, commit now rather than wait for batchMs.
-          if (stream.buffered === 0) await applier.flush();
-        }
-        sendStatus(replyRequested);
-        report();
-        continue;
-      }
-
-      state.receivedLsn = maxLsn(state.receivedLsn, ev.dataStart);
-      state.decodedLsn = maxLsn(state.decodedLsn, ev.walEnd);
-      const m = ev.message;
-      switch (m.tag) {
-        case 'begin': applier.begin(m); break;
-        case 'commit':
-          if (await applier.commit(m)) { sendStatus(false); report(); }
           break;
-        case 'relation': applier.relation(m); break;
-        case 'insert': case 'update': case 'delete': case 'truncate':
-          await applier.change(m);
+        }
+        case 'relation': applier.relation(ev); break;
+        case 'insert': case 'update': case 'delete': case 'truncate': {
+          const p = applier.change(ev);
+          if (p) { midEvent = true; await p; midEvent = false; }
           break;
+        }
         case 'type': case 'origin': case 'message':
           break; // values are cast by the target's column types; origins and logical messages are not ours
       }

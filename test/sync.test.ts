@@ -476,15 +476,15 @@ describe('receive: standby status updates and keepalives against a real server',
       await s.query('INSERT INTO r VALUES (1)');
       await s.query('INSERT INTO r VALUES (2)');
       const parser = new PgoutputParser();
-      const stream = await ReplicationStream.open<PgoutputMessage>({ source: c.endpoint('postgres'), slotName: 's', publicationName: 'p', startLsn: 0n, decode: (b) => parser.parse(b) });
+      const stream = await ReplicationStream.open<PgoutputMessage>({ source: c.endpoint('postgres'), slotName: 's', publicationName: 'p', startLsn: 0n, decode: (b, o, e) => parser.parse(b, o, e) });
       try {
         const ends: Lsn[] = [];
         let keepaliveEnd: Lsn | null = null;
         while (ends.length < 2 || keepaliveEnd === null) {
           const ev = await stream.next(60_000);
           assert.ok(ev, 'stream ended');
-          if (ev.kind === 'xlog' && ev.message.tag === 'commit') ends.push(ev.message.endLsn);
-          if (ev.kind === 'keepalive' && ends.length === 2) keepaliveEnd = ev.keepalive.walEnd;
+          if (ev.tag === 'commit') ends.push(ev.endLsn);
+          if (ev.tag === 'keepalive' && ends.length === 2) keepaliveEnd = ev.walEnd;
         }
         assert.ok(keepaliveEnd >= ends[1]);
         // Confirm the end of the first transaction: the slot must record exactly it.
@@ -512,7 +512,7 @@ describe('receive: standby status updates and keepalives against a real server',
     assert.equal(b[33], 1);
     const k = Buffer.alloc(18);
     k[0] = 0x6b; k.writeBigUInt64BE(0x2_0000_0020n, 1); k.writeBigInt64BE(5n, 9); k[17] = 1;
-    assert.deepEqual(parseKeepalive(k), { walEnd: 0x2_0000_0020n, sendTimeMicros: 5n, replyRequested: true });
+    assert.deepEqual(parseKeepalive(k), { tag: 'keepalive', walEnd: 0x2_0000_0020n, sendTimeMicros: 5n, replyRequested: true });
     assert.equal(formatLsn(parseKeepalive(k).walEnd), '2/20');
   });
 });
