@@ -66,8 +66,6 @@ export interface ApplierOptions {
   tableSyncLsn: Map<string, Lsn>;
   /** Re-apply source transactions committed at or before this LSN one change per statement. Default: none. */
   safeThroughLsn?: Lsn | null;
-  /** Position to assume when the target holds none (the slot's confirmed position). Default 0. */
-  fallbackStartLsn?: Lsn;
   log?: LogFn;
 }
 
@@ -87,6 +85,8 @@ interface Statement {
 
 /** A batch commits at the next source transaction boundary once its row data reaches this size, whatever its change count. */
 const BATCH_BYTES = 16 * 1024 * 1024;
+/** The first batch after a (re)start closes at this many changes (see `batchLimit`). */
+const FIRST_BATCH_CHANGES = 256;
 
 interface Batch {
   openedAtMs: number;
@@ -144,6 +144,12 @@ export class Applier {
   private readonly maps = new Map<number, RelMap>();
   private readonly targets = new Map<string, TargetTable>();
   private readonly prepared = new Map<string, string>();
+  /**
+   * Changes that close a batch: starts small and doubles with every commit
+   * up to `batchChanges`, so after a (re)start the target gets its first
+   * batch while the rest of the backlog is still being decoded (slow start).
+   */
+  private batchLimit: number;
   private readonly log: LogFn;
 
   private constructor(private readonly client: pg.Client, readonly mode: ApplyMode, private readonly opts: ApplierOptions, durableLsn: Lsn) {
@@ -152,6 +158,7 @@ export class Applier {
     this.safeThroughLsn = opts.safeThroughLsn ?? null;
     this.log = opts.log ?? (() => undefined);
     this.plan = new Plan(mode === 'replica');
+    this.batchLimit = Math.min(opts.batchChanges, FIRST_BATCH_CHANGES);
   }
 
   /** Connect to the target, prepare the session and read the applied position. */
@@ -178,7 +185,7 @@ export class Applier {
       }
       await ensureTargetState(client);
       const durable = await readAppliedLsn(client, opts.migrationId);
-      const a = new Applier(client, mode, opts, durable ?? opts.fallbackStartLsn ?? 0n);
+      const a = new Applier(client, mode, opts, durable ?? 0n);
       if (mode === 'replica') {
         a.log('info', 'apply mode: replica (session_replication_role = replica; statements grouped per table within a batch)', { event: 'apply-mode', mode });
       } else {
@@ -316,7 +323,7 @@ export class Applier {
     }
     // Guard 4 (exactly once): a batch commits only here, at a source
     // transaction boundary, with the end LSN of that transaction.
-    if (this.batch.changes >= this.opts.batchChanges || this.batch.bytes + this.plan.bytes >= BATCH_BYTES || Date.now() - this.batch.openedAtMs >= this.opts.batchMs) {
+    if (this.batch.changes >= this.batchLimit || this.batch.bytes + this.plan.bytes >= BATCH_BYTES || Date.now() - this.batch.openedAtMs >= this.opts.batchMs) {
       return this.flush().then(() => true);
     }
     return false;
@@ -418,6 +425,7 @@ export class Applier {
     this.appliedLsn = maxLsn(this.appliedLsn, endLsn);
     if (batch.lastCommitTime) this.appliedCommitTime = batch.lastCommitTime;
     this.changesApplied += batch.changes;
+    this.batchLimit = Math.min(this.opts.batchChanges, this.batchLimit * 2);
     this.transactionsApplied += batch.txns;
     this.lastBatchAt = new Date();
     // Positions that arrived (idle keepalives) while this batch was in flight.

@@ -25,7 +25,7 @@ import { AgentService } from './service';
 import { createServer, listen } from './server';
 import { AGENT_TOKEN_ENV, MIN_TOKEN_LENGTH, StaticTokens, TokenAuth, TokenFile, checkListenSecurity, tokensFromEnv, type TokenSource } from './auth';
 import { loadServerTls, type ServerTls } from './tls';
-import { AgentMetrics, serveMetrics, type MetricsServer } from './metrics';
+import type { AgentMetrics, MetricsServer } from './metrics';
 import { EXIT, registerClientCommands, reportError } from './commands';
 import type { MigrationStatus } from './migration';
 
@@ -154,17 +154,22 @@ async function runAgent(opts: AgentFlags): Promise<void> {
     const settled = await Promise.allSettled([...svc.runners.values()].map((r) => r.status()));
     return settled.flatMap((s) => (s.status === 'fulfilled' ? [s.value] : []));
   };
-  metrics = new AgentMetrics(statuses, { version: VERSION, tlsNotAfter: tls?.notAfter });
+  // Metrics only when served: prom-client is loaded (and its collectors run) only then.
+  if (opts.metricsListen) {
+    const { AgentMetrics: Metrics } = require('./metrics') as typeof import('./metrics');
+    metrics = new Metrics(statuses, { version: VERSION, tlsNotAfter: tls?.notAfter });
+  }
   const m = metrics;
   const server = createServer(svc, {
     auth: source ? new TokenAuth(source) : undefined,
-    onCall: (method, status, code) => { m.recordRpc(method, status); if (code) m.recordError(code, 'rpc'); },
+    onCall: (method, status, code) => { m?.recordRpc(method, status); if (code) m?.recordError(code, 'rpc'); },
   });
   const port = await listen(server, opts.listen, tls?.credentials).catch((e: Error) => {
     throw new PgferryError('INVALID_SPEC', `Cannot listen on ${opts.listen}: ${e.message}.`, 'Pick a free port and an address of this machine for --listen.', { cause: e });
   });
   let metricsServer: MetricsServer | undefined;
-  if (opts.metricsListen) {
+  if (opts.metricsListen && m) {
+    const { serveMetrics } = require('./metrics') as typeof import('./metrics');
     metricsServer = await serveMetrics(m, opts.metricsListen, log).catch((e: Error) => {
       throw new PgferryError('INVALID_SPEC', `Cannot serve metrics on ${opts.metricsListen}: ${e.message}.`, 'Pick a free port and an address of this machine for --metrics-listen.', { cause: e });
     });

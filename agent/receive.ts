@@ -57,9 +57,9 @@ export interface Keepalive {
 export type ReceiveEvent<T> = T | Keepalive;
 
 /** Parse a primary keepalive message ('k', 18 bytes). */
-export function parseKeepalive(buf: Buffer): Keepalive {
-  if (buf.length < 18 || buf[0] !== 0x6b /*k*/) throw new Error(`not a primary keepalive message (${buf.length} bytes, type 0x${(buf[0] ?? 0).toString(16)})`);
-  return { tag: 'keepalive', walEnd: readLsn(buf, 1), sendTimeMicros: buf.readBigInt64BE(9), replyRequested: buf[17] !== 0 };
+export function parseKeepalive(buf: Buffer, offset = 0, end = buf.length): Keepalive {
+  if (end - offset < 18 || buf[offset] !== 0x6b /*k*/) throw new Error(`not a primary keepalive message (${end - offset} bytes, type 0x${(buf[offset] ?? 0).toString(16)})`);
+  return { tag: 'keepalive', walEnd: readLsn(buf, offset + 1), sendTimeMicros: buf.readBigInt64BE(offset + 9), replyRequested: buf[offset + 17] !== 0 };
 }
 
 /**
@@ -86,8 +86,8 @@ export interface ReplicationStreamOptions<T> {
   startLsn: Lsn;
   /**
    * Decodes an XLogData payload: `buf` from `offset` to `end`. Runs when the
-   * consumer takes the event; the bytes are the stream's own copy and are
-   * never reused, so the result may keep referring to them.
+   * consumer takes the event; the bytes are never reused, so the result may
+   * keep referring to them.
    */
   decode: (buf: Buffer, offset: number, end: number) => T;
   /** Pause the socket when this many events wait for the consumer. Default 512. */
@@ -98,33 +98,43 @@ export interface ReplicationStreamOptions<T> {
 }
 
 type Connection = pg.Connection & { sendCopyFromChunk(chunk: Buffer): void; endCopyFrom(): void };
-interface CopyDataMsg { chunk: Buffer }
-
-/** Payloads are copied into chunks of this size (larger ones get their own buffer). */
-const ARENA_CHUNK = 1 << 20;
 
 /**
  * A running START_REPLICATION session. Call `close()` when done.
  *
- * Per message cost matters here (hundreds of thousands a second), and so does
- * what stays alive until the consumer gets to it (the garbage collector copies
- * every surviving object): a received XLogData payload is copied out of the
- * socket's buffer (node-postgres reuses it) into a 1 MiB arena chunk and
- * queued as (chunk, start, end) plus its header's positions as 32-bit halves,
- * in parallel arrays — no object per message until the consumer takes it and
- * it is decoded. `consumedDataStart`/`consumedWalEnd` turn the positions of
- * the last consumed message into an Lsn when asked.
+ * Per message cost matters here (hundreds of thousands of messages a
+ * second), and so does what stays alive until the consumer gets to it (the
+ * garbage collector copies every surviving object). So the CopyData frames
+ * of the stream are cut out of the socket's chunks here rather than by
+ * node-postgres' parser (which allocates a Buffer view and a message object
+ * and emits two events per message): the connection's socket listener is
+ * replaced by `onSocketData`, which hands every other message (CopyBoth
+ * response, errors, notices, CommandComplete, ReadyForQuery) to
+ * node-postgres unchanged, as whole frames. An XLogData payload is queued as
+ * (chunk, start, end) plus its header's positions as 32-bit halves, in
+ * parallel arrays — no copy (a socket chunk is a fresh buffer per read, never
+ * reused; only a message split across chunks is assembled into its own
+ * buffer) and no object until the consumer takes it and it is decoded.
+ * `consumedDataStart`/`consumedWalEnd` give the last consumed message's
+ * positions as an Lsn when asked.
  */
 export class ReplicationStream<T extends { tag: string }> {
-  /** Per queued event: its payload's arena chunk, or a decoded keepalive. */
+  /** Per queued event: the buffer holding its payload, or a decoded keepalive. */
   private readonly items: (Buffer | Keepalive)[] = [];
   /** Per queued event, 6 numbers: payload start, end, dataStart hi/lo, walEnd hi/lo. */
   private readonly nums: number[] = [];
   private head = 0;
   private queuedBytes = 0;
-  private arena: Buffer = Buffer.allocUnsafeSlow(ARENA_CHUNK);
-  private arenaUsed = 0;
   private readonly consumed = [0, 0, 0, 0];
+  /** node-postgres' own socket listener, which gets every frame that is not CopyData. */
+  private pgListener: ((chunk: Buffer) => void) | null = null;
+  /** CopyBoth mode entered: CopyData frames are ours from here on. */
+  private copyBoth = false;
+  /** A frame split across socket chunks: its bytes so far (`partialFill` of them). */
+  private partial: Buffer | null = null;
+  private partialFill = 0;
+  /** The first bytes of a frame header split across chunks. */
+  private head5: Buffer | null = null;
   private failure: unknown = null;
   private waiter: (() => void) | null = null;
   private paused = false;
@@ -133,73 +143,155 @@ export class ReplicationStream<T extends { tag: string }> {
   private readonly highWaterBytes: number;
   private readonly decode: (buf: Buffer, offset: number, end: number) => T;
   private readonly slotName: string;
+  private readonly publicationName: string;
   private streaming: Promise<unknown> = Promise.resolve();
 
-  private constructor(private readonly client: pg.Client, private readonly con: Connection, opts: ReplicationStreamOptions<T>) {
+  private constructor(private readonly client: pg.Client, private readonly con: Connection, opts: Omit<ReplicationStreamOptions<T>, 'startLsn'>) {
     this.highWater = opts.highWaterEvents ?? 512;
     this.highWaterBytes = opts.highWaterBytes ?? 64 * 1024 * 1024;
     this.decode = opts.decode;
     this.slotName = opts.slotName;
+    this.publicationName = opts.publicationName;
   }
 
   /** Connect (as conn.ts does, with SESSION_OPTIONS) and start streaming. */
   static async open<T extends { tag: string }>(opts: ReplicationStreamOptions<T>): Promise<ReplicationStream<T>> {
+    const s = await ReplicationStream.connect(opts);
+    await s.start(opts.startLsn);
+    return s;
+  }
+
+  /**
+   * Connect, ready for `query()` (simple SQL: a replication connection takes
+   * no parameters) and `start()`. Close it if `start()` is never called.
+   */
+  static async connect<T extends { tag: string }>(opts: Omit<ReplicationStreamOptions<T>, 'startLsn'>): Promise<ReplicationStream<T>> {
     const client = await connect('source', opts.source, { replication: true, applicationName: opts.applicationName ?? 'pgferry-sync' });
     const con = (client as unknown as { connection: Connection }).connection;
     const s = new ReplicationStream<T>(client, con, opts);
-    const plugin = new PgoutputPlugin([opts.publicationName]);
-    con.on('copyData', (msg: CopyDataMsg) => s.onCopyData(msg.chunk));
-    client.on('error', (e: unknown) => s.fail(e));
-    client.on('end', () => s.fail(new Error('Connection terminated: the replication connection to the source ended')));
-    const started = new Promise<void>((resolve) => con.once('replicationStart', () => resolve()));
-    s.streaming = client.query(plugin.startCommand(opts.slotName, opts.startLsn)).then(
-      () => s.fail(new Error('Connection terminated: the source ended replication')),
-      (e: unknown) => s.fail(e));
     try {
-      await Promise.race([started, s.streaming.then(() => { throw s.failure; })]);
+      // The connection is idle (its last message was ReadyForQuery), so no
+      // frame is half-read by node-postgres' parser when we take over.
+      const listeners = con.stream.listeners('data') as ((chunk: Buffer) => void)[];
+      if (listeners.length !== 1) throw new Error(`the replication connection has ${listeners.length} data listeners, expected node-postgres' one`);
+      s.pgListener = listeners[0];
+      con.stream.removeListener('data', s.pgListener);
+      con.stream.on('data', (chunk: Buffer) => s.onSocketData(chunk));
     } catch (e) {
       await client.end().catch(() => undefined);
       throw e;
     }
+    client.on('error', (e: unknown) => s.fail(e));
+    client.on('end', () => s.fail(new Error('Connection terminated: the replication connection to the source ended')));
     return s;
   }
 
-  private onCopyData(chunk: Buffer): void {
-    if (this.closed || this.failure) return;
+  /** Run a simple SQL statement on the connection before streaming starts. */
+  query(sql: string): Promise<pg.QueryResult> {
+    return this.client.query(sql);
+  }
+
+  /** START_REPLICATION from `startLsn` (0 = the slot's confirmed position); resolves once the server streams. */
+  async start(startLsn: Lsn): Promise<void> {
+    const plugin = new PgoutputPlugin([this.publicationName]);
+    const started = new Promise<void>((resolve) => this.con.once('replicationStart', () => resolve()));
+    this.streaming = this.client.query(plugin.startCommand(this.slotName, startLsn)).then(
+      () => this.fail(new Error('Connection terminated: the source ended replication')),
+      (e: unknown) => this.fail(e));
     try {
-      const type = chunk[0];
-      if (type === 0x77 /*w*/) {
-        if (chunk.length < 25) throw new Error(`XLogData message of ${chunk.length} bytes (less than its 25-byte header)`);
-        const n = chunk.length - 25;
-        let buf: Buffer;
-        let at: number;
-        if (n > ARENA_CHUNK / 4) {
-          buf = Buffer.allocUnsafeSlow(n);
-          at = 0;
-        } else {
-          if (this.arenaUsed + n > ARENA_CHUNK) { this.arena = Buffer.allocUnsafeSlow(ARENA_CHUNK); this.arenaUsed = 0; }
-          buf = this.arena;
-          at = this.arenaUsed;
-          this.arenaUsed += n;
+      await Promise.race([started, this.streaming.then(() => { throw this.failure; })]);
+    } catch (e) {
+      this.closed = true;
+      await this.client.end().catch(() => undefined);
+      throw e;
+    }
+  }
+
+  /**
+   * Cut the byte stream into protocol messages (Byte1 type, Int32 length
+   * including itself, body): https://www.postgresql.org/docs/current/protocol-overview.html
+   */
+  private onSocketData(chunk: Buffer): void {
+    try {
+      let pos = 0;
+      const n = chunk.length;
+      if (this.head5 !== null || this.partial !== null) {
+        pos = this.continuePartial(chunk);
+        if (pos < 0) return;
+      }
+      while (pos < n) {
+        if (n - pos < 5) { this.head5 = Buffer.from(chunk.subarray(pos, n)); return; }
+        const len = chunk.readUInt32BE(pos + 1);
+        if (len < 4) throw new Error(`malformed protocol message (type 0x${chunk[pos].toString(16)}, length ${len})`);
+        const end = pos + 1 + len;
+        if (end > n) {
+          this.partial = Buffer.allocUnsafe(1 + len);
+          this.partialFill = chunk.copy(this.partial, 0, pos, n);
+          return;
         }
-        chunk.copy(buf, at, 25);
-        this.items.push(buf);
-        this.nums.push(at, at + n, chunk.readUInt32BE(1), chunk.readUInt32BE(5), chunk.readUInt32BE(9), chunk.readUInt32BE(13));
-        this.queuedBytes += n;
-      } else if (type === 0x6b /*k*/) {
-        this.items.push(parseKeepalive(chunk));
-        this.nums.push(0, 0, 0, 0, 0, 0);
-      } else {
-        throw new Error(`unexpected replication message type 0x${(type ?? 0).toString(16)}`);
+        this.onFrame(chunk, pos, end);
+        pos = end;
       }
-      if (!this.paused && (this.items.length - this.head >= this.highWater || this.queuedBytes >= this.highWaterBytes)) {
-        this.paused = true;
-        this.con.stream.pause();
-      }
-      if (this.waiter) this.wake();
     } catch (e) {
       this.fail(e);
     }
+  }
+
+  /** Feed a chunk to the frame split across chunks; returns where the rest of the chunk starts, or -1 when it was all consumed. */
+  private continuePartial(chunk: Buffer): number {
+    let pos = 0;
+    if (this.head5 !== null) {
+      const need = 5 - this.head5.length;
+      if (chunk.length < need) { this.head5 = Buffer.concat([this.head5, chunk]); return -1; }
+      const header = Buffer.concat([this.head5, chunk.subarray(0, need)]);
+      this.head5 = null;
+      const len = header.readUInt32BE(1);
+      if (len < 4) throw new Error(`malformed protocol message (type 0x${header[0].toString(16)}, length ${len})`);
+      this.partial = Buffer.allocUnsafe(1 + len);
+      header.copy(this.partial, 0);
+      this.partialFill = 5;
+      pos = need;
+    }
+    const frame = this.partial!;
+    const take = Math.min(frame.length - this.partialFill, chunk.length - pos);
+    chunk.copy(frame, this.partialFill, pos, pos + take);
+    this.partialFill += take;
+    pos += take;
+    if (this.partialFill < frame.length) return -1;
+    this.partial = null;
+    this.onFrame(frame, 0, frame.length);
+    return pos;
+  }
+
+  private onFrame(buf: Buffer, start: number, end: number): void {
+    const type = buf[start];
+    if (type === 0x64 /*d*/ && this.copyBoth) {
+      this.onCopyData(buf, start + 5, end);
+      return;
+    }
+    if (type === 0x57 /*W: CopyBothResponse*/) this.copyBoth = true;
+    this.pgListener!(buf.subarray(start, end));
+  }
+
+  private onCopyData(buf: Buffer, start: number, end: number): void {
+    if (this.closed || this.failure) return;
+    const type = buf[start];
+    if (type === 0x77 /*w*/) {
+      if (end - start < 25) throw new Error(`XLogData message of ${end - start} bytes (less than its 25-byte header)`);
+      this.items.push(buf);
+      this.nums.push(start + 25, end, buf.readUInt32BE(start + 1), buf.readUInt32BE(start + 5), buf.readUInt32BE(start + 9), buf.readUInt32BE(start + 13));
+      this.queuedBytes += end - start - 25;
+    } else if (type === 0x6b /*k*/) {
+      this.items.push(parseKeepalive(buf, start, end));
+      this.nums.push(0, 0, 0, 0, 0, 0);
+    } else {
+      throw new Error(`unexpected replication message type 0x${(type ?? 0).toString(16)}`);
+    }
+    if (!this.paused && (this.items.length - this.head >= this.highWater || this.queuedBytes >= this.highWaterBytes)) {
+      this.paused = true;
+      this.con.stream.pause();
+    }
+    if (this.waiter) this.wake();
   }
 
   private fail(e: unknown): void {
@@ -302,7 +394,7 @@ export class ReplicationStream<T extends { tag: string }> {
     this.head = 0;
     this.queuedBytes = 0;
     this.wake();
-    if (healthy) {
+    if (healthy && this.copyBoth) {
       try {
         this.con.endCopyFrom();
         if (this.paused) this.con.stream.resume();

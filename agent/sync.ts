@@ -20,7 +20,7 @@
  * restarts from the target's recorded position and nothing is lost or doubled.
  */
 import { Applier, isTransientError, SafeReplayNeeded, type LogFn } from './apply';
-import { connect, resolveEndpoint } from './conn';
+import { ql, resolveEndpoint } from './conn';
 import { asPgferryError, PgferryError, redact } from './errors';
 import { formatLsn, maxLsn, parseLsn, type Lsn } from './lsn';
 import { PgoutputParser, type PgoutputMessage } from './pgoutput';
@@ -66,7 +66,7 @@ export interface SyncProgress {
 }
 
 /** Events decoded between two turns of the event loop (see the main loop). */
-const YIELD_EVERY = 256;
+const YIELD_EVERY = 64;
 const yieldToIo = () => new Promise<void>((resolve) => setImmediate(resolve));
 /** How often the source hears from us even when nothing changes (wal_sender_timeout defaults to 60 s). */
 const STATUS_INTERVAL_MS = 10_000;
@@ -137,43 +137,66 @@ export async function runSync(opts: SyncOptions): Promise<void> {
   }
 }
 
-/** The slot's confirmed position; fails when the slot is missing or is not this migration's kind of slot. */
-async function readSlot(source: Endpoint, slotName: string): Promise<Lsn> {
+/**
+ * The slot's confirmed position, read on the replication connection itself
+ * (simple SQL is allowed there); fails when the slot is missing or is not
+ * this migration's kind of slot.
+ */
+async function readSlot(stream: ReplicationStream<PgoutputMessage>, source: Endpoint, slotName: string): Promise<Lsn> {
   const database = resolveEndpoint(source).database;
-  const c = await connect('source', source, { applicationName: 'pgferry-sync' });
-  try {
-    const r = await c.query('SELECT confirmed_flush_lsn::text AS lsn, plugin, database FROM pg_replication_slots WHERE slot_name = $1', [slotName]);
-    if (r.rows.length === 0) {
-      throw new PgferryError('STATE_CORRUPT', `The replication slot "${slotName}" does not exist on the source.`,
-        'The slot was dropped, so the changes since the last applied position are gone from the source. Delete the migration and start it again (a fresh copy).');
-    }
-    const row = r.rows[0];
-    if (row.plugin !== 'pgoutput' || row.database !== database) {
-      throw new PgferryError('SLOT_NAME_TAKEN', `The replication slot "${slotName}" on the source is not a pgoutput slot of database "${database}" (plugin ${row.plugin}, database ${row.database}).`,
-        'Give the migration another `slotName`, or drop the other slot if it is unused.');
-    }
-    return row.lsn ? parseLsn(row.lsn) : 0n;
-  } finally {
-    await c.end().catch(() => undefined);
+  const r = await stream.query(`SELECT confirmed_flush_lsn::text AS lsn, plugin, database FROM pg_replication_slots WHERE slot_name = ${ql(slotName)}`);
+  if (r.rows.length === 0) {
+    throw new PgferryError('STATE_CORRUPT', `The replication slot "${slotName}" does not exist on the source.`,
+      'The slot was dropped, so the changes since the last applied position are gone from the source. Delete the migration and start it again (a fresh copy).');
   }
+  const row = r.rows[0];
+  if (row.plugin !== 'pgoutput' || row.database !== database) {
+    throw new PgferryError('SLOT_NAME_TAKEN', `The replication slot "${slotName}" on the source is not a pgoutput slot of database "${database}" (plugin ${row.plugin}, database ${row.database}).`,
+      'Give the migration another `slotName`, or drop the other slot if it is unused.');
+  }
+  return row.lsn ? parseLsn(row.lsn) : 0n;
 }
 
 async function runSession(opts: SyncOptions, state: SyncState, log: LogFn): Promise<void> {
-  const slotLsn = await readSlot(opts.source, opts.slotName);
-  const applier = await Applier.open(opts.target, {
-    migrationId: opts.migrationId, batchChanges: opts.batchChanges, batchMs: opts.batchMs, tableSyncLsn: opts.tableSyncLsn,
-    safeThroughLsn: state.safeThroughLsn, fallbackStartLsn: slotLsn, log,
-  });
-  // The target's recorded position may trail the slot's confirmed position
-  // (idle positions are not written to the target). Both only ever cover
-  // durably applied changes, and the server starts from the slot's position
-  // at the earliest anyway.
-  // Only durable positions count here: what this process saw committed may
-  // have been lost by a target crash (commits are asynchronous, see apply.ts).
-  applier.appliedLsn = maxLsn(applier.appliedLsn, slotLsn);
-  applier.durableLsn = applier.appliedLsn;
+  // Both connections at once (a restart resumes that much sooner).
+  const parser = new PgoutputParser();
+  const [st, ap] = await Promise.allSettled([
+    ReplicationStream.connect<PgoutputMessage>({
+      source: opts.source, slotName: opts.slotName, publicationName: opts.publicationName,
+      decode: (buf, offset, end) => parser.parse(buf, offset, end),
+      // Room for about two batches: the walsender keeps decoding while the
+      // previous batch executes on the target.
+      highWaterEvents: Math.max(512, Math.min(2 * opts.batchChanges + 512, 32_768)),
+    }),
+    Applier.open(opts.target, {
+      migrationId: opts.migrationId, batchChanges: opts.batchChanges, batchMs: opts.batchMs, tableSyncLsn: opts.tableSyncLsn,
+      safeThroughLsn: state.safeThroughLsn, log,
+    }),
+  ]);
+  if (st.status === 'rejected' || ap.status === 'rejected') {
+    if (st.status === 'fulfilled') await st.value.close();
+    if (ap.status === 'fulfilled') await ap.value.close();
+    throw st.status === 'rejected' ? st.reason : (ap as PromiseRejectedResult).reason;
+  }
+  const applier = ap.value;
+  const stream = st.value;
+  try {
+    // The target's recorded position may trail the slot's confirmed position
+    // (idle positions are not written to the target). Both only ever cover
+    // durably applied changes, and the server starts from the slot's position
+    // at the earliest anyway.
+    // Only durable positions count here: what this process saw committed may
+    // have been lost by a target crash (commits are asynchronous, see apply.ts).
+    const slotLsn = await readSlot(stream, opts.source, opts.slotName);
+    applier.appliedLsn = maxLsn(applier.appliedLsn, slotLsn);
+    applier.durableLsn = applier.appliedLsn;
+    await stream.start(applier.appliedLsn);
+  } catch (e) {
+    await stream.close();
+    await applier.close();
+    throw e;
+  }
   const base = { changes: state.changesApplied, txns: state.transactionsApplied };
-  let stream: ReplicationStream<PgoutputMessage> | null = null;
   let timer: NodeJS.Timeout | null = null;
   let durableTimer: NodeJS.Timeout | null = null;
   let lastSentLsn = -1n;
@@ -182,7 +205,7 @@ async function runSession(opts: SyncOptions, state: SyncState, log: LogFn): Prom
   const sendStatus = (force: boolean) => {
     // Guard 9 (durability): confirm only what the target has flushed.
     const lsn = applier.durableLsn;
-    if (!stream || (!force && lsn === lastSentLsn && Date.now() - lastSentAtMs < STATUS_INTERVAL_MS)) return;
+    if ((!force && lsn === lastSentLsn && Date.now() - lastSentAtMs < STATUS_INTERVAL_MS)) return;
     stream.sendStatus(lsn);
     lastSentLsn = lsn;
     lastSentAtMs = Date.now();
@@ -193,7 +216,7 @@ async function runSession(opts: SyncOptions, state: SyncState, log: LogFn): Prom
   // (the cutover must never see "nothing pending" past an unapplied change).
   let midEvent = false;
   const report = () => {
-    if (stream && !midEvent) {
+    if (!midEvent) {
       state.receivedLsn = maxLsn(state.receivedLsn, stream.consumedDataStart);
       state.decodedLsn = maxLsn(state.decodedLsn, stream.consumedWalEnd);
     }
@@ -217,14 +240,6 @@ async function runSession(opts: SyncOptions, state: SyncState, log: LogFn): Prom
   };
 
   try {
-    const parser = new PgoutputParser();
-    stream = await ReplicationStream.open<PgoutputMessage>({
-      source: opts.source, slotName: opts.slotName, publicationName: opts.publicationName,
-      startLsn: applier.appliedLsn, decode: (buf, offset, end) => parser.parse(buf, offset, end),
-      // Room for about two batches: the walsender keeps decoding while the
-      // previous batch executes on the target.
-      highWaterEvents: Math.max(512, Math.min(2 * opts.batchChanges + 512, 32_768)),
-    });
     log('info', `streaming changes from slot "${opts.slotName}" from ${formatLsn(applier.appliedLsn)}`, { mode: applier.mode, safeThroughLsn: applier.safeThroughLsn === null ? null : formatLsn(applier.safeThroughLsn) });
     timer = setInterval(() => { sendStatus(false); report(); }, STATUS_INTERVAL_MS);
     timer.unref();
@@ -318,7 +333,7 @@ async function runSession(opts: SyncOptions, state: SyncState, log: LogFn): Prom
     if (timer) clearInterval(timer);
     if (durableTimer) clearInterval(durableTimer);
     report();
-    await stream?.close();
+    await stream.close();
     await applier.close();
   }
 }

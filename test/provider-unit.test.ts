@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { createServer, type Server } from 'node:net';
 import { freePort } from '../agent/testbed';
-import { MigrationSpecSchema, SCHEMA_MODES as AGENT_SCHEMA_MODES, SSL_MODES as AGENT_SSL_MODES } from '../agent/spec';
+import { schemas, SCHEMA_MODES as AGENT_SCHEMA_MODES, SSL_MODES as AGENT_SSL_MODES } from '../agent/spec';
 import { MIGRATION_ID_PATTERN, SCHEMA_MODES, SECRET_OUTPUTS, SSL_MODES, UNKNOWN, deriveMigrationId, type MigrationInputs } from '../provider/args';
 import { AgentClient, isAgentError } from '../provider/client';
 import { buildOutputs, echoArgs, redactConnectionString, resolveConnection, secretPartsFromInputs } from '../provider/outputs';
@@ -81,7 +81,7 @@ describe('provider without an agent: declaration, Check, Diff through the real h
     const ids = names.map(deriveMigrationId);
     for (const id of ids) {
       assert.match(id, MIGRATION_ID_PATTERN);
-      assert.ok(MigrationSpecSchema.shape.id.safeParse(id).success, `agent rejects ${id}`);
+      assert.ok(schemas().MigrationSpecSchema.shape.id.safeParse(id).success, `agent rejects ${id}`);
     }
     assert.equal(new Set(ids).size, ids.length, 'two names map to one id');
     assert.equal(deriveMigrationId('Orders-DB.v2'), 'orders_db_v2');
