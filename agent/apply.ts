@@ -10,17 +10,21 @@
  * position the source may be told to forget.
  *
  * Batching: a batch (one target transaction) commits at a source transaction
- * boundary once `batchChanges` changes have gathered or `batchMs` has passed
- * since it opened (sync.ts also flushes it when the stream goes idle). A
- * source transaction larger than `batchChanges` is executed in chunks inside
- * the still-open target transaction, so memory is bounded by one chunk.
+ * boundary once `batchChanges` changes (or 16 MiB of row data) have gathered
+ * or `batchMs` has passed since it opened (sync.ts also flushes it when the
+ * stream goes idle); after a restart the first batches are smaller (slow
+ * start). A source transaction larger than twice that is executed in chunks
+ * inside the still-open target transaction, so memory is bounded by a chunk.
+ * While one batch executes on the target the next one is gathered.
  *
- * Statements are set-based: a run of consecutive INSERTs into one table is one
- * `INSERT … SELECT … FROM unnest($1::text[], …)`, UPDATEs and DELETEs likewise
- * join on the replica identity. Values travel as the source's text and are
- * cast to the target column's type (I/O conversion works for every type:
- * enums, domains, arrays, ranges). Types are cast without their modifier, so
- * storing into a narrower target column fails instead of truncating silently.
+ * Statements are set-based and built as the changes arrive (apply-plan.ts):
+ * a run of INSERTs into one table is one COPY (or, for a few rows, one
+ * `INSERT … SELECT … FROM unnest($1::text[], …)`), UPDATEs and DELETEs join
+ * on the replica identity through `unnest` of binary text[] parameters.
+ * Values travel as the source's text and are cast to the target column's
+ * type (I/O conversion works for every type: enums, domains, arrays,
+ * ranges). Types are cast without their modifier, so storing into a narrower
+ * target column fails instead of truncating silently.
  *
  * Ordering: the session runs with `session_replication_role = replica` when
  * permitted (FK and ordinary triggers do not fire, as in PostgreSQL's own apply

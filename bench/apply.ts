@@ -29,12 +29,18 @@
  * and checksum (agent/checksum.ts). pgferry's own status (appliedLsn,
  * lagBytes, changesApplied) is reported alongside. Both clusters are
  * CHECKPOINTed after the backlog, before the clock starts.
+ *
+ * Where the time goes: the CPU seconds of every process of each contender,
+ * all started for this replay (so their totals are the replay's cost):
+ * native = the apply worker (target) + its walsender (source); pgferry = the
+ * agent process + its apply session's backend (target) + its walsender
+ * (source). Read from /proc when caught up (this machine runs all of them).
  */
 import type pg from 'pg';
 import type { Cluster } from '../agent/testbed';
 import { BenchAgent, benchSpec } from './agent';
 import { assertSameData } from './compare';
-import { RssSampler, fatal, nowMs, pollUntil, sleep } from './measure';
+import { RssSampler, cpuSeconds, fatal, nowMs, pollUntil, sleep } from './measure';
 
 export const APPLY_CONTENDERS = ['native', 'pgferry'] as const;
 export type ApplyContender = (typeof APPLY_CONTENDERS)[number];
@@ -52,6 +58,8 @@ export interface ApplyRun {
   agentStartMs?: number;
   peakRssMb?: number;
   hwmRssMb?: number;
+  /** CPU seconds per process of the contender (see the module comment). */
+  cpu?: { label: string; seconds: number }[];
   /** pgferry's status when caught up. */
   status?: { appliedLsn: string; lagBytes: number; changesApplied: number; backlogEndLsn: string };
   error?: string;
@@ -217,6 +225,10 @@ async function applyNative(ctx: ApplyContext, db: string, run: ApplyRun): Promis
     await tgt.query(`ALTER SUBSCRIPTION ${sub} ENABLE`);
     await waitForRow(ctx.target, db, backlog.lastLedgerId, 'the native subscriber to apply the backlog');
     run.elapsedMs = nowMs() - t0;
+    run.cpu = await processCpu([
+      ['apply worker', tgt, 'SELECT pid FROM pg_stat_subscription WHERE subname = $1 AND relid IS NULL', [sub]],
+      ['walsender', src, 'SELECT pid FROM pg_stat_replication WHERE application_name = $1', [sub]],
+    ]);
     await assertSameData(ctx.source, ctx.target, db);
   } finally {
     await tgt.query(`DROP SUBSCRIPTION IF EXISTS ${sub}`).catch((e) => ctx.log(`  DROP SUBSCRIPTION: ${(e as Error).message}`));
@@ -250,6 +262,17 @@ async function applyPgferry(ctx: ApplyContext, db: string, run: ApplyRun, round:
       return m.phase === 'failed' ? `migration ${id} failed: ${m.errorCode}: ${m.errorMessage}` : undefined;
     });
     run.elapsedMs = nowMs() - t0;
+    const [src, tgt] = [await ctx.source.client(db), await ctx.target.client(db)];
+    try {
+      const agentCpu = cpuSeconds(agent.pid);
+      run.cpu = [
+        ...(agentCpu !== undefined ? [{ label: 'agent', seconds: agentCpu }] : []),
+        ...await processCpu([
+          ['target backend', tgt, "SELECT pid FROM pg_stat_activity WHERE application_name = 'pgferry-apply' AND datname = $1", [db]],
+          ['walsender', src, "SELECT pid FROM pg_stat_replication WHERE application_name = 'pgferry-sync'", []],
+        ]),
+      ];
+    } finally { await src.end(); await tgt.end(); }
     run.hwmRssMb = rss.hwmMb();
     run.peakRssMb = rss.stop().peakRssMb;
     const m = await agent.client.getMigration(id);
@@ -263,4 +286,15 @@ async function applyPgferry(ctx: ApplyContext, db: string, run: ApplyRun, round:
     await agent.client.deleteMigration(id, { timeoutMs: 60_000 }).catch((e) => ctx.log(`  DeleteMigration: ${(e as Error).message}`));
     await agent.dispose();
   }
+}
+
+/** CPU seconds of the server processes the queries name (one pid each); a process not found is left out. */
+async function processCpu(probes: [string, pg.Client, string, unknown[]][]): Promise<{ label: string; seconds: number }[]> {
+  const out: { label: string; seconds: number }[] = [];
+  for (const [label, client, sql, params] of probes) {
+    const r = await client.query(sql, params);
+    const seconds = r.rows.length === 1 ? cpuSeconds(Number(r.rows[0].pid)) : undefined;
+    if (seconds !== undefined) out.push({ label, seconds });
+  }
+  return out;
 }

@@ -2,7 +2,8 @@
  * measure — the bench's instruments: a monotonic stopwatch, a poller that
  * waits on a condition (never a fixed sleep), a resident-memory sampler for
  * a process (VmRSS from /proc/<pid>/status every 100 ms, plus the kernel's
- * own high-water mark VmHWM as a cross-check), and small statistics.
+ * own high-water mark VmHWM as a cross-check), a process's CPU time
+ * (/proc/<pid>/stat), and small statistics.
  */
 import { readFileSync } from 'node:fs';
 
@@ -75,6 +76,19 @@ export class RssSampler {
     this.sample();
     return { peakRssMb: this.peakKb / 1024, samples: this.samples };
   }
+}
+
+/**
+ * CPU seconds (user + system) `pid` has used since it started, from
+ * /proc/<pid>/stat (fields 14 and 15, in clock ticks of 1/100 s on Linux);
+ * undefined when the process is gone or /proc is not there.
+ */
+export function cpuSeconds(pid: number): number | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(f[11]) + Number(f[12])) / 100;
+  } catch { return undefined; }
 }
 
 export function median(xs: number[]): number {

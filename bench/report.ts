@@ -108,6 +108,8 @@ export function applyReport(runs: ApplyRun[]): { text: string; goals: GoalLine[]
   const native = rate('native');
   const ferry = rate('pgferry');
   const ratio = native && ferry ? ferry / native : undefined;
+  const cpuLines = runs.filter((r) => r.cpu?.length).map((r) =>
+    `    CPU s, ${r.contender} round ${r.round}: ${r.cpu!.map((c) => `${c.label} ${fmt(c.seconds, 2)}`).join(' + ')} = ${fmt(r.cpu!.reduce((a, c) => a + c.seconds, 0), 2)}`);
   const statusLines = runs.filter((r) => r.status).map((r) =>
     `    pgferry status when caught up (round ${r.round}): appliedLsn ${r.status!.appliedLsn || '–'} (backlog ended at ${r.status!.backlogEndLsn}), lagBytes ${fmt(r.status!.lagBytes)}, changesApplied ${fmt(r.status!.changesApplied)}`);
   const lines = [
@@ -115,6 +117,7 @@ export function applyReport(runs: ApplyRun[]): { text: string; goals: GoalLine[]
     '    native: from ALTER SUBSCRIPTION … ENABLE;  pgferry: from restarting the agent process (its start-up included)',
     renderTable(['contender', 'round', 'txns / changes / WAL', 'elapsed s', 'changes/s', 'txns/s', 'peak RSS MB', 'note'], rows),
     `    pgferry / native changes/s: ${ratio ? `${fmt(ratio, 2)}×` : '–'}   (goal ≥ ${GOALS.applyRatioVsNative}×)`,
+    ...cpuLines,
     ...statusLines,
     ...runs.filter((r) => r.error).map((r) => `    ${r.contender} round ${r.round} error: ${r.error}`),
   ];
