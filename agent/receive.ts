@@ -100,6 +100,74 @@ export interface ReplicationStreamOptions<T> {
 type Connection = pg.Connection & { sendCopyFromChunk(chunk: Buffer): void; endCopyFrom(): void };
 
 /**
+ * Cuts a protocol byte stream into whole messages (Byte1 type, Int32 length
+ * including itself, body: https://www.postgresql.org/docs/current/protocol-overview.html)
+ * and calls `onFrame(buf, start, end)` for each, in order. A message inside
+ * one chunk is passed as a range of that chunk (no copy); one split across
+ * chunks is assembled into a buffer of its own. Hand-rolled because
+ * node-postgres' parser, the library that does this, allocates a message
+ * object and a Buffer view per message (see ReplicationStream).
+ */
+export class FrameSplitter {
+  /** A frame split across chunks: its bytes so far (`partialFill` of them). */
+  private partial: Buffer | null = null;
+  private partialFill = 0;
+  /** The first bytes of a frame header split across chunks. */
+  private head5: Buffer | null = null;
+
+  constructor(private readonly onFrame: (buf: Buffer, start: number, end: number) => void) {}
+
+  /** Feed the next chunk of the stream; throws on a malformed length. */
+  push(chunk: Buffer): void {
+    let pos = 0;
+    const n = chunk.length;
+    if (this.head5 !== null || this.partial !== null) {
+      pos = this.continuePartial(chunk);
+      if (pos < 0) return;
+    }
+    while (pos < n) {
+      if (n - pos < 5) { this.head5 = Buffer.from(chunk.subarray(pos, n)); return; }
+      const len = chunk.readUInt32BE(pos + 1);
+      if (len < 4) throw new Error(`malformed protocol message (type 0x${chunk[pos].toString(16)}, length ${len})`);
+      const end = pos + 1 + len;
+      if (end > n) {
+        this.partial = Buffer.allocUnsafe(1 + len);
+        this.partialFill = chunk.copy(this.partial, 0, pos, n);
+        return;
+      }
+      this.onFrame(chunk, pos, end);
+      pos = end;
+    }
+  }
+
+  /** Feed a chunk to the frame split across chunks; returns where the rest of the chunk starts, or -1 when it was all consumed. */
+  private continuePartial(chunk: Buffer): number {
+    let pos = 0;
+    if (this.head5 !== null) {
+      const need = 5 - this.head5.length;
+      if (chunk.length < need) { this.head5 = Buffer.concat([this.head5, chunk]); return -1; }
+      const header = Buffer.concat([this.head5, chunk.subarray(0, need)]);
+      this.head5 = null;
+      const len = header.readUInt32BE(1);
+      if (len < 4) throw new Error(`malformed protocol message (type 0x${header[0].toString(16)}, length ${len})`);
+      this.partial = Buffer.allocUnsafe(1 + len);
+      header.copy(this.partial, 0);
+      this.partialFill = 5;
+      pos = need;
+    }
+    const frame = this.partial!;
+    const take = Math.min(frame.length - this.partialFill, chunk.length - pos);
+    chunk.copy(frame, this.partialFill, pos, pos + take);
+    this.partialFill += take;
+    pos += take;
+    if (this.partialFill < frame.length) return -1;
+    this.partial = null;
+    this.onFrame(frame, 0, frame.length);
+    return pos;
+  }
+}
+
+/**
  * A running START_REPLICATION session. Call `close()` when done.
  *
  * Per message cost matters here (hundreds of thousands of messages a
@@ -108,8 +176,8 @@ type Connection = pg.Connection & { sendCopyFromChunk(chunk: Buffer): void; endC
  * of the stream are cut out of the socket's chunks here rather than by
  * node-postgres' parser (which allocates a Buffer view and a message object
  * and emits two events per message): the connection's socket listener is
- * replaced by `onSocketData`, which hands every other message (CopyBoth
- * response, errors, notices, CommandComplete, ReadyForQuery) to
+ * replaced by a FrameSplitter, and every other message (CopyBoth
+ * response, errors, notices, CommandComplete, ReadyForQuery) goes to
  * node-postgres unchanged, as whole frames. An XLogData payload is queued as
  * (chunk, start, end) plus its header's positions as 32-bit halves, in
  * parallel arrays — no copy (a socket chunk is a fresh buffer per read, never
@@ -130,11 +198,7 @@ export class ReplicationStream<T extends { tag: string }> {
   private pgListener: ((chunk: Buffer) => void) | null = null;
   /** CopyBoth mode entered: CopyData frames are ours from here on. */
   private copyBoth = false;
-  /** A frame split across socket chunks: its bytes so far (`partialFill` of them). */
-  private partial: Buffer | null = null;
-  private partialFill = 0;
-  /** The first bytes of a frame header split across chunks. */
-  private head5: Buffer | null = null;
+  private readonly frames = new FrameSplitter((buf, start, end) => this.onFrame(buf, start, end));
   private failure: unknown = null;
   private waiter: (() => void) | null = null;
   private paused = false;
@@ -207,60 +271,12 @@ export class ReplicationStream<T extends { tag: string }> {
     }
   }
 
-  /**
-   * Cut the byte stream into protocol messages (Byte1 type, Int32 length
-   * including itself, body): https://www.postgresql.org/docs/current/protocol-overview.html
-   */
   private onSocketData(chunk: Buffer): void {
     try {
-      let pos = 0;
-      const n = chunk.length;
-      if (this.head5 !== null || this.partial !== null) {
-        pos = this.continuePartial(chunk);
-        if (pos < 0) return;
-      }
-      while (pos < n) {
-        if (n - pos < 5) { this.head5 = Buffer.from(chunk.subarray(pos, n)); return; }
-        const len = chunk.readUInt32BE(pos + 1);
-        if (len < 4) throw new Error(`malformed protocol message (type 0x${chunk[pos].toString(16)}, length ${len})`);
-        const end = pos + 1 + len;
-        if (end > n) {
-          this.partial = Buffer.allocUnsafe(1 + len);
-          this.partialFill = chunk.copy(this.partial, 0, pos, n);
-          return;
-        }
-        this.onFrame(chunk, pos, end);
-        pos = end;
-      }
+      this.frames.push(chunk);
     } catch (e) {
       this.fail(e);
     }
-  }
-
-  /** Feed a chunk to the frame split across chunks; returns where the rest of the chunk starts, or -1 when it was all consumed. */
-  private continuePartial(chunk: Buffer): number {
-    let pos = 0;
-    if (this.head5 !== null) {
-      const need = 5 - this.head5.length;
-      if (chunk.length < need) { this.head5 = Buffer.concat([this.head5, chunk]); return -1; }
-      const header = Buffer.concat([this.head5, chunk.subarray(0, need)]);
-      this.head5 = null;
-      const len = header.readUInt32BE(1);
-      if (len < 4) throw new Error(`malformed protocol message (type 0x${header[0].toString(16)}, length ${len})`);
-      this.partial = Buffer.allocUnsafe(1 + len);
-      header.copy(this.partial, 0);
-      this.partialFill = 5;
-      pos = need;
-    }
-    const frame = this.partial!;
-    const take = Math.min(frame.length - this.partialFill, chunk.length - pos);
-    chunk.copy(frame, this.partialFill, pos, pos + take);
-    this.partialFill += take;
-    pos += take;
-    if (this.partialFill < frame.length) return -1;
-    this.partial = null;
-    this.onFrame(frame, 0, frame.length);
-    return pos;
   }
 
   private onFrame(buf: Buffer, start: number, end: number): void {

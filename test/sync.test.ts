@@ -32,14 +32,12 @@ class SyncRun {
   error: unknown = null;
   readonly logs: LogEntry[] = [];
   private waiters: { lsn: Lsn; resolve: () => void; reject: (e: unknown) => void }[] = [];
-  maxHeapUsed = 0;
 
   constructor(opts: Omit<SyncOptions, 'signal' | 'onProgress' | 'log'>) {
     this.done = runSync({
       ...opts, signal: this.ac.signal,
       onProgress: (p) => {
         this.progress = p;
-        this.maxHeapUsed = Math.max(this.maxHeapUsed, process.memoryUsage().heapUsed);
         this.waiters = this.waiters.filter((w) => (p.appliedLsn >= w.lsn ? (w.resolve(), false) : true));
       },
       log: (level, msg, fields) => { this.logs.push({ level, msg, fields: fields as Record<string, unknown> }); },
@@ -290,19 +288,29 @@ for (const pair of PAIRS) {
       // Live (retained) heap, not garbage: collect before every sample when
       // the runner exposes gc (.mocharc: --expose-gc), so other suites' garbage
       // in this shared process cannot make the bound flaky.
-      const gc = (globalThis as { gc?: () => void }).gc;
-      gc?.();
-      const baseline = process.memoryUsage().heapUsed;
-      run.maxHeapUsed = baseline;
-      const sampler = setInterval(() => { gc?.(); run.maxHeapUsed = Math.max(run.maxHeapUsed, process.memoryUsage().heapUsed); }, gc ? 100 : 20);
-      try {
-        // ~1 kB per row: holding the transaction would take > 200 MB of heap.
+      const growthMb = await liveMemoryGrowthMb(async () => {
+        // ~1 kB per row: holding the transaction would take > 200 MB.
         await env.s.query("INSERT INTO big SELECT g, repeat(md5(g::text), 32) FROM generate_series(1, 200000) g");
         await env.converge(run);
-      } finally { clearInterval(sampler); }
-      const growthMb = (run.maxHeapUsed - baseline) / 1e6;
-      assert.ok(growthMb < 150, `heap grew by ${growthMb.toFixed(0)} MB while applying the transaction`);
+      });
+      assert.ok(growthMb < 150, `memory grew by ${growthMb.toFixed(0)} MB while applying the transaction`);
       assert.deepEqual(await rows(env.t, 'SELECT count(*)::int AS n FROM big'), [{ n: 200000 }]);
+      await run.stop();
+    });
+
+    it('bounds memory by bytes too: a transaction of few, very wide rows is applied in chunks', async function () {
+      this.timeout(600_000);
+      const env = await setup('CREATE TABLE wide (id int PRIMARY KEY, pad text)');
+      // The change count never reaches a batch: only the byte bounds (the
+      // stream's queue, the batch's row data) keep the 1 MB rows from piling up.
+      const run = env.start({ batchChanges: 100_000 });
+      await env.converge(run);
+      const growthMb = await liveMemoryGrowthMb(async () => {
+        await env.s.query("INSERT INTO wide SELECT g, repeat(md5(g::text), 32768) FROM generate_series(1, 250) g");
+        await env.converge(run);
+      });
+      assert.ok(growthMb < 200, `memory grew by ${growthMb.toFixed(0)} MB while applying a 250 MB transaction`);
+      assert.deepEqual(await rows(env.t, 'SELECT count(*)::int AS n, sum(length(pad))::bigint AS len FROM wide'), [{ n: 250, len: String(250 * 1024 * 1024) }]);
       await run.stop();
     });
 
@@ -516,3 +524,20 @@ describe('receive: standby status updates and keepalives against a real server',
     assert.equal(formatLsn(parseKeepalive(k).walEnd), '2/20');
   });
 });
+
+/**
+ * Peak growth of live memory — the JavaScript heap plus Buffers (row data
+ * lives off-heap) — while `work` runs, in MB. Collects before every sample
+ * when the runner exposes gc (.mocharc: --expose-gc), so garbage (also other
+ * suites' in this shared process) cannot make a bound flaky.
+ */
+async function liveMemoryGrowthMb(work: () => Promise<void>): Promise<number> {
+  const gc = (globalThis as { gc?: () => void }).gc;
+  const live = () => { const m = process.memoryUsage(); return m.heapUsed + m.arrayBuffers; };
+  gc?.();
+  const baseline = live();
+  let peak = baseline;
+  const sampler = setInterval(() => { gc?.(); peak = Math.max(peak, live()); }, gc ? 100 : 20);
+  try { await work(); } finally { clearInterval(sampler); }
+  return (Math.max(peak, live()) - baseline) / 1e6;
+}

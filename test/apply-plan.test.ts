@@ -1,0 +1,148 @@
+/**
+ * apply-plan without a server: which changes share a statement, in which
+ * order the statements run, and the bytes they carry (COPY text escapes,
+ * binary text[] parameters). The statements themselves run against real
+ * servers in sync.test.ts and roundtrip.test.ts.
+ */
+import assert from 'node:assert/strict';
+import { Bytes, COPY_MIN_ROWS, Plan, TextArray, type Group, type RelMap, type Single, type Step, type TargetTable } from '../agent/apply-plan';
+import { PgferryError } from '../agent/errors';
+import { TupleData, type RelationMessage } from '../agent/pgoutput';
+
+/** A pgoutput TupleData of these values (undefined = unchanged TOAST). */
+function tuple(values: (string | null | undefined)[]): TupleData {
+  const parts: Buffer[] = [];
+  for (const v of values) {
+    if (v === null) parts.push(Buffer.from('n'));
+    else if (v === undefined) parts.push(Buffer.from('u'));
+    else { const b = Buffer.from(v); const h = Buffer.alloc(5); h.write('t'); h.writeUInt32BE(b.length, 1); parts.push(h, b); }
+  }
+  const buf = Buffer.concat([Buffer.from('padding'), ...parts]);
+  return new TupleData(buf, 7, buf.length, values.length);
+}
+
+function relMap(name: string, columns: string[], key: number[]): RelMap {
+  const rel: RelationMessage = {
+    tag: 'relation', relationOid: name.length, schema: 'public', name, replicaIdentity: 'd',
+    columns: columns.map((c, i) => ({ name: c, isKey: key.includes(i), typeOid: 25, typeMod: -1 })), keyIndexes: key,
+  };
+  const target: TargetTable = { schema: 'public', name, quoted: `public.${name}`, partitioned: false, columns: new Map() };
+  const cols = columns.map((c) => ({ name: c, castType: 'text', generated: false, identityAlways: false, collate: '' }));
+  for (const c of cols) target.columns.set(c.name, c);
+  return { rel, target, cols, writeIdx: columns.map((_, i) => i), keyIdx: key, full: false, overriding: false, syncLsn: 0n, shapes: new Map() };
+}
+
+const describeStep = (s: Step) => (s.kind === 'group' ? `${s.op} ${s.map.rel.name} x${s.rows}` : `single ${s.op}`);
+
+describe('apply-plan: grouping changes into statements', function () {
+  const a = relMap('a', ['id', 'v'], [0]);
+  const b = relMap('b', ['id', 'v'], [0]);
+
+  it('replica mode: one lane per table, each in source order', function () {
+    const p = new Plan(true);
+    p.insert(a, tuple(['1', 'x']), 1n);
+    p.insert(b, tuple(['1', 'x']), 1n);
+    p.update(a, tuple(['1', 'y']), 2n);
+    p.insert(a, tuple(['2', 'x']), 2n);
+    p.insert(b, tuple(['2', 'x']), 3n);
+    assert.deepEqual(p.steps().map(describeStep), ['INSERT a x1', 'UPDATE a x1', 'INSERT a x1', 'INSERT b x2']);
+  });
+
+  it('ordered mode: a group grows only while consecutive changes hit the same table and operation', function () {
+    const p = new Plan(false);
+    p.insert(a, tuple(['1', 'x']), 1n);
+    p.insert(a, tuple(['2', 'x']), 1n);
+    p.insert(b, tuple(['1', 'x']), 1n);
+    p.insert(a, tuple(['3', 'x']), 2n);
+    assert.deepEqual(p.steps().map(describeStep), ['INSERT a x2', 'INSERT b x1', 'INSERT a x1']);
+  });
+
+  it('starts a new UPDATE group for a key already in the group, and for another set of sent columns', function () {
+    const p = new Plan(true);
+    p.update(a, tuple(['1', 'x']), 1n);
+    p.update(a, tuple(['2', 'x']), 1n);
+    p.update(a, tuple(['1', 'y']), 2n);       // key 1 again: a statement of its own, after the first
+    p.update(a, tuple(['3', undefined]), 3n); // v not sent (unchanged TOAST): another shape
+    const steps = p.steps() as Group[];
+    assert.deepEqual(steps.map(describeStep), ['UPDATE a x2', 'UPDATE a x1', 'UPDATE a x1']);
+    assert.equal(steps[2].shape.text, null, 'nothing to SET when the only non-key column was not sent');
+    assert.match(steps[0].shape.text!, /^UPDATE public\.a AS t SET v = v\.c1::text FROM unnest\(\$1::text\[\], \$2::text\[\]\)/);
+  });
+
+  it('keeps keys apart exactly: NULL, empty and multi-column keys do not collide', function () {
+    const ab = relMap('ab', ['k1', 'k2', 'v'], [0, 1]);
+    const p = new Plan(true);
+    p.delete(ab, tuple(['x', '', null]), 1n);
+    p.delete(ab, tuple(['x', null, null]), 1n);
+    p.delete(ab, tuple(['', 'x', null]), 1n);
+    p.delete(ab, tuple(['x\u0001', '', null]), 1n);
+    assert.deepEqual(p.steps().map(describeStep), ['DELETE ab x4']);
+  });
+
+  it('runs a barrier after everything before it and before everything after it', function () {
+    const p = new Plan(true);
+    p.insert(a, tuple(['1', 'x']), 1n);
+    p.insert(b, tuple(['1', 'x']), 1n);
+    const truncate: Single = { kind: 'single', op: 'TRUNCATE', change: { op: 'TRUNCATE', maps: [a], restartIdentity: false, lsn: 2n }, form: null, safe: false };
+    p.addBarrier(truncate);
+    p.insert(a, tuple(['2', 'x']), 3n);
+    assert.deepEqual(p.steps().map(describeStep), ['INSERT a x1', 'INSERT b x1', 'single TRUNCATE', 'INSERT a x1']);
+    assert.equal(p.changes, 4);
+  });
+
+  it(`switches an INSERT group to COPY at ${COPY_MIN_ROWS} rows, escaping what COPY text reads`, function () {
+    const p = new Plan(true);
+    const values = ['plain', 'tab\there', 'new\nline', 'cr\rhere', 'back\\slash', '\\N', ''];
+    for (let i = 0; i < COPY_MIN_ROWS - 1; i++) p.insert(a, tuple([String(i), values[i % values.length]]), 1n);
+    const short = p.steps()[0] as Group;
+    assert.equal(short.copy, null);
+    assert.equal(short.refs!.length, COPY_MIN_ROWS - 1);
+
+    const q = new Plan(true);
+    for (let i = 0; i < COPY_MIN_ROWS + 2; i++) q.insert(a, tuple([String(i), i === 3 ? null : values[i % values.length]]), 1n);
+    const g = q.steps()[0] as Group;
+    assert.equal(g.refs, null);
+    const lines = g.copy!.view().toString('utf8').split('\n');
+    assert.equal(lines.pop(), '');
+    assert.equal(lines.length, COPY_MIN_ROWS + 2);
+    assert.equal(lines[0], '0\tplain');
+    assert.equal(lines[1], '1\ttab\\there');
+    assert.equal(lines[2], '2\tnew\\nline');
+    assert.equal(lines[3], '3\t\\N', 'NULL');
+    assert.equal(lines[4], '4\tback\\\\slash');
+    assert.equal(lines[5], '5\t\\\\N', 'the text \\N is not NULL');
+    assert.equal(lines[6], '6\t', 'empty string');
+    assert.equal(g.shape.copyText, 'COPY public.a (id, v) FROM STDIN');
+  });
+
+  it('refuses, naming table, column and transaction, a needed value that was not sent (unchanged TOAST key)', function () {
+    const p = new Plan(true);
+    assert.throws(() => p.update(a, tuple([undefined, 'x']), 0x1_0000_0010n), (e: unknown) =>
+      e instanceof PgferryError && e.code === 'APPLY_FAILED' && /UPDATE on public\.a \(source transaction at 1\/10\): column id is needed/.test(e.message));
+  });
+});
+
+describe('apply-plan: parameter encodings', function () {
+  it('builds a binary text[] as array_recv reads it', function () {
+    const arr = new TextArray();
+    const src = Buffer.from('héllo');
+    arr.add(src, 0, src.length);
+    arr.add(src, 0, -1);
+    arr.add(src, 0, 0);
+    const b = arr.finish();
+    assert.deepEqual([b.readInt32BE(0), b.readInt32BE(4), b.readInt32BE(8), b.readInt32BE(12), b.readInt32BE(16)], [1, 1, 25, 3, 1]);
+    assert.equal(b.readInt32BE(20), src.length);
+    assert.equal(b.subarray(24, 24 + src.length).toString(), 'héllo');
+    assert.equal(b.readInt32BE(24 + src.length), -1);
+    assert.equal(b.readInt32BE(28 + src.length), 0);
+    assert.equal(b.length, 32 + src.length);
+  });
+
+  it('grows a byte buffer across its capacity without losing bytes', function () {
+    const out = new Bytes(4);
+    const src = Buffer.from('0123456789abcdefghijklmnopqrstuvwxyz'.repeat(5));
+    for (let i = 0; i < 20; i++) out.copyFrom(src, i, i + 40);
+    const expect = Buffer.concat(Array.from({ length: 20 }, (_, i) => src.subarray(i, i + 40)));
+    assert.deepEqual(out.view(), expect);
+  });
+});
