@@ -3,11 +3,11 @@
  * transform → apply.
  *
  * Input: the source endpoint, a logical slot, a publication and a start LSN.
- * Output: an ordered, pull-based stream of events (`next()`): decoded
- * XLogData payloads and primary keepalives, with TCP backpressure (the socket
- * is paused while the consumer lags behind); and `sendStatus()`, the Standby
- * Status Update that tells the source which position the target has durably
- * committed.
+ * Output: an ordered, pull-based stream of events (`poll()` without waiting,
+ * `next()` with): decoded XLogData payloads and primary keepalives, with TCP
+ * backpressure (the socket is paused while the consumer lags behind, by
+ * event count and by bytes); and `sendStatus()`, the Standby Status Update
+ * that tells the source which position the target has durably committed.
  *
  * Framing (streaming replication protocol):
  * https://www.postgresql.org/docs/current/protocol-replication.html
@@ -17,7 +17,9 @@
  *
  * Why not pg-logical-replication's LogicalReplicationService (a deliberate
  * departure from the first design; node-postgres still does the connection,
- * TLS, authentication and CopyData framing):
+ * TLS, authentication, the SQL before streaming and every message but
+ * CopyData, which FrameSplitter cuts out of the socket's chunks — see
+ * ReplicationStream for why):
  *  1. With flow control on, it queues XLogData behind the async handler but
  *     emits keepalives ('heartbeat') at once, ahead of data still queued. A
  *     consumer that confirms an idle keepalive's walEnd would then confirm

@@ -7,11 +7,12 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, copyFileSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { startCluster, type Cluster } from '../agent/testbed';
+import { parseLsn } from '../agent/lsn';
 import { seedShop } from '../agent/sample';
 import { loadServiceDefinition } from '../agent/server';
 import { checkListenSecurity, isLoopbackHost } from '../agent/auth';
@@ -20,7 +21,7 @@ import { AgentClient, isAgentError, type MigrationSpecMessage } from '../provide
 import { startAgent, removeAgentDir, type AgentProcess } from './support/agent';
 import { makeTestCerts, type TestCerts } from './support/certs';
 import { runCli } from './support/cli';
-import { waitFor } from './support/compare';
+import { assertSameData, waitFor } from './support/compare';
 import { waitPhase } from './support/running';
 
 const MigrationServiceClient = grpc.makeGenericClientConstructor(loadServiceDefinition(), 'MigrationService');
@@ -232,6 +233,77 @@ describe('security: TLS, mutual TLS and bearer tokens', function () {
     const warns = agent.logs().split('\n').filter(Boolean).map((l) => JSON.parse(l) as { level: number; msg: string }).filter((l) => l.level === 40);
     assert.equal(warns.filter((l) => l.msg.includes('--insecure-allow-plaintext')).length, 2);
     assert.equal(warns.filter((l) => l.msg.includes('--insecure-allow-no-token')).length, 2);
+  });
+});
+
+/**
+ * Turn TLS on in a running cluster: the certificate and key go into its data
+ * directory, owned by the server's user with mode 0600 (PostgreSQL refuses a
+ * key others can read), then `ssl = on` and a reload.
+ */
+async function enableServerTls(c: Cluster, certs: TestCerts): Promise<void> {
+  const owner = statSync(c.dataDir);
+  for (const [from, to] of [[certs.serverCert, 'server.crt'], [certs.serverKey, 'server.key']] as const) {
+    const file = join(c.dataDir, to);
+    copyFileSync(from, file);
+    chownSync(file, owner.uid, owner.gid);
+    chmodSync(file, 0o600);
+  }
+  await c.query("ALTER SYSTEM SET ssl = on");
+  await c.query('SELECT pg_reload_conf()');
+  await waitFor('the server to take ssl = on', async () => ((await c.query('SHOW ssl')).rows[0].ssl === 'on' ? true : undefined), 10_000);
+}
+
+describe('security: migrating through TLS to and from servers with ssl = on (verify-full, PostgreSQL 14 → 17)', function () {
+  this.timeout(300_000);
+  let source: Cluster;
+  let target: Cluster;
+  let certs: TestCerts;
+  let agent: AgentProcess;
+  let client: AgentClient;
+
+  before(async function () {
+    [source, target, certs] = await Promise.all([startCluster({ version: 14, fast: true }), startCluster({ version: 17, fast: true }), makeTestCerts()]);
+    await Promise.all([enableServerTls(source, certs), enableServerTls(target, certs)]);
+    await source.createDatabase('shop');
+    await target.createDatabase('shop');
+    const seed = await source.client('shop');
+    await seedShop(seed, 3000);
+    await seed.end();
+    agent = await startAgent();
+    client = new AgentClient({ endpoint: agent.endpoint });
+  });
+  after(async function () {
+    client?.close();
+    await agent?.stop();
+    if (agent) removeAgentDir(agent);
+    certs?.remove();
+    await Promise.all([source?.stop(), target?.stop()]);
+  });
+
+  it('copies and streams every change through verified TLS connections (the replication stream included)', async () => {
+    const ca = readFileSync(certs.caCert, 'utf8');
+    const tls = (c: Cluster) => ({ ...c.endpoint('shop'), sslMode: 'verify-full', sslRootCert: ca });
+    await client.startMigration({ id: 'tls', source: tls(source), target: tls(target), apply: { batchChanges: 500, batchMs: 50 } });
+    await waitPhase(client, 'tls', 'syncing');
+    // Inserts, updates and deletes of several sizes, also a run long enough to go through COPY.
+    await source.query(`
+      INSERT INTO orders (customer_id, status, total) SELECT customer_id, status, total FROM orders LIMIT 300;
+      UPDATE orders SET status = 'shipped', total = total + 1 WHERE id % 7 = 0;
+      UPDATE order_items SET qty = qty + 1 WHERE order_id % 5 = 0;
+      DELETE FROM order_items WHERE order_id % 11 = 0 AND line = 1;`, [], 'shop');
+    const end = (await source.query('SELECT pg_current_wal_lsn()::text AS l', [], 'shop')).rows[0].l as string;
+    await waitFor('the TLS stream to apply the changes', async () => {
+      const m = await client.getMigration('tls');
+      if (m.phase === 'failed') throw new Error(`${m.errorCode}: ${m.errorMessage}`);
+      return m.lagBytes === 0 && m.appliedLsn && parseLsn(m.appliedLsn) >= parseLsn(end) ? true : undefined;
+    }, 120_000);
+    await assertSameData(source, target, 'shop');
+    const encrypted = async (c: Cluster, app: string) => (await c.query(
+      'SELECT bool_and(s.ssl) AS ssl, count(*)::int AS n FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) WHERE a.application_name = $1', [app])).rows[0];
+    assert.deepEqual(await encrypted(source, 'pgferry-sync'), { ssl: true, n: 1 }, 'the walsender serves the agent over TLS');
+    assert.deepEqual(await encrypted(target, 'pgferry-apply'), { ssl: true, n: 1 }, 'the apply session uses TLS');
+    await client.deleteMigration('tls');
   });
 });
 
