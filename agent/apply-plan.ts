@@ -362,7 +362,16 @@ export class Plan {
     }
   }
 
-  /** The replica identity key of the scanned tuple as a string (exact: one char per byte). */
+  /**
+   * The replica identity key of the scanned tuple as a string (exact: one
+   * char per byte). Two keys with the same string are the same key (the
+   * source's output function is deterministic); two different strings of
+   * one value (numeric `1.0` / `1.00`, case under a nondeterministic
+   * collation) can only follow each other through an UPDATE that changes the
+   * key's bytes, which pgoutput sends with the old key and which is always a
+   * statement of its own, so a group never holds both. A false match only
+   * splits a group.
+   */
   private key(map: RelMap, t: TupleData, op: 'UPDATE' | 'DELETE', lsn: Lsn): string {
     const idx = map.keyIdx;
     let s = '';
