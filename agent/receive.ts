@@ -387,7 +387,8 @@ export class ReplicationStream<T extends { tag: string }> {
       ev = item as Keepalive;
     }
     if (this.head === this.items.length) { this.items.length = 0; p.length = 0; this.head = 0; }
-    else if (this.head >= 1024) { this.items.splice(0, this.head); p.splice(0, 6 * this.head); this.head = 0; }
+    // Compact once the consumed part is the larger half: each entry moves at most once.
+    else if (this.head >= 1024 && 2 * this.head >= this.items.length) { this.items.splice(0, this.head); p.splice(0, 6 * this.head); this.head = 0; }
     if (this.paused && this.buffered <= this.highWater / 4 && this.queuedBytes <= this.highWaterBytes / 4) { this.paused = false; this.con.stream.resume(); }
     return ev;
   }
