@@ -10,7 +10,7 @@
  * position the source may be told to forget.
  *
  * Batching: a batch (one target transaction) commits at a source transaction
- * boundary once `batchChanges` changes (or 16 MiB of row data) have gathered
+ * boundary once `batchChanges` changes (or 8 MiB of row data) have gathered
  * or `batchMs` has passed since it opened (sync.ts also flushes it when the
  * stream goes idle); after a restart the first batches are smaller (slow
  * start). A source transaction larger than twice that is executed in chunks
@@ -88,7 +88,7 @@ interface Statement {
 }
 
 /** A batch commits at the next source transaction boundary once its row data reaches this size, whatever its change count. */
-const BATCH_BYTES = 16 * 1024 * 1024;
+const BATCH_BYTES = 8 * 1024 * 1024;
 /** The first batch after a (re)start closes at this many changes (see `batchLimit`). */
 const FIRST_BATCH_CHANGES = 256;
 
@@ -327,7 +327,11 @@ export class Applier {
     }
     // Guard 4 (exactly once): a batch commits only here, at a source
     // transaction boundary, with the end LSN of that transaction.
-    if (this.batch.changes >= this.batchLimit || this.batch.bytes + this.plan.bytes >= BATCH_BYTES || Date.now() - this.batch.openedAtMs >= this.opts.batchMs) {
+    // A one-change-per-statement replay ends its batch at its last
+    // transaction: the transactions after it are grouped again, and must
+    // not share a batch with the replay (see `failed`).
+    const replayDone = this.batch.safe && this.safeThroughLsn !== null && txn.finalLsn >= this.safeThroughLsn;
+    if (replayDone || this.batch.changes >= this.batchLimit || this.batch.bytes + this.plan.bytes >= BATCH_BYTES || Date.now() - this.batch.openedAtMs >= this.opts.batchMs) {
       return this.flush().then(() => true);
     }
     return false;
@@ -387,7 +391,9 @@ export class Applier {
     this.plan = new Plan(this.mode === 'replica');
     this.batch = null;
     this.inflightChanges = batch.changes;
-    const p = this.commitBatch(batch, plan).finally(() => { this.inflightChanges = 0; });
+    // A failed batch stays counted as pending: its changes are not on the
+    // target, and nobody (the cutover's drain) may read "nothing pending".
+    const p = this.commitBatch(batch, plan).then(() => { this.inflightChanges = 0; });
     p.catch((e) => { this.inflightFailure ??= { e }; }); // surfaced by settle() / throwIfFailed()
     this.inflight = p;
   }
@@ -555,7 +561,7 @@ export class Applier {
         }
       }
     } catch (e) {
-      throw await this.failed(e, current?.kind === 'single' && current.safe ? current : null, batch);
+      throw await this.failed(e, current, batch);
     }
   }
 
@@ -593,18 +599,20 @@ export class Applier {
 
   /**
    * Roll back and classify a failure: transient ones (connection lost,
-   * deadlock) are rethrown for a reconnect; in the fast path anything else
-   * asks for a one-change-per-statement replay; in that replay it is fatal.
+   * deadlock) are rethrown for a reconnect; a statement of the fast path
+   * (a group, or a single change outside a replay) asks for a
+   * one-change-per-statement replay; a change of that replay, or COMMIT of a
+   * batch that holds one (`step` null), is fatal.
    */
-  private async failed(e: unknown, safeRun: Single | null, batch: Batch): Promise<unknown> {
+  private async failed(e: unknown, step: Step | null, batch: Batch): Promise<unknown> {
     if (e instanceof PgferryError || e instanceof SafeReplayNeeded) return e;
     if (batch?.targetTxnOpen) {
       await this.client.query('ROLLBACK').catch(() => undefined);
       batch.targetTxnOpen = false;
     }
     if (isTransientError(e)) return e;
-    if (safeRun) return this.applyFailed(safeRun, e);
-    if (batch?.safe) {
+    if (step?.kind === 'single' && step.safe) return this.applyFailed(step, e);
+    if (step === null && batch?.safe) {
       // Failed at COMMIT (a deferred constraint) during the one-by-one replay: replaying again would loop.
       const err = e as PgServerError;
       return new PgferryError('APPLY_FAILED', `Committing the source transactions through ${formatLsn(batch.maxFinalLsn)} on the target failed: ${err?.message ?? String(e)}${sqlState(e) ? ` (SQLSTATE ${sqlState(e)})` : ''}`,

@@ -193,6 +193,10 @@ export async function runCutover(runner: MigrationRunner, opts: CutoverOptions, 
     for (;;) {
       if ((runner.rec.phase as string) === 'failed') throw new PgferryError('CUTOVER_FAILED', `Sync failed during the drain: ${runner.rec.error?.message}`, runner.rec.error?.remedy ?? '');
       const s = runner.sync;
+      // Everything below the fence committed on the target: either applied
+      // past it, or decoded past it (at a transaction boundary) with nothing
+      // pending — a batch that failed stays pending, and a new session
+      // reports only what it decoded itself (sync.ts).
       if (s && s.pendingChanges === 0 && (s.appliedLsn >= fenceLsn || s.decodedLsn >= fenceLsn)) break;
       if (remaining() <= 0) throw timedOut(`draining to the fence LSN ${report.fenceLsn} (applied ${s ? formatLsn(s.appliedLsn) : 'nothing yet'})`);
       await sleep(5);

@@ -94,7 +94,7 @@ export interface ReplicationStreamOptions<T> {
   decode: (buf: Buffer, offset: number, end: number) => T;
   /** Pause the socket when this many events wait for the consumer. Default 512. */
   highWaterEvents?: number;
-  /** ... or when their payloads add up to this many bytes. Default 64 MiB. */
+  /** ... or when their payloads add up to this many bytes. Default 32 MiB. */
   highWaterBytes?: number;
   applicationName?: string;
 }
@@ -201,6 +201,7 @@ export class ReplicationStream<T extends { tag: string }> {
   /** CopyBoth mode entered: CopyData frames are ours from here on. */
   private copyBoth = false;
   private readonly frames = new FrameSplitter((buf, start, end) => this.onFrame(buf, start, end));
+  private framingBroken = false;
   private failure: unknown = null;
   private waiter: (() => void) | null = null;
   private paused = false;
@@ -214,7 +215,7 @@ export class ReplicationStream<T extends { tag: string }> {
 
   private constructor(private readonly client: pg.Client, private readonly con: Connection, opts: Omit<ReplicationStreamOptions<T>, 'startLsn'>) {
     this.highWater = opts.highWaterEvents ?? 512;
-    this.highWaterBytes = opts.highWaterBytes ?? 64 * 1024 * 1024;
+    this.highWaterBytes = opts.highWaterBytes ?? 32 * 1024 * 1024;
     this.decode = opts.decode;
     this.slotName = opts.slotName;
     this.publicationName = opts.publicationName;
@@ -274,9 +275,12 @@ export class ReplicationStream<T extends { tag: string }> {
   }
 
   private onSocketData(chunk: Buffer): void {
+    // After a throw mid-chunk the splitter has lost its place in the stream: read no further.
+    if (this.framingBroken) return;
     try {
       this.frames.push(chunk);
     } catch (e) {
+      this.framingBroken = true;
       this.fail(e);
     }
   }

@@ -190,6 +190,9 @@ async function runSession(opts: SyncOptions, state: SyncState, log: LogFn): Prom
     const slotLsn = await readSlot(stream, opts.source, opts.slotName);
     applier.appliedLsn = maxLsn(applier.appliedLsn, slotLsn);
     applier.durableLsn = applier.appliedLsn;
+    // Positions are this session's: what a failed session had decoded is not applied.
+    state.receivedLsn = applier.appliedLsn;
+    state.decodedLsn = applier.appliedLsn;
     await stream.start(applier.appliedLsn);
   } catch (e) {
     await stream.close();
@@ -214,9 +217,11 @@ async function runSession(opts: SyncOptions, state: SyncState, log: LogFn): Prom
   // stream: the stream's consumed position already includes that event but
   // the applier does not count it yet, so the position is not reported then
   // (the cutover must never see "nothing pending" past an unapplied change).
+  // Nor inside a source transaction: after its Begin, before its changes
+  // are counted, the position would also claim too much.
   let midEvent = false;
   const report = () => {
-    if (!midEvent) {
+    if (!midEvent && !applier.inSourceTransaction) {
       state.receivedLsn = maxLsn(state.receivedLsn, stream.consumedDataStart);
       state.decodedLsn = maxLsn(state.decodedLsn, stream.consumedWalEnd);
     }
@@ -296,12 +301,12 @@ async function runSession(opts: SyncOptions, state: SyncState, log: LogFn): Prom
       switch (ev.tag) {
         case 'keepalive': {
           const { walEnd, replyRequested } = ev;
-          state.decodedLsn = maxLsn(state.decodedLsn, walEnd);
           // Guard 8 (confirm only what is applied; guards 1-7 are in apply.ts):
           // walEnd covers every transaction committed before it only when no
           // transaction is in flight; a keepalive sent mid-transaction must not
           // move the position, or a crash would skip the rest of that transaction.
           if (!applier.inSourceTransaction) {
+            state.decodedLsn = maxLsn(state.decodedLsn, walEnd);
             applier.boundary(walEnd);
             // Idle: nothing more buffered, commit now rather than wait for batchMs.
             if (stream.buffered === 0) { midEvent = true; await applier.flush(); midEvent = false; }
