@@ -161,7 +161,7 @@ export class Applier {
     this.durableLsn = durableLsn;
     this.safeThroughLsn = opts.safeThroughLsn ?? null;
     this.log = opts.log ?? (() => undefined);
-    this.plan = new Plan(mode === 'replica');
+    this.plan = this.newPlan();
     this.batchLimit = Math.min(opts.batchChanges, FIRST_BATCH_CHANGES);
   }
 
@@ -241,20 +241,15 @@ export class Applier {
     if (lsn < map.syncLsn) return undefined; // Guard 2 (per-table start): the table's copy already holds what committed before its snapshot.
     const batch = this.openBatch(txn);
     const plan = this.plan;
-    if (this.safeThroughLsn !== null && lsn <= this.safeThroughLsn) {
+    if (this.inReplay(lsn)) {
       // One change per statement, in source order (a barrier each).
-      const c: RowChange = { op: m.tag === 'insert' ? 'INSERT' : m.tag === 'update' ? 'UPDATE' : 'DELETE', map, lsn,
-        newTuple: m.tag === 'delete' ? null : m.newTuple.values(), oldTuple: m.tag === 'insert' ? null : m.oldTuple?.values() ?? null };
-      plan.addBarrier(singleOf(c, true));
+      plan.addBarrier(singleOf(rowChange(m, map, lsn), true));
       batch.safe = true;
     } else if (m.tag === 'insert') {
       plan.insert(map, m.newTuple, lsn);
     } else if (map.full || (m.tag === 'update' && m.oldTuple)) {
       // REPLICA IDENTITY FULL rows and UPDATEs that move the key: one statement each.
-      const c: RowChange = m.tag === 'update'
-        ? { op: 'UPDATE', map, lsn, newTuple: m.newTuple.values(), oldTuple: m.oldTuple?.values() ?? null }
-        : { op: 'DELETE', map, lsn, newTuple: null, oldTuple: m.oldTuple.values() };
-      plan.addSingle(singleOf(c, false), map.target);
+      plan.addSingle(singleOf(rowChange(m, map, lsn), false), map.target);
     } else if (m.tag === 'update') {
       plan.update(map, m.newTuple, lsn);
     } else {
@@ -272,10 +267,19 @@ export class Applier {
     }
     if (maps.length === 0) return;
     const batch = this.openBatch(txn);
-    const safe = this.safeThroughLsn !== null && txn.finalLsn <= this.safeThroughLsn;
+    const safe = this.inReplay(txn.finalLsn);
     this.plan.addBarrier(singleOf({ op: 'TRUNCATE', maps, restartIdentity: m.restartIdentity, lsn: txn.finalLsn }, safe));
     if (safe) batch.safe = true;
     await this.added(batch, txn);
+  }
+
+  /** The source transaction committed at `lsn` is part of a one-change-per-statement replay. */
+  private inReplay(lsn: Lsn): boolean {
+    return this.safeThroughLsn !== null && lsn <= this.safeThroughLsn;
+  }
+
+  private newPlan(): Plan {
+    return new Plan(this.mode === 'replica');
   }
 
   private openBatch(txn: SourceTxn): Batch {
@@ -300,7 +304,7 @@ export class Applier {
   private async executeChunk(batch: Batch): Promise<void> {
     await this.settle();
     const plan = this.plan;
-    this.plan = new Plan(this.mode === 'replica');
+    this.plan = this.newPlan();
     batch.bytes += plan.bytes;
     await this.execute(batch, plan);
   }
@@ -388,7 +392,7 @@ export class Applier {
     if (this.txn) throw new PgferryError('INTERNAL', 'flush inside a source transaction', 'Restart the agent; report this if it repeats.');
     await this.settle();
     const plan = this.plan;
-    this.plan = new Plan(this.mode === 'replica');
+    this.plan = this.newPlan();
     this.batch = null;
     this.inflightChanges = batch.changes;
     // A failed batch stays counted as pending: its changes are not on the
@@ -457,7 +461,7 @@ export class Applier {
     this.inflight = null;
     if (this.batch?.targetTxnOpen) await this.client.query('ROLLBACK').catch(() => undefined);
     this.batch = null;
-    this.plan = new Plan(this.mode === 'replica');
+    this.plan = this.newPlan();
     this.txn = null;
     await this.client.end().catch(() => undefined);
   }
@@ -757,6 +761,13 @@ function value(t: Tuple, i: number, c: RowChange): string | null {
 function keyValues(c: RowChange): (string | null)[] {
   const t = (c.op === 'DELETE' || (c.op === 'UPDATE' && c.oldTuple)) ? c.oldTuple! : c.newTuple!;
   return c.map.keyIdx.map((i) => value(t, i, c));
+}
+
+/** A row change with its values as strings (the one-change-per-statement paths). */
+function rowChange(m: InsertMessage | UpdateMessage | DeleteMessage, map: RelMap, lsn: Lsn): RowChange {
+  if (m.tag === 'insert') return { op: 'INSERT', map, lsn, newTuple: m.newTuple.values(), oldTuple: null };
+  if (m.tag === 'update') return { op: 'UPDATE', map, lsn, newTuple: m.newTuple.values(), oldTuple: m.oldTuple?.values() ?? null };
+  return { op: 'DELETE', map, lsn, newTuple: null, oldTuple: m.oldTuple.values() };
 }
 
 function singleOf(c: Change, safe: boolean): Single {

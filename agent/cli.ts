@@ -155,10 +155,8 @@ async function runAgent(opts: AgentFlags): Promise<void> {
     return settled.flatMap((s) => (s.status === 'fulfilled' ? [s.value] : []));
   };
   // Metrics only when served: prom-client is loaded (and its collectors run) only then.
-  if (opts.metricsListen) {
-    const { AgentMetrics: Metrics } = require('./metrics') as typeof import('./metrics');
-    metrics = new Metrics(statuses, { version: VERSION, tlsNotAfter: tls?.notAfter });
-  }
+  const metricsModule = opts.metricsListen ? require('./metrics') as typeof import('./metrics') : undefined;
+  if (metricsModule) metrics = new metricsModule.AgentMetrics(statuses, { version: VERSION, tlsNotAfter: tls?.notAfter });
   const m = metrics;
   const server = createServer(svc, {
     auth: source ? new TokenAuth(source) : undefined,
@@ -168,9 +166,8 @@ async function runAgent(opts: AgentFlags): Promise<void> {
     throw new PgferryError('INVALID_SPEC', `Cannot listen on ${opts.listen}: ${e.message}.`, 'Pick a free port and an address of this machine for --listen.', { cause: e });
   });
   let metricsServer: MetricsServer | undefined;
-  if (opts.metricsListen && m) {
-    const { serveMetrics } = require('./metrics') as typeof import('./metrics');
-    metricsServer = await serveMetrics(m, opts.metricsListen, log).catch((e: Error) => {
+  if (opts.metricsListen && metricsModule && m) {
+    metricsServer = await metricsModule.serveMetrics(m, opts.metricsListen, log).catch((e: Error) => {
       throw new PgferryError('INVALID_SPEC', `Cannot serve metrics on ${opts.metricsListen}: ${e.message}.`, 'Pick a free port and an address of this machine for --metrics-listen.', { cause: e });
     });
   }

@@ -80,18 +80,13 @@ export class TupleData {
   /** The row as strings (decoded once, then kept). */
   values(): Tuple {
     if (this.decoded) return this.decoded;
+    const starts = new Int32Array(this.columns);
+    const lens = new Int32Array(this.columns);
+    this.scan(starts, lens);
     const out: Tuple = new Array(this.columns);
-    const buf = this.buf;
-    let pos = this.start;
     for (let i = 0; i < this.columns; i++) {
-      const kind = buf[pos++];
-      if (kind === 0x74 /*t*/) {
-        const len = buf.readUInt32BE(pos);
-        out[i] = buf.toString('utf8', pos + 4, pos + 4 + len);
-        pos += 4 + len;
-      } else {
-        out[i] = kind === 0x6e /*n*/ ? null : UNCHANGED_TOAST;
-      }
+      const len = lens[i];
+      out[i] = len === SCAN_NULL ? null : len === SCAN_UNCHANGED ? UNCHANGED_TOAST : this.buf.toString('utf8', starts[i], starts[i] + len);
     }
     this.decoded = out;
     return out;

@@ -121,11 +121,17 @@ export class FrameSplitter {
 
   /** Feed the next chunk of the stream; throws on a malformed length. */
   push(chunk: Buffer): void {
+    // A header split across chunks (rare: at most once a chunk) is glued to the next chunk.
+    if (this.head5 !== null) { chunk = Buffer.concat([this.head5, chunk]); this.head5 = null; }
     let pos = 0;
     const n = chunk.length;
-    if (this.head5 !== null || this.partial !== null) {
-      pos = this.continuePartial(chunk);
-      if (pos < 0) return;
+    if (this.partial !== null) {
+      const frame = this.partial;
+      pos = Math.min(frame.length - this.partialFill, n);
+      this.partialFill += chunk.copy(frame, this.partialFill, 0, pos);
+      if (this.partialFill < frame.length) return;
+      this.partial = null;
+      this.onFrame(frame, 0, frame.length);
     }
     while (pos < n) {
       if (n - pos < 5) { this.head5 = Buffer.from(chunk.subarray(pos, n)); return; }
@@ -140,32 +146,6 @@ export class FrameSplitter {
       this.onFrame(chunk, pos, end);
       pos = end;
     }
-  }
-
-  /** Feed a chunk to the frame split across chunks; returns where the rest of the chunk starts, or -1 when it was all consumed. */
-  private continuePartial(chunk: Buffer): number {
-    let pos = 0;
-    if (this.head5 !== null) {
-      const need = 5 - this.head5.length;
-      if (chunk.length < need) { this.head5 = Buffer.concat([this.head5, chunk]); return -1; }
-      const header = Buffer.concat([this.head5, chunk.subarray(0, need)]);
-      this.head5 = null;
-      const len = header.readUInt32BE(1);
-      if (len < 4) throw new Error(`malformed protocol message (type 0x${header[0].toString(16)}, length ${len})`);
-      this.partial = Buffer.allocUnsafe(1 + len);
-      header.copy(this.partial, 0);
-      this.partialFill = 5;
-      pos = need;
-    }
-    const frame = this.partial!;
-    const take = Math.min(frame.length - this.partialFill, chunk.length - pos);
-    chunk.copy(frame, this.partialFill, pos, pos + take);
-    this.partialFill += take;
-    pos += take;
-    if (this.partialFill < frame.length) return -1;
-    this.partial = null;
-    this.onFrame(frame, 0, frame.length);
-    return pos;
   }
 }
 

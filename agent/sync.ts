@@ -208,7 +208,7 @@ async function runSession(opts: SyncOptions, state: SyncState, log: LogFn): Prom
   const sendStatus = (force: boolean) => {
     // Guard 9 (durability): confirm only what the target has flushed.
     const lsn = applier.durableLsn;
-    if ((!force && lsn === lastSentLsn && Date.now() - lastSentAtMs < STATUS_INTERVAL_MS)) return;
+    if (!force && lsn === lastSentLsn && Date.now() - lastSentAtMs < STATUS_INTERVAL_MS) return;
     stream.sendStatus(lsn);
     lastSentLsn = lsn;
     lastSentAtMs = Date.now();
@@ -271,13 +271,12 @@ async function runSession(opts: SyncOptions, state: SyncState, log: LogFn): Prom
       // flight on the target advances (its next statement is sent) only from
       // I/O callbacks, as does reading the source socket. Without it, decode
       // and target execution would take turns instead of overlapping.
-      let ev = ++sinceYield < YIELD_EVERY ? stream.poll() : undefined;
-      if (ev === undefined && sinceYield >= YIELD_EVERY) {
+      if (++sinceYield >= YIELD_EVERY) {
         sinceYield = 0;
         await yieldToIo();
         if (opts.signal.aborted) break;
-        continue;
       }
+      let ev = stream.poll();
       if (ev === undefined) {
         const ageMs = applier.batchAgeMs();
         const atBoundary = !applier.inSourceTransaction;
@@ -319,7 +318,7 @@ async function runSession(opts: SyncOptions, state: SyncState, log: LogFn): Prom
         case 'commit': {
           const r = applier.commit(ev);
           if (r === false) break;
-          if (r !== true) { midEvent = true; const flushed = await r; midEvent = false; if (!flushed) break; }
+          if (r !== true) { midEvent = true; await r; midEvent = false; }
           sendStatus(false);
           report();
           break;
