@@ -25,7 +25,10 @@
  *             the time until it listened is shown separately).
  *
  * Caught up = the backlog's last row is visible on the target (polled every
- * 50 ms for both); then both tables are compared with the source by row count
+ * 50 ms for both). Before that, the first backlog row is watched for (every
+ * 5 ms) to show each contender's start-up latency apart from its rate (the
+ * goal's ratio is still taken over the whole time, start-up included); then
+ * both tables are compared with the source by row count
  * and checksum (agent/checksum.ts). pgferry's own status (appliedLsn,
  * lagBytes, changesApplied) is reported alongside. Both clusters are
  * CHECKPOINTed after the backlog, before the clock starts.
@@ -56,6 +59,8 @@ export interface ApplyRun {
   elapsedMs?: number;
   /** pgferry: from the restart until the agent listened (part of elapsedMs). */
   agentStartMs?: number;
+  /** From the start of the clock until the first backlog row was visible on the target (part of elapsedMs). */
+  firstChangeMs?: number;
   peakRssMb?: number;
   hwmRssMb?: number;
   /** CPU seconds per process of the contender (see the module comment). */
@@ -178,15 +183,24 @@ async function commitBacklog(source: Cluster, db: string, txns: number): Promise
   }
 }
 
-/** Poll the target every 50 ms until the backlog's last row is there. */
-async function waitForRow(target: Cluster, db: string, ledgerId: number, what: string, failed?: () => Promise<string | undefined>): Promise<void> {
+/**
+ * Poll the target until the backlog's last row is there: every 5 ms until
+ * its first row is (returns when that was, in ms since `t0`), then every 50 ms.
+ */
+async function waitForRow(target: Cluster, db: string, ledgerId: number, t0: number, what: string, failed?: () => Promise<string | undefined>): Promise<number> {
   const c = await target.client(db);
   try {
     let n = 0;
+    await pollUntil(`${what} (its first change)`, async () => {
+      if (failed && ++n % 200 === 0) { const f = await failed(); if (f) throw fatal(f); }
+      return (await c.query('SELECT 1 FROM ledger WHERE id > $1 LIMIT 1', [LEDGER_SEED])).rows.length > 0;
+    }, { intervalMs: 5 });
+    const firstMs = nowMs() - t0;
     await pollUntil(what, async () => {
       if (failed && ++n % 20 === 0) { const f = await failed(); if (f) throw fatal(f); }
       return (await c.query('SELECT 1 FROM ledger WHERE id = $1', [ledgerId])).rows.length > 0;
     }, { intervalMs: 50 });
+    return firstMs;
   } finally { await c.end(); }
 }
 
@@ -223,7 +237,7 @@ async function applyNative(ctx: ApplyContext, db: string, run: ApplyRun): Promis
     if (waitMs > 0) await sleep(waitMs);
     const t0 = nowMs();
     await tgt.query(`ALTER SUBSCRIPTION ${sub} ENABLE`);
-    await waitForRow(ctx.target, db, backlog.lastLedgerId, 'the native subscriber to apply the backlog');
+    run.firstChangeMs = await waitForRow(ctx.target, db, backlog.lastLedgerId, t0, 'the native subscriber to apply the backlog');
     run.elapsedMs = nowMs() - t0;
     run.cpu = await processCpu([
       ['apply worker', tgt, 'SELECT pid FROM pg_stat_subscription WHERE subname = $1 AND relid IS NULL', [sub]],
@@ -257,7 +271,7 @@ async function applyPgferry(ctx: ApplyContext, db: string, run: ApplyRun, round:
     const t0 = nowMs();
     await agent.startProcess();
     run.agentStartMs = nowMs() - t0;
-    await waitForRow(ctx.target, db, backlog.lastLedgerId, 'pgferry to apply the backlog', async () => {
+    run.firstChangeMs = await waitForRow(ctx.target, db, backlog.lastLedgerId, t0, 'pgferry to apply the backlog', async () => {
       const m = await agent.client.getMigration(id);
       return m.phase === 'failed' ? `migration ${id} failed: ${m.errorCode}: ${m.errorMessage}` : undefined;
     });
