@@ -46,7 +46,6 @@
  * checked instead; a source UPDATE that changed one stops with APPLY_FAILED.
  */
 import type pg from 'pg';
-import { from as copyFrom } from 'pg-copy-streams';
 import { connect, qi, qn } from './conn';
 import { PgferryError, sqlState, type PgServerError } from './errors';
 import { formatLsn, maxLsn, parseLsn, pgMicrosToUnixMs, type Lsn } from './lsn';
@@ -54,6 +53,7 @@ import { Plan, type Change, type Group, type RelMap, type RowChange, type Single
 import { UNCHANGED_TOAST, type BeginMessage, type CommitMessage, type DeleteMessage, type InsertMessage, type RelationMessage, type TruncateMessage, type Tuple, type UpdateMessage } from './pgoutput';
 import type { Endpoint } from './spec';
 import { commitWithAppliedLsn, ensureTargetState, readAppliedLsn } from './target-state';
+import { PipelineError, runPipeline, type PipelineStatement } from './pipeline';
 
 export type LogFn = (level: 'info' | 'warn' | 'error', msg: string, fields?: object) => void;
 
@@ -147,7 +147,10 @@ export class Applier {
   private plan: Plan;
   private readonly maps = new Map<number, RelMap>();
   private readonly targets = new Map<string, TargetTable>();
+  /** Prepared statement names by statement text, and the names the session has prepared. */
   private readonly prepared = new Map<string, string>();
+  private readonly parsed = new Set<string>();
+  private nameSeq = 0;
   /**
    * Changes that close a batch: starts small and doubles with every commit
    * up to `batchChanges`, so after a (re)start the target gets its first
@@ -541,26 +544,48 @@ export class Applier {
 
   // ---- execution -----------------------------------------------------------
 
+  /**
+   * Run the plan's statements on the target in one round trip (pipeline.ts),
+   * opening the target transaction first if this batch has not yet; then
+   * check each statement's row count. COMMIT is sent by the caller only after
+   * the counts were checked: a short count rolls the batch back.
+   */
   private async execute(batch: Batch, plan: Plan): Promise<void> {
     const steps = plan.steps();
     if (steps.length === 0) return;
     let current: Step | null = null;
     try {
-      if (!batch.targetTxnOpen) {
-        await this.client.query('BEGIN');
-        batch.targetTxnOpen = true;
-      }
+      const sts: Statement[] = [];
       for (const step of steps) {
         current = step;
         const st = step.kind === 'group' ? this.groupStatement(step, plan) : this.statement(step);
-        if (!st) continue;
-        const res = await this.run(st);
-        const rows = res.rowCount ?? 0;
+        if (st) sts.push(st);
+      }
+      current = null;
+      if (sts.length === 0 && batch.targetTxnOpen) return;
+      const begin = batch.targetTxnOpen ? 0 : 1;
+      const pipeline: PipelineStatement[] = begin ? [{ text: 'BEGIN', name: '', values: [] }] : [];
+      for (const st of sts) pipeline.push({ text: st.text, name: this.statementName(st.text), values: st.values, copyData: st.copyData });
+      batch.targetTxnOpen = true; // from here a failure must roll back
+      let counts: (number | null)[];
+      try {
+        counts = await runPipeline(this.client, pipeline, this.parsed);
+      } catch (e) {
+        if (!(e instanceof PipelineError)) throw e;
+        // Whether the failed statement's Parse ran is unknown: never reuse its name.
+        if (pipeline[e.index]!.name) this.prepared.delete(pipeline[e.index]!.text);
+        current = e.index >= begin ? sts[e.index - begin]!.step : null;
+        throw e.cause;
+      }
+      for (let k = 0; k < sts.length; k++) {
+        const st = sts[k]!;
+        current = st.step;
+        const rows = counts[k + begin] ?? 0;
         if (st.expectRows !== null && rows < st.expectRows) {
           if (st.onShort === 'warn') {
-            this.log('warn', `${step.op} on ${stepTable(step)} found ${rows} of ${st.expectRows} rows on the target (already gone: the target had diverged)`, { event: 'rows-missing', lsn: formatLsn(stepLsn(step)) });
+            this.log('warn', `${st.step.op} on ${stepTable(st.step)} found ${rows} of ${st.expectRows} rows on the target (already gone: the target had diverged)`, { event: 'rows-missing', lsn: formatLsn(stepLsn(st.step)) });
           } else {
-            throw new ShortRowCount(`${step.op} on ${stepTable(step)} matched ${rows} of ${st.expectRows} rows`);
+            throw new ShortRowCount(`${st.step.op} on ${stepTable(st.step)} matched ${rows} of ${st.expectRows} rows`);
           }
         }
       }
@@ -583,22 +608,14 @@ export class Applier {
     return { text: s.text, values, step: g, expectRows: g.rows, onShort: 'fail' };
   }
 
-  private async run(st: Statement): Promise<pg.QueryResult> {
-    if (st.copyData !== undefined) {
-      const stream = this.client.query(copyFrom(st.text));
-      await new Promise<void>((resolve, reject) => {
-        stream.once('error', reject);
-        stream.once('finish', resolve);
-        stream.end(st.copyData);
-      });
-      return { rowCount: Number((stream as unknown as { rowCount?: number }).rowCount ?? 0) } as pg.QueryResult;
-    }
-    let name = this.prepared.get(st.text);
+  /** The prepared-statement name for `text` ('' once 2 000 are prepared: parsed every time). */
+  private statementName(text: string): string {
+    let name = this.prepared.get(text);
     if (name === undefined && this.prepared.size < 2000) {
-      name = `pgferry_${this.prepared.size}`;
-      this.prepared.set(st.text, name);
+      name = `pgferry_${this.nameSeq++}`;
+      this.prepared.set(text, name);
     }
-    return this.client.query(name ? { name, text: st.text, values: st.values } : { text: st.text, values: st.values });
+    return name ?? '';
   }
 
   /**
