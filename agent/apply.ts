@@ -53,7 +53,7 @@ import { Plan, type Change, type Group, type RelMap, type RowChange, type Single
 import { UNCHANGED_TOAST, type BeginMessage, type CommitMessage, type DeleteMessage, type InsertMessage, type RelationMessage, type TruncateMessage, type Tuple, type UpdateMessage } from './pgoutput';
 import type { Endpoint } from './spec';
 import { commitWithAppliedLsn, ensureTargetState, readAppliedLsn } from './target-state';
-import { PipelineError, runPipeline, type PipelineStatement } from './pipeline';
+import { PipelineError, runPipeline, type PipelineStatement, type PipelineValue } from './pipeline';
 
 export type LogFn = (level: 'info' | 'warn' | 'error', msg: string, fields?: object) => void;
 
@@ -82,7 +82,7 @@ export class SafeReplayNeeded extends Error {
 }
 
 interface Statement {
-  text: string; values: unknown[]; step: Step; expectRows: number | null; onShort: 'fail' | 'warn';
+  text: string; values: PipelineValue[]; step: Step; expectRows: number | null; onShort: 'fail' | 'warn';
   /** COPY … FROM STDIN text-format data, when the statement is a COPY. */
   copyData?: Buffer;
 }
@@ -762,7 +762,7 @@ export class Applier {
 
 /** Bind parameters in order. */
 class Params {
-  readonly values: unknown[] = [];
+  readonly values: PipelineValue[] = [];
   scalar(v: string | null): string { this.values.push(v); return `$${this.values.length}::text`; }
 }
 

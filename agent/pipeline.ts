@@ -21,12 +21,15 @@
  */
 import type pg from 'pg';
 
+/** A bind parameter: what the apply's statements pass (no JavaScript arrays or objects: they have no one text form). */
+export type PipelineValue = Buffer | string | number | null;
+
 export interface PipelineStatement {
   text: string;
   /** Prepared statement name ('' = unnamed, parsed every time). */
   name: string;
-  /** Buffers are sent in binary format, everything else as text (null = NULL). */
-  values: unknown[];
+  /** Buffers are sent in binary format, strings and numbers as text (null = NULL). */
+  values: PipelineValue[];
   /** COPY … FROM STDIN data (text format), sent right behind the statement. */
   copyData?: Buffer;
 }
@@ -42,7 +45,7 @@ export class PipelineError extends Error {
 interface Connection {
   stream: NodeJS.WritableStream & { cork(): void; uncork(): void };
   parse(q: { name: string; text: string }): void;
-  bind(c: { statement: string; values: unknown[] }): void;
+  bind(c: { statement: string; values: (Buffer | string | null)[] }): void;
   execute(c: Record<string, never>): void;
   endCopyFrom(): void;
   sync(): void;
@@ -113,8 +116,6 @@ export function runPipeline(client: pg.Client, statements: PipelineStatement[], 
   });
 }
 
-function param(v: unknown): Buffer | string | null {
-  if (v === null || v === undefined) return null;
-  if (Buffer.isBuffer(v)) return v;
-  return String(v);
+function param(v: PipelineValue): Buffer | string | null {
+  return typeof v === 'number' ? String(v) : v;
 }
