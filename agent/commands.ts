@@ -421,6 +421,30 @@ export function registerClientCommands(program: Command, io: Io = { out: process
       });
     })());
 
+  withConnection(program.command('pause')
+    .argument('<id>', 'the migration id')
+    .description('Pause a migration until `pgferry resume` (also across agent restarts). The slot stays: the source keeps the WAL written meanwhile.')
+    .option('--json', 'print the resulting status message as JSON'))
+    .action((id: string, o: ConnectionFlags & { json?: boolean }) => run(async () => {
+      await withClient(io, o, async (client) => {
+        const m = await client.pauseMigration(id);
+        if (o.json) printJson(io, m);
+        else print(io, [`Paused migration ${m.id}; the source keeps WAL for it until: pgferry resume ${m.id}`, ...renderMigration(m, { width: termWidth(io) })]);
+      });
+    })());
+
+  withConnection(program.command('resume')
+    .argument('<id>', 'the migration id')
+    .description('Resume a paused migration from where it stopped.')
+    .option('--json', 'print the resulting status message as JSON'))
+    .action((id: string, o: ConnectionFlags & { json?: boolean }) => run(async () => {
+      await withClient(io, o, async (client) => {
+        const m = await client.resumeMigration(id);
+        if (o.json) printJson(io, m);
+        else print(io, [`Resumed migration ${m.id}.`, ...renderMigration(m, { width: termWidth(io) })]);
+      });
+    })());
+
   withConnection(program.command('delete')
     .argument('<id>', 'the migration id')
     .description("Stop a migration and drop its replication slot and publication on the source (the target's data stays).")

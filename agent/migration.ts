@@ -52,6 +52,9 @@ export interface MigrationStatus {
   activeEndpoint: 'source' | 'target';
   sourceVersion: string; targetVersion: string;
   cutover?: Record<string, unknown>;
+  /** An operator paused it (pgferry pause); `pausedAt` says since when. */
+  paused: boolean;
+  pausedAt: string;
 }
 
 const TERMINAL: Phase[] = ['completed', 'deleted'];
@@ -94,9 +97,9 @@ export class MigrationRunner {
 
   get phase(): Phase { return this.rec.phase; }
 
-  /** Start (or resume) driving the phases in the background. */
+  /** Start (or resume) driving the phases in the background; a paused migration stays idle until `resume()`. */
   start(): void {
-    if (this.running || TERMINAL.includes(this.rec.phase)) return;
+    if (this.running || TERMINAL.includes(this.rec.phase) || this.rec.pausedAt) return;
     if (this.rec.phase === 'failed') {
       this.setPhase(this.rec.resumePhase ?? 'created');
       delete this.rec.error;
@@ -110,6 +113,35 @@ export class MigrationRunner {
   async stopSync(): Promise<void> {
     this.abort.abort();
     await this.running?.catch(() => undefined);
+  }
+
+  get paused(): boolean { return this.rec.pausedAt !== undefined; }
+
+  /**
+   * Pause: record it durably, then stop the background work as a shutdown
+   * does (the open target transaction rolls back, both connections close,
+   * the slot becomes inactive and keeps the WAL from the last confirmed
+   * position). Nothing runs until `resume()`, also after an agent restart.
+   * A table being copied is copied again from its start on resume, as after
+   * a restart; tables already copied are not.
+   */
+  async pause(): Promise<void> {
+    if (!this.rec.pausedAt) {
+      this.rec.pausedAt = new Date().toISOString();
+      this.save();
+      this.log('info', `paused in phase ${this.rec.phase}; the source keeps WAL for it until it is resumed`, { migration: this.rec.id, event: 'paused' });
+    }
+    await this.stop();
+  }
+
+  /** Resume a paused migration from where it stopped. */
+  resume(): void {
+    if (!this.rec.pausedAt) return;
+    const since = this.rec.pausedAt;
+    delete this.rec.pausedAt;
+    this.save();
+    this.log('info', `resumed in phase ${this.rec.phase} (paused since ${since})`, { migration: this.rec.id, event: 'resumed' });
+    this.start();
   }
 
   /** Stop the background work (does not change the phase). */
@@ -502,13 +534,14 @@ export class MigrationRunner {
       rowsCopied: tables.reduce((a, t) => a + t.rowsCopied, 0), bytesCopied, bytesEstimated,
       progress, etaSeconds,
       lagBytes, lagSeconds, retainedWalBytes,
-      applyRate: this.sync?.applyRatePerSec ?? 0,
+      applyRate: this.paused ? 0 : this.sync?.applyRatePerSec ?? 0,
       appliedLsn: this.sync ? formatLsn(this.sync.appliedLsn) : '',
       changesApplied: this.sync?.changesApplied ?? 0,
       slotName: rec.slotName, publicationName: rec.publicationName, specFingerprint: rec.fingerprint,
       activeEndpoint: rec.phase === 'completed' ? 'target' : 'source',
       sourceVersion: rec.sourceVersion ?? '', targetVersion: rec.targetVersion ?? '',
       cutover: rec.cutover,
+      paused: this.paused, pausedAt: rec.pausedAt ?? '',
     };
   }
 

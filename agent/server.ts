@@ -197,6 +197,8 @@ export function createServer(svc: AgentService, opts: ServerOptions = {}): grpc.
     DeleteMigration: unary('DeleteMigration', async (req: { id: string }) => ({ id: req.id, dropped: await svc.delete(req.id) })),
     Cutover: unary('Cutover', async (req: Record<string, unknown>) => statusToProto(await svc.cutover(req as never))),
     CancelCutover: unary('CancelCutover', async (req: { id: string }) => statusToProto(await svc.cancelCutover(req.id))),
+    PauseMigration: unary('PauseMigration', async (req: { id: string }) => statusToProto(await svc.pause(req.id))),
+    ResumeMigration: unary('ResumeMigration', async (req: { id: string }) => statusToProto(await svc.resume(req.id))),
     WatchMigration: (call: grpc.ServerWritableStream<{ id: string; intervalMs: number }, unknown>) => {
       const method = 'WatchMigration';
       let timer: NodeJS.Timeout | undefined;

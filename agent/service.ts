@@ -29,7 +29,9 @@ export class AgentService {
     for (const rec of this.store.list()) {
       const runner = new MigrationRunner(this.store, rec, this.log);
       this.runners.set(rec.id, runner);
-      if (rec.phase !== 'completed' && rec.phase !== 'failed' && rec.phase !== 'deleted') {
+      if (rec.pausedAt) {
+        this.log('info', `Migration ${rec.id} is paused (since ${rec.pausedAt}, phase ${rec.phase}); resume it with: pgferry resume ${rec.id}`, { migration: rec.id, phase: rec.phase, event: 'paused' });
+      } else if (rec.phase !== 'completed' && rec.phase !== 'failed' && rec.phase !== 'deleted') {
         this.log('info', `Resuming migration ${rec.id} in phase ${rec.phase}`, { migration: rec.id, phase: rec.phase });
         runner.start();
       }
@@ -82,7 +84,7 @@ export class AgentService {
         await existing.stop();
         const fresh = new MigrationRunner(this.store, existing.rec, this.log);
         this.runners.set(spec.id, fresh);
-        this.log('info', `Migration ${spec.id}: new credentials or apply settings; ${existing.rec.phase === 'failed' ? 'resuming it with them' : 'restarting its stream'}`, { migration: spec.id });
+        this.log('info', `Migration ${spec.id}: new credentials or apply settings; ${existing.paused ? 'it stays paused and uses them when resumed' : existing.rec.phase === 'failed' ? 'resuming it with them' : 'restarting its stream'}`, { migration: spec.id });
         fresh.start();
         return fresh.status();
       }
@@ -133,6 +135,10 @@ export class AgentService {
       return r.status();
     }
     if (!r.cutoverRun) {
+      if (r.paused) {
+        throw new PgferryError('WRONG_PHASE', `Migration '${req.id}' is paused (since ${r.rec.pausedAt}); a cutover needs its changes flowing.`,
+          `Resume it first (pgferry resume ${req.id}), wait until the lag is small (pgferry status ${req.id}), then cut over.`);
+      }
       if (r.phase !== 'syncing') {
         throw new PgferryError('WRONG_PHASE', `Migration '${req.id}' is in phase '${r.phase}'; a cutover needs it to be 'syncing'.`,
           r.phase === 'failed' ? `Fix the failure (${r.rec.error?.message ?? 'see status'}) and start the migration again.` : 'Wait until the initial load finished and the migration is syncing (pgferry status).');
@@ -166,6 +172,36 @@ export class AgentService {
     } else if (r.cutoverRun) {
       throw new PgferryError('WRONG_PHASE', `The cutover of '${id}' is past the fence (${rep?.state}); it completes or rolls back by itself.`, 'Wait for it to finish (pgferry status).');
     }
+    return r.status();
+  }
+
+  /**
+   * Pause a migration (idempotent): its work stops, and stays stopped across
+   * agent restarts, until `resume`. Like ALTER SUBSCRIPTION … DISABLE: the
+   * slot stays, so the source keeps the WAL written meanwhile (status shows
+   * how much), and nothing is lost.
+   */
+  async pause(id: string): Promise<MigrationStatus> {
+    const r = this.get(id);
+    if (!r.paused) {
+      if (r.cutoverRun || r.phase === 'cutting-over') {
+        throw new PgferryError('WRONG_PHASE', `Migration '${id}' is cutting over; it cannot be paused now.`,
+          `Cancel the cutover if it is still waiting for the lag (pgferry cancel-cutover ${id}), or let it finish (pgferry status ${id}).`);
+      }
+      if (r.phase === 'completed' || r.phase === 'failed') {
+        throw new PgferryError('WRONG_PHASE', `Migration '${id}' is ${r.phase}; there is nothing running to pause.`,
+          r.phase === 'failed' ? `Fix the failure (${r.rec.error?.message ?? 'see pgferry status'}) and start it again (pgferry start), or delete it (pgferry delete ${id}).`
+            : `Nothing to do; delete it when you no longer need its report (pgferry delete ${id}).`);
+      }
+      await r.pause();
+    }
+    return r.status();
+  }
+
+  /** Resume a paused migration from where it stopped (idempotent: a running one is left as it is). */
+  async resume(id: string): Promise<MigrationStatus> {
+    const r = this.get(id);
+    r.resume();
     return r.status();
   }
 

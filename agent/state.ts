@@ -50,6 +50,8 @@ export interface MigrationRecord {
   targetVersion?: string;
   /** The cutover report (cutover.ts), kept with the migration. */
   cutover?: Record<string, unknown>;
+  /** Set while an operator has paused the migration (pgferry pause): nothing runs until it is resumed, also across agent restarts. */
+  pausedAt?: string;
 }
 
 export class StateStore {

@@ -131,7 +131,8 @@ export function renderMigration(m: MigrationMessage, opts: ViewOptions = {}): st
   const lines: string[] = [];
   const label = (l: string) => l.padEnd(9);
   const versions = m.sourceVersion || m.targetVersion ? `PG ${m.sourceVersion || '?'} → ${m.targetVersion || '?'}` : '';
-  lines.push([`Migration ${m.id}`, m.phase.toUpperCase(), versions, `active: ${m.activeEndpoint || 'source'}`].filter(Boolean).join('  ·  '));
+  lines.push([`Migration ${m.id}`, m.phase.toUpperCase() + (m.paused ? ' (PAUSED)' : ''), versions, `active: ${m.activeEndpoint || 'source'}`].filter(Boolean).join('  ·  '));
+  if (m.paused) lines.push(...wrap(`since ${m.pausedAt}; the slot keeps WAL meanwhile. Resume: pgferry resume ${m.id}`, width, label('Paused'), label('')));
   const loading = (COPY_PHASES as readonly string[]).includes(m.phase);
   const eta = m.etaSeconds > 0 ? `  ETA ${formatDuration(m.etaSeconds)}` : '';
   const barW = Math.min(32, Math.max(10, width - 30));
@@ -178,7 +179,7 @@ export function renderList(ms: MigrationMessage[], opts: ViewOptions = {}): stri
   const lines = [row('ID', 'PHASE', 'LOAD', 'LAG', 'APPLY/S', 'WAL KEPT')];
   for (const m of ms) {
     const lag = m.phase === 'failed' ? m.errorCode : `${formatBytes(m.lagBytes)} / ${formatDuration(m.lagSeconds)}`;
-    lines.push(row(m.id, m.phase, pct(m.progress), lag, formatCount(Math.round(m.applyRate)), formatBytes(m.retainedWalBytes)));
+    lines.push(row(m.id, m.paused ? 'paused' : m.phase, pct(m.progress), lag, formatCount(Math.round(m.applyRate)), formatBytes(m.retainedWalBytes)));
   }
   return lines.map((l) => fit(l, width));
 }

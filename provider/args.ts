@@ -195,6 +195,8 @@ export interface MigrationOutputs {
   targetVersion?: string;
   /** `CODE: message Fix: remedy` of the last failure, when the migration failed. */
   error?: string;
+  /** Since when an operator has paused the migration on the agent (pgferry pause); absent when it runs. */
+  pausedAt?: string;
 
   // The cutover report.
   cutoverState?: string;

@@ -143,6 +143,10 @@ export interface MigrationMessage {
   changesApplied: number;
   sourceVersion: string;
   targetVersion: string;
+  /** Paused by an operator (pgferry pause): nothing runs and the slot keeps WAL until it is resumed. */
+  paused: boolean;
+  /** Since when (ISO 8601), '' when not paused. */
+  pausedAt: string;
 }
 
 export interface DeleteMigrationResponseMessage { id: string; dropped: string[] }
@@ -468,6 +472,16 @@ export class AgentClient {
   /** Cancel a cutover that is still waiting for lag (before the fence). */
   cancelCutover(id: string, opts?: CallOptions): Promise<MigrationMessage> {
     return this.unary('CancelCutover', { id }, opts) as Promise<MigrationMessage>;
+  }
+
+  /** Pause a migration until `resumeMigration` (idempotent; the slot keeps the WAL meanwhile). */
+  pauseMigration(id: string, opts?: CallOptions): Promise<MigrationMessage> {
+    return this.unary('PauseMigration', { id }, opts) as Promise<MigrationMessage>;
+  }
+
+  /** Resume a paused migration from where it stopped (idempotent). */
+  resumeMigration(id: string, opts?: CallOptions): Promise<MigrationMessage> {
+    return this.unary('ResumeMigration', { id }, opts) as Promise<MigrationMessage>;
   }
 
   /** The agent's serving status from the standard health service (`service` '' = the whole agent). */

@@ -141,7 +141,7 @@ export interface MigrationArgs {
 /** The output names of a Migration (registered so they exist on the resource object). */
 const OUTPUT_NAMES = [
   'phase', 'tablesTotal', 'tablesCopied', 'rowsCopied', 'progress', 'lagBytes', 'lagSeconds', 'retainedWalBytes',
-  'appliedLsn', 'replicationSlot', 'publication', 'sourceVersion', 'targetVersion', 'error', 'cutoverState',
+  'appliedLsn', 'replicationSlot', 'publication', 'sourceVersion', 'targetVersion', 'error', 'pausedAt', 'cutoverState',
   'writeDowntimeMs', 'validationOk', 'validation', 'fenceLsn', 'cutoverCompletedAt', 'cutoverWarnings',
   'activeEndpoint', 'notes', 'activeConnection', 'sourceConnection', 'targetConnection', 'agentToken', 'agentClientKey', 'secretsDigest',
 ] as const;
@@ -211,6 +211,8 @@ export class Migration extends pulumi.dynamic.Resource {
   declare readonly targetVersion: pulumi.Output<string | undefined>;
   /** `CODE: message Fix: remedy` when the migration failed. */
   declare readonly error: pulumi.Output<string | undefined>;
+  /** Since when an operator has paused the migration on the agent (`pgferry pause`); absent while it runs. */
+  declare readonly pausedAt: pulumi.Output<string | undefined>;
   /** The cutover's state (waiting-for-lag … completed | failed), once one was requested. */
   declare readonly cutoverState: pulumi.Output<string | undefined>;
   /** How long writes were fenced during the cutover, in ms. */

@@ -131,7 +131,7 @@ function failedMessage(m: MigrationMessage): string {
 /** Wait until the migration is in sync (syncing or later); throws on failure, deletion or `deadline`. */
 async function waitForSync(client: AgentClient, id: string, deadline: number): Promise<MigrationMessage> {
   let last: MigrationMessage | undefined;
-  const done = (m: MigrationMessage) => (IN_SYNC_PHASES as readonly string[]).includes(m.phase) || m.phase === 'failed' || m.phase === 'deleted';
+  const done = (m: MigrationMessage) => (IN_SYNC_PHASES as readonly string[]).includes(m.phase) || m.phase === 'failed' || m.phase === 'deleted' || m.paused;
   while (Date.now() < deadline) {
     try {
       await client.watchMigration(id, WATCH_INTERVAL_MS, (m) => { last = m; return done(m); }, undefined, { timeoutMs: Math.max(1000, deadline - Date.now()) });
@@ -353,6 +353,10 @@ export async function create(news: Props): Promise<CreateResult> {
       }
       if (m.phase === 'failed') {
         throw initFailure(id, buildOutputs(pending, secrets, m), `Migration '${id}' failed before it was in sync: ${failedMessage(m)}`);
+      }
+      if (m.paused && !(IN_SYNC_PHASES as readonly string[]).includes(m.phase)) {
+        throw initFailure(id, buildOutputs(pending, secrets, m),
+          `Migration '${id}' is paused on the agent (since ${m.pausedAt}) in ${describeProgress(m)}, so it cannot get in sync. Fix: resume it (\`pgferry resume ${id}\`), then run \`pulumi up\` again.`);
       }
       if (!(IN_SYNC_PHASES as readonly string[]).includes(m.phase)) {
         throw initFailure(id, buildOutputs(pending, secrets, m),

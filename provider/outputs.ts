@@ -202,6 +202,7 @@ export function liveOutputs(m: MigrationMessage): Partial<MigrationOutputs> {
     sourceVersion: m.sourceVersion || undefined,
     targetVersion: m.targetVersion || undefined,
     error,
+    pausedAt: m.paused ? m.pausedAt : undefined,
     cutoverState: c?.state || undefined,
     writeDowntimeMs: c && (c.state === 'completed' || c.writeDowntimeMs > 0) ? c.writeDowntimeMs : undefined,
     validationOk: c && c.state === 'completed' ? c.validationOk : undefined,

@@ -35,7 +35,7 @@ function loadingMigration(): MigrationMessage {
     bytesEstimated: 40_000_000_000, progress: 0.37, etaSeconds: 4_321, lagBytes: 987_654_321, lagSeconds: 1234.5,
     retainedWalBytes: 55_000_000_000, applyRate: 0, appliedLsn: '', slotName: 'pgferry_a_rather_long_migration_identifier_40ch',
     publicationName: 'pgferry_x', specFingerprint: 'f', cutover: null, activeEndpoint: 'source', changesApplied: 0,
-    sourceVersion: '14.17', targetVersion: '17.5',
+    sourceVersion: '14.17', targetVersion: '17.5', paused: false, pausedAt: '',
     tables: [
       table('billing_and_accounting_schema', 'invoice_line_items_with_a_very_long_name', 'copying', 98_765_432, 150_000_000),
       table('public', 'orders', 'copied', 3_000_000, 3_000_000),
@@ -55,6 +55,12 @@ describe('cli: rendering fits an 80-column terminal', () => {
     assert.ok(detail.length < 30, 'long table lists are summarised');
     assertFits(renderMigration(m, { width: 60 }), 60);
     assertFits(renderList([m, { ...m, id: 'b', phase: 'failed', errorCode: 'COPY_FAILED' }], { width: WIDTH }));
+    const paused = { ...m, phase: 'syncing', paused: true, pausedAt: '2026-11-29T10:00:00.000Z' };
+    const pausedLines = renderMigration(paused, { width: WIDTH });
+    assertFits(pausedLines);
+    assert.match(pausedLines[0], /SYNCING \(PAUSED\)/);
+    assert.match(pausedLines.join(' ').replace(/\s+/g, ' '), /since 2026-11-29T10:00:00\.000Z; .* pgferry resume a_rather_long_migration_identifier_40ch/, 'when, and the whole command to resume');
+    assert.match(renderList([paused], { width: WIDTH })[1], /paused/);
     const failed = {
       ...m, phase: 'failed', errorCode: 'APPLY_FAILED',
       errorMessage: `Applying a change to "billing"."invoices" failed: ${'duplicate key value violates unique constraint '.repeat(4)}`,
@@ -233,6 +239,22 @@ describe('cli: against a running migration (PostgreSQL 14 → 17)', function () 
     const again = await runCli(['start', '--spec', f, '--json', ...conn], { env });
     assert.equal(again.code, 0, again.stderr);
     assert.equal((JSON.parse(again.stdout) as MigrationMessage).phase, 'syncing');
+  });
+
+  it('pause and resume: the status says paused, a cutover is refused with the way out, resume goes on', async () => {
+    const p = await runCli(['pause', 'shop', ...conn]);
+    assert.equal(p.code, 0, p.stderr);
+    assert.match(p.stdout, /Paused migration shop/);
+    assert.match(p.stdout, /pgferry resume shop/);
+    assertFits(p.stdout.replace(/\n$/, '').split('\n'));
+    const s = await runCli(['status', 'shop', '--json', ...conn]);
+    assert.equal((JSON.parse(s.stdout) as MigrationMessage).paused, true);
+    const refused = await runCli(['cutover', 'shop', ...conn]);
+    assert.equal(refused.code, 1);
+    assert.match(refused.stderr, /WRONG_PHASE[\s\S]*paused[\s\S]*pgferry resume shop/);
+    const r = await runCli(['resume', 'shop', '--json', ...conn]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal((JSON.parse(r.stdout) as MigrationMessage).paused, false);
   });
 
   it('cutover completes and prints the report; delete drops the slot', async () => {

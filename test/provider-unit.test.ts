@@ -27,7 +27,7 @@ function status(over: Partial<MigrationMessage> = {}): MigrationMessage {
     tables: [], tablesTotal: 3, tablesCopied: 3, rowsCopied: 30, bytesCopied: 0, bytesEstimated: 0, progress: 1, etaSeconds: -1,
     lagBytes: 0, lagSeconds: 0, retainedWalBytes: 1000, applyRate: 0, appliedLsn: '0/1', slotName: 'pgferry_orders',
     publicationName: 'pgferry_orders', specFingerprint: 'x', cutover: null, activeEndpoint: 'source', changesApplied: 0,
-    sourceVersion: '14.0', targetVersion: '17.0', ...over,
+    sourceVersion: '14.0', targetVersion: '17.0', paused: false, pausedAt: '', ...over,
   };
 }
 
@@ -249,6 +249,9 @@ describe('provider without an agent: declaration, Check, Diff through the real h
     assert.equal(after.activeEndpoint, 'target');
     assert.equal(after.activeConnection.port, 5434);
     assert.equal(after.activeConnection.password, TARGET_PW);
+    assert.equal(before.pausedAt, undefined, 'no pausedAt while it runs');
+    const paused = buildOutputs(echoArgs(a), secretPartsFromInputs(a), status({ paused: true, pausedAt: '2026-11-29T10:00:00.000Z' }));
+    assert.equal(paused.pausedAt, '2026-11-29T10:00:00.000Z');
   });
 
   it('parses and redacts connection strings in both password forms', function () {
