@@ -33,6 +33,7 @@ export const METRIC_NAMES = [
   'pgferry_migration_phase',
   'pgferry_migration_info',
   'pgferry_migration_error_info',
+  'pgferry_migration_paused',
   'pgferry_tables_total',
   'pgferry_tables_copied',
   'pgferry_copy_rows_total',
@@ -86,6 +87,7 @@ export class AgentMetrics {
     gauge('pgferry_migration_phase', '1 for the phase the migration is in, 0 for the others.', ['migration', 'phase']);
     gauge('pgferry_migration_info', 'Always 1; the labels describe the migration.', ['migration', 'slot', 'publication', 'source_version', 'target_version', 'active_endpoint']);
     gauge('pgferry_migration_error_info', '1 while the migration holds an error (phase failed); `code` is the error code.', ['migration', 'code']);
+    gauge('pgferry_migration_paused', '1 while an operator has paused the migration (pgferry pause): nothing is applied and the slot keeps WAL; 0 otherwise.', ['migration']);
     gauge('pgferry_tables_total', 'Tables the migration copies.', ['migration']);
     gauge('pgferry_tables_copied', 'Tables whose initial copy finished.', ['migration']);
     fromStatus('pgferry_copy_rows_total', 'Rows copied by the initial load, per table (this agent process).', ['migration', 'table']);
@@ -138,6 +140,7 @@ export class AgentMetrics {
         source_version: s.sourceVersion, target_version: s.targetVersion, active_endpoint: s.activeEndpoint,
       }, 1);
       if (s.errorCode) g.pgferry_migration_error_info.set({ migration, code: s.errorCode }, 1);
+      g.pgferry_migration_paused.set({ migration }, s.paused ? 1 : 0);
       g.pgferry_tables_total.set({ migration }, s.tablesTotal);
       g.pgferry_tables_copied.set({ migration }, s.tablesCopied);
       for (const t of s.tables) {

@@ -41,7 +41,9 @@ function parseExposition(text: string): Exposition {
       }
     }
     const v = m[3] === '+Inf' ? Infinity : m[3] === '-Inf' ? -Infinity : Number(m[3]);
-    if (Number.isNaN(v) && m[3] !== 'NaN') throw new Error(`line ${i + 1} has a bad value: ${line}`);
+    // Prometheus reads values with Go's strconv.ParseFloat, which takes NaN in any case;
+    // prom-client writes `Nan` (e.g. the event-loop lag mean when two scrapes come back to back).
+    if (Number.isNaN(v) && m[3].toLowerCase() !== 'nan') throw new Error(`line ${i + 1} has a bad value: ${line}`);
     out.samples.push({ name: m[1], labels, value: v });
   }
   return out;
@@ -114,6 +116,7 @@ describe('metrics: the Prometheus endpoint (PostgreSQL 14 → 17)', function () 
     assert.equal(sum(e, 'pgferry_migration_phase', mig), 1, 'exactly one phase is current');
     assert.equal(pick(e, 'pgferry_migration_phase', mig).length, 9, 'every phase is listed');
     assert.equal(one(e, 'pgferry_migrations', { phase: 'syncing' }), 1);
+    assert.equal(one(e, 'pgferry_migration_paused', mig), 0);
     assert.equal(one(e, 'pgferry_migration_info', { ...mig, slot: 'pgferry_shop', active_endpoint: 'source' }), 1);
     const total = one(e, 'pgferry_tables_total', mig);
     assert.ok(total > 0);
@@ -137,6 +140,16 @@ describe('metrics: the Prometheus endpoint (PostgreSQL 14 → 17)', function () 
     assert.ok(one(e, 'pgferry_rpc_calls_total', { method: 'GetMigration', status: 'NOT_FOUND' }) >= 1);
     assert.ok(one(e, 'pgferry_tls_certificate_expiry_timestamp_seconds') > Date.now() / 1000);
     assert.equal(one(e, 'pgferry_build_info', { version: JSON.parse(readFileSync(join(__dirname, '..', '..', 'package.json'), 'utf8')).version }), 1);
+  });
+
+  it('shows a paused migration as paused, with no apply rate, until it is resumed', async () => {
+    await shop.client.pauseMigration('shop');
+    const e = await scrape();
+    assert.equal(one(e, 'pgferry_migration_paused', { migration: 'shop' }), 1);
+    assert.equal(one(e, 'pgferry_apply_changes_per_second', { migration: 'shop' }), 0);
+    assert.equal(one(e, 'pgferry_migration_phase', { migration: 'shop', phase: 'syncing' }), 1, 'a pause keeps the phase');
+    await shop.client.resumeMigration('shop');
+    assert.equal(one(await scrape(), 'pgferry_migration_paused', { migration: 'shop' }), 0);
   });
 
   it('counts a migration failure once under its code, and shows the error', async () => {
