@@ -226,14 +226,18 @@ export class MigrationRunner {
   }
 
   private async withClients<T>(fn: (src: pg.Client, tgt: pg.Client) => Promise<T>): Promise<T> {
-    const src = await connect('source', this.spec.source, { applicationName: `pgferry ${this.rec.id}` });
-    let tgt: pg.Client | undefined;
+    // Both at once (a resume starts that much sooner); a source error wins, as it would one after the other.
+    const [s, t] = await Promise.allSettled([
+      connect('source', this.spec.source, { applicationName: `pgferry ${this.rec.id}` }),
+      connect('target', this.spec.target, { applicationName: `pgferry ${this.rec.id}` }),
+    ]);
     try {
-      tgt = await connect('target', this.spec.target, { applicationName: `pgferry ${this.rec.id}` });
-      return await fn(src, tgt);
+      if (s.status === 'rejected') throw s.reason;
+      if (t.status === 'rejected') throw t.reason;
+      return await fn(s.value, t.value);
     } finally {
-      await src.end().catch(() => undefined);
-      await tgt?.end().catch(() => undefined);
+      if (s.status === 'fulfilled') await s.value.end().catch(() => undefined);
+      if (t.status === 'fulfilled') await t.value.end().catch(() => undefined);
     }
   }
 
