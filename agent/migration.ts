@@ -78,6 +78,13 @@ export class MigrationRunner {
   readonly copyProgress = new Map<string, TableCopyProgress>();
   sync: SyncProgress | null = null;
   private syncCaughtUp = false;
+  /**
+   * Per table, the source position its copy is valid from: read from the
+   * target once per process when the sync first starts (it is fixed once the
+   * load finished), so a resume goes straight to the stream.
+   */
+  private syncStart: Map<string, Lsn> | null = null;
+  private analyzed = false;
   private lastCaughtUpAt = 0;
   private lastLag: { lagBytes: number; retainedWalBytes: number } | null = null;
   private copyStartedAt = 0;
@@ -402,13 +409,13 @@ export class MigrationRunner {
 
   private async phaseSync(): Promise<void> {
     const signal = this.abort.signal;
-    const map = await this.withClients(async (src, tgt) => {
+    const map = this.syncStart ??= await this.withClients(async (src, tgt) => {
       await this.loadTables(src);
       await this.restoreCopyProgress(tgt);
       for (const p of this.copyProgress.values()) if (p.phase !== 'copied') p.phase = 'copied';
       return this.tableSyncLsn(tgt);
     });
-    void this.analyzeOnce(signal);
+    if (!this.analyzed) void this.analyzeOnce(signal);
     await runSync({
       migrationId: this.rec.id, source: this.spec.source, target: this.spec.target,
       slotName: this.rec.slotName, publicationName: this.rec.publicationName, tableSyncLsn: map,
@@ -422,9 +429,9 @@ export class MigrationRunner {
   private async analyzeOnce(signal: AbortSignal): Promise<void> {
     try {
       const done = await this.withTarget((tgt) => getMarker(tgt, this.rec.id, 'analyzed'));
-      if (done !== undefined) return;
+      if (done !== undefined) { this.analyzed = true; return; }
       const ok = await analyzeTables(this.spec.target, this.tables, signal, (l, m, f) => this.log(l, m, { migration: this.rec.id, ...f }));
-      if (ok) await this.withTarget((tgt) => setMarker(tgt, this.rec.id, 'analyzed', new Date().toISOString()));
+      if (ok) { await this.withTarget((tgt) => setMarker(tgt, this.rec.id, 'analyzed', new Date().toISOString())); this.analyzed = true; }
     } catch (e) {
       if (!signal.aborted) this.log('warn', `ANALYZE of the loaded tables failed (statistics will come from autovacuum): ${(e as Error).message}`, { migration: this.rec.id });
     }
