@@ -167,9 +167,12 @@ export async function runLoad(opts: LoadOptions, tasks: CopyTask[]): Promise<voi
   } catch (e) {
     throw asPgferryError(e, 'COPY_FAILED', 'initial load');
   } finally {
-    // STOP: every worker's connections are closed, whatever happened.
+    // STOP: every worker's connections are closed, whatever happened. No
+    // ROLLBACK first: a COPY … TO STDOUT cut off by a stop (pause, shutdown)
+    // leaves its connection mid-COPY, pg-copy-streams cannot end it, and a
+    // query sent behind it would wait forever. Closing the connection ends
+    // the read-only snapshot transaction just as well.
     await Promise.all(workers.map(async (w) => {
-      await w.src.query('ROLLBACK').catch(() => undefined);
       await w.src.end().catch(() => undefined);
       await w.tgt.end().catch(() => undefined);
     }));

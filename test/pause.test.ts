@@ -147,15 +147,18 @@ describe('pause and resume: PostgreSQL 14 → 17', function () {
     await source.createDatabase('many');
     await target.createDatabase('many');
     const c = await source.client('many');
-    for (let i = 0; i < 16; i++) {
+    for (let i = 0; i < 12; i++) {
       await c.query(`CREATE TABLE t${i} (id int PRIMARY KEY, v text); INSERT INTO t${i} SELECT g, md5(g::text) FROM generate_series(1, 20000) g`);
     }
+    // Copied first (largest first) by one worker, for seconds, while the other copies the small ones.
+    await c.query('CREATE TABLE big (id int PRIMARY KEY, v text); INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 1000000) g');
     await c.end();
-    await client.startMigration(specFor('many', source, target, 'many', { copy: { workers: 1, splitBytes: 1 << 30, indexJobs: 1 } }));
-    await waitFor('a few tables to be copied', async () => {
+    await client.startMigration(specFor('many', source, target, 'many', { copy: { workers: 2, splitBytes: 1 << 30, indexJobs: 1 } }));
+    // Paused in the middle of a COPY (which must not hold the pause up), after a few tables finished.
+    await waitFor('a few tables to be copied while the big one is copying', async () => {
       const m = await client.getMigration('many');
       if (m.phase === 'failed') throw new Error(`${m.errorCode}: ${m.errorMessage}`);
-      return m.phase === 'loading' && m.tablesCopied >= 3;
+      return m.phase === 'loading' && m.tablesCopied >= 3 && m.tables.some((t) => t.name === 'big' && t.phase === 'copying' && t.bytesCopied > 0);
     }, 60_000);
     const paused = await client.pauseMigration('many');
     assert.equal(paused.phase, 'loading');
@@ -170,7 +173,7 @@ describe('pause and resume: PostgreSQL 14 → 17', function () {
     assert.equal(still.phase, 'loading');
     assert.equal(still.tablesCopied, copied, 'no table is copied while paused');
 
-    await source.query('INSERT INTO t0 VALUES (-1, $1)', ['written while paused'], 'many');
+    for (const t of ['t0', 'big']) await source.query(`INSERT INTO ${t} VALUES (-1, 'written while paused')`, [], 'many');
     await client.resumeMigration('many');
     await waitPhase(client, 'many', 'syncing');
     assert.match(agent.logs(), /Skipping table public\.t\d+, already copied on a previous run/);
