@@ -19,10 +19,18 @@
  *             write the backlog, then time from ALTER SUBSCRIPTION … ENABLE
  *             (issued ≥ wal_retrieve_retry_interval after the DISABLE, see
  *             the guard in applyNative).
- *  - pgferry  StartMigration, wait until syncing and caught up, SIGTERM the
- *             agent, write the backlog, then time from the restart of the
- *             agent process on the same state dir (process start included;
- *             the time until it listened is shown separately).
+ *  - pgferry  StartMigration, wait until syncing and caught up,
+ *             PauseMigration and wait until its walsender and target session
+ *             are gone, write the backlog, then time from ResumeMigration:
+ *             the same thing as the native DISABLE/ENABLE (a consumer stopped
+ *             and started again inside a server that keeps running). This is
+ *             the goal's measure.
+ *  - pgferry-restart  the same, but the agent process is SIGTERMed instead
+ *             of paused and the clock starts when a new process is spawned
+ *             on the same state dir (Node's start-up, module loading and the
+ *             resume of its migrations included; the time until it listened
+ *             is shown separately). Reported for what an agent restart
+ *             costs; not the goal's measure.
  *
  * Caught up = the backlog's last row is visible on the target (polled every
  * 50 ms for both). Before that, the first backlog row is watched for (every
@@ -36,8 +44,9 @@
  * Where the time goes: the CPU seconds of every process of each contender,
  * all started for this replay (so their totals are the replay's cost):
  * native = the apply worker (target) + its walsender (source); pgferry = the
- * agent process + its apply session's backend (target) + its walsender
- * (source). Read from /proc when caught up (this machine runs all of them).
+ * agent process (pgferry: the CPU it used from the resume on) + its apply
+ * session's backend (target) + its walsender (source). Read from /proc when
+ * caught up (this machine runs all of them).
  */
 import type pg from 'pg';
 import type { Cluster } from '../agent/testbed';
@@ -45,7 +54,7 @@ import { BenchAgent, benchSpec } from './agent';
 import { assertSameData } from './compare';
 import { RssSampler, cpuSeconds, fatal, nowMs, pollUntil, sleep } from './measure';
 
-export const APPLY_CONTENDERS = ['native', 'pgferry'] as const;
+export const APPLY_CONTENDERS = ['native', 'pgferry', 'pgferry-restart'] as const;
 export type ApplyContender = (typeof APPLY_CONTENDERS)[number];
 
 export interface ApplyRun {
@@ -57,7 +66,7 @@ export interface ApplyRun {
   backlogWalBytes?: number;
   backlogWriteMs?: number;
   elapsedMs?: number;
-  /** pgferry: from the restart until the agent listened (part of elapsedMs). */
+  /** pgferry-restart: from the spawn until the agent listened (part of elapsedMs). */
   agentStartMs?: number;
   /** From the start of the clock until the first backlog row was visible on the target (part of elapsedMs). */
   firstChangeMs?: number;
@@ -92,7 +101,7 @@ export async function runApplyScenario(ctx: ApplyContext): Promise<ApplyRun[]> {
   for (let round = 1; round <= ctx.rounds; round++) {
     const order = round % 2 === 1 ? APPLY_CONTENDERS : [...APPLY_CONTENDERS].reverse();
     for (const contender of order) {
-      const db = `apply_${contender}`;
+      const db = `apply_${contender.replace('-', '_')}`;
       const run: ApplyRun = { contender, round, txns: ctx.txns, changes: ctx.txns * 20 };
       runs.push(run);
       ctx.log(`apply round ${round}/${ctx.rounds}: ${contender}, backlog of ${ctx.txns} transactions …`);
@@ -101,7 +110,7 @@ export async function runApplyScenario(ctx: ApplyContext): Promise<ApplyRun[]> {
         await seedSource(ctx.source, db);
         await ctx.target.createDatabase(db);
         if (contender === 'native') await applyNative(ctx, db, run);
-        else await applyPgferry(ctx, db, run, round);
+        else await applyPgferry(ctx, db, run, round, contender === 'pgferry' ? 'resume' : 'restart');
         ctx.log(`  ${contender}: ${(run.elapsedMs! / 1000).toFixed(2)} s, ${Math.round(run.changes / (run.elapsedMs! / 1000))} changes/s, data equal`);
       } catch (e) {
         run.error = (e as Error).message;
@@ -250,9 +259,10 @@ async function applyNative(ctx: ApplyContext, db: string, run: ApplyRun): Promis
   }
 }
 
-async function applyPgferry(ctx: ApplyContext, db: string, run: ApplyRun, round: number): Promise<void> {
+/** `how`: 'resume' = pause and resume the migration in the running agent; 'restart' = stop and spawn the agent process. */
+async function applyPgferry(ctx: ApplyContext, db: string, run: ApplyRun, round: number, how: 'resume' | 'restart'): Promise<void> {
   const agent = await BenchAgent.start();
-  const id = `bench_apply_${round}`;
+  const id = `bench_apply_${how}_${round}`;
   let rss: RssSampler | undefined;
   try {
     await agent.client.startMigration(benchSpec(id, ctx.source, db, ctx.target, db));
@@ -262,15 +272,29 @@ async function applyPgferry(ctx: ApplyContext, db: string, run: ApplyRun, round:
       if (m.phase === 'failed') throw fatal(`migration ${id} failed: ${m.errorCode}: ${m.errorMessage}`);
       return m.phase === 'syncing' && m.lagBytes < 64 * 1024;
     }, { timeoutMs: 120_000 });
-    await agent.stopProcess();
+    if (how === 'resume') {
+      await agent.client.pauseMigration(id);
+      await pollUntil("pgferry's stream to stop after the pause", async () => {
+        const s = await ctx.source.query('SELECT 1 FROM pg_replication_slots WHERE database = $1 AND active', [db]);
+        const w = await ctx.target.query("SELECT 1 FROM pg_stat_activity WHERE application_name = 'pgferry-apply' AND datname = $1", [db]);
+        return s.rows.length === 0 && w.rows.length === 0;
+      });
+    } else {
+      await agent.stopProcess();
+    }
     const backlog = await commitBacklog(ctx.source, db, ctx.txns);
     run.backlogWalBytes = backlog.walBytes;
     run.backlogWriteMs = backlog.elapsedMs;
     await Promise.all([ctx.source.query('CHECKPOINT'), ctx.target.query('CHECKPOINT')]);
     rss = new RssSampler(() => agent.pid);
+    const cpuBefore = how === 'resume' ? cpuSeconds(agent.pid) ?? 0 : 0;
     const t0 = nowMs();
-    await agent.startProcess();
-    run.agentStartMs = nowMs() - t0;
+    if (how === 'resume') {
+      await agent.client.resumeMigration(id);
+    } else {
+      await agent.startProcess();
+      run.agentStartMs = nowMs() - t0;
+    }
     run.firstChangeMs = await waitForRow(ctx.target, db, backlog.lastLedgerId, t0, 'pgferry to apply the backlog', async () => {
       const m = await agent.client.getMigration(id);
       return m.phase === 'failed' ? `migration ${id} failed: ${m.errorCode}: ${m.errorMessage}` : undefined;
@@ -280,7 +304,7 @@ async function applyPgferry(ctx: ApplyContext, db: string, run: ApplyRun, round:
     try {
       const agentCpu = cpuSeconds(agent.pid);
       run.cpu = [
-        ...(agentCpu !== undefined ? [{ label: 'agent', seconds: agentCpu }] : []),
+        ...(agentCpu !== undefined ? [{ label: 'agent', seconds: agentCpu - cpuBefore }] : []),
         ...await processCpu([
           ['target backend', tgt, "SELECT pid FROM pg_stat_activity WHERE application_name = 'pgferry-apply' AND datname = $1", [db]],
           ['walsender', src, "SELECT pid FROM pg_stat_replication WHERE application_name = 'pgferry-sync'", []],
