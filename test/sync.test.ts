@@ -66,6 +66,18 @@ class SyncRun {
     this.ac.abort();
     await this.done;
   }
+
+  /**
+   * `done`, or an error carrying the run's last log lines once `ms` passed
+   * (a hang then says where the sync was, instead of a bare mocha timeout).
+   */
+  doneWithin(ms: number): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`the sync did not end within ${ms} ms; its last log lines:\n${this.logs.slice(-15).map((l) => `  ${l.level} ${l.msg} ${JSON.stringify(l.fields ?? {})}`).join('\n')}`)), ms);
+    });
+    return Promise.race([this.done, late]).finally(() => clearTimeout(timer));
+  }
 }
 
 async function sessionClient(c: Cluster, database: string, user?: { user: string; password: string }): Promise<pg.Client> {
@@ -485,7 +497,7 @@ for (const pair of PAIRS) {
       await env.s.query("INSERT INTO drift VALUES (1, 'before')");
       await env.converge(run);
       await env.s.query("ALTER TABLE drift ADD COLUMN b int; INSERT INTO drift VALUES (2, 'after', 42)");
-      await assert.rejects(run.done, (e: unknown) => isPgferryError(e) && (e as PgferryError).code === 'SCHEMA_DRIFT' && /drift/.test(e.message) && /\bb\b/.test(e.message));
+      await assert.rejects(run.doneWithin(60_000), (e: unknown) => isPgferryError(e) && (e as PgferryError).code === 'SCHEMA_DRIFT' && /drift/.test(e.message) && /\bb\b/.test(e.message));
       await env.t.query('ALTER TABLE drift ADD COLUMN b int');
       run = env.start();
       await env.converge(run);
