@@ -39,6 +39,12 @@ export async function runPostData(opts: PostDataOptions): Promise<void> {
     const queue = [...wave];
     const n = Math.max(1, Math.min(opts.jobs, queue.length));
     const conns: pg.Client[] = [];
+    // A stop (pause, shutdown) cancels the builds in flight instead of
+    // waiting for them: a large index takes minutes. Each statement is its
+    // own transaction, so a cancelled one leaves nothing behind and is built
+    // again on resume.
+    const onAbort = () => { void cancelBackends(opts.target, conns, opts.log); };
+    opts.signal.addEventListener('abort', onAbort, { once: true });
     try {
       for (let i = 0; i < n; i++) {
         conns.push(await connect('target', opts.target, {
@@ -69,8 +75,21 @@ export async function runPostData(opts: PostDataOptions): Promise<void> {
       }));
       if (failed) throw failed;
     } finally {
+      opts.signal.removeEventListener('abort', onAbort);
       await Promise.all(conns.map((c) => c.end().catch(() => undefined)));
     }
+  }
+}
+
+/** Cancel whatever the sessions of `conns` are running (pg_cancel_backend: our own role's backends). */
+async function cancelBackends(target: Endpoint, conns: pg.Client[], log: PostDataOptions['log']): Promise<void> {
+  const pids = conns.map((c) => (c as unknown as { processID: number | null }).processID).filter((p): p is number => typeof p === 'number');
+  if (pids.length === 0) return;
+  try {
+    const c = await connect('target', target, { applicationName: 'pgferry post-data cancel' });
+    try { await c.query('SELECT pg_cancel_backend(pid) FROM unnest($1::int[]) AS pid', [pids]); } finally { await c.end().catch(() => undefined); }
+  } catch (e) {
+    log('warn', `could not cancel the index builds in progress; the stop waits for them: ${(e as Error).message}`);
   }
 }
 

@@ -181,6 +181,37 @@ describe('pause and resume: PostgreSQL 14 → 17', function () {
     await client.deleteMigration('many');
   });
 
+  it('pauses during the index builds by cancelling the one in flight, and builds it on resume', async function () {
+    await source.createDatabase('idx');
+    await target.createDatabase('idx');
+    // The index's function is not migrated (functions never are): the target's own
+    // version sleeps per row, so the build is still running when the pause comes.
+    await source.query(`CREATE FUNCTION slow_key(int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT $1';
+      CREATE TABLE s (id int PRIMARY KEY, v text); INSERT INTO s SELECT g, md5(g::text) FROM generate_series(1, 3000) g;
+      CREATE INDEX s_slow ON s (slow_key(id));`, [], 'idx');
+    await target.query("CREATE FUNCTION slow_key(int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT $1 FROM pg_sleep(0.005)'", [], 'idx');
+    await client.startMigration(specFor('idx', source, target, 'idx'));
+    const building = "SELECT pid FROM pg_stat_activity WHERE datname = 'idx' AND state = 'active' AND query LIKE 'CREATE INDEX%slow_key%'";
+    await waitFor('the index build to run on the target', async () => {
+      const m = await client.getMigration('idx');
+      if (m.phase === 'failed') throw new Error(`${m.errorCode}: ${m.errorMessage}`);
+      return (await target.query(building, [], 'idx')).rows.length > 0;
+    }, 60_000);
+    const paused = await client.pauseMigration('idx');
+    assert.equal(paused.phase, 'indexing');
+    await waitFor('the cancelled build to end', async () => (await target.query(building, [], 'idx')).rows.length === 0, 10_000);
+    const index = "SELECT 1 FROM pg_indexes WHERE schemaname = 'public' AND indexname = 's_slow'";
+    assert.equal((await target.query(index, [], 'idx')).rows.length, 0, 'the build was cancelled, not waited for');
+    assert.equal((await client.getMigration('idx')).phase, 'indexing');
+
+    await target.query("CREATE OR REPLACE FUNCTION slow_key(int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT $1'", [], 'idx');
+    await client.resumeMigration('idx');
+    await waitPhase(client, 'idx', 'syncing');
+    assert.equal((await target.query(index, [], 'idx')).rows.length, 1, 'built on resume');
+    await waitFor('target to equal source', async () => { await assertSameData(source, target, 'idx'); return true; }, 60_000);
+    await client.deleteMigration('idx');
+  });
+
   it('refuses to pause what cannot be paused, naming the way out', async function () {
     await expectCode(client.pauseMigration('no_such_migration'), 'MIGRATION_NOT_FOUND');
     await expectCode(client.resumeMigration('no_such_migration'), 'MIGRATION_NOT_FOUND');
