@@ -4,6 +4,9 @@
  *   created → schema → loading → indexing → syncing → cutting-over → completed
  *                                   (any) → failed      (delete) → deleted
  *
+ * (an operator's pause stops the work in any phase before cutting-over and
+ * keeps the phase; resume carries on from it)
+ *
  * and keeps what each phase finished durable, so that a restarted agent picks
  * up where it stopped: the phase and source objects in the state file
  * (state.ts), the copied tables and the applied position in the target

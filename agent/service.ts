@@ -1,10 +1,10 @@
 /**
  * service — the agent's operations, independent of the transport: preflight,
- * start (idempotent by id and spec), get, list, delete, cutover. server.ts
- * exposes them over gRPC; tests may call them directly.
+ * start (idempotent by id and spec), get, list, pause, resume, delete,
+ * cutover. server.ts exposes them over gRPC; tests may call them directly.
  *
  * On start-up every migration found in the state directory that is not
- * finished is resumed from where it stopped.
+ * finished (and not paused) is resumed from where it stopped.
  */
 import { PgferryError } from './errors';
 import { MigrationRunner, preflightOrThrow, type LogFn, type MigrationStatus } from './migration';
