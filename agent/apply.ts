@@ -193,6 +193,13 @@ export class Applier {
       await ensureTargetState(client);
       const durable = await readAppliedLsn(client, opts.migrationId);
       const a = new Applier(client, mode, opts, durable ?? 0n);
+      // Every table's target columns in one catalog read, now, while the
+      // replication connection is still being set up: otherwise each table's
+      // first change waits for a read of its own (a round trip per table
+      // after every start, resume or reconnect).
+      const known = await a.readTargets([...opts.tableSyncLsn.keys()]);
+      for (const [key, t] of known) a.targets.set(key, t);
+      a.log('info', `read the target's columns of ${known.size} of ${opts.tableSyncLsn.size} table(s)`, { event: 'target-tables', found: known.size, expected: opts.tableSyncLsn.size });
       if (mode === 'replica') {
         a.log('info', 'apply mode: replica (session_replication_role = replica; statements grouped per table within a batch)', { event: 'apply-mode', mode });
       } else {
@@ -485,7 +492,7 @@ export class Applier {
     const missing = (t: TargetTable | undefined) => (t ? rel.columns.find((c) => !t.columns.has(c.name)) : undefined);
     if (!target || missing(target)) {
       // Read (again: the user may have fixed drift) from the target catalog.
-      target = await this.readTarget(rel.schema, rel.name);
+      target = (await this.readTargets([key])).get(key);
       if (!target) {
         throw new PgferryError('SCHEMA_DRIFT', `Table ${key} receives changes from the source but does not exist on the target.`,
           `Create ${key} on the target with the source's definition, then restart the agent.`);
@@ -517,9 +524,12 @@ export class Applier {
     return map;
   }
 
-  private async readTarget(schema: string, name: string): Promise<TargetTable | undefined> {
+  /** The target tables named by `keys` (qualified, quoted names), by key; a table that does not exist is absent. */
+  private async readTargets(keys: string[]): Promise<Map<string, TargetTable>> {
+    const out = new Map<string, TargetTable>();
+    if (keys.length === 0) return out;
     const r = await this.client.query(`
-      SELECT c.relkind::text AS kind, a.attname AS name,
+      SELECT n.nspname AS schema, c.relname AS relname, c.relkind::text AS kind, a.attname AS name,
              CASE a.atttypid WHEN 'bpchar'::regtype THEN 'bpchar' WHEN '_bpchar'::regtype THEN 'bpchar[]'
                              WHEN 'bit'::regtype THEN 'bit varying' WHEN '_bit'::regtype THEN 'bit varying[]'
                              ELSE format_type(a.atttypid, NULL) END AS cast_type,
@@ -531,15 +541,16 @@ export class Applier {
         LEFT JOIN pg_type t ON t.oid = a.atttypid
         LEFT JOIN pg_collation co ON co.oid = a.attcollation
         LEFT JOIN pg_namespace cn ON cn.oid = co.collnamespace
-       WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
-       ORDER BY a.attnum`, [schema, name]);
-    if (r.rows.length === 0) return undefined;
-    const columns = new Map<string, TargetColumn>();
+       WHERE c.oid IN (SELECT to_regclass(k) FROM unnest($1::text[]) AS k) AND c.relkind IN ('r', 'p')
+       ORDER BY c.oid, a.attnum`, [keys]);
     for (const row of r.rows) {
+      const key = qn(row.schema, row.relname);
+      let t = out.get(key);
+      if (!t) { t = { schema: row.schema, name: row.relname, quoted: key, partitioned: row.kind === 'p', columns: new Map<string, TargetColumn>() }; out.set(key, t); }
       if (row.name === null) continue;
-      columns.set(row.name, { name: row.name, castType: row.cast_type, generated: row.generated, identityAlways: row.identity_always, collate: row.collation ? ` COLLATE ${row.collation}` : '' });
+      t.columns.set(row.name, { name: row.name, castType: row.cast_type, generated: row.generated, identityAlways: row.identity_always, collate: row.collation ? ` COLLATE ${row.collation}` : '' });
     }
-    return { schema, name, quoted: qn(schema, name), partitioned: r.rows[0].kind === 'p', columns };
+    return out;
   }
 
   // ---- execution -----------------------------------------------------------

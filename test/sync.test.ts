@@ -168,7 +168,8 @@ for (const pair of PAIRS) {
         CREATE TABLE events (id int, region text, v int, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
         CREATE TABLE events_eu PARTITION OF events FOR VALUES IN ('eu');
         CREATE TABLE events_us PARTITION OF events FOR VALUES IN ('us');`);
-      const run = env.start();
+      // As a migration starts it: every table known up front, its target columns read in one go.
+      const run = env.start({ tableSyncLsn: new Map([['public.acct', 0n], ['"Mixed Case"."Order Items"', 0n], ['public.events', 0n]]) });
       await env.s.query(`DO $$ BEGIN
         FOR i IN 1..300 LOOP
           INSERT INTO acct VALUES (i, i * 10, 'n' || i);
@@ -188,6 +189,7 @@ for (const pair of PAIRS) {
       assert.ok(run.progress!.transactionsApplied >= 301);
       assert.ok(run.progress!.changesApplied >= 300 * 5);
       assert.ok(run.logs.some((l) => l.fields?.event === 'apply-mode' && l.fields.mode === 'replica'));
+      assert.ok(run.logs.some((l) => l.fields?.event === 'target-tables' && l.fields.found === 3 && l.fields.expected === 3), 'all three tables read up front, the quoted one too');
       await run.stop();
     });
 
