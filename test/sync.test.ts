@@ -47,11 +47,27 @@ class SyncRun {
       (e) => { this.error = e; for (const w of this.waiters) w.reject(e); this.waiters = []; });
   }
 
-  /** Resolves once everything the source committed before `lsn` is committed on the target. */
+  /**
+   * Resolves once everything the source committed before `lsn` is committed
+   * on the target; fails after 90 s with the sync's position and last log
+   * lines (a stall then says where the sync was, instead of a bare mocha timeout).
+   */
   waitApplied(lsn: Lsn): Promise<void> {
     if (this.progress && this.progress.appliedLsn >= lsn) return Promise.resolve();
     if (this.error) return Promise.reject(this.error);
-    return new Promise((resolve, reject) => this.waiters.push({ lsn, resolve, reject }));
+    const waiting = new Promise<void>((resolve, reject) => this.waiters.push({ lsn, resolve, reject }));
+    return this.within(waiting, 90_000, `the target to apply up to ${formatLsn(lsn)}`);
+  }
+
+  private within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        const at = this.progress ? `applied ${formatLsn(this.progress.appliedLsn)}, ${this.progress.changesApplied} changes` : 'no progress reported';
+        reject(new Error(`timed out after ${ms} ms waiting for ${what} (${at}); the sync's last log lines:\n${this.logs.slice(-15).map((l) => `  ${l.level} ${l.msg} ${JSON.stringify(l.fields ?? {})}`).join('\n')}`));
+      }, ms);
+    });
+    return Promise.race([p, late]).finally(() => clearTimeout(timer));
   }
 
   /** Resolves once at least `n` changes have been committed on the target. */
@@ -72,11 +88,7 @@ class SyncRun {
    * (a hang then says where the sync was, instead of a bare mocha timeout).
    */
   doneWithin(ms: number): Promise<void> {
-    let timer: NodeJS.Timeout | undefined;
-    const late = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`the sync did not end within ${ms} ms; its last log lines:\n${this.logs.slice(-15).map((l) => `  ${l.level} ${l.msg} ${JSON.stringify(l.fields ?? {})}`).join('\n')}`)), ms);
-    });
-    return Promise.race([this.done, late]).finally(() => clearTimeout(timer));
+    return this.within(this.done, ms, 'the sync to end');
   }
 }
 
@@ -500,7 +512,11 @@ for (const pair of PAIRS) {
       await env.converge(run);
       await env.s.query("ALTER TABLE drift ADD COLUMN b int; INSERT INTO drift VALUES (2, 'after', 42)");
       await assert.rejects(run.doneWithin(60_000), (e: unknown) => isPgferryError(e) && (e as PgferryError).code === 'SCHEMA_DRIFT' && /drift/.test(e.message) && /\bb\b/.test(e.message));
-      await env.t.query('ALTER TABLE drift ADD COLUMN b int');
+      await env.t.query("SET lock_timeout = '30s'");
+      await env.t.query('ALTER TABLE drift ADD COLUMN b int').catch(async (e) => {
+        const who = await env.t.query('SELECT pid, application_name, state, xact_start, query FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()');
+        throw new Error(`${(e as Error).message}; other sessions: ${JSON.stringify(who.rows)}`);
+      });
       run = env.start();
       await env.converge(run);
       assert.deepEqual(await rows(env.t, 'SELECT id, a, b FROM drift ORDER BY id'), [{ id: 1, a: 'before', b: null }, { id: 2, a: 'after', b: 42 }]);
