@@ -6,20 +6,11 @@
  * restarted in between, and when the pause came in the middle of the load.
  */
 import assert from 'node:assert/strict';
-import { startCluster, type Cluster } from '../agent/testbed';
-import { seedShop, startWriter } from '../agent/sample';
+import type { Cluster } from '../agent/testbed';
+import { startWriter } from '../agent/sample';
 import { AgentClient, isAgentError, type MigrationMessage, type MigrationSpecMessage } from '../provider/client';
-import { startAgent, removeAgentDir, type AgentProcess } from './support/agent';
 import { assertSameData, waitFor } from './support/compare';
-import { waitPhase } from './support/running';
-
-function specFor(id: string, source: Cluster, target: Cluster, db: string, extra: Partial<MigrationSpecMessage> = {}): MigrationSpecMessage {
-  return {
-    id, source: source.endpoint(db), target: target.endpoint(db), tables: { include: ['public.*'] },
-    copy: { workers: 2, splitBytes: 256 * 1024, indexJobs: 2 }, apply: { batchChanges: 500, batchMs: 50 },
-    ...extra,
-  };
-}
+import { startShop, waitPhase, type RunningShop } from './support/running';
 
 async function expectCode(p: Promise<unknown>, code: string, pattern?: RegExp): Promise<Error> {
   try { await p; } catch (e) {
@@ -47,37 +38,33 @@ async function count(c: Cluster, db: string, table: string): Promise<number> {
 
 describe('pause and resume: PostgreSQL 14 → 17', function () {
   this.timeout(300_000);
+  // The sample shop, migrated as `shop` and syncing; the other tests add their own databases.
+  let shop: RunningShop;
   let source: Cluster;
   let target: Cluster;
-  let agent: AgentProcess;
   let client: AgentClient;
 
   before(async function () {
-    [source, target] = await Promise.all([startCluster({ version: 14, fast: true }), startCluster({ version: 17, fast: true })]);
-    agent = await startAgent();
-    client = new AgentClient({ endpoint: agent.endpoint });
+    shop = await startShop();
+    ({ source, target, client } = shop);
   });
   after(async function () {
     client?.close();
-    await agent?.stop();
-    if (agent) removeAgentDir(agent);
-    await Promise.all([source?.stop(), target?.stop()]);
+    await shop?.stop();
   });
 
-  async function restartAgent(kill: boolean): Promise<void> {
-    if (kill) agent.kill(); else await agent.stop();
-    await agent.restart();
+  /** The shop migration's spec, for another id and database. */
+  const specFor = (id: string, db: string, extra: Partial<MigrationSpecMessage> = {}): MigrationSpecMessage =>
+    ({ ...shop.spec, id, source: source.endpoint(db), target: target.endpoint(db), ...extra });
+
+  async function killAndRestartAgent(): Promise<void> {
+    shop.agent.kill();
+    await shop.agent.restart();
     client.close();
-    client = new AgentClient({ endpoint: agent.endpoint });
+    client = new AgentClient({ endpoint: shop.agent.endpoint });
   }
 
   it('stops applying while paused (slot kept, WAL retained, cutover refused), stays paused across an agent restart, and catches up on resume', async function () {
-    await source.createDatabase('shop');
-    await target.createDatabase('shop');
-    const seed = await source.client('shop');
-    await seedShop(seed, 5000);
-    await seed.end();
-    await client.startMigration(specFor('shop', source, target, 'shop'));
     const syncing = await waitPhase(client, 'shop', 'syncing');
     assert.equal(syncing.paused, false);
     assert.equal(syncing.pausedAt, '');
@@ -112,7 +99,7 @@ describe('pause and resume: PostgreSQL 14 → 17', function () {
       await expectCode(client.cutover({ id: 'shop', timeoutMs: 10_000 }), 'WRONG_PHASE', /paused[\s\S]*pgferry resume shop/);
 
       // A paused migration stays paused when the agent comes back.
-      await restartAgent(true);
+      await killAndRestartAgent();
       const afterRestart = await client.getMigration('shop');
       assert.equal(afterRestart.paused, true);
       assert.equal(afterRestart.pausedAt, paused.pausedAt);
@@ -120,9 +107,9 @@ describe('pause and resume: PostgreSQL 14 → 17', function () {
       const a = await activity(source, target, 'shop', paused.slotName);
       assert.deepEqual(a, { slotActive: false, sourceSessions: 0, targetSessions: 0 }, 'the restarted agent leaves it paused');
       assert.equal(await count(target, 'shop', 'orders'), frozen);
-      assert.match(agent.logs(), /Migration shop is paused .*pgferry resume shop/);
+      assert.match(shop.agent.logs(), /Migration shop is paused .*pgferry resume shop/);
       // New apply settings (as a repeated start with a rotated password would bring) do not resume it.
-      const restarted = await client.startMigration(specFor('shop', source, target, 'shop', { apply: { batchChanges: 500, batchMs: 60 } }));
+      const restarted = await client.startMigration(specFor('shop', 'shop', { apply: { batchChanges: 500, batchMs: 60 } }));
       assert.equal(restarted.paused, true);
       await new Promise((r) => setTimeout(r, 1000));
       assert.deepEqual(await activity(source, target, 'shop', paused.slotName), { slotActive: false, sourceSessions: 0, targetSessions: 0 }, 'a repeated start leaves it paused');
@@ -153,7 +140,7 @@ describe('pause and resume: PostgreSQL 14 → 17', function () {
     // Copied first (largest first) by one worker, for seconds, while the other copies the small ones.
     await c.query('CREATE TABLE big (id int PRIMARY KEY, v text); INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 1000000) g');
     await c.end();
-    await client.startMigration(specFor('many', source, target, 'many', { copy: { workers: 2, splitBytes: 1 << 30, indexJobs: 1 } }));
+    await client.startMigration(specFor('many', 'many', { copy: { workers: 2, splitBytes: 1 << 30, indexJobs: 1 } }));
     // Paused in the middle of a COPY (which must not hold the pause up), after a few tables finished.
     await waitFor('a few tables to be copied while the big one is copying', async () => {
       const m = await client.getMigration('many');
@@ -176,7 +163,7 @@ describe('pause and resume: PostgreSQL 14 → 17', function () {
     for (const t of ['t0', 'big']) await source.query(`INSERT INTO ${t} VALUES (-1, 'written while paused')`, [], 'many');
     await client.resumeMigration('many');
     await waitPhase(client, 'many', 'syncing');
-    assert.match(agent.logs(), /Skipping table public\.t\d+, already copied on a previous run/);
+    assert.match(shop.agent.logs(), /Skipping table public\.t\d+, already copied on a previous run/);
     await waitFor('target to equal source', async () => { await assertSameData(source, target, 'many'); return true; }, 60_000);
     await client.deleteMigration('many');
   });
@@ -190,7 +177,7 @@ describe('pause and resume: PostgreSQL 14 → 17', function () {
       CREATE TABLE s (id int PRIMARY KEY, v text); INSERT INTO s SELECT g, md5(g::text) FROM generate_series(1, 3000) g;
       CREATE INDEX s_slow ON s (slow_key(id));`, [], 'idx');
     await target.query("CREATE FUNCTION slow_key(int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT $1 FROM pg_sleep(0.005)'", [], 'idx');
-    await client.startMigration(specFor('idx', source, target, 'idx'));
+    await client.startMigration(specFor('idx', 'idx'));
     const building = "SELECT pid FROM pg_stat_activity WHERE datname = 'idx' AND state = 'active' AND query LIKE 'CREATE INDEX%slow_key%'";
     await waitFor('the index build to run on the target', async () => {
       const m = await client.getMigration('idx');
