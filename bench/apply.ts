@@ -19,8 +19,8 @@
  *             write the backlog, then time from ALTER SUBSCRIPTION … ENABLE
  *             (issued ≥ wal_retrieve_retry_interval after the DISABLE, see
  *             the guard in applyNative).
- *  - pgferry  StartMigration, wait until syncing and caught up,
- *             PauseMigration and wait until its walsender and target session
+ *  - pgferry  StartMigration, wait until syncing and caught up and its
+ *             one-off ANALYZE of the loaded tables done, PauseMigration and wait until its walsender and target session
  *             are gone, write the backlog, then time from ResumeMigration:
  *             the same thing as the native DISABLE/ENABLE (a consumer stopped
  *             and started again inside a server that keeps running). This is
@@ -272,6 +272,13 @@ async function applyPgferry(ctx: ApplyContext, db: string, run: ApplyRun, round:
       if (m.phase === 'failed') throw fatal(`migration ${id} failed: ${m.errorCode}: ${m.errorMessage}`);
       return m.phase === 'syncing' && m.lagBytes < 64 * 1024;
     }, { timeoutMs: 120_000 });
+    // The one-off ANALYZE of the loaded tables runs in the background once the
+    // sync starts; a pause or stop cuts it short and the resume runs it again,
+    // inside the timed replay. Let it finish first, as the native contender's
+    // copy has finished before its clock starts.
+    await pollUntil("pgferry's post-load ANALYZE to finish", async () =>
+      (await ctx.target.query("SELECT 1 FROM pgferry.migration_state WHERE migration_id = $1 AND marker = 'analyzed'", [id], db)).rows.length > 0,
+    { timeoutMs: 120_000 });
     if (how === 'resume') {
       await agent.client.pauseMigration(id);
       await pollUntil("pgferry's stream to stop after the pause", async () => {
