@@ -52,7 +52,17 @@ export interface TargetColumn {
   /** ` COLLATE x` when the column's collation is not its type's default (equality must use the column's). */
   collate: string;
 }
-export interface TargetTable { schema: string; name: string; quoted: string; partitioned: boolean; columns: Map<string, TargetColumn> }
+export interface TargetTable {
+  schema: string; name: string; quoted: string; partitioned: boolean;
+  /**
+   * Row counts of its statements are checked by the agent before COMMIT, not
+   * by the server (apply.ts, checkedOnServer): BEFORE INSERT row triggers
+   * fire on it (or a partition) in the apply session, and one may skip a row
+   * of a COPY; or it has rules, which a statement inside WITH cannot go through.
+   */
+  countsHere: boolean;
+  columns: Map<string, TargetColumn>;
+}
 
 /** A source relation mapped onto its target table. */
 export interface RelMap {

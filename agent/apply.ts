@@ -15,7 +15,16 @@
  * stream goes idle); after a restart the first batches are smaller (slow
  * start). A source transaction larger than twice that is executed in chunks
  * inside the still-open target transaction, so memory is bounded by a chunk.
- * While one batch executes on the target the next one is gathered.
+ * A batch goes to the target as one pipeline part — BEGIN, its statements,
+ * the applied position, COMMIT — sent behind the batch still executing
+ * there (at most MAX_INFLIGHT in flight), while the next one is gathered:
+ * the target goes from one batch to the next without waiting for the agent.
+ * The row counts that must hold (an UPDATE finds every row) are checked by
+ * the server inside each statement, so a failed check aborts the batch
+ * before its COMMIT, and nothing sent behind a failure runs (pipeline.ts).
+ * Tables whose counts the server cannot check (a trigger that may skip a
+ * COPY row, rules) and one-change-per-statement replays take a second round
+ * trip: statements, counts checked here, then COMMIT.
  *
  * Statements are set-based and built as the changes arrive (apply-plan.ts):
  * a run of INSERTs into one table is one COPY (or, for a few rows, one
@@ -46,14 +55,14 @@
  * checked instead; a source UPDATE that changed one stops with APPLY_FAILED.
  */
 import type pg from 'pg';
-import { connect, qi, qn } from './conn';
+import { connect, qi, ql, qn } from './conn';
 import { PgferryError, sqlState, type PgServerError } from './errors';
 import { formatLsn, maxLsn, parseLsn, pgMicrosToUnixMs, type Lsn } from './lsn';
 import { Plan, type Change, type Group, type RelMap, type RowChange, type Single, type Step, type TargetColumn, type TargetTable, type TruncateChange } from './apply-plan';
 import { UNCHANGED_TOAST, type BeginMessage, type CommitMessage, type DeleteMessage, type InsertMessage, type RelationMessage, type TruncateMessage, type Tuple, type UpdateMessage } from './pgoutput';
 import type { Endpoint } from './spec';
-import { commitWithAppliedLsn, ensureTargetState, readAppliedLsn } from './target-state';
-import { PipelineError, runPipeline, type PipelineStatement, type PipelineValue } from './pipeline';
+import { LOCAL_WAL_POSITIONS, RECORD_APPLIED_LSN, ensureTargetState, readAppliedLsn } from './target-state';
+import { Pipeline, PipelineError, PipelineSkipped, type PartResult, type PipelineStatement, type PipelineValue } from './pipeline';
 
 export type LogFn = (level: 'info' | 'warn' | 'error', msg: string, fields?: object) => void;
 
@@ -108,6 +117,21 @@ interface Batch {
   safe: boolean;
 }
 
+/** A batch committing on the target. */
+interface Inflight {
+  done: Promise<void>;
+  changes: number;
+  /** An idle position seen while this was the newest batch in flight: covered once it commits. */
+  idleAfter: Lsn;
+}
+
+/**
+ * Batches on their way to the target before the oldest one's answer is in:
+ * one executing and one queued right behind it, so the target starts the
+ * next batch without waiting a round trip for the agent (pipeline.ts).
+ */
+const MAX_INFLIGHT = 2;
+
 interface SourceTxn { finalLsn: Lsn; commitTimeMicros: bigint; skip: boolean; changes: number }
 
 /** Raised by the fast path when UPDATE touched fewer rows than it should have. */
@@ -127,12 +151,16 @@ export class Applier {
   durableLsn: Lsn;
   /** Committed batches not yet known to be flushed: source end LSN → target commit position. */
   private notDurable: Array<{ sourceLsn: Lsn; localLsn: Lsn }> = [];
-  /** The batch committing on the target while the next one gathers. */
-  private inflight: Promise<void> | null = null;
-  private inflightChanges = 0;
+  /** Batches committing on the target, oldest first (at most MAX_INFLIGHT), while the next one gathers. */
+  private inflight: Inflight[] = [];
   private inflightFailure: { e: unknown } | null = null;
-  /** An idle position seen while a batch was in flight: covered once it commits. */
-  private idleWhileInflight: Lsn = 0n;
+  /** The pipeline batches are sent on (pipeline.ts); a new one once it has ended. */
+  private pipe: Pipeline | null = null;
+  /**
+   * Settles when the connection's last user (a pipeline or a query) is done:
+   * each waits for the one before, so node-postgres never queues a query.
+   */
+  private turn: Promise<unknown> = Promise.resolve();
   /** Called after each batch commits (sync.ts reports progress and confirms). */
   onCommitted: (() => void) | null = null;
   private lastLocalLsn: Lsn = 0n;
@@ -216,7 +244,7 @@ export class Applier {
   /** Inside a source transaction (between Begin and Commit). */
   get inSourceTransaction(): boolean { return this.txn !== null; }
   /** Changes gathered in the open batch, not yet committed. */
-  get pendingChanges(): number { return (this.batch?.changes ?? 0) + this.inflightChanges; }
+  get pendingChanges(): number { return (this.batch?.changes ?? 0) + this.inflight.reduce((n, f) => n + f.changes, 0); }
   /** ms the open batch has been open; null when none. */
   batchAgeMs(nowMs = Date.now()): number | null { return this.batch ? nowMs - this.batch.openedAtMs : null; }
 
@@ -330,7 +358,8 @@ export class Applier {
     if (!this.batch) {
       // Nothing of ours in it and nothing open: the target already reflects
       // everything before its end (PG < 15 sends empty transactions too).
-      if (this.inflight) this.idleWhileInflight = maxLsn(this.idleWhileInflight, m.endLsn);
+      const last = this.inflight[this.inflight.length - 1];
+      if (last) last.idleAfter = maxLsn(last.idleAfter, m.endLsn);
       else { this.appliedLsn = maxLsn(this.appliedLsn, m.endLsn); this.coverIdle(m.endLsn); }
       return false;
     }
@@ -359,7 +388,7 @@ export class Applier {
   boundary(walEnd: Lsn): void {
     if (this.txn) return;
     if (this.batch) this.batch.boundaryLsn = maxLsn(this.batch.boundaryLsn, walEnd);
-    else if (this.inflight) this.idleWhileInflight = maxLsn(this.idleWhileInflight, walEnd);
+    else if (this.inflight.length) this.inflight[this.inflight.length - 1].idleAfter = maxLsn(this.inflight[this.inflight.length - 1].idleAfter, walEnd);
     else { this.appliedLsn = maxLsn(this.appliedLsn, walEnd); this.coverIdle(walEnd); }
   }
 
@@ -382,69 +411,105 @@ export class Applier {
   /** Commits not yet known to be flushed on the target. */
   get undurableBatches(): number { return this.notDurable.length; }
 
-  /** Ask the target how far its WAL is flushed (cheap; safe inside an open transaction). */
+  /**
+   * Ask the target how far its WAL is flushed (cheap; safe inside an open
+   * transaction). Not while batches are in flight: their commits report it.
+   */
   async refreshDurable(): Promise<void> {
-    if (this.notDurable.length === 0) return;
-    const r = await this.client.query('SELECT pg_current_wal_flush_lsn()::text AS l');
+    if (this.notDurable.length === 0 || this.inflight.length > 0) return;
+    const r = await this.query('SELECT pg_current_wal_flush_lsn()::text AS l');
     this.advanceDurable(parseLsn(r.rows[0].l));
   }
 
   /**
    * Commit the open batch (call between source transactions). No-op when none
-   * is open. The batch's statements and COMMIT run on the target while the
-   * caller goes on decoding the next batch (at most one batch in flight):
-   * decode and target execution overlap instead of taking turns. A failure
-   * surfaces from the next call that needs the connection (`settle`).
+   * is open. The batch's statements and COMMIT are sent to the target at once,
+   * behind the batch before it if that one is still executing, while the
+   * caller goes on decoding the next batch: decode and target execution
+   * overlap, and the target goes from one batch straight to the next. Waits
+   * only when MAX_INFLIGHT batches are in flight already. A failure surfaces
+   * from `settle` / `throwIfFailed`, or from the next flush.
    */
   async flush(): Promise<void> {
     const batch = this.batch;
     if (!batch) return;
     if (this.txn) throw new PgferryError('INTERNAL', 'flush inside a source transaction', 'Restart the agent; report this if it repeats.');
-    await this.settle();
+    this.throwIfFailed();
+    while (this.inflight.length >= MAX_INFLIGHT) await this.inflight[0].done;
     const plan = this.plan;
     this.plan = this.newPlan();
     this.batch = null;
-    this.inflightChanges = batch.changes;
+    const entry: Inflight = { done: Promise.resolve(), changes: batch.changes, idleAfter: 0n };
     // A failed batch stays counted as pending: its changes are not on the
     // target, and nobody (the cutover's drain) may read "nothing pending".
-    const p = this.commitBatch(batch, plan).then(() => { this.inflightChanges = 0; });
-    p.catch((e) => { this.inflightFailure ??= { e }; }); // surfaced by settle() / throwIfFailed()
-    this.inflight = p;
+    entry.done = this.commitBatch(batch, plan, entry).then(() => { this.inflight.splice(this.inflight.indexOf(entry), 1); });
+    entry.done.catch((e) => { this.inflightFailure ??= { e }; }); // surfaced by settle() / throwIfFailed()
+    this.inflight.push(entry);
   }
 
-  /** Wait for the batch in flight, if any; rethrows its failure. */
+  /** Wait for every batch in flight; rethrows the first failure. */
   async settle(): Promise<void> {
-    const p = this.inflight;
-    if (!p) return;
-    this.inflight = null;
-    this.inflightFailure = null;
-    await p;
+    while (this.inflight.length) await this.inflight[0].done;
+    this.throwIfFailed();
   }
 
   /** A batch is committing on the target. */
-  get hasInflight(): boolean { return this.inflight !== null; }
+  get hasInflight(): boolean { return this.inflight.length > 0; }
 
-  /** Rethrow the failure of the batch in flight as soon as it is known. */
+  /** Rethrow the failure of a batch in flight as soon as it is known. */
   throwIfFailed(): void {
     const f = this.inflightFailure;
-    if (f) { this.inflight = null; this.inflightFailure = null; throw f.e; }
+    if (f) throw f.e;
   }
 
-  private async commitBatch(batch: Batch, plan: Plan): Promise<void> {
-    const endLsn = maxLsn(batch.lastEndLsn ?? 0n, batch.boundaryLsn);
+  /**
+   * An open pipeline to send on: the current one, or a new one behind it
+   * that starts when the connection's last user is done (`turn`).
+   */
+  private pipeline(): Pipeline {
+    if (!this.pipe?.open) {
+      this.pipe = new Pipeline(this.client, this.parsed, this.pipe, this.turn);
+      this.turn = this.pipe.ended;
+    }
+    return this.pipe;
+  }
+
+  /** Any other query on the session: in its turn, after the pipeline has ended. */
+  private async query(text: string, values?: unknown[]): Promise<pg.QueryResult> {
+    void this.pipe?.end();
+    const before = this.turn;
+    let done!: () => void;
+    this.turn = new Promise<void>((resolve) => { done = resolve; });
     try {
-      await this.execute(batch, plan);
-      if (batch.targetTxnOpen) {
-        const { localLsn, flushedLsn } = await commitWithAppliedLsn(this.client, this.opts.migrationId, endLsn, batch.lastCommitTime);
+      await before;
+      return await this.client.query(text, values);
+    } finally { done(); }
+  }
+
+  private async commitBatch(batch: Batch, plan: Plan, entry: Inflight): Promise<void> {
+    const endLsn = maxLsn(batch.lastEndLsn ?? 0n, batch.boundaryLsn);
+    let step: Step | null = null;
+    try {
+      const { sts, oneTrip } = this.statements(plan, batch, (s) => { step = s; });
+      step = null;
+      if (sts.length === 0 && !batch.targetTxnOpen) {
+        this.coverIdle(endLsn); // nothing to write: no target transaction
+      } else if (oneTrip) {
+        // The batch in one part: its changes, checked on the server, and its commit.
+        const begin = batch.targetTxnOpen ? 0 : 1;
+        const r = await this.send(batch, sts.map(checkedOnServer), true, endLsn, (s) => { step = s; });
+        this.warnShort(sts, r.counts.slice(begin));
+        this.committed(endLsn, r);
         batch.targetTxnOpen = false;
-        this.lastLocalLsn = localLsn;
-        this.notDurable.push({ sourceLsn: endLsn, localLsn });
-        this.advanceDurable(flushedLsn);
       } else {
-        this.coverIdle(endLsn);
+        // Row counts checked here, then COMMIT: a second round trip.
+        await this.run(batch, sts, (s) => { step = s; });
+        step = null;
+        this.committed(endLsn, await this.send(batch, [], true, endLsn, () => undefined));
+        batch.targetTxnOpen = false;
       }
     } catch (e) {
-      throw await this.failed(e, null, batch);
+      throw await this.failedBatch(e, step, batch, entry);
     }
     this.appliedLsn = maxLsn(this.appliedLsn, endLsn);
     if (batch.lastCommitTime) this.appliedCommitTime = batch.lastCommitTime;
@@ -452,11 +517,10 @@ export class Applier {
     this.batchLimit = Math.min(this.opts.batchChanges, this.batchLimit * 2);
     this.transactionsApplied += batch.txns;
     this.lastBatchAt = new Date();
-    // Positions that arrived (idle keepalives) while this batch was in flight.
-    if (this.idleWhileInflight > 0n) {
-      this.appliedLsn = maxLsn(this.appliedLsn, this.idleWhileInflight);
-      this.coverIdle(this.idleWhileInflight);
-      this.idleWhileInflight = 0n;
+    // Positions that arrived (idle keepalives) while this was the newest batch in flight.
+    if (entry.idleAfter > 0n) {
+      this.appliedLsn = maxLsn(this.appliedLsn, entry.idleAfter);
+      this.coverIdle(entry.idleAfter);
     }
     if (this.safeThroughLsn !== null && this.appliedLsn > this.safeThroughLsn) {
       this.log('info', `one-change-per-statement replay done through ${formatLsn(this.safeThroughLsn)}; back to set-based apply`, { event: 'safe-replay-done' });
@@ -465,11 +529,22 @@ export class Applier {
     this.onCommitted?.();
   }
 
+  /** Book a batch's commit: the answer of LOCAL_WAL_POSITIONS is the last row of `r`. */
+  private committed(endLsn: Lsn, r: PartResult): void {
+    const row = r.rows[r.rows.length - 1];
+    if (!row || row[0] == null || row[1] == null) throw new Error('the target did not report its WAL position after COMMIT');
+    const localLsn = parseLsn(row[0]);
+    this.lastLocalLsn = localLsn;
+    this.notDurable.push({ sourceLsn: endLsn, localLsn });
+    this.advanceDurable(parseLsn(row[1]));
+  }
+
   /** Roll back whatever is open and disconnect. Uncommitted changes are re-sent after a restart. */
   async close(): Promise<void> {
-    await this.inflight?.catch(() => undefined);
-    this.inflight = null;
-    if (this.batch?.targetTxnOpen) await this.client.query('ROLLBACK').catch(() => undefined);
+    for (const f of [...this.inflight]) await f.done.catch(() => undefined);
+    this.inflight = [];
+    if (this.batch?.targetTxnOpen) await this.query('ROLLBACK').catch(() => undefined);
+    await this.pipe?.end();
     this.batch = null;
     this.plan = this.newPlan();
     this.txn = null;
@@ -528,8 +603,16 @@ export class Applier {
   private async readTargets(keys: string[]): Promise<Map<string, TargetTable>> {
     const out = new Map<string, TargetTable>();
     if (keys.length === 0) return out;
-    const r = await this.client.query(`
+    // counts_here (see TargetTable.countsHere): rules on the table or any of
+    // its partitions, or BEFORE INSERT row triggers that fire in this session
+    // (session_replication_role replica: ENABLE REPLICA / ALWAYS ones; else
+    // the ordinary ones too).
+    const r = await this.query(`
       SELECT n.nspname AS schema, c.relname AS relname, c.relkind::text AS kind, a.attname AS name,
+             EXISTS (SELECT 1 FROM pg_class p
+                      WHERE (p.oid = c.oid OR p.oid IN (SELECT relid FROM pg_partition_tree(c.oid)))
+                        AND (p.relhasrules OR EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = p.oid
+                               AND g.tgenabled = ANY($2::"char"[]) AND (g.tgtype & 7) = 7))) AS counts_here,
              CASE a.atttypid WHEN 'bpchar'::regtype THEN 'bpchar' WHEN '_bpchar'::regtype THEN 'bpchar[]'
                              WHEN 'bit'::regtype THEN 'bit varying' WHEN '_bit'::regtype THEN 'bit varying[]'
                              ELSE format_type(a.atttypid, NULL) END AS cast_type,
@@ -542,11 +625,11 @@ export class Applier {
         LEFT JOIN pg_collation co ON co.oid = a.attcollation
         LEFT JOIN pg_namespace cn ON cn.oid = co.collnamespace
        WHERE c.oid IN (SELECT to_regclass(k) FROM unnest($1::text[]) AS k) AND c.relkind IN ('r', 'p')
-       ORDER BY c.oid, a.attnum`, [keys]);
+       ORDER BY c.oid, a.attnum`, [keys, this.mode === 'replica' ? ['R', 'A'] : ['O', 'A']]);
     for (const row of r.rows) {
       const key = qn(row.schema, row.relname);
       let t = out.get(key);
-      if (!t) { t = { schema: row.schema, name: row.relname, quoted: key, partitioned: row.kind === 'p', columns: new Map<string, TargetColumn>() }; out.set(key, t); }
+      if (!t) { t = { schema: row.schema, name: row.relname, quoted: key, partitioned: row.kind === 'p', countsHere: row.counts_here, columns: new Map<string, TargetColumn>() }; out.set(key, t); }
       if (row.name === null) continue;
       t.columns.set(row.name, { name: row.name, castType: row.cast_type, generated: row.generated, identityAlways: row.identity_always, collate: row.collation ? ` COLLATE ${row.collation}` : '' });
     }
@@ -556,53 +639,110 @@ export class Applier {
   // ---- execution -----------------------------------------------------------
 
   /**
-   * Run the plan's statements on the target in one round trip (pipeline.ts),
-   * opening the target transaction first if this batch has not yet; then
-   * check each statement's row count. COMMIT is sent by the caller only after
-   * the counts were checked: a short count rolls the batch back.
+   * The plan's statements, in execution order (`onStep` is told which step
+   * is being built, for errors), and whether the batch can commit in the
+   * same part as its changes: every row count that must hold is then
+   * checked by the server (`checkedOnServer`). Not so when a table's counts
+   * are checked by the agent (TargetTable.countsHere: triggers that may skip
+   * a row of a COPY, whose count SQL cannot check, or rules), nor in a
+   * one-change-per-statement replay (a failure there names its change).
+   */
+  private statements(plan: Plan, batch: Batch, onStep: (s: Step) => void): { sts: Statement[]; oneTrip: boolean } {
+    const sts: Statement[] = [];
+    let oneTrip = !batch.safe;
+    for (const step of plan.steps()) {
+      onStep(step);
+      const st = step.kind === 'group' ? this.groupStatement(step, plan) : this.statement(step);
+      if (!st) continue;
+      if (step.kind === 'group' ? step.map.target.countsHere : step.change.op !== 'TRUNCATE' && step.change.map.target.countsHere) oneTrip = false;
+      sts.push(st);
+    }
+    return { sts, oneTrip };
+  }
+
+  /**
+   * Send `sts` as one pipeline part, opening the target transaction first if
+   * this batch has not yet, and with `commit` the applied position, COMMIT
+   * and the target's WAL positions behind them. A failed statement's error
+   * is rethrown as the server's, after `onStep` is told its step.
+   */
+  private async send(batch: Batch, sts: Statement[], commit: boolean, endLsn: Lsn, onStep: (s: Step) => void): Promise<PartResult> {
+    const begin = batch.targetTxnOpen ? 0 : 1;
+    const list: PipelineStatement[] = begin ? [{ text: 'BEGIN', name: '', values: [] }] : [];
+    for (const st of sts) list.push({ text: st.text, name: this.statementName(st.text), values: st.values, copyData: st.copyData });
+    if (commit) {
+      list.push(
+        { text: RECORD_APPLIED_LSN, name: this.statementName(RECORD_APPLIED_LSN), values: [this.opts.migrationId, formatLsn(endLsn), batch.lastCommitTime?.toISOString() ?? null] },
+        { text: 'COMMIT', name: '', values: [] },
+        { text: LOCAL_WAL_POSITIONS, name: this.statementName(LOCAL_WAL_POSITIONS), values: [] });
+    }
+    batch.targetTxnOpen = true; // from here a failure must roll back
+    try {
+      return await this.pipeline().send(list);
+    } catch (e) {
+      if (!(e instanceof PipelineError)) throw e;
+      // Whether the failed statement's Parse ran is unknown: never reuse its name.
+      if (list[e.index]!.name) this.prepared.delete(list[e.index]!.text);
+      const k = e.index - begin;
+      if (k >= 0 && k < sts.length) onStep(sts[k]!.step);
+      throw e.cause;
+    }
+  }
+
+  /** Send `sts` inside the batch's target transaction and check their row counts here; a short count throws ShortRowCount. */
+  private async run(batch: Batch, sts: Statement[], onStep: (s: Step) => void): Promise<void> {
+    if (sts.length === 0) return;
+    const begin = batch.targetTxnOpen ? 0 : 1;
+    const { counts } = await this.send(batch, sts, false, 0n, onStep);
+    for (let k = 0; k < sts.length; k++) {
+      const st = sts[k]!;
+      const rows = counts[k + begin] ?? 0;
+      if (st.expectRows !== null && rows < st.expectRows) {
+        onStep(st.step);
+        if (st.onShort === 'fail') throw new ShortRowCount(`${st.step.op} on ${stepTable(st.step)} matched ${rows} of ${st.expectRows} rows`);
+        this.warnMissing(st, rows);
+      }
+    }
+  }
+
+  /** After a one-part commit: the counts of statements that were not checked on the server (`onShort: 'warn'`). */
+  private warnShort(sts: Statement[], counts: (number | null)[]): void {
+    sts.forEach((st, k) => {
+      if (st.onShort === 'warn' && st.expectRows !== null && (counts[k] ?? 0) < st.expectRows) this.warnMissing(st, counts[k] ?? 0);
+    });
+  }
+
+  private warnMissing(st: Statement, rows: number): void {
+    this.log('warn', `${st.step.op} on ${stepTable(st.step)} found ${rows} of ${st.expectRows} rows on the target (already gone: the target had diverged)`, { event: 'rows-missing', lsn: formatLsn(stepLsn(st.step)) });
+  }
+
+  /**
+   * Execute a chunk of a large source transaction inside the batch's target
+   * transaction (it commits with the batch), row counts checked here.
    */
   private async execute(batch: Batch, plan: Plan): Promise<void> {
-    const steps = plan.steps();
-    if (steps.length === 0) return;
-    let current: Step | null = null;
+    let step: Step | null = null;
     try {
-      const sts: Statement[] = [];
-      for (const step of steps) {
-        current = step;
-        const st = step.kind === 'group' ? this.groupStatement(step, plan) : this.statement(step);
-        if (st) sts.push(st);
-      }
-      current = null;
-      if (sts.length === 0 && batch.targetTxnOpen) return;
-      const begin = batch.targetTxnOpen ? 0 : 1;
-      const pipeline: PipelineStatement[] = begin ? [{ text: 'BEGIN', name: '', values: [] }] : [];
-      for (const st of sts) pipeline.push({ text: st.text, name: this.statementName(st.text), values: st.values, copyData: st.copyData });
-      batch.targetTxnOpen = true; // from here a failure must roll back
-      let counts: (number | null)[];
-      try {
-        counts = await runPipeline(this.client, pipeline, this.parsed);
-      } catch (e) {
-        if (!(e instanceof PipelineError)) throw e;
-        // Whether the failed statement's Parse ran is unknown: never reuse its name.
-        if (pipeline[e.index]!.name) this.prepared.delete(pipeline[e.index]!.text);
-        current = e.index >= begin ? sts[e.index - begin]!.step : null;
-        throw e.cause;
-      }
-      for (let k = 0; k < sts.length; k++) {
-        const st = sts[k]!;
-        current = st.step;
-        const rows = counts[k + begin] ?? 0;
-        if (st.expectRows !== null && rows < st.expectRows) {
-          if (st.onShort === 'warn') {
-            this.log('warn', `${st.step.op} on ${stepTable(st.step)} found ${rows} of ${st.expectRows} rows on the target (already gone: the target had diverged)`, { event: 'rows-missing', lsn: formatLsn(stepLsn(st.step)) });
-          } else {
-            throw new ShortRowCount(`${st.step.op} on ${stepTable(st.step)} matched ${rows} of ${st.expectRows} rows`);
-          }
-        }
-      }
+      const { sts } = this.statements(plan, batch, (s) => { step = s; });
+      step = null;
+      await this.run(batch, sts, (s) => { step = s; });
     } catch (e) {
-      throw await this.failed(e, current, batch);
+      throw await this.failed(e, step, batch);
     }
+  }
+
+  /**
+   * A batch failed. A batch that did not run because one sent before it
+   * failed (PipelineSkipped) fails with that one's error.
+   */
+  private async failedBatch(e: unknown, step: Step | null, batch: Batch, entry: Inflight): Promise<unknown> {
+    if (e instanceof PipelineSkipped) {
+      for (const f of this.inflight) {
+        if (f === entry) break;
+        try { await f.done; } catch (earlier) { return earlier; }
+      }
+    }
+    return this.failed(e, step, batch);
   }
 
   /** The statement of a group built by the plan; null when it would change nothing. */
@@ -639,7 +779,7 @@ export class Applier {
   private async failed(e: unknown, step: Step | null, batch: Batch): Promise<unknown> {
     if (e instanceof PgferryError || e instanceof SafeReplayNeeded) return e;
     if (batch?.targetTxnOpen) {
-      await this.client.query('ROLLBACK').catch(() => undefined);
+      await this.query('ROLLBACK').catch(() => undefined);
       batch.targetTxnOpen = false;
     }
     if (isTransientError(e)) return e;
@@ -659,6 +799,10 @@ export class Applier {
     const table = c.op === 'TRUNCATE' ? c.maps.map((m) => m.target.quoted).join(', ') : c.map.target.quoted;
     const where = `${run.op} on ${table} from the source transaction committed at ${formatLsn(c.lsn)}`;
     const resume = `the sync resumes from the last applied position ${formatLsn(this.appliedLsn)}`;
+    if (e instanceof ShortRowCount && c.op === 'INSERT') {
+      return new PgferryError('APPLY_FAILED', `${where} failed: the target did not store the row (a trigger or rule on ${table} on the target dropped it).`,
+        `Disable the trigger or rule on ${table} that drops rows during the migration (ALTER TABLE ${table} DISABLE TRIGGER <name>, or DROP RULE), then restart the agent; ${resume}.`);
+    }
     if (e instanceof ShortRowCount && c.op !== 'TRUNCATE') {
       const key = c.map.full ? '' : ` with key (${c.map.keyIdx.map((i) => qi(c.map.rel.columns[i].name)).join(', ')})=(${keyValues(c).map((v) => (v === null ? 'NULL' : clip(String(v)))).join(', ')})`;
       // Tell "row missing" from "GENERATED ALWAYS identity changed".
@@ -688,7 +832,7 @@ export class Applier {
     const m = c.map;
     const cond = m.keyIdx.map((i, j) => `t.${qi(m.rel.columns[i].name)} = $${j + 1}::${m.cols[i]!.castType}${m.cols[i]!.collate}`).join(' AND ');
     try {
-      const r = await this.client.query(`SELECT 1 FROM ${m.target.quoted} AS t WHERE ${cond} LIMIT 1`, keyValues(c));
+      const r = await this.query(`SELECT 1 FROM ${m.target.quoted} AS t WHERE ${cond} LIMIT 1`, keyValues(c));
       return r.rows.length > 0;
     } catch { return false; }
   }
@@ -803,6 +947,28 @@ function singleOf(c: Change, safe: boolean): Single {
   const full = c.map.full && c.op !== 'INSERT';
   const keyChange = !full && c.op === 'UPDATE' && c.oldTuple !== null;
   return { kind: 'single', op: c.op, change: c, form: full ? 'full' : keyChange ? 'key-change' : null, safe };
+}
+
+/**
+ * `st` (an INSERT, UPDATE or DELETE with an expected row count) made to
+ * fail on the server when it touches another number of rows, so the batch's
+ * COMMIT can follow it in the same pipeline part: the rows it touched are
+ * counted through RETURNING, and a count that differs is cast to bigint from
+ * a text that says what happened, which fails with that text in the message
+ * (SQL has no function to raise an error; this needs none created on the
+ * target). Any failure of the fast path leads to the one-change-per-statement
+ * replay, which names the change. Statements without a count that must hold
+ * pass unchanged.
+ */
+function checkedOnServer(st: Statement): Statement {
+  if (st.expectRows === null || st.onShort !== 'fail' || st.copyData) return st;
+  const k = `$${st.values.length + 1}::bigint`;
+  const what = ql(`pgferry: ${st.step.op} on ${stepTable(st.step)} touched `);
+  return {
+    ...st,
+    text: `WITH m AS (${st.text} RETURNING 1) SELECT CASE WHEN n = ${k} THEN n ELSE (${what} || n || ' of ' || ${k} || ' rows on the target')::bigint END FROM (SELECT count(*) AS n FROM m) AS c`,
+    values: [...st.values, st.expectRows],
+  };
 }
 
 function stepTable(s: Step): string {

@@ -1,19 +1,34 @@
 /**
- * pipeline — several statements in one round trip on a node-postgres
- * client. Part of the **apply** stage: apply.ts sends each batch's
- * statements (BEGIN, one per table and operation, COPY data included) as one
- * pipeline, then its COMMIT, so a batch costs two round trips to the target
- * whatever it holds. Over a WAN link to the target (the agent runs near the
- * source) the round trips, not the statements, would otherwise bound the
- * apply rate.
+ * pipeline — statements sent to the target without waiting for each
+ * other's answers, on a node-postgres client. Part of the **apply** stage:
+ * apply.ts sends each batch (BEGIN, one statement per table and operation
+ * with COPY data, the applied position, COMMIT) as one `part`, and the next
+ * batch's part while the previous one still executes, so the target goes
+ * from one batch straight to the next instead of waiting a round trip for
+ * the agent between them. Over a WAN link to the target (the agent runs near
+ * the source) round trips, not statements, would otherwise bound the apply
+ * rate.
  *
  * Protocol (PostgreSQL docs, "Extended Query" and "Pipelining"): per
  * statement Parse (skipped when the named statement is already prepared),
  * Bind, Execute, and for COPY … FROM STDIN its CopyData and CopyDone right
- * behind the Execute; one Sync at the end. The server answers in order; after
- * an error it discards everything up to the Sync (CopyData included), so
- * nothing after a failed statement runs, and the pipeline fails naming the
- * statement (`PipelineError.index`).
+ * behind the Execute; a Flush after each part, so its answers come back
+ * without waiting for later parts; one Sync when the pipeline ends. The
+ * server answers in order; after an error it discards everything up to the
+ * Sync (CopyData included): nothing after a failed statement runs — not the
+ * rest of its part, and not the parts sent behind it, even when they are
+ * transactions of their own ("If a pipeline contains multiple explicit
+ * transactions, all transactions that committed prior to the error remain
+ * committed, the currently in-progress transaction is aborted, and all
+ * subsequent operations are skipped completely"). The failed part rejects
+ * with PipelineError naming the statement, every later one with
+ * PipelineSkipped.
+ *
+ * A pipeline ends (Sync) when every part sent has been answered, or when
+ * `end()` is called (the session needs the connection for another query).
+ * A pipeline created behind another starts only once that one is over; if
+ * that one failed, it sends nothing and its parts are skipped, so a batch
+ * never runs when an earlier one did not commit.
  *
  * Hand-rolled as a node-postgres "submittable" (the interface pg-copy-streams
  * and pg-cursor use): node-postgres' own pipeline mode refuses submittables
@@ -34,10 +49,29 @@ export interface PipelineStatement {
   copyData?: Buffer;
 }
 
-/** The statement at `index` failed; `cause` is the server's (or the connection's) error. */
+/** What a part's statements answered, one entry each. */
+export interface PartResult {
+  /** The row count of the command tag (null for statements without one, like BEGIN). */
+  counts: (number | null)[];
+  /** The first row a statement returned, as text, if it returned any. */
+  rows: ((string | null)[] | undefined)[];
+}
+
+/** The statement at `index` of its part failed; `cause` is the server's (or the connection's) error. */
 export class PipelineError extends Error {
   constructor(readonly index: number, override readonly cause: unknown) {
     super((cause as Error)?.message ?? String(cause));
+  }
+}
+
+/** Nothing of this part ran: a statement sent before it failed. */
+export class PipelineSkipped extends Error {
+  override readonly cause: unknown;
+  constructor(cause: unknown) {
+    const root = cause instanceof PipelineSkipped ? cause.cause : cause; // the failure itself, however far behind
+    super(`not run: an earlier statement failed (${(root as Error)?.message ?? String(root)})`);
+    this.name = 'PipelineSkipped';
+    this.cause = root;
   }
 }
 
@@ -48,72 +82,177 @@ interface Connection {
   bind(c: { statement: string; values: (Buffer | string | null)[] }): void;
   execute(c: Record<string, never>): void;
   endCopyFrom(): void;
+  flush(): void;
   sync(): void;
 }
 
+interface Part {
+  statements: PipelineStatement[];
+  /** Names whose Parse this part sends. */
+  parses: Set<string>;
+  result: PartResult;
+  resolve: (r: PartResult) => void;
+  reject: (e: unknown) => void;
+}
+
 /**
- * Run `statements` in one round trip. Resolves with each statement's row
- * count (null for statements without one, like BEGIN); rejects with a
- * PipelineError. `prepared` holds the names the session has prepared: a name
- * in it is not parsed again, and a name is added once its statement ran.
+ * One pipeline on `client`. `prepared` holds the names whose Parse the
+ * session has sent: a name in it is not parsed again; a Parse that the
+ * server skipped or whose statement failed is taken out again.
  */
-export function runPipeline(client: pg.Client, statements: PipelineStatement[], prepared: Set<string>): Promise<(number | null)[]> {
-  return new Promise((resolve, reject) => {
-    const counts: (number | null)[] = [];
-    let settled = false;
-    const submittable = {
+export class Pipeline {
+  private con: Connection | null = null;
+  /** Sent (or waiting for the connection), not yet answered, in order. */
+  private readonly parts: Part[] = [];
+  private syncing = false;
+  private done = false;
+  private failure: unknown = null;
+  private endedResolve!: () => void;
+  /** Resolves once the pipeline is over: ended by its Sync, or failed. */
+  readonly ended: Promise<void>;
+
+  /**
+   * A pipeline behind `behind` (the session's previous one, if any) that
+   * starts once `startAfter` has settled (default: once `behind` is over) —
+   * the caller's turn on the connection, so node-postgres never has to queue
+   * it. If `behind` failed, it sends nothing and its parts are skipped.
+   */
+  constructor(private readonly client: pg.Client, private readonly prepared: Set<string>, behind: Pipeline | null = null, startAfter?: Promise<unknown>) {
+    this.ended = new Promise((resolve) => { this.endedResolve = resolve; });
+    void (startAfter ?? behind?.ended ?? Promise.resolve()).then(() => {
+      if (behind?.failure) this.finish(new PipelineSkipped(behind.failure));
+      else if (this.syncing && this.parts.length === 0) this.finish(null); // ended before anything was sent
+      else this.submit();
+    }, (e: unknown) => this.finish(e));
+  }
+
+  private submit(): void {
+    const self = this;
+    this.client.query({
       submit(connection: Connection): void {
+        self.con = connection;
         const s = connection.stream;
         s.cork();
-        const parsing = new Set<string>(); // a name may repeat within one pipeline: parse it once
-        for (const st of statements) {
-          if (st.name === '' || !(prepared.has(st.name) || parsing.has(st.name))) {
-            connection.parse({ name: st.name, text: st.text });
-            if (st.name) parsing.add(st.name);
-          }
-          connection.bind({ statement: st.name, values: st.values.map(param) });
-          connection.execute({});
-          if (st.copyData) {
-            // The data as it is, behind a CopyData header ('d', Int32 length
-            // including itself): no copy of the data.
-            const header = Buffer.from([0x64, 0, 0, 0, 0]);
-            header.writeUInt32BE(4 + st.copyData.length, 1);
-            s.write(header);
-            s.write(st.copyData);
-            connection.endCopyFrom();
-          }
-        }
-        connection.sync();
+        for (const p of self.parts) self.write(p);
+        if (self.syncing) connection.sync();
         s.uncork();
       },
-      handleCommandComplete(msg: { text?: string }): void {
-        const st = statements[counts.length];
-        if (st?.name) prepared.add(st.name);
-        const m = /(\d+)$/.exec(msg?.text ?? '');
-        counts.push(m ? Number(m[1]) : null);
+      handleCommandComplete(msg: { text?: string }): void { self.onComplete(msg?.text ?? ''); },
+      handleEmptyQuery(): void { self.onComplete(''); },
+      handleDataRow(msg: { fields: (string | null)[] }): void {
+        const p = self.parts[0];
+        if (p && p.result.rows[p.result.counts.length] === undefined) p.result.rows[p.result.counts.length] = msg.fields;
       },
-      handleReadyForQuery(): void {
-        if (settled) return;
-        settled = true;
-        resolve(counts);
-      },
+      handleReadyForQuery(): void { self.finish(null); },
       handleError(err: unknown): void {
-        // node-postgres ends the submittable here; the Sync's ReadyForQuery
-        // still follows and frees the connection for the next query.
-        if (settled) return;
-        settled = true;
-        reject(new PipelineError(Math.min(counts.length, statements.length - 1), err));
+        // node-postgres has dropped this submittable as its active query; the
+        // server discards everything up to the Sync, whose ReadyForQuery then
+        // frees the connection for the next query.
+        if (self.con && !self.syncing) { self.syncing = true; self.con.sync(); }
+        self.finish(err ?? new Error('pipeline failed'));
       },
-      // No statement here returns rows; COPY data was sent with the statement.
+      // COPY data is sent with its statement.
       handleRowDescription(): void {},
-      handleDataRow(): void {},
-      handleEmptyQuery(): void {},
       handlePortalSuspended(): void {},
       handleCopyInResponse(): void {},
       handleCopyData(): void {},
-    };
-    client.query(submittable as unknown as pg.Submittable);
-  });
+    } as unknown as pg.Submittable);
+  }
+
+  /** Still taking parts: not ending, not failed. */
+  get open(): boolean { return !this.syncing && !this.done; }
+
+  /** The error that ended this pipeline, if one did. */
+  get error(): unknown { return this.failure; }
+
+  /**
+   * Send `statements` as one part. Resolves with their answers once the last
+   * one is in; rejects with PipelineError (a statement failed) or
+   * PipelineSkipped (an earlier one did). Only on an open pipeline.
+   */
+  send(statements: PipelineStatement[]): Promise<PartResult> {
+    if (!this.open) throw new Error('pipeline: send on a pipeline that is ending');
+    return new Promise<PartResult>((resolve, reject) => {
+      const part: Part = { statements, parses: new Set(), result: { counts: [], rows: [] }, resolve, reject };
+      if (statements.length === 0) { resolve(part.result); return; }
+      for (const st of statements) {
+        if (st.name !== '' && !this.prepared.has(st.name)) { part.parses.add(st.name); this.prepared.add(st.name); }
+      }
+      this.parts.push(part);
+      if (this.con) {
+        this.con.stream.cork();
+        this.write(part);
+        this.con.stream.uncork();
+      }
+    });
+  }
+
+  /** End the pipeline: Sync once everything sent (idempotent). `ended` resolves when it is over. */
+  end(): Promise<void> {
+    if (!this.syncing && !this.done) {
+      this.syncing = true;
+      this.con?.sync();
+    }
+    return this.ended;
+  }
+
+  private write(p: Part): void {
+    const con = this.con!;
+    const parsing = new Set<string>(); // a name may repeat within one part: parse it once
+    for (const st of p.statements) {
+      if (st.name === '' || (p.parses.has(st.name) && !parsing.has(st.name))) {
+        con.parse({ name: st.name, text: st.text });
+        if (st.name) parsing.add(st.name);
+      }
+      con.bind({ statement: st.name, values: st.values.map(param) });
+      con.execute({});
+      if (st.copyData) {
+        // The data as it is, behind a CopyData header ('d', Int32 length
+        // including itself): no copy of the data.
+        const header = Buffer.from([0x64, 0, 0, 0, 0]);
+        header.writeUInt32BE(4 + st.copyData.length, 1);
+        con.stream.write(header);
+        con.stream.write(st.copyData);
+        con.endCopyFrom();
+      }
+    }
+    con.flush();
+  }
+
+  private onComplete(tag: string): void {
+    const p = this.parts[0];
+    if (!p) return;
+    const m = /(\d+)$/.exec(tag);
+    p.result.counts.push(m ? Number(m[1]) : null);
+    if (p.result.counts.length < p.statements.length) return;
+    this.parts.shift();
+    p.resolve(p.result);
+    // Everything sent is answered: end, so the connection serves other queries.
+    if (this.parts.length === 0) this.end();
+  }
+
+  private finish(err: unknown): void {
+    if (this.done) return;
+    this.done = true;
+    this.failure = err;
+    const parts = this.parts.splice(0);
+    parts.forEach((p, k) => {
+      if (k === 0 && err !== null && !(err instanceof PipelineSkipped)) {
+        // The failed statement's Parse may not have run, nor any after it:
+        // forget the names first parsed there (the caller must not reuse
+        // the failed statement's name, whose Parse may have run).
+        const failedAt = p.result.counts.length;
+        const first = new Map<string, number>();
+        p.statements.forEach((st, i) => { if (p.parses.has(st.name) && !first.has(st.name)) first.set(st.name, i); });
+        for (const [name, i] of first) if (i >= failedAt) this.prepared.delete(name);
+        p.reject(new PipelineError(Math.min(failedAt, p.statements.length - 1), err));
+      } else {
+        for (const name of p.parses) this.prepared.delete(name);
+        p.reject(new PipelineSkipped(err ?? new Error('the pipeline ended before this part was answered')));
+      }
+    });
+    this.endedResolve();
+  }
 }
 
 function param(v: PipelineValue): Buffer | string | null {

@@ -11,7 +11,7 @@
  * `dropTargetState()` removes a migration's rows (and the schema when empty).
  */
 import type pg from 'pg';
-import { formatLsn, parseLsn, type Lsn } from './lsn';
+import { parseLsn, type Lsn } from './lsn';
 
 export const TARGET_STATE_DDL = `
 CREATE SCHEMA IF NOT EXISTS pgferry;
@@ -54,22 +54,16 @@ export async function readAppliedLsn(client: pg.Client, migrationId: string): Pr
 }
 
 /**
- * Record the applied position and COMMIT the transaction that applied the
- * changes it covers, in ONE round trip, returning the
- * target's WAL insert position after the commit (the commit record is below
- * it) and its flush position. Values are our own LSN text and an ISO date,
- * quoted as literals (a multi-statement simple query takes no parameters).
+ * The statements that end an apply batch, sent in the same pipeline part as
+ * its changes (apply.ts): the applied position, written in the batch's own
+ * transaction ($1 migration id, $2 the source end LSN as text, $3 the source
+ * commit time as ISO text or NULL); COMMIT; then the target's WAL insert
+ * position (the commit record is below it) and flush position.
  */
-export async function commitWithAppliedLsn(client: pg.Client, migrationId: string, lsn: Lsn, commitTime: Date | null): Promise<{ localLsn: Lsn; flushedLsn: Lsn }> {
-  const lit = (v: string) => `'${v.replace(/'/g, "''")}'`;
-  const res = await client.query(`INSERT INTO pgferry.apply_state (migration_id, applied_lsn, applied_commit_time)
-      VALUES (${lit(migrationId)}, ${lit(formatLsn(lsn))}::pg_lsn, ${commitTime ? `${lit(commitTime.toISOString())}::timestamptz` : 'NULL'})
-    ON CONFLICT (migration_id) DO UPDATE SET applied_lsn = excluded.applied_lsn, applied_commit_time = excluded.applied_commit_time, updated_at = now();
-    COMMIT;
-    SELECT pg_current_wal_insert_lsn()::text AS local, pg_current_wal_flush_lsn()::text AS flushed`) as unknown as pg.QueryResult[];
-  const row = res[res.length - 1].rows[0];
-  return { localLsn: parseLsn(row.local), flushedLsn: parseLsn(row.flushed) };
-}
+export const RECORD_APPLIED_LSN = `INSERT INTO pgferry.apply_state (migration_id, applied_lsn, applied_commit_time)
+  VALUES ($1, $2::pg_lsn, $3::timestamptz)
+  ON CONFLICT (migration_id) DO UPDATE SET applied_lsn = excluded.applied_lsn, applied_commit_time = excluded.applied_commit_time, updated_at = now()`;
+export const LOCAL_WAL_POSITIONS = 'SELECT pg_current_wal_insert_lsn()::text AS local, pg_current_wal_flush_lsn()::text AS flushed';
 
 export async function getMarker(client: pg.Client, migrationId: string, marker: string): Promise<string | null | undefined> {
   const r = await client.query('SELECT value FROM pgferry.migration_state WHERE migration_id = $1 AND marker = $2', [migrationId, marker]);

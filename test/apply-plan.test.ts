@@ -26,7 +26,7 @@ function relMap(name: string, columns: string[], key: number[]): RelMap {
     tag: 'relation', relationOid: name.length, schema: 'public', name, replicaIdentity: 'd',
     columns: columns.map((c, i) => ({ name: c, isKey: key.includes(i), typeOid: 25, typeMod: -1 })), keyIndexes: key,
   };
-  const target: TargetTable = { schema: 'public', name, quoted: `public.${name}`, partitioned: false, columns: new Map() };
+  const target: TargetTable = { schema: 'public', name, quoted: `public.${name}`, partitioned: false, countsHere: false, columns: new Map() };
   const cols = columns.map((c) => ({ name: c, castType: 'text', generated: false, identityAlways: false, collate: '' }));
   for (const c of cols) target.columns.set(c.name, c);
   return { rel, target, cols, writeIdx: columns.map((_, i) => i), keyIdx: key, full: false, overriding: false, syncLsn: 0n, shapes: new Map() };

@@ -450,6 +450,35 @@ for (const pair of PAIRS) {
       assert.equal(run.logs.filter((l) => l.fields?.event === 'safe-replay').length, 1);
     });
 
+    it('commits nothing of a batch whose UPDATE finds a row missing on the target (checked on the server, in the same round trip as COMMIT)', async function () {
+      const env = await setup('CREATE TABLE c (id int PRIMARY KEY, v text)');
+      await env.s.query("INSERT INTO c SELECT g, 'a' FROM generate_series(1, 20) g");
+      const run = env.start({ batchChanges: 1000, batchMs: 1000 });
+      await env.converge(run);
+      await env.t.query('DELETE FROM c WHERE id = 7'); // the target diverges
+      await env.s.query("UPDATE c SET v = 'b'; INSERT INTO c VALUES (21, 'new')");
+      await assert.rejects(run.doneWithin(60_000), (e: unknown) => isPgferryError(e) && e.code === 'APPLY_FAILED'
+        && e.message.includes('UPDATE on public.c') && e.message.includes('=(7)') && e.message.includes('does not exist on the target'));
+      assert.deepEqual(await rows(env.t, "SELECT count(*)::int AS n FROM c WHERE v <> 'a'"), [{ n: 0 }], 'no row of the failed transaction was committed');
+      assert.equal(run.logs.filter((l) => l.fields?.event === 'safe-replay').length, 1);
+    });
+
+    it('checks row counts before COMMIT when a target trigger may skip rows of a COPY', async function () {
+      // An ALWAYS trigger (it fires as replica too) that drops every row with v = 'skip'.
+      const ddl = 'CREATE TABLE k (id int PRIMARY KEY, v text)';
+      const env = await setup(ddl, {
+        targetDdl: `${ddl};
+          CREATE FUNCTION skip_some() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN IF NEW.v = 'skip' THEN RETURN NULL; END IF; RETURN NEW; END $$;
+          CREATE TRIGGER skip_some BEFORE INSERT ON k FOR EACH ROW EXECUTE FUNCTION skip_some();
+          ALTER TABLE k ENABLE ALWAYS TRIGGER skip_some;`,
+      });
+      const run = env.start({ batchChanges: 1000, batchMs: 1000 });
+      await env.s.query("INSERT INTO k SELECT g, CASE WHEN g = 30 THEN 'skip' ELSE 'keep' END FROM generate_series(1, 40) g"); // 40 rows: one COPY
+      await assert.rejects(run.doneWithin(60_000), (e: unknown) => isPgferryError(e) && e.code === 'APPLY_FAILED'
+        && e.message.includes('INSERT on public.k'));
+      assert.deepEqual(await rows(env.t, 'SELECT count(*)::int AS n FROM k'), [{ n: 0 }], 'the COPY that lost a row was not committed');
+    });
+
     it('exactly once: stopping mid-stream, writing while stopped and losing connections neither loses nor doubles a change', async function () {
       this.timeout(300_000);
       const env = await setup(`
