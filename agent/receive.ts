@@ -161,19 +161,29 @@ export class FrameSplitter {
  * replaced by a FrameSplitter, and every other message (CopyBoth
  * response, errors, notices, CommandComplete, ReadyForQuery) goes to
  * node-postgres unchanged, as whole frames. An XLogData payload is queued as
- * (chunk, start, end) plus its header's positions as 32-bit halves, in
- * parallel arrays — no copy (a socket chunk is a fresh buffer per read, never
+ * (chunk, start, end) plus its header's positions as 32-bit halves, in a
+ * ring of fixed arrays — no copy (a socket chunk is a fresh buffer per read, never
  * reused; only a message split across chunks is assembled into its own
  * buffer) and no object until the consumer takes it and it is decoded.
  * `consumedDataStart`/`consumedWalEnd` give the last consumed message's
  * positions as an Lsn when asked.
  */
 export class ReplicationStream<T extends { tag: string }> {
-  /** Per queued event: the buffer holding its payload, or a decoded keepalive. */
-  private readonly items: (Buffer | Keepalive)[] = [];
-  /** Per queued event, 6 numbers: payload start, end, dataStart hi/lo, walEnd hi/lo. */
-  private readonly nums: number[] = [];
+  /**
+   * The queue, a ring of `cap` slots (a power of two) from `head`, `count`
+   * long: per event the buffer holding its payload or a decoded keepalive,
+   * and 6 numbers: payload start, end, dataStart hi/lo, walEnd hi/lo. Fixed
+   * arrays that double when full (rarely: the socket pauses at the high-water
+   * mark) rather than JavaScript arrays emptied and regrown: their large
+   * backing stores would be allocated again and again in V8's old generation
+   * (it allocates objects over 128 kB there), and each refill would bring
+   * the next full garbage collection closer.
+   */
+  private cap = 1024;
+  private items: (Buffer | Keepalive | undefined)[] = new Array(1024).fill(undefined);
+  private nums = new Uint32Array(6 * 1024);
   private head = 0;
+  private count = 0;
   private queuedBytes = 0;
   private readonly consumed = [0, 0, 0, 0];
   /** node-postgres' own socket listener, which gets every frame that is not CopyData. */
@@ -280,20 +290,42 @@ export class ReplicationStream<T extends { tag: string }> {
     const type = buf[start];
     if (type === 0x77 /*w*/) {
       if (end - start < 25) throw new Error(`XLogData message of ${end - start} bytes (less than its 25-byte header)`);
-      this.items.push(buf);
-      this.nums.push(start + 25, end, buf.readUInt32BE(start + 1), buf.readUInt32BE(start + 5), buf.readUInt32BE(start + 9), buf.readUInt32BE(start + 13));
+      const j = 6 * this.slot(buf);
+      const p = this.nums;
+      p[j] = start + 25; p[j + 1] = end;
+      p[j + 2] = buf.readUInt32BE(start + 1); p[j + 3] = buf.readUInt32BE(start + 5);
+      p[j + 4] = buf.readUInt32BE(start + 9); p[j + 5] = buf.readUInt32BE(start + 13);
       this.queuedBytes += end - start - 25;
     } else if (type === 0x6b /*k*/) {
-      this.items.push(parseKeepalive(buf, start, end));
-      this.nums.push(0, 0, 0, 0, 0, 0);
+      this.slot(parseKeepalive(buf, start, end));
     } else {
       throw new Error(`unexpected replication message type 0x${(type ?? 0).toString(16)}`);
     }
-    if (!this.paused && (this.items.length - this.head >= this.highWater || this.queuedBytes >= this.highWaterBytes)) {
+    if (!this.paused && (this.count >= this.highWater || this.queuedBytes >= this.highWaterBytes)) {
       this.paused = true;
       this.con.stream.pause();
     }
     if (this.waiter) this.wake();
+  }
+
+  /** Append `item` to the queue; returns its slot. */
+  private slot(item: Buffer | Keepalive): number {
+    if (this.count === this.cap) {
+      // Double, keeping the order from `head`.
+      const cap = this.cap * 2;
+      const items = new Array<Buffer | Keepalive | undefined>(cap).fill(undefined);
+      const nums = new Uint32Array(6 * cap);
+      for (let k = 0; k < this.count; k++) {
+        const from = (this.head + k) & (this.cap - 1);
+        items[k] = this.items[from];
+        nums.set(this.nums.subarray(6 * from, 6 * from + 6), 6 * k);
+      }
+      this.items = items; this.nums = nums; this.cap = cap; this.head = 0;
+    }
+    const i = (this.head + this.count) & (this.cap - 1);
+    this.items[i] = item;
+    this.count++;
+    return i;
   }
 
   private fail(e: unknown): void {
@@ -309,7 +341,7 @@ export class ReplicationStream<T extends { tag: string }> {
 
   /** Events waiting in memory. */
   get buffered(): number {
-    return this.items.length - this.head;
+    return this.count;
   }
 
   /** Start of the last XLogData message consumed (0 before the first). */
@@ -329,7 +361,7 @@ export class ReplicationStream<T extends { tag: string }> {
    * drains what is buffered without a promise per message.
    */
   poll(): ReceiveEvent<T> | undefined {
-    if (this.head < this.items.length) return this.take();
+    if (this.count > 0) return this.take();
     if (this.failure !== null) throw this.failure;
     return undefined;
   }
@@ -342,7 +374,7 @@ export class ReplicationStream<T extends { tag: string }> {
   async next(timeoutMs: number, signal?: AbortSignal): Promise<ReceiveEvent<T> | null> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
-      if (this.head < this.items.length) return this.take();
+      if (this.count > 0) return this.take();
       if (this.failure !== null) throw this.failure;
       const leftMs = deadline - Date.now();
       if (this.closed || signal?.aborted || leftMs <= 0) return null;
@@ -356,9 +388,11 @@ export class ReplicationStream<T extends { tag: string }> {
   }
 
   private take(): ReceiveEvent<T> {
-    const i = this.head++;
-    const item: Buffer | Keepalive = this.items[i];
-    this.items[i] = undefined as unknown as Buffer;
+    const i = this.head;
+    const item = this.items[i]!;
+    this.items[i] = undefined;
+    this.head = (i + 1) & (this.cap - 1);
+    this.count--;
     const p = this.nums;
     const j = 6 * i;
     let ev: ReceiveEvent<T>;
@@ -370,9 +404,6 @@ export class ReplicationStream<T extends { tag: string }> {
     } else {
       ev = item as Keepalive;
     }
-    if (this.head === this.items.length) { this.items.length = 0; p.length = 0; this.head = 0; }
-    // Compact once the consumed part is the larger half: each entry moves at most once.
-    else if (this.head >= 1024 && 2 * this.head >= this.items.length) { this.items.splice(0, this.head); p.splice(0, 6 * this.head); this.head = 0; }
     if (this.paused && this.buffered <= this.highWater / 4 && this.queuedBytes <= this.highWaterBytes / 4) { this.paused = false; this.con.stream.resume(); }
     return ev;
   }
@@ -392,9 +423,9 @@ export class ReplicationStream<T extends { tag: string }> {
     if (this.closed) return;
     const healthy = this.failure === null;
     this.closed = true;
-    this.items.length = 0;
-    this.nums.length = 0;
+    this.items.fill(undefined);
     this.head = 0;
+    this.count = 0;
     this.queuedBytes = 0;
     this.wake();
     if (healthy && this.copyBoth) {
