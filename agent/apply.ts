@@ -777,6 +777,9 @@ export class Applier {
    * batch that holds one (`step` null), is fatal.
    */
   private async failed(e: unknown, step: Step | null, batch: Batch): Promise<unknown> {
+    // Not run because the pipeline before it failed (e.g. the connection was
+    // lost after its last answer, before its Sync's): the cause is the failure.
+    if (e instanceof PipelineSkipped) e = e.cause;
     if (e instanceof PgferryError || e instanceof SafeReplayNeeded) return e;
     if (batch?.targetTxnOpen) {
       await this.query('ROLLBACK').catch(() => undefined);

@@ -101,7 +101,9 @@ describe('pipeline: statements sent without waiting for each other (PostgreSQL 1
     assert.equal(err.index, 2);
     assert.equal((err.cause as { code?: string }).code, '23505');
     assert.ok(await second instanceof PipelineSkipped, 'the transaction behind it did not run');
-    assert.ok(await third instanceof PipelineSkipped, 'the pipeline queued behind sent nothing');
+    const skipped = await third;
+    assert.ok(skipped instanceof PipelineSkipped, 'the pipeline queued behind sent nothing');
+    assert.equal((skipped.cause as { code?: string }).code, '23505', "a skipped part's cause is the failure itself");
     assert.equal(prepared.has('late'), false, 'a name whose Parse was skipped is not taken as prepared');
     await client.query('ROLLBACK');
     assert.deepEqual((await client.query('SELECT id FROM t ORDER BY id')).rows, [{ id: 1 }]);
