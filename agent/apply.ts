@@ -493,7 +493,11 @@ export class Applier {
       const { sts, oneTrip } = this.statements(plan, batch, (s) => { step = s; });
       step = null;
       if (sts.length === 0 && !batch.targetTxnOpen) {
-        this.coverIdle(endLsn); // nothing to write: no target transaction
+        // Nothing to write: no target transaction. Its position counts only
+        // once the batches before it have committed (their answers keep the
+        // order of the others).
+        for (const f of [...this.inflight]) if (f !== entry) await f.done;
+        this.coverIdle(endLsn);
       } else if (oneTrip) {
         // The batch in one part: its changes, checked on the server, and its commit.
         const begin = batch.targetTxnOpen ? 0 : 1;

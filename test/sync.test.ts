@@ -273,6 +273,28 @@ for (const pair of PAIRS) {
       await run.stop();
     });
 
+    it('counts a batch with nothing to write only after the batch sent ahead of it has committed (which fails here, and is replayed)', async function () {
+      const ddl = 'CREATE TABLE w (id int PRIMARY KEY, v int); CREATE TABLE big (id int PRIMARY KEY, doc text)';
+      const env = await setup(ddl, { targetDdl: `${oneRowOnly('CREATE TABLE w (id int PRIMARY KEY, v int)', 1)}; CREATE TABLE big (id int PRIMARY KEY, doc text)` });
+      await env.s.query("INSERT INTO w SELECT g, 0 FROM generate_series(1, 50) g; INSERT INTO big SELECT 1, string_agg(md5(g::text), '') FROM generate_series(1, 3000) g");
+      const run = env.start({ batchChanges: 1000, batchMs: 5000 });
+      await env.converge(run);
+      await env.s.query('UPDATE w SET v = v + 1'); // its batch fails after 1 s on the target; replayed one by one
+      const fence = await currentLsn(env.s); // past that transaction's end: only claimed once it is applied
+      await new Promise((r) => setTimeout(r, 300));
+      // Only the key, unchanged, and an unchanged TOAST value: a batch with no statement, flushed while the one above executes.
+      await env.s.query('UPDATE big SET id = id');
+      const early: string[] = [];
+      const listen = setInterval(() => {
+        const p = run.progress;
+        if (p && p.appliedLsn >= fence && !run.logs.some((l) => l.fields?.event === 'safe-replay')) early.push(formatLsn(p.appliedLsn));
+      }, 5);
+      try { await env.converge(run); } finally { clearInterval(listen); }
+      assert.deepEqual(early, [], 'no position past the failing batch before it was applied');
+      assert.deepEqual(await rows(env.t, 'SELECT sum(v)::int AS s FROM w'), [{ s: 50 }]);
+      await run.stop();
+    });
+
     it('keeps a failed batch counted as pending: no report claims "all decoded, nothing pending" before it is applied', async function () {
       const ddl = 'CREATE TABLE w (id int PRIMARY KEY, v int)';
       const env = await setup(ddl, { targetDdl: oneRowOnly(ddl, 0.5) });
