@@ -120,6 +120,12 @@ interface Batch {
 /** A batch committing on the target. */
 interface Inflight {
   done: Promise<void>;
+  /**
+   * Its COMMIT has been sent (or it failed): a batch whose row counts are
+   * checked here holds its transaction open until then, so nothing may be
+   * queued behind it before.
+   */
+  sent: Promise<void>;
   changes: number;
   /** An idle position seen while this was the newest batch in flight: covered once it commits. */
   idleAfter: Lsn;
@@ -436,13 +442,15 @@ export class Applier {
     if (this.txn) throw new PgferryError('INTERNAL', 'flush inside a source transaction', 'Restart the agent; report this if it repeats.');
     this.throwIfFailed();
     while (this.inflight.length >= MAX_INFLIGHT) await this.inflight[0].done;
+    await this.inflight[this.inflight.length - 1]?.sent;
     const plan = this.plan;
     this.plan = this.newPlan();
     this.batch = null;
-    const entry: Inflight = { done: Promise.resolve(), changes: batch.changes, idleAfter: 0n };
+    let markSent!: () => void;
+    const entry: Inflight = { done: Promise.resolve(), sent: new Promise<void>((resolve) => { markSent = resolve; }), changes: batch.changes, idleAfter: 0n };
     // A failed batch stays counted as pending: its changes are not on the
     // target, and nobody (the cutover's drain) may read "nothing pending".
-    entry.done = this.commitBatch(batch, plan, entry).then(() => { this.inflight.splice(this.inflight.indexOf(entry), 1); });
+    entry.done = this.commitBatch(batch, plan, entry, markSent).then(() => { this.inflight.splice(this.inflight.indexOf(entry), 1); });
     entry.done.catch((e) => { this.inflightFailure ??= { e }; }); // surfaced by settle() / throwIfFailed()
     this.inflight.push(entry);
   }
@@ -486,7 +494,7 @@ export class Applier {
     } finally { done(); }
   }
 
-  private async commitBatch(batch: Batch, plan: Plan, entry: Inflight): Promise<void> {
+  private async commitBatch(batch: Batch, plan: Plan, entry: Inflight, markSent: () => void): Promise<void> {
     const endLsn = maxLsn(batch.lastEndLsn ?? 0n, batch.boundaryLsn);
     let step: Step | null = null;
     try {
@@ -501,7 +509,9 @@ export class Applier {
       } else if (oneTrip) {
         // The batch in one part: its changes, checked on the server, and its commit.
         const begin = batch.targetTxnOpen ? 0 : 1;
-        const r = await this.send(batch, sts.map(checkedOnServer), true, endLsn, (s) => { step = s; });
+        const sending = this.send(batch, sts.map(checkedOnServer), true, endLsn, (s) => { step = s; });
+        markSent(); // the part is queued (send() queues it before it first waits)
+        const r = await sending;
         this.warnShort(sts, r.counts.slice(begin));
         this.committed(endLsn, r);
         batch.targetTxnOpen = false;
@@ -509,11 +519,15 @@ export class Applier {
         // Row counts checked here, then COMMIT: a second round trip.
         await this.run(batch, sts, (s) => { step = s; });
         step = null;
-        this.committed(endLsn, await this.send(batch, [], true, endLsn, () => undefined));
+        const sending = this.send(batch, [], true, endLsn, () => undefined);
+        markSent();
+        this.committed(endLsn, await sending);
         batch.targetTxnOpen = false;
       }
     } catch (e) {
       throw await this.failedBatch(e, step, batch, entry);
+    } finally {
+      markSent();
     }
     this.appliedLsn = maxLsn(this.appliedLsn, endLsn);
     if (batch.lastCommitTime) this.appliedCommitTime = batch.lastCommitTime;

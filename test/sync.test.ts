@@ -295,6 +295,34 @@ for (const pair of PAIRS) {
       await run.stop();
     });
 
+    it('queues no batch behind one whose row counts are checked before its COMMIT (a trigger table): each stays its own transaction, and a restart applies nothing twice', async function () {
+      const ddl = 'CREATE TABLE k (id int PRIMARY KEY, v text); CREATE TABLE q (id int PRIMARY KEY)';
+      const env = await setup(ddl, {
+        targetDdl: `${ddl};
+          CREATE FUNCTION slow_k() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.01); RETURN NEW; END $$;
+          CREATE TRIGGER slow_k BEFORE INSERT ON k FOR EACH ROW EXECUTE FUNCTION slow_k();
+          ALTER TABLE k ENABLE ALWAYS TRIGGER slow_k;`,
+      });
+      const run = env.start({ batchChanges: 50, batchMs: 50 }); // k's 50 rows close a batch
+      await env.s.query("INSERT INTO k VALUES (0, 'x'); INSERT INTO q VALUES (0)");
+      await env.converge(run); // streaming, both tables' target columns known
+      await env.s.query("INSERT INTO k SELECT g, 'x' FROM generate_series(1, 50) g"); // ≈ 0.5 s on the target (the trigger)
+      await new Promise((r) => setTimeout(r, 100));
+      await env.s.query('INSERT INTO q SELECT g FROM generate_series(1, 20) g'); // the next batch, flushed while that one executes
+      await env.converge(run);
+      // Queued inside k's still open transaction, q's BEGIN would have been a no-op and its COMMIT k's too.
+      assert.deepEqual(await rows(env.t, 'SELECT count(DISTINCT xmin::text)::int AS n FROM k WHERE id > 0'), [{ n: 1 }]);
+      assert.deepEqual(await rows(env.t, 'SELECT (SELECT min(xmin::text) FROM k WHERE id > 0) <> (SELECT min(xmin::text) FROM q WHERE id > 0) AS separate'), [{ separate: true }]);
+      await run.stop();
+      // The restart resumes from the position recorded on the target.
+      await env.s.query('INSERT INTO q VALUES (21)');
+      const again = env.start({ batchChanges: 50, batchMs: 50 });
+      await env.converge(again);
+      assert.equal(again.error, null);
+      assert.equal(again.logs.filter((l) => l.fields?.event === 'safe-replay').length, 0, 'nothing was applied twice');
+      await again.stop();
+    });
+
     it('keeps a failed batch counted as pending: no report claims "all decoded, nothing pending" before it is applied', async function () {
       const ddl = 'CREATE TABLE w (id int PRIMARY KEY, v int)';
       const env = await setup(ddl, { targetDdl: oneRowOnly(ddl, 0.5) });
