@@ -364,9 +364,7 @@ export class Applier {
     if (!this.batch) {
       // Nothing of ours in it and nothing open: the target already reflects
       // everything before its end (PG < 15 sends empty transactions too).
-      const last = this.inflight[this.inflight.length - 1];
-      if (last) last.idleAfter = maxLsn(last.idleAfter, m.endLsn);
-      else { this.appliedLsn = maxLsn(this.appliedLsn, m.endLsn); this.coverIdle(m.endLsn); }
+      this.idle(m.endLsn);
       return false;
     }
     this.batch.lastEndLsn = m.endLsn;
@@ -394,8 +392,25 @@ export class Applier {
   boundary(walEnd: Lsn): void {
     if (this.txn) return;
     if (this.batch) this.batch.boundaryLsn = maxLsn(this.batch.boundaryLsn, walEnd);
-    else if (this.inflight.length) this.inflight[this.inflight.length - 1].idleAfter = maxLsn(this.inflight[this.inflight.length - 1].idleAfter, walEnd);
-    else { this.appliedLsn = maxLsn(this.appliedLsn, walEnd); this.coverIdle(walEnd); }
+    else this.idle(walEnd);
+  }
+
+  /**
+   * A position with no change of ours before it since the last batch: applied
+   * now when no batch is in flight, else once the newest one commits.
+   */
+  private idle(lsn: Lsn): void {
+    const last = this.inflight[this.inflight.length - 1];
+    if (last) last.idleAfter = maxLsn(last.idleAfter, lsn);
+    else { this.appliedLsn = maxLsn(this.appliedLsn, lsn); this.coverIdle(lsn); }
+  }
+
+  /** Wait for the batches sent before `entry` (all in flight when it is not yet listed); throws the first one's failure. */
+  private async afterEarlier(entry: Inflight): Promise<void> {
+    for (const f of [...this.inflight]) {
+      if (f === entry) break;
+      await f.done;
+    }
   }
 
   /**
@@ -504,7 +519,7 @@ export class Applier {
         // Nothing to write: no target transaction. Its position counts only
         // once the batches before it have committed (their answers keep the
         // order of the others).
-        for (const f of [...this.inflight]) if (f !== entry) await f.done;
+        await this.afterEarlier(entry);
         this.coverIdle(endLsn);
       } else if (oneTrip) {
         // The batch in one part: its changes, checked on the server, and its commit.
@@ -755,10 +770,7 @@ export class Applier {
    */
   private async failedBatch(e: unknown, step: Step | null, batch: Batch, entry: Inflight): Promise<unknown> {
     if (e instanceof PipelineSkipped) {
-      for (const f of this.inflight) {
-        if (f === entry) break;
-        try { await f.done; } catch (earlier) { return earlier; }
-      }
+      try { await this.afterEarlier(entry); } catch (earlier) { return earlier; }
     }
     return this.failed(e, step, batch);
   }
