@@ -35,7 +35,7 @@
 import { qi } from './conn';
 import { PgferryError } from './errors';
 import { formatLsn, type Lsn } from './lsn';
-import { SCAN_NULL, SCAN_UNCHANGED, type RelationMessage, type Tuple, type TupleData } from './pgoutput';
+import { SCAN_NULL, SCAN_UNCHANGED, u32At, type RelationMessage, type Tuple, type TupleData } from './pgoutput';
 
 /** A target table as the apply statements need it. */
 export interface TargetColumn {
@@ -115,8 +115,8 @@ export interface Group {
   mask: string;
   rows: number;
   firstLsn: Lsn;
-  /** UPDATE/DELETE: the replica identity keys in the group (Guard 6). */
-  keys: Set<string> | null;
+  /** UPDATE/DELETE: hashes of the replica identity keys in the group (Guard 6). */
+  keys: KeyHashes | null;
   /** INSERT while short: the rows themselves (an INSERT … unnest is cheaper than COPY for a few rows). */
   refs: TupleData[] | null;
   /** INSERT once COPY_MIN_ROWS long: COPY text-format data. */
@@ -147,8 +147,11 @@ export class Bytes {
 
   int32(v: number): void {
     if (this.len + 4 > this.buf.length) this.grow(4);
-    this.buf.writeInt32BE(v, this.len);
-    this.len += 4;
+    // Byte by byte: writeInt32BE validates its arguments on every call.
+    const b = this.buf;
+    const o = this.len;
+    b[o] = v >>> 24; b[o + 1] = v >>> 16; b[o + 2] = v >>> 8; b[o + 3] = v;
+    this.len = o + 4;
   }
 
   byte(b: number): void {
@@ -176,27 +179,57 @@ export class Bytes {
     this.len += n;
   }
 
-  /**
-   * Append src[start, end) as a COPY text-format field: the value's own
-   * text with backslash, newline, carriage return and tab escaped (the
-   * delimiter and the line structure are the only things COPY text reads).
-   */
-  copyField(src: Buffer, start: number, end: number): void {
-    let i = start;
-    for (; i < end; i++) { const b = src[i]; if (b === 0x5c || b === 0x0a || b === 0x0d || b === 0x09) break; }
-    if (i === end) { this.copyFrom(src, start, end); return; }
-    this.copyFrom(src, start, i);
-    for (; i < end; i++) {
-      const b = src[i];
-      if (b === 0x5c) { this.byte(0x5c); this.byte(0x5c); }
-      else if (b === 0x0a) { this.byte(0x5c); this.byte(0x6e); }
-      else if (b === 0x0d) { this.byte(0x5c); this.byte(0x72); }
-      else if (b === 0x09) { this.byte(0x5c); this.byte(0x74); }
-      else this.byte(b);
-    }
+  /** Make room for `n` more bytes (then write to `buf` from `len` directly). */
+  reserve(n: number): void {
+    if (this.len + n > this.buf.length) this.grow(n);
   }
 
   view(): Buffer { return this.buf.subarray(0, this.len); }
+}
+
+/**
+ * A set of 30-bit key hashes (Plan.key) for one UPDATE/DELETE group: open
+ * addressing with linear probing in an Int32Array, a hash h stored as h + 1
+ * so that 0 marks a free slot. Hand-rolled: a JavaScript Set of numbers
+ * costs about 65 bytes of V8 heap per key (its table is reallocated as it
+ * grows), young-generation memory the garbage collector copies while the
+ * batch is open; this table lives outside the JavaScript heap and costs
+ * 8 bytes per key at most.
+ */
+export class KeyHashes {
+  private slots = new Int32Array(64);
+  size = 0;
+
+  has(h: number): boolean {
+    const slots = this.slots;
+    const mask = slots.length - 1;
+    const v = h + 1;
+    for (let i = h & mask; ; i = (i + 1) & mask) {
+      const s = slots[i];
+      if (s === v) return true;
+      if (s === 0) return false;
+    }
+  }
+
+  /** Add `h` (0 ≤ h < 2^30), which must not be in the set yet. */
+  add(h: number): void {
+    if (2 * (this.size + 1) > this.slots.length) this.grow();
+    this.put(this.slots, h + 1);
+    this.size++;
+  }
+
+  private put(slots: Int32Array, v: number): void {
+    const mask = slots.length - 1;
+    let i = (v - 1) & mask;
+    while (slots[i] !== 0) i = (i + 1) & mask;
+    slots[i] = v;
+  }
+
+  private grow(): void {
+    const old = this.slots;
+    this.slots = new Int32Array(old.length * 2);
+    for (let i = 0; i < old.length; i++) if (old[i] !== 0) this.put(this.slots, old[i]);
+  }
 }
 
 const TEXT_OID = 25;
@@ -341,7 +374,7 @@ export class Plan {
     return lane;
   }
 
-  private groupFor(op: 'UPDATE' | 'DELETE', map: RelMap, mask: string, key: string, lsn: Lsn): Group {
+  private groupFor(op: 'UPDATE' | 'DELETE', map: RelMap, mask: string, key: number, lsn: Lsn): Group {
     const lane = this.lane(map.target);
     const last = lane[lane.length - 1];
     let g: Group;
@@ -349,7 +382,7 @@ export class Plan {
       g = last;
     } else {
       g = newGroup(op, map, op === 'UPDATE' ? updateShape(map, mask) : deleteShape(map), mask, lsn);
-      g.keys = new Set();
+      g.keys = new KeyHashes();
       g.arrays = g.shape.text === null ? [] : g.shape.cols.map(() => new TextArray());
       lane.push(g);
     }
@@ -373,42 +406,71 @@ export class Plan {
   }
 
   /**
-   * The replica identity key of the scanned tuple as a string (exact: one
-   * char per byte). Two keys with the same string are the same key (the
-   * source's output function is deterministic); two different strings of
-   * one value (numeric `1.0` / `1.00`, case under a nondeterministic
-   * collation) can only follow each other through an UPDATE that changes the
-   * key's bytes, which pgoutput sends with the old key and which is always a
-   * statement of its own, so a group never holds both. A false match only
-   * splits a group.
+   * A 30-bit hash (FNV-1a) of the replica identity key of the scanned
+   * tuple: its columns' bytes, each after its length (so NULL, empty and the
+   * column boundaries count). A number rather than the key's bytes as a
+   * string: no string is made and kept per change, and a Set of small
+   * integers stores no objects. Guard 6 only needs "maybe the same key": a
+   * false match (two keys with one hash, about one in 10^9 per pair) only
+   * splits a group. Equal keys have equal bytes (the source's output
+   * function is deterministic); two different texts of one value (numeric
+   * `1.0` / `1.00`, case under a nondeterministic collation) can only follow
+   * each other through an UPDATE that changes the key's bytes, which
+   * pgoutput sends with the old key and which is always a statement of its
+   * own, so a group never holds both.
    */
-  private key(map: RelMap, t: TupleData, op: 'UPDATE' | 'DELETE', lsn: Lsn): string {
+  private key(map: RelMap, t: TupleData, op: 'UPDATE' | 'DELETE', lsn: Lsn): number {
     const idx = map.keyIdx;
-    let s = '';
+    const buf = t.buf;
+    let h = 0x811c9dc5;
     for (let j = 0; j < idx.length; j++) {
       const i = idx[j];
       const len = this.lens[i];
       if (len === SCAN_UNCHANGED) throw valueMissing(op, map, i, lsn);
-      const part = len === SCAN_NULL ? '\u0000' : t.buf.toString('latin1', this.starts[i], this.starts[i] + len);
-      s = j === 0 ? part : `${s}\u0001${part}`;
+      h = Math.imul(h ^ (len & 0xffff), 0x01000193);
+      h = Math.imul(h ^ (len >>> 16), 0x01000193);
+      for (let p = this.starts[i], end = p + len; p < end; p++) h = Math.imul(h ^ buf[p], 0x01000193);
     }
-    return s;
+    return h & 0x3fffffff;
   }
 
+  /**
+   * Append the row's written columns as one COPY text line, in one pass over
+   * the pgoutput bytes (kind byte, length, text per column: see TupleData):
+   * no scan into the scratch arrays first, one capacity check per row, and
+   * each value copied and escaped in the same loop (backslash, newline,
+   * carriage return and tab are the only bytes COPY text reads specially).
+   */
   private copyRow(g: Group, t: TupleData, lsn: Lsn): void {
-    this.ensureScratch(t.columns);
-    t.scan(this.starts, this.lens);
     const out = g.copy!;
     const cols = g.shape.cols;
-    for (let k = 0; k < cols.length; k++) {
-      if (k > 0) out.byte(0x09);
-      const i = cols[k];
-      const len = this.lens[i];
-      if (len === SCAN_NULL) { out.byte(0x5c); out.byte(0x4e); } // \N
-      else if (len === SCAN_UNCHANGED) throw valueMissing('INSERT', g.map, i, lsn);
-      else out.copyField(t.buf, this.starts[i], this.starts[i] + len);
+    // At most two bytes out per value byte, plus a tab (or \N and a tab) per column and the newline.
+    out.reserve(2 * (t.end - t.start) + 3 * cols.length + 1);
+    const src = t.buf;
+    const dst = out.buf;
+    const rowStart = out.len;
+    let o = rowStart;
+    let pos = t.start;
+    for (let i = 0, k = 0; k < cols.length; i++) {
+      const kind = src[pos++];
+      const len = kind === 0x74 /*t*/ ? u32At(src, pos) : 0;
+      if (kind === 0x74) pos += 4;
+      if (i !== cols[k]) { pos += len; continue; } // a column the target generates
+      if (k++ > 0) dst[o++] = 0x09;
+      if (kind === 0x6e /*n*/) { dst[o++] = 0x5c; dst[o++] = 0x4e; continue; } // \N
+      if (kind !== 0x74) { out.len = rowStart; throw valueMissing('INSERT', g.map, i, lsn); }
+      for (const end = pos + len; pos < end; pos++) {
+        const b = src[pos];
+        if (b === 0x5c || (b < 0x0e && (b === 0x09 || b === 0x0a || b === 0x0d))) {
+          dst[o++] = 0x5c;
+          dst[o++] = b === 0x5c ? 0x5c : b === 0x09 ? 0x74 /*t*/ : b === 0x0a ? 0x6e /*n*/ : 0x72 /*r*/;
+        } else {
+          dst[o++] = b;
+        }
+      }
     }
-    out.byte(0x0a);
+    dst[o++] = 0x0a;
+    out.len = o;
   }
 
   private ensureScratch(n: number): void {

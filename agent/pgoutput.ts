@@ -36,6 +36,11 @@
 import type pg from 'pg';
 import { formatLsn, readLsn, type Lsn } from './lsn';
 
+/** The big-endian Int32 at `pos` as unsigned; the caller has checked the bounds (readUInt32BE validates on every call). */
+export function u32At(buf: Buffer, pos: number): number {
+  return ((buf[pos] << 24) | (buf[pos + 1] << 16) | (buf[pos + 2] << 8) | buf[pos + 3]) >>> 0;
+}
+
 /** Marks a TOASTed value an UPDATE did not change (pgoutput's 'u'): its value was not sent. */
 export const UNCHANGED_TOAST: unique symbol = Symbol('pgoutput.unchanged-toast');
 export type TupleValue = string | null | typeof UNCHANGED_TOAST;
@@ -66,7 +71,7 @@ export class TupleData {
     for (let i = 0; i < this.columns; i++) {
       const kind = buf[pos++];
       if (kind === 0x74 /*t*/) {
-        const len = buf.readUInt32BE(pos);
+        const len = u32At(buf, pos);
         starts[i] = pos + 4;
         lens[i] = len;
         pos += 4 + len;
@@ -290,7 +295,7 @@ export class PgoutputParser {
       const kind = buf[pos++];
       if (kind === 0x74 /*t*/) {
         if (pos + 4 > end) throw new PgoutputDecodeError(`${rel.schema}.${rel.name}: tuple truncated at column ${rel.columns[i].name}`);
-        pos += 4 + buf.readUInt32BE(pos);
+        pos += 4 + u32At(buf, pos);
         if (pos > end) throw new PgoutputDecodeError(`${rel.schema}.${rel.name}: value runs past the message end`);
       } else if (kind !== 0x6e /*n*/ && kind !== 0x75 /*u*/) {
         throw new PgoutputDecodeError(`${rel.schema}.${rel.name}: unsupported tuple value kind 0x${(kind ?? 0).toString(16)} in column ${rel.columns[i].name}`);

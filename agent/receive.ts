@@ -37,7 +37,7 @@ import type pg from 'pg';
 import { connect } from './conn';
 import { PgferryError, sqlState } from './errors';
 import { readLsn, unixMsToPgMicros, type Lsn } from './lsn';
-import { PgoutputPlugin } from './pgoutput';
+import { PgoutputPlugin, u32At } from './pgoutput';
 import type { Endpoint } from './spec';
 
 /** A primary keepalive ('k'). */
@@ -135,7 +135,7 @@ export class FrameSplitter {
     }
     while (pos < n) {
       if (n - pos < 5) { this.head5 = Buffer.from(chunk.subarray(pos, n)); return; }
-      const len = chunk.readUInt32BE(pos + 1);
+      const len = u32At(chunk, pos + 1);
       if (len < 4) throw new Error(`malformed protocol message (type 0x${chunk[pos].toString(16)}, length ${len})`);
       const end = pos + 1 + len;
       if (end > n) {
@@ -293,8 +293,8 @@ export class ReplicationStream<T extends { tag: string }> {
       const j = 6 * this.slot(buf);
       const p = this.nums;
       p[j] = start + 25; p[j + 1] = end;
-      p[j + 2] = buf.readUInt32BE(start + 1); p[j + 3] = buf.readUInt32BE(start + 5);
-      p[j + 4] = buf.readUInt32BE(start + 9); p[j + 5] = buf.readUInt32BE(start + 13);
+      p[j + 2] = u32At(buf, start + 1); p[j + 3] = u32At(buf, start + 5);
+      p[j + 4] = u32At(buf, start + 9); p[j + 5] = u32At(buf, start + 13);
       this.queuedBytes += end - start - 25;
     } else if (type === 0x6b /*k*/) {
       this.slot(parseKeepalive(buf, start, end));

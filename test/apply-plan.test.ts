@@ -5,7 +5,7 @@
  * servers in sync.test.ts and roundtrip.test.ts.
  */
 import assert from 'node:assert/strict';
-import { Bytes, COPY_MIN_ROWS, Plan, TextArray, type Group, type RelMap, type Single, type Step, type TargetTable } from '../agent/apply-plan';
+import { Bytes, COPY_MIN_ROWS, KeyHashes, Plan, TextArray, type Group, type RelMap, type Single, type Step, type TargetTable } from '../agent/apply-plan';
 import { PgferryError } from '../agent/errors';
 import { TupleData, type RelationMessage } from '../agent/pgoutput';
 
@@ -112,7 +112,22 @@ describe('apply-plan: grouping changes into statements', function () {
     assert.equal(lines[4], '4\tback\\\\slash');
     assert.equal(lines[5], '5\t\\\\N', 'the text \\N is not NULL');
     assert.equal(lines[6], '6\t', 'empty string');
+    assert.equal(lines[10], '10\tcr\\rhere');
     assert.equal(g.shape.copyText, 'COPY public.a (id, v) FROM STDIN');
+  });
+
+  it('leaves out of a COPY row the columns the target generates, and keeps multi-byte text intact', function () {
+    const m = relMap('g', ['id', 'gen', 'v', 'last'], [0]);
+    m.cols[1] = null;
+    m.writeIdx = [0, 2, 3];
+    const p = new Plan(true);
+    for (let i = 0; i < COPY_MIN_ROWS; i++) p.insert(m, tuple([String(i), `generated ${i}`, i === 1 ? null : `ünï\u{1F600}\t${i}`, 'end']), 1n);
+    const g = p.steps()[0] as Group;
+    assert.equal(g.shape.copyText, 'COPY public.g (id, v, last) FROM STDIN');
+    const lines = g.copy!.view().toString('utf8').split('\n');
+    assert.equal(lines[0], '0\tünï\u{1F600}\\t0\tend');
+    assert.equal(lines[1], '1\t\\N\tend');
+    assert.equal(lines.length, COPY_MIN_ROWS + 1);
   });
 
   it('refuses, naming table, column and transaction, a needed value that was not sent (unchanged TOAST key)', function () {
@@ -136,6 +151,18 @@ describe('apply-plan: parameter encodings', function () {
     assert.equal(b.readInt32BE(24 + src.length), -1);
     assert.equal(b.readInt32BE(28 + src.length), 0);
     assert.equal(b.length, 32 + src.length);
+  });
+
+  it('keeps a set of key hashes across its growth, 0 and the largest hash included', function () {
+    const k = new KeyHashes();
+    const hashes = [0, 0x3fffffff, 64, 128, 1];
+    for (let i = 0; i < 5000; i++) hashes.push((Math.imul(i, 0x9e3779b1) >>> 0) & 0x3fffffff);
+    const unique = [...new Set(hashes)];
+    for (const h of unique) { assert.equal(k.has(h), false, `${h} before add`); k.add(h); }
+    assert.equal(k.size, unique.length);
+    for (const h of unique) assert.equal(k.has(h), true, `${h} after add`);
+    assert.equal(k.has(2), false);
+    assert.equal(k.has(0x3ffffffe), false);
   });
 
   it('grows a byte buffer across its capacity without losing bytes', function () {
