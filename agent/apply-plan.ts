@@ -312,7 +312,7 @@ export class Plan {
     this.bytes += t.end - t.start;
     if (map.writeIdx.length === 0) return; // rows without values: only counted
     if (g.copy) { this.copyRow(g, t, lsn); return; }
-    g.refs!.push(t);
+    g.refs!.push(t.copy()); // the parser may reuse `t` for the next change
     if (g.refs!.length >= COPY_MIN_ROWS) {
       g.copy = new Bytes(16 * 1024);
       for (const r of g.refs!) this.copyRow(g, r, lsn);

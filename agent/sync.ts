@@ -159,7 +159,9 @@ async function readSlot(stream: ReplicationStream<PgoutputMessage>, source: Endp
 
 async function runSession(opts: SyncOptions, state: SyncState, log: LogFn): Promise<void> {
   // Both connections at once (a restart resumes that much sooner).
-  const parser = new PgoutputParser();
+  // Reused row-message objects: the loop below is done with each event
+  // before it takes the next (the applier copies a row it keeps).
+  const parser = new PgoutputParser(true);
   const [st, ap] = await Promise.allSettled([
     ReplicationStream.connect<PgoutputMessage>({
       source: opts.source, slotName: opts.slotName, publicationName: opts.publicationName,

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import type pg from 'pg';
 import { parseLsn } from '../agent/lsn';
 import {
-  PgoutputDecodeError, PgoutputParser, PgoutputPlugin, UNCHANGED_TOAST,
+  PgoutputDecodeError, PgoutputParser, TupleData, PgoutputPlugin, UNCHANGED_TOAST,
   type CommitMessage, type DeleteMessage, type InsertMessage, type PgoutputMessage, type RelationMessage, type TruncateMessage, type UpdateMessage,
 } from '../agent/pgoutput';
 import { PG_VERSIONS, startCluster, type Cluster } from '../agent/testbed';
@@ -23,6 +23,7 @@ describe('pgoutput: decoding real server bytes', function () {
       let cluster: Cluster;
       let c: pg.Client;
       let messages: PgoutputMessage[] = [];
+      let raw: Buffer[] = [];
       let bigValue = '';
       before(async function () {
         cluster = await startCluster({ version, fast: true });
@@ -46,7 +47,8 @@ describe('pgoutput: decoding real server bytes', function () {
         await c.query(`DELETE FROM full_t WHERE ctid = (SELECT ctid FROM full_t LIMIT 1)`);
         await c.query(`TRUNCATE "Mixed Case", full_t RESTART IDENTITY CASCADE`);
         const parser = new PgoutputParser();
-        messages = (await peek(c, 's')).map((m) => parser.parse(m.data));
+        raw = (await peek(c, 's')).map((m) => m.data);
+        messages = raw.map((d) => parser.parse(d));
       });
       after(async function () {
         await c?.end();
@@ -116,6 +118,29 @@ describe('pgoutput: decoding real server bytes', function () {
         assert.equal(t.cascade, true);
         assert.equal(t.restartIdentity, true);
         assert.deepEqual(t.relations.map((r) => r.name).sort(), ['Mixed Case', 'full_t']);
+      });
+
+      it('with reuse, gives each row message in one object per kind, the same as fresh ones until the next parse; copy() keeps a row', function () {
+        const reuse = new PgoutputParser(true);
+        const rows = (x: PgoutputMessage): (TupleData | null)[] =>
+          (x.tag === 'insert' ? [x.newTuple] : x.tag === 'update' ? [x.oldTuple, x.newTuple] : x.tag === 'delete' ? [x.oldTuple] : []);
+        const seen = new Map<string, PgoutputMessage>();
+        let kept: { copy: TupleData; values: unknown } | undefined;
+        raw.forEach((d, i) => {
+          const m = reuse.parse(d);
+          const fresh = messages[i];
+          assert.equal(m.tag, fresh.tag);
+          if (m.tag !== 'insert' && m.tag !== 'update' && m.tag !== 'delete') return;
+          if (seen.has(m.tag)) assert.equal(m, seen.get(m.tag), `${m.tag} reuses its object`);
+          seen.set(m.tag, m);
+          assert.deepEqual(m.relation, (fresh as InsertMessage | UpdateMessage | DeleteMessage).relation);
+          if (m.tag !== 'insert') assert.equal(m.oldKind, (fresh as UpdateMessage | DeleteMessage).oldKind);
+          assert.deepEqual(rows(m).map((t) => t?.values() ?? null), rows(fresh).map((t) => t?.values() ?? null));
+          if (m.tag === 'insert' && !kept) kept = { copy: m.newTuple.copy(), values: (fresh as InsertMessage).newTuple.values() };
+        });
+        assert.equal(seen.size, 3);
+        assert.ok(kept);
+        assert.deepEqual(kept.copy.values(), kept.values, 'a copy outlives the reused object');
       });
 
       it('rejects truncated and unknown messages instead of guessing', async function () {
