@@ -154,16 +154,6 @@ export class Bytes {
     this.len = o + 4;
   }
 
-  byte(b: number): void {
-    if (this.len + 1 > this.buf.length) this.grow(1);
-    this.buf[this.len++] = b;
-  }
-
-  ascii(s: string): void {
-    if (this.len + s.length > this.buf.length) this.grow(s.length);
-    for (let i = 0; i < s.length; i++) this.buf[this.len++] = s.charCodeAt(i);
-  }
-
   /** Append src[start, end). */
   copyFrom(src: Buffer, start: number, end: number): void {
     const n = end - start;
