@@ -184,7 +184,7 @@ export class Bytes {
  * costs about 65 bytes of V8 heap per key (its table is reallocated as it
  * grows), young-generation memory the garbage collector copies while the
  * batch is open; this table lives outside the JavaScript heap and costs
- * 8 bytes per key at most.
+ * 8 to 16 bytes per key (it is kept between a quarter and half full).
  */
 export class KeyHashes {
   private slots = new Int32Array(64);
@@ -399,8 +399,8 @@ export class Plan {
    * A 30-bit hash (FNV-1a) of the replica identity key of the scanned
    * tuple: its columns' bytes, each after its length (so NULL, empty and the
    * column boundaries count). A number rather than the key's bytes as a
-   * string: no string is made and kept per change, and a Set of small
-   * integers stores no objects. Guard 6 only needs "maybe the same key": a
+   * string: no string is made and kept per change (KeyHashes holds the
+   * numbers outside the JavaScript heap). Guard 6 only needs "maybe the same key": a
    * false match (two keys with one hash, about one in 10^9 per pair) only
    * splits a group. Equal keys have equal bytes (the source's output
    * function is deterministic); two different texts of one value (numeric

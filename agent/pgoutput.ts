@@ -180,7 +180,7 @@ export class PgoutputParser {
    * short-lived garbage per change (two thirds of the decoder's allocations,
    * measured with V8's sampling heap profiler).
    */
-  constructor(private readonly reuse = false) {
+  constructor(reuse = false) {
     if (!reuse) { this.rows = null; return; }
     const none = Buffer.alloc(0);
     const rel: RelationMessage = { tag: 'relation', relationOid: 0, schema: '', name: '', replicaIdentity: 'd', columns: [], keyIndexes: [] };
