@@ -72,10 +72,10 @@ function build(z: typeof Zod.z) {
     }).strict().default({ workers: 2, splitBytes: 64 * 1024 * 1024, indexJobs: 2 }),
     apply: z.object({
       /** Source changes gathered into one target transaction, at most. */
-      batchChanges: z.number().int().min(1).default(5000),
+      batchChanges: z.number().int().min(1).default(10000),
       /** Longest a batch stays open before it is committed, in ms. */
       batchMs: z.number().int().min(1).default(200),
-    }).strict().default({ batchChanges: 5000, batchMs: 200 }),
+    }).strict().default({ batchChanges: 10000, batchMs: 200 }),
   }).strict();
 
   return { EndpointSchema, MigrationSpecSchema };

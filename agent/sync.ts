@@ -37,7 +37,7 @@ export interface SyncOptions {
   publicationName: string;
   /** Per table (`qn(schema, name)`): apply only source transactions committed at or after this LSN (its copy holds the earlier ones). Absent tables apply from the start. */
   tableSyncLsn: Map<string, Lsn>;
-  /** Changes per target transaction, committed at the next source transaction boundary (spec default 5000). */
+  /** Changes per target transaction, committed at the next source transaction boundary (spec default 10000). */
   batchChanges: number;
   /** Longest a batch stays open, in ms (spec default 200). */
   batchMs: number;
@@ -98,7 +98,7 @@ interface SyncState {
  * @example
  * const ac = new AbortController();
  * const done = runSync({ migrationId: 'orders', source, target, slotName: 'pgferry_orders',
- *   publicationName: 'pgferry_orders', tableSyncLsn: new Map(), batchChanges: 5000, batchMs: 200,
+ *   publicationName: 'pgferry_orders', tableSyncLsn: new Map(), batchChanges: 10000, batchMs: 200,
  *   signal: ac.signal, onProgress: (p) => console.log(formatLsn(p.appliedLsn)) });
  * // ... later
  * ac.abort(); await done;

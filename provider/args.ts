@@ -87,7 +87,7 @@ export interface CopyArgs {
 }
 
 export interface ApplyArgs {
-  /** Most source changes in one target transaction. Default: 5000. */
+  /** Most source changes in one target transaction. Default: 10000. */
   batchChanges?: number;
   /** Longest a batch stays open, in ms. Default: 200. */
   batchMs?: number;

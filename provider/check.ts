@@ -201,10 +201,10 @@ export function validateInputs(news: Record<string, unknown>): CheckFailure[] {
     checkInt(f, 'copy.splitBytes', c.splitBytes, 1, Number.MAX_SAFE_INTEGER, 'Give a size in bytes, e.g. 67108864 (64 MiB).');
     checkInt(f, 'copy.indexJobs', c.indexJobs, 1, 16, 'Index builds run at once after the load; 2 suits most servers.');
   }
-  if (checkObject(f, 'apply', news.apply, false, '`{ batchChanges: 5000, batchMs: 200 }`')) {
+  if (checkObject(f, 'apply', news.apply, false, '`{ batchChanges: 10000, batchMs: 200 }`')) {
     const a = news.apply as Record<string, unknown>;
     unknownFields(f, 'apply', a, APPLY_FIELDS);
-    checkInt(f, 'apply.batchChanges', a.batchChanges, 1, 4294967295, 'Give the most changes per target transaction, e.g. 5000.');
+    checkInt(f, 'apply.batchChanges', a.batchChanges, 1, 4294967295, 'Give the most changes per target transaction, e.g. 10000.');
     checkInt(f, 'apply.batchMs', a.batchMs, 1, 4294967295, 'Give the longest a batch stays open in ms, e.g. 200.');
   }
 

@@ -120,7 +120,7 @@ export interface MigrationArgs {
   publicationName?: pulumi.Input<string>;
   /** Initial-load knobs (apply when the migration starts). Defaults: 2 workers, 64 MiB splits, 2 index jobs. */
   copy?: pulumi.Input<{ workers?: pulumi.Input<number>; splitBytes?: pulumi.Input<number>; indexJobs?: pulumi.Input<number> }>;
-  /** Change-apply knobs. Defaults: 5000 changes, 200 ms per batch. */
+  /** Change-apply knobs. Defaults: 10000 changes, 200 ms per batch. */
   apply?: pulumi.Input<{ batchChanges?: pulumi.Input<number>; batchMs?: pulumi.Input<number> }>;
   /** Create returns only once the migration is in sync (phase `syncing`). Default: `false` (return once durably started). */
   waitForSync?: pulumi.Input<boolean>;
