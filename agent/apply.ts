@@ -649,7 +649,7 @@ export class Applier {
              CASE a.atttypid WHEN 'bpchar'::regtype THEN 'bpchar' WHEN '_bpchar'::regtype THEN 'bpchar[]'
                              WHEN 'bit'::regtype THEN 'bit varying' WHEN '_bit'::regtype THEN 'bit varying[]'
                              ELSE format_type(a.atttypid, NULL) END AS cast_type,
-             a.attgenerated <> '' AS generated, a.attidentity = 'a' AS identity_always,
+             a.attgenerated <> '' AS generated, a.attidentity = 'a' AS identity_always, t.typcollation <> 0 AS collatable,
              CASE WHEN a.attcollation <> 0 AND a.attcollation <> t.typcollation
                   THEN quote_ident(cn.nspname) || '.' || quote_ident(co.collname) END AS collation
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -664,7 +664,7 @@ export class Applier {
       let t = out.get(key);
       if (!t) { t = { schema: row.schema, name: row.relname, quoted: key, partitioned: row.kind === 'p', countsHere: row.counts_here, columns: new Map<string, TargetColumn>() }; out.set(key, t); }
       if (row.name === null) continue;
-      t.columns.set(row.name, { name: row.name, castType: row.cast_type, generated: row.generated, identityAlways: row.identity_always, collate: row.collation ? ` COLLATE ${row.collation}` : '' });
+      t.columns.set(row.name, { name: row.name, castType: row.cast_type, generated: row.generated, identityAlways: row.identity_always, collate: row.collation ? ` COLLATE ${row.collation}` : '', collatable: row.collatable });
     }
     return out;
   }

@@ -21,13 +21,13 @@ function tuple(values: (string | null | undefined)[]): TupleData {
   return new TupleData(buf, 7, buf.length, values.length);
 }
 
-function relMap(name: string, columns: string[], key: number[]): RelMap {
+function relMap(name: string, columns: string[], key: number[], castType = 'text'): RelMap {
   const rel: RelationMessage = {
     tag: 'relation', relationOid: name.length, schema: 'public', name, replicaIdentity: 'd',
     columns: columns.map((c, i) => ({ name: c, isKey: key.includes(i), typeOid: 25, typeMod: -1 })), keyIndexes: key,
   };
   const target: TargetTable = { schema: 'public', name, quoted: `public.${name}`, partitioned: false, countsHere: false, columns: new Map() };
-  const cols = columns.map((c) => ({ name: c, castType: 'text', generated: false, identityAlways: false, collate: '' }));
+  const cols = columns.map((c) => ({ name: c, castType, generated: false, identityAlways: false, collate: '', collatable: castType === 'text' }));
   for (const c of cols) target.columns.set(c.name, c);
   return { rel, target, cols, writeIdx: columns.map((_, i) => i), keyIdx: key, full: false, overriding: false, syncLsn: 0n, shapes: new Map() };
 }
@@ -66,7 +66,20 @@ describe('apply-plan: grouping changes into statements', function () {
     const steps = p.steps() as Group[];
     assert.deepEqual(steps.map(describeStep), ['UPDATE a x2', 'UPDATE a x1', 'UPDATE a x1']);
     assert.equal(steps[2].shape.text, null, 'nothing to SET when the only non-key column was not sent');
-    assert.match(steps[0].shape.text!, /^UPDATE public\.a AS t SET v = v\.c1::text FROM unnest\(\$1::text\[\], \$2::text\[\]\)/);
+    assert.match(steps[0].shape.text!, /^UPDATE public\.a AS t SET v = v\.c1::text FROM unnest\(\$1::text\[\], \$2::text\[\]\) AS v\(c0, c1\) WHERE t\.id = v\.c0::text$/);
+  });
+
+  it('probes a key without text-like columns in key order (sorted before the join); a text key in arrival order', function () {
+    const n = relMap('n', ['id', 'day', 'v'], [0, 1], 'bigint');
+    const p = new Plan(true);
+    p.update(n, tuple(['2', '5', 'x']), 1n);
+    p.delete(n, tuple(['1', '5', null]), 2n);
+    const [upd, del] = p.steps() as Group[];
+    assert.equal(upd.shape.text, 'UPDATE public.n AS t SET v = v.c2::bigint FROM (SELECT v.c0::bigint AS k0, v.c1::bigint AS k1, v.c2 FROM unnest($1::text[], $2::text[], $3::text[]) AS v(c0, c1, c2) ORDER BY k0, k1) AS v WHERE t.id = v.k0 AND t.day = v.k1');
+    assert.equal(del.shape.text, 'DELETE FROM public.n AS t USING (SELECT v.c0::bigint AS k0, v.c1::bigint AS k1 FROM unnest($1::text[], $2::text[]) AS v(c0, c1) ORDER BY k0, k1) AS v WHERE t.id = v.k0 AND t.day = v.k1');
+    const q = new Plan(true);
+    q.delete(a, tuple(['1', null]), 1n);
+    assert.equal((q.steps()[0] as Group).shape.text, 'DELETE FROM public.a AS t USING unnest($1::text[]) AS v(c0) WHERE t.id = v.c0::text');
   });
 
   it('keeps keys apart exactly: NULL, empty and multi-column keys do not collide', function () {
