@@ -133,18 +133,76 @@ export type Step = Group | Single;
 export const COPY_MIN_ROWS = 16;
 
 /**
- * A growable byte buffer. Hand-rolled: Node has no appendable Buffer, and
- * the escapes and length prefixes written here are byte-level.
+ * Statement buffers of committed batches, lent to the batches after them.
+ * A batch writes megabytes of COPY rows and parameter arrays; allocated
+ * fresh each time, that is new memory for the kernel to fault in and
+ * external memory that makes V8 run a full garbage collection every few
+ * dozen megabytes (mark-compacts in the middle of a backlog's replay). Lent
+ * again, the same few buffers serve every batch. A buffer comes back only
+ * once its batch has committed (the server has read every byte of it) or
+ * when a growing Bytes leaves it behind; at most `maxBytes` wait here, the
+ * rest is left to the garbage collector. Hand-rolled: no library pools
+ * variable-size Buffers this way.
+ */
+export class BufferPool {
+  private readonly free: Buffer[] = [];
+  private bytes = 0;
+  constructor(private readonly maxBytes: number) {}
+
+  /** A buffer of at least `min` bytes: the smallest waiting one that fits, else a new one. */
+  take(min: number): Buffer {
+    const free = this.free;
+    let best = -1;
+    for (let i = 0; i < free.length; i++) {
+      const n = free[i].length;
+      if (n >= min && (best < 0 || n < free[best].length)) best = i;
+    }
+    if (best < 0) return Buffer.allocUnsafeSlow(min);
+    const b = free[best];
+    free[best] = free[free.length - 1];
+    free.pop();
+    this.bytes -= b.length;
+    return b;
+  }
+
+  /** Hand back a buffer nothing reads or writes any more. */
+  give(b: Buffer): void {
+    if (b.length === 0 || this.bytes + b.length > this.maxBytes) return;
+    this.free.push(b);
+    this.bytes += b.length;
+  }
+
+  /** Bytes waiting to be lent. */
+  get size(): number { return this.bytes; }
+}
+
+const NO_BYTES = Buffer.alloc(0);
+
+/**
+ * A growable byte buffer, its memory from `pool` when given one. Hand-rolled:
+ * Node has no appendable Buffer, and the escapes and length prefixes written
+ * here are byte-level.
  */
 export class Bytes {
   buf: Buffer;
   len = 0;
-  constructor(capacity = 1024) { this.buf = Buffer.allocUnsafe(capacity); }
+  constructor(capacity = 1024, private readonly pool: BufferPool | null = null) {
+    this.buf = pool ? pool.take(capacity) : Buffer.allocUnsafe(capacity);
+  }
 
   private grow(n: number): void {
-    const next = Buffer.allocUnsafeSlow(Math.max(this.buf.length * 2, this.len + n));
+    const size = Math.max(this.buf.length * 2, this.len + n);
+    const next = this.pool ? this.pool.take(size) : Buffer.allocUnsafeSlow(size);
     this.buf.copy(next, 0, 0, this.len);
+    this.pool?.give(this.buf);
     this.buf = next;
+  }
+
+  /** Hand the memory back to the pool (nothing may read `view()` any more); empty afterwards. */
+  release(): void {
+    this.pool?.give(this.buf);
+    this.buf = NO_BYTES;
+    this.len = 0;
   }
 
   int32(v: number): void {
@@ -234,10 +292,13 @@ const ARRAY_HEADER = 20;
  * the bytes. node-postgres sends a Buffer parameter in binary format.
  */
 export class TextArray {
-  private readonly b = new Bytes(512);
+  private readonly b: Bytes;
   count = 0;
   private hasNull = false;
-  constructor() { this.b.len = ARRAY_HEADER; }
+  constructor(pool: BufferPool | null = null) {
+    this.b = new Bytes(512, pool);
+    this.b.len = ARRAY_HEADER;
+  }
 
   add(src: Buffer, start: number, len: number): void {
     if (len < 0) { this.b.int32(-1); this.hasNull = true; }
@@ -254,6 +315,9 @@ export class TextArray {
     buf.writeInt32BE(1, 16);
     return this.b.view();
   }
+
+  /** See Bytes.release. */
+  release(): void { this.b.release(); }
 }
 
 /**
@@ -271,8 +335,24 @@ export class Plan {
   private starts = new Int32Array(64);
   private lens = new Int32Array(64);
 
-  /** `grouped`: replica mode (a lane per table); else one lane in source order. */
-  constructor(private readonly grouped: boolean) {}
+  /**
+   * `grouped`: replica mode (a lane per table); else one lane in source
+   * order. `pool`: where the statement buffers come from (see `release`).
+   */
+  constructor(private readonly grouped: boolean, private readonly pool: BufferPool | null = null) {}
+
+  /**
+   * Hand every statement buffer back to the pool: only once the statements
+   * have been executed and answered (the server has read them), never after
+   * a failure (a part's bytes may still wait in the socket's queue).
+   */
+  release(): void {
+    for (const step of this.steps()) {
+      if (step.kind !== 'group') continue;
+      step.copy?.release();
+      if (step.arrays) for (const a of step.arrays) a.release();
+    }
+  }
 
   /** Every step, in execution order. Ends the plan's current segment. */
   steps(): Step[] {
@@ -306,7 +386,7 @@ export class Plan {
     if (g.copy) { this.copyRow(g, t, lsn); return; }
     g.refs!.push(t.copy()); // the parser may reuse `t` for the next change
     if (g.refs!.length >= COPY_MIN_ROWS) {
-      g.copy = new Bytes(16 * 1024);
+      g.copy = new Bytes(16 * 1024, this.pool);
       for (const r of g.refs!) this.copyRow(g, r, lsn);
       g.refs = null;
     }
@@ -375,7 +455,7 @@ export class Plan {
     } else {
       g = newGroup(op, map, op === 'UPDATE' ? updateShape(map, mask) : deleteShape(map), mask, lsn);
       g.keys = new KeyHashes();
-      g.arrays = g.shape.text === null ? [] : g.shape.cols.map(() => new TextArray());
+      g.arrays = g.shape.text === null ? [] : g.shape.cols.map(() => new TextArray(this.pool));
       lane.push(g);
     }
     g.keys!.add(key);

@@ -58,7 +58,7 @@ import type pg from 'pg';
 import { connect, qi, ql, qn } from './conn';
 import { PgferryError, sqlState, type PgServerError } from './errors';
 import { formatLsn, maxLsn, parseLsn, pgMicrosToUnixMs, type Lsn } from './lsn';
-import { Plan, type Change, type Group, type RelMap, type RowChange, type Single, type Step, type TargetColumn, type TargetTable, type TruncateChange } from './apply-plan';
+import { BufferPool, Plan, type Change, type Group, type RelMap, type RowChange, type Single, type Step, type TargetColumn, type TargetTable, type TruncateChange } from './apply-plan';
 import { UNCHANGED_TOAST, type BeginMessage, type CommitMessage, type DeleteMessage, type InsertMessage, type RelationMessage, type TruncateMessage, type Tuple, type UpdateMessage } from './pgoutput';
 import type { Endpoint } from './spec';
 import { LOCAL_WAL_POSITIONS, RECORD_APPLIED_LSN, ensureTargetState, readAppliedLsn } from './target-state';
@@ -181,6 +181,8 @@ export class Applier {
   private plan: Plan;
   private readonly maps = new Map<number, RelMap>();
   private readonly targets = new Map<string, TargetTable>();
+  /** Statement buffers lent from one batch to the next (see BufferPool). */
+  private readonly pool = new BufferPool(2 * BATCH_BYTES);
   /** Prepared statement names by statement text, and the names the session has prepared. */
   private readonly prepared = new Map<string, string>();
   private readonly parsed = new Set<string>();
@@ -323,7 +325,7 @@ export class Applier {
   }
 
   private newPlan(): Plan {
-    return new Plan(this.mode === 'replica');
+    return new Plan(this.mode === 'replica', this.pool);
   }
 
   private openBatch(txn: SourceTxn): Batch {
@@ -544,6 +546,7 @@ export class Applier {
     } finally {
       markSent();
     }
+    plan.release(); // answered: the server has read every byte of it
     this.appliedLsn = maxLsn(this.appliedLsn, endLsn);
     if (batch.lastCommitTime) this.appliedCommitTime = batch.lastCommitTime;
     this.changesApplied += batch.changes;
@@ -759,6 +762,7 @@ export class Applier {
       const { sts } = this.statements(plan, batch, (s) => { step = s; });
       step = null;
       await this.run(batch, sts, (s) => { step = s; });
+      plan.release();
     } catch (e) {
       throw await this.failed(e, step, batch);
     }

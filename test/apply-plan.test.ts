@@ -5,7 +5,7 @@
  * servers in sync.test.ts and roundtrip.test.ts.
  */
 import assert from 'node:assert/strict';
-import { Bytes, COPY_MIN_ROWS, KeyHashes, Plan, TextArray, type Group, type RelMap, type Single, type Step, type TargetTable } from '../agent/apply-plan';
+import { BufferPool, Bytes, COPY_MIN_ROWS, KeyHashes, Plan, TextArray, type Group, type RelMap, type Single, type Step, type TargetTable } from '../agent/apply-plan';
 import { PgferryError } from '../agent/errors';
 import { TupleData, type RelationMessage } from '../agent/pgoutput';
 
@@ -184,5 +184,40 @@ describe('apply-plan: parameter encodings', function () {
     for (let i = 0; i < 20; i++) out.copyFrom(src, i, i + 40);
     const expect = Buffer.concat(Array.from({ length: 20 }, (_, i) => src.subarray(i, i + 40)));
     assert.deepEqual(out.view(), expect);
+  });
+
+  it('lends the buffers of a released plan to the next one, and keeps no more than its limit', function () {
+    const pool = new BufferPool(1 << 20);
+    const a = relMap('a', ['id', 'v'], [0]);
+    const rows = (p: Plan, from: number) => { for (let i = from; i < from + 200; i++) p.insert(a, tuple([String(i), 'v'.repeat(300)]), 1n); };
+    const first = new Plan(true, pool);
+    rows(first, 0);
+    assert.ok(pool.size > 0, 'a growing COPY buffer hands back what it outgrew');
+    first.update(a, tuple(['1', 'x']), 2n);
+    const [copy1, upd1] = first.steps() as Group[];
+    const copyBuf = copy1.copy!.buf;
+    const arrayBytes = upd1.arrays!.reduce((n, x) => n + x.finish().buffer.byteLength, 0);
+    const before = pool.size;
+    first.release();
+    const waiting = pool.size;
+    assert.ok(waiting >= before + copyBuf.length + arrayBytes, 'released buffers (COPY data and parameter arrays) wait in the pool');
+
+    // The next plan writes into the same memory, and its data is its own.
+    const second = new Plan(true, pool);
+    rows(second, 1000);
+    const copy2 = (second.steps()[0] as Group).copy!;
+    assert.equal(copy2.buf, copyBuf, 'the COPY buffer of the first plan is lent again');
+    assert.ok(pool.size < waiting);
+    assert.match(copy2.view().toString(), /^1000\tv{300}\n1001\t/);
+    assert.equal(copy2.view().toString().split('\n').length - 1, 200);
+
+    // The limit: what would exceed it is left to the garbage collector.
+    const small = new BufferPool(1000);
+    small.give(Buffer.alloc(600));
+    small.give(Buffer.alloc(600));
+    assert.equal(small.size, 600);
+    assert.equal(small.take(700).length, 700, 'nothing that fits: a new buffer');
+    assert.equal(small.take(500).length, 600, 'the smallest that fits');
+    assert.equal(small.size, 0);
   });
 });
