@@ -11,14 +11,21 @@
  * change while a failed range is replayed one change per statement).
  *
  * Cost: a change is appended to its group's statement data when it arrives:
- * INSERT rows become COPY text lines, UPDATE/DELETE values go into binary
- * `text[]` parameters (array_recv format), both copied byte for byte from the
+ * INSERT rows become COPY rows, UPDATE/DELETE values go into binary array
+ * parameters (array_recv format), both copied byte for byte from the
  * pgoutput message — no JavaScript string per value, no object kept per
  * change, and only a few off-heap buffers survive until the batch executes.
+ * Two value forms (`RelMap.binary`, chosen per stream by sync.ts):
+ *  - text (the server's output text): COPY text lines, `text[]` parameters
+ *    cast to the column types in the statement;
+ *  - binary (a stream started with pgoutput's `binary` option): binary COPY
+ *    rows and arrays of the column's own type, so neither the source formats
+ *    nor the target parses text. A pgoutput 'b' value (Int32 length, bytes)
+ *    is already a binary COPY field and a binary array element.
  * Hand-rolled because no library builds PostgreSQL's binary array or COPY
- * text encodings incrementally from foreign bytes; both formats are small
- * and specified in the PostgreSQL docs (array_recv in arrayfuncs.c, COPY
- * text format in the COPY reference page).
+ * encodings incrementally from foreign bytes; the formats are small and
+ * specified in the PostgreSQL docs (array_recv in arrayfuncs.c, COPY text
+ * and binary formats in the COPY reference page).
  *
  * Ordering (what may be grouped):
  *  - replica mode (FK and ordinary triggers do not fire): within a segment,
@@ -53,6 +60,15 @@ export interface TargetColumn {
   collate: string;
   /** Its type has a collation (text-like): comparing two values may cost a locale comparison. */
   collatable: boolean;
+  /** OID of `castType`: the element type of its binary array parameters. */
+  castOid: number;
+  /**
+   * Values may travel in binary form (RelMap.binary): a built-in base type
+   * (no user-type OIDs inside its binary form, the same OID on every server)
+   * with binary send and receive functions, not an array (an array of arrays
+   * cannot be one `unnest` parameter).
+   */
+  binaryOk: boolean;
 }
 export interface TargetTable {
   schema: string; name: string; quoted: string; partitioned: boolean;
@@ -78,6 +94,12 @@ export interface RelMap {
   full: boolean;
   overriding: boolean;
   syncLsn: Lsn;
+  /**
+   * The stream sends this table's values in binary form (pgoutput 'b'):
+   * statements take binary COPY rows and arrays of the column types. Only
+   * when every written column is `binaryOk` with the source's type OID.
+   */
+  binary: boolean;
   /** Statement shapes by operation and sent-column mask. */
   shapes: Map<string, Shape>;
 }
@@ -121,10 +143,12 @@ export interface Group {
   keys: KeyHashes | null;
   /** INSERT while short: the rows themselves (an INSERT … unnest is cheaper than COPY for a few rows). */
   refs: TupleData[] | null;
-  /** INSERT once COPY_MIN_ROWS long: COPY text-format data. */
+  /** INSERT once COPY_MIN_ROWS long: COPY data (text, or binary without its trailer until `Plan.copyData`). */
   copy: Bytes | null;
-  /** UPDATE/DELETE: one binary text[] per `shape.cols` entry. */
-  arrays: TextArray[] | null;
+  /** The binary COPY trailer is written (copy is complete). */
+  copyEnded: boolean;
+  /** UPDATE/DELETE: one binary array parameter per `shape.cols` entry. */
+  arrays: ArrayParam[] | null;
 }
 
 export type Step = Group | Single;
@@ -282,20 +306,22 @@ export class KeyHashes {
   }
 }
 
-const TEXT_OID = 25;
+export const TEXT_OID = 25;
 const ARRAY_HEADER = 20;
 
 /**
- * A one-dimensional `text[]` in PostgreSQL's binary format (array_recv):
- * Int32 ndim = 1, Int32 has-nulls, Int32 element type OID, Int32 length,
- * Int32 lower bound = 1, then per element Int32 byte length (-1 = NULL) and
- * the bytes. node-postgres sends a Buffer parameter in binary format.
+ * A one-dimensional array parameter in PostgreSQL's binary format
+ * (array_recv): Int32 ndim = 1, Int32 has-nulls, Int32 element type OID,
+ * Int32 length, Int32 lower bound = 1, then per element Int32 byte length
+ * (-1 = NULL) and the element's binary form — for `text` (the default
+ * element type) that is the text itself. The pipeline sends a Buffer
+ * parameter in binary format.
  */
-export class TextArray {
+export class ArrayParam {
   private readonly b: Bytes;
   count = 0;
   private hasNull = false;
-  constructor(pool: BufferPool | null = null) {
+  constructor(pool: BufferPool | null = null, private readonly elemOid = TEXT_OID) {
     this.b = new Bytes(512, pool);
     this.b.len = ARRAY_HEADER;
   }
@@ -310,7 +336,7 @@ export class TextArray {
     const buf = this.b.buf;
     buf.writeInt32BE(1, 0);
     buf.writeInt32BE(this.hasNull ? 1 : 0, 4);
-    buf.writeInt32BE(TEXT_OID, 8);
+    buf.writeInt32BE(this.elemOid, 8);
     buf.writeInt32BE(this.count, 12);
     buf.writeInt32BE(1, 16);
     return this.b.view();
@@ -387,6 +413,7 @@ export class Plan {
     g.refs!.push(t.copy()); // the parser may reuse `t` for the next change
     if (g.refs!.length >= COPY_MIN_ROWS) {
       g.copy = new Bytes(16 * 1024, this.pool);
+      if (map.binary) g.copy.copyFrom(BINARY_COPY_HEADER, 0, BINARY_COPY_HEADER.length);
       for (const r of g.refs!) this.copyRow(g, r, lsn);
       g.refs = null;
     }
@@ -419,7 +446,7 @@ export class Plan {
   /** Parameters for a short INSERT group (built from its rows when the statement is made). */
   insertArrays(g: Group): Buffer[] {
     const cols = g.shape.cols;
-    const arrays = cols.map(() => new TextArray());
+    const arrays = cols.map((i) => new ArrayParam(null, elemOid(g.map, i)));
     for (const t of g.refs!) {
       this.ensureScratch(t.columns);
       t.scan(this.starts, this.lens);
@@ -427,10 +454,22 @@ export class Plan {
         const i = cols[k];
         const len = this.lens[i];
         if (len === SCAN_UNCHANGED) throw valueMissing('INSERT', g.map, i, g.firstLsn);
+        if (g.map.binary && len >= 0 && t.buf[this.starts[i] - 5] !== KIND_BINARY) throw notBinary(g.map, i);
         arrays[k].add(t.buf, this.starts[i], len);
       }
     }
     return arrays.map((a) => a.finish());
+  }
+
+  /** The COPY data of an INSERT group, complete (binary: its trailer added once). */
+  copyData(g: Group): Buffer {
+    const out = g.copy!;
+    if (g.map.binary && !g.copyEnded) {
+      out.reserve(2);
+      out.buf[out.len++] = 0xff; out.buf[out.len++] = 0xff; // Int16 -1: end of data
+      g.copyEnded = true;
+    }
+    return out.view();
   }
 
   private barrier(): void {
@@ -455,7 +494,7 @@ export class Plan {
     } else {
       g = newGroup(op, map, op === 'UPDATE' ? updateShape(map, mask) : deleteShape(map), mask, lsn);
       g.keys = new KeyHashes();
-      g.arrays = g.shape.text === null ? [] : g.shape.cols.map(() => new TextArray(this.pool));
+      g.arrays = g.shape.text === null ? [] : g.shape.cols.map((i) => new ArrayParam(this.pool, elemOid(map, i)));
       lane.push(g);
     }
     g.keys!.add(key);
@@ -469,10 +508,13 @@ export class Plan {
     if (g.shape.text === null) return;
     const cols = g.shape.cols;
     const arrays = g.arrays!;
+    const binary = g.map.binary;
     for (let k = 0; k < cols.length; k++) {
       const i = cols[k];
       const len = this.lens[i];
       if (len === SCAN_UNCHANGED) throw valueMissing(op, g.map, i, lsn);
+      // A text value in an array of the column's type would be read as its binary form.
+      if (binary && len >= 0 && t.buf[this.starts[i] - 5] !== KIND_BINARY) throw notBinary(g.map, i);
       arrays[k].add(t.buf, this.starts[i], len);
     }
   }
@@ -514,6 +556,7 @@ export class Plan {
    * carriage return and tab are the only bytes COPY text reads specially).
    */
   private copyRow(g: Group, t: TupleData, lsn: Lsn): void {
+    if (g.map.binary) { this.copyRowBinary(g, t, lsn); return; }
     const out = g.copy!;
     const cols = g.shape.cols;
     // At most two bytes out per value byte, plus a tab (or \N and a tab) per column and the newline.
@@ -545,13 +588,69 @@ export class Plan {
     out.len = o;
   }
 
+  /**
+   * Append the row as one binary COPY tuple: Int16 field count, then per
+   * written column Int32 length (-1 = NULL) and the bytes — a pgoutput 'b'
+   * value without its kind byte, so each value is one copy.
+   */
+  private copyRowBinary(g: Group, t: TupleData, lsn: Lsn): void {
+    const out = g.copy!;
+    const cols = g.shape.cols;
+    // A NULL grows from 1 byte to 4, a value shrinks by its kind byte.
+    out.reserve(2 + (t.end - t.start) + 4 * cols.length);
+    const src = t.buf;
+    const dst = out.buf;
+    const rowStart = out.len;
+    let o = rowStart;
+    dst[o++] = cols.length >>> 8; dst[o++] = cols.length;
+    let pos = t.start;
+    for (let i = 0, k = 0; k < cols.length; i++) {
+      const kind = src[pos++];
+      const sized = kind === KIND_BINARY || kind === 0x74 /*t*/;
+      const n = sized ? 4 + u32At(src, pos) : 0; // the length word and the bytes
+      if (i !== cols[k]) { pos += n; continue; } // a column the target generates
+      k++;
+      if (kind === 0x6e /*n*/) { dst[o] = 0xff; dst[o + 1] = 0xff; dst[o + 2] = 0xff; dst[o + 3] = 0xff; o += 4; continue; }
+      if (kind !== KIND_BINARY) { out.len = rowStart; throw sized ? notBinary(g.map, i) : valueMissing('INSERT', g.map, i, lsn); }
+      if (n <= 36) { for (const end = pos + n; pos < end;) dst[o++] = src[pos++]; }
+      else { src.copy(dst, o, pos, pos + n); o += n; pos += n; }
+    }
+    out.len = o;
+  }
+
   private ensureScratch(n: number): void {
     if (this.starts.length < n) { this.starts = new Int32Array(n); this.lens = new Int32Array(n); }
   }
 }
 
 function newGroup(op: Group['op'], map: RelMap, shape: Shape, mask: string, lsn: Lsn): Group {
-  return { kind: 'group', op, map, shape, mask, rows: 0, firstLsn: lsn, keys: null, refs: null, copy: null, arrays: null };
+  return { kind: 'group', op, map, shape, mask, rows: 0, firstLsn: lsn, keys: null, refs: null, copy: null, copyEnded: false, arrays: null };
+}
+
+const KIND_BINARY = 0x62; // pgoutput 'b'
+/** Binary COPY's signature, flags field (no OIDs) and header extension length (none). */
+const BINARY_COPY_HEADER = Buffer.from([0x50, 0x47, 0x43, 0x4f, 0x50, 0x59, 0x0a, 0xff, 0x0d, 0x0a, 0x00, 0, 0, 0, 0, 0, 0, 0, 0]);
+
+/** The element type of column `i`'s array parameter. */
+function elemOid(m: RelMap, i: number): number {
+  return m.binary ? m.cols[i]!.castOid : TEXT_OID;
+}
+
+/**
+ * A value came as text in a binary-mode stream (its type has no binary send
+ * function on the source, or the source's type differs from what was
+ * checked): the stream must be restarted in text mode. sync.ts does that
+ * (the batch is rolled back and re-sent; nothing of it was committed).
+ */
+export class TextModeNeeded extends Error {
+  constructor(readonly table: string, readonly column: string) {
+    super(`column ${column} of ${table} came as text in a binary stream`);
+    this.name = 'TextModeNeeded';
+  }
+}
+
+function notBinary(m: RelMap, i: number): TextModeNeeded {
+  return new TextModeNeeded(m.target.quoted, qi(m.rel.columns[i].name));
 }
 
 function maskOf(lens: Int32Array, n: number): string {
@@ -582,16 +681,22 @@ export function insertShape(m: RelMap): Shape {
     const list = m.writeIdx.map(name).join(', ');
     return {
       cols: m.writeIdx,
-      text: `INSERT INTO ${m.target.quoted} (${list})${m.overriding ? ' OVERRIDING SYSTEM VALUE' : ''} SELECT ${m.writeIdx.map((i, j) => `v.c${j}::${m.cols[i]!.castType}`).join(', ')} FROM unnest(${m.writeIdx.map((_, j) => `$${j + 1}::text[]`).join(', ')}) AS v(${m.writeIdx.map((_, j) => `c${j}`).join(', ')})`,
+      text: `INSERT INTO ${m.target.quoted} (${list})${m.overriding ? ' OVERRIDING SYSTEM VALUE' : ''} SELECT ${m.writeIdx.map((i, j) => `v.c${j}::${m.cols[i]!.castType}`).join(', ')} FROM ${unnestList(m, m.writeIdx)}`,
       // COPY writes identity (even GENERATED ALWAYS) columns as given and
       // enforces the columns' types and lengths like an INSERT would.
-      copyText: `COPY ${m.target.quoted} (${list}) FROM STDIN`,
+      copyText: `COPY ${m.target.quoted} (${list}) FROM STDIN${m.binary ? ' (FORMAT binary)' : ''}`,
     };
   });
 }
 
-function unnestList(n: number): string {
-  return `unnest(${Array.from({ length: n }, (_, j) => `$${j + 1}::text[]`).join(', ')}) AS v(${Array.from({ length: n }, (_, j) => `c${j}`).join(', ')})`;
+/**
+ * `unnest` of one array parameter per column in `cols`: `text[]` (cast to
+ * the column types by the statement), or in binary mode an array of the
+ * column's type (the statement's casts are then no-ops).
+ */
+function unnestList(m: RelMap, cols: number[]): string {
+  const type = (i: number) => (m.binary ? `${m.cols[i]!.castType}[]` : 'text[]');
+  return `unnest(${cols.map((i, j) => `$${j + 1}::${type(i)}`).join(', ')}) AS v(${cols.map((_, j) => `c${j}`).join(', ')})`;
 }
 
 /**
@@ -610,18 +715,19 @@ function unnestList(n: number): string {
  * comparison is a strcoll call, which may cost more than the locality saves.
  * Order never changes the result: a group holds one row per key (Guard 6).
  */
-function keyJoin(m: RelMap, n: number): { from: string; cond: string } {
+function keyJoin(m: RelMap, cols: number[]): { from: string; cond: string } {
+  const n = cols.length;
   const col = (i: number) => m.cols[i]!;
   const name = (i: number) => qi(m.rel.columns[i].name);
   if (m.keyIdx.some((i) => col(i).collatable)) {
-    return { from: unnestList(n), cond: m.keyIdx.map((i, j) => `t.${name(i)} = v.c${j}::${col(i).castType}${col(i).collate}`).join(' AND ') };
+    return { from: unnestList(m, cols), cond: m.keyIdx.map((i, j) => `t.${name(i)} = v.c${j}::${col(i).castType}${col(i).collate}`).join(' AND ') };
   }
   const k = m.keyIdx.length;
   const keys = m.keyIdx.map((i, j) => `v.c${j}::${col(i).castType} AS k${j}`);
   const rest = Array.from({ length: n - k }, (_, j) => `v.c${k + j}`);
   const order = m.keyIdx.map((_, j) => `k${j}`).join(', ');
   return {
-    from: `(SELECT ${[...keys, ...rest].join(', ')} FROM ${unnestList(n)} ORDER BY ${order}) AS v`,
+    from: `(SELECT ${[...keys, ...rest].join(', ')} FROM ${unnestList(m, cols)} ORDER BY ${order}) AS v`,
     cond: m.keyIdx.map((i, j) => `t.${name(i)} = v.k${j}`).join(' AND '),
   };
 }
@@ -642,14 +748,14 @@ export function updateShape(m: RelMap, mask: string): Shape {
     const sets = set.map((i, j) => `${name(i)} = v.c${k + j}::${col(i).castType}`).join(', ');
     const guards = guard.map((i, j) => ` AND t.${name(i)} IS NOT DISTINCT FROM v.c${k + set.length + j}::${col(i).castType}`).join('');
     const cols = [...m.keyIdx, ...set, ...guard];
-    const { from, cond } = keyJoin(m, cols.length);
+    const { from, cond } = keyJoin(m, cols);
     return { cols, text: `UPDATE ${m.target.quoted} AS t SET ${sets} FROM ${from} WHERE ${cond}${guards}` };
   });
 }
 
 export function deleteShape(m: RelMap): Shape {
   return cached(m, 'D', () => {
-    const { from, cond } = keyJoin(m, m.keyIdx.length);
+    const { from, cond } = keyJoin(m, m.keyIdx);
     return { cols: m.keyIdx, text: `DELETE FROM ${m.target.quoted} AS t USING ${from} WHERE ${cond}` };
   });
 }

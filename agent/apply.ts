@@ -29,11 +29,14 @@
  * Statements are set-based and built as the changes arrive (apply-plan.ts):
  * a run of INSERTs into one table is one COPY (or, for a few rows, one
  * `INSERT … SELECT … FROM unnest($1::text[], …)`), UPDATEs and DELETEs join
- * on the replica identity through `unnest` of binary text[] parameters.
- * Values travel as the source's text and are cast to the target column's
- * type (I/O conversion works for every type: enums, domains, arrays,
- * ranges). Types are cast without their modifier, so storing into a narrower
- * target column fails instead of truncating silently.
+ * on the replica identity through `unnest` of binary array parameters.
+ * Values travel in one of two forms, chosen per stream (sync.ts): the
+ * source's text, cast to the target column's type (I/O conversion works for
+ * every type: enums, domains, arrays, ranges); or, when every published
+ * column has the same built-in type on both sides (`binaryBlocker`), the
+ * types' binary form — binary COPY and typed arrays, parsed by no one. Types
+ * are cast without their modifier, so storing into a narrower target column
+ * fails instead of truncating silently.
  *
  * Ordering: the session runs with `session_replication_role = replica` when
  * permitted (FK and ordinary triggers do not fire, as in PostgreSQL's own apply
@@ -58,7 +61,7 @@ import type pg from 'pg';
 import { connect, qi, ql, qn } from './conn';
 import { PgferryError, sqlState, type PgServerError } from './errors';
 import { formatLsn, maxLsn, parseLsn, pgMicrosToUnixMs, type Lsn } from './lsn';
-import { BufferPool, Plan, type Change, type Group, type RelMap, type RowChange, type Single, type Step, type TargetColumn, type TargetTable, type TruncateChange } from './apply-plan';
+import { BufferPool, Plan, TextModeNeeded, type Change, type Group, type RelMap, type RowChange, type Single, type Step, type TargetColumn, type TargetTable, type TruncateChange } from './apply-plan';
 import { UNCHANGED_TOAST, type BeginMessage, type CommitMessage, type DeleteMessage, type InsertMessage, type RelationMessage, type TruncateMessage, type Tuple, type UpdateMessage } from './pgoutput';
 import type { Endpoint } from './spec';
 import { LOCAL_WAL_POSITIONS, RECORD_APPLIED_LSN, ensureTargetState, readAppliedLsn } from './target-state';
@@ -175,6 +178,12 @@ export class Applier {
   transactionsApplied = 0;
   lastBatchAt: Date | null = null;
   safeThroughLsn: Lsn | null;
+  /**
+   * The stream sends values in binary form (set by sync.ts before the first
+   * change, after `binaryBlocker` found nothing against it): every table's
+   * RelMap is binary, and a table that cannot be throws TextModeNeeded.
+   */
+  binary = false;
 
   private txn: SourceTxn | null = null;
   private batch: Batch | null = null;
@@ -255,6 +264,29 @@ export class Applier {
   get pendingChanges(): number { return (this.batch?.changes ?? 0) + this.inflight.reduce((n, f) => n + f.changes, 0); }
   /** ms the open batch has been open; null when none. */
   batchAgeMs(nowMs = Date.now()): number | null { return this.batch ? nowMs - this.batch.openedAtMs : null; }
+
+  /**
+   * What keeps the stream from sending binary values, given the source's
+   * published columns (null: nothing): a table with REPLICA IDENTITY FULL
+   * (its rows are matched as text), or a column whose target type is not
+   * `binaryOk` or is not the source's type. Tables the target lacks are left
+   * to `mapFor`, which names them.
+   */
+  async binaryBlocker(columns: { schema: string; table: string; identity: string; column: string; typeOid: number }[]): Promise<string | null> {
+    const unread = [...new Set(columns.map((c) => qn(c.schema, c.table)))].filter((k) => !this.targets.has(k));
+    if (unread.length) for (const [key, t] of await this.readTargets(unread)) this.targets.set(key, t);
+    for (const c of columns) {
+      const key = qn(c.schema, c.table);
+      const t = this.targets.get(key);
+      if (!t) continue;
+      if (c.identity === 'f') return `${key} has REPLICA IDENTITY FULL`;
+      const col = t.columns.get(c.column);
+      if (!col || col.generated) continue;
+      if (!col.binaryOk) return `${key}.${qi(c.column)} is of type ${col.castType}, which has no binary form every server shares`;
+      if (col.castOid !== c.typeOid) return `${key}.${qi(c.column)} has another type on the target (${col.castType})`;
+    }
+    return null;
+  }
 
   /** A Relation message: forget the mapping for that OID (the source table may have changed). */
   relation(m: RelationMessage): void {
@@ -629,8 +661,17 @@ export class Applier {
       full: rel.replicaIdentity === 'f' || rel.keyIndexes.length === 0,
       overriding: writeIdx.some((i) => cols[i]!.identityAlways),
       syncLsn: this.opts.tableSyncLsn.get(key) ?? 0n,
+      binary: this.binary,
       shapes: new Map(),
     };
+    if (this.binary) {
+      // sync.ts checked the source's catalog before it chose binary; the
+      // stream's own description of the table has the last word (a column's
+      // type may have changed since). REPLICA IDENTITY FULL rows are matched
+      // as the source's text (see `statement`), so they need text too.
+      const bad = map.full ? -1 : writeIdx.find((i) => !cols[i]!.binaryOk || cols[i]!.castOid !== rel.columns[i].typeOid);
+      if (bad !== undefined) throw new TextModeNeeded(key, bad < 0 ? '(REPLICA IDENTITY FULL)' : qi(rel.columns[bad].name));
+    }
     this.maps.set(rel.relationOid, map);
     return map;
   }
@@ -652,6 +693,9 @@ export class Applier {
              CASE a.atttypid WHEN 'bpchar'::regtype THEN 'bpchar' WHEN '_bpchar'::regtype THEN 'bpchar[]'
                              WHEN 'bit'::regtype THEN 'bit varying' WHEN '_bit'::regtype THEN 'bit varying[]'
                              ELSE format_type(a.atttypid, NULL) END AS cast_type,
+             CASE a.atttypid WHEN 'bit'::regtype THEN 'varbit'::regtype ELSE a.atttypid END::int AS cast_oid,
+             -- RelMap.binary: a built-in base type, not an array, with binary send and receive
+             a.atttypid < 16384 AND t.typtype = 'b' AND t.typcategory <> 'A' AND t.typsend <> 0 AND t.typreceive <> 0 AS binary_ok,
              a.attgenerated <> '' AS generated, a.attidentity = 'a' AS identity_always, t.typcollation <> 0 AS collatable,
              CASE WHEN a.attcollation <> 0 AND a.attcollation <> t.typcollation
                   THEN quote_ident(cn.nspname) || '.' || quote_ident(co.collname) END AS collation
@@ -667,7 +711,7 @@ export class Applier {
       let t = out.get(key);
       if (!t) { t = { schema: row.schema, name: row.relname, quoted: key, partitioned: row.kind === 'p', countsHere: row.counts_here, columns: new Map<string, TargetColumn>() }; out.set(key, t); }
       if (row.name === null) continue;
-      t.columns.set(row.name, { name: row.name, castType: row.cast_type, generated: row.generated, identityAlways: row.identity_always, collate: row.collation ? ` COLLATE ${row.collation}` : '', collatable: row.collatable });
+      t.columns.set(row.name, { name: row.name, castType: row.cast_type, generated: row.generated, identityAlways: row.identity_always, collate: row.collation ? ` COLLATE ${row.collation}` : '', collatable: row.collatable, castOid: row.cast_oid, binaryOk: row.binary_ok });
     }
     return out;
   }
@@ -785,7 +829,7 @@ export class Applier {
     if (s.text === null) return null;
     if (g.op === 'INSERT') {
       if (g.map.writeIdx.length === 0) return { text: s.text, values: [g.rows], step: g, expectRows: g.rows, onShort: 'fail' };
-      if (g.copy) return { text: s.copyText!, values: [], copyData: g.copy.view(), step: g, expectRows: g.rows, onShort: 'fail' };
+      if (g.copy) return { text: s.copyText!, values: [], copyData: plan.copyData(g), step: g, expectRows: g.rows, onShort: 'fail' };
       return { text: s.text, values: plan.insertArrays(g), step: g, expectRows: g.rows, onShort: 'fail' };
     }
     const values = g.arrays!.map((a) => a.finish());
@@ -814,7 +858,7 @@ export class Applier {
     // Not run because the pipeline before it failed (e.g. the connection was
     // lost after its last answer, before its Sync's): the cause is the failure.
     if (e instanceof PipelineSkipped) e = e.cause;
-    if (e instanceof PgferryError || e instanceof SafeReplayNeeded) return e;
+    if (e instanceof PgferryError || e instanceof SafeReplayNeeded || e instanceof TextModeNeeded) return e;
     if (batch?.targetTxnOpen) {
       await this.query('ROLLBACK').catch(() => undefined);
       batch.targetTxnOpen = false;
@@ -841,7 +885,7 @@ export class Applier {
         `Disable the trigger or rule on ${table} that drops rows during the migration (ALTER TABLE ${table} DISABLE TRIGGER <name>, or DROP RULE), then restart the agent; ${resume}.`);
     }
     if (e instanceof ShortRowCount && c.op !== 'TRUNCATE') {
-      const key = c.map.full ? '' : ` with key (${c.map.keyIdx.map((i) => qi(c.map.rel.columns[i].name)).join(', ')})=(${keyValues(c).map((v) => (v === null ? 'NULL' : clip(String(v)))).join(', ')})`;
+      const key = c.map.full ? '' : ` with key (${c.map.keyIdx.map((i) => qi(c.map.rel.columns[i].name)).join(', ')})=(${(await this.keyText(c)).map((v) => (v === null ? 'NULL' : clip(v))).join(', ')})`;
       // Tell "row missing" from "GENERATED ALWAYS identity changed".
       const ident = c.map.writeIdx.filter((i) => c.map.cols[i]!.identityAlways && !c.map.keyIdx.includes(i));
       if (ident.length && !c.map.full && c.op === 'UPDATE' && !c.oldTuple && await this.rowExists(c)) {
@@ -863,6 +907,19 @@ export class Applier {
     else if (state && /^(22|23|42)/.test(state)) remedy = `The definition of ${table} on the target differs from the source (column type, NOT NULL, CHECK or unique constraint). Make it match the source, then restart the agent; ${resume}.`;
     else remedy = `Fix the cause on the target, then restart the agent; ${resume}.`;
     return new PgferryError('APPLY_FAILED', `${where} failed: ${server}`, remedy, { cause: e });
+  }
+
+  /** The change's key values as text, for an error message (binary values are turned into text by the target; hex if that fails). */
+  private async keyText(c: RowChange): Promise<(string | null)[]> {
+    const vals = keyValues(c);
+    if (!vals.some((v) => Buffer.isBuffer(v))) return vals as (string | null)[];
+    const list = c.map.keyIdx.map((i, j) => `$${j + 1}::${c.map.cols[i]!.castType}::text AS k${j}`).join(', ');
+    try {
+      const r = await this.query(`SELECT ${list}`, vals);
+      return vals.map((_, j) => r.rows[0][`k${j}`] as string | null);
+    } catch {
+      return vals.map((v) => (Buffer.isBuffer(v) ? `\\x${v.toString('hex')}` : v));
+    }
   }
 
   private async rowExists(c: RowChange): Promise<boolean> {
@@ -896,7 +953,7 @@ export class Applier {
         // A table without columns (or only generated ones): the row carries no values.
         return { text: `INSERT INTO ${m.target.quoted} DEFAULT VALUES`, values: [], step: run, expectRows: 1, onShort: 'fail' };
       }
-      const vals = m.writeIdx.map((i) => `${params.scalar(value(c.newTuple!, i, c))}::${col(i).castType}`);
+      const vals = m.writeIdx.map((i) => params.typed(value(c.newTuple!, i, c), col(i).castType));
       return {
         text: `INSERT INTO ${m.target.quoted} (${m.writeIdx.map(name).join(', ')})${m.overriding ? ' OVERRIDING SYSTEM VALUE' : ''} VALUES (${vals.join(', ')})`,
         values: params.values, step: run, expectRows: 1, onShort: 'fail',
@@ -913,7 +970,7 @@ export class Applier {
       // as typed values needs an equality operator that json, xml or point lack.
       const old = c.oldTuple!;
       const match = m.writeIdx.filter((i) => old[i] !== UNCHANGED_TOAST)
-        .map((i) => (old[i] === null ? `t.${name(i)} IS NULL` : `(t.${name(i)} IS NOT NULL AND format('%s', t.${name(i)}) = ${params.scalar(old[i] as string)})`))
+        .map((i) => (old[i] === null ? `t.${name(i)} IS NULL` : `(t.${name(i)} IS NOT NULL AND format('%s', t.${name(i)}) = ${params.text(old[i] as string | Buffer)})`))
         .join(' AND ') || 'true';
       const pick = `WITH s AS MATERIALIZED (SELECT t.tableoid AS toid, t.ctid AS tid FROM ${m.target.quoted} AS t WHERE ${match} LIMIT 1)`;
       const target = 'WHERE t.ctid = (SELECT tid FROM s) AND t.tableoid = (SELECT toid FROM s)';
@@ -921,9 +978,9 @@ export class Applier {
       const nu = c.newTuple!;
       const present = m.writeIdx.filter((i) => nu[i] !== UNCHANGED_TOAST);
       const set = present.filter((i) => !col(i).identityAlways);
-      const guard = present.filter((i) => col(i).identityAlways).map((i) => ` AND t.${name(i)} IS NOT DISTINCT FROM ${params.scalar(nu[i] as string | null)}::${col(i).castType}`).join('');
+      const guard = present.filter((i) => col(i).identityAlways).map((i) => ` AND t.${name(i)} IS NOT DISTINCT FROM ${params.typed(value(nu, i, c), col(i).castType)}`).join('');
       if (set.length === 0) return null;
-      const sets = set.map((i) => `${name(i)} = ${params.scalar(nu[i] as string | null)}::${col(i).castType}`).join(', ');
+      const sets = set.map((i) => `${name(i)} = ${params.typed(value(nu, i, c), col(i).castType)}`).join(', ');
       return { text: `${pick} UPDATE ${m.target.quoted} AS t SET ${sets} ${target}${guard}`, values: params.values, step: run, expectRows: 1, onShort: 'fail' };
     }
 
@@ -931,7 +988,7 @@ export class Applier {
       throw new PgferryError('APPLY_FAILED', `${run.op} on ${m.target.quoted} (source transaction at ${formatLsn(c.lsn)}) cannot be applied: the source table has no replica identity to find the row by.`,
         `On the source: ALTER TABLE ${m.target.quoted} REPLICA IDENTITY FULL (or add a primary key), then copy the table again.`);
     }
-    const keyCond = (tuple: Tuple) => m.keyIdx.map((i) => `t.${name(i)} = ${params.scalar(value(tuple, i, c))}::${col(i).castType}${col(i).collate}`).join(' AND ');
+    const keyCond = (tuple: Tuple) => m.keyIdx.map((i) => `t.${name(i)} = ${params.typed(value(tuple, i, c), col(i).castType)}${col(i).collate}`).join(' AND ');
 
     if (run.op === 'DELETE') {
       return { text: `DELETE FROM ${m.target.quoted} AS t WHERE ${keyCond(c.oldTuple!)}`, values: params.values, step: run, expectRows: 1, onShort: 'warn' };
@@ -945,9 +1002,9 @@ export class Applier {
     const set = present.filter((i) => (keyChange || !m.keyIdx.includes(i)) && !(col(i).identityAlways && !(keyChange && m.keyIdx.includes(i))));
     const guardIdx = present.filter((i) => col(i).identityAlways && !set.includes(i) && !m.keyIdx.includes(i));
     if (set.length === 0) return null;
-    const sets = set.map((i) => `${name(i)} = ${params.scalar(value(nu, i, c))}::${col(i).castType}`).join(', ');
+    const sets = set.map((i) => `${name(i)} = ${params.typed(value(nu, i, c), col(i).castType)}`).join(', ');
     const where = keyCond(keyChange ? c.oldTuple! : nu);
-    const guards = guardIdx.map((i) => ` AND t.${name(i)} IS NOT DISTINCT FROM ${params.scalar(value(nu, i, c))}::${col(i).castType}`).join('');
+    const guards = guardIdx.map((i) => ` AND t.${name(i)} IS NOT DISTINCT FROM ${params.typed(value(nu, i, c), col(i).castType)}`).join('');
     return { text: `UPDATE ${m.target.quoted} AS t SET ${sets} WHERE ${where}${guards}`, values: params.values, step: run, expectRows: 1, onShort: 'fail' };
   }
 }
@@ -955,10 +1012,24 @@ export class Applier {
 /** Bind parameters in order. */
 class Params {
   readonly values: PipelineValue[] = [];
-  scalar(v: string | null): string { this.values.push(v); return `$${this.values.length}::text`; }
+  /**
+   * A value of `type`: text is sent as text and cast by the target's input
+   * function; a binary value (binary stream) is sent in binary format as a
+   * parameter of that type, read by its receive function.
+   */
+  typed(v: string | Buffer | null, type: string): string {
+    this.values.push(v);
+    return Buffer.isBuffer(v) ? `$${this.values.length}::${type}` : `$${this.values.length}::text::${type}`;
+  }
+  /** A value compared as the source's output text (REPLICA IDENTITY FULL rows, which never travel in binary: sync.ts). */
+  text(v: string | Buffer): string {
+    if (Buffer.isBuffer(v)) throw new Error('a binary value where only text can be compared (REPLICA IDENTITY FULL in a binary stream)');
+    this.values.push(v);
+    return `$${this.values.length}::text`;
+  }
 }
 
-function value(t: Tuple, i: number, c: RowChange): string | null {
+function value(t: Tuple, i: number, c: RowChange): string | Buffer | null {
   const v = t[i];
   if (v === UNCHANGED_TOAST) {
     throw new PgferryError('APPLY_FAILED', `${c.op} on ${c.map.target.quoted} (source transaction at ${formatLsn(c.lsn)}): column ${qi(c.map.rel.columns[i].name)} is needed but its value was not sent (unchanged TOAST).`,
@@ -967,7 +1038,7 @@ function value(t: Tuple, i: number, c: RowChange): string | null {
   return v;
 }
 
-function keyValues(c: RowChange): (string | null)[] {
+function keyValues(c: RowChange): (string | Buffer | null)[] {
   const t = (c.op === 'DELETE' || (c.op === 'UPDATE' && c.oldTuple)) ? c.oldTuple! : c.newTuple!;
   return c.map.keyIdx.map((i) => value(t, i, c));
 }

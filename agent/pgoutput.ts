@@ -9,9 +9,10 @@
  * fast path copies those bytes straight into its statements without making a
  * JavaScript string per value; `values()` gives the row as an array indexed
  * like the relation's columns, each value the exact text the server sent
- * (`string`), `null`, or the `UNCHANGED_TOAST` marker (a large value an
- * UPDATE did not touch; the apply stage must leave such columns out of its
- * SET list, never write them).
+ * (`string`), the bytes of the type's binary send function (`Buffer`, when
+ * the stream was started in binary mode), `null`, or the `UNCHANGED_TOAST`
+ * marker (a large value an UPDATE did not touch; the apply stage must leave
+ * such columns out of its SET list, never write them).
  *
  * Message formats:
  * https://www.postgresql.org/docs/current/protocol-logicalrep-message-formats.html
@@ -23,7 +24,9 @@
  * and it allocates an object keyed by column name per row. Here a value stays
  * the server's canonical text (the replication session runs with conn.ts's
  * SESSION_OPTIONS: ISO dates in UTC, hex bytea, shortest-exact floats), which
- * the target casts back with its input functions.
+ * the target casts back with its input functions — or, in a stream started
+ * with `binary`, its type's binary form, which the target reads with the
+ * type's receive function.
  *
  * Large transactions: we request protocol version 1 (no streaming of
  * in-progress transactions). The source's reorder buffer spills a large
@@ -43,7 +46,8 @@ export function u32At(buf: Buffer, pos: number): number {
 
 /** Marks a TOASTed value an UPDATE did not change (pgoutput's 'u'): its value was not sent. */
 export const UNCHANGED_TOAST: unique symbol = Symbol('pgoutput.unchanged-toast');
-export type TupleValue = string | null | typeof UNCHANGED_TOAST;
+/** Text as sent ('t'), binary as sent ('b': a stream started with `binary`), NULL, or not sent. */
+export type TupleValue = string | Buffer | null | typeof UNCHANGED_TOAST;
 /** One row: values in the order of the relation's columns. */
 export type Tuple = TupleValue[];
 
@@ -75,15 +79,16 @@ export class TupleData {
   }
 
   /**
-   * Fill `starts[i]`/`lens[i]` with where column i's text is in `buf` and its
-   * byte length, or SCAN_NULL / SCAN_UNCHANGED. Arrays must hold `columns`.
+   * Fill `starts[i]`/`lens[i]` with where column i's value (text or binary)
+   * is in `buf` and its byte length, or SCAN_NULL / SCAN_UNCHANGED. Arrays
+   * must hold `columns`.
    */
   scan(starts: Int32Array, lens: Int32Array): void {
     const buf = this.buf;
     let pos = this.start;
     for (let i = 0; i < this.columns; i++) {
       const kind = buf[pos++];
-      if (kind === 0x74 /*t*/) {
+      if (kind === 0x74 /*t*/ || kind === 0x62 /*b*/) {
         const len = u32At(buf, pos);
         starts[i] = pos + 4;
         lens[i] = len;
@@ -95,7 +100,7 @@ export class TupleData {
     }
   }
 
-  /** The row as strings (decoded once, then kept). */
+  /** The row as values: strings for text, copied Buffers for binary (decoded once, then kept). */
   values(): Tuple {
     if (this.decoded) return this.decoded;
     const starts = new Int32Array(this.columns);
@@ -104,7 +109,11 @@ export class TupleData {
     const out: Tuple = new Array(this.columns);
     for (let i = 0; i < this.columns; i++) {
       const len = lens[i];
-      out[i] = len === SCAN_NULL ? null : len === SCAN_UNCHANGED ? UNCHANGED_TOAST : this.buf.toString('utf8', starts[i], starts[i] + len);
+      if (len === SCAN_NULL) out[i] = null;
+      else if (len === SCAN_UNCHANGED) out[i] = UNCHANGED_TOAST;
+      // The kind byte sits before the Int32 length.
+      else if (this.buf[starts[i] - 5] === 0x62 /*b*/) out[i] = Buffer.from(this.buf.subarray(starts[i], starts[i] + len));
+      else out[i] = this.buf.toString('utf8', starts[i], starts[i] + len);
     }
     this.decoded = out;
     return out;
@@ -331,7 +340,8 @@ export class PgoutputParser {
   }
 
   // TupleData: Int16 ncols, then per column Byte1 'n' (null) | 'u' (unchanged
-  // TOAST) | 't' (Int32 length, text bytes) | 'b' (binary; never requested).
+  // TOAST) | 't' (Int32 length, text bytes) | 'b' (Int32 length, the type's
+  // binary form; only in a stream started with `binary`).
   // Walked here to validate it and find its end; values are read later.
   private tuple(rel: RelationMessage, into: TupleData | null): TupleData {
     const n = this.u16();
@@ -343,7 +353,7 @@ export class PgoutputParser {
     for (let i = 0; i < n; i++) {
       if (pos >= end) throw new PgoutputDecodeError(`${rel.schema}.${rel.name}: tuple truncated at column ${rel.columns[i].name}`);
       const kind = buf[pos++];
-      if (kind === 0x74 /*t*/) {
+      if (kind === 0x74 /*t*/ || kind === 0x62 /*b*/) {
         if (pos + 4 > end) throw new PgoutputDecodeError(`${rel.schema}.${rel.name}: tuple truncated at column ${rel.columns[i].name}`);
         pos += 4 + u32At(buf, pos);
         if (pos > end) throw new PgoutputDecodeError(`${rel.schema}.${rel.name}: value runs past the message end`);
@@ -406,16 +416,20 @@ export class PgoutputPlugin {
     return this.parser.parse(payload, offset, end);
   }
 
-  /** The START_REPLICATION command for `slotName` from `startLsn` (0 = the slot's confirmed position). */
-  startCommand(slotName: string, startLsn: Lsn): string {
+  /**
+   * The START_REPLICATION command for `slotName` from `startLsn` (0 = the
+   * slot's confirmed position). `binary` (PostgreSQL 14+): values of types
+   * with a binary send function come in that form ('b'), all others as text.
+   */
+  startCommand(slotName: string, startLsn: Lsn, binary = false): string {
     // publication_names is split like an identifier list: quote each name so
     // mixed case and special characters survive, then quote the list as a literal.
     const pubs = this.publicationNames.map(quoteAlways).join(',').replace(/'/g, "''");
-    return `START_REPLICATION SLOT ${quoteAlways(slotName)} LOGICAL ${formatLsn(startLsn)} (proto_version '1', publication_names '${pubs}')`;
+    return `START_REPLICATION SLOT ${quoteAlways(slotName)} LOGICAL ${formatLsn(startLsn)} (proto_version '1', publication_names '${pubs}'${binary ? ", binary 'true'" : ''})`;
   }
 
   /** Issue START_REPLICATION on a replication connection; resolves when streaming ends. */
-  start(client: pg.Client, slotName: string, startLsn: Lsn): Promise<unknown> {
-    return client.query(this.startCommand(slotName, startLsn));
+  start(client: pg.Client, slotName: string, startLsn: Lsn, binary = false): Promise<unknown> {
+    return client.query(this.startCommand(slotName, startLsn, binary));
   }
 }

@@ -255,11 +255,15 @@ export class ReplicationStream<T extends { tag: string }> {
     return this.client.query(sql);
   }
 
-  /** START_REPLICATION from `startLsn` (0 = the slot's confirmed position); resolves once the server streams. */
-  async start(startLsn: Lsn): Promise<void> {
+  /**
+   * START_REPLICATION from `startLsn` (0 = the slot's confirmed position);
+   * resolves once the server streams. `binary`: values in their types'
+   * binary form (see PgoutputPlugin.startCommand).
+   */
+  async start(startLsn: Lsn, binary = false): Promise<void> {
     const plugin = new PgoutputPlugin([this.publicationName]);
     const started = new Promise<void>((resolve) => this.con.once('replicationStart', () => resolve()));
-    this.streaming = this.client.query(plugin.startCommand(this.slotName, startLsn)).then(
+    this.streaming = this.client.query(plugin.startCommand(this.slotName, startLsn, binary)).then(
       () => this.fail(new Error('Connection terminated: the source ended replication')),
       (e: unknown) => this.fail(e));
     try {

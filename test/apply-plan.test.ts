@@ -5,17 +5,17 @@
  * servers in sync.test.ts and roundtrip.test.ts.
  */
 import assert from 'node:assert/strict';
-import { BufferPool, Bytes, COPY_MIN_ROWS, KeyHashes, Plan, TextArray, type Group, type RelMap, type Single, type Step, type TargetTable } from '../agent/apply-plan';
+import { BufferPool, Bytes, COPY_MIN_ROWS, KeyHashes, Plan, ArrayParam, TextModeNeeded, type Group, type RelMap, type Single, type Step, type TargetTable } from '../agent/apply-plan';
 import { PgferryError } from '../agent/errors';
 import { TupleData, type RelationMessage } from '../agent/pgoutput';
 
-/** A pgoutput TupleData of these values (undefined = unchanged TOAST). */
-function tuple(values: (string | null | undefined)[]): TupleData {
+/** A pgoutput TupleData of these values (undefined = unchanged TOAST; a Buffer = a binary 'b' value). */
+function tuple(values: (string | Buffer | null | undefined)[]): TupleData {
   const parts: Buffer[] = [];
   for (const v of values) {
     if (v === null) parts.push(Buffer.from('n'));
     else if (v === undefined) parts.push(Buffer.from('u'));
-    else { const b = Buffer.from(v); const h = Buffer.alloc(5); h.write('t'); h.writeUInt32BE(b.length, 1); parts.push(h, b); }
+    else { const b = Buffer.isBuffer(v) ? v : Buffer.from(v); const h = Buffer.alloc(5); h.write(Buffer.isBuffer(v) ? 'b' : 't'); h.writeUInt32BE(b.length, 1); parts.push(h, b); }
   }
   const buf = Buffer.concat([Buffer.from('padding'), ...parts]);
   return new TupleData(buf, 7, buf.length, values.length);
@@ -27,9 +27,9 @@ function relMap(name: string, columns: string[], key: number[], castType = 'text
     columns: columns.map((c, i) => ({ name: c, isKey: key.includes(i), typeOid: 25, typeMod: -1 })), keyIndexes: key,
   };
   const target: TargetTable = { schema: 'public', name, quoted: `public.${name}`, partitioned: false, countsHere: false, columns: new Map() };
-  const cols = columns.map((c) => ({ name: c, castType, generated: false, identityAlways: false, collate: '', collatable: castType === 'text' }));
+  const cols = columns.map((c) => ({ name: c, castType, generated: false, identityAlways: false, collate: '', collatable: castType === 'text', castOid: 25, binaryOk: true }));
   for (const c of cols) target.columns.set(c.name, c);
-  return { rel, target, cols, writeIdx: columns.map((_, i) => i), keyIdx: key, full: false, overriding: false, syncLsn: 0n, shapes: new Map() };
+  return { rel, target, cols, writeIdx: columns.map((_, i) => i), keyIdx: key, full: false, overriding: false, syncLsn: 0n, binary: false, shapes: new Map() };
 }
 
 const describeStep = (s: Step) => (s.kind === 'group' ? `${s.op} ${s.map.rel.name} x${s.rows}` : `single ${s.op}`);
@@ -143,6 +143,70 @@ describe('apply-plan: grouping changes into statements', function () {
     assert.equal(lines.length, COPY_MIN_ROWS + 1);
   });
 
+  describe('binary values (a stream started with pgoutput binary)', function () {
+    /** A big-endian int8, as int8send writes it. */
+    const i8 = (n: number) => { const b = Buffer.alloc(8); b.writeBigInt64BE(BigInt(n)); return b; };
+    const bin = () => {
+      const m = relMap('bn', ['id', 'gen', 'v'], [0], 'bigint');
+      m.cols.forEach((c) => { c!.castOid = 20; });
+      m.cols[1] = null; // generated on the target: not written
+      m.writeIdx = [0, 2];
+      m.binary = true;
+      return m;
+    };
+
+    it('writes binary COPY rows straight from the values: header, Int16 field count, Int32 length + bytes, -1 for NULL, one trailer', function () {
+      const m = bin();
+      const p = new Plan(true);
+      for (let i = 0; i < COPY_MIN_ROWS + 1; i++) p.insert(m, tuple([i8(i), i8(-1), i === 2 ? null : i8(1000 + i)]), 1n);
+      const g = p.steps()[0] as Group;
+      assert.equal(g.shape.copyText, 'COPY public.bn (id, v) FROM STDIN (FORMAT binary)');
+      const data = p.copyData(g);
+      assert.equal(p.copyData(g).length, data.length, 'the trailer is written once');
+      assert.equal(data.subarray(0, 11).toString('latin1'), 'PGCOPY\n\xff\r\n\0');
+      assert.deepEqual([data.readInt32BE(11), data.readInt32BE(15)], [0, 0], 'flags, header extension');
+      let o = 19;
+      for (let i = 0; i < COPY_MIN_ROWS + 1; i++) {
+        assert.equal(data.readInt16BE(o), 2, `row ${i}: two fields (the generated column left out)`);
+        assert.equal(data.readInt32BE(o + 2), 8);
+        assert.equal(data.readBigInt64BE(o + 6), BigInt(i));
+        if (i === 2) { assert.equal(data.readInt32BE(o + 14), -1); o += 18; continue; }
+        assert.equal(data.readInt32BE(o + 14), 8);
+        assert.equal(data.readBigInt64BE(o + 18), BigInt(1000 + i));
+        o += 26;
+      }
+      assert.equal(data.readInt16BE(o), -1, 'trailer');
+      assert.equal(data.length, o + 2);
+    });
+
+    it('types array parameters by the column (unnest of bigint[], element OID 20) and keeps the casts as no-ops', function () {
+      const m = bin();
+      const p = new Plan(true);
+      p.update(m, tuple([i8(7), null, i8(70)]), 1n);
+      p.insert(m, tuple([i8(8), null, null]), 1n);
+      const [upd, ins] = p.steps() as Group[];
+      assert.equal(upd.shape.text, 'UPDATE public.bn AS t SET v = v.c1::bigint FROM (SELECT v.c0::bigint AS k0, v.c1 FROM unnest($1::bigint[], $2::bigint[]) AS v(c0, c1) ORDER BY k0) AS v WHERE t.id = v.k0');
+      const [keys, vals] = upd.arrays!.map((x) => x.finish());
+      assert.deepEqual([keys.readInt32BE(8), keys.readInt32BE(12), keys.readInt32BE(20)], [20, 1, 8]);
+      assert.equal(keys.readBigInt64BE(24), 7n);
+      assert.equal(vals.readBigInt64BE(24), 70n);
+      assert.match(ins.shape.text!, /FROM unnest\(\$1::bigint\[\], \$2::bigint\[\]\) AS v\(c0, c1\)$/);
+      const arrays = p.insertArrays(ins);
+      assert.equal(arrays[0].readInt32BE(8), 20);
+      assert.deepEqual([arrays[1].readInt32BE(4), arrays[1].readInt32BE(20)], [1, -1], 'a NULL element');
+    });
+
+    it('asks for a text stream (TextModeNeeded) when a value of a binary table comes as text, before writing it anywhere', function () {
+      const m = bin();
+      const p = new Plan(true);
+      assert.throws(() => p.update(m, tuple([i8(1), null, '12345678']), 1n), (e: unknown) => e instanceof TextModeNeeded && e.table === 'public.bn' && e.column === 'v');
+      for (let i = 0; i < COPY_MIN_ROWS; i++) p.insert(m, tuple([i8(i), null, i8(i)]), 1n);
+      assert.throws(() => p.insert(m, tuple([i8(99), null, '12345678']), 1n), TextModeNeeded);
+      const g = p.steps().find((s) => s.kind === 'group' && s.op === 'INSERT') as Group;
+      assert.equal(g.copy!.len, 19 + COPY_MIN_ROWS * 26, 'the refused row left nothing behind');
+    });
+  });
+
   it('refuses, naming table, column and transaction, a needed value that was not sent (unchanged TOAST key)', function () {
     const p = new Plan(true);
     assert.throws(() => p.update(a, tuple([undefined, 'x']), 0x1_0000_0010n), (e: unknown) =>
@@ -152,7 +216,7 @@ describe('apply-plan: grouping changes into statements', function () {
 
 describe('apply-plan: parameter encodings', function () {
   it('builds a binary text[] as array_recv reads it', function () {
-    const arr = new TextArray();
+    const arr = new ArrayParam();
     const src = Buffer.from('héllo');
     arr.add(src, 0, src.length);
     arr.add(src, 0, -1);

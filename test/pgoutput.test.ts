@@ -12,8 +12,8 @@ import {
 } from '../agent/pgoutput';
 import { PG_VERSIONS, startCluster, type Cluster } from '../agent/testbed';
 
-async function peek(c: pg.Client, slot: string): Promise<{ lsn: bigint; data: Buffer }[]> {
-  const r = await c.query(`SELECT lsn::text AS lsn, data FROM pg_logical_slot_peek_binary_changes($1, NULL, NULL, 'proto_version', '1', 'publication_names', 'p')`, [slot]);
+async function peek(c: pg.Client, slot: string, binary = false): Promise<{ lsn: bigint; data: Buffer }[]> {
+  const r = await c.query(`SELECT lsn::text AS lsn, data FROM pg_logical_slot_peek_binary_changes($1, NULL, NULL, 'proto_version', '1', 'publication_names', 'p'${binary ? ", 'binary', 'true'" : ''})`, [slot]);
   return r.rows.map((row) => ({ lsn: parseLsn(row.lsn), data: row.data as Buffer }));
 }
 
@@ -95,6 +95,19 @@ describe('pgoutput: decoding real server bytes', function () {
         assert.deepEqual(ins.newTuple.values(), ['1', 'héllo "q" \\ \'x\'', bigValue, '2024-02-29 12:34:56.123456+00', 'NaN', '\\xdeadbeef', 't', '0.1']);
       });
 
+      if (version >= 14) {
+        it('in a binary stream, gives each value as the bytes of its type\'s send function (NULL and unchanged TOAST as in text)', async function () {
+          const parser = new PgoutputParser();
+          const msgs = (await peek(c, 's', true)).map((m) => parser.parse(m.data));
+          const ins = msgs.find((m): m is InsertMessage => m.tag === 'insert')!;
+          const sent = (await c.query(`SELECT int4send(1) AS id, textsend($1) AS t, textsend($2) AS big, timestamptz_send('2024-02-29 12:34:56.123456+00') AS ts,
+              numeric_send('NaN') AS n, byteasend('\\xdeadbeef') AS b, boolsend(true) AS flag, float8send(0.1) AS f`, ['héllo "q" \\ \'x\'', bigValue])).rows[0];
+          assert.deepEqual(ins.newTuple.values(), [sent.id, sent.t, sent.big, sent.ts, sent.n, sent.b, sent.flag, sent.f]);
+          const [u1] = msgs.filter((m): m is UpdateMessage => m.tag === 'update');
+          assert.deepEqual(u1.newTuple.values(), [sent.id, null, UNCHANGED_TOAST, sent.ts, sent.n, sent.b, sent.flag, sent.f]);
+        });
+      }
+
       it('marks an untouched out-of-line value as UNCHANGED_TOAST, and sends the old key only when it changes', function () {
         const [u1, u2] = messages.filter((m): m is UpdateMessage => m.tag === 'update');
         assert.equal(u1.oldKind, null);
@@ -159,5 +172,6 @@ describe('pgoutput: decoding real server bytes', function () {
     const plugin = new PgoutputPlugin(['Pub "x"', "o'k"]);
     assert.equal(plugin.startCommand('My Slot', 0x100000010n),
       `START_REPLICATION SLOT "My Slot" LOGICAL 1/10 (proto_version '1', publication_names '"Pub ""x""","o''k"')`);
+    assert.equal(plugin.startCommand('s', 0n, true), `START_REPLICATION SLOT "s" LOGICAL 0/0 (proto_version '1', publication_names '"Pub ""x""","o''k"', binary 'true')`);
   });
 });

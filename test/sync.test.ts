@@ -477,6 +477,85 @@ for (const pair of PAIRS) {
       await run.stop();
     });
 
+    /** The "streaming changes" log entries of a run: how each session asked for values. */
+    const valueForms = (run: SyncRun) => run.logs.filter((l) => typeof l.fields?.values === 'string').map((l) => l.fields!.values);
+
+    it('binary values: built-in types round-trip exactly through COPY, short INSERTs, UPDATE and DELETE groups, key moves, unchanged TOAST and the one-by-one replay', async function () {
+      const ddl = `CREATE TABLE bt (id bigint PRIMARY KEY, n numeric, n2 numeric(12,2), f8 float8, f4 real, ts timestamptz, tsn timestamp, d date, t time, tz timetz,
+          iv interval, b bytea, j jsonb, js json, u uuid, tx text, vc varchar(5), c char(4), bo bool, i2 smallint, i4 int, ip inet, cid cidr, mac macaddr,
+          o oid, ch "char", nm name, vb bit varying, big text);
+        CREATE TABLE w (id int PRIMARY KEY, v int)`;
+      const env = await setup(ddl, { targetDdl: oneRowOnly(ddl, 0) });
+      const run = env.start({ tableSyncLsn: new Map([['public.bt', 0n], ['public.w', 0n]]) });
+      // Three rows alone (a short INSERT … unnest), then 40 in one statement (COPY).
+      const tricky = `(1, 'NaN', 12.5, 'NaN', '-Infinity', '2024-02-29 23:59:59.999999+00', 'infinity', '-infinity', '24:00', '23:59:59.999999-14:59',
+          '-1 year 2 mons -3 days 04:05:06.000007', '\\x00ff090a5c', '{"a": [1, 2.50, null], "b": "\\u00e9"}', '{ "kept":  "as written" }', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11',
+          E'tab\there\nnew\\line ünï 😀', 'abcde', 'ab', true, -32768, 2147483647, '10.0.0.1/8', '10.0.0.0/8', '08:00:2b:01:02:03', 4294967295, 'x', 'a name', '10101', NULL),
+        (2, 'Infinity', NULL, '-0', 1.17549435e-38, '-infinity', '2000-01-01 00:00:00.000001', 'infinity', '00:00', '00:00+00', '0', '\\x', 'null', '[]', NULL,
+          '', '', '', false, 0, 0, '::1', '::/0', '00:00:00:00:00:00', 0, '', '', '', NULL),
+        (3, 0.000000000000000000000000000001, -999999999.99, 1e-310, 'Infinity', '1999-12-31 23:59:59.999999+00', '4713-01-01 00:00:00 BC', '5874897-12-31', '12:34:56.789', '12:34:56+05:30',
+          '178000000 years', NULL, '{}', '{}', NULL, 'x', 'x', 'x', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)`;
+      await env.s.query(`INSERT INTO bt VALUES ${tricky}`);
+      await env.converge(run);
+      await env.s.query(`INSERT INTO bt SELECT g, g * 1.5, g, g / 7.0, g / 3.0, '2024-01-01 00:00:00+00'::timestamptz + g * interval '1.000001 s', '2024-01-01'::timestamp - g * interval '1 day',
+          '2024-01-01'::date + g, '00:00'::time + g * interval '1 min', '00:00+01'::timetz, g * interval '1 h', decode(md5(g::text), 'hex'), jsonb_build_object('g', g),
+          json_build_object('g', g), md5(g::text)::uuid, repeat(E'\t', g % 3) || g, left(g::text, 5), left(g::text, 4), g % 2 = 0, g, -g, '192.168.0.1'::inet + g, '10.0.0.0/8',
+          '08:00:2b:01:02:03', g, 'y', 'n' || g, (g % 8)::bit(3)::varbit,
+          CASE WHEN g = 10 THEN (SELECT string_agg(md5(k::text), '') FROM generate_series(1, 400) k) END
+        FROM generate_series(10, 49) g`);
+      await env.converge(run);
+      // UPDATE and DELETE groups, a key move, an UPDATE that leaves the TOASTed value unsent.
+      await env.s.query(`BEGIN;
+        UPDATE bt SET n = n + 1, ts = ts + interval '1 microsecond', tx = tx || E'\\\\', j = j || '{"u": true}' WHERE id BETWEEN 20 AND 40;
+        DELETE FROM bt WHERE id BETWEEN 41 AND 45;
+        UPDATE bt SET id = id + 1000, f8 = -f8 WHERE id IN (2, 46);
+        UPDATE bt SET i4 = 1 WHERE id = 10;
+        COMMIT`);
+      // One change per statement: a multi-row UPDATE of w fails on the target.
+      await env.s.query('INSERT INTO w SELECT g, 0 FROM generate_series(1, 20) g');
+      await env.s.query('BEGIN; UPDATE w SET v = v + 1; UPDATE bt SET vc = NULL, c = \'q\', n2 = n2 * 2 WHERE id IN (1, 3, 30); DELETE FROM bt WHERE id = 31; COMMIT');
+      await env.converge(run);
+      // Once, for the last transaction: a grouped statement failing anywhere else would show as a replay of its own.
+      assert.equal(run.logs.filter((l) => l.fields?.event === 'safe-replay').length, 1, 'the one-by-one replay ran, for the last transaction only');
+      assert.deepEqual(valueForms(run), valueForms(run).map(() => 'binary'));
+      assert.ok(valueForms(run).length >= 2, 'every session, the replay one included, streamed binary values');
+      const textOf = 'SELECT t::text AS r FROM bt t ORDER BY id';
+      assert.deepEqual(await rows(env.t, textOf), await rows(env.s, textOf));
+      assert.deepEqual(await rows(env.t, 'SELECT sum(v)::int AS s FROM w'), [{ s: 20 }]);
+      await run.stop();
+    });
+
+    it('values as text when a column cannot travel in binary: another type on the target or REPLICA IDENTITY FULL (checked before streaming), a source type changed mid-stream', async function () {
+      const other = await setup('CREATE TABLE x (id int PRIMARY KEY, v int); CREATE TABLE y (id int PRIMARY KEY, v text)', { targetDdl: 'CREATE TABLE x (id int PRIMARY KEY, v bigint); CREATE TABLE y (id int PRIMARY KEY, v text)' });
+      let run = other.start({ tableSyncLsn: new Map([['public.x', 0n], ['public.y', 0n]]) });
+      await other.s.query("INSERT INTO x SELECT g, g FROM generate_series(1, 30) g; INSERT INTO y VALUES (1, 'a')");
+      await other.converge(run);
+      assert.deepEqual(valueForms(run), ['text']);
+      assert.ok(run.logs.some((l) => /values as text \(public\.x\.v has another type on the target \(bigint\)\)/.test(l.msg)), 'the log says which column keeps the values text');
+      await run.stop();
+
+      const full = await setup('CREATE TABLE f (a int, b text); ALTER TABLE f REPLICA IDENTITY FULL');
+      run = full.start({ tableSyncLsn: new Map([['public.f', 0n]]) });
+      await full.s.query("INSERT INTO f VALUES (1, 'a'), (1, 'a'); DELETE FROM f WHERE ctid = (SELECT min(ctid) FROM f)");
+      await full.converge(run);
+      assert.deepEqual(valueForms(run), ['text']);
+      await run.stop();
+
+      const drift = await setup('CREATE TABLE z (id int PRIMARY KEY, v int)');
+      run = drift.start({ tableSyncLsn: new Map([['public.z', 0n]]) });
+      await drift.s.query('INSERT INTO z SELECT g, g FROM generate_series(1, 30) g');
+      await drift.converge(run);
+      // The source's column becomes bigint, the target's stays int: binary int8 values would not fit int4's receive function.
+      await drift.s.query('ALTER TABLE z ALTER COLUMN v TYPE bigint');
+      await drift.s.query('INSERT INTO z SELECT g, g * 2 FROM generate_series(31, 60) g; UPDATE z SET v = -v WHERE id <= 10');
+      await drift.converge(run);
+      assert.equal(run.error, null);
+      assert.deepEqual(valueForms(run), ['binary', 'text']);
+      assert.ok(run.logs.some((l) => l.fields?.event === 'text-values' && l.fields.table === 'public.z' && l.fields.column === 'v'));
+      assert.deepEqual(await rows(drift.t, 'SELECT count(*)::int AS n, sum(v)::int AS s FROM z'), [{ n: 60, s: 465 - 2 * 55 + 2 * 1365 }]);
+      await run.stop();
+    });
+
     it('applies a table only from its own start LSN (its copy holds the earlier transactions)', async function () {
       const env = await setup('CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY);');
       await env.s.query('DO $$ BEGIN FOR i IN 1..10 LOOP INSERT INTO a VALUES (i); INSERT INTO b VALUES (i); COMMIT; END LOOP; END $$');
