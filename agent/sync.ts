@@ -165,55 +165,70 @@ async function readSlot(stream: ReplicationStream<PgoutputMessage>, source: Endp
   return row.lsn ? parseLsn(row.lsn) : 0n;
 }
 
+/** A published column of the source, as `Applier.binaryBlocker` checks it. */
+type PublishedColumn = Parameters<Applier['binaryBlocker']>[0][number];
+
 /**
- * Why the stream must send values as text, or null when binary works:
- * pgoutput's `binary` option (PostgreSQL 14+) sends each value in its
- * type's binary form, so the walsender skips the type's output function and
- * the target its input function (COPY parses no text, arrays carry typed
- * elements). On the bench's backlog the source's decoding took 12 % less
- * time and the target's COPY of the same rows about 20 % less. Binary needs
- * every published column to have the same built-in type on both sides (see
- * Applier.binaryBlocker); read on the replication connection before
- * streaming starts.
+ * The source side of a session, opened while the target side opens: the
+ * replication connection, the slot's confirmed position and, unless text is
+ * already decided (a string: why), the published columns that decide
+ * whether values can come in binary form.
+ *
+ * Binary values: pgoutput's `binary` option (PostgreSQL 14+) sends each
+ * value in its type's binary form, so the walsender skips the type's output
+ * function and the target its input function (COPY parses no text, arrays
+ * carry typed elements). On the bench's backlog the source's decoding took
+ * 12 % less time and the target's COPY of the same rows about a fifth less.
+ * It needs every published column to have the same built-in type on both
+ * sides (Applier.binaryBlocker).
  */
-async function binaryBlocker(stream: ReplicationStream<PgoutputMessage>, applier: Applier, publicationName: string): Promise<string | null> {
-  const v = await stream.query('SHOW server_version_num');
-  if (Number(v.rows[0].server_version_num) < 140000) return 'the source is older than PostgreSQL 14';
-  const r = await stream.query(`
-    SELECT pt.schemaname AS schema, pt.tablename AS table, c.relreplident AS identity, a.attname AS column, a.atttypid::int AS type_oid
-      FROM pg_publication_tables pt
-      JOIN pg_namespace n ON n.nspname = pt.schemaname
-      JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename
-      JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
-     WHERE pt.pubname = ${ql(publicationName)}`);
-  return applier.binaryBlocker(r.rows.map((x) => ({ schema: x.schema, table: x.table, identity: x.identity, column: x.column, typeOid: Number(x.type_oid) })));
+async function openSource(opts: SyncOptions, parser: PgoutputParser, textOnly: boolean): Promise<{ stream: ReplicationStream<PgoutputMessage>; slotLsn: Lsn; published: PublishedColumn[] | string }> {
+  const stream = await ReplicationStream.connect<PgoutputMessage>({
+    source: opts.source, slotName: opts.slotName, publicationName: opts.publicationName,
+    decode: (buf, offset, end) => parser.parse(buf, offset, end),
+    // Room for about two batches: the walsender keeps decoding while the
+    // previous batch executes on the target.
+    highWaterEvents: Math.max(512, Math.min(2 * opts.batchChanges + 512, 32_768)),
+  });
+  try {
+    const slotLsn = await readSlot(stream, opts.source, opts.slotName);
+    if (textOnly) return { stream, slotLsn, published: 'a value came as text earlier' };
+    const v = await stream.query('SHOW server_version_num');
+    if (Number(v.rows[0].server_version_num) < 140000) return { stream, slotLsn, published: 'the source is older than PostgreSQL 14' };
+    const r = await stream.query(`
+      SELECT pt.schemaname AS schema, pt.tablename AS table, c.relreplident AS identity, a.attname AS column, a.atttypid::int AS type_oid
+        FROM pg_publication_tables pt
+        JOIN pg_namespace n ON n.nspname = pt.schemaname
+        JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename
+        JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+       WHERE pt.pubname = ${ql(opts.publicationName)}`);
+    const published = r.rows.map((x) => ({ schema: x.schema, table: x.table, identity: x.identity, column: x.column, typeOid: Number(x.type_oid) }));
+    return { stream, slotLsn, published };
+  } catch (e) {
+    await stream.close();
+    throw e;
+  }
 }
 
 async function runSession(opts: SyncOptions, state: SyncState, log: LogFn): Promise<void> {
-  // Both connections at once (a restart resumes that much sooner).
+  // Both sides at once (a restart resumes that much sooner).
   // Reused row-message objects: the loop below is done with each event
   // before it takes the next (the applier copies a row it keeps).
   const parser = new PgoutputParser(true);
-  const [st, ap] = await Promise.allSettled([
-    ReplicationStream.connect<PgoutputMessage>({
-      source: opts.source, slotName: opts.slotName, publicationName: opts.publicationName,
-      decode: (buf, offset, end) => parser.parse(buf, offset, end),
-      // Room for about two batches: the walsender keeps decoding while the
-      // previous batch executes on the target.
-      highWaterEvents: Math.max(512, Math.min(2 * opts.batchChanges + 512, 32_768)),
-    }),
+  const [src, ap] = await Promise.allSettled([
+    openSource(opts, parser, state.textOnly),
     Applier.open(opts.target, {
       migrationId: opts.migrationId, batchChanges: opts.batchChanges, batchMs: opts.batchMs, tableSyncLsn: opts.tableSyncLsn,
       safeThroughLsn: state.safeThroughLsn, log,
     }),
   ]);
-  if (st.status === 'rejected' || ap.status === 'rejected') {
-    if (st.status === 'fulfilled') await st.value.close();
+  if (src.status === 'rejected' || ap.status === 'rejected') {
+    if (src.status === 'fulfilled') await src.value.stream.close();
     if (ap.status === 'fulfilled') await ap.value.close();
-    throw st.status === 'rejected' ? st.reason : (ap as PromiseRejectedResult).reason;
+    throw src.status === 'rejected' ? src.reason : (ap as PromiseRejectedResult).reason;
   }
   const applier = ap.value;
-  const stream = st.value;
+  const { stream, slotLsn, published } = src.value;
   let textReason: string | null = null;
   try {
     // The target's recorded position may trail the slot's confirmed position
@@ -222,13 +237,12 @@ async function runSession(opts: SyncOptions, state: SyncState, log: LogFn): Prom
     // at the earliest anyway.
     // Only durable positions count here: what this process saw committed may
     // have been lost by a target crash (commits are asynchronous, see apply.ts).
-    const slotLsn = await readSlot(stream, opts.source, opts.slotName);
     applier.appliedLsn = maxLsn(applier.appliedLsn, slotLsn);
     applier.durableLsn = applier.appliedLsn;
     // Positions are this session's: what a failed session had decoded is not applied.
     state.receivedLsn = applier.appliedLsn;
     state.decodedLsn = applier.appliedLsn;
-    textReason = state.textOnly ? 'a value came as text earlier' : await binaryBlocker(stream, applier, opts.publicationName);
+    textReason = typeof published === 'string' ? published : await applier.binaryBlocker(published);
     applier.binary = textReason === null;
     await stream.start(applier.appliedLsn, applier.binary);
   } catch (e) {
