@@ -14,7 +14,8 @@
  *   its last ledger row is visible on the target, every earlier transaction
  *   is too (both contenders apply in commit order).
  *
- *  - native   CREATE SUBSCRIPTION (copy_data), wait until ready, ALTER
+ *  - native   CREATE SUBSCRIPTION (copy_data; PostgreSQL's defaults, so values
+ *             as text, unless --native-binary), wait until ready, ALTER
  *             SUBSCRIPTION … DISABLE and wait for its apply worker to exit,
  *             write the backlog, then time from ALTER SUBSCRIPTION … ENABLE
  *             (issued ≥ wal_retrieve_retry_interval after the DISABLE, see
@@ -84,6 +85,8 @@ export interface ApplyContext {
   target: Cluster;
   txns: number;
   rounds: number;
+  /** The native subscription WITH (binary = true) instead of PostgreSQL's default. */
+  nativeBinary?: boolean;
   log: (msg: string) => void;
 }
 
@@ -221,7 +224,7 @@ async function applyNative(ctx: ApplyContext, db: string, run: ApplyRun): Promis
     await src.query('CREATE PUBLICATION bench_apply_pub FOR TABLE acct, ledger');
     await tgt.query(SCHEMA);
     const e = ctx.source.endpoint(db);
-    await tgt.query(`CREATE SUBSCRIPTION ${sub} CONNECTION 'host=${e.host} port=${e.port} dbname=${db} user=${e.user} password=${e.password}' PUBLICATION bench_apply_pub WITH (copy_data = true)`);
+    await tgt.query(`CREATE SUBSCRIPTION ${sub} CONNECTION 'host=${e.host} port=${e.port} dbname=${db} user=${e.user} password=${e.password}' PUBLICATION bench_apply_pub WITH (copy_data = true${ctx.nativeBinary ? ', binary = true' : ''})`);
     await pollUntil('the native subscription to be ready', async () => {
       const r = await tgt.query(`SELECT count(*) FILTER (WHERE srsubstate = 'r')::int AS ready FROM pg_subscription_rel r JOIN pg_subscription s ON s.oid = r.srsubid WHERE s.subname = $1`, [sub]);
       return r.rows[0].ready === 2;

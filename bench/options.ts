@@ -12,6 +12,8 @@
  *   --apply-txns N      backlog transactions of the apply scenario
  *                       (20 000 at 3 M rows, scaled with --rows, at least 4 000)
  *   --shop-rows N       orders in the cutover's sample database (rows / 30, 10 000–100 000)
+ *   --native-binary     the apply's native subscription WITH (binary = true)
+ *                       (PostgreSQL's default, off, is the goal's baseline)
  */
 import { PG_VERSIONS, type PgMajor } from '../agent/testbed';
 
@@ -28,13 +30,15 @@ export interface BenchOptions {
   rounds: number;
   applyTxns: number;
   shopRows: number;
+  /** The apply's native subscription receives values in binary form (not the goal's baseline). */
+  nativeBinary: boolean;
 }
 
 export const ANCHOR_ROWS = 3_000_000;
 export const ANCHOR_APPLY_TXNS = 20_000;
 
 const USAGE = `usage: npm run bench -- [--rows N] [--small-tables CxR] [--version 13|14|17]
-                       [--only load,apply,cutover] [--runs N] [--rounds N] [--apply-txns N] [--shop-rows N]
+                       [--only load,apply,cutover] [--runs N] [--rounds N] [--apply-txns N] [--shop-rows N] [--native-binary]
 (each also as an environment variable: PGFERRY_BENCH_ROWS, PGFERRY_BENCH_SMALL_TABLES, …)`;
 
 class UsageError extends Error {}
@@ -49,15 +53,23 @@ function positiveInt(flag: string, text: string): number {
   return n;
 }
 
+function onOff(flag: string, text: string): boolean {
+  if (/^(1|true|on|yes)$/i.test(text)) return true;
+  if (/^(0|false|off|no)$/i.test(text)) return false;
+  throw new UsageError(`\`--${flag}\` takes no value, or one of true/false, got '${text}'.`);
+}
+
 /** Parse argv (without node and the script) and the environment. Throws a usage message on bad input. */
 export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.env): BenchOptions {
   const given = new Map<string, string>();
   const flags = ['rows', 'small-tables', 'version', 'only', 'runs', 'rounds', 'apply-txns', 'shop-rows'];
-  for (const f of flags) { const v = env[envName(f)]; if (v) given.set(f, v); }
+  const switches = ['native-binary'];
+  for (const f of [...flags, ...switches]) { const v = env[envName(f)]; if (v) given.set(f, v); }
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
     if (arg === '--help' || arg === '-h') throw new UsageError('');
     const m = /^--([a-z-]+)(?:=(.*))?$/.exec(arg);
+    if (m && switches.includes(m[1]!)) { given.set(m[1]!, m[2] ?? 'true'); continue; }
     if (!m || !flags.includes(m[1]!)) throw new UsageError(`Unknown argument '${arg}'.`);
     const value = m[2] ?? argv[++i];
     if (value === undefined) throw new UsageError(`\`--${m[1]}\` needs a value.`);
@@ -85,6 +97,7 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
     runs: given.has('runs') ? positiveInt('runs', given.get('runs')!) : 5,
     rounds: given.has('rounds') ? positiveInt('rounds', given.get('rounds')!) : 1,
     applyTxns, shopRows,
+    nativeBinary: onOff('native-binary', given.get('native-binary') ?? 'false'),
   };
 }
 

@@ -92,8 +92,8 @@ async function main(): Promise<number> {
     await src.cluster.query('DROP DATABASE IF EXISTS bench WITH (FORCE)').catch(() => undefined);
   }
   if (opts.only.includes('apply')) {
-    const runs = await runApplyScenario({ source: src.cluster, target: tgt.cluster, txns: opts.applyTxns, rounds: opts.rounds, log });
-    const r = applyReport(runs);
+    const runs = await runApplyScenario({ source: src.cluster, target: tgt.cluster, txns: opts.applyTxns, rounds: opts.rounds, nativeBinary: opts.nativeBinary, log });
+    const r = applyReport(runs, opts.nativeBinary);
     sections.push(r.text);
     goals.push(...r.goals);
     failures += runs.filter((x) => x.error).length;
