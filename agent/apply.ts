@@ -492,6 +492,7 @@ export class Applier {
     this.throwIfFailed();
     while (this.inflight.length >= MAX_INFLIGHT) await this.inflight[0].done;
     await this.inflight[this.inflight.length - 1]?.sent;
+    this.throwIfFailed(); // the batch waited for may have failed before it was sent
     const plan = this.plan;
     this.plan = this.newPlan();
     this.batch = null;
@@ -574,7 +575,10 @@ export class Applier {
         batch.targetTxnOpen = false;
       }
     } catch (e) {
-      throw await this.failedBatch(e, step, batch, entry);
+      const err = await this.failedBatch(e, step, batch, entry);
+      // Known before `sent` settles, so a flush waiting on it sends nothing after this batch.
+      this.inflightFailure ??= { e: err };
+      throw err;
     } finally {
       markSent();
     }
@@ -858,11 +862,15 @@ export class Applier {
     // Not run because the pipeline before it failed (e.g. the connection was
     // lost after its last answer, before its Sync's): the cause is the failure.
     if (e instanceof PipelineSkipped) e = e.cause;
-    if (e instanceof PgferryError || e instanceof SafeReplayNeeded || e instanceof TextModeNeeded) return e;
+    // Whatever failed, even in the agent (a statement it could not build),
+    // the batch's target transaction ends here: left open, the next batch's
+    // COMMIT would commit it (the chunks of a large transaction already run
+    // in it) under that batch's position.
     if (batch?.targetTxnOpen) {
       await this.query('ROLLBACK').catch(() => undefined);
       batch.targetTxnOpen = false;
     }
+    if (e instanceof PgferryError || e instanceof SafeReplayNeeded || e instanceof TextModeNeeded) return e;
     if (isTransientError(e)) return e;
     if (step?.kind === 'single' && step.safe) return this.applyFailed(step, e);
     if (step === null && batch?.safe) {

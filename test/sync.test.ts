@@ -323,6 +323,27 @@ for (const pair of PAIRS) {
       await again.stop();
     });
 
+    it('sends no batch behind one that failed before its COMMIT (counts checked here): the failed one is replayed, none is skipped', async function () {
+      const ddl = 'CREATE TABLE w (id int PRIMARY KEY, v int); CREATE TABLE q (id int PRIMARY KEY)';
+      // w: row counts checked by the agent (a BEFORE INSERT trigger), and a multi-row UPDATE fails after 1 s.
+      const env = await setup(ddl, {
+        targetDdl: `${oneRowOnly(ddl, 1)}
+          CREATE FUNCTION keep_row() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+          CREATE TRIGGER keep_row BEFORE INSERT ON w FOR EACH ROW EXECUTE FUNCTION keep_row();
+          ALTER TABLE w ENABLE ALWAYS TRIGGER keep_row;`,
+      });
+      await env.s.query('INSERT INTO w SELECT g, 0 FROM generate_series(1, 50) g; INSERT INTO q VALUES (0)');
+      const run = env.start({ batchChanges: 1000, batchMs: 50 });
+      await env.converge(run);
+      await env.s.query('UPDATE w SET v = v + 1'); // fails on the target after 1 s; its COMMIT waits for the counts
+      await new Promise((r) => setTimeout(r, 300));
+      await env.s.query('INSERT INTO q SELECT g FROM generate_series(1, 20) g'); // the next batch, waiting for that one to be sent
+      await env.converge(run);
+      assert.ok(run.logs.some((l) => l.fields?.event === 'safe-replay'));
+      assert.deepEqual(await rows(env.t, 'SELECT (SELECT sum(v)::int FROM w) AS w, (SELECT count(*)::int FROM q) AS q'), [{ w: 50, q: 21 }]);
+      await run.stop();
+    });
+
     it('keeps a failed batch counted as pending: no report claims "all decoded, nothing pending" before it is applied', async function () {
       const ddl = 'CREATE TABLE w (id int PRIMARY KEY, v int)';
       const env = await setup(ddl, { targetDdl: oneRowOnly(ddl, 0.5) });
