@@ -39,7 +39,7 @@
  * random. Guard 7: a different set of sent columns (unchanged TOAST) starts a
  * new UPDATE group.
  */
-import { qi } from './conn';
+import { qi, ql } from './conn';
 import { PgferryError } from './errors';
 import { formatLsn, type Lsn } from './lsn';
 import { SCAN_NULL, SCAN_UNCHANGED, u32At, type RelationMessage, type Tuple, type TupleData } from './pgoutput';
@@ -128,6 +128,14 @@ export interface Shape {
   cols: number[];
   /** INSERT: the COPY statement for long runs. */
   copyText?: string;
+  /**
+   * Binary INSERT: run after its COPY, in the same transaction, fails unless
+   * the written columns still have the types the session read. A binary COPY
+   * casts nothing: a column whose type changed on the target since (bigint
+   * to double precision, say) would read the bytes as the new type without
+   * an error. The COPY's lock keeps the type from changing after it.
+   */
+  copyCheck?: string;
 }
 
 /** A run of same-kind changes to one table: one statement. */
@@ -643,8 +651,8 @@ function elemOid(m: RelMap, i: number): number {
  * (the batch is rolled back and re-sent; nothing of it was committed).
  */
 export class TextModeNeeded extends Error {
-  constructor(readonly table: string, readonly column: string) {
-    super(`column ${column} of ${table} came as text in a binary stream`);
+  constructor(readonly table: string, readonly column: string | null, why = `column ${column} of ${table} came as text in a binary stream`) {
+    super(why);
     this.name = 'TextModeNeeded';
   }
 }
@@ -685,8 +693,18 @@ export function insertShape(m: RelMap): Shape {
       // COPY writes identity (even GENERATED ALWAYS) columns as given and
       // enforces the columns' types and lengths like an INSERT would.
       copyText: `COPY ${m.target.quoted} (${list}) FROM STDIN${m.binary ? ' (FORMAT binary)' : ''}`,
+      copyCheck: m.binary ? copyCheck(m) : undefined,
     };
   });
+}
+
+function copyCheck(m: RelMap): string {
+  const expected = m.writeIdx.map((i) => `(${ql(m.rel.columns[i].name)}, ${m.cols[i]!.castOid})`).join(', ');
+  const what = ql(`pgferry: a column type of ${m.target.quoted} changed on the target since the apply session read it (binary COPY; `);
+  const n = m.writeIdx.length;
+  // The failing text depends on the count, so the planner cannot fold it into an error on every run.
+  return `SELECT CASE WHEN n = ${n} THEN 0 ELSE (${what} || n || ' of ${n} columns as read); applying again with the new types')::int END`
+    + ` FROM (SELECT count(*) AS n FROM pg_attribute WHERE attrelid = ${ql(m.target.quoted)}::regclass AND NOT attisdropped AND (attname, atttypid) IN (${expected})) AS c`;
 }
 
 /**

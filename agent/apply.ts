@@ -267,8 +267,8 @@ export class Applier {
 
   /**
    * What keeps the stream from sending binary values, given the source's
-   * published columns (null: nothing): a table with REPLICA IDENTITY FULL
-   * (its rows are matched as text), or a column whose target type is not
+   * published columns (null: nothing): a table without a replica identity
+   * key (`identity` 'f': its rows are matched as text), or a column whose target type is not
    * `binaryOk` or is not the source's type. Tables the target lacks are left
    * to `mapFor`, which names them.
    */
@@ -279,10 +279,10 @@ export class Applier {
       const key = qn(c.schema, c.table);
       const t = this.targets.get(key);
       if (!t) continue;
-      if (c.identity === 'f') return `${key} has REPLICA IDENTITY FULL`;
+      if (c.identity === 'f') return `${key} has no replica identity key (REPLICA IDENTITY FULL or none): its rows are matched as text`;
       const col = t.columns.get(c.column);
       if (!col || col.generated) continue;
-      if (!col.binaryOk) return `${key}.${qi(c.column)} is of type ${col.castType}, which has no binary form every server shares`;
+      if (!col.binaryOk) return `${key}.${qi(c.column)} is of a type whose values travel only as text (user-defined, domain, array, range, reg* or bit)`;
       if (col.castOid !== c.typeOid) return `${key}.${qi(c.column)} has another type on the target (${col.castType})`;
     }
     return null;
@@ -673,8 +673,9 @@ export class Applier {
       // stream's own description of the table has the last word (a column's
       // type may have changed since). REPLICA IDENTITY FULL rows are matched
       // as the source's text (see `statement`), so they need text too.
-      const bad = map.full ? -1 : writeIdx.find((i) => !cols[i]!.binaryOk || cols[i]!.castOid !== rel.columns[i].typeOid);
-      if (bad !== undefined) throw new TextModeNeeded(key, bad < 0 ? '(REPLICA IDENTITY FULL)' : qi(rel.columns[bad].name));
+      if (map.full) throw new TextModeNeeded(key, null, `${key} has no replica identity key (REPLICA IDENTITY FULL or none): its rows are matched as text`);
+      const bad = writeIdx.find((i) => !cols[i]!.binaryOk || cols[i]!.castOid !== rel.columns[i].typeOid);
+      if (bad !== undefined) throw new TextModeNeeded(key, qi(rel.columns[bad].name), `${key}.${qi(rel.columns[bad].name)} cannot take binary values (its type on the target is ${cols[bad]!.castType}, on the source OID ${rel.columns[bad].typeOid})`);
     }
     this.maps.set(rel.relationOid, map);
     return map;
@@ -699,7 +700,9 @@ export class Applier {
                              ELSE format_type(a.atttypid, NULL) END AS cast_type,
              CASE a.atttypid WHEN 'bit'::regtype THEN 'varbit'::regtype ELSE a.atttypid END::int AS cast_oid,
              -- RelMap.binary: a built-in base type, not an array, with binary send and receive
-             a.atttypid < 16384 AND t.typtype = 'b' AND t.typcategory <> 'A' AND t.typsend <> 0 AND t.typreceive <> 0 AS binary_ok,
+             -- (not the reg* types: their binary form is the object's OID, which names another object, or none, on the target)
+             -- (nor bit, whose values are cast to bit varying)
+             a.atttypid < 16384 AND t.typtype = 'b' AND t.typcategory <> 'A' AND t.typsend <> 0 AND t.typreceive <> 0 AND t.typname NOT LIKE 'reg%' AND t.typname <> 'bit' AS binary_ok,
              a.attgenerated <> '' AS generated, a.attidentity = 'a' AS identity_always, t.typcollation <> 0 AS collatable,
              CASE WHEN a.attcollation <> 0 AND a.attcollation <> t.typcollation
                   THEN quote_ident(cn.nspname) || '.' || quote_ident(co.collname) END AS collation
@@ -740,6 +743,7 @@ export class Applier {
       if (!st) continue;
       if (step.kind === 'group' ? step.map.target.countsHere : step.change.op !== 'TRUNCATE' && step.change.map.target.countsHere) oneTrip = false;
       sts.push(st);
+      if (st.copyData && step.kind === 'group' && step.shape.copyCheck) sts.push({ text: step.shape.copyCheck, values: [], step, expectRows: null, onShort: 'warn' });
     }
     return { sts, oneTrip };
   }

@@ -196,7 +196,10 @@ async function openSource(opts: SyncOptions, parser: PgoutputParser, textOnly: b
     const v = await stream.query('SHOW server_version_num');
     if (Number(v.rows[0].server_version_num) < 140000) return { stream, slotLsn, published: 'the source is older than PostgreSQL 14' };
     const r = await stream.query(`
-      SELECT pt.schemaname AS schema, pt.tablename AS table, c.relreplident AS identity, a.attname AS column, a.atttypid::int AS type_oid
+      SELECT pt.schemaname AS schema, pt.tablename AS table, a.attname AS column, a.atttypid::int AS type_oid,
+             -- 'f' also for a table without a replica identity key, which the apply treats alike
+             CASE WHEN c.relreplident = 'f' OR NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND (i.indisreplident OR (c.relreplident = 'd' AND i.indisprimary)))
+                  THEN 'f' ELSE c.relreplident::text END AS identity
         FROM pg_publication_tables pt
         JOIN pg_namespace n ON n.nspname = pt.schemaname
         JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename

@@ -546,7 +546,7 @@ for (const pair of PAIRS) {
       await run.stop();
     });
 
-    it('values as text when a column cannot travel in binary: another type on the target or REPLICA IDENTITY FULL (checked before streaming), a source type changed mid-stream', async function () {
+    it('values as text when a column cannot travel in binary: another type on the target, a reg* type, no replica identity key (checked before streaming), a type changed mid-stream on the source or the target', async function () {
       const other = await setup('CREATE TABLE x (id int PRIMARY KEY, v int); CREATE TABLE y (id int PRIMARY KEY, v text)', { targetDdl: 'CREATE TABLE x (id int PRIMARY KEY, v bigint); CREATE TABLE y (id int PRIMARY KEY, v text)' });
       let run = other.start({ tableSyncLsn: new Map([['public.x', 0n], ['public.y', 0n]]) });
       await other.s.query("INSERT INTO x SELECT g, g FROM generate_series(1, 30) g; INSERT INTO y VALUES (1, 'a')");
@@ -555,11 +555,35 @@ for (const pair of PAIRS) {
       assert.ok(run.logs.some((l) => /values as text \(public\.x\.v has another type on the target \(bigint\)\)/.test(l.msg)), 'the log says which column keeps the values text');
       await run.stop();
 
-      const full = await setup('CREATE TABLE f (a int, b text); ALTER TABLE f REPLICA IDENTITY FULL');
-      run = full.start({ tableSyncLsn: new Map([['public.f', 0n]]) });
-      await full.s.query("INSERT INTO f VALUES (1, 'a'), (1, 'a'); DELETE FROM f WHERE ctid = (SELECT min(ctid) FROM f)");
+      const full = await setup('CREATE TABLE f (a int, b text); ALTER TABLE f REPLICA IDENTITY FULL; CREATE TABLE nk (a int, b text)');
+      run = full.start({ tableSyncLsn: new Map([['public.f', 0n], ['public.nk', 0n]]) });
+      await full.s.query("INSERT INTO f VALUES (1, 'a'), (1, 'a'); DELETE FROM f WHERE ctid = (SELECT min(ctid) FROM f); INSERT INTO nk VALUES (1, 'x')");
       await full.converge(run);
       assert.deepEqual(valueForms(run), ['text']);
+      assert.ok(!run.logs.some((l) => l.fields?.event === 'text-values'), 'decided before streaming, not by a restart');
+      await run.stop();
+
+      // A reg* value in binary form is an object's OID, which names something else (or nothing) on the target.
+      const reg = await setup("CREATE TABLE r (id int PRIMARY KEY, cfg regconfig, cls regclass)");
+      run = reg.start({ tableSyncLsn: new Map([['public.r', 0n]]) });
+      await reg.s.query("INSERT INTO r SELECT g, 'english', 'r' FROM generate_series(1, 20) g");
+      await reg.converge(run);
+      assert.deepEqual(valueForms(run), ['text']);
+      assert.deepEqual(await rows(reg.t, 'SELECT DISTINCT cfg::text AS cfg, cls::text AS cls FROM r'), [{ cfg: 'english', cls: 'r' }]);
+      await run.stop();
+
+      // The target's column changes type under a binary session: a binary COPY would read int8 bytes as float8.
+      const retyped = await setup('CREATE TABLE rt (id bigint PRIMARY KEY, v bigint)');
+      run = retyped.start({ tableSyncLsn: new Map([['public.rt', 0n]]) });
+      await retyped.s.query('INSERT INTO rt SELECT g, g * 1000 FROM generate_series(1, 20) g');
+      await retyped.converge(run);
+      await retyped.t.query('ALTER TABLE rt ALTER COLUMN v TYPE double precision');
+      await retyped.s.query('INSERT INTO rt SELECT g, g * 1000 FROM generate_series(21, 40) g');
+      await retyped.converge(run);
+      assert.equal(run.error, null);
+      assert.ok(run.logs.some((l) => l.fields?.event === 'safe-replay' && /column type of public\.rt changed on the target/.test(String(l.fields.cause))));
+      assert.deepEqual(valueForms(run), ['binary', 'text']);
+      assert.deepEqual(await rows(retyped.t, 'SELECT count(*)::int AS n, sum(v)::float8 AS s FROM rt'), [{ n: 40, s: 820_000 }]);
       await run.stop();
 
       const drift = await setup('CREATE TABLE z (id int PRIMARY KEY, v int)');
