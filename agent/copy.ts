@@ -16,9 +16,13 @@
  *  2. Memory does not grow with table size: the pipe is a stream pipeline,
  *     each side bounded by its highWaterMark, so a slow target pauses the
  *     source socket (TCP backpressure).
- *  3. Binary COPY only for tables whose columns are all built-in types:
- *     binary array/record values embed type OIDs, which differ on the target
- *     for user-defined types; those tables travel as text.
+ *  3. Binary COPY only for tables whose columns are all built-in types, each
+ *     of the same type on the target: binary array/record values embed type
+ *     OIDs, which differ on the target for user-defined types, and a binary
+ *     COPY casts nothing, so a target column of another type (schemaMode
+ *     'existing': bigint on the source, double precision on the target)
+ *     would read the bytes as its own type without an error. Those tables
+ *     travel as text, which the target's input functions convert.
  *  4. Ranges are split on TID ranges only where the source can scan them
  *     (PostgreSQL 14+, TID Range Scan); elsewhere a range filter would
  *     re-scan the whole table per range.
@@ -179,14 +183,22 @@ export async function runLoad(opts: LoadOptions, tasks: CopyTask[]): Promise<voi
   }
 }
 
+/** Every copied column of `t` has the source's type on the target (built-in types have the same OIDs everywhere). */
+async function sameTypesOnTarget(tgt: pg.Client, t: TableInfo): Promise<boolean> {
+  const r = await tgt.query(`SELECT attname AS name, atttypid::int AS type FROM pg_catalog.pg_attribute
+      WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped`, [qn(t.schema, t.name)]);
+  const types = new Map(r.rows.map((row) => [row.name as string, row.type as number]));
+  return dataColumns(t).every((c) => types.get(c.name) === c.typeOid);
+}
+
 async function copyTask(src: pg.Client, tgt: pg.Client, task: CopyTask, opts: LoadOptions): Promise<void> {
   const t = task.table;
   const key = tableKey(t);
   const prog = opts.progress.get(key)!;
   prog.phase = 'copying';
   const cols = dataColumns(t).map((c) => qi(c.name)).join(', ');
-  // Guard 3: binary only when every column type is built in.
-  const format = t.columns.some((c) => c.userType) ? 'text' : 'binary';
+  // Guard 3: binary only when every column type is built in and the target's is the same.
+  const format = t.columns.some((c) => c.userType) || !(await sameTypesOnTarget(tgt, t)) ? 'text' : 'binary';
   const where: string[] = [];
   if (task.fromBlock !== undefined && task.fromBlock > 0) where.push(`ctid >= '(${task.fromBlock},0)'::tid`);
   if (task.toBlock !== undefined) where.push(`ctid < '(${task.toBlock},0)'::tid`);

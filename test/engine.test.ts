@@ -100,6 +100,24 @@ for (const pair of PAIRS) {
       assert.equal(m.activeEndpoint, 'source');
     });
 
+    it('schemaMode existing: loads into the target\'s own tables and keeps them in sync, converting a column whose type differs there', async function () {
+      await source.createDatabase('own');
+      await target.createDatabase('own');
+      await source.query("CREATE TABLE m (id bigint PRIMARY KEY, v bigint, t text); INSERT INTO m SELECT g, g * 1000, 'r' || g FROM generate_series(1, 2000) g", [], 'own');
+      // v is double precision on the target: a binary COPY would read the source's int8 bytes as float8.
+      await target.query('CREATE TABLE m (id bigint PRIMARY KEY, v double precision, t text)', [], 'own');
+      await client.startMigration(specFor('own', source, target, 'own', { schemaMode: 'existing' }));
+      await waitPhase(client, 'own', 'syncing');
+      await source.query("INSERT INTO m SELECT g, g * 1000, 'r' || g FROM generate_series(2001, 2100) g; UPDATE m SET v = -v WHERE id <= 10", [], 'own');
+      const sums = 'SELECT count(*)::int AS n, sum(v)::float8 AS s, min(v)::float8 AS lo, max(v)::float8 AS hi FROM m';
+      await waitFor('the target to hold the source\'s values', async () => {
+        const [s, t] = await Promise.all([source.query(sums, [], 'own'), target.query(sums, [], 'own')]);
+        return JSON.stringify(s.rows) === JSON.stringify(t.rows) ? true : undefined;
+      }, 60_000);
+      assert.deepEqual((await target.query(sums, [], 'own')).rows, [{ n: 2100, s: 2100 * 2101 / 2 * 1000 - 2 * 55_000, lo: -10_000, hi: 2_100_000 }]);
+      await client.deleteMigration('own');
+    });
+
     it('survives kill -9 of the agent during sync: no row lost, none doubled', async function () {
       const writer = startWriter(() => source.client('shop'));
       try {
