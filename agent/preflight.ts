@@ -7,7 +7,7 @@
  * either server: this runs in `pulumi preview` on pull requests.
  */
 import type pg from 'pg';
-import { connect, qn, describeEndpoint, resolveEndpoint } from './conn';
+import { connect, qi, qn, describeEndpoint, resolveEndpoint } from './conn';
 import { selectTables, hasUsableIdentity, tableKey, type TableInfo } from './catalog';
 import { isPgferryError, asPgferryError, type ErrorCode } from './errors';
 import { publicationNameOf, slotNameOf, type MigrationSpec } from './spec';
@@ -257,8 +257,39 @@ async function targetChecks(tgt: pg.Client, spec: MigrationSpec, ctx: PreflightC
     } else if (existing.rows.length) {
       checks.push(check('target_empty', 'pass', 'The existing target tables are empty.'));
     }
+    const differing = await differingColumnTypes(tgt, data);
+    if (differing.length) {
+      checks.push(check('target_column_types', 'warn',
+        `${differing.length} column(s) have another type on the target than on the source: ${differing.slice(0, 20).join(', ')}${differing.length > 20 ? ', …' : ''}. Their values are converted by the target's input functions, which fail, round or truncate where a value does not fit.`,
+        'Give the target columns the source\'s types (ALTER TABLE … ALTER COLUMN … TYPE …) unless the difference is intended.', differing));
+    }
   }
   return { version: info.version as string };
+}
+
+/**
+ * Columns of `tables` whose type on the target is not the source's, as
+ * `schema.table.column (source type → target type)`; tables or columns the
+ * target lacks are other checks' business. Compared as format_type text:
+ * the same name means the same type (user types are created under the
+ * source's names).
+ */
+async function differingColumnTypes(tgt: pg.Client, tables: TableInfo[]): Promise<string[]> {
+  const cols = tables.flatMap((t) => t.columns.filter((c) => !c.generated).map((c) => ({ t, c })));
+  if (cols.length === 0) return [];
+  const r = await tgt.query(`SELECT want.i, format_type(a.atttypid, a.atttypmod) AS type
+      FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS want(schema, name, col, i)
+      JOIN pg_catalog.pg_namespace n ON n.nspname = want.schema
+      JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = want.name
+      JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attname = want.col AND a.attnum > 0 AND NOT a.attisdropped
+     ORDER BY want.i`,
+  [cols.map((x) => x.t.schema), cols.map((x) => x.t.name), cols.map((x) => x.c.name)]);
+  const out: string[] = [];
+  for (const row of r.rows) {
+    const { t, c } = cols[Number(row.i) - 1]!;
+    if (row.type !== c.type) out.push(`${tableKey(t)}.${qi(c.name)} (${c.type} → ${row.type})`);
+  }
+  return out;
 }
 
 /** One line per failed check, for errors and logs. */

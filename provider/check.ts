@@ -247,6 +247,7 @@ export const PREFLIGHT_PROPERTY: Readonly<Record<string, string>> = {
   target_privilege: 'target.user',
   target_tables: 'schemaMode',
   target_empty: 'overwriteTarget',
+  target_column_types: 'schemaMode',
 };
 
 /** The argument a preflight check is about (by name, then by prefix; `source` otherwise). */

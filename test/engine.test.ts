@@ -106,6 +106,11 @@ for (const pair of PAIRS) {
       await source.query("CREATE TABLE m (id bigint PRIMARY KEY, v bigint, t text); INSERT INTO m SELECT g, g * 1000, 'r' || g FROM generate_series(1, 2000) g", [], 'own');
       // v is double precision on the target: a binary COPY would read the source's int8 bytes as float8.
       await target.query('CREATE TABLE m (id bigint PRIMARY KEY, v double precision, t text)', [], 'own');
+      const report = await client.preflight(specFor('own', source, target, 'own', { schemaMode: 'existing' }));
+      assert.equal(report.ok, true);
+      const types = report.checks.find((c) => c.name === 'target_column_types');
+      assert.equal(types?.verdict, 'warn', 'the differing type is named before anything starts');
+      assert.deepEqual(types?.objects, ['public.m.v (bigint → double precision)']);
       await client.startMigration(specFor('own', source, target, 'own', { schemaMode: 'existing' }));
       await waitPhase(client, 'own', 'syncing');
       await source.query("INSERT INTO m SELECT g, g * 1000, 'r' || g FROM generate_series(2001, 2100) g; UPDATE m SET v = -v WHERE id <= 10", [], 'own');
