@@ -42,7 +42,7 @@
 import { qi, ql } from './conn';
 import { PgferryError } from './errors';
 import { formatLsn, type Lsn } from './lsn';
-import { SCAN_NULL, SCAN_UNCHANGED, u32At, type RelationMessage, type Tuple, type TupleData } from './pgoutput';
+import { SCAN_NULL, SCAN_UNCHANGED, isBinaryValue, u32At, type RelationMessage, type Tuple, type TupleData } from './pgoutput';
 
 /** A target table as the apply statements need it. */
 export interface TargetColumn {
@@ -314,7 +314,7 @@ export class KeyHashes {
   }
 }
 
-export const TEXT_OID = 25;
+const TEXT_OID = 25;
 const ARRAY_HEADER = 20;
 
 /**
@@ -462,7 +462,7 @@ export class Plan {
         const i = cols[k];
         const len = this.lens[i];
         if (len === SCAN_UNCHANGED) throw valueMissing('INSERT', g.map, i, g.firstLsn);
-        if (g.map.binary && len >= 0 && t.buf[this.starts[i] - 5] !== KIND_BINARY) throw notBinary(g.map, i);
+        if (g.map.binary && len >= 0 && !isBinaryValue(t.buf, this.starts[i])) throw notBinary(g.map, i);
         arrays[k].add(t.buf, this.starts[i], len);
       }
     }
@@ -522,7 +522,7 @@ export class Plan {
       const len = this.lens[i];
       if (len === SCAN_UNCHANGED) throw valueMissing(op, g.map, i, lsn);
       // A text value in an array of the column's type would be read as its binary form.
-      if (binary && len >= 0 && t.buf[this.starts[i] - 5] !== KIND_BINARY) throw notBinary(g.map, i);
+      if (binary && len >= 0 && !isBinaryValue(t.buf, this.starts[i])) throw notBinary(g.map, i);
       arrays[k].add(t.buf, this.starts[i], len);
     }
   }

@@ -279,11 +279,11 @@ export class Applier {
       const key = qn(c.schema, c.table);
       const t = this.targets.get(key);
       if (!t) continue;
-      if (c.identity === 'f') return `${key} has no replica identity key (REPLICA IDENTITY FULL or none): its rows are matched as text`;
+      if (c.identity === 'f') return keylessReason(key);
       const col = t.columns.get(c.column);
       if (!col || col.generated) continue;
-      if (!col.binaryOk) return `${key}.${qi(c.column)} is of a type whose values travel only as text (user-defined, domain, array, range, reg* or bit)`;
-      if (col.castOid !== c.typeOid) return `${key}.${qi(c.column)} has another type on the target (${col.castType})`;
+      const why = notBinaryReason(key, c.column, col, c.typeOid);
+      if (why) return why;
     }
     return null;
   }
@@ -673,9 +673,11 @@ export class Applier {
       // stream's own description of the table has the last word (a column's
       // type may have changed since). REPLICA IDENTITY FULL rows are matched
       // as the source's text (see `statement`), so they need text too.
-      if (map.full) throw new TextModeNeeded(key, null, `${key} has no replica identity key (REPLICA IDENTITY FULL or none): its rows are matched as text`);
-      const bad = writeIdx.find((i) => !cols[i]!.binaryOk || cols[i]!.castOid !== rel.columns[i].typeOid);
-      if (bad !== undefined) throw new TextModeNeeded(key, qi(rel.columns[bad].name), `${key}.${qi(rel.columns[bad].name)} cannot take binary values (its type on the target is ${cols[bad]!.castType}, on the source OID ${rel.columns[bad].typeOid})`);
+      if (map.full) throw new TextModeNeeded(key, null, keylessReason(key));
+      for (const i of writeIdx) {
+        const why = notBinaryReason(key, rel.columns[i].name, cols[i]!, rel.columns[i].typeOid);
+        if (why) throw new TextModeNeeded(key, qi(rel.columns[i].name), why);
+      }
     }
     this.maps.set(rel.relationOid, map);
     return map;
@@ -1019,6 +1021,18 @@ export class Applier {
     const guards = guardIdx.map((i) => ` AND t.${name(i)} IS NOT DISTINCT FROM ${params.typed(value(nu, i, c), col(i).castType)}`).join('');
     return { text: `UPDATE ${m.target.quoted} AS t SET ${sets} WHERE ${where}${guards}`, values: params.values, step: run, expectRows: 1, onShort: 'fail' };
   }
+}
+
+/** Why a table's values cannot travel in binary form: it has no replica identity key. */
+function keylessReason(key: string): string {
+  return `${key} has no replica identity key (REPLICA IDENTITY FULL or none): its rows are matched as text`;
+}
+
+/** Why a column's values cannot travel in binary form (null: they can), given the source's type OID. */
+function notBinaryReason(key: string, column: string, col: TargetColumn, sourceTypeOid: number): string | null {
+  if (!col.binaryOk) return `${key}.${qi(column)} is of a type whose values travel only as text (user-defined, domain, array, range, reg* or bit)`;
+  if (col.castOid !== sourceTypeOid) return `${key}.${qi(column)} has another type on the target (${col.castType})`;
+  return null;
 }
 
 /** Bind parameters in order. */

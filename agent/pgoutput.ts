@@ -51,6 +51,11 @@ export type TupleValue = string | Buffer | null | typeof UNCHANGED_TOAST;
 /** One row: values in the order of the relation's columns. */
 export type Tuple = TupleValue[];
 
+/** Whether the value `TupleData.scan` placed at `start` came in binary form ('b'): its kind byte sits before its Int32 length. */
+export function isBinaryValue(buf: Buffer, start: number): boolean {
+  return buf[start - 5] === 0x62 /*b*/;
+}
+
 /** Column value lengths `TupleData.scan` reports for a NULL and for an unchanged TOAST value. */
 export const SCAN_NULL = -1;
 export const SCAN_UNCHANGED = -2;
@@ -111,8 +116,7 @@ export class TupleData {
       const len = lens[i];
       if (len === SCAN_NULL) out[i] = null;
       else if (len === SCAN_UNCHANGED) out[i] = UNCHANGED_TOAST;
-      // The kind byte sits before the Int32 length.
-      else if (this.buf[starts[i] - 5] === 0x62 /*b*/) out[i] = Buffer.from(this.buf.subarray(starts[i], starts[i] + len));
+      else if (isBinaryValue(this.buf, starts[i])) out[i] = Buffer.from(this.buf.subarray(starts[i], starts[i] + len));
       else out[i] = this.buf.toString('utf8', starts[i], starts[i] + len);
     }
     this.decoded = out;
