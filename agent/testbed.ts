@@ -51,6 +51,8 @@ export interface Cluster {
    * and start it again on the same data directory (crash recovery).
    */
   crashAndRestart(): Promise<void>;
+  /** Restart the server cleanly (fast shutdown: sessions end, everything committed stays), on the same port. */
+  restart(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -112,12 +114,19 @@ class ClusterImpl implements Cluster {
     await this.query(`CREATE DATABASE "${name.replace(/"/g, '""')}"`);
   }
   async crashAndRestart(): Promise<void> {
+    await this.stopAndStart('SIGKILL');
+  }
+  async restart(): Promise<void> {
+    await this.stopAndStart('SIGINT');
+  }
+  /** SIGKILL: a crash (recovery on start); SIGINT: PostgreSQL's fast shutdown. */
+  private async stopAndStart(signal: 'SIGKILL' | 'SIGINT'): Promise<void> {
     const proc = this.pg.process;
     if (!proc?.pid) throw new Error('the cluster is not running');
     const pid = proc.pid;
-    process.kill(pid, 'SIGKILL');
-    // The backends notice the postmaster's death and exit; a new postmaster
-    // refuses to start while they still hold the shared memory.
+    process.kill(pid, signal);
+    // After a crash the backends notice the postmaster's death and exit; a new
+    // postmaster refuses to start while they still hold the shared memory.
     const alive = (p: number) => { try { process.kill(p, 0); return true; } catch { return false; } };
     while (alive(pid)) await new Promise((r) => setTimeout(r, 20));
     for (let attempt = 0; ; attempt++) {

@@ -4,52 +4,11 @@
  * pgferry's back. Real clusters, a real agent process.
  */
 import assert from 'node:assert/strict';
-import type pg from 'pg';
 import { startCluster, type Cluster } from '../agent/testbed';
 import { AgentClient, isAgentError, type MigrationMessage } from '../provider/client';
 import { startAgent, type AgentProcess } from './support/agent';
 import { assertSameData, waitFor } from './support/compare';
-
-let writerNo = 0;
-
-/**
- * A client that commits tiny transactions as fast as it can and remembers
- * which commits succeeded. Each writer numbers its rows from its own base.
- */
-function ledgerWriter(connect: () => Promise<pg.Client>) {
-  const committed = new Set<number>();
-  const inDoubt = new Set<number>();
-  let refused = 0;
-  let running = true;
-  const base = ++writerNo * 1_000_000;
-  let seq = base;
-  const loop = (async () => {
-    let c: pg.Client | null = null;
-    while (running) {
-      const i = ++seq;
-      try {
-        if (!c) c = await connect();
-        await c.query('BEGIN');
-        await c.query('INSERT INTO ledger (client_seq, note) VALUES ($1, $2)', [i, `tx ${i}`]);
-        await c.query('UPDATE counters SET n = n + 1 WHERE id = $1', [i % 5]);
-        try {
-          await c.query('COMMIT');
-          committed.add(i);
-        } catch {
-          inDoubt.add(i); // the connection died during COMMIT: it may or may not have committed
-          throw new Error('commit in doubt');
-        }
-      } catch {
-        refused++;
-        try { await c?.end(); } catch { /* gone */ }
-        c = null;
-        await new Promise((r) => setTimeout(r, 5));
-      }
-    }
-    await c?.end().catch(() => undefined);
-  })();
-  return { base, committed, inDoubt, get refused() { return refused; }, stop: async () => { running = false; await loop; } };
-}
+import { LEDGER_SCHEMA, assertLedgerHolds, ledgerWriter } from './support/ledger';
 
 describe('cutover: PostgreSQL 14 → 17', function () {
   this.timeout(300_000);
@@ -93,10 +52,7 @@ describe('cutover: PostgreSQL 14 → 17', function () {
     [source, target] = await Promise.all([startCluster({ version: 14, fast: true }), startCluster({ version: 17, fast: true })]);
     await source.createDatabase(DB);
     await target.createDatabase(DB);
-    await source.query(`CREATE TABLE ledger (id bigserial PRIMARY KEY, client_seq int NOT NULL, note text, at timestamptz DEFAULT now());
-      CREATE SEQUENCE standalone_seq; SELECT setval('standalone_seq', 4242);
-      CREATE TABLE counters (id int PRIMARY KEY, n bigint NOT NULL, ref bigint DEFAULT nextval('standalone_seq'));
-      INSERT INTO counters (id, n) SELECT g, 0 FROM generate_series(0, 4) g;
+    await source.query(`${LEDGER_SCHEMA}
       INSERT INTO ledger (client_seq, note) SELECT -g, 'seed' FROM generate_series(1, 5000) g;`, [], DB);
     agent = await startAgent();
     client = new AgentClient({ endpoint: agent.endpoint });
@@ -209,12 +165,8 @@ describe('cutover: PostgreSQL 14 → 17', function () {
     assert.match(rep.fenceLsn, /^[0-9A-F]+\/[0-9A-F]+$/);
     assert.ok(rep.tables.length === 2 && rep.tables.every((t) => t.match));
     // Every commit the client saw succeed is on the target; nothing else but in-doubt ones.
-    const rows = await target.query('SELECT client_seq FROM ledger WHERE client_seq > $1 AND client_seq < $2', [w.base, w.base + 1_000_000], DB);
-    const onTarget = new Set(rows.rows.map((r) => r.client_seq as number));
-    const missing = [...w.committed].filter((i) => !onTarget.has(i));
-    assert.deepEqual(missing, [], 'committed rows missing on the target');
-    const unexpected = [...onTarget].filter((i) => !w.committed.has(i) && !w.inDoubt.has(i));
-    assert.deepEqual(unexpected, []);
+    const t = await target.client(DB);
+    try { await assertLedgerHolds(t, w); } finally { await t.end(); }
     await assertSameData(source, target, DB);
     // Sequences on the target at or above the source's.
     for (const seq of ['ledger_id_seq', 'standalone_seq']) {
