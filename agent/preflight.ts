@@ -6,6 +6,7 @@
  * slot/publication it owns). Output: a `PreflightReport`. Nothing is changed on
  * either server: this runs in `pulumi preview` on pull requests.
  */
+import { randomBytes } from 'node:crypto';
 import type pg from 'pg';
 import { connect, qi, qn, describeEndpoint, resolveEndpoint } from './conn';
 import { selectTables, hasUsableIdentity, tableKey, type TableInfo } from './catalog';
@@ -53,9 +54,11 @@ export async function runPreflight(spec: MigrationSpec, ctx: PreflightContext = 
   let tables: TableInfo[] = [];
   let src: pg.Client | undefined;
   let tgt: pg.Client | undefined;
+  // A name no other session has: the target looks for it among its own sessions (sameDatabase).
+  const probe = `pgferry preflight ${randomBytes(8).toString('hex')}`;
   try {
     try {
-      src = await connect('source', spec.source, { applicationName: 'pgferry preflight' });
+      src = await connect('source', spec.source, { applicationName: probe });
       checks.push(check('source_connection', 'pass', `Connected to the source ${describeEndpoint(resolveEndpoint(spec.source))}.`));
     } catch (e) {
       const err = asPgferryError(e);
@@ -67,6 +70,15 @@ export async function runPreflight(spec: MigrationSpec, ctx: PreflightContext = 
     } catch (e) {
       const err = asPgferryError(e);
       checks.push({ ...check('target_connection', 'fail', err.message, err.remedy), code: err.code });
+    }
+    const same = src && tgt ? await sameDatabase(src, tgt, probe) : null;
+    if (same) {
+      // Every other check would read the source's own tables as the target's
+      // (and advise dropping them): this one is the whole answer.
+      checks.push(check('same_database', 'fail',
+        `The source and the target are the same database: the target connection (${describeEndpoint(resolveEndpoint(spec.target))}) reaches the very server and database that the source connection (${describeEndpoint(resolveEndpoint(spec.source))}) reaches (${same}). A migration onto itself would fence the source and copy its tables onto themselves.`,
+        'Point `target` at the new server and database (for Azure, the flexible server\'s fullyQualifiedDomainName and the database created there). Nothing was changed on either server.'));
+      return { report: { ok: false, checks, sourceVersion, targetVersion, tableCount: 0 }, tables: [] };
     }
     let srcMajor = 0;
     if (src) {
@@ -91,6 +103,29 @@ export async function runPreflight(spec: MigrationSpec, ctx: PreflightContext = 
     tableCount: migratableTables(tables).filter((t) => t.kind === 'r').length,
   };
   return { report, tables: migratableTables(tables) };
+}
+
+/**
+ * Whether two connections reach one database, told by the server itself and
+ * never by host names (two names, or an address and a name, can reach one
+ * server): the source's session, named `probe`, is visible among the
+ * target's sessions in the same database; or, where sessions cannot be seen
+ * (a pooler in between), the system identifier, the postmaster's start time
+ * and the database OID are all equal. Returns what identified it, or null.
+ */
+async function sameDatabase(src: pg.Client, tgt: pg.Client, probe: string): Promise<string | null> {
+  const ident = async (c: pg.Client) => {
+    const r = await c.query(`SELECT d.oid::int8::text AS db_oid, pg_postmaster_start_time()::text AS started
+      FROM pg_database d WHERE d.datname = current_database()`);
+    let sysid: string | null = null;
+    try { sysid = (await c.query('SELECT system_identifier::text AS s FROM pg_control_system()')).rows[0].s; } catch { /* not allowed: the session probe decides */ }
+    return { dbOid: r.rows[0].db_oid as string, started: r.rows[0].started as string, sysid };
+  };
+  const [a, b] = await Promise.all([ident(src), ident(tgt)]);
+  const seen = await tgt.query('SELECT datid::int8::text AS db FROM pg_stat_activity WHERE application_name = $1', [probe]);
+  const onOneServer = seen.rows.length > 0 || (a.sysid !== null && a.sysid === b.sysid && a.started === b.started);
+  if (!onOneServer || a.dbOid !== b.dbOid) return null;
+  return [a.sysid ? `system identifier ${a.sysid}` : 'one server', `database OID ${a.dbOid}`, `server started ${a.started}`].join(', ');
 }
 
 async function sourceChecks(src: pg.Client, spec: MigrationSpec, ctx: PreflightContext, checks: PreflightCheck[]) {

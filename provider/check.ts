@@ -242,6 +242,7 @@ export const PREFLIGHT_PROPERTY: Readonly<Record<string, string>> = {
   unlogged_tables: 'tables',
   large_objects: 'tables',
   target_connection: 'target',
+  same_database: 'target',
   target_version: 'target',
   target_encoding: 'target',
   target_privilege: 'target.user',
