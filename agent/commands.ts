@@ -1,6 +1,6 @@
 /**
  * commands — the operator's side of the `pgferry` CLI: `status`, `preflight`,
- * `start`, `cutover`, `cancel-cutover` and `delete`, each a client of a
+ * `start`, `cutover`, `cancel-cutover`, `pause`, `resume`, `unfence` and `delete`, each a client of a
  * running agent (provider/client.ts), with human output for an 80-column
  * terminal or `--json` for scripts.
  *
@@ -442,6 +442,23 @@ export function registerClientCommands(program: Command, io: Io = { out: process
         const m = await client.resumeMigration(id);
         if (o.json) printJson(io, m);
         else print(io, [`Resumed migration ${m.id}.`, ...renderMigration(m, { width: termWidth(io) })]);
+      });
+    })());
+
+  withConnection(program.command('unfence')
+    .argument('<id>', 'the migration id')
+    .description('Lift the write fence a cutover raised on the source database now, verified (idempotent: nothing to do when none is up). A running cutover is cancelled first.')
+    .option('--after-cutover', 'also lift the fence a completed cutover keeps on purpose (writes to the old source then never reach the target)')
+    .option('--json', 'print the resulting status message as JSON'))
+    .action((id: string, o: ConnectionFlags & { json?: boolean; afterCutover?: boolean }) => run(async () => {
+      await withClient(io, o, async (client) => {
+        const before = await client.getMigration(id);
+        const m = await client.unfence(id, { afterCutover: o.afterCutover });
+        if (o.json) { printJson(io, m); return; }
+        const was = before.fence?.state && before.fence.state !== 'none';
+        print(io, [was
+          ? `Lifted the fence on database '${before.fence!.database}' and verified it: new sessions there are writable again.`
+          : `No fence of migration ${m.id} is up on the source: nothing to do.`, ...renderMigration(m, { width: termWidth(io) })]);
       });
     })());
 

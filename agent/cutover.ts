@@ -19,11 +19,17 @@
  *     their writes are refused with SQLSTATE 25006);
  *  4. the fence LSN is read after the terminated sessions are gone: every
  *     transaction that committed on the source is below it.
- * The fence state is saved in the agent's state file BEFORE the ALTER, so a
- * crash anywhere lets the restarted agent lift it (restoring the database's
- * previous setting exactly). After completion the fence stays: the source
- * must not take writes the target will never see. `RESET` it yourself when
- * you need the old database writable again.
+ * fence.ts owns the fence: it is recorded in the agent's state file BEFORE the
+ * ALTER, and a cutover that does not complete ends with a lift that is
+ * verified by reading the setting back on a fresh connection, or, when the
+ * source cannot be reached, retried in the background until it is (the
+ * status says 'lift-pending' meanwhile). After completion the fence stays:
+ * the source must not take writes the target will never see
+ * (`pgferry unfence --after-cutover` lifts it on purpose).
+ *
+ * Every step checks the cancel signal (cancel-cutover before the fence,
+ * `pgferry unfence` after it) and passes a failpoint (`cutover.<step>`) that
+ * the fault-injection tests pause at.
  *
  * Write downtime = from the fence start until the target was ready (changes
  * drained and sequences set). Validation follows while the source is still
@@ -33,11 +39,13 @@ import type pg from 'pg';
 import { connect, qi, qn, resolveEndpoint } from './conn';
 import { PgferryError, asPgferryError, isPgferryError } from './errors';
 import { formatLsn, parseLsn, type Lsn } from './lsn';
-import { dataColumns, dataTables, selectTables, tableKey } from './catalog';
+import { dataColumns, dataTables, selectTables, tableKey, type TableInfo } from './catalog';
 import { migratableTables } from './preflight';
 import { listSequences } from './schema';
 import { tableFingerprint, tableRowCount } from './checksum';
 import { setMarker } from './target-state';
+import { failpoint } from './failpoints';
+import { liftStatement, type LiftResult } from './fence';
 import type { MigrationRunner } from './migration';
 
 export const FENCE_METHODS = ['default_transaction_read_only'] as const;
@@ -78,8 +86,6 @@ export interface CutoverReport {
   completedAt: string;
   error: string;
   attempts: number;
-  /** Durable fence bookkeeping (to lift it after a crash). */
-  fence?: { active: boolean; database: string; previous: string | null };
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -92,191 +98,253 @@ function newReport(prev: CutoverReport | undefined, validation: Validation): Cut
   };
 }
 
-/** Lift a fence left behind (agent crash during a cutover). Safe to call any time. */
-export async function liftFence(runner: MigrationRunner, conn?: pg.Client): Promise<boolean> {
-  const report = runner.rec.cutover as CutoverReport | undefined;
-  const fence = report?.fence;
-  if (!fence?.active) return false;
-  // A fenced database starts every new session read-only, this one included.
-  const c = conn ?? await connect('source', runner.spec.source, { applicationName: `pgferry cutover ${runner.rec.id}`, extraOptions: '-c default_transaction_read_only=off' });
-  try {
-    if (fence.previous === null) {
-      await c.query(`ALTER DATABASE ${qi(fence.database)} RESET default_transaction_read_only`);
-    } else {
-      await c.query(`ALTER DATABASE ${qi(fence.database)} SET default_transaction_read_only = ${fence.previous === 'on' ? 'on' : 'off'}`);
-    }
-    fence.active = false;
-    runner.save();
-    return true;
-  } finally {
-    if (!conn) await c.end().catch(() => undefined);
+/** One cutover in progress: its runner, connections, options, report and clock. */
+interface Cut {
+  runner: MigrationRunner;
+  src: pg.Client;
+  tgt: pg.Client;
+  database: string;
+  report: CutoverReport;
+  signal: AbortSignal;
+  deadline: number;
+  timeoutMs: number;
+  log: (level: 'info' | 'warn' | 'error', msg: string) => void;
+}
+
+const remaining = (c: Cut) => c.deadline - Date.now();
+
+function timedOut(c: Cut, what: string): PgferryError {
+  return new PgferryError('CUTOVER_TIMEOUT', `The cutover timed out after ${c.timeoutMs} ms while ${what}.`,
+    'Retry when the write load is lower, or raise `cutoverOptions.timeoutMs` / `maxLagBytes`.');
+}
+
+function cancelled(c: Cut): PgferryError {
+  const fenced = !!c.runner.fence.record;
+  const why = typeof c.signal.reason === 'string' ? c.signal.reason : 'cancel-cutover';
+  return new PgferryError('CUTOVER_CANCELLED', `The cutover was cancelled (${why}) while ${c.report.state}${fenced ? '' : '; nothing was fenced'}.`, 'Start the cutover again when ready.');
+}
+
+/** Enter a step: record it, stop if cancelled, pass its failpoint. */
+async function step(c: Cut, s: CutoverReport['state'] | 'completing'): Promise<void> {
+  if (s !== 'completing') {
+    c.report.state = s;
+    c.runner.rec.cutover = c.report as unknown as Record<string, unknown>;
+    c.runner.save();
+    c.log('info', `cutover: ${s}`);
   }
+  if (c.signal.aborted) throw cancelled(c);
+  await failpoint(`cutover.${s}`);
+  if (c.signal.aborted) throw cancelled(c);
+}
+
+function syncFailed(c: Cut, during: string): PgferryError | null {
+  const rec = c.runner.rec;
+  if ((rec.phase as string) !== 'failed') return null;
+  return new PgferryError('CUTOVER_FAILED', `Sync failed ${during}: ${rec.error?.message}`, rec.error?.remedy ?? '');
+}
+
+/** 1. Lag under the thresholds, without fencing (cancellable). */
+async function waitForLag(c: Cut, maxLagBytes: number, maxLagSeconds: number): Promise<void> {
+  await step(c, 'waiting-for-lag');
+  for (;;) {
+    if (c.signal.aborted) throw cancelled(c);
+    const failed = syncFailed(c, 'while waiting for lag');
+    if (failed) throw failed;
+    const s = await c.runner.status();
+    if (c.runner.sync && s.lagBytes <= maxLagBytes && s.lagSeconds <= maxLagSeconds) return;
+    if (remaining(c) <= 0) throw timedOut(c, `waiting for lag (now ${s.lagBytes} bytes, ${s.lagSeconds.toFixed(1)} s)`);
+    await sleep(100);
+  }
+}
+
+/** 2. Fence: new sessions read-only, a grace for writers, the rest ended; returns the fence LSN. */
+async function fenceWriters(c: Cut, graceMs: number): Promise<{ fenceStart: number; fenceLsn: Lsn }> {
+  await step(c, 'fencing');
+  const fenceStart = Date.now();
+  c.report.fenceStartedAt = new Date(fenceStart).toISOString();
+  await c.runner.fence.raise(c.src, c.database);
+  await failpoint('cutover.fenced');
+  if (c.signal.aborted) throw cancelled(c);
+  // Grace for transactions that already wrote.
+  const graceEnd = Date.now() + graceMs;
+  while (Date.now() < graceEnd) {
+    const w = await c.src.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()
+      AND backend_type = 'client backend' AND backend_xid IS NOT NULL AND coalesce(application_name, '') NOT LIKE 'pgferry%'`);
+    if (w.rows[0].n === 0) break;
+    await sleep(20);
+  }
+  const killed = await c.src.query(`SELECT pid, pg_terminate_backend(pid) AS ok FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()
+      AND backend_type = 'client backend' AND coalesce(application_name, '') NOT LIKE 'pgferry%'`);
+  const pids = killed.rows.map((r) => r.pid as number);
+  while (pids.length) {
+    const left = await c.src.query('SELECT count(*)::int AS n FROM pg_stat_activity WHERE pid = ANY($1::int[])', [pids]);
+    if (left.rows[0].n === 0) break;
+    if (remaining(c) <= 0) throw timedOut(c, 'waiting for terminated sessions to exit');
+    await sleep(10);
+  }
+  // The INSERT position, not pg_current_wal_lsn() (the write position): with
+  // synchronous_commit=off an acknowledged commit can sit above the latter.
+  const fenceLsn: Lsn = parseLsn((await c.src.query('SELECT pg_current_wal_insert_lsn()::text AS l')).rows[0].l);
+  c.report.fenceLsn = formatLsn(fenceLsn);
+  c.log('info', `cutover: fenced at ${c.report.fenceLsn}; ended ${pids.length} session(s)`);
+  return { fenceStart, fenceLsn };
+}
+
+/** 3. Drain: the target has committed everything below the fence, durably. */
+async function drainToFence(c: Cut, fenceLsn: Lsn): Promise<void> {
+  await step(c, 'draining');
+  for (;;) {
+    if (c.signal.aborted) throw cancelled(c);
+    const failed = syncFailed(c, 'during the drain');
+    if (failed) throw failed;
+    const s = c.runner.sync;
+    // Everything below the fence committed on the target: either applied
+    // past it, or decoded past it (at a transaction boundary) with nothing
+    // pending — a batch that failed stays pending, and a new session
+    // reports only what it decoded itself (sync.ts).
+    if (s && s.pendingChanges === 0 && (s.appliedLsn >= fenceLsn || s.decodedLsn >= fenceLsn)) break;
+    if (remaining(c) <= 0) throw timedOut(c, `draining to the fence LSN ${c.report.fenceLsn} (applied ${s ? formatLsn(s.appliedLsn) : 'nothing yet'})`);
+    await sleep(5);
+  }
+  // The apply commits asynchronously; make everything it committed durable
+  // before the target takes over (a synchronous commit flushes all WAL before it).
+  await c.tgt.query('SET synchronous_commit = on');
+  await setMarker(c.tgt, c.runner.rec.id, 'cutover-drained', c.report.fenceLsn);
+}
+
+/** 4. Sequences: after the last change, so the first insert on the target cannot collide. */
+async function syncSequences(c: Cut, tables: TableInfo[]): Promise<void> {
+  await step(c, 'sequences');
+  for (const sq of await listSequences(c.src, tables)) {
+    const v = await c.src.query(`SELECT last_value::text AS v, is_called FROM ${qn(sq.schema, sq.name)}`);
+    const value = v.rows[0].v as string;
+    await c.tgt.query('SELECT setval($1::regclass, $2::bigint, $3)', [qn(sq.schema, sq.name), value, v.rows[0].is_called]);
+    c.report.sequences.push({ sequence: qn(sq.schema, sq.name), value: Number(value) });
+  }
+}
+
+/** 5. Validation (source still fenced, so both sides are still). */
+async function validateTables(c: Cut, tables: TableInfo[], validation: Validation): Promise<void> {
+  await step(c, 'validating');
+  const v0 = Date.now();
+  c.report.validationOk = true;
+  if (validation !== 'none') {
+    for (const t of dataTables(tables)) {
+      const key = tableKey(t);
+      if (validation === 'counts') {
+        const [a, b] = await Promise.all([tableRowCount(c.src, t.schema, t.name), tableRowCount(c.tgt, t.schema, t.name)]);
+        c.report.tables.push({ table: key, sourceRows: a, targetRows: b, sourceChecksum: '', targetChecksum: '', match: a === b });
+      } else {
+        const cols = dataColumns(t).map((col) => col.name);
+        const [a, b] = await Promise.all([tableFingerprint(c.src, t.schema, t.name, cols), tableFingerprint(c.tgt, t.schema, t.name, cols)]);
+        c.report.tables.push({ table: key, sourceRows: a.rows, targetRows: b.rows, sourceChecksum: a.checksum, targetChecksum: b.checksum, match: a.rows === b.rows && a.checksum === b.checksum });
+      }
+    }
+    const bad = c.report.tables.filter((x) => !x.match);
+    if (bad.length) {
+      c.report.validationOk = false;
+      throw new PgferryError('CUTOVER_FAILED', `Validation found ${bad.length} table(s) that differ between source and target: ${bad.map((x) => `${x.table} (source ${x.sourceRows} rows, target ${x.targetRows})`).join(', ')}.`,
+        'Something changed the target behind pgferry\'s back, or rows were lost. Inspect those tables; re-create the migration to reload them.');
+    }
+  }
+  c.report.validationMs = Date.now() - v0;
+}
+
+/** What the failed cutover's message says about the fence: only what was verified. */
+function fenceOutcome(runner: MigrationRunner, database: string, lift: LiftResult): string {
+  if (!lift.wasUp) return 'Nothing was fenced: the source accepted writes throughout, and the sync continues.';
+  if (lift.lifted) {
+    return `The fence was lifted and verified: database '${database}' accepts writes again${lift.sessionsEnded ? ` (${lift.sessionsEnded} session(s) opened read-only during the fence were ended so that they reconnect writable)` : ''}, and the sync continues.`;
+  }
+  const f = runner.fence.record;
+  return `The fence could NOT be lifted yet (${lift.error}): database '${database}' still starts every new session read-only. `
+    + `The agent keeps retrying every few seconds (pgferry status ${runner.rec.id} shows the fence as 'lift-pending'); to lift it by hand now: `
+    + `${f ? liftStatement(f.database, f.previous) : liftStatement(database, null)} (or pgferry unfence ${runner.rec.id}).`;
 }
 
 /**
  * Run the cutover. Resolves with the completed report; rejects with
- * CUTOVER_FAILED / CUTOVER_TIMEOUT / CUTOVER_CANCELLED after lifting the fence.
+ * CUTOVER_FAILED / CUTOVER_TIMEOUT / CUTOVER_CANCELLED after lifting the
+ * fence (verified, or left to the background retry and said so).
  */
 export async function runCutover(runner: MigrationRunner, opts: CutoverOptions, signal: AbortSignal): Promise<CutoverReport> {
-  const maxLagBytes = opts.maxLagBytes ?? 1024 * 1024;
-  const maxLagSeconds = opts.maxLagSeconds ?? 5;
-  const timeoutMs = opts.timeoutMs ?? 300_000;
-  const graceMs = opts.graceMs ?? 500;
-  const validation = opts.validation ?? 'checksums';
-  const deadline = Date.now() + timeoutMs;
-  const report = newReport(runner.rec.cutover as CutoverReport | undefined, validation);
-  const log = (level: 'info' | 'warn' | 'error', msg: string) => runner.logFn(level, msg, { migration: runner.rec.id, step: report.state });
-  const setState = (s: CutoverReport['state']) => { report.state = s; runner.rec.cutover = report as unknown as Record<string, unknown>; runner.save(); log('info', `cutover: ${s}`); };
-  const remaining = () => deadline - Date.now();
-  const timedOut = (what: string) => new PgferryError('CUTOVER_TIMEOUT', `The cutover timed out after ${timeoutMs} ms while ${what}.`,
-    'Retry when the write load is lower, or raise `cutoverOptions.timeoutMs` / `maxLagBytes`.');
-
-  runner.rec.phase = 'cutting-over';
-  setState('waiting-for-lag');
   const database = resolveEndpoint(runner.spec.source).database;
-  let src: pg.Client | undefined;
-  let tgt: pg.Client | undefined;
+  if (runner.fence.pending) {
+    // An earlier cutover's fence is not verified lifted: lift it first (its
+    // `previous` setting is the one to restore, not today's 'on').
+    const lift = await runner.fence.liftOnce();
+    if (!lift.lifted) {
+      runner.fence.keepLifting();
+      throw new PgferryError('CUTOVER_FAILED', `An earlier cutover's fence on database '${database}' is not lifted yet (${lift.error}); nothing new was fenced.`,
+        `Wait until the agent lifts it (pgferry status ${runner.rec.id}), or lift it by hand: ${runner.fence.status(false).liftStatement}`);
+    }
+  }
+  const validation = opts.validation ?? 'checksums';
+  const timeoutMs = opts.timeoutMs ?? 300_000;
+  const report = newReport(runner.rec.cutover as CutoverReport | undefined, validation);
+  const c: Cut = {
+    runner, database, report, signal, timeoutMs, deadline: Date.now() + timeoutMs,
+    src: undefined as unknown as pg.Client, tgt: undefined as unknown as pg.Client,
+    log: (level, msg) => runner.logFn(level, msg, { migration: runner.rec.id, step: report.state }),
+  };
+  runner.rec.phase = 'cutting-over';
+  let connected = false;
   try {
-    src = await connect('source', runner.spec.source, { applicationName: `pgferry cutover ${runner.rec.id}`, extraOptions: '-c default_transaction_read_only=off' });
-    tgt = await connect('target', runner.spec.target, { applicationName: `pgferry cutover ${runner.rec.id}` });
-    await checkFencePrivileges(src, database);
-    const prepared = await src.query('SELECT gid FROM pg_prepared_xacts WHERE database = current_database()');
+    c.src = await connect('source', runner.spec.source, { applicationName: `pgferry cutover ${runner.rec.id}`, extraOptions: '-c default_transaction_read_only=off' });
+    c.tgt = await connect('target', runner.spec.target, { applicationName: `pgferry cutover ${runner.rec.id}` }).catch(async (e) => { await c.src.end().catch(() => undefined); throw e; });
+    connected = true;
+    await checkFencePrivileges(c.src, database);
+    const prepared = await c.src.query('SELECT gid FROM pg_prepared_xacts WHERE database = current_database()');
     if (prepared.rows.length) {
       throw new PgferryError('CUTOVER_FAILED', `The source database has ${prepared.rows.length} prepared transaction(s) (${prepared.rows.map((r) => r.gid).join(', ')}) that could commit after the fence.`,
         'COMMIT PREPARED or ROLLBACK PREPARED them, then retry the cutover.');
     }
-
-    // 1. Lag under the thresholds, without fencing (cancellable).
-    for (;;) {
-      if (signal.aborted) throw new PgferryError('CUTOVER_CANCELLED', 'The cutover was cancelled while waiting for lag; nothing was fenced.', 'Start the cutover again when ready.');
-      if ((runner.rec.phase as string) === 'failed') throw new PgferryError('CUTOVER_FAILED', `Sync failed while waiting for lag: ${runner.rec.error?.message}`, runner.rec.error?.remedy ?? '');
-      const s = await runner.status();
-      if (runner.sync && s.lagBytes <= maxLagBytes && s.lagSeconds <= maxLagSeconds) break;
-      if (remaining() <= 0) throw timedOut(`waiting for lag (now ${s.lagBytes} bytes, ${s.lagSeconds.toFixed(1)} s)`);
-      await sleep(100);
-    }
-
-    // 2. Fence. Saved first so that a crash after the ALTER can lift it.
-    setState('fencing');
-    const prev = await src.query(`SELECT (SELECT split_part(x, '=', 2) FROM unnest(s.setconfig) x WHERE x LIKE 'default\\_transaction\\_read\\_only=%') AS v
-      FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase WHERE d.datname = $1 AND s.setrole = 0`, [database]);
-    report.fence = { active: true, database, previous: prev.rows[0]?.v ?? null };
-    runner.save();
-    const fenceStart = Date.now();
-    report.fenceStartedAt = new Date(fenceStart).toISOString();
-    await src.query(`ALTER DATABASE ${qi(database)} SET default_transaction_read_only = on`);
-    // Grace for transactions that already wrote.
-    const graceEnd = Date.now() + graceMs;
-    while (Date.now() < graceEnd) {
-      const w = await src.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()
-        AND backend_type = 'client backend' AND backend_xid IS NOT NULL AND coalesce(application_name, '') NOT LIKE 'pgferry%'`);
-      if (w.rows[0].n === 0) break;
-      await sleep(20);
-    }
-    const killed = await src.query(`SELECT pid, pg_terminate_backend(pid) AS ok FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()
-        AND backend_type = 'client backend' AND coalesce(application_name, '') NOT LIKE 'pgferry%'`);
-    const pids = killed.rows.map((r) => r.pid as number);
-    while (pids.length) {
-      const left = await src.query('SELECT count(*)::int AS n FROM pg_stat_activity WHERE pid = ANY($1::int[])', [pids]);
-      if (left.rows[0].n === 0) break;
-      if (remaining() <= 0) throw timedOut('waiting for terminated sessions to exit');
-      await sleep(10);
-    }
-    // The INSERT position, not pg_current_wal_lsn() (the write position): with
-    // synchronous_commit=off an acknowledged commit can sit above the latter.
-    const fenceLsn: Lsn = parseLsn((await src.query('SELECT pg_current_wal_insert_lsn()::text AS l')).rows[0].l);
-    report.fenceLsn = formatLsn(fenceLsn);
-    log('info', `cutover: fenced at ${report.fenceLsn}; ended ${pids.length} session(s)`);
-
-    // 3. Drain: the target has committed everything below the fence.
-    setState('draining');
-    for (;;) {
-      if ((runner.rec.phase as string) === 'failed') throw new PgferryError('CUTOVER_FAILED', `Sync failed during the drain: ${runner.rec.error?.message}`, runner.rec.error?.remedy ?? '');
-      const s = runner.sync;
-      // Everything below the fence committed on the target: either applied
-      // past it, or decoded past it (at a transaction boundary) with nothing
-      // pending — a batch that failed stays pending, and a new session
-      // reports only what it decoded itself (sync.ts).
-      if (s && s.pendingChanges === 0 && (s.appliedLsn >= fenceLsn || s.decodedLsn >= fenceLsn)) break;
-      if (remaining() <= 0) throw timedOut(`draining to the fence LSN ${report.fenceLsn} (applied ${s ? formatLsn(s.appliedLsn) : 'nothing yet'})`);
-      await sleep(5);
-    }
-
-    // The apply commits asynchronously; make everything it committed durable
-    // before the target takes over (a synchronous commit flushes all WAL before it).
-    await tgt.query('SET synchronous_commit = on');
-    await setMarker(tgt, runner.rec.id, 'cutover-drained', report.fenceLsn);
-
-    // 4. Sequences: after the last change, so the first insert on the target cannot collide.
-    setState('sequences');
-    const sel = await selectTables(src, runner.spec.tables);
-    const tables = migratableTables(sel.tables);
-    if (!opts.skipSequences) {
-      const seqs = await listSequences(src, tables);
-      for (const sq of seqs) {
-        const v = await src.query(`SELECT last_value::text AS v, is_called FROM ${qn(sq.schema, sq.name)}`);
-        const value = v.rows[0].v as string;
-        await tgt.query('SELECT setval($1::regclass, $2::bigint, $3)', [qn(sq.schema, sq.name), value, v.rows[0].is_called]);
-        report.sequences.push({ sequence: qn(sq.schema, sq.name), value: Number(value) });
-      }
-    }
+    await waitForLag(c, opts.maxLagBytes ?? 1024 * 1024, opts.maxLagSeconds ?? 5);
+    const { fenceStart, fenceLsn } = await fenceWriters(c, opts.graceMs ?? 500);
+    await drainToFence(c, fenceLsn);
+    const tables = migratableTables((await selectTables(c.src, runner.spec.tables)).tables);
+    if (!opts.skipSequences) await syncSequences(c, tables);
+    else await step(c, 'sequences');
     const ready = Date.now();
     report.writeDowntimeMs = ready - fenceStart;
+    await validateTables(c, tables, validation);
 
-    // 5. Validation (source still fenced, so both sides are still).
-    setState('validating');
-    const v0 = Date.now();
-    report.validationOk = true;
-    if (validation !== 'none') {
-      for (const t of dataTables(tables)) {
-        const key = tableKey(t);
-        if (validation === 'counts') {
-          const [a, b] = await Promise.all([tableRowCount(src, t.schema, t.name), tableRowCount(tgt, t.schema, t.name)]);
-          report.tables.push({ table: key, sourceRows: a, targetRows: b, sourceChecksum: '', targetChecksum: '', match: a === b });
-        } else {
-          const cols = dataColumns(t).map((c) => c.name);
-          const [a, b] = await Promise.all([tableFingerprint(src, t.schema, t.name, cols), tableFingerprint(tgt, t.schema, t.name, cols)]);
-          report.tables.push({ table: key, sourceRows: a.rows, targetRows: b.rows, sourceChecksum: a.checksum, targetChecksum: b.checksum, match: a.rows === b.rows && a.checksum === b.checksum });
-        }
-      }
-      const bad = report.tables.filter((x) => !x.match);
-      if (bad.length) {
-        report.validationOk = false;
-        throw new PgferryError('CUTOVER_FAILED', `Validation found ${bad.length} table(s) that differ between source and target: ${bad.map((x) => `${x.table} (source ${x.sourceRows} rows, target ${x.targetRows})`).join(', ')}.`,
-          'Something changed the target behind pgferry\'s back, or rows were lost. Inspect those tables; the source stays writable and sync continues. Re-create the migration to reload them.');
-      }
-    }
-    report.validationMs = Date.now() - v0;
-
-    // 6. Completed: stop streaming; the slot stays until the migration is deleted.
+    // 6. Completed: the fence is kept, streaming stops; the slot stays until the migration is deleted.
+    await step(c, 'completing');
     report.fenceEndedAt = new Date(ready).toISOString();
     report.completedAt = new Date().toISOString();
     report.state = 'completed';
+    runner.fence.markKept();
     runner.rec.phase = 'completed';
     runner.rec.cutover = report as unknown as Record<string, unknown>;
-    runner.save();
+    runner.save(); // phase, report and the kept fence in one atomic write
     await runner.stopSync();
-    log('info', `cutover completed: write downtime ${report.writeDowntimeMs} ms, fence LSN ${report.fenceLsn}`);
+    c.log('info', `cutover completed: write downtime ${report.writeDowntimeMs} ms, fence LSN ${report.fenceLsn}`);
     return report;
   } catch (e) {
     const err = isPgferryError(e) ? e : asPgferryError(e, 'CUTOVER_FAILED', `cutover step '${report.state}'`);
-    report.error = err.detail;
-    const step = report.state;
+    const failedStep = report.state;
     report.state = 'failed';
-    try {
-      if (await liftFence(runner, src)) log('warn', 'cutover failed: the fence was lifted, the source accepts writes again');
-    } catch (liftErr) {
-      log('error', `cutover failed AND lifting the fence failed: ${(liftErr as Error).message}`);
-      report.warnings.push(`The source database '${database}' may still be read-only: run ALTER DATABASE ${qi(database)} RESET default_transaction_read_only;`);
+    // Never the connection that may have failed: a fresh one, verified (fence.ts).
+    const lift = await runner.fence.liftOnce();
+    if (!lift.lifted) {
+      runner.fence.keepLifting();
+      report.warnings.push(`The source database '${database}' is still read-only: the agent keeps trying to lift the fence; by hand: ${runner.fence.status(false).liftStatement}`);
     }
+    const outcome = fenceOutcome(runner, database, lift);
+    report.error = `${err.detail} ${outcome}`;
     if (runner.rec.phase === 'cutting-over') runner.rec.phase = 'syncing';
     runner.rec.cutover = report as unknown as Record<string, unknown>;
     runner.save();
-    if (err.code === 'CUTOVER_TIMEOUT' || err.code === 'CUTOVER_CANCELLED' || err.code === 'CUTOVER_FAILED') throw err;
-    throw new PgferryError('CUTOVER_FAILED', `The cutover failed while ${step}: ${err.message}`, err.remedy || 'Fix the cause and run the cutover again; the source accepts writes and sync continues.', { cause: e });
+    c.log(lift.lifted ? 'warn' : 'error', `cutover failed while ${failedStep}: ${err.message} ${outcome}`);
+    const code = err.code === 'CUTOVER_TIMEOUT' || err.code === 'CUTOVER_CANCELLED' ? err.code : 'CUTOVER_FAILED';
+    const message = code === 'CUTOVER_FAILED' && err.code !== 'CUTOVER_FAILED' ? `The cutover failed while ${failedStep}: ${err.message}` : err.message;
+    throw new PgferryError(code, `${message} ${outcome}`, err.remedy || 'Fix the cause and run the cutover again.', { cause: e });
   } finally {
-    await src?.end().catch(() => undefined);
-    await tgt?.end().catch(() => undefined);
+    if (connected) {
+      await c.src.end().catch(() => undefined);
+      await c.tgt.end().catch(() => undefined);
+    }
   }
 }
 

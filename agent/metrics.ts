@@ -50,6 +50,8 @@ export const METRIC_NAMES = [
   'pgferry_cutover_state',
   'pgferry_cutover_write_downtime_milliseconds',
   'pgferry_cutover_validation_ok',
+  'pgferry_source_fence_up',
+  'pgferry_source_fence_lift_pending',
   'pgferry_errors_total',
   'pgferry_rpc_calls_total',
   'pgferry_tls_certificate_expiry_timestamp_seconds',
@@ -103,6 +105,8 @@ export class AgentMetrics {
     gauge('pgferry_slot_retained_wal_bytes', "WAL the source keeps for the migration's replication slot, bytes.", ['migration', 'slot']);
     gauge('pgferry_cutover_state', '1 for the state the last cutover is in, 0 for the others (absent before a cutover).', ['migration', 'state']);
     gauge('pgferry_cutover_write_downtime_milliseconds', 'Write downtime of the last completed cutover: fence start until the target was ready, ms.', ['migration']);
+    gauge('pgferry_source_fence_up', '1 while the write fence is up on the source database (during a cutover, lift pending, or kept after a completed one), 0 otherwise.', ['migration']);
+    gauge('pgferry_source_fence_lift_pending', '1 while a cutover that did not complete left the fence up and its lift is not verified yet (the source refuses writes; the agent keeps retrying), 0 otherwise.', ['migration']);
     gauge('pgferry_cutover_validation_ok', '1 when the cutover validation matched, 0 when it did not (absent until validated).', ['migration']);
     this.errors = new Counter({ name: 'pgferry_errors_total', help: 'Errors by pgferry code: failed RPCs (origin rpc) and migration failures (origin migration).', labelNames: ['code', 'origin'], registers: [r] });
     this.rpcs = new Counter({ name: 'pgferry_rpc_calls_total', help: 'Finished gRPC calls by method and gRPC status.', labelNames: ['method', 'status'], registers: [r] });
@@ -157,6 +161,9 @@ export class AgentMetrics {
       g.pgferry_lag_bytes.set({ migration }, s.lagBytes);
       g.pgferry_lag_seconds.set({ migration }, s.lagSeconds);
       g.pgferry_slot_retained_wal_bytes.set({ migration, slot: s.slotName }, s.retainedWalBytes);
+      const fence = s.fence?.state ?? 'none';
+      g.pgferry_source_fence_up.set({ migration }, fence === 'none' ? 0 : 1);
+      g.pgferry_source_fence_lift_pending.set({ migration }, fence === 'lift-pending' ? 1 : 0);
       const cut = s.cutover as { state?: string; writeDowntimeMs?: number; validationOk?: boolean; validation?: string } | undefined;
       if (cut?.state) {
         for (const st of CUTOVER_STATES) g.pgferry_cutover_state.set({ migration, state: st }, cut.state === st ? 1 : 0);

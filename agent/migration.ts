@@ -30,7 +30,7 @@ import { runSync, type SyncProgress } from './sync';
 import { isTransientError } from './apply';
 import { ensureTargetState, getMarker, setMarker, dropTargetState } from './target-state';
 import type { MigrationRecord, Phase, StateStore } from './state';
-import { liftFence } from './cutover';
+import { FenceKeeper, type FenceStatus } from './fence';
 import type { MigrationSpec } from './spec';
 
 export type LogFn = (level: 'info' | 'warn' | 'error', msg: string, fields?: object) => void;
@@ -58,6 +58,8 @@ export interface MigrationStatus {
   /** An operator paused it (pgferry pause); `pausedAt` says since when. */
   paused: boolean;
   pausedAt: string;
+  /** The write fence on the source (fence.ts). */
+  fence: FenceStatus;
 }
 
 const TERMINAL: Phase[] = ['completed', 'deleted'];
@@ -98,11 +100,32 @@ export class MigrationRunner {
   readonly logFn: LogFn;
   /** The cutover in progress, if any, and how to cancel it. */
   cutoverRun: { promise: Promise<unknown>; abort: AbortController } | null = null;
+  /** The one owner of the source's write fence. */
+  readonly fence: FenceKeeper;
 
   constructor(private store: StateStore, rec: MigrationRecord, private log: LogFn) {
     this.logFn = log;
     this.rec = rec;
     this.spec = store.openSpec(rec.spec);
+    upgradeFenceRecord(rec);
+    this.fence = new FenceKeeper({
+      id: rec.id, record: rec, source: this.spec.source,
+      save: () => this.save(),
+      log: (level, msg, fields) => this.log(level, msg, { migration: rec.id, ...fields }),
+      onLifted: (at) => {
+        // The failed cutover's report said what was true when it failed; add what is true now.
+        const rep = this.rec.cutover as { state?: string; warnings?: string[] } | undefined;
+        if (rep?.state === 'failed') {
+          rep.warnings = (rep.warnings ?? []).filter((w) => !w.includes('is still read-only'));
+          rep.warnings.push(`The fence was lifted and verified at ${at}.`);
+        }
+      },
+    });
+  }
+
+  /** A fence left up (a failed cutover whose lift did not verify, an agent killed mid-cutover): keep lifting it, whatever the phase. */
+  resumeFenceLift(): void {
+    if (this.fence.pending && !this.cutoverRun) this.fence.keepLifting();
   }
 
   get phase(): Phase { return this.rec.phase; }
@@ -162,6 +185,12 @@ export class MigrationRunner {
     this.monitor = null;
   }
 
+  /** Stop everything, the fence's lift retries included (agent shutdown; the record keeps the fence for the next start). */
+  async shutdown(): Promise<void> {
+    await this.stop();
+    await this.fence.stop();
+  }
+
   save(): void { this.store.put(this.rec); }
 
   private setPhase(p: Phase): void {
@@ -205,11 +234,18 @@ export class MigrationRunner {
 
   private async drivePhases(signal: AbortSignal): Promise<void> {
     if (this.rec.phase === 'cutting-over' && !this.cutoverRun) {
-      // The agent stopped in the middle of a cutover: undo the fence, keep syncing.
-      if (await liftFence(this)) this.log('warn', 'A cutover was interrupted by an agent restart; the fence was lifted and sync resumes', { migration: this.rec.id });
+      // The agent stopped in the middle of a cutover: it did not complete, so
+      // the fence comes down (verified, retried until it is) and sync resumes.
       const rep = this.rec.cutover as { state?: string; error?: string } | undefined;
-      if (rep && rep.state !== 'completed') { rep.state = 'failed'; rep.error = rep.error || 'interrupted by an agent restart'; }
+      if (rep && rep.state !== 'completed') {
+        rep.error = rep.error || `Interrupted by an agent restart while ${rep.state}. ${this.fence.pending
+          ? 'The restarted agent lifts the fence it raised and verifies it (the fence in the status shows when that is done).'
+          : 'Nothing was fenced: the source accepted writes throughout, and the sync continues.'}`;
+        rep.state = 'failed';
+      }
+      this.log('warn', `A cutover was interrupted by an agent restart; ${this.fence.pending ? 'lifting its fence, ' : ''}sync resumes`, { migration: this.rec.id });
       this.setPhase('syncing');
+      this.resumeFenceLift();
     }
     if (this.rec.phase === 'created' || this.rec.phase === 'schema') await this.phaseSchema();
     if (signal.aborted) return;
@@ -556,12 +592,22 @@ export class MigrationRunner {
       sourceVersion: rec.sourceVersion ?? '', targetVersion: rec.targetVersion ?? '',
       cutover: rec.cutover,
       paused: this.paused, pausedAt: rec.pausedAt ?? '',
+      fence: this.fence.status(this.cutoverRun !== null),
     };
   }
 
   /** Stop, drop the slot and publication on the source, forget the migration. Target data stays. */
   async destroy(): Promise<string[]> {
-    await this.stop();
+    await this.shutdown();
+    if (this.fence.pending) {
+      // A fence that a cutover left up must not outlive the migration that knows about it.
+      const lift = await this.fence.liftOnce();
+      if (!lift.lifted) {
+        this.resumeFenceLift();
+        throw new PgferryError('SOURCE_UNREACHABLE', `Migration '${this.rec.id}' was not deleted: the fence its cutover raised on database '${this.fence.record?.database}' could not be lifted (${lift.error}), and the agent would forget it.`,
+          `Let the agent lift it when the source is reachable (pgferry status ${this.rec.id}), or lift it by hand (${this.fence.status(false).liftStatement}), then delete again.`);
+      }
+    }
     const dropped: string[] = [];
     // A completed cutover leaves the source database read-only by default;
     // this session must still be able to drop what pgferry created.
@@ -580,6 +626,21 @@ export class MigrationRunner {
     this.store.remove(this.rec.id);
     return dropped;
   }
+}
+
+/**
+ * State files written before fence.ts kept the fence in the cutover report
+ * (`cutover.fence.active`): carry such a fence over, so it is lifted (or,
+ * after a completed cutover, kept) like any other.
+ */
+function upgradeFenceRecord(rec: MigrationRecord): void {
+  const old = (rec.cutover as { fence?: { active?: boolean; database?: string; previous?: string | null }; fenceStartedAt?: string } | undefined);
+  if (!old?.fence) return;
+  if (old.fence.active && !rec.fence && old.fence.database) {
+    const at = old.fenceStartedAt || rec.updatedAt;
+    rec.fence = { id: 'legacy', database: old.fence.database, previous: old.fence.previous ?? null, raisedAt: at, serverRaisedAt: at, kept: rec.phase === 'completed' };
+  }
+  delete old.fence;
 }
 
 /** Errors that say the migration cannot start at all (nothing is created). */

@@ -199,6 +199,7 @@ export function createServer(svc: AgentService, opts: ServerOptions = {}): grpc.
     CancelCutover: unary('CancelCutover', async (req: { id: string }) => statusToProto(await svc.cancelCutover(req.id))),
     PauseMigration: unary('PauseMigration', async (req: { id: string }) => statusToProto(await svc.pause(req.id))),
     ResumeMigration: unary('ResumeMigration', async (req: { id: string }) => statusToProto(await svc.resume(req.id))),
+    Unfence: unary('Unfence', async (req: { id: string; afterCutover?: boolean }) => statusToProto(await svc.unfence(req.id, { afterCutover: !!req.afterCutover }))),
     WatchMigration: (call: grpc.ServerWritableStream<{ id: string; intervalMs: number }, unknown>) => {
       const method = 'WatchMigration';
       let timer: NodeJS.Timeout | undefined;

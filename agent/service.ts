@@ -29,6 +29,10 @@ export class AgentService {
     for (const rec of this.store.list()) {
       const runner = new MigrationRunner(this.store, rec, this.log);
       this.runners.set(rec.id, runner);
+      if (runner.fence.pending) {
+        this.log('warn', `Migration ${rec.id}: a fence on database '${rec.fence!.database}' (raised ${rec.fence!.raisedAt}) was not verified lifted before the agent stopped; lifting it now`, { migration: rec.id, event: 'fence-lift-pending' });
+        runner.resumeFenceLift();
+      }
       if (rec.pausedAt) {
         this.log('info', `Migration ${rec.id} is paused (since ${rec.pausedAt}, phase ${rec.phase}); resume it with: pgferry resume ${rec.id}`, { migration: rec.id, phase: rec.phase, event: 'paused' });
       } else if (rec.phase !== 'completed' && rec.phase !== 'failed' && rec.phase !== 'deleted') {
@@ -39,7 +43,7 @@ export class AgentService {
   }
 
   async close(): Promise<void> {
-    await Promise.all([...this.runners.values()].map((r) => r.stop()));
+    await Promise.all([...this.runners.values()].map((r) => r.shutdown()));
   }
 
   async preflight(input: unknown): Promise<PreflightReport> {
@@ -81,9 +85,10 @@ export class AgentService {
       existing.rec.spec = this.store.sealSpec(spec);
       this.store.put(existing.rec);
       if (changed && (existing.rec.phase === 'syncing' || existing.rec.phase === 'failed') && !existing.cutoverRun) {
-        await existing.stop();
+        await existing.shutdown();
         const fresh = new MigrationRunner(this.store, existing.rec, this.log);
         this.runners.set(spec.id, fresh);
+        fresh.resumeFenceLift();
         this.log('info', `Migration ${spec.id}: new credentials or apply settings; ${existing.paused ? 'it stays paused and uses them when resumed' : existing.rec.phase === 'failed' ? 'resuming it with them' : 'restarting its stream'}`, { migration: spec.id });
         fresh.start();
         return fresh.status();
@@ -172,6 +177,34 @@ export class AgentService {
     } else if (r.cutoverRun) {
       throw new PgferryError('WRONG_PHASE', `The cutover of '${id}' is past the fence (${rep?.state}); it completes or rolls back by itself.`, 'Wait for it to finish (pgferry status).');
     }
+    return r.status();
+  }
+
+  /**
+   * Lift the migration's fence on the source now (idempotent; nothing to do
+   * when none is up). A running cutover is cancelled first (it lifts its own
+   * fence). The fence a completed cutover keeps on purpose is lifted only
+   * with `afterCutover`: writes to the old source then never reach the target.
+   */
+  async unfence(id: string, opts: { afterCutover?: boolean } = {}): Promise<MigrationStatus> {
+    const r = this.get(id);
+    const keptRefusal = () => new PgferryError('WRONG_PHASE',
+      `The cutover of '${id}' completed: the source database '${r.fence.record?.database}' is fenced on purpose, since writes to it would never reach the target.`,
+      `If the application must write to the old source anyway, run: pgferry unfence ${id} --after-cutover`);
+    if (r.fence.record?.kept && !opts.afterCutover) throw keptRefusal();
+    if (r.cutoverRun) {
+      this.log('warn', `Unfence of ${id} requested during its cutover (${(r.rec.cutover as { state?: string } | undefined)?.state}): cancelling the cutover`, { migration: id });
+      r.cutoverRun.abort.abort('pgferry unfence');
+      await r.cutoverRun.promise.catch(() => undefined);
+      if (r.fence.record?.kept && !opts.afterCutover) throw keptRefusal();
+    }
+    const lift = await r.fence.liftOnce({ includeKept: opts.afterCutover });
+    if (!lift.lifted) {
+      r.resumeFenceLift();
+      throw new PgferryError('SOURCE_UNREACHABLE', `The fence on database '${r.fence.record?.database}' could not be lifted: ${lift.error}. The source still starts every new session read-only.`,
+        `The agent keeps retrying${r.fence.record?.kept ? ' only for a failed cutover; run pgferry unfence again' : ''}. To lift it by hand: ${r.fence.status(false).liftStatement}`);
+    }
+    if (lift.wasUp) this.log('warn', `Migration ${id}: fence lifted by pgferry unfence${opts.afterCutover ? ' after a completed cutover: the old source takes writes that will not reach the target' : ''}`, { migration: id, event: 'unfenced' });
     return r.status();
   }
 

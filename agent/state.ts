@@ -22,6 +22,7 @@ import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, re
 import { join } from 'node:path';
 import { PgferryError, registerSecret } from './errors';
 import type { Endpoint, MigrationSpec } from './spec';
+import type { FenceRecord } from './fence';
 
 export const PHASES = ['created', 'schema', 'loading', 'indexing', 'syncing', 'cutting-over', 'completed', 'failed', 'deleted'] as const;
 export type Phase = (typeof PHASES)[number];
@@ -52,6 +53,8 @@ export interface MigrationRecord {
   cutover?: Record<string, unknown>;
   /** Set while an operator has paused the migration (pgferry pause): nothing runs until it is resumed, also across agent restarts. */
   pausedAt?: string;
+  /** The write fence on the source, recorded before it is raised and cleared only by a verified lift (fence.ts). */
+  fence?: FenceRecord;
 }
 
 export class StateStore {

@@ -151,11 +151,26 @@ export function renderMigration(m: MigrationMessage, opts: ViewOptions = {}): st
     if (m.errorRemedy) lines.push(...wrap(m.errorRemedy, width, label('Fix'), label('')));
   }
   if (m.cutover && m.cutover.state) lines.push(...cutoverSummary(m.cutover, width, label));
+  lines.push(...fenceLines(m, width, label));
   if (m.tables.length && (loading || opts.allTables)) {
     lines.push('Tables');
     lines.push(...tableLines(m, width, opts.maxTables ?? 20));
   }
   return lines.map((l) => fit(l, width));
+}
+
+/** The fence on the source, when one is up: the operator must see a lift that is pending. */
+function fenceLines(m: MigrationMessage, width: number, label: (l: string) => string): string[] {
+  const f = m.fence;
+  if (!f || !f.state || f.state === 'none') return [];
+  if (f.state === 'up') return wrap(`UP on database '${f.database}' since ${f.since} (the running cutover's)`, width, label('Fence'), label(''));
+  if (f.state === 'kept') {
+    return wrap(`kept on database '${f.database}' since ${f.since}: the old source stays read-only after the cutover. To make it writable anyway: pgferry unfence ${m.id} --after-cutover`, width, label('Fence'), label(''));
+  }
+  return [
+    ...wrap(`LIFT PENDING on database '${f.database}' (raised ${f.since}): every new session there is read-only. The agent keeps retrying (${f.liftAttempts} attempt(s)${f.lastLiftError ? `, last: ${f.lastLiftError}` : ''}).`, width, label('Fence'), label('')),
+    ...wrap(`pgferry unfence ${m.id}, or by hand: ${f.liftStatement}`, width, label('Fix'), label('')),
+  ];
 }
 
 function cutoverSummary(c: CutoverReportMessage, width: number, label: (l: string) => string): string[] {
@@ -179,7 +194,7 @@ export function renderList(ms: MigrationMessage[], opts: ViewOptions = {}): stri
   const lines = [row('ID', 'PHASE', 'LOAD', 'LAG', 'APPLY/S', 'WAL KEPT')];
   for (const m of ms) {
     const lag = m.phase === 'failed' ? m.errorCode : `${formatBytes(m.lagBytes)} / ${formatDuration(m.lagSeconds)}`;
-    lines.push(row(m.id, m.paused ? 'paused' : m.phase, pct(m.progress), lag, formatCount(Math.round(m.applyRate)), formatBytes(m.retainedWalBytes)));
+    lines.push(row(m.id, m.fence?.state === 'lift-pending' ? 'FENCE-UP' : m.paused ? 'paused' : m.phase, pct(m.progress), lag, formatCount(Math.round(m.applyRate)), formatBytes(m.retainedWalBytes)));
   }
   return lines.map((l) => fit(l, width));
 }

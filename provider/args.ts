@@ -197,6 +197,10 @@ export interface MigrationOutputs {
   error?: string;
   /** Since when an operator has paused the migration on the agent (pgferry pause); absent when it runs. */
   pausedAt?: string;
+  /** The write fence on the source database: none | up | lift-pending | kept (agent/fence.ts). */
+  sourceFence?: string;
+  /** While the fence is lift-pending: since when, the attempts, the last error and the statement that lifts it by hand. */
+  sourceFenceDetail?: string;
 
   // The cutover report.
   cutoverState?: string;

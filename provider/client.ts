@@ -147,6 +147,24 @@ export interface MigrationMessage {
   paused: boolean;
   /** Since when (ISO 8601), '' when not paused. */
   pausedAt: string;
+  /** The write fence on the source (null from an agent older than the field). */
+  fence: FenceStatusMessage | null;
+}
+
+/** The fence states (`FenceStatus.state`). */
+export const FENCE_STATES = ['none', 'up', 'lift-pending', 'kept'] as const;
+export type FenceStateName = (typeof FENCE_STATES)[number];
+
+/** The write fence on the source database (`pgferry.agent.v1.FenceStatus`). */
+export interface FenceStatusMessage {
+  /** none | up (the running cutover's) | lift-pending (not verified lifted yet; the agent keeps retrying) | kept (after a completed cutover) */
+  state: string;
+  database: string;
+  since: string;
+  liftAttempts: number;
+  lastLiftError: string;
+  /** The statement that lifts it by hand, '' when none is up. */
+  liftStatement: string;
 }
 
 export interface DeleteMigrationResponseMessage { id: string; dropped: string[] }
@@ -482,6 +500,14 @@ export class AgentClient {
   /** Resume a paused migration from where it stopped (idempotent). */
   resumeMigration(id: string, opts?: CallOptions): Promise<MigrationMessage> {
     return this.unary('ResumeMigration', { id }, opts) as Promise<MigrationMessage>;
+  }
+
+  /**
+   * Lift the migration's fence on the source now (idempotent). `afterCutover`
+   * also lifts the fence a completed cutover keeps on purpose.
+   */
+  unfence(id: string, opts: CallOptions & { afterCutover?: boolean } = {}): Promise<MigrationMessage> {
+    return this.unary('Unfence', { id, afterCutover: !!opts.afterCutover }, opts) as Promise<MigrationMessage>;
   }
 
   /** The agent's serving status from the standard health service (`service` '' = the whole agent). */

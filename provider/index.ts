@@ -141,7 +141,7 @@ export interface MigrationArgs {
 /** The output names of a Migration (registered so they exist on the resource object). */
 const OUTPUT_NAMES = [
   'phase', 'tablesTotal', 'tablesCopied', 'rowsCopied', 'progress', 'lagBytes', 'lagSeconds', 'retainedWalBytes',
-  'appliedLsn', 'replicationSlot', 'publication', 'sourceVersion', 'targetVersion', 'error', 'pausedAt', 'cutoverState',
+  'appliedLsn', 'replicationSlot', 'publication', 'sourceVersion', 'targetVersion', 'error', 'pausedAt', 'sourceFence', 'sourceFenceDetail', 'cutoverState',
   'writeDowntimeMs', 'validationOk', 'validation', 'fenceLsn', 'cutoverCompletedAt', 'cutoverWarnings',
   'activeEndpoint', 'notes', 'activeConnection', 'sourceConnection', 'targetConnection', 'agentToken', 'agentClientKey', 'secretsDigest',
 ] as const;
@@ -213,6 +213,14 @@ export class Migration extends pulumi.dynamic.Resource {
   declare readonly error: pulumi.Output<string | undefined>;
   /** Since when an operator has paused the migration on the agent (`pgferry pause`); absent while it runs. */
   declare readonly pausedAt: pulumi.Output<string | undefined>;
+  /**
+   * The write fence on the source database: `none`, `up` (during the cutover),
+   * `lift-pending` (a cutover that did not complete left it up; the agent keeps
+   * lifting it: alert on this), or `kept` (after a completed cutover, on purpose).
+   */
+  declare readonly sourceFence: pulumi.Output<string | undefined>;
+  /** While `sourceFence` is `lift-pending`: since when, attempts, last error, and the statement that lifts it by hand. */
+  declare readonly sourceFenceDetail: pulumi.Output<string | undefined>;
   /** The cutover's state (waiting-for-lag … completed | failed), once one was requested. */
   declare readonly cutoverState: pulumi.Output<string | undefined>;
   /** How long writes were fenced during the cutover, in ms. */

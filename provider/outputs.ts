@@ -203,6 +203,10 @@ export function liveOutputs(m: MigrationMessage): Partial<MigrationOutputs> {
     targetVersion: m.targetVersion || undefined,
     error,
     pausedAt: m.paused ? m.pausedAt : undefined,
+    sourceFence: m.fence?.state || undefined,
+    sourceFenceDetail: m.fence?.state === 'lift-pending'
+      ? `lift pending on database '${m.fence.database}' since ${m.fence.since} (${m.fence.liftAttempts} attempt(s)${m.fence.lastLiftError ? `, last: ${m.fence.lastLiftError}` : ''}); the agent keeps retrying. By hand: ${m.fence.liftStatement}`
+      : undefined,
     cutoverState: c?.state || undefined,
     writeDowntimeMs: c && (c.state === 'completed' || c.writeDowntimeMs > 0) ? c.writeDowntimeMs : undefined,
     validationOk: c && c.state === 'completed' ? c.validationOk : undefined,

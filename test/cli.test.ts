@@ -35,7 +35,7 @@ function loadingMigration(): MigrationMessage {
     bytesEstimated: 40_000_000_000, progress: 0.37, etaSeconds: 4_321, lagBytes: 987_654_321, lagSeconds: 1234.5,
     retainedWalBytes: 55_000_000_000, applyRate: 0, appliedLsn: '', slotName: 'pgferry_a_rather_long_migration_identifier_40ch',
     publicationName: 'pgferry_x', specFingerprint: 'f', cutover: null, activeEndpoint: 'source', changesApplied: 0,
-    sourceVersion: '14.17', targetVersion: '17.5', paused: false, pausedAt: '',
+    sourceVersion: '14.17', targetVersion: '17.5', paused: false, pausedAt: '', fence: null,
     tables: [
       table('billing_and_accounting_schema', 'invoice_line_items_with_a_very_long_name', 'copying', 98_765_432, 150_000_000),
       table('public', 'orders', 'copied', 3_000_000, 3_000_000),

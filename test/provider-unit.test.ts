@@ -27,7 +27,7 @@ function status(over: Partial<MigrationMessage> = {}): MigrationMessage {
     tables: [], tablesTotal: 3, tablesCopied: 3, rowsCopied: 30, bytesCopied: 0, bytesEstimated: 0, progress: 1, etaSeconds: -1,
     lagBytes: 0, lagSeconds: 0, retainedWalBytes: 1000, applyRate: 0, appliedLsn: '0/1', slotName: 'pgferry_orders',
     publicationName: 'pgferry_orders', specFingerprint: 'x', cutover: null, activeEndpoint: 'source', changesApplied: 0,
-    sourceVersion: '14.0', targetVersion: '17.0', paused: false, pausedAt: '', ...over,
+    sourceVersion: '14.0', targetVersion: '17.0', paused: false, pausedAt: '', fence: null, ...over,
   };
 }
 

@@ -1,0 +1,30 @@
+/**
+ * failpoints — named pause points for fault-injection tests, off unless the
+ * agent runs with `PGFERRY_FAILPOINTS_FILE` set (never in production).
+ *
+ * Input: that file, JSON `{ "<name>": { "pauseMs": N } }`, read at every hit
+ * so a test can change it between scenarios. Output: each hit of a configured
+ * point appends its name to `<file>.hits` (the test waits for it, then injects
+ * its fault while the agent pauses there).
+ *
+ * Hand-rolled: a failpoint library for Node.js would bring more than these
+ * twenty lines, and the names must stay the pipeline's own.
+ */
+import { appendFileSync, readFileSync } from 'node:fs';
+
+export async function failpoint(name: string, signal?: AbortSignal): Promise<void> {
+  const file = process.env.PGFERRY_FAILPOINTS_FILE;
+  if (!file) return;
+  let conf: Record<string, { pauseMs?: number } | undefined>;
+  try { conf = JSON.parse(readFileSync(file, 'utf8')); } catch { return; }
+  const fp = conf[name];
+  if (!fp) return;
+  appendFileSync(`${file}.hits`, `${name}\n`);
+  const ms = fp.pauseMs ?? 0;
+  if (ms > 0) {
+    await new Promise<void>((resolve) => {
+      const t = setTimeout(resolve, ms);
+      signal?.addEventListener('abort', () => { clearTimeout(t); resolve(); }, { once: true });
+    });
+  }
+}

@@ -1,0 +1,254 @@
+/**
+ * fence — the one owner of the write fence on the source database: raising
+ * it for a cutover, keeping it after a completed one, and lifting it,
+ * verified, after anything else.
+ *
+ * Input: the migration's record (its `fence` field is the durable truth) and
+ * the source endpoint. Output: `ALTER DATABASE … default_transaction_read_only`
+ * on the source, and the record's `fence` kept in step with it.
+ *
+ * Rules (docs: "The fence" in docs/cli.md):
+ *  1. The record is written BEFORE the `ALTER DATABASE` that raises the fence,
+ *     so whatever happens next (a lost connection, a source restart, kill -9
+ *     of the agent) the agent knows the fence may be up.
+ *  2. Only a verified lift clears the record: the setting is restored on a
+ *     fresh connection and read back from the source in a new transaction.
+ *     A lift never reuses the connection that failed.
+ *  3. A lift that fails is retried in the background with backoff, for as
+ *     long as it takes, in any phase (paused and failed included) and again
+ *     at the agent's start (`FenceKeeper.keepLifting`).
+ *  4. A lift ends the client sessions that started while the fence was up:
+ *     PostgreSQL reads the database default at session start, so they stay
+ *     read-only for their lifetime; ended, the application reconnects
+ *     writable.
+ *  5. Raising and lifting are serialized, and a retried lift names the fence
+ *     it lifts (`id`): a late retry can never lift a newer fence.
+ *  6. After a completed cutover the fence is kept on purpose (`kept`): the old
+ *     source must not take writes the target will never see. Only an explicit
+ *     `pgferry unfence --after-cutover` lifts it.
+ */
+import { randomUUID } from 'node:crypto';
+import type pg from 'pg';
+import { connect, qi } from './conn';
+import { PgferryError, redact } from './errors';
+import type { Endpoint } from './spec';
+
+/** The fence as the agent's state file keeps it (`MigrationRecord.fence`). */
+export interface FenceRecord {
+  /** One raise; a retried lift names the one it lifts (rule 5). */
+  id: string;
+  database: string;
+  /** The database's own setting before the fence ('on'/'off'), null when it had none. */
+  previous: string | null;
+  /** Agent clock, when the fence was recorded. */
+  raisedAt: string;
+  /** Server clock, read before the ALTER: sessions that started after it may be read-only (rule 4). */
+  serverRaisedAt: string;
+  /** Kept on purpose after a completed cutover (rule 6). */
+  kept?: boolean;
+  liftAttempts?: number;
+  lastLiftError?: string;
+  lastLiftAttemptAt?: string;
+}
+
+/**
+ * none: no fence of this migration is up. up: raised by the cutover that is
+ * running. lift-pending: a cutover ended without completing and the lift is
+ * not verified yet (the agent keeps trying). kept: after a completed cutover.
+ */
+export const FENCE_STATES = ['none', 'up', 'lift-pending', 'kept'] as const;
+export type FenceState = (typeof FENCE_STATES)[number];
+
+export interface FenceStatus {
+  state: FenceState;
+  database: string;
+  /** When the fence was raised (ISO 8601), '' when none. */
+  since: string;
+  liftAttempts: number;
+  lastLiftError: string;
+  /** The statement that lifts it by hand, '' when none is up. */
+  liftStatement: string;
+}
+
+/** What the keeper needs of its migration. */
+export interface FenceHost {
+  readonly id: string;
+  readonly record: { fence?: FenceRecord };
+  readonly source: Endpoint;
+  save(): void;
+  log(level: 'info' | 'warn' | 'error', msg: string, fields?: object): void;
+  /** Told of every verified lift (before the record is saved without the fence). */
+  onLifted?(at: string): void;
+}
+
+export interface LiftResult {
+  /** True when no fence of this migration is up any more (verified, or there was none). */
+  lifted: boolean;
+  /** A fence was up before this call. */
+  wasUp: boolean;
+  /** Client sessions ended because they had started read-only (rule 4). */
+  sessionsEnded: number;
+  /** Why the lift could not be verified. */
+  error?: string;
+}
+
+/** Time allowed for one lift attempt's connection, and for each of its statements. */
+const LIFT_CONNECT_TIMEOUT_MS = 5000;
+const LIFT_STATEMENT_TIMEOUT_MS = 10_000;
+const RETRY_MIN_MS = 250;
+const RETRY_MAX_MS = 2000;
+
+/** `ALTER DATABASE … RESET/SET …` that restores the database's own setting. */
+export function liftStatement(database: string, previous: string | null): string {
+  return previous === null
+    ? `ALTER DATABASE ${qi(database)} RESET default_transaction_read_only;`
+    : `ALTER DATABASE ${qi(database)} SET default_transaction_read_only = ${previous === 'on' ? 'on' : 'off'};`;
+}
+
+/** The database's own `default_transaction_read_only` setting (not a role's), or null. */
+export async function readFenceSetting(c: pg.Client, database: string): Promise<string | null> {
+  const r = await c.query(`SELECT (SELECT split_part(x, '=', 2) FROM unnest(s.setconfig) x WHERE x LIKE 'default\\_transaction\\_read\\_only=%') AS v
+    FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase WHERE d.datname = $1 AND s.setrole = 0`, [database]);
+  return (r.rows[0]?.v as string | null | undefined) ?? null;
+}
+
+const sleep = (ms: number, signal: AbortSignal) => new Promise<void>((resolve) => {
+  if (signal.aborted) { resolve(); return; }
+  const t = setTimeout(done, ms);
+  function done() { clearTimeout(t); signal.removeEventListener('abort', done); resolve(); }
+  signal.addEventListener('abort', done, { once: true });
+});
+
+export class FenceKeeper {
+  private chain: Promise<unknown> = Promise.resolve();
+  private loop: Promise<void> | null = null;
+  private loopAbort = new AbortController();
+
+  constructor(private readonly host: FenceHost) {}
+
+  get record(): FenceRecord | undefined { return this.host.record.fence; }
+
+  /** A fence of this migration that is not kept on purpose. */
+  get pending(): boolean { return !!this.record && !this.record.kept; }
+
+  status(cutoverRunning: boolean): FenceStatus {
+    const f = this.record;
+    if (!f) return { state: 'none', database: '', since: '', liftAttempts: 0, lastLiftError: '', liftStatement: '' };
+    return {
+      state: f.kept ? 'kept' : cutoverRunning ? 'up' : 'lift-pending',
+      database: f.database, since: f.raisedAt,
+      liftAttempts: f.liftAttempts ?? 0, lastLiftError: f.lastLiftError ?? '',
+      liftStatement: liftStatement(f.database, f.previous),
+    };
+  }
+
+  /** Raising and lifting one at a time (rule 5). */
+  private serialized<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.chain.then(fn, fn);
+    this.chain = run.catch(() => undefined);
+    return run;
+  }
+
+  /**
+   * Raise the fence on `database` through `src` (a session that is itself
+   * writable). Records it first (rule 1). Refuses while an earlier fence of
+   * this migration is still recorded: its `previous` would be read as 'on'.
+   */
+  raise(src: pg.Client, database: string): Promise<FenceRecord> {
+    return this.serialized(async () => {
+      if (this.record) {
+        throw new PgferryError('CUTOVER_FAILED', `A fence of this migration is still recorded on database '${database}' (since ${this.record.raisedAt}).`,
+          `Lift it first: pgferry unfence ${this.host.id}.`);
+      }
+      const previous = await readFenceSetting(src, database);
+      const serverNow = (await src.query('SELECT clock_timestamp()::text AS t')).rows[0].t as string;
+      const rec: FenceRecord = { id: randomUUID(), database, previous, raisedAt: new Date().toISOString(), serverRaisedAt: serverNow };
+      this.host.record.fence = rec;
+      this.host.save();
+      await src.query(`ALTER DATABASE ${qi(database)} SET default_transaction_read_only = on`);
+      return rec;
+    });
+  }
+
+  /** The cutover completed: keep the fence on purpose (the caller saves the record). */
+  markKept(): void {
+    if (this.record) this.record.kept = true;
+  }
+
+  /**
+   * One lift attempt on a fresh connection, verified by reading the setting
+   * back (rule 2). A kept fence is lifted only with `includeKept`. `onlyId`
+   * limits the attempt to one raise (a background retry, rule 5).
+   */
+  liftOnce(opts: { includeKept?: boolean; onlyId?: string } = {}): Promise<LiftResult> {
+    return this.serialized(async () => {
+      const f = this.record;
+      if (!f || (opts.onlyId && f.id !== opts.onlyId)) return { lifted: true, wasUp: false, sessionsEnded: 0 };
+      if (f.kept && !opts.includeKept) return { lifted: false, wasUp: true, sessionsEnded: 0, error: 'the fence is kept after a completed cutover' };
+      f.liftAttempts = (f.liftAttempts ?? 0) + 1;
+      f.lastLiftAttemptAt = new Date().toISOString();
+      let c: pg.Client | undefined;
+      try {
+        // A fenced database starts every new session read-only, this one included.
+        c = await connect('source', this.host.source, {
+          applicationName: `pgferry unfence ${this.host.id}`, connectTimeoutMs: LIFT_CONNECT_TIMEOUT_MS,
+          extraOptions: `-c default_transaction_read_only=off -c statement_timeout=${LIFT_STATEMENT_TIMEOUT_MS}`,
+        });
+        await c.query(liftStatement(f.database, f.previous));
+        const now = await readFenceSetting(c, f.database);
+        if (now !== f.previous) {
+          throw new Error(`the setting read back is ${now === null ? 'unset' : `'${now}'`}, not ${f.previous === null ? 'unset' : `'${f.previous}'`}`);
+        }
+        // Rule 4: sessions that started while the fence was up are read-only until they end.
+        const ended = f.previous === 'on' ? { rows: [{ n: 0 }] } : await c.query(`SELECT count(*) FILTER (WHERE pg_terminate_backend(pid))::int AS n FROM pg_stat_activity
+          WHERE datname = $1 AND backend_type = 'client backend' AND pid <> pg_backend_pid()
+            AND backend_start >= $2::timestamptz AND backend_start < now() AND coalesce(application_name, '') NOT LIKE 'pgferry%'`,
+        [f.database, f.serverRaisedAt]);
+        const sessionsEnded = ended.rows[0].n as number;
+        if (this.host.record.fence?.id === f.id) delete this.host.record.fence;
+        this.host.onLifted?.(new Date().toISOString());
+        this.host.save();
+        this.host.log('info', `fence lifted on database '${f.database}' and verified (default_transaction_read_only is ${f.previous === null ? 'unset' : f.previous} again)`
+          + `${sessionsEnded ? `; ended ${sessionsEnded} session(s) that had started read-only, so that they reconnect writable` : ''}`,
+        { migration: this.host.id, event: 'fence-lifted', attempts: f.liftAttempts });
+        return { lifted: true, wasUp: true, sessionsEnded };
+      } catch (e) {
+        const msg = redact((e as Error)?.message ?? String(e));
+        f.lastLiftError = msg;
+        this.host.save();
+        const n = f.liftAttempts;
+        // Log the first failures, then every 30th: the status carries the rest.
+        if (n <= 3 || n % 30 === 0) {
+          this.host.log('error', `the fence on database '${f.database}' is still up: lift attempt ${n} failed (${msg}); retrying. To lift it by hand: ${liftStatement(f.database, f.previous)}`,
+            { migration: this.host.id, event: 'fence-lift-failed', attempts: n });
+        }
+        return { lifted: false, wasUp: true, sessionsEnded: 0, error: msg };
+      } finally {
+        await c?.end().catch(() => undefined);
+      }
+    });
+  }
+
+  /** Retry the lift in the background until it is verified (rule 3). Idempotent. */
+  keepLifting(): void {
+    const f = this.record;
+    if (this.loop || !f || f.kept) return;
+    const id = f.id;
+    const signal = this.loopAbort.signal;
+    this.loop = (async () => {
+      for (let wait = RETRY_MIN_MS; !signal.aborted; wait = Math.min(wait * 2, RETRY_MAX_MS)) {
+        const r = await this.liftOnce({ onlyId: id });
+        if (r.lifted) return;
+        await sleep(wait, signal);
+      }
+    })().finally(() => { this.loop = null; });
+  }
+
+  /** Stop retrying (agent shutdown, delete); the record stays for the next start. */
+  async stop(): Promise<void> {
+    this.loopAbort.abort();
+    await this.loop;
+    await this.chain;
+    this.loopAbort = new AbortController();
+  }
+}
