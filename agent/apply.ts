@@ -59,7 +59,7 @@
  */
 import type pg from 'pg';
 import { connect, qi, ql, qn } from './conn';
-import { PgferryError, sqlState, type PgServerError } from './errors';
+import { PgferryError, isTransientError, sqlState, type PgServerError } from './errors';
 import { formatLsn, maxLsn, parseLsn, pgMicrosToUnixMs, type Lsn } from './lsn';
 import { BufferPool, Plan, TextModeNeeded, type Change, type Group, type RelMap, type RowChange, type Single, type Step, type TargetColumn, type TargetTable, type TruncateChange } from './apply-plan';
 import { UNCHANGED_TOAST, type BeginMessage, type CommitMessage, type DeleteMessage, type InsertMessage, type RelationMessage, type TruncateMessage, type Tuple, type UpdateMessage } from './pgoutput';
@@ -1119,16 +1119,3 @@ function clip(s: string): string {
   return s.length > 60 ? `${s.slice(0, 57)}...` : s;
 }
 
-/**
- * Errors after which a reconnect may succeed: lost connections, server
- * shutdown, too many connections, serialization failures and deadlocks, a
- * replication slot still held by the previous session.
- */
-export function isTransientError(e: unknown): boolean {
-  if (e instanceof PgferryError) return e.code === 'SOURCE_UNREACHABLE' || e.code === 'TARGET_UNREACHABLE';
-  const state = sqlState(e);
-  if (state) return state.startsWith('08') || ['57P01', '57P02', '57P03', '53300', '40001', '40P01', '55006', '55P03'].includes(state);
-  const code = (e as { code?: unknown })?.code;
-  if (typeof code === 'string' && ['ECONNRESET', 'ECONNREFUSED', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ECONNABORTED'].includes(code)) return true;
-  return /Connection terminated|connection timeout|Client has encountered a connection error|not queryable|Client was closed/i.test((e as Error)?.message ?? '');
-}

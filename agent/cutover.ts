@@ -45,14 +45,15 @@ import { listSequences } from './schema';
 import { tableFingerprint, tableRowCount } from './checksum';
 import { setMarker } from './target-state';
 import { failpoint } from './failpoints';
-import { liftStatement, type LiftResult } from './fence';
-import type { MigrationRunner } from './migration';
+import { liftStatement, type FenceKeeper, type LiftResult } from './fence';
+import { VALIDATIONS, type CutoverReport, type Phase, type StoredError, type Validation } from './state';
+import type { MigrationSpec } from './spec';
+import type { SyncProgress } from './sync';
+
+export { VALIDATIONS, type CutoverReport, type TableValidation, type Validation } from './state';
 
 export const FENCE_METHODS = ['default_transaction_read_only'] as const;
 export type FenceMethod = (typeof FENCE_METHODS)[number];
-export const VALIDATIONS = ['none', 'counts', 'checksums'] as const;
-export type Validation = (typeof VALIDATIONS)[number];
-
 export interface CutoverOptions {
   /** Wait until lag is at most this many bytes before fencing (default 1 MiB). */
   maxLagBytes?: number;
@@ -68,24 +69,31 @@ export interface CutoverOptions {
   validation?: Validation;
 }
 
-export interface TableValidation { table: string; sourceRows: number; targetRows: number; sourceChecksum: string; targetChecksum: string; match: boolean }
-
-export interface CutoverReport {
-  state: 'waiting-for-lag' | 'fencing' | 'draining' | 'sequences' | 'validating' | 'completed' | 'failed';
-  startedAt: string;
-  fenceStartedAt: string;
-  fenceEndedAt: string;
-  writeDowntimeMs: number;
-  validationMs: number;
-  fenceLsn: string;
-  tables: TableValidation[];
-  sequences: Array<{ sequence: string; value: number }>;
-  warnings: string[];
-  validation: Validation;
-  validationOk: boolean;
-  completedAt: string;
-  error: string;
-  attempts: number;
+/**
+ * What the cutover needs of its migration's supervisor (MigrationRunner):
+ * it reads the sync's progress and reports its own; the supervisor alone
+ * changes the phase and keeps the report.
+ */
+export interface CutoverHost {
+  readonly id: string;
+  readonly spec: MigrationSpec;
+  /** The migration's phase and, when it failed, why. */
+  readonly phase: Phase;
+  readonly lastError: StoredError | undefined;
+  readonly sync: SyncProgress | null;
+  readonly fence: FenceKeeper;
+  /** The report of the cutover before this one, if any. */
+  readonly previousCutover: CutoverReport | undefined;
+  status(): Promise<{ lagBytes: number; lagSeconds: number }>;
+  log(level: 'info' | 'warn' | 'error', msg: string, fields?: object): void;
+  /** Phase `cutting-over`, the report kept. */
+  beginCutover(report: CutoverReport): void;
+  /** The report kept (a step began). */
+  recordCutover(report: CutoverReport): void;
+  /** Phase `completed`, the report and the kept fence in one atomic write; streaming stops. */
+  completeCutover(report: CutoverReport): Promise<void>;
+  /** Back to `syncing` (unless the sync failed meanwhile), the failed report kept. */
+  abandonCutover(report: CutoverReport): void;
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -100,7 +108,7 @@ function newReport(prev: CutoverReport | undefined, validation: Validation): Cut
 
 /** One cutover in progress: its runner, connections, options, report and clock. */
 interface Cut {
-  runner: MigrationRunner;
+  runner: CutoverHost;
   src: pg.Client;
   tgt: pg.Client;
   database: string;
@@ -128,8 +136,7 @@ function cancelled(c: Cut): PgferryError {
 async function step(c: Cut, s: CutoverReport['state'] | 'completing'): Promise<void> {
   if (s !== 'completing') {
     c.report.state = s;
-    c.runner.rec.cutover = c.report as unknown as Record<string, unknown>;
-    c.runner.save();
+    c.runner.recordCutover(c.report);
     c.log('info', `cutover: ${s}`);
   }
   if (c.signal.aborted) throw cancelled(c);
@@ -138,9 +145,8 @@ async function step(c: Cut, s: CutoverReport['state'] | 'completing'): Promise<v
 }
 
 function syncFailed(c: Cut, during: string): PgferryError | null {
-  const rec = c.runner.rec;
-  if ((rec.phase as string) !== 'failed') return null;
-  return new PgferryError('CUTOVER_FAILED', `Sync failed ${during}: ${rec.error?.message}`, rec.error?.remedy ?? '');
+  if (c.runner.phase !== 'failed') return null;
+  return new PgferryError('CUTOVER_FAILED', `Sync failed ${during}: ${c.runner.lastError?.message}`, c.runner.lastError?.remedy ?? '');
 }
 
 /** 1. Lag under the thresholds, without fencing (cancellable). */
@@ -209,7 +215,7 @@ async function drainToFence(c: Cut, fenceLsn: Lsn): Promise<void> {
   // The apply commits asynchronously; make everything it committed durable
   // before the target takes over (a synchronous commit flushes all WAL before it).
   await c.tgt.query('SET synchronous_commit = on');
-  await setMarker(c.tgt, c.runner.rec.id, 'cutover-drained', c.report.fenceLsn);
+  await setMarker(c.tgt, c.runner.id, 'cutover-drained', c.report.fenceLsn);
 }
 
 /** 4. Sequences: after the last change, so the first insert on the target cannot collide. */
@@ -251,15 +257,15 @@ async function validateTables(c: Cut, tables: TableInfo[], validation: Validatio
 }
 
 /** What the failed cutover's message says about the fence: only what was verified. */
-function fenceOutcome(runner: MigrationRunner, database: string, lift: LiftResult): string {
+function fenceOutcome(runner: CutoverHost, database: string, lift: LiftResult): string {
   if (!lift.wasUp) return 'Nothing was fenced: the source accepted writes throughout, and the sync continues.';
   if (lift.lifted) {
     return `The fence was lifted and verified: database '${database}' accepts writes again${lift.sessionsEnded ? ` (${lift.sessionsEnded} session(s) opened read-only during the fence were ended so that they reconnect writable)` : ''}, and the sync continues.`;
   }
   const f = runner.fence.record;
   return `The fence could NOT be lifted yet (${lift.error}): database '${database}' still starts every new session read-only. `
-    + `The agent keeps retrying every few seconds (pgferry status ${runner.rec.id} shows the fence as 'lift-pending'); to lift it by hand now: `
-    + `${f ? liftStatement(f.database, f.previous) : liftStatement(database, null)} (or pgferry unfence ${runner.rec.id}).`;
+    + `The agent keeps retrying every few seconds (pgferry status ${runner.id} shows the fence as 'lift-pending'); to lift it by hand now: `
+    + `${f ? liftStatement(f.database, f.previous) : liftStatement(database, null)} (or pgferry unfence ${runner.id}).`;
 }
 
 /**
@@ -267,7 +273,7 @@ function fenceOutcome(runner: MigrationRunner, database: string, lift: LiftResul
  * CUTOVER_FAILED / CUTOVER_TIMEOUT / CUTOVER_CANCELLED after lifting the
  * fence (verified, or left to the background retry and said so).
  */
-export async function runCutover(runner: MigrationRunner, opts: CutoverOptions, signal: AbortSignal): Promise<CutoverReport> {
+export async function runCutover(runner: CutoverHost, opts: CutoverOptions, signal: AbortSignal): Promise<CutoverReport> {
   const database = resolveEndpoint(runner.spec.source).database;
   if (runner.fence.pending) {
     // An earlier cutover's fence is not verified lifted: lift it first (its
@@ -276,22 +282,22 @@ export async function runCutover(runner: MigrationRunner, opts: CutoverOptions, 
     if (!lift.lifted) {
       runner.fence.keepLifting();
       throw new PgferryError('CUTOVER_FAILED', `An earlier cutover's fence on database '${database}' is not lifted yet (${lift.error}); nothing new was fenced.`,
-        `Wait until the agent lifts it (pgferry status ${runner.rec.id}), or lift it by hand: ${runner.fence.status(false).liftStatement}`);
+        `Wait until the agent lifts it (pgferry status ${runner.id}), or lift it by hand: ${runner.fence.status(false).liftStatement}`);
     }
   }
   const validation = opts.validation ?? 'checksums';
   const timeoutMs = opts.timeoutMs ?? 300_000;
-  const report = newReport(runner.rec.cutover as CutoverReport | undefined, validation);
+  const report = newReport(runner.previousCutover, validation);
   const c: Cut = {
     runner, database, report, signal, timeoutMs, deadline: Date.now() + timeoutMs,
     src: undefined as unknown as pg.Client, tgt: undefined as unknown as pg.Client,
-    log: (level, msg) => runner.logFn(level, msg, { migration: runner.rec.id, step: report.state }),
+    log: (level, msg) => runner.log(level, msg, { migration: runner.id, step: report.state }),
   };
-  runner.rec.phase = 'cutting-over';
+  runner.beginCutover(report);
   let connected = false;
   try {
-    c.src = await connect('source', runner.spec.source, { applicationName: `pgferry cutover ${runner.rec.id}`, extraOptions: '-c default_transaction_read_only=off' });
-    c.tgt = await connect('target', runner.spec.target, { applicationName: `pgferry cutover ${runner.rec.id}` }).catch(async (e) => { await c.src.end().catch(() => undefined); throw e; });
+    c.src = await connect('source', runner.spec.source, { applicationName: `pgferry cutover ${runner.id}`, extraOptions: '-c default_transaction_read_only=off' });
+    c.tgt = await connect('target', runner.spec.target, { applicationName: `pgferry cutover ${runner.id}` }).catch(async (e) => { await c.src.end().catch(() => undefined); throw e; });
     connected = true;
     await checkFencePrivileges(c.src, database);
     const prepared = await c.src.query('SELECT gid FROM pg_prepared_xacts WHERE database = current_database()');
@@ -314,11 +320,7 @@ export async function runCutover(runner: MigrationRunner, opts: CutoverOptions, 
     report.fenceEndedAt = new Date(ready).toISOString();
     report.completedAt = new Date().toISOString();
     report.state = 'completed';
-    runner.fence.markKept();
-    runner.rec.phase = 'completed';
-    runner.rec.cutover = report as unknown as Record<string, unknown>;
-    runner.save(); // phase, report and the kept fence in one atomic write
-    await runner.stopSync();
+    await runner.completeCutover(report);
     c.log('info', `cutover completed: write downtime ${report.writeDowntimeMs} ms, fence LSN ${report.fenceLsn}`);
     return report;
   } catch (e) {
@@ -333,9 +335,7 @@ export async function runCutover(runner: MigrationRunner, opts: CutoverOptions, 
     }
     const outcome = fenceOutcome(runner, database, lift);
     report.error = `${err.detail} ${outcome}`;
-    if (runner.rec.phase === 'cutting-over') runner.rec.phase = 'syncing';
-    runner.rec.cutover = report as unknown as Record<string, unknown>;
-    runner.save();
+    runner.abandonCutover(report);
     c.log(lift.lifted ? 'warn' : 'error', `cutover failed while ${failedStep}: ${err.message} ${outcome}`);
     const code = err.code === 'CUTOVER_TIMEOUT' || err.code === 'CUTOVER_CANCELLED' ? err.code : 'CUTOVER_FAILED';
     const message = code === 'CUTOVER_FAILED' && err.code !== 'CUTOVER_FAILED' ? `The cutover failed while ${failedStep}: ${err.message}` : err.message;

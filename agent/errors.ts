@@ -128,3 +128,25 @@ export function asPgferryError(e: unknown, fallback: ErrorCode = 'INTERNAL', con
   const extra = [state ? `SQLSTATE ${state}` : '', err?.detail ? `detail: ${err.detail}` : ''].filter(Boolean).join('; ');
   return new PgferryError(fallback, extra ? `${parts} (${extra})` : parts, err?.hint ?? '', { cause: e });
 }
+
+/**
+ * Errors after which a reconnect may succeed: lost connections, server
+ * shutdown, too many connections, serialization failures and deadlocks, a
+ * replication slot still held by the previous session.
+ */
+export function isTransientError(e: unknown): boolean {
+  if (e instanceof PgferryError) return e.code === 'SOURCE_UNREACHABLE' || e.code === 'TARGET_UNREACHABLE';
+  const state = sqlState(e);
+  if (state) return state.startsWith('08') || ['57P01', '57P02', '57P03', '53300', '40001', '40P01', '55006', '55P03'].includes(state);
+  const code = (e as { code?: unknown })?.code;
+  if (typeof code === 'string' && ['ECONNRESET', 'ECONNREFUSED', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ECONNABORTED'].includes(code)) return true;
+  return /Connection terminated|connection timeout|Client has encountered a connection error|not queryable|Client was closed/i.test((e as Error)?.message ?? '');
+}
+
+/** A transient error, also when wrapped (COPY_FAILED around a lost connection). */
+export function isTransientDeep(e: unknown): boolean {
+  for (let x: unknown = e, depth = 0; x && depth < 5; x = (x as { cause?: unknown }).cause, depth++) {
+    if (isTransientError(x)) return true;
+  }
+  return false;
+}

@@ -164,7 +164,7 @@ export class AgentMetrics {
       const fence = s.fence?.state ?? 'none';
       g.pgferry_source_fence_up.set({ migration }, fence === 'none' ? 0 : 1);
       g.pgferry_source_fence_lift_pending.set({ migration }, fence === 'lift-pending' ? 1 : 0);
-      const cut = s.cutover as { state?: string; writeDowntimeMs?: number; validationOk?: boolean; validation?: string } | undefined;
+      const cut = s.cutover;
       if (cut?.state) {
         for (const st of CUTOVER_STATES) g.pgferry_cutover_state.set({ migration, state: st }, cut.state === st ? 1 : 0);
         if (cut.state === 'completed' && typeof cut.writeDowntimeMs === 'number') g.pgferry_cutover_write_downtime_milliseconds.set({ migration }, cut.writeDowntimeMs);

@@ -19,7 +19,7 @@
 import type pg from 'pg';
 import { connect } from './conn';
 import { dataTables, selectTables, tableKey, type TableInfo } from './catalog';
-import { PgferryError, asPgferryError, type ErrorCode } from './errors';
+import { PgferryError, asPgferryError, isTransientDeep, type ErrorCode } from './errors';
 import { formatLsn, parseLsn, type Lsn } from './lsn';
 import { migratableTables, runPreflight, summarizeFailures } from './preflight';
 import { createPublication, createSlotWithSnapshot, dropSlot, dropSourceObjects, slotExists } from './snapshot';
@@ -27,9 +27,8 @@ import { planLoad, planTasks, runLoad, type TableCopyProgress } from './copy';
 import { analyzeTables, runPostData } from './indexes';
 import { applyPreData, planSchema, verifyExistingSchema } from './schema';
 import { runSync, type SyncProgress } from './sync';
-import { isTransientError } from './apply';
 import { ensureTargetState, getMarker, setMarker, dropTargetState } from './target-state';
-import type { MigrationRecord, Phase, StateStore } from './state';
+import type { CutoverReport, MigrationRecord, Phase, StateStore, StoredError } from './state';
 import { FenceKeeper, type FenceStatus } from './fence';
 import type { MigrationSpec } from './spec';
 
@@ -54,7 +53,7 @@ export interface MigrationStatus {
   slotName: string; publicationName: string; specFingerprint: string;
   activeEndpoint: 'source' | 'target';
   sourceVersion: string; targetVersion: string;
-  cutover?: Record<string, unknown>;
+  cutover?: CutoverReport;
   /** An operator paused it (pgferry pause); `pausedAt` says since when. */
   paused: boolean;
   pausedAt: string;
@@ -65,14 +64,6 @@ export interface MigrationStatus {
 const TERMINAL: Phase[] = ['completed', 'deleted'];
 /** Transient failures retried per phase before the migration is marked failed. */
 const TRANSIENT_RETRIES = 8;
-
-/** A transient error, also when wrapped (COPY_FAILED around a lost connection). */
-function isTransientDeep(e: unknown): boolean {
-  for (let x: unknown = e, depth = 0; x && depth < 5; x = (x as { cause?: unknown }).cause, depth++) {
-    if (isTransientError(x)) return true;
-  }
-  return false;
-}
 
 export class MigrationRunner {
   rec: MigrationRecord;
@@ -103,7 +94,7 @@ export class MigrationRunner {
   /** The one owner of the source's write fence. */
   readonly fence: FenceKeeper;
 
-  constructor(private store: StateStore, rec: MigrationRecord, private log: LogFn) {
+  constructor(private store: StateStore, rec: MigrationRecord, log: LogFn) {
     this.logFn = log;
     this.rec = rec;
     this.spec = store.openSpec(rec.spec);
@@ -114,9 +105,9 @@ export class MigrationRunner {
       log: (level, msg, fields) => this.log(level, msg, { migration: rec.id, ...fields }),
       onLifted: (at) => {
         // The failed cutover's report said what was true when it failed; add what is true now.
-        const rep = this.rec.cutover as { state?: string; warnings?: string[] } | undefined;
+        const rep = this.rec.cutover;
         if (rep?.state === 'failed') {
-          rep.warnings = (rep.warnings ?? []).filter((w) => !w.includes('is still read-only'));
+          rep.warnings = rep.warnings.filter((w) => !w.includes('is still read-only'));
           rep.warnings.push(`The fence was lifted and verified at ${at}.`);
         }
       },
@@ -129,6 +120,37 @@ export class MigrationRunner {
   }
 
   get phase(): Phase { return this.rec.phase; }
+  get id(): string { return this.rec.id; }
+  get lastError(): StoredError | undefined { return this.rec.error; }
+  get previousCutover(): CutoverReport | undefined { return this.rec.cutover; }
+
+  // The cutover's view of its supervisor (cutover.ts, CutoverHost): it
+  // reports; only these change the phase.
+
+  log(level: 'info' | 'warn' | 'error', msg: string, fields?: object): void { this.logFn(level, msg, fields); }
+
+  beginCutover(report: CutoverReport): void {
+    this.rec.cutover = report;
+    this.setPhase('cutting-over');
+  }
+
+  recordCutover(report: CutoverReport): void {
+    this.rec.cutover = report;
+    this.save();
+  }
+
+  async completeCutover(report: CutoverReport): Promise<void> {
+    this.fence.markKept();
+    this.rec.cutover = report;
+    this.setPhase('completed'); // phase, report and the kept fence in one atomic write
+    await this.stopSync();
+  }
+
+  abandonCutover(report: CutoverReport): void {
+    this.rec.cutover = report;
+    if (this.rec.phase === 'cutting-over') this.rec.phase = 'syncing';
+    this.save();
+  }
 
   /** Start (or resume) driving the phases in the background; a paused migration stays idle until `resume()`. */
   start(): void {
@@ -236,7 +258,7 @@ export class MigrationRunner {
     if (this.rec.phase === 'cutting-over' && !this.cutoverRun) {
       // The agent stopped in the middle of a cutover: it did not complete, so
       // the fence comes down (verified, retried until it is) and sync resumes.
-      const rep = this.rec.cutover as { state?: string; error?: string } | undefined;
+      const rep = this.rec.cutover;
       if (rep && rep.state !== 'completed') {
         rep.error = rep.error || `Interrupted by an agent restart while ${rep.state}. ${this.fence.pending
           ? 'The restarted agent lifts the fence it raised and verifies it (the fence in the status shows when that is done).'
@@ -634,7 +656,7 @@ export class MigrationRunner {
  * after a completed cutover, kept) like any other.
  */
 function upgradeFenceRecord(rec: MigrationRecord): void {
-  const old = (rec.cutover as { fence?: { active?: boolean; database?: string; previous?: string | null }; fenceStartedAt?: string } | undefined);
+  const old = (rec.cutover as unknown as { fence?: { active?: boolean; database?: string; previous?: string | null }; fenceStartedAt?: string } | undefined);
   if (!old?.fence) return;
   if (old.fence.active && !rec.fence && old.fence.database) {
     const at = old.fenceStartedAt || rec.updatedAt;

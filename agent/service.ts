@@ -170,7 +170,7 @@ export class AgentService {
 
   async cancelCutover(id: string): Promise<MigrationStatus> {
     const r = this.get(id);
-    const rep = r.rec.cutover as { state?: string } | undefined;
+    const rep = r.rec.cutover;
     if (r.cutoverRun && rep?.state === 'waiting-for-lag') {
       r.cutoverRun.abort.abort();
       await r.cutoverRun.promise.catch(() => undefined);
@@ -193,7 +193,7 @@ export class AgentService {
       `If the application must write to the old source anyway, run: pgferry unfence ${id} --after-cutover`);
     if (r.fence.record?.kept && !opts.afterCutover) throw keptRefusal();
     if (r.cutoverRun) {
-      this.log('warn', `Unfence of ${id} requested during its cutover (${(r.rec.cutover as { state?: string } | undefined)?.state}): cancelling the cutover`, { migration: id });
+      this.log('warn', `Unfence of ${id} requested during its cutover (${r.rec.cutover?.state}): cancelling the cutover`, { migration: id });
       r.cutoverRun.abort.abort('pgferry unfence');
       await r.cutoverRun.promise.catch(() => undefined);
       if (r.fence.record?.kept && !opts.afterCutover) throw keptRefusal();

@@ -27,6 +27,30 @@ import type { FenceRecord } from './fence';
 export const PHASES = ['created', 'schema', 'loading', 'indexing', 'syncing', 'cutting-over', 'completed', 'failed', 'deleted'] as const;
 export type Phase = (typeof PHASES)[number];
 
+export const VALIDATIONS = ['none', 'counts', 'checksums'] as const;
+export type Validation = (typeof VALIDATIONS)[number];
+
+export interface TableValidation { table: string; sourceRows: number; targetRows: number; sourceChecksum: string; targetChecksum: string; match: boolean }
+
+/** The report of a migration's last cutover (cutover.ts writes it, the supervisor keeps it). */
+export interface CutoverReport {
+  state: 'waiting-for-lag' | 'fencing' | 'draining' | 'sequences' | 'validating' | 'completed' | 'failed';
+  startedAt: string;
+  fenceStartedAt: string;
+  fenceEndedAt: string;
+  writeDowntimeMs: number;
+  validationMs: number;
+  fenceLsn: string;
+  tables: TableValidation[];
+  sequences: Array<{ sequence: string; value: number }>;
+  warnings: string[];
+  validation: Validation;
+  validationOk: boolean;
+  completedAt: string;
+  error: string;
+  attempts: number;
+}
+
 export interface StoredError { code: string; message: string; remedy: string; at: string }
 
 export interface MigrationRecord {
@@ -50,7 +74,7 @@ export interface MigrationRecord {
   sourceVersion?: string;
   targetVersion?: string;
   /** The cutover report (cutover.ts), kept with the migration. */
-  cutover?: Record<string, unknown>;
+  cutover?: CutoverReport;
   /** Set while an operator has paused the migration (pgferry pause): nothing runs until it is resumed, also across agent restarts. */
   pausedAt?: string;
   /** The write fence on the source, recorded before it is raised and cleared only by a verified lift (fence.ts). */

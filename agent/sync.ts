@@ -19,10 +19,10 @@
  * (`Applier.appliedLsn`): after a crash at any instant the next session
  * restarts from the target's recorded position and nothing is lost or doubled.
  */
-import { Applier, isTransientError, SafeReplayNeeded, type LogFn } from './apply';
+import { Applier, SafeReplayNeeded, type LogFn } from './apply';
 import { TextModeNeeded } from './apply-plan';
 import { ql, resolveEndpoint } from './conn';
-import { asPgferryError, PgferryError, redact } from './errors';
+import { asPgferryError, isTransientError, PgferryError, redact } from './errors';
 import { formatLsn, maxLsn, parseLsn, type Lsn } from './lsn';
 import { PgoutputParser, type PgoutputMessage } from './pgoutput';
 import { ReplicationStream } from './receive';
