@@ -64,6 +64,8 @@ export interface ConnectOptions {
   connectTimeoutMs?: number;
   /** Extra `-c name=value` settings. */
   extraOptions?: string;
+  /** Client-side bound on every query, ms (a path that drops packets never lets statement_timeout answer). */
+  queryTimeoutMs?: number;
 }
 
 /** Open and return a connected client, or throw an error naming the side and the fix. */
@@ -77,6 +79,7 @@ export async function connect(side: Side, endpoint: Endpoint | ResolvedEndpoint,
       application_name: opts.applicationName ?? 'pgferry',
       options: [SESSION_OPTIONS, opts.extraOptions ?? ''].join(' ').trim(),
       keepAlive: true,
+      ...(opts.queryTimeoutMs ? { query_timeout: opts.queryTimeoutMs } : {}),
     };
     if (opts.replication) config.replication = 'database';
     const client = new pg.Client(config);

@@ -167,8 +167,8 @@ async function waitForLag(c: Cut, maxLagBytes: number, maxLagSeconds: number): P
 async function fenceWriters(c: Cut, graceMs: number): Promise<{ fenceStart: number; fenceLsn: Lsn }> {
   await step(c, 'fencing');
   const fenceStart = Date.now();
-  c.report.fenceStartedAt = new Date(fenceStart).toISOString();
   await c.runner.fence.raise(c.src, c.database);
+  c.report.fenceStartedAt = new Date(fenceStart).toISOString();
   await failpoint('cutover.fenced');
   if (c.signal.aborted) throw cancelled(c);
   // Grace for transactions that already wrote.
@@ -257,7 +257,8 @@ async function validateTables(c: Cut, tables: TableInfo[], validation: Validatio
 }
 
 /** What the failed cutover's message says about the fence: only what was verified. */
-function fenceOutcome(runner: CutoverHost, database: string, lift: LiftResult): string {
+function fenceOutcome(runner: CutoverHost, database: string, lift: LiftResult, fenceStartedAt: string): string {
+  if (!lift.wasUp && fenceStartedAt) return 'The fence had already been lifted (verified) while the cutover ran; the source accepts writes, and the sync continues.';
   if (!lift.wasUp) return 'Nothing was fenced: the source accepted writes throughout, and the sync continues.';
   if (lift.lifted) {
     return `The fence was lifted and verified: database '${database}' accepts writes again${lift.sessionsEnded ? ` (${lift.sessionsEnded} session(s) opened read-only during the fence were ended so that they reconnect writable)` : ''}, and the sync continues.`;
@@ -333,7 +334,7 @@ export async function runCutover(runner: CutoverHost, opts: CutoverOptions, sign
       runner.fence.keepLifting();
       report.warnings.push(`The source database '${database}' is still read-only: the agent keeps trying to lift the fence; by hand: ${runner.fence.status(false).liftStatement}`);
     }
-    const outcome = fenceOutcome(runner, database, lift);
+    const outcome = fenceOutcome(runner, database, lift, report.fenceStartedAt);
     report.error = `${err.detail} ${outcome}`;
     runner.abandonCutover(report);
     c.log(lift.lifted ? 'warn' : 'error', `cutover failed while ${failedStep}: ${err.message} ${outcome}`);

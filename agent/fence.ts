@@ -123,6 +123,8 @@ export class FenceKeeper {
   private chain: Promise<unknown> = Promise.resolve();
   private loop: Promise<void> | null = null;
   private loopAbort = new AbortController();
+  /** The fence the retry loop lifts (rule 5: never another). */
+  private target = '';
 
   constructor(private readonly host: FenceHost) {}
 
@@ -161,6 +163,12 @@ export class FenceKeeper {
           `Lift it first: pgferry unfence ${this.host.id}.`);
       }
       const previous = await readFenceSetting(src, database);
+      if (previous === 'on') {
+        // Another migration's fence, or a setting of the user's: lifting ours would restore 'on' and
+        // theirs would lift ours (rule 5 holds only within one migration).
+        throw new PgferryError('CUTOVER_FAILED', `Database '${database}' already starts every session read-only (default_transaction_read_only = on): another migration's fence, or a setting of yours. Nothing was fenced.`,
+          `Let the other migration finish its cutover or lift its fence (pgferry status lists a FENCE-UP one), or run ALTER DATABASE ${qi(database)} RESET default_transaction_read_only; if the setting is yours, then cut over again.`);
+      }
       const serverNow = (await src.query('SELECT clock_timestamp()::text AS t')).rows[0].t as string;
       const rec: FenceRecord = { id: randomUUID(), database, previous, raisedAt: new Date().toISOString(), serverRaisedAt: serverNow };
       this.host.record.fence = rec;
@@ -170,9 +178,15 @@ export class FenceKeeper {
     });
   }
 
-  /** The cutover completed: keep the fence on purpose (the caller saves the record). */
-  markKept(): void {
-    if (this.record) this.record.kept = true;
+  /**
+   * The cutover completed: keep the fence on purpose (the caller saves the
+   * record). False when no fence is recorded any more (lifted under the
+   * cutover): it must not complete then.
+   */
+  markKept(): boolean {
+    if (!this.record) return false;
+    this.record.kept = true;
+    return true;
   }
 
   /**
@@ -191,7 +205,7 @@ export class FenceKeeper {
       try {
         // A fenced database starts every new session read-only, this one included.
         c = await connect('source', this.host.source, {
-          applicationName: `pgferry unfence ${this.host.id}`, connectTimeoutMs: LIFT_CONNECT_TIMEOUT_MS,
+          applicationName: `pgferry unfence ${this.host.id}`, connectTimeoutMs: LIFT_CONNECT_TIMEOUT_MS, queryTimeoutMs: LIFT_STATEMENT_TIMEOUT_MS + 5000,
           extraOptions: `-c default_transaction_read_only=off -c statement_timeout=${LIFT_STATEMENT_TIMEOUT_MS}`,
         });
         await c.query(liftStatement(f.database, f.previous));
@@ -199,15 +213,11 @@ export class FenceKeeper {
         if (now !== f.previous) {
           throw new Error(`the setting read back is ${now === null ? 'unset' : `'${now}'`}, not ${f.previous === null ? 'unset' : `'${f.previous}'`}`);
         }
-        // Rule 4: sessions that started while the fence was up are read-only until they end.
-        const ended = f.previous === 'on' ? { rows: [{ n: 0 }] } : await c.query(`SELECT count(*) FILTER (WHERE pg_terminate_backend(pid))::int AS n FROM pg_stat_activity
-          WHERE datname = $1 AND backend_type = 'client backend' AND pid <> pg_backend_pid()
-            AND backend_start >= $2::timestamptz AND backend_start < now() AND coalesce(application_name, '') NOT LIKE 'pgferry%'`,
-        [f.database, f.serverRaisedAt]);
-        const sessionsEnded = ended.rows[0].n as number;
+        // Verified: the record goes first, so that nothing below can make a lift look failed.
         if (this.host.record.fence?.id === f.id) delete this.host.record.fence;
         this.host.onLifted?.(new Date().toISOString());
         this.host.save();
+        const sessionsEnded = f.previous === 'on' ? 0 : await this.endReadOnlySessions(c, f);
         this.host.log('info', `fence lifted on database '${f.database}' and verified (default_transaction_read_only is ${f.previous === null ? 'unset' : f.previous} again)`
           + `${sessionsEnded ? `; ended ${sessionsEnded} session(s) that had started read-only, so that they reconnect writable` : ''}`,
         { migration: this.host.id, event: 'fence-lifted', attempts: f.liftAttempts });
@@ -229,17 +239,45 @@ export class FenceKeeper {
     });
   }
 
+  /**
+   * Rule 4, best effort: end the client sessions of the database that started
+   * while the fence was up (from the raise, less the time a login may take,
+   * until now). One at a time: a session the agent's role may not end (a
+   * superuser's) is logged, not an error.
+   */
+  private async endReadOnlySessions(c: pg.Client, f: FenceRecord): Promise<number> {
+    let ended = 0;
+    try {
+      const r = await c.query(`SELECT pid FROM pg_stat_activity
+        WHERE datname = $1 AND backend_type = 'client backend' AND pid <> pg_backend_pid()
+          AND backend_start >= $2::timestamptz - current_setting('authentication_timeout')::interval AND backend_start < now()
+          AND coalesce(application_name, '') NOT LIKE 'pgferry%'`, [f.database, f.serverRaisedAt]);
+      for (const row of r.rows) {
+        try { if ((await c.query('SELECT pg_terminate_backend($1) AS ok', [row.pid])).rows[0].ok) ended++; } catch (e) {
+          this.host.log('warn', `the fence is lifted, but session ${row.pid}, opened read-only while it was up, could not be ended (${redact((e as Error).message)}); it stays read-only until it reconnects`, { migration: this.host.id });
+        }
+      }
+    } catch (e) {
+      this.host.log('warn', `the fence is lifted, but the sessions opened read-only while it was up could not be listed (${redact((e as Error).message)}); they stay read-only until they reconnect`, { migration: this.host.id });
+    }
+    return ended;
+  }
+
   /** Retry the lift in the background until it is verified (rule 3). Idempotent. */
   keepLifting(): void {
     const f = this.record;
-    if (this.loop || !f || f.kept) return;
-    const id = f.id;
+    if (!f || f.kept) return;
+    // A loop already running (asleep between two attempts for an older
+    // fence) takes this one on at its next turn.
+    this.target = f.id;
+    if (this.loop) return;
     const signal = this.loopAbort.signal;
     this.loop = (async () => {
       for (let wait = RETRY_MIN_MS; !signal.aborted; wait = Math.min(wait * 2, RETRY_MAX_MS)) {
+        const id = this.target;
         const r = await this.liftOnce({ onlyId: id });
-        if (r.lifted) return;
-        await sleep(wait, signal);
+        if (r.lifted && this.target === id) return;
+        if (!r.lifted) await sleep(wait, signal);
       }
     })().finally(() => { this.loop = null; });
   }

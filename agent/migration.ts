@@ -140,7 +140,9 @@ export class MigrationRunner {
   }
 
   async completeCutover(report: CutoverReport): Promise<void> {
-    this.fence.markKept();
+    if (!this.fence.markKept() && report.fenceStartedAt) {
+      throw new PgferryError('CUTOVER_FAILED', 'The fence was lifted while the cutover ran (pgferry unfence or delete): writes after the lift would not reach the target, so it does not complete.', 'Run the cutover again.');
+    }
     this.rec.cutover = report;
     this.setPhase('completed'); // phase, report and the kept fence in one atomic write
     await this.stopSync();
@@ -262,7 +264,8 @@ export class MigrationRunner {
       if (rep && rep.state !== 'completed') {
         rep.error = rep.error || `Interrupted by an agent restart while ${rep.state}. ${this.fence.pending
           ? 'The restarted agent lifts the fence it raised and verifies it (the fence in the status shows when that is done).'
-          : 'Nothing was fenced: the source accepted writes throughout, and the sync continues.'}`;
+          : rep.fenceStartedAt ? 'Its fence had been lifted and verified before the restart; the sync continues.'
+            : 'Nothing was fenced: the source accepted writes throughout, and the sync continues.'}`;
         rep.state = 'failed';
       }
       this.log('warn', `A cutover was interrupted by an agent restart; ${this.fence.pending ? 'lifting its fence, ' : ''}sync resumes`, { migration: this.rec.id });
@@ -620,6 +623,11 @@ export class MigrationRunner {
 
   /** Stop, drop the slot and publication on the source, forget the migration. Target data stays. */
   async destroy(): Promise<string[]> {
+    if (this.cutoverRun) {
+      // Its fence must not be lifted under it: the cutover ends first (and lifts its own).
+      this.cutoverRun.abort.abort('pgferry delete');
+      await this.cutoverRun.promise.catch(() => undefined);
+    }
     await this.shutdown();
     if (this.fence.pending) {
       // A fence that a cutover left up must not outlive the migration that knows about it.
