@@ -1,6 +1,6 @@
 /**
  * agent — a real pgferry agent process for the bench (the compiled
- * `dist/agent/cli.js agent` on a free loopback port with its own state dir
+ * `dist/agent/cli/main.js agent` on a free loopback port with its own state dir
  * under /tmp), its typed gRPC client, and the waits the scenarios share:
  * "phase is X", "the migration failed". The pid is known from the spawn on,
  * so the RSS sampler also sees a restarting agent's start-up.
@@ -12,12 +12,12 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { AgentClient, type MigrationMessage, type MigrationSpecMessage } from '../provider/client';
-import type { Cluster } from '../agent/testbed';
+import { AgentClient, type MigrationMessage, type MigrationSpecMessage } from '../api/client';
+import type { Cluster } from '../dev/testbed';
 import { onCleanup } from './cleanup';
 import { fatal, pollUntil } from './measure';
 
-const CLI = join(__dirname, '..', 'agent', 'cli.js');
+const CLI = join(__dirname, '..', 'agent', 'cli', 'main.js');
 
 /**
  * One `pgferry agent` process: `spawn()` starts it on a free loopback port

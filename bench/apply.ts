@@ -38,7 +38,7 @@
  * 5 ms) to show each contender's start-up latency apart from its rate (the
  * goal's ratio is still taken over the whole time, start-up included); then
  * both tables are compared with the source by row count
- * and checksum (agent/checksum.ts). pgferry's own status (appliedLsn,
+ * and checksum (agent/engine/checksum.ts). pgferry's own status (appliedLsn,
  * lagBytes, changesApplied) is reported alongside. Both clusters are
  * CHECKPOINTed after the backlog, before the clock starts.
  *
@@ -50,7 +50,7 @@
  * caught up (this machine runs all of them).
  */
 import type pg from 'pg';
-import type { Cluster } from '../agent/testbed';
+import type { Cluster } from '../dev/testbed';
 import { BenchAgent, benchSpec } from './agent';
 import { assertSameData } from './compare';
 import { RssSampler, cpuSeconds, fatal, nowMs, pollUntil, sleep } from './measure';

@@ -4,7 +4,7 @@
  * Ctrl-C / SIGTERM. Each step has an async form (normal path) and an
  * optional synchronous last resort for `process.on('exit')`, which cannot wait.
  *
- * agent/testbed.ts stops its own clusters on signals too; registering them
+ * dev/testbed.ts stops its own clusters on signals too; registering them
  * here as well is harmless (their `stop()` is idempotent) and keeps the order:
  * agent first, then the clusters it talks to.
  */

@@ -1,14 +1,14 @@
 /**
  * compare — "the target holds the same data as the source", table by table:
- * row count and the order-independent checksum of agent/checksum.ts, read
- * with the agent's session settings (agent/conn.ts SESSION_OPTIONS) so both
+ * row count and the order-independent checksum of agent/engine/checksum.ts, read
+ * with the agent's session settings (agent/engine/conn.ts SESSION_OPTIONS) so both
  * sides print values identically. Used after the apply and cutover
  * scenarios: a contender that is fast but wrong must not pass.
  */
 import pg from 'pg';
-import type { Cluster } from '../agent/testbed';
-import { SESSION_OPTIONS } from '../agent/conn';
-import { tableFingerprint } from '../agent/checksum';
+import type { Cluster } from '../dev/testbed';
+import { SESSION_OPTIONS } from '../agent/engine/conn';
+import { tableFingerprint } from '../agent/engine/checksum';
 
 async function sessionClient(c: Cluster, db: string): Promise<pg.Client> {
   const client = new pg.Client({ ...c.endpoint(db), options: SESSION_OPTIONS });

@@ -1,6 +1,6 @@
 /**
  * cutover — scenario (c), cutover under write load, repeated `--runs` times,
- * each on a fresh migration of the sample "shop" database (agent/sample.ts):
+ * each on a fresh migration of the sample "shop" database (dev/sample.ts):
  *
  *   1. fresh target database; source writable (RESET default_transaction_read_only);
  *   2. two writers on the source: the sample writer (startWriter: orders with
@@ -23,10 +23,10 @@
  * A failed cutover is reported with the agent's error verbatim.
  */
 import type pg from 'pg';
-import type { Cluster } from '../agent/testbed';
-import { seedShop, startWriter } from '../agent/sample';
+import type { Cluster } from '../dev/testbed';
+import { seedShop, startWriter } from '../dev/sample';
 import { assertSameData } from './compare';
-import { isAgentError } from '../provider/client';
+import { isAgentError } from '../api/client';
 import { BenchAgent, benchSpec } from './agent';
 import { fatal, nowMs, pollUntil, sleep } from './measure';
 

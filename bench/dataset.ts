@@ -13,7 +13,7 @@
  * contender that loads nothing, or skips the indexes, cannot look fast.
  */
 import type pg from 'pg';
-import type { Cluster } from '../agent/testbed';
+import type { Cluster } from '../dev/testbed';
 
 export interface BenchTable {
   name: string;

@@ -30,7 +30,7 @@ import { pipeline } from 'node:stream/promises';
 import { Transform } from 'node:stream';
 import { from as copyFrom, to as copyTo } from 'pg-copy-streams';
 import type pg from 'pg';
-import type { Cluster } from '../agent/testbed';
+import type { Cluster } from '../dev/testbed';
 import type { LoadDataset, SourceFacts } from './dataset';
 import { verifyTarget } from './dataset';
 import { BenchAgent, benchSpec } from './agent';

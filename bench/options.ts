@@ -15,7 +15,7 @@
  *   --native-binary     the apply's native subscription WITH (binary = true)
  *                       (PostgreSQL's default, off, is the goal's baseline)
  */
-import { PG_VERSIONS, type PgMajor } from '../agent/testbed';
+import { PG_VERSIONS, type PgMajor } from '../dev/testbed';
 
 export const SCENARIOS = ['load', 'apply', 'cutover'] as const;
 export type Scenario = (typeof SCENARIOS)[number];

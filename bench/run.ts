@@ -3,7 +3,7 @@
  *
  * Measures pgferry side by side with named baselines IN ONE RUN, on the same
  * two real clusters (source and target of the same major version, from
- * agent/testbed.ts, fsync ON — the default durability, equal for all):
+ * dev/testbed.ts, fsync ON — the default durability, equal for all):
  *
  *   (a) load     initial load vs native CREATE SUBSCRIPTION and the raw
  *                COPY|COPY pipe (load.ts, dataset.ts)
@@ -22,7 +22,7 @@
  * contender failed (unmet goals alone do not fail the run: it is a measurement).
  */
 import { cpus, loadavg } from 'node:os';
-import { startCluster, type Cluster } from '../agent/testbed';
+import { startCluster, type Cluster } from '../dev/testbed';
 import { onCleanup, cleanupAll } from './cleanup';
 import { parseOptions, usage, type BenchOptions } from './options';
 import { buildDataset, defineDataset } from './dataset';

@@ -4,11 +4,11 @@
  * the allowed values and defaults, and the derivation of a migration id from
  * a resource name.
  *
- * Field names mirror agent/spec.ts (`migrationId` is the spec's `id`). The
+ * Field names mirror agent/engine/spec.ts (`migrationId` is the spec's `id`). The
  * allowed-value tuples are copies of the agent's, kept equal by a unit test,
  * so that the provider needs neither zod nor the agent's modules at run time.
  */
-import type { AgentClientOptions } from './client';
+import type { AgentClientOptions } from '../api/client';
 
 /** The value the Pulumi engine sends during preview for a value not known yet. */
 export const UNKNOWN = '04da6b54-80e4-46f7-96ec-b56ff0331ba9';
@@ -29,7 +29,7 @@ export type Phase = (typeof PHASES)[number];
 export const ACTIVE_ENDPOINTS = ['source', 'target'] as const;
 export type ActiveEndpoint = (typeof ACTIVE_ENDPOINTS)[number];
 
-/** The agent's id rule (agent/spec.ts). */
+/** The agent's id rule (agent/engine/spec.ts). */
 export const MIGRATION_ID_PATTERN = /^[a-z][a-z0-9_]{0,39}$/;
 export const MIGRATION_ID_MAX_LENGTH = 40;
 
@@ -48,7 +48,7 @@ export const DEFAULTS = {
 
 /**
  * Where the agent is and how to talk to it: the agent client's options
- * (provider/client.ts documents each field and its default) without call
+ * (api/client.ts documents each field and its default) without call
  * deadlines. `token` and `clientKey` are secrets.
  */
 export type AgentArgs = Omit<AgentClientOptions, 'defaultTimeoutMs'>;
@@ -197,7 +197,7 @@ export interface MigrationOutputs {
   error?: string;
   /** Since when an operator has paused the migration on the agent (pgferry pause); absent when it runs. */
   pausedAt?: string;
-  /** The write fence on the source database: none | up | lift-pending | kept (agent/fence.ts). */
+  /** The write fence on the source database: none | up | lift-pending | kept (agent/engine/fence.ts). */
   sourceFence?: string;
   /** While the fence is lift-pending: since when, the attempts, the last error and the statement that lifts it by hand. */
   sourceFenceDetail?: string;

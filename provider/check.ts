@@ -14,7 +14,7 @@ import {
   AGENT_FIELDS, APPLY_FIELDS, ARG_NAMES, COPY_FIELDS, CUTOVER_OPTION_FIELDS, CUTOVER_VALIDATIONS, ENDPOINT_FIELDS,
   MIGRATION_ID_PATTERN, SCHEMA_MODES, SSL_MODES, TABLES_FIELDS, UNKNOWN,
 } from './args';
-import type { PreflightReportMessage } from './client';
+import type { PreflightReportMessage } from '../api/client';
 
 export interface CheckFailure { property: string; reason: string }
 
@@ -23,9 +23,9 @@ const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'obj
 const present = (v: unknown): boolean => v !== undefined && v !== null;
 const show = (v: unknown): string => (typeof v === 'string' ? `'${v.length > 60 ? `${v.slice(0, 57)}...` : v}'` : JSON.stringify(v));
 
-/** `schema.table`, either part `*` or quoted (agent/spec.ts tablePattern). */
+/** `schema.table`, either part `*` or quoted (agent/engine/spec.ts tablePattern). */
 const TABLE_PATTERN = /^("[^"]+"|[^".]+)\.("[^"]+"|[^".]+)$/;
-/** Slot and publication names (agent/spec.ts identifierish, at most 63 bytes). */
+/** Slot and publication names (agent/engine/spec.ts identifierish, at most 63 bytes). */
 const IDENTIFIER = /^[A-Za-z_][A-Za-z0-9_$]*$/;
 /** `host:port` or `[v6]:port`, optionally `dns:` prefixed, or `unix:/path`. */
 const AGENT_ENDPOINT = /^(?:unix:.+|(?:dns:(?:\/\/[^/]*\/)?)?(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):\d{1,5})$/;
@@ -223,7 +223,7 @@ export function validateInputs(news: Record<string, unknown>): CheckFailure[] {
   return f.list;
 }
 
-/** Which argument fixes each of the agent's preflight checks (agent/preflight.ts names). */
+/** Which argument fixes each of the agent's preflight checks (agent/engine/preflight.ts names). */
 export const PREFLIGHT_PROPERTY: Readonly<Record<string, string>> = {
   source_connection: 'source',
   source_version: 'source',

@@ -23,8 +23,8 @@ export {
 export type {
   ActiveEndpoint, ConnectionOutput, CutoverValidation, MigrationInputs, MigrationOutputs, Phase, SchemaMode, SslMode,
 } from './args';
-export { AgentClient, AgentError, isAgentError } from './client';
-export type { AgentClientOptions, MigrationMessage, MigrationSpecMessage, PreflightReportMessage, CutoverRequestMessage } from './client';
+export { AgentClient, AgentError, isAgentError } from '../api/client';
+export type { AgentClientOptions, MigrationMessage, MigrationSpecMessage, PreflightReportMessage, CutoverRequestMessage } from '../api/client';
 
 type Lifecycle = typeof import('./lifecycle');
 

@@ -19,7 +19,7 @@ import {
   type AgentArgs, type ConnectionOutput, type EndpointArgs, type MigrationInputs, type MigrationOutputs,
 } from './args';
 import { failuresFromAgentError, failuresFromPreflight, validateInputs, type CheckFailure } from './check';
-import { AgentClient, isAgentError, type AgentError, type MigrationMessage } from './client';
+import { AgentClient, isAgentError, type AgentError, type MigrationMessage } from '../api/client';
 import {
   buildOutputs, compact, echoArgs, echoEndpoint, secretPartsFromInputs, secretsDigest, toCutoverRequest, toSpec,
   type SecretParts,

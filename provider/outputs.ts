@@ -17,7 +17,7 @@ import {
   DEFAULTS, SSL_MODES, type ActiveEndpoint, type ConnectionOutput, type EndpointArgs, type EndpointEcho,
   type MigrationInputs, type MigrationOutputs, type SslMode,
 } from './args';
-import type { CutoverRequestMessage, MigrationMessage, MigrationSpecMessage } from './client';
+import type { CutoverRequestMessage, MigrationMessage, MigrationSpecMessage } from '../api/client';
 
 /** Drop `undefined` (and, with `dropNull`, `null`) deeply: a protobuf Struct holds neither. */
 export function compact<T>(v: T, dropNull = true): T {
@@ -88,7 +88,7 @@ export function resolveConnection(e: EndpointArgs): ConnectionOutput {
   return compact({ host, port, database, user, password, sslMode, connectionString });
 }
 
-/** The spec the agent validates (agent/spec.ts), from the arguments. */
+/** The spec the agent validates (agent/engine/spec.ts), from the arguments. */
 export function toSpec(a: MigrationInputs): MigrationSpecMessage {
   const endpoint = (e: EndpointArgs) => compact({
     connectionString: e.connectionString, host: e.host, port: e.port, database: e.database,

@@ -5,9 +5,9 @@
  * servers in sync.test.ts and roundtrip.test.ts.
  */
 import assert from 'node:assert/strict';
-import { BufferPool, Bytes, COPY_MIN_ROWS, KeyHashes, Plan, ArrayParam, TextModeNeeded, type Group, type RelMap, type Single, type Step, type TargetTable } from '../agent/apply-plan';
-import { PgferryError } from '../agent/errors';
-import { TupleData, type RelationMessage } from '../agent/pgoutput';
+import { BufferPool, Bytes, COPY_MIN_ROWS, KeyHashes, Plan, ArrayParam, TextModeNeeded, type Group, type RelMap, type Single, type Step, type TargetTable } from '../agent/engine/apply-plan';
+import { PgferryError } from '../agent/engine/errors';
+import { TupleData, type RelationMessage } from '../agent/engine/pgoutput';
 
 /** A pgoutput TupleData of these values (undefined = unchanged TOAST; a Buffer = a binary 'b' value). */
 function tuple(values: (string | Buffer | null | undefined)[]): TupleData {

@@ -4,8 +4,8 @@
  * pgferry's back. Real clusters, a real agent process.
  */
 import assert from 'node:assert/strict';
-import { startCluster, type Cluster } from '../agent/testbed';
-import { AgentClient, isAgentError, type MigrationMessage } from '../provider/client';
+import { startCluster, type Cluster } from '../dev/testbed';
+import { AgentClient, isAgentError, type MigrationMessage } from '../api/client';
 import { startAgent, type AgentProcess } from './support/agent';
 import { assertSameData, waitFor } from './support/compare';
 import { LEDGER_SCHEMA, assertLedgerHolds, ledgerWriter } from './support/ledger';

@@ -5,9 +5,9 @@
  * row must still arrive: the source keeps what the target lost.
  */
 import assert from 'node:assert/strict';
-import { startCluster, type Cluster } from '../agent/testbed';
-import { SHOP_SCHEMA, startWriter } from '../agent/sample';
-import { AgentClient } from '../provider/client';
+import { startCluster, type Cluster } from '../dev/testbed';
+import { SHOP_SCHEMA, startWriter } from '../dev/sample';
+import { AgentClient } from '../api/client';
 import { startAgent, type AgentProcess } from './support/agent';
 import { assertSameData, waitFor } from './support/compare';
 

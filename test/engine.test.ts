@@ -3,9 +3,9 @@
  * source and target clusters of different major versions, a live writer.
  */
 import assert from 'node:assert/strict';
-import { startCluster, type Cluster, type PgMajor } from '../agent/testbed';
-import { seedShop, startWriter } from '../agent/sample';
-import { AgentClient, isAgentError, type MigrationMessage, type MigrationSpecMessage } from '../provider/client';
+import { startCluster, type Cluster, type PgMajor } from '../dev/testbed';
+import { seedShop, startWriter } from '../dev/sample';
+import { AgentClient, isAgentError, type MigrationMessage, type MigrationSpecMessage } from '../api/client';
 import { startAgent, type AgentProcess } from './support/agent';
 import { assertSameData, waitFor } from './support/compare';
 

@@ -4,8 +4,8 @@
  * message that sits inside a larger buffer (as it does in a socket chunk).
  */
 import assert from 'node:assert/strict';
-import { FrameSplitter } from '../agent/receive';
-import { PgoutputDecodeError, PgoutputParser, SCAN_NULL, SCAN_UNCHANGED, UNCHANGED_TOAST, type InsertMessage, type UpdateMessage } from '../agent/pgoutput';
+import { FrameSplitter } from '../agent/engine/receive';
+import { PgoutputDecodeError, PgoutputParser, SCAN_NULL, SCAN_UNCHANGED, UNCHANGED_TOAST, type InsertMessage, type UpdateMessage } from '../agent/engine/pgoutput';
 
 function frame(type: string, body: Buffer): Buffer {
   const h = Buffer.alloc(5);

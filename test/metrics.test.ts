@@ -8,8 +8,8 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { METRIC_NAMES } from '../agent/metrics';
-import { isAgentError } from '../provider/client';
+import { METRIC_NAMES } from '../agent/server/metrics';
+import { isAgentError } from '../api/client';
 import { makeTestCerts, type TestCerts } from './support/certs';
 import { pollUntil, startShop, type RunningShop } from './support/running';
 import { parseExposition, pick, one, sum, family, type Exposition } from './support/metrics-text';

@@ -6,9 +6,9 @@
  * restarted in between, and when the pause came in the middle of the load.
  */
 import assert from 'node:assert/strict';
-import type { Cluster } from '../agent/testbed';
-import { startWriter } from '../agent/sample';
-import { AgentClient, isAgentError, type MigrationMessage, type MigrationSpecMessage } from '../provider/client';
+import type { Cluster } from '../dev/testbed';
+import { startWriter } from '../dev/sample';
+import { AgentClient, isAgentError, type MigrationMessage, type MigrationSpecMessage } from '../api/client';
 import { assertSameData, waitFor } from './support/compare';
 import { startShop, waitPhase, type RunningShop } from './support/running';
 

@@ -5,12 +5,12 @@
  */
 import assert from 'node:assert/strict';
 import type pg from 'pg';
-import { parseLsn } from '../agent/lsn';
+import { parseLsn } from '../agent/engine/lsn';
 import {
   PgoutputDecodeError, PgoutputParser, TupleData, PgoutputPlugin, UNCHANGED_TOAST,
   type CommitMessage, type DeleteMessage, type InsertMessage, type PgoutputMessage, type RelationMessage, type TruncateMessage, type UpdateMessage,
-} from '../agent/pgoutput';
-import { PG_VERSIONS, startCluster, type Cluster } from '../agent/testbed';
+} from '../agent/engine/pgoutput';
+import { PG_VERSIONS, startCluster, type Cluster } from '../dev/testbed';
 
 async function peek(c: pg.Client, slot: string, binary = false): Promise<{ lsn: bigint; data: Buffer }[]> {
   const r = await c.query(`SELECT lsn::text AS lsn, data FROM pg_logical_slot_peek_binary_changes($1, NULL, NULL, 'proto_version', '1', 'publication_names', 'p'${binary ? ", 'binary', 'true'" : ''})`, [slot]);

@@ -1,5 +1,5 @@
 /**
- * The apply stage's pipeline (agent/pipeline.ts) against a real server:
+ * The apply stage's pipeline (agent/engine/pipeline.ts) against a real server:
  * parts of several statements, COPY data included, sent without waiting for
  * each other; transactions queued behind one another; a failure names its
  * statement, nothing sent after it runs (later transactions and pipelines
@@ -7,8 +7,8 @@
  */
 import assert from 'node:assert/strict';
 import type pg from 'pg';
-import { Pipeline, PipelineError, PipelineSkipped, type PipelineStatement } from '../agent/pipeline';
-import { startCluster, type Cluster } from '../agent/testbed';
+import { Pipeline, PipelineError, PipelineSkipped, type PipelineStatement } from '../agent/engine/pipeline';
+import { startCluster, type Cluster } from '../dev/testbed';
 
 /** A binary text[] parameter, as apply-plan builds them. */
 function textArray(values: string[]): Buffer {

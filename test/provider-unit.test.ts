@@ -6,12 +6,12 @@
  */
 import assert from 'node:assert/strict';
 import { createServer, type Server } from 'node:net';
-import { freePort } from '../agent/testbed';
-import { schemas, SCHEMA_MODES as AGENT_SCHEMA_MODES, SSL_MODES as AGENT_SSL_MODES } from '../agent/spec';
+import { freePort } from '../dev/testbed';
+import { schemas, SCHEMA_MODES as AGENT_SCHEMA_MODES, SSL_MODES as AGENT_SSL_MODES } from '../agent/engine/spec';
 import { MIGRATION_ID_PATTERN, SCHEMA_MODES, SECRET_OUTPUTS, SSL_MODES, UNKNOWN, deriveMigrationId, type MigrationInputs } from '../provider/args';
-import { AgentClient, isAgentError } from '../provider/client';
+import { AgentClient, isAgentError } from '../api/client';
 import { buildOutputs, echoArgs, redactConnectionString, resolveConnection, secretPartsFromInputs } from '../provider/outputs';
-import type { MigrationMessage } from '../provider/client';
+import type { MigrationMessage } from '../api/client';
 import { ProviderHost, declareMigration, pathsContaining, secretPaths, urnOf, MIGRATION_TYPE, type Declared, type Props } from './support/provider-host';
 
 const SOURCE_PW = 'src-Secret-4711';

@@ -8,9 +8,9 @@
  */
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { freePort, startCluster, type Cluster } from '../agent/testbed';
+import { freePort, startCluster, type Cluster } from '../dev/testbed';
 import { SECRET_OUTPUTS } from '../provider/args';
-import { AgentClient, isAgentError } from '../provider/client';
+import { AgentClient, isAgentError } from '../api/client';
 import { startAgent, removeAgentDir, type AgentProcess } from './support/agent';
 import { makeTestCerts, type TestCerts } from './support/certs';
 import { ProviderHost, declareMigration, pathsContaining, urnOf, type Declared, type Props } from './support/provider-host';

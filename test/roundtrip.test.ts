@@ -5,8 +5,8 @@
  * row identically.
  */
 import assert from 'node:assert/strict';
-import { startCluster, type Cluster, type PgMajor } from '../agent/testbed';
-import { AgentClient } from '../provider/client';
+import { startCluster, type Cluster, type PgMajor } from '../dev/testbed';
+import { AgentClient } from '../api/client';
 import { ALL_TYPES_DDL, ALL_TYPES_ROWS, NUMERIC_INFINITY_ROWS, SCHEMA_FEATURES_DDL, SCHEMA_FEATURES_ROWS } from './fixtures/types';
 import { startAgent, type AgentProcess } from './support/agent';
 import { assertSameData, waitFor } from './support/compare';

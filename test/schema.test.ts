@@ -7,13 +7,13 @@ import assert from 'node:assert/strict';
 import { pipeline } from 'node:stream/promises';
 import type pg from 'pg';
 import { from as copyFrom, to as copyTo } from 'pg-copy-streams';
-import { dataColumns, selectTables, type TableInfo } from '../agent/catalog';
-import { connect, qi, qn } from '../agent/conn';
-import { isPgferryError } from '../agent/errors';
+import { dataColumns, selectTables, type TableInfo } from '../agent/engine/catalog';
+import { connect, qi, qn } from '../agent/engine/conn';
+import { isPgferryError } from '../agent/engine/errors';
 import {
   applyPostDataStatement, applyPreData, listSequences, planSchema, verifyExistingSchema, type SchemaPlan,
-} from '../agent/schema';
-import { startCluster, type Cluster, type PgMajor } from '../agent/testbed';
+} from '../agent/engine/schema';
+import { startCluster, type Cluster, type PgMajor } from '../dev/testbed';
 import {
   ALL_TYPES_DDL, ALL_TYPES_ROWS, NUMERIC_INFINITY_ROWS, SCHEMA_FEATURES_DDL, SCHEMA_FEATURES_ROWS,
 } from './fixtures/types';

@@ -11,13 +11,13 @@
 import { assertSameTables } from './support/compare';
 import assert from 'node:assert/strict';
 import pg from 'pg';
-import { SESSION_OPTIONS } from '../agent/conn';
-import { isPgferryError, type PgferryError } from '../agent/errors';
-import { formatLsn, parseLsn, PG_EPOCH_MS, type Lsn } from '../agent/lsn';
-import { PgoutputParser, type PgoutputMessage } from '../agent/pgoutput';
-import { ReplicationStream } from '../agent/receive';
-import { encodeStandbyStatus, parseKeepalive, runSync, type SyncOptions, type SyncProgress } from '../agent/sync';
-import { startCluster, type Cluster, type PgMajor } from '../agent/testbed';
+import { SESSION_OPTIONS } from '../agent/engine/conn';
+import { isPgferryError, type PgferryError } from '../agent/engine/errors';
+import { formatLsn, parseLsn, PG_EPOCH_MS, type Lsn } from '../agent/engine/lsn';
+import { PgoutputParser, type PgoutputMessage } from '../agent/engine/pgoutput';
+import { ReplicationStream } from '../agent/engine/receive';
+import { encodeStandbyStatus, parseKeepalive, runSync, type SyncOptions, type SyncProgress } from '../agent/engine/sync';
+import { startCluster, type Cluster, type PgMajor } from '../dev/testbed';
 import { ALL_TYPES_DDL, ALL_TYPES_ROWS, NUMERIC_INFINITY_ROWS, SCHEMA_FEATURES_DDL, SCHEMA_FEATURES_ROWS } from './fixtures/types';
 
 const PAIRS: { source: PgMajor; target: PgMajor }[] = [{ source: 14, target: 17 }, { source: 17, target: 17 }];

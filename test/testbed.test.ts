@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { startCluster, type Cluster, PG_VERSIONS } from '../agent/testbed';
+import { startCluster, type Cluster, PG_VERSIONS } from '../dev/testbed';
 
 describe('testbed: throwaway clusters', function () {
   for (const version of PG_VERSIONS) {

@@ -3,7 +3,7 @@
  * machine and a local agent, for anyone with the Pulumi CLI (no cloud account).
  *
  * Run from the repository root (its Pulumi.yaml points here): `npm run build`
- * once, start the agent (`node dist/agent/cli.js agent --listen 127.0.0.1:7443
+ * once, start the agent (`node dist/agent/cli/main.js agent --listen 127.0.0.1:7443
  * --state-dir .pgferry`), then `pulumi up`. See README.md next to this file.
  *
  * Config (`pulumi config set …`, secrets with `--secret`):

@@ -1,5 +1,5 @@
 /**
- * A real agent process for tests: `node dist/agent/cli.js agent` on a free
+ * A real agent process for tests: `node dist/agent/cli/main.js agent` on a free
  * loopback port with its own state directory. `kill()` is `kill -9`;
  * `restart()` starts a new process on the same state directory.
  *
@@ -43,7 +43,7 @@ export interface StartAgentOptions {
   env?: Record<string, string>;
 }
 
-export const CLI = join(__dirname, '..', '..', 'agent', 'cli.js');
+export const CLI = join(__dirname, '..', '..', 'agent', 'cli', 'main.js');
 
 async function spawnAgent(stateDir: string, logFile: string, extraArgs: string[], env: Record<string, string>, wantMetrics: boolean): Promise<{ child: ChildProcess; port: number; metricsPort?: number }> {
   const child = spawn(process.execPath, [CLI, 'agent', '--listen', '127.0.0.1:0', '--state-dir', stateDir, '--log-format', 'json', ...extraArgs], {

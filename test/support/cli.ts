@@ -1,5 +1,5 @@
 /**
- * Run the `pgferry` CLI (dist/agent/cli.js) as a child process and collect
+ * Run the `pgferry` CLI (dist/agent/cli/main.js) as a child process and collect
  * its exit code, stdout and stderr. Asynchronous, so agents started by the
  * same test keep their pipes drained while the CLI runs.
  */

@@ -1,14 +1,14 @@
 /**
  * Compare source and target table by table: row count and an
- * order-independent checksum of all data columns (agent/checksum.ts), with
+ * order-independent checksum of all data columns (agent/engine/checksum.ts), with
  * the same session settings the agent uses.
  */
 import assert from 'node:assert/strict';
 import pg from 'pg';
-import { SESSION_OPTIONS } from '../../agent/conn';
-import { tableFingerprint } from '../../agent/checksum';
-import type { Cluster } from '../../agent/testbed';
-import { formatLsn, parseLsn, type Lsn } from '../../agent/lsn';
+import { SESSION_OPTIONS } from '../../agent/engine/conn';
+import { tableFingerprint } from '../../agent/engine/checksum';
+import type { Cluster } from '../../dev/testbed';
+import { formatLsn, parseLsn, type Lsn } from '../../agent/engine/lsn';
 
 export async function sessionClient(c: Cluster, database: string): Promise<pg.Client> {
   const client = new pg.Client({ ...c.endpoint(database), ssl: false, options: SESSION_OPTIONS });

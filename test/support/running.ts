@@ -5,9 +5,9 @@
  * and waited for until it is syncing. `stop()` removes everything.
  */
 import { readFileSync } from 'node:fs';
-import { startCluster, type Cluster } from '../../agent/testbed';
-import { seedShop } from '../../agent/sample';
-import { AgentClient, type MigrationMessage, type MigrationSpecMessage } from '../../provider/client';
+import { startCluster, type Cluster } from '../../dev/testbed';
+import { seedShop } from '../../dev/sample';
+import { AgentClient, type MigrationMessage, type MigrationSpecMessage } from '../../api/client';
 import { startAgent, removeAgentDir, type AgentProcess, type StartAgentOptions } from './agent';
 
 export interface RunningShop {

@@ -18,16 +18,16 @@
  * environment.
  */
 import { Command, CommanderError, Option } from 'commander';
-import { PgferryError, isPgferryError } from './errors';
-import { LOG_FORMATS, LOG_LEVELS, createLogger, type LogFormat, type LogLevel } from './log';
-import { StateStore } from './state';
-import { AgentService } from './service';
-import { createServer, listen } from './server';
-import { AGENT_TOKEN_ENV, MIN_TOKEN_LENGTH, StaticTokens, TokenAuth, TokenFile, checkListenSecurity, tokensFromEnv, type TokenSource } from './auth';
-import { loadServerTls, type ServerTls } from './tls';
-import type { AgentMetrics, MetricsServer } from './metrics';
+import { PgferryError, isPgferryError } from '../engine/errors';
+import { LOG_FORMATS, LOG_LEVELS, createLogger, type LogFormat, type LogLevel } from '../server/log';
+import { StateStore } from '../engine/state';
+import { AgentService } from '../server/service';
+import { createServer, listen } from '../server/server';
+import { AGENT_TOKEN_ENV, MIN_TOKEN_LENGTH, StaticTokens, TokenAuth, TokenFile, checkListenSecurity, tokensFromEnv, type TokenSource } from '../server/auth';
+import { loadServerTls, type ServerTls } from '../server/tls';
+import type { AgentMetrics, MetricsServer } from '../server/metrics';
 import { EXIT, registerClientCommands, reportError } from './commands';
-import type { MigrationStatus } from './migration';
+import type { MigrationStatus } from '../engine/migration';
 
 const VERSION: string = require('../../package.json').version;
 
@@ -79,7 +79,7 @@ program.command('demo')
   .option('--target-version <major>', 'target PostgreSQL major version', '17')
   .option('--rows <n>', 'rows in the largest sample table', '200000')
   .action(async (opts: { sourceVersion: string; targetVersion: string; rows: string }) => {
-    const { runDemo } = await import('./demo.js');
+    const { runDemo } = await import('../../dev/demo.js');
     await runDemo({ sourceVersion: Number(opts.sourceVersion) as 13, targetVersion: Number(opts.targetVersion) as 17, rows: Number(opts.rows) });
   });
 
@@ -155,7 +155,7 @@ async function runAgent(opts: AgentFlags): Promise<void> {
     return settled.flatMap((s) => (s.status === 'fulfilled' ? [s.value] : []));
   };
   // Metrics only when served: prom-client is loaded (and its collectors run) only then.
-  const metricsModule = opts.metricsListen ? require('./metrics') as typeof import('./metrics') : undefined;
+  const metricsModule = opts.metricsListen ? require('../server/metrics') as typeof import('../server/metrics') : undefined;
   if (metricsModule) metrics = new metricsModule.AgentMetrics(statuses, { version: VERSION, tlsNotAfter: tls?.notAfter });
   const m = metrics;
   const server = createServer(svc, {

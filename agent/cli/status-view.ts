@@ -3,13 +3,13 @@
  * migrations, a preflight report and a cutover report, rendered as plain
  * lines that fit the terminal (80 columns unless told otherwise).
  *
- * Input: the agent's messages as the client returns them (provider/client.ts).
+ * Input: the agent's messages as the client returns them (api/client.ts).
  * Output: arrays of lines, each at most `width` columns (long messages wrap,
  * anything else that would not fit is cut with `…`), so callers can redraw
  * them in place (`pgferry status --watch`). No colour and no wide glyphs
  * beyond the block characters of the bars, which are one column each.
  */
-import type { CutoverReportMessage, MigrationMessage, PreflightReportMessage, TableStatusMessage } from '../provider/client';
+import type { CutoverReportMessage, MigrationMessage, PreflightReportMessage, TableStatusMessage } from '../../api/client';
 
 /** The width used when the output is not a terminal. */
 export const DEFAULT_WIDTH = 80;

@@ -1,7 +1,7 @@
 /**
  * commands — the operator's side of the `pgferry` CLI: `status`, `preflight`,
  * `start`, `cutover`, `cancel-cutover`, `pause`, `resume`, `unfence` and `delete`, each a client of a
- * running agent (provider/client.ts), with human output for an 80-column
+ * running agent (api/client.ts), with human output for an 80-column
  * terminal or `--json` for scripts.
  *
  * Input: flags, environment (`PGFERRY_AGENT`, `PGFERRY_TOKEN`,
@@ -25,10 +25,10 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import {
   AgentClient, CUTOVER_VALIDATIONS, isAgentError, splitHostPort,
   type AgentClientOptions, type MigrationMessage, type MigrationSpecMessage,
-} from '../provider/client';
-import { PgferryError, isPgferryError } from './errors';
-import { parseTokens } from './auth';
-import { loadClientTls } from './tls';
+} from '../../api/client';
+import { PgferryError, isPgferryError } from '../engine/errors';
+import { parseTokens } from '../server/auth';
+import { loadClientTls } from '../server/tls';
 import { DEFAULT_WIDTH, formatBytes, formatDuration, renderCutover, renderList, renderMigration, renderPreflight } from './status-view';
 
 /** Exit codes of the client commands. */
@@ -109,7 +109,7 @@ const ENDPOINT_SHAPE: Record<string, Kind> = {
   connectionString: 'string', host: 'string', port: 'number', database: 'string', user: 'string',
   password: 'string', sslMode: 'string', sslRootCert: 'string',
 };
-/** The spec's shape (agent/spec.ts), for the checks the wire format would otherwise hide. */
+/** The spec's shape (agent/engine/spec.ts), for the checks the wire format would otherwise hide. */
 const SPEC_SHAPE: Record<string, Kind> = {
   id: 'string', migrationId: 'string', source: ENDPOINT_SHAPE, target: ENDPOINT_SHAPE,
   tables: { include: 'strings', exclude: 'strings' }, schemaMode: 'string', overwriteTarget: 'boolean',
@@ -121,7 +121,7 @@ const SECRET_KEYS = new Set(['password', 'connectionString']);
 
 /**
  * Read a spec file: JSON with the fields of the Pulumi resource's arguments
- * (agent/spec.ts; `id` or `migrationId`). Any string value may instead be
+ * (agent/engine/spec.ts; `id` or `migrationId`). Any string value may instead be
  * `{"env": "NAME"}` (the environment variable's value) or `{"file": "path"}`
  * (the file's text without its final newline; relative to the spec file).
  * Pulumi-only keys (`agent`, `cutover`, …) are ignored.

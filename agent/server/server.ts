@@ -1,6 +1,6 @@
 /**
  * server — the agent's gRPC surface (`pgferry.agent.v1.MigrationService`
- * from proto/pgferry/agent/v1/agent.proto, plus the standard
+ * from api/proto/pgferry/agent/v1/agent.proto, plus the standard
  * `grpc.health.v1.Health`).
  *
  * Each handler completes exactly once; failures become a gRPC status from
@@ -15,12 +15,12 @@ import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { HealthImplementation } from 'grpc-health-check';
-import { PgferryError, asPgferryError, redact, registerSecret, type ErrorCode } from './errors';
+import { PgferryError, asPgferryError, redact, registerSecret, type ErrorCode } from '../engine/errors';
 import type { AuthRejectReason, TokenAuth } from './auth';
 import type { AgentService } from './service';
-import type { MigrationStatus } from './migration';
+import type { MigrationStatus } from '../engine/migration';
 
-export const PROTO_PATH = join(__dirname, '..', '..', 'proto', 'pgferry', 'agent', 'v1', 'agent.proto');
+export const PROTO_PATH = join(__dirname, '..', '..', '..', 'api', 'proto', 'pgferry', 'agent', 'v1', 'agent.proto');
 export const SERVICE_NAME = 'pgferry.agent.v1.MigrationService';
 
 /** The one place error codes become gRPC status codes. */

@@ -39,7 +39,7 @@ export interface TableSelectionMessage { include?: string[]; exclude?: string[] 
 export interface CopyOptionsMessage { workers?: number; splitBytes?: number; indexJobs?: number }
 export interface ApplyOptionsMessage { batchChanges?: number; batchMs?: number }
 
-/** What a migration is (`pgferry.agent.v1.MigrationSpec`); mirrors agent/spec.ts. */
+/** What a migration is (`pgferry.agent.v1.MigrationSpec`); mirrors agent/engine/spec.ts. */
 export interface MigrationSpecMessage {
   id: string;
   source: EndpointMessage;
@@ -349,9 +349,9 @@ const LOADER_OPTIONS: protoLoader.Options = { keepCase: false, longs: Number, en
 type Ctor = new (address: string, credentials: grpc.ChannelCredentials, options?: grpc.ChannelOptions) => grpc.Client;
 let cachedCtors: { migration: Ctor; health: Ctor } | undefined;
 
-/** The folder holding the package's .proto files (dist/provider/client.js → ../../proto). */
+/** The folder holding the package's .proto files (dist/api/client.js → ../../api/proto). */
 export function protoRoot(): string {
-  return join(__dirname, '..', '..', 'proto');
+  return join(__dirname, '..', '..', 'api', 'proto');
 }
 
 function serviceConstructors(): { migration: Ctor; health: Ctor } {

@@ -25,7 +25,7 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import { isIP } from 'node:net';
 import type * as grpc from '@grpc/grpc-js';
-import { PgferryError, registerSecret } from './errors';
+import { PgferryError, registerSecret } from '../engine/errors';
 
 /** Environment variable the agent reads a (non-rotating) token from when no `--token-file` is given. */
 export const AGENT_TOKEN_ENV = 'PGFERRY_AGENT_TOKEN';

@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startCluster, type Cluster, type PgMajor } from './testbed';
 import { seedShop, startWriter } from './sample';
-import { AgentClient, type MigrationMessage } from '../provider/client';
+import { AgentClient, type MigrationMessage } from '../api/client';
 import { ProviderHost, declareMigration, urnOf } from '../provider/host-driver';
 
 export interface DemoOptions { sourceVersion: PgMajor; targetVersion: PgMajor; rows: number }
@@ -45,7 +45,7 @@ export async function runDemo(opts: DemoOptions): Promise<void> {
     await seed.end();
     say(`• seeded "shop": ${opts.rows} orders with items, customers, products, partitioned events, an audit log`);
 
-    agent = spawn(process.execPath, [join(__dirname, 'cli.js'), 'agent', '--listen', '127.0.0.1:0', '--state-dir', join(work, 'agent'), '--log-format', 'json'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    agent = spawn(process.execPath, [join(__dirname, '..', 'agent', 'cli', 'main.js'), 'agent', '--listen', '127.0.0.1:0', '--state-dir', join(work, 'agent'), '--log-format', 'json'], { stdio: ['ignore', 'pipe', 'ignore'] });
     const port = await new Promise<number>((resolve, reject) => {
       agent!.stdout!.on('data', (d: Buffer) => { const m = /listening (\d+)/.exec(d.toString()); if (m) resolve(Number(m[1])); });
       agent!.once('exit', (code) => reject(new Error(`the agent exited with code ${code}`)));

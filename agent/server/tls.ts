@@ -19,7 +19,7 @@
 import { X509Certificate, createPrivateKey, type KeyObject } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
-import { PgferryError } from './errors';
+import { PgferryError } from '../engine/errors';
 
 /** A certificate expiring sooner than this is warned about at every start. */
 export const EXPIRY_WARNING_DAYS = 30;

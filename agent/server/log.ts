@@ -13,8 +13,8 @@
  */
 import pino from 'pino';
 import { Writable } from 'node:stream';
-import { redact } from './errors';
-import type { LogFn } from './migration';
+import { redact } from '../engine/errors';
+import type { LogFn } from '../engine/migration';
 
 export const LOG_FORMATS = ['json', 'pretty'] as const;
 export type LogFormat = (typeof LOG_FORMATS)[number];

@@ -15,11 +15,11 @@
  */
 import { createServer, type Server } from 'node:http';
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
-import { PHASES } from './state';
+import { PHASES } from '../engine/state';
 import { parseListenAddress } from './auth';
-import type { LogFn, MigrationStatus } from './migration';
+import type { LogFn, MigrationStatus } from '../engine/migration';
 
-/** The states a cutover report goes through (agent/cutover.ts). */
+/** The states a cutover report goes through (agent/engine/cutover.ts). */
 export const CUTOVER_STATES = ['waiting-for-lag', 'fencing', 'draining', 'sequences', 'validating', 'completed', 'failed'] as const;
 
 /** Where an error counted in `pgferry_errors_total` came from. */

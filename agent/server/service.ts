@@ -6,12 +6,12 @@
  * On start-up every migration found in the state directory that is not
  * finished (and not paused) is resumed from where it stopped.
  */
-import { PgferryError } from './errors';
-import { MigrationRunner, preflightOrThrow, type LogFn, type MigrationStatus } from './migration';
-import { runPreflight, type PreflightReport } from './preflight';
-import { parseSpec, publicationNameOf, slotNameOf, specFingerprint, stableJson } from './spec';
-import type { MigrationRecord, StateStore } from './state';
-import { FENCE_METHODS, VALIDATIONS, runCutover, type CutoverOptions } from './cutover';
+import { PgferryError } from '../engine/errors';
+import { MigrationRunner, preflightOrThrow, type LogFn, type MigrationStatus } from '../engine/migration';
+import { runPreflight, type PreflightReport } from '../engine/preflight';
+import { parseSpec, publicationNameOf, slotNameOf, specFingerprint, stableJson } from '../engine/spec';
+import type { MigrationRecord, StateStore } from '../engine/state';
+import { FENCE_METHODS, VALIDATIONS, runCutover, type CutoverOptions } from '../engine/cutover';
 
 export interface CutoverRequest {
   id: string; maxLagBytes?: number; maxLagSeconds?: number; timeoutMs?: number;
