@@ -67,7 +67,7 @@ import type { Endpoint } from './spec';
 import { LOCAL_WAL_POSITIONS, RECORD_APPLIED_LSN, ensureTargetState, readAppliedLsn } from './target-state';
 import { Pipeline, PipelineError, PipelineSkipped, type PartResult, type PipelineStatement, type PipelineValue } from './pipeline';
 
-export type LogFn = (level: 'info' | 'warn' | 'error', msg: string, fields?: object) => void;
+import type { LogFn } from './log-fn';
 
 /** How statements may be ordered, decided by what the target session is allowed to do. */
 export type ApplyMode = 'replica' | 'ordered';

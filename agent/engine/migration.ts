@@ -32,7 +32,7 @@ import type { CutoverReport, MigrationRecord, Phase, StateStore, StoredError } f
 import { FenceKeeper, type FenceStatus } from './fence';
 import type { MigrationSpec } from './spec';
 
-export type LogFn = (level: 'info' | 'warn' | 'error', msg: string, fields?: object) => void;
+import type { LogFn } from './log-fn';
 
 export interface TableStatus {
   schema: string; name: string; phase: 'queued' | 'copying' | 'copied' | 'synced';

@@ -19,7 +19,8 @@
  * (`Applier.appliedLsn`): after a crash at any instant the next session
  * restarts from the target's recorded position and nothing is lost or doubled.
  */
-import { Applier, SafeReplayNeeded, type LogFn } from './apply';
+import { Applier, SafeReplayNeeded } from './apply';
+import type { LogFn } from './log-fn';
 import { TextModeNeeded } from './apply-plan';
 import { ql, resolveEndpoint } from './conn';
 import { asPgferryError, isTransientError, PgferryError, redact } from './errors';

@@ -14,7 +14,7 @@
 import pino from 'pino';
 import { Writable } from 'node:stream';
 import { redact } from '../engine/errors';
-import type { LogFn } from '../engine/migration';
+import type { LogFn } from '../engine/log-fn';
 
 export const LOG_FORMATS = ['json', 'pretty'] as const;
 export type LogFormat = (typeof LOG_FORMATS)[number];

@@ -17,7 +17,8 @@ import { createServer, type Server } from 'node:http';
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import { PHASES } from '../engine/state';
 import { parseListenAddress } from './auth';
-import type { LogFn, MigrationStatus } from '../engine/migration';
+import type { LogFn } from '../engine/log-fn';
+import type { MigrationStatus } from '../engine/migration';
 
 /** The states a cutover report goes through (agent/engine/cutover.ts). */
 export const CUTOVER_STATES = ['waiting-for-lag', 'fencing', 'draining', 'sequences', 'validating', 'completed', 'failed'] as const;

@@ -7,7 +7,8 @@
  * finished (and not paused) is resumed from where it stopped.
  */
 import { PgferryError } from '../engine/errors';
-import { MigrationRunner, preflightOrThrow, type LogFn, type MigrationStatus } from '../engine/migration';
+import { MigrationRunner, preflightOrThrow, type MigrationStatus } from '../engine/migration';
+import type { LogFn } from '../engine/log-fn';
 import { runPreflight, type PreflightReport } from '../engine/preflight';
 import { parseSpec, publicationNameOf, slotNameOf, specFingerprint, stableJson } from '../engine/spec';
 import type { MigrationRecord, StateStore } from '../engine/state';
