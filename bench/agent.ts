@@ -85,7 +85,7 @@ export class BenchAgent {
     } catch (e) {
       const tail = (() => { try { return proc.logs().trimEnd().split('\n').slice(-10).join('\n'); } catch { return ''; } })();
       await release();
-      throw new Error(`${(e as Error).message}${tail ? `:\n${tail}` : ''}`);
+      throw new Error(`${(e as Error).message}${tail ? `:\n${tail}` : ''}`, { cause: e });
     }
     agent = new BenchAgent(proc, release);
     return agent;

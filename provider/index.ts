@@ -13,7 +13,7 @@
 import * as pulumi from '@pulumi/pulumi';
 import {
   SECRET_OUTPUTS, deriveMigrationId,
-  type ActiveEndpoint, type ConnectionOutput, type CutoverValidation, type MigrationInputs, type MigrationOutputs,
+  type ActiveEndpoint, type ConnectionOutput, type CutoverValidation,
   type SchemaMode, type SslMode,
 } from './args';
 

@@ -307,7 +307,7 @@ describe('security: migrating through TLS to and from servers with ssl = on (ver
       // Best effort: a failing status call must not hide the difference itself.
       const m = await client.getMigration('tls').catch((err: unknown) => ({ statusError: String(err) }));
       const status = 'statusError' in m ? m : { phase: m.phase, appliedLsn: m.appliedLsn, lagBytes: m.lagBytes, changesApplied: m.changesApplied };
-      let log = '';
+      let log: string;
       try { log = agent.logs().slice(-8000); } catch (err) { log = `(unreadable: ${String(err)})`; }
       (e as Error).message += `\nend ${end}; status ${JSON.stringify(status)}\nagent log (tail):\n${log}`;
       throw e;

@@ -313,13 +313,27 @@ async function watchAll(io: Io, client: AgentClient, intervalMs: number, json: b
 }
 
 /** Register the client commands on `program`; each sets `process.exitCode` through `run`. */
-export function registerClientCommands(program: Command, io: Io = { out: process.stdout, err: process.stderr, env: process.env }): void {
-  const run = (fn: () => Promise<number | void>) => async () => {
+type Run = (fn: () => Promise<number | void>) => () => Promise<void>;
+
+/** Wraps an action: its exit code (or the error's) becomes `process.exitCode`. */
+function runner(io: Io): Run {
+  return (fn) => async () => {
     let code: number;
     try { code = (await fn()) ?? EXIT.ok; } catch (e) { code = reportError(io, e); }
     process.exitCode = code;
   };
+}
 
+/** Register the client commands on `program`; each sets `process.exitCode` through `run`. */
+export function registerClientCommands(program: Command, io: Io = { out: process.stdout, err: process.stderr, env: process.env }): void {
+  const run = runner(io);
+  registerInspectCommands(program, io, run);
+  registerCutoverCommands(program, io, run);
+  registerLifecycleCommands(program, io, run);
+}
+
+/** status, preflight, start. */
+function registerInspectCommands(program: Command, io: Io, run: Run): void {
   withConnection(program.command('status')
     .argument('[id]', 'a migration id (default: all migrations)')
     .description('Show one migration (phase, per-table progress while copying, lag, apply rate, ETA, WAL kept by the slot) or all of them.')
@@ -368,7 +382,10 @@ export function registerClientCommands(program: Command, io: Io = { out: process
         return m.phase === 'failed' ? EXIT.failure : EXIT.ok;
       });
     })());
+}
 
+/** cutover, cancel-cutover, unfence. */
+function registerCutoverCommands(program: Command, io: Io, run: Run): void {
   withConnection(program.command('cutover')
     .argument('<id>', 'the migration id')
     .description('Fence writers on the source, drain, set sequences, validate and switch to the target (exit 1 unless it completed).')
@@ -421,6 +438,26 @@ export function registerClientCommands(program: Command, io: Io = { out: process
       });
     })());
 
+  withConnection(program.command('unfence')
+    .argument('<id>', 'the migration id')
+    .description('Lift the write fence a cutover raised on the source database now, verified (idempotent: nothing to do when none is up). A running cutover is cancelled first.')
+    .option('--after-cutover', 'also lift the fence a completed cutover keeps on purpose (writes to the old source then never reach the target)')
+    .option('--json', 'print the resulting status message as JSON'))
+    .action((id: string, o: ConnectionFlags & { json?: boolean; afterCutover?: boolean }) => run(async () => {
+      await withClient(io, o, async (client) => {
+        const before = await client.getMigration(id);
+        const m = await client.unfence(id, { afterCutover: o.afterCutover });
+        if (o.json) { printJson(io, m); return; }
+        const was = before.fence?.state && before.fence.state !== 'none';
+        print(io, [was
+          ? `Lifted the fence on database '${before.fence!.database}' and verified it: new sessions there are writable again.`
+          : `No fence of migration ${m.id} is up on the source: nothing to do.`, ...renderMigration(m, { width: termWidth(io) })]);
+      });
+    })());
+}
+
+/** pause, resume, delete. */
+function registerLifecycleCommands(program: Command, io: Io, run: Run): void {
   withConnection(program.command('pause')
     .argument('<id>', 'the migration id')
     .description('Pause a migration until `pgferry resume` (also across agent restarts). The slot stays: the source keeps the WAL written meanwhile.')
@@ -442,23 +479,6 @@ export function registerClientCommands(program: Command, io: Io = { out: process
         const m = await client.resumeMigration(id);
         if (o.json) printJson(io, m);
         else print(io, [`Resumed migration ${m.id}.`, ...renderMigration(m, { width: termWidth(io) })]);
-      });
-    })());
-
-  withConnection(program.command('unfence')
-    .argument('<id>', 'the migration id')
-    .description('Lift the write fence a cutover raised on the source database now, verified (idempotent: nothing to do when none is up). A running cutover is cancelled first.')
-    .option('--after-cutover', 'also lift the fence a completed cutover keeps on purpose (writes to the old source then never reach the target)')
-    .option('--json', 'print the resulting status message as JSON'))
-    .action((id: string, o: ConnectionFlags & { json?: boolean; afterCutover?: boolean }) => run(async () => {
-      await withClient(io, o, async (client) => {
-        const before = await client.getMigration(id);
-        const m = await client.unfence(id, { afterCutover: o.afterCutover });
-        if (o.json) { printJson(io, m); return; }
-        const was = before.fence?.state && before.fence.state !== 'none';
-        print(io, [was
-          ? `Lifted the fence on database '${before.fence!.database}' and verified it: new sessions there are writable again.`
-          : `No fence of migration ${m.id} is up on the source: nothing to do.`, ...renderMigration(m, { width: termWidth(io) })]);
       });
     })());
 
