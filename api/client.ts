@@ -16,177 +16,75 @@
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { dirname, join } from 'node:path';
+import type { Endpoint__Output } from './generated/pgferry/agent/v1/Endpoint';
+import type { TableSelection__Output } from './generated/pgferry/agent/v1/TableSelection';
+import type { CopyOptions__Output } from './generated/pgferry/agent/v1/CopyOptions';
+import type { ApplyOptions__Output } from './generated/pgferry/agent/v1/ApplyOptions';
+import type { MigrationSpec__Output } from './generated/pgferry/agent/v1/MigrationSpec';
+import type { PreflightCheck__Output } from './generated/pgferry/agent/v1/PreflightCheck';
+import type { PreflightReport__Output } from './generated/pgferry/agent/v1/PreflightReport';
+import type { TableStatus__Output } from './generated/pgferry/agent/v1/TableStatus';
+import type { TableValidation__Output } from './generated/pgferry/agent/v1/TableValidation';
+import type { SequenceSet__Output } from './generated/pgferry/agent/v1/SequenceSet';
+import type { CutoverReport__Output } from './generated/pgferry/agent/v1/CutoverReport';
+import type { FenceStatus__Output } from './generated/pgferry/agent/v1/FenceStatus';
+import type { Migration__Output } from './generated/pgferry/agent/v1/Migration';
+import type { DeleteMigrationResponse__Output } from './generated/pgferry/agent/v1/DeleteMigrationResponse';
+import type { CutoverRequest__Output } from './generated/pgferry/agent/v1/CutoverRequest';
 
 // ---------------------------------------------------------------------------
-// Messages (camelCase, as proto-loader produces them with keepCase: false)
+// Messages: the types @grpc/proto-loader generates from the .proto
+// (`npm run gen`, into api/generated/), so each shape is written once, in the
+// proto. Responses are the generated `__Output` types (camelCase fields,
+// 64-bit integers as numbers, enums as strings, defaults filled in);
+// requests are derived from them (every field optional but the ones named).
 // ---------------------------------------------------------------------------
+
 
 /** One database endpoint of a migration spec (`pgferry.agent.v1.Endpoint`). */
-export interface EndpointMessage {
-  connectionString?: string;
-  host?: string;
-  port?: number;
-  database?: string;
-  user?: string;
-  password?: string;
-  /** disable | prefer | require | verify-ca | verify-full */
-  sslMode?: string;
-  /** PEM text of the CA for verify-ca / verify-full. */
-  sslRootCert?: string;
-}
-
-export interface TableSelectionMessage { include?: string[]; exclude?: string[] }
-export interface CopyOptionsMessage { workers?: number; splitBytes?: number; indexJobs?: number }
-export interface ApplyOptionsMessage { batchChanges?: number; batchMs?: number }
+export type EndpointMessage = Partial<Endpoint__Output>;
+export type TableSelectionMessage = Partial<TableSelection__Output>;
+export type CopyOptionsMessage = Partial<CopyOptions__Output>;
+export type ApplyOptionsMessage = Partial<ApplyOptions__Output>;
 
 /** What a migration is (`pgferry.agent.v1.MigrationSpec`); mirrors agent/engine/spec.ts. */
-export interface MigrationSpecMessage {
+export type MigrationSpecMessage = Partial<Omit<MigrationSpec__Output, 'id' | 'source' | 'target' | 'tables' | 'copy' | 'apply'>> & {
   id: string;
   source: EndpointMessage;
   target: EndpointMessage;
   tables?: TableSelectionMessage;
-  /** create (default) | existing */
-  schemaMode?: string;
-  overwriteTarget?: boolean;
-  slotName?: string;
-  publicationName?: string;
   copy?: CopyOptionsMessage;
   apply?: ApplyOptionsMessage;
-}
+};
 
-export interface PreflightCheckMessage {
-  name: string;
-  /** pass | warn | fail */
-  verdict: string;
-  message: string;
-  remedy: string;
-  objects: string[];
-}
-
-export interface PreflightReportMessage {
-  ok: boolean;
-  checks: PreflightCheckMessage[];
-  sourceVersion: string;
-  targetVersion: string;
-  tableCount: number;
-}
-
-export interface TableStatusMessage {
-  schema: string;
-  name: string;
-  /** queued | copying | copied | synced */
-  phase: string;
-  rowsCopied: number;
-  bytesCopied: number;
-  rowsEstimated: number;
-  bytesEstimated: number;
-}
-
-export interface TableValidationMessage {
-  table: string;
-  sourceRows: number;
-  targetRows: number;
-  sourceChecksum: string;
-  targetChecksum: string;
-  match: boolean;
-}
-
-export interface SequenceSetMessage { sequence: string; value: number }
-
-export interface CutoverReportMessage {
-  /** waiting-for-lag | fencing | draining | sequences | validating | completed | failed */
-  state: string;
-  fenceStartedAt: string;
-  fenceEndedAt: string;
-  writeDowntimeMs: number;
-  fenceLsn: string;
-  tables: TableValidationMessage[];
-  sequences: SequenceSetMessage[];
-  warnings: string[];
-  validation: string;
-  validationOk: boolean;
-  completedAt: string;
-  error: string;
-  attempts: number;
-}
-
-/** A migration's status (`pgferry.agent.v1.Migration`). */
-export interface MigrationMessage {
-  id: string;
-  /** preflight | schema | loading | indexing | syncing | cutting-over | completed | failed | deleted */
-  phase: string;
-  errorCode: string;
-  errorMessage: string;
-  errorRemedy: string;
-  createdAt: string;
-  updatedAt: string;
-  tables: TableStatusMessage[];
-  tablesTotal: number;
-  tablesCopied: number;
-  rowsCopied: number;
-  bytesCopied: number;
-  bytesEstimated: number;
-  progress: number;
-  etaSeconds: number;
-  lagBytes: number;
-  lagSeconds: number;
-  retainedWalBytes: number;
-  applyRate: number;
-  appliedLsn: string;
-  slotName: string;
-  publicationName: string;
-  specFingerprint: string;
-  /** Absent (null) until a cutover was requested. */
-  cutover: CutoverReportMessage | null;
-  /** source | target */
-  activeEndpoint: string;
-  changesApplied: number;
-  sourceVersion: string;
-  targetVersion: string;
-  /** Paused by an operator (pgferry pause): nothing runs and the slot keeps WAL until it is resumed. */
-  paused: boolean;
-  /** Since when (ISO 8601), '' when not paused. */
-  pausedAt: string;
-  /** The write fence on the source (null from an agent older than the field). */
-  fence: FenceStatusMessage | null;
-}
+export type PreflightCheckMessage = PreflightCheck__Output;
+export type PreflightReportMessage = PreflightReport__Output;
+export type TableStatusMessage = TableStatus__Output;
+export type TableValidationMessage = TableValidation__Output;
+export type SequenceSetMessage = SequenceSet__Output;
+export type CutoverReportMessage = CutoverReport__Output;
+/** The write fence on the source database (`pgferry.agent.v1.FenceStatus`). */
+export type FenceStatusMessage = FenceStatus__Output;
+/** A migration's status (`pgferry.agent.v1.Migration`); `cutover` and `fence` are null when absent. */
+export type MigrationMessage = Migration__Output;
+export type DeleteMigrationResponseMessage = DeleteMigrationResponse__Output;
 
 /** The fence states (`FenceStatus.state`). */
 export const FENCE_STATES = ['none', 'up', 'lift-pending', 'kept'] as const;
 export type FenceStateName = (typeof FENCE_STATES)[number];
 
-/** The write fence on the source database (`pgferry.agent.v1.FenceStatus`). */
-export interface FenceStatusMessage {
-  /** none | up (the running cutover's) | lift-pending (not verified lifted yet; the agent keeps retrying) | kept (after a completed cutover) */
-  state: string;
-  database: string;
-  since: string;
-  liftAttempts: number;
-  lastLiftError: string;
-  /** The statement that lifts it by hand, '' when none is up. */
-  liftStatement: string;
-}
-
-export interface DeleteMigrationResponseMessage { id: string; dropped: string[] }
-
 /** The validation a cutover runs before it completes. */
 export const CUTOVER_VALIDATIONS = ['none', 'counts', 'checksums'] as const;
 export type CutoverValidation = (typeof CUTOVER_VALIDATIONS)[number];
 
-export interface CutoverRequestMessage {
+
+
+/** A cutover request (`pgferry.agent.v1.CutoverRequest`): the agent's defaults for what is left out. */
+export type CutoverRequestMessage = Partial<Omit<CutoverRequest__Output, 'id' | 'validation'>> & {
   id: string;
-  /** Wait until lag is below this before fencing (agent default 1 MiB). */
-  maxLagBytes?: number;
-  /** And below this many seconds (agent default 5). */
-  maxLagSeconds?: number;
-  /** The whole cutover, in ms (agent default 300000). */
-  timeoutMs?: number;
-  /** default_transaction_read_only (the agent's default). */
-  fenceMethod?: string;
-  skipSequences?: boolean;
   /** none | counts | checksums (agent default checksums). */
   validation?: CutoverValidation | '';
-}
+};
 
 /** The standard health statuses (`grpc.health.v1.HealthCheckResponse.ServingStatus`). */
 export const SERVING_STATUSES = ['UNKNOWN', 'SERVING', 'NOT_SERVING', 'SERVICE_UNKNOWN'] as const;

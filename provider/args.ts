@@ -8,7 +8,9 @@
  * allowed-value tuples are copies of the agent's, kept equal by a unit test,
  * so that the provider needs neither zod nor the agent's modules at run time.
  */
-import type { AgentClientOptions } from '../api/client';
+import type {
+  AgentClientOptions, ApplyOptionsMessage, CopyOptionsMessage, CutoverRequestMessage, EndpointMessage, TableSelectionMessage,
+} from '../api/client';
 
 /** The value the Pulumi engine sends during preview for a value not known yet. */
 export const UNKNOWN = '04da6b54-80e4-46f7-96ec-b56ff0331ba9';
@@ -53,58 +55,23 @@ export const DEFAULTS = {
  */
 export type AgentArgs = Omit<AgentClientOptions, 'defaultTimeoutMs'>;
 
-/** A PostgreSQL endpoint: either the separate fields or `connectionString`. */
-export interface EndpointArgs {
-  /** `postgresql://user:password@host:port/database?sslmode=require` (a secret when it holds a password). */
-  connectionString?: string;
-  host?: string;
-  /** Default: 5432. */
-  port?: number;
-  database?: string;
-  user?: string;
-  /** A secret. */
-  password?: string;
-  /** disable | prefer | require | verify-ca | verify-full. Default: `prefer`. */
-  sslMode?: SslMode;
-  /** PEM text of the server's CA, required for verify-ca / verify-full. */
-  sslRootCert?: string;
-}
+/**
+ * A PostgreSQL endpoint: either the separate fields or `connectionString`
+ * (the API's `Endpoint`, documented field by field in the proto).
+ */
+export type EndpointArgs = Omit<EndpointMessage, 'sslMode'> & { sslMode?: SslMode };
 
-export interface TablesArgs {
-  /** `schema.table` patterns, either part may be `*`. Default: `["public.*"]`. */
-  include?: string[];
-  /** Patterns left out of `include`. Default: `[]`. */
-  exclude?: string[];
-}
+/** Which tables (the API's `TableSelection`). */
+export type TablesArgs = TableSelectionMessage;
 
-export interface CopyArgs {
-  /** Parallel copy workers, 1–32. Default: 2. */
-  workers?: number;
-  /** Tables above this size (bytes) are split into ranges. Default: 64 MiB. */
-  splitBytes?: number;
-  /** Index and foreign-key builds at once after the load, 1–16. Default: 2. */
-  indexJobs?: number;
-}
+/** Initial-load knobs (the API's `CopyOptions`). */
+export type CopyArgs = CopyOptionsMessage;
 
-export interface ApplyArgs {
-  /** Most source changes in one target transaction. Default: 10000. */
-  batchChanges?: number;
-  /** Longest a batch stays open, in ms. Default: 200. */
-  batchMs?: number;
-}
+/** Change-apply knobs (the API's `ApplyOptions`). */
+export type ApplyArgs = ApplyOptionsMessage;
 
-export interface CutoverOptionsArgs {
-  /** Fence only once the lag is below this many bytes. Default: 1 MiB. */
-  maxLagBytes?: number;
-  /** …and below this many seconds. Default: 5. */
-  maxLagSeconds?: number;
-  /** The whole cutover, in ms. Default: 300000. */
-  timeoutMs?: number;
-  /** none | counts | checksums. Default: `checksums`. */
-  validation?: CutoverValidation;
-  /** Do not set the target's sequences at the fence. Default: `false`. */
-  skipSequences?: boolean;
-}
+/** How to cut over (the API's `CutoverRequest` but the id and the fence method). */
+export type CutoverOptionsArgs = Omit<CutoverRequestMessage, 'id' | 'fenceMethod'>;
 
 /** The arguments as the provider receives them (plain values). */
 export interface MigrationInputs {
@@ -130,12 +97,20 @@ export const ARG_NAMES = [
   'agent', 'source', 'target', 'tables', 'schemaMode', 'overwriteTarget', 'migrationId', 'slotName',
   'publicationName', 'copy', 'apply', 'waitForSync', 'createTimeoutMinutes', 'cutover', 'cutoverOptions',
 ] as const;
-export const AGENT_FIELDS = ['endpoint', 'token', 'caCert', 'clientCert', 'clientKey', 'insecure'] as const;
-export const ENDPOINT_FIELDS = ['connectionString', 'host', 'port', 'database', 'user', 'password', 'sslMode', 'sslRootCert'] as const;
-export const TABLES_FIELDS = ['include', 'exclude'] as const;
-export const COPY_FIELDS = ['workers', 'splitBytes', 'indexJobs'] as const;
-export const APPLY_FIELDS = ['batchChanges', 'batchMs'] as const;
-export const CUTOVER_OPTION_FIELDS = ['maxLagBytes', 'maxLagSeconds', 'timeoutMs', 'validation', 'skipSequences'] as const;
+/**
+ * The fields of a shape, as a runtime list (for the unknown-field check) that
+ * the compiler holds to the type: a field added to the API and missing here,
+ * or named here and absent there, fails the build.
+ */
+function fieldsOf<T>() {
+  return <const L extends readonly (keyof T & string)[]>(list: L & (Exclude<keyof T, L[number]> extends never ? unknown : never)): L => list;
+}
+export const AGENT_FIELDS = fieldsOf<AgentArgs>()(['endpoint', 'token', 'caCert', 'clientCert', 'clientKey', 'insecure']);
+export const ENDPOINT_FIELDS = fieldsOf<EndpointArgs>()(['connectionString', 'host', 'port', 'database', 'user', 'password', 'sslMode', 'sslRootCert']);
+export const TABLES_FIELDS = fieldsOf<TablesArgs>()(['include', 'exclude']);
+export const COPY_FIELDS = fieldsOf<CopyArgs>()(['workers', 'splitBytes', 'indexJobs']);
+export const APPLY_FIELDS = fieldsOf<ApplyArgs>()(['batchChanges', 'batchMs']);
+export const CUTOVER_OPTION_FIELDS = fieldsOf<CutoverOptionsArgs>()(['maxLagBytes', 'maxLagSeconds', 'timeoutMs', 'validation', 'skipSequences']);
 
 /** Arguments whose change means a different migration: the resource is replaced (delete first). */
 export const REPLACE_ON_CHANGE = ['migrationId', 'source', 'target', 'tables', 'schemaMode', 'slotName', 'publicationName'] as const;

@@ -25,7 +25,6 @@ import * as pulumi from '@pulumi/pulumi';
 import type { MigrationArgs } from './index';
 
 /* The SDK's generated stubs are CommonJS without usable typings for our needs. */
-// eslint-disable-next-line @typescript-eslint/no-require-imports
 const provrpc = require('@pulumi/pulumi/proto/provider_grpc_pb');
 const provproto = require('@pulumi/pulumi/proto/provider_pb');
 const statusproto = require('@pulumi/pulumi/proto/status_pb');

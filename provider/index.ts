@@ -13,8 +13,8 @@
 import * as pulumi from '@pulumi/pulumi';
 import {
   SECRET_OUTPUTS, deriveMigrationId,
-  type ActiveEndpoint, type ConnectionOutput, type CutoverValidation,
-  type SchemaMode, type SslMode,
+  type ActiveEndpoint, type AgentArgs, type ApplyArgs, type ConnectionOutput, type CopyArgs, type CutoverOptionsArgs,
+  type EndpointArgs, type SchemaMode,
 } from './args';
 
 export {
@@ -61,38 +61,22 @@ export const MigrationProvider: pulumi.dynamic.ResourceProvider = {
   },
 };
 
-/** Where the agent is and how to talk to it. */
-export interface AgentInput {
-  /** `host:port` of the agent's gRPC listener, e.g. `10.0.0.4:7443`. */
-  endpoint: pulumi.Input<string>;
-  /** Bearer token the agent was started with; pass a secret (`config.requireSecret`). Default: none. */
-  token?: pulumi.Input<string>;
-  /** PEM text of the CA that signed the agent's TLS certificate. Default: none (system roots). */
-  caCert?: pulumi.Input<string>;
-  /** PEM text of a client certificate, for an agent that requires mutual TLS (`--tls-client-ca`). Default: none. */
-  clientCert?: pulumi.Input<string>;
-  /** PEM text of the private key of `clientCert`; kept secret. */
-  clientKey?: pulumi.Input<string>;
-  /** Plain-text gRPC. Default: `false` (a loopback endpoint without `caCert`/`clientCert` is plain text anyway). */
-  insecure?: pulumi.Input<boolean>;
-}
+/** Each field of `T` as a Pulumi input (a plain value, a promise or an output). */
+export type Inputs<T> = { [K in keyof T]: pulumi.Input<T[K]> };
 
-/** A PostgreSQL endpoint: the separate fields, or `connectionString`. */
-export interface EndpointInput {
-  /** `postgresql://user:password@host:5432/database?sslmode=require`; kept secret. */
-  connectionString?: pulumi.Input<string>;
-  host?: pulumi.Input<string>;
-  /** Default: 5432. */
-  port?: pulumi.Input<number>;
-  database?: pulumi.Input<string>;
-  user?: pulumi.Input<string>;
-  /** Kept secret. */
-  password?: pulumi.Input<string>;
-  /** disable | prefer | require | verify-ca | verify-full. Default: `prefer`. */
-  sslMode?: pulumi.Input<SslMode>;
-  /** PEM text of the server's CA; required for verify-ca / verify-full. */
-  sslRootCert?: pulumi.Input<string>;
-}
+/**
+ * Where the agent is and how to talk to it (the agent client's options,
+ * documented field by field in api/client.ts). `token` and `clientKey` are
+ * kept secret.
+ */
+export type AgentInput = Inputs<AgentArgs>;
+
+/**
+ * A PostgreSQL endpoint: the separate fields, or `connectionString` (the
+ * API's `Endpoint`, documented in the proto). `password` and
+ * `connectionString` are kept secret.
+ */
+export type EndpointInput = Inputs<EndpointArgs>;
 
 /** The arguments of a `Migration`. */
 export interface MigrationArgs {
@@ -103,7 +87,7 @@ export interface MigrationArgs {
   /** The database to migrate to (a change replaces the migration). */
   target: pulumi.Input<EndpointInput>;
   /** Which tables: `schema.table` patterns. Default: `{ include: ["public.*"], exclude: [] }`. */
-  tables?: pulumi.Input<{ include?: pulumi.Input<pulumi.Input<string>[]>; exclude?: pulumi.Input<pulumi.Input<string>[]> }>;
+  tables?: pulumi.Input<{ include?: pulumi.Input<pulumi.Input<string>[]>; exclude?: pulumi.Input<pulumi.Input<string>[]> }>; // Inputs<TablesArgs>, with inputs inside the lists
   /** `create`: pgferry creates the tables on the target; `existing`: they exist already. Default: `create`. */
   schemaMode?: pulumi.Input<SchemaMode>;
   /** Load into target tables that already hold rows (truncated first). Default: `false`. */
@@ -119,9 +103,9 @@ export interface MigrationArgs {
   /** Publication name. Default: `pgferry_<migrationId>`. */
   publicationName?: pulumi.Input<string>;
   /** Initial-load knobs (apply when the migration starts). Defaults: 2 workers, 64 MiB splits, 2 index jobs. */
-  copy?: pulumi.Input<{ workers?: pulumi.Input<number>; splitBytes?: pulumi.Input<number>; indexJobs?: pulumi.Input<number> }>;
+  copy?: pulumi.Input<Inputs<CopyArgs>>;
   /** Change-apply knobs. Defaults: 10000 changes, 200 ms per batch. */
-  apply?: pulumi.Input<{ batchChanges?: pulumi.Input<number>; batchMs?: pulumi.Input<number> }>;
+  apply?: pulumi.Input<Inputs<ApplyArgs>>;
   /** Create returns only once the migration is in sync (phase `syncing`). Default: `false` (return once durably started). */
   waitForSync?: pulumi.Input<boolean>;
   /** Longest Create waits for sync, in minutes. Default: 30. */
@@ -129,13 +113,7 @@ export interface MigrationArgs {
   /** Cut over: fence writes on the source, drain, sync sequences, validate, switch. Flip to `true` in a later change. Default: `false`. */
   cutover?: pulumi.Input<boolean>;
   /** How to cut over. Defaults: 1 MiB / 5 s of lag, 300000 ms, `checksums` validation, sequences set. */
-  cutoverOptions?: pulumi.Input<{
-    maxLagBytes?: pulumi.Input<number>;
-    maxLagSeconds?: pulumi.Input<number>;
-    timeoutMs?: pulumi.Input<number>;
-    validation?: pulumi.Input<CutoverValidation>;
-    skipSequences?: pulumi.Input<boolean>;
-  }>;
+  cutoverOptions?: pulumi.Input<Inputs<CutoverOptionsArgs>>;
 }
 
 /** The output names of a Migration (registered so they exist on the resource object). */

@@ -2,9 +2,9 @@
  * The layout is the architecture: each layer imports only itself and the
  * layers below it, and no module imports itself back through others.
  *
+ *   api            the proto, the types generated from it, the client every front-end uses
  *   agent/engine   the pipeline's stages and the supervisor (PostgreSQL, state)
- *   agent/server   the agent's gRPC service, auth, TLS, metrics, logging
- *   api            the proto and the client every front-end uses
+ *   agent/server   the agent's gRPC service (typed against the proto), auth, TLS, metrics, logging
  *   provider       the Pulumi dynamic provider
  *   dev            demo, test bed, sample data
  *   agent/cli      the `pgferry` command (runs the agent, talks to it, runs the demo)
@@ -15,7 +15,7 @@ import { dirname, join, normalize, relative } from 'node:path';
 
 const ROOT = join(__dirname, '..', '..');
 /** Lowest first: a layer may import its own and those before it. */
-const LAYERS = ['agent/engine', 'agent/server', 'api', 'provider', 'dev', 'agent/cli'] as const;
+const LAYERS = ['api', 'agent/engine', 'agent/server', 'provider', 'dev', 'agent/cli'] as const;
 
 function sources(dir: string): string[] {
   return readdirSync(join(ROOT, dir)).flatMap((n) => {
@@ -50,7 +50,7 @@ describe('layout: layers as folders', function () {
     const wrong: string[] = [];
     for (const [from, tos] of graph) {
       for (const to of tos) {
-        if (!graph.has(to) && /\.json$/.test(to)) continue; // package.json: data, not a layer
+        if (!graph.has(to) && /\.json$/.test(to)) continue; // package.json (read from dist/ at run time): data, not a layer
         const a = layerOf(`${from}.ts`);
         const b = layerOf(`${to}.ts`);
         if (b < 0 || b > a) wrong.push(`${from} → ${relative(ROOT, join(ROOT, to))}`);

@@ -29,7 +29,7 @@ import type { AgentMetrics, MetricsServer } from '../server/metrics';
 import { EXIT, registerClientCommands, reportError } from './commands';
 import type { MigrationStatus } from '../engine/migration';
 
-const VERSION: string = require('../../package.json').version;
+const VERSION: string = require('../../../package.json').version;
 
 // gRPC over TLS to an IP address (e.g. --agent 10.0.0.4:7443) makes Node warn
 // that an IP is not a valid TLS server name (DEP0123); the certificate is

@@ -19,6 +19,7 @@ import { PgferryError, asPgferryError, redact, registerSecret, type ErrorCode } 
 import type { AuthRejectReason, TokenAuth } from './auth';
 import type { AgentService } from './service';
 import type { MigrationStatus } from '../engine/migration';
+import type { Migration__Output } from '../../api/generated/pgferry/agent/v1/Migration';
 
 export const PROTO_PATH = join(__dirname, '..', '..', '..', 'api', 'proto', 'pgferry', 'agent', 'v1', 'agent.proto');
 export const SERVICE_NAME = 'pgferry.agent.v1.MigrationService';
@@ -83,7 +84,12 @@ export function specFromProto(msg: unknown): unknown {
   return clean(msg) ?? {};
 }
 
-export function statusToProto(s: MigrationStatus): Record<string, unknown> {
+/**
+ * The status as the API's `Migration`: typed against the proto's generated
+ * shape, so a field the proto gains and the engine does not fill (or fills
+ * with another type) fails the build.
+ */
+export function statusToProto(s: MigrationStatus): Migration__Output {
   return { ...s, cutover: s.cutover ?? null };
 }
 
