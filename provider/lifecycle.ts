@@ -24,6 +24,7 @@ import {
   buildOutputs, compact, echoArgs, echoEndpoint, secretPartsFromInputs, secretsDigest, toCutoverRequest, toSpec,
   type SecretParts,
 } from './outputs';
+import stableStringify from 'safe-stable-stringify';
 
 type Props = Record<string, unknown>;
 
@@ -36,12 +37,9 @@ const WATCH_INTERVAL_MS = 1000;
 // helpers
 // ---------------------------------------------------------------------------
 
+/** Canonical JSON in which a null member means the same as an absent one. */
 function stable(v: unknown): string {
-  if (v === undefined || v === null) return 'null';
-  if (typeof v !== 'object') return JSON.stringify(v);
-  if (Array.isArray(v)) return `[${v.map(stable).join(',')}]`;
-  const o = v as Props;
-  return `{${Object.keys(o).filter((k) => o[k] !== undefined && o[k] !== null).sort().map((k) => `${JSON.stringify(k)}:${stable(o[k])}`).join(',')}}`;
+  return stableStringify(v ?? null, (_k: string, x: unknown) => (x === null ? undefined : x)) ?? 'null';
 }
 
 /** An empty object and an absent one mean the same (defaults). */

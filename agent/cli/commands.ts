@@ -30,6 +30,7 @@ import { PgferryError, isPgferryError } from '../engine/errors';
 import { parseTokens } from '../server/auth';
 import { loadClientTls } from '../server/tls';
 import { DEFAULT_WIDTH, formatBytes, formatDuration, renderCutover, renderList, renderMigration, renderPreflight } from './status-view';
+import { sleep } from '../engine/sleep';
 
 /** Exit codes of the client commands. */
 export const EXIT = { ok: 0, failure: 1, usage: 2 } as const;
@@ -307,7 +308,7 @@ async function watchAll(io: Io, client: AgentClient, intervalMs: number, json: b
     while (!intr.signal.aborted) {
       const ms = await client.listMigrations();
       if (json) printJson(io, { migrations: ms }, true); else screen.draw(renderList(ms, { width: termWidth(io) }));
-      await new Promise<void>((r) => { const t = setTimeout(r, intervalMs); intr.signal.addEventListener('abort', () => { clearTimeout(t); r(); }, { once: true }); });
+      await sleep(intervalMs, intr.signal);
     }
   } finally { intr.dispose(); }
 }

@@ -11,6 +11,7 @@
  * twenty lines, and the names must stay the pipeline's own.
  */
 import { appendFileSync, readFileSync } from 'node:fs';
+import { sleep } from './sleep';
 
 export async function failpoint(name: string, signal?: AbortSignal): Promise<void> {
   const file = process.env.PGFERRY_FAILPOINTS_FILE;
@@ -20,11 +21,5 @@ export async function failpoint(name: string, signal?: AbortSignal): Promise<voi
   const fp = conf[name];
   if (!fp) return;
   appendFileSync(`${file}.hits`, `${name}\n`);
-  const ms = fp.pauseMs ?? 0;
-  if (ms > 0) {
-    await new Promise<void>((resolve) => {
-      const t = setTimeout(resolve, ms);
-      signal?.addEventListener('abort', () => { clearTimeout(t); resolve(); }, { once: true });
-    });
-  }
+  if ((fp.pauseMs ?? 0) > 0) await sleep(fp.pauseMs!, signal);
 }

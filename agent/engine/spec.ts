@@ -10,6 +10,7 @@
 import { createHash } from 'node:crypto';
 import type * as Zod from 'zod';
 import { PgferryError } from './errors';
+import stableStringify from 'safe-stable-stringify';
 
 export const SSL_MODES = ['disable', 'prefer', 'require', 'verify-ca', 'verify-full'] as const;
 export type SslMode = (typeof SSL_MODES)[number];
@@ -126,10 +127,12 @@ export function specFingerprint(spec: MigrationSpec): string {
   return createHash('sha256').update(stableJson(canon)).digest('hex').slice(0, 16);
 }
 
+/**
+ * JSON with object keys sorted and undefined members left out, so that equal
+ * specs give equal text (the fingerprint hashes it). safe-stable-stringify
+ * (pino's own) writes exactly what the hand-rolled version it replaced wrote,
+ * so stored fingerprints keep matching.
+ */
 export function stableJson(v: unknown): string {
-  if (v === undefined) return 'null';
-  if (v === null || typeof v !== 'object') return JSON.stringify(v);
-  if (Array.isArray(v)) return `[${v.map(stableJson).join(',')}]`;
-  const o = v as Record<string, unknown>;
-  return `{${Object.keys(o).filter((k) => o[k] !== undefined).sort().map((k) => `${JSON.stringify(k)}:${stableJson(o[k])}`).join(',')}}`;
+  return stableStringify(v) ?? 'null';
 }
