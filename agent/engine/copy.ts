@@ -5,9 +5,10 @@
  *
  * Input: the tables to load, an exported snapshot, worker count.
  * Output: rows in the target tables and, committed in the SAME target
- * transaction as each task's rows, a `pgferry.copy_state` row (table, part,
- * snapshot LSN). A rerun skips tables whose every part is recorded ("already
- * copied on a previous run") and truncates and re-copies partly copied ones.
+ * transaction as each task's rows, a copy_state row (table, part, snapshot
+ * LSN; target-state.ts). A rerun skips tables whose every part is recorded
+ * ("already copied on a previous run") and truncates and re-copies partly
+ * copied ones.
  *
  * Guards:
  *  1. Every worker imports the snapshot (`SET TRANSACTION SNAPSHOT`) before the
@@ -33,7 +34,8 @@ import { from as copyFrom, to as copyTo } from 'pg-copy-streams';
 import { connect, qi, qn } from './conn';
 import { dataColumns, tableKey, type TableInfo } from './catalog';
 import { PgferryError, asPgferryError } from './errors';
-import { formatLsn, parseLsn, type Lsn } from './lsn';
+import type { Lsn } from './lsn';
+import { forgetCopiedTables, readCopyState, recordCopiedPart } from './target-state';
 import type { Endpoint } from './spec';
 
 export type TableCopyPhase = 'queued' | 'copying' | 'copied';
@@ -91,29 +93,35 @@ export interface CopyPlan {
  * (their rows came from a snapshot that no longer exists).
  */
 export async function planLoad(target: pg.Client, migrationId: string, tables: TableInfo[], log: LoadOptions['log']): Promise<CopyPlan> {
-  const r = await target.query(`SELECT table_name, count(*)::int AS parts_done, max(parts)::int AS parts, min(snapshot_lsn)::text AS lsn
-      FROM pgferry.copy_state WHERE migration_id = $1 GROUP BY table_name`, [migrationId]);
-  const state = new Map(r.rows.map((row) => [row.table_name as string, row]));
+  const state = await readCopyState(target, migrationId);
   const done = new Map<string, Lsn>();
   const todo: TableInfo[] = [];
   for (const t of tables) {
     const key = tableKey(t);
     const s = state.get(key);
-    if (s && s.parts_done === s.parts) {
+    if (s && s.partsDone === s.parts) {
       log('info', `Skipping table ${key}, already copied on a previous run`, { table: key });
-      done.set(key, parseLsn(s.lsn));
+      done.set(key, s.firstSnapshotLsn);
       continue;
     }
     if (s) {
       log('warn', `Table ${key} was partly copied when the previous run stopped; emptying it to copy it again`, { table: key });
-      await target.query('BEGIN');
-      await target.query(`TRUNCATE ONLY ${qn(t.schema, t.name)}`);
-      await target.query('DELETE FROM pgferry.copy_state WHERE migration_id = $1 AND table_name = $2', [migrationId, key]);
-      await target.query('COMMIT');
+      await resetTables(target, migrationId, [t]);
     }
     todo.push(t);
   }
   return { done, todo };
+}
+
+/**
+ * Empty `tables` on the target and forget their copied parts, in one
+ * transaction, so that they are copied again from their start.
+ */
+export async function resetTables(target: pg.Client, migrationId: string, tables: TableInfo[]): Promise<void> {
+  await target.query('BEGIN');
+  await forgetCopiedTables(target, migrationId, tables.map(tableKey));
+  for (const t of tables) await target.query(`TRUNCATE ONLY ${tableKey(t)}`);
+  await target.query('COMMIT');
 }
 
 /** Split tables into tasks, largest first. */
@@ -215,8 +223,9 @@ async function copyTask(src: pg.Client, tgt: pg.Client, task: CopyTask, opts: Lo
     out.on('data', (chunk: Buffer) => { prog.bytesCopied += chunk.length; });
     await pipeline(out, into, { signal: opts.signal });
     const rows = Number((into as unknown as { rowCount?: number }).rowCount ?? 0);
-    await tgt.query(`INSERT INTO pgferry.copy_state (migration_id, table_name, part, parts, snapshot_lsn, rows, bytes)
-      VALUES ($1, $2, $3, $4, $5::pg_lsn, $6, $7)`, [opts.migrationId, key, task.part, task.parts, formatLsn(opts.snapshotLsn), rows, prog.bytesCopied - bytesBefore]);
+    await recordCopiedPart(tgt, opts.migrationId, {
+      table: key, part: task.part, parts: task.parts, snapshotLsn: opts.snapshotLsn, rows, bytes: prog.bytesCopied - bytesBefore,
+    });
     await tgt.query('COMMIT');
     prog.rowsCopied += rows;
     prog.partsDone += 1;

@@ -12,58 +12,39 @@
  * (state.ts), the copied tables and the applied position in the target
  * (target-state.ts), in the same transactions as the data they describe.
  *
- * It also answers status: per-table copy progress, overall progress and ETA,
- * lag in bytes and seconds for this database, WAL retained by the slot and
- * the apply rate.
+ * Its status (progress, ETA, lag) is computed by migration-status.ts.
  */
 import type pg from 'pg';
 import { connect } from './conn';
 import { dataTables, selectTables, tableKey, type TableInfo } from './catalog';
 import { PgferryError, asPgferryError, isTransientDeep, type ErrorCode } from './errors';
-import { formatLsn, parseLsn, type Lsn } from './lsn';
+import { formatLsn, type Lsn } from './lsn';
 import { migratableTables, runPreflight, summarizeFailures } from './preflight';
-import { createPublication, createSlotWithSnapshot, dropSlot, dropSourceObjects, slotExists } from './snapshot';
-import { planLoad, planTasks, runLoad, type TableCopyProgress } from './copy';
+import { createPublication, createSlotWithSnapshot, dropSlot, dropSourceObjects, slotExists, type ExportedSnapshot } from './snapshot';
+import { planLoad, planTasks, resetTables, runLoad, type TableCopyProgress } from './copy';
 import { analyzeTables, runPostData } from './indexes';
 import { applyPreData, planSchema, verifyExistingSchema } from './schema';
 import { runSync, type SyncProgress } from './sync';
-import { ensureTargetState, getMarker, setMarker, dropTargetState } from './target-state';
+import { ensureTargetState, getMarker, setMarker, dropTargetState, readCopyState, type CopiedTable } from './target-state';
 import type { CutoverReport, MigrationRecord, Phase, StateStore, StoredError } from './state';
-import { FenceKeeper, type FenceStatus } from './fence';
+import { FenceKeeper } from './fence';
 import type { MigrationSpec } from './spec';
-
 import type { LogFn } from './log-fn';
+import { sleep } from './sleep';
+import { StatusReporter, TERMINAL, type MigrationStatus } from './migration-status';
 
-export interface TableStatus {
-  schema: string; name: string; phase: 'queued' | 'copying' | 'copied' | 'synced';
-  rowsCopied: number; bytesCopied: number; rowsEstimated: number; bytesEstimated: number;
-}
+export type { MigrationStatus, TableStatus } from './migration-status';
 
-export interface MigrationStatus {
-  id: string;
-  phase: Phase;
-  errorCode: string; errorMessage: string; errorRemedy: string;
-  createdAt: string; updatedAt: string;
-  tables: TableStatus[];
-  tablesTotal: number; tablesCopied: number;
-  rowsCopied: number; bytesCopied: number; bytesEstimated: number;
-  progress: number; etaSeconds: number;
-  lagBytes: number; lagSeconds: number; retainedWalBytes: number;
-  applyRate: number; appliedLsn: string; changesApplied: number;
-  slotName: string; publicationName: string; specFingerprint: string;
-  activeEndpoint: 'source' | 'target';
-  sourceVersion: string; targetVersion: string;
-  cutover?: CutoverReport;
-  /** An operator paused it (pgferry pause); `pausedAt` says since when. */
-  paused: boolean;
-  pausedAt: string;
-  /** The write fence on the source (fence.ts). */
-  fence: FenceStatus;
-}
-
-const TERMINAL: Phase[] = ['completed', 'deleted'];
 /** Transient failures retried per phase before the migration is marked failed. */
 const TRANSIENT_RETRIES = 8;
+
+/** The connections and settings one run of the load works with. */
+interface LoadContext {
+  src: pg.Client;
+  tgt: pg.Client;
+  sourceMajor: number;
+  signal: AbortSignal;
+}
 
 export class MigrationRunner {
   rec: MigrationRecord;
@@ -73,7 +54,6 @@ export class MigrationRunner {
   private tables: TableInfo[] = [];
   readonly copyProgress = new Map<string, TableCopyProgress>();
   sync: SyncProgress | null = null;
-  private syncCaughtUp = false;
   /**
    * Per table, the source position its copy is valid from: read from the
    * target once per process when the sync first starts (it is fixed once the
@@ -81,14 +61,14 @@ export class MigrationRunner {
    */
   private syncStart: Map<string, Lsn> | null = null;
   private analyzed = false;
-  private lastCaughtUpAt = 0;
-  private lastLag: { lagBytes: number; retainedWalBytes: number } | null = null;
-  private copyStartedAt = 0;
-  private monitor: pg.Client | null = null;
-  private monitorCache: { at: number; currentLsn: Lsn; restartLsn: Lsn | null; confirmedLsn: Lsn | null } | null = null;
+  /** When this process began the load (ms since the epoch), 0 if it did not. */
+  copyStartedAt = 0;
+  private readonly statusReporter = new StatusReporter(this);
   /** Waiters for "applied past LSN X" (cutover drain). */
   private appliedWaiters: Array<{ lsn: Lsn; resolve: () => void }> = [];
   readonly logFn: LogFn;
+  /** Logs with this migration's id. */
+  private readonly migrationLog: LogFn = (l, m, f) => this.log(l, m, { migration: this.rec.id, ...f });
   /** The cutover in progress, if any, and how to cancel it. */
   cutoverRun: { promise: Promise<unknown>; abort: AbortController } | null = null;
   /** The one owner of the source's write fence. */
@@ -205,8 +185,7 @@ export class MigrationRunner {
   async stop(): Promise<void> {
     this.abort.abort();
     await this.running?.catch(() => undefined);
-    await this.monitor?.end().catch(() => undefined);
-    this.monitor = null;
+    await this.statusReporter.close();
   }
 
   /** Stop everything, the fence's lift retries included (agent shutdown; the record keeps the fence for the next start). */
@@ -246,7 +225,7 @@ export class MigrationRunner {
         if (attempt <= TRANSIENT_RETRIES && isTransientDeep(e)) {
           const waitMs = Math.min(30_000, 1000 * 2 ** (attempt - 1));
           this.log('warn', `phase ${this.rec.phase} hit a transient error, retrying in ${waitMs} ms (attempt ${attempt}/${TRANSIENT_RETRIES}): ${(e as Error).message}`, { migration: this.rec.id });
-          await new Promise((r) => { const t = setTimeout(r, waitMs); signal.addEventListener('abort', () => { clearTimeout(t); r(undefined); }, { once: true }); });
+          await sleep(waitMs, signal);
           if (signal.aborted) return;
           continue;
         }
@@ -336,7 +315,6 @@ export class MigrationRunner {
 
   private async phaseLoad(): Promise<void> {
     const signal = this.abort.signal;
-    const log: LogFn = (l, m, f) => this.log(l, m, { migration: this.rec.id, ...f });
     await this.withClients(async (src, tgt) => {
       const tables = await this.loadTables(src);
       const sourceMajor = Math.floor(Number((await src.query("SELECT current_setting('server_version_num') AS v")).rows[0].v) / 10000);
@@ -348,63 +326,67 @@ export class MigrationRunner {
         this.rec.slotState = 'none';
         this.save();
       }
-      const data = dataTables(tables);
       this.copyStartedAt = Date.now();
-      if (this.rec.slotState !== 'created') {
-        await createPublication(src, this.rec.id, this.rec.publicationName, tables, sourceMajor);
-        this.rec.publicationCreated = true;
-        this.rec.slotState = 'creating';
-        this.save();
-        const snap = await createSlotWithSnapshot(this.spec.source, this.rec.slotName);
-        this.rec.slotState = 'created';
-        this.rec.snapshotLsn = formatLsn(snap.lsn);
-        this.save();
-        log('info', `Created slot ${this.rec.slotName} at ${formatLsn(snap.lsn)} with snapshot ${snap.snapshotName}`);
-        try {
-          const plan = await planLoad(tgt, this.rec.id, data, log);
-          const tasks = await planTasks(src, plan.todo, this.spec.copy.workers, this.spec.copy.splitBytes, sourceMajor);
-          this.noteParts(tasks);
-          await runLoad({
-            migrationId: this.rec.id, source: this.spec.source, target: this.spec.target, tables: plan.todo,
-            snapshotName: snap.snapshotName, snapshotLsn: snap.lsn, onSnapshotImported: snap.release,
-            workers: this.spec.copy.workers, splitBytes: this.spec.copy.splitBytes, sourceMajor,
-            progress: this.copyProgress, signal, log,
-          }, tasks);
-        } finally { await snap.release(); }
-      } else {
-        const plan = await planLoad(tgt, this.rec.id, data, log);
-        await this.restoreCopyProgress(tgt);
-        const todo = this.widenToWholePartitionTrees(plan.todo, data, plan.done);
-        if (todo.length) {
-          const siblings = todo.filter((t) => !plan.todo.includes(t));
-          if (siblings.length) {
-            // Finished partitions of a tree that also has unfinished ones are
-            // copied again with them: one tree, one snapshot.
-            log('warn', `Copying again ${siblings.length} finished partition(s) whose partitioned table was not finished: ${siblings.map(tableKey).join(', ')}`);
-            await tgt.query('BEGIN');
-            await tgt.query('DELETE FROM pgferry.copy_state WHERE migration_id = $1 AND table_name = ANY($2::text[])', [this.rec.id, siblings.map(tableKey)]);
-            for (const t of siblings) await tgt.query(`TRUNCATE ONLY ${tableKey(t)}`);
-            await tgt.query('COMMIT');
-          }
-          // The exported snapshot died with the previous run: a temporary
-          // slot gives a new one; those tables record its LSN.
-          const tmpName = `${this.rec.slotName.slice(0, 50)}_r${Date.now().toString(36)}`;
-          const snap = await createSlotWithSnapshot(this.spec.source, tmpName, true);
-          log('info', `Resuming the load of ${todo.length} table(s) with a fresh snapshot at ${formatLsn(snap.lsn)}`);
-          try {
-            const tasks = await planTasks(src, todo, this.spec.copy.workers, this.spec.copy.splitBytes, sourceMajor);
-            this.noteParts(tasks);
-            await runLoad({
-              migrationId: this.rec.id, source: this.spec.source, target: this.spec.target, tables: todo,
-              snapshotName: snap.snapshotName, snapshotLsn: snap.lsn, onSnapshotImported: async () => undefined,
-              workers: this.spec.copy.workers, splitBytes: this.spec.copy.splitBytes, sourceMajor,
-              progress: this.copyProgress, signal, log,
-            }, tasks);
-          } finally { await snap.release(); }
-        }
-      }
+      const load: LoadContext = { src, tgt, sourceMajor, signal };
+      if (this.rec.slotState !== 'created') await this.loadInNewSlot(load, tables);
+      else await this.resumeLoad(load, dataTables(tables));
     });
     if (!signal.aborted) this.setPhase('indexing');
+  }
+
+  /** Create the publication and the slot, and copy the tables in the slot's snapshot. */
+  private async loadInNewSlot(load: LoadContext, tables: TableInfo[]): Promise<void> {
+    await createPublication(load.src, this.rec.id, this.rec.publicationName, tables, load.sourceMajor);
+    this.rec.publicationCreated = true;
+    this.rec.slotState = 'creating';
+    this.save();
+    const snap = await createSlotWithSnapshot(this.spec.source, this.rec.slotName);
+    this.rec.slotState = 'created';
+    this.rec.snapshotLsn = formatLsn(snap.lsn);
+    this.save();
+    this.migrationLog('info', `Created slot ${this.rec.slotName} at ${formatLsn(snap.lsn)} with snapshot ${snap.snapshotName}`);
+    try {
+      const plan = await planLoad(load.tgt, this.rec.id, dataTables(tables), this.migrationLog);
+      await this.copyInSnapshot(load, plan.todo, snap, snap.release);
+    } finally { await snap.release(); }
+  }
+
+  /**
+   * After a restart: copy the tables the previous runs did not finish. Their
+   * exported snapshot died with the previous run: a temporary slot gives a
+   * new one, and those tables record its LSN.
+   */
+  private async resumeLoad(load: LoadContext, data: TableInfo[]): Promise<void> {
+    const plan = await planLoad(load.tgt, this.rec.id, data, this.migrationLog);
+    await this.restoreCopyProgress(load.tgt);
+    const todo = this.widenToWholePartitionTrees(plan.todo, data, plan.done);
+    if (!todo.length) return;
+    const siblings = todo.filter((t) => !plan.todo.includes(t));
+    if (siblings.length) {
+      // Finished partitions of a tree that also has unfinished ones are
+      // copied again with them: one tree, one snapshot.
+      this.migrationLog('warn', `Copying again ${siblings.length} finished partition(s) whose partitioned table was not finished: ${siblings.map(tableKey).join(', ')}`);
+      await resetTables(load.tgt, this.rec.id, siblings);
+    }
+    const tmpName = `${this.rec.slotName.slice(0, 50)}_r${Date.now().toString(36)}`;
+    const snap = await createSlotWithSnapshot(this.spec.source, tmpName, true);
+    this.migrationLog('info', `Resuming the load of ${todo.length} table(s) with a fresh snapshot at ${formatLsn(snap.lsn)}`);
+    try {
+      await this.copyInSnapshot(load, todo, snap, async () => undefined);
+    } finally { await snap.release(); }
+  }
+
+  /** Split `tables` into copy tasks and run them in the snapshot `snap`. */
+  private async copyInSnapshot(load: LoadContext, tables: TableInfo[], snap: ExportedSnapshot, onSnapshotImported: () => Promise<void>): Promise<void> {
+    const { workers, splitBytes } = this.spec.copy;
+    const tasks = await planTasks(load.src, tables, workers, splitBytes, load.sourceMajor);
+    this.noteParts(tasks);
+    await runLoad({
+      migrationId: this.rec.id, source: this.spec.source, target: this.spec.target, tables,
+      snapshotName: snap.snapshotName, snapshotLsn: snap.lsn, onSnapshotImported,
+      workers, splitBytes, sourceMajor: load.sourceMajor,
+      progress: this.copyProgress, signal: load.signal, log: this.migrationLog,
+    }, tasks);
   }
 
   /** Partitions of one root must share one snapshot (changes arrive as the root). */
@@ -435,7 +417,7 @@ export class MigrationRunner {
         const plan = await planSchema(src, tables);
         await runPostData({
           target: this.spec.target, statements: plan.postData, tables, jobs: this.spec.copy.indexJobs, signal,
-          log: (l, m, f) => this.log(l, m, { migration: this.rec.id, ...f }),
+          log: this.migrationLog,
         });
       }
       if (!signal.aborted) await setMarker(tgt, this.rec.id, 'post-data', new Date().toISOString());
@@ -443,26 +425,24 @@ export class MigrationRunner {
     if (!signal.aborted) this.setPhase('syncing');
   }
 
-  /** Restore per-table copy figures from the target's records (after a restart). */
-  private async restoreCopyProgress(tgt: pg.Client): Promise<void> {
-    const r = await tgt.query(`SELECT table_name, sum(rows)::float8 AS rows, sum(bytes)::float8 AS bytes, count(*)::int AS parts_done, max(parts)::int AS parts
-      FROM pgferry.copy_state WHERE migration_id = $1 GROUP BY table_name`, [this.rec.id]);
-    for (const row of r.rows) {
-      const p = this.copyProgress.get(row.table_name);
+  /** Restore per-table copy figures from the target's records (after a restart); returns those records. */
+  private async restoreCopyProgress(tgt: pg.Client): Promise<Map<string, CopiedTable>> {
+    const copied = await readCopyState(tgt, this.rec.id);
+    for (const [table, c] of copied) {
+      const p = this.copyProgress.get(table);
       if (!p) continue;
-      p.rowsCopied = Number(row.rows); p.bytesCopied = Number(row.bytes);
-      p.partsDone = row.parts_done; p.parts = row.parts;
-      if (row.parts_done === row.parts) p.phase = 'copied';
+      p.rowsCopied = c.rows; p.bytesCopied = c.bytes;
+      p.partsDone = c.partsDone; p.parts = c.parts;
+      if (c.partsDone === c.parts) p.phase = 'copied';
     }
+    return copied;
   }
 
   /** Which source LSN each table's copy is valid from (root name for partitions). */
-  private async tableSyncLsn(tgt: pg.Client): Promise<Map<string, Lsn>> {
-    const r = await tgt.query('SELECT table_name, max(snapshot_lsn)::text AS lsn FROM pgferry.copy_state WHERE migration_id = $1 GROUP BY table_name', [this.rec.id]);
-    const byLeaf = new Map(r.rows.map((row) => [row.table_name as string, parseLsn(row.lsn)]));
+  private tableSyncLsn(copied: Map<string, CopiedTable>): Map<string, Lsn> {
     const out = new Map<string, Lsn>();
     for (const t of dataTables(this.tables)) {
-      const lsn = byLeaf.get(tableKey(t));
+      const lsn = copied.get(tableKey(t))?.lastSnapshotLsn;
       if (lsn === undefined) continue;
       const key = t.root ? tableKey(t.root) : tableKey(t);
       const prev = out.get(key);
@@ -475,9 +455,9 @@ export class MigrationRunner {
     const signal = this.abort.signal;
     const map = this.syncStart ??= await this.withClients(async (src, tgt) => {
       await this.loadTables(src);
-      await this.restoreCopyProgress(tgt);
+      const copied = await this.restoreCopyProgress(tgt);
       for (const p of this.copyProgress.values()) if (p.phase !== 'copied') p.phase = 'copied';
-      return this.tableSyncLsn(tgt);
+      return this.tableSyncLsn(copied);
     });
     if (!this.analyzed) void this.analyzeOnce(signal);
     await runSync({
@@ -485,7 +465,7 @@ export class MigrationRunner {
       slotName: this.rec.slotName, publicationName: this.rec.publicationName, tableSyncLsn: map,
       batchChanges: this.spec.apply.batchChanges, batchMs: this.spec.apply.batchMs, signal,
       onProgress: (p) => this.onSyncProgress(p),
-      log: (l, m, f) => this.log(l, m, { migration: this.rec.id, ...f }),
+      log: this.migrationLog,
     });
   }
 
@@ -494,7 +474,7 @@ export class MigrationRunner {
     try {
       const done = await this.withTarget((tgt) => getMarker(tgt, this.rec.id, 'analyzed'));
       if (done !== undefined) { this.analyzed = true; return; }
-      const ok = await analyzeTables(this.spec.target, this.tables, signal, (l, m, f) => this.log(l, m, { migration: this.rec.id, ...f }));
+      const ok = await analyzeTables(this.spec.target, this.tables, signal, this.migrationLog);
       if (ok) { await this.withTarget((tgt) => setMarker(tgt, this.rec.id, 'analyzed', new Date().toISOString())); this.analyzed = true; }
     } catch (e) {
       if (!signal.aborted) this.log('warn', `ANALYZE of the loaded tables failed (statistics will come from autovacuum): ${(e as Error).message}`, { migration: this.rec.id });
@@ -526,99 +506,9 @@ export class MigrationRunner {
     });
   }
 
-  private async sourceMonitor(): Promise<{ currentLsn: Lsn; restartLsn: Lsn | null; confirmedLsn: Lsn | null } | null> {
-    if (this.monitorCache && Date.now() - this.monitorCache.at < 1000) return this.monitorCache;
-    try {
-      if (!this.monitor) this.monitor = await connect('source', this.spec.source, { applicationName: `pgferry monitor ${this.rec.id}`, connectTimeoutMs: 5000 });
-      const r = await this.monitor.query(`SELECT pg_current_wal_insert_lsn()::text AS cur, s.restart_lsn::text AS restart, s.confirmed_flush_lsn::text AS confirmed
-        FROM (SELECT 1) x LEFT JOIN pg_replication_slots s ON s.slot_name = $1`, [this.rec.slotName]);
-      const row = r.rows[0];
-      this.monitorCache = {
-        at: Date.now(), currentLsn: parseLsn(row.cur),
-        restartLsn: row.restart ? parseLsn(row.restart) : null, confirmedLsn: row.confirmed ? parseLsn(row.confirmed) : null,
-      };
-      return this.monitorCache;
-    } catch {
-      await this.monitor?.end().catch(() => undefined);
-      this.monitor = null;
-      return null;
-    }
-  }
-
   /** The current status (queries the source at most once a second). */
-  async status(): Promise<MigrationStatus> {
-    const rec = this.rec;
-    const live = !TERMINAL.includes(rec.phase) && rec.slotState === 'created';
-    const mon = live ? await this.sourceMonitor() : null;
-    const tables: TableStatus[] = [...this.copyProgress.values()].map((p) => ({
-      schema: p.schema, name: p.name,
-      phase: p.phase === 'copied' && (rec.phase === 'syncing' || rec.phase === 'cutting-over' || rec.phase === 'completed') && (this.syncCaughtUp || rec.phase === 'completed') ? 'synced' : p.phase,
-      rowsCopied: p.rowsCopied, bytesCopied: p.bytesCopied,
-      rowsEstimated: Math.max(p.rowsEstimated, p.rowsCopied), bytesEstimated: Math.max(p.bytesEstimated, p.bytesCopied),
-    }));
-    const bytesCopied = tables.reduce((a, t) => a + t.bytesCopied, 0);
-    const bytesEstimated = tables.reduce((a, t) => a + t.bytesEstimated, 0);
-    const tablesCopied = tables.filter((t) => t.phase === 'copied' || t.phase === 'synced').length;
-    const loadDone = ['indexing', 'syncing', 'cutting-over', 'completed'].includes(rec.phase);
-    const progress = loadDone ? 1 : bytesEstimated > 0 ? Math.min(0.99, bytesCopied / bytesEstimated) : 0;
-    let etaSeconds = -1;
-    if (loadDone) etaSeconds = 0;
-    else if (rec.phase === 'loading' && this.copyStartedAt && bytesCopied > 0) {
-      const rate = bytesCopied / ((Date.now() - this.copyStartedAt) / 1000);
-      etaSeconds = Math.max(0, Math.round((bytesEstimated - bytesCopied) / rate));
-    }
-    // Lag for THIS database: WAL the decoder has not reached yet, plus what
-    // it received but the target has not committed. WAL of other databases
-    // that the decoder already passed does not count (it held nothing of ours).
-    let lagBytes = 0;
-    let lagSeconds = 0;
-    let retainedWalBytes = 0;
-    if (mon) {
-      if (mon.restartLsn !== null) retainedWalBytes = Number(mon.currentLsn - mon.restartLsn);
-      const s = this.sync;
-      if (s) {
-        const reached = s.decodedLsn > s.appliedLsn ? s.decodedLsn : s.appliedLsn;
-        const undecoded = mon.currentLsn > reached ? mon.currentLsn - reached : 0n;
-        const pending = s.pendingChanges > 0 && s.receivedLsn > s.appliedLsn ? s.receivedLsn - s.appliedLsn : 0n;
-        lagBytes = Number(undecoded + pending);
-      } else {
-        const from = mon.confirmedLsn ?? (rec.snapshotLsn ? parseLsn(rec.snapshotLsn) : mon.currentLsn);
-        lagBytes = Number(mon.currentLsn > from ? mon.currentLsn - from : 0n);
-      }
-      const now = Date.now();
-      if (lagBytes === 0 || (this.sync && this.sync.pendingChanges === 0 && lagBytes < 64 * 1024 && this.sync.decodedLsn >= mon.currentLsn)) {
-        this.lastCaughtUpAt = now; this.syncCaughtUp = this.sync !== null;
-      } else {
-        const since = Math.max(this.lastCaughtUpAt, this.sync?.appliedCommitTime?.getTime() ?? 0, this.copyStartedAt);
-        lagSeconds = since ? Math.max(0, (now - since) / 1000) : 0;
-      }
-      this.lastLag = { lagBytes, retainedWalBytes };
-    } else if (live && this.lastLag) {
-      // The source does not answer: never report a reassuring 0. Keep the
-      // last measured bytes, and let the seconds grow since the last time
-      // we knew we were caught up.
-      ({ lagBytes, retainedWalBytes } = this.lastLag);
-      const since = Math.max(this.lastCaughtUpAt, this.sync?.appliedCommitTime?.getTime() ?? 0, this.copyStartedAt);
-      lagSeconds = since ? Math.max(0, (Date.now() - since) / 1000) : 0;
-    }
-    return {
-      id: rec.id, phase: rec.phase,
-      errorCode: rec.error?.code ?? '', errorMessage: rec.error?.message ?? '', errorRemedy: rec.error?.remedy ?? '',
-      createdAt: rec.createdAt, updatedAt: rec.updatedAt,
-      tables, tablesTotal: tables.length, tablesCopied,
-      rowsCopied: tables.reduce((a, t) => a + t.rowsCopied, 0), bytesCopied, bytesEstimated,
-      progress, etaSeconds,
-      lagBytes, lagSeconds, retainedWalBytes,
-      applyRate: this.paused ? 0 : this.sync?.applyRatePerSec ?? 0,
-      appliedLsn: this.sync ? formatLsn(this.sync.appliedLsn) : '',
-      changesApplied: this.sync?.changesApplied ?? 0,
-      slotName: rec.slotName, publicationName: rec.publicationName, specFingerprint: rec.fingerprint,
-      activeEndpoint: rec.phase === 'completed' ? 'target' : 'source',
-      sourceVersion: rec.sourceVersion ?? '', targetVersion: rec.targetVersion ?? '',
-      cutover: rec.cutover,
-      paused: this.paused, pausedAt: rec.pausedAt ?? '',
-      fence: this.fence.status(this.cutoverRun !== null),
-    };
+  status(): Promise<MigrationStatus> {
+    return this.statusReporter.status();
   }
 
   /** Stop, drop the slot and publication on the source, forget the migration. Target data stays. */

@@ -5,13 +5,15 @@
  * the target, written in the same transaction as that data:
  *   - `pgferry.apply_state`: the source position (end LSN of the last source
  *     transaction applied) per migration; committed with the changes it covers.
- *   - `pgferry.copy_state`: one row per table copied by the initial load, with
- *     the LSN of the snapshot it was copied in; committed with the copied rows.
- *   - `pgferry.migration_state`: stage markers (e.g. 'schema' done).
- * `dropTargetState()` removes a migration's rows (and the schema when empty).
+ *   - `pgferry.copy_state`: one row per table (or part of one) copied by the
+ *     initial load, with the LSN of the snapshot it was copied in; committed
+ *     with the copied rows.
+ *   - `pgferry.migration_state`: stage markers (e.g. 'pre-data' done).
+ * `dropTargetState()` removes a migration's rows. Every query on these
+ * tables is in this file.
  */
 import type pg from 'pg';
-import { parseLsn, type Lsn } from './lsn';
+import { formatLsn, parseLsn, type Lsn } from './lsn';
 
 export const TARGET_STATE_DDL = `
 CREATE SCHEMA IF NOT EXISTS pgferry;
@@ -64,6 +66,42 @@ export const RECORD_APPLIED_LSN = `INSERT INTO pgferry.apply_state (migration_id
   VALUES ($1, $2::pg_lsn, $3::timestamptz)
   ON CONFLICT (migration_id) DO UPDATE SET applied_lsn = excluded.applied_lsn, applied_commit_time = excluded.applied_commit_time, updated_at = now()`;
 export const LOCAL_WAL_POSITIONS = 'SELECT pg_current_wal_insert_lsn()::text AS local, pg_current_wal_flush_lsn()::text AS flushed';
+
+/** What the initial load committed for one table: its parts so far. */
+export interface CopiedTable {
+  partsDone: number;
+  /** How many parts the table was split into. */
+  parts: number;
+  rows: number;
+  bytes: number;
+  /** The oldest and the newest snapshot its parts were copied in. */
+  firstSnapshotLsn: Lsn;
+  lastSnapshotLsn: Lsn;
+}
+
+/** Per table (`tableKey`), what the initial load of `migrationId` committed. */
+export async function readCopyState(client: pg.Client, migrationId: string): Promise<Map<string, CopiedTable>> {
+  const r = await client.query(`SELECT table_name, count(*)::int AS parts_done, max(parts)::int AS parts,
+      sum(rows)::float8 AS rows, sum(bytes)::float8 AS bytes, min(snapshot_lsn)::text AS first_lsn, max(snapshot_lsn)::text AS last_lsn
+      FROM pgferry.copy_state WHERE migration_id = $1 GROUP BY table_name`, [migrationId]);
+  return new Map(r.rows.map((row) => [row.table_name as string, {
+    partsDone: row.parts_done, parts: row.parts, rows: Number(row.rows), bytes: Number(row.bytes),
+    firstSnapshotLsn: parseLsn(row.first_lsn), lastSnapshotLsn: parseLsn(row.last_lsn),
+  }]));
+}
+
+/** One copied part of a table; written in the transaction that commits its rows. */
+export async function recordCopiedPart(client: pg.Client, migrationId: string, p: {
+  table: string; part: number; parts: number; snapshotLsn: Lsn; rows: number; bytes: number;
+}): Promise<void> {
+  await client.query(`INSERT INTO pgferry.copy_state (migration_id, table_name, part, parts, snapshot_lsn, rows, bytes)
+    VALUES ($1, $2, $3, $4, $5::pg_lsn, $6, $7)`, [migrationId, p.table, p.part, p.parts, formatLsn(p.snapshotLsn), p.rows, p.bytes]);
+}
+
+/** Forget the copied parts of `tables` (`tableKey`s); in the transaction that empties them. */
+export async function forgetCopiedTables(client: pg.Client, migrationId: string, tables: string[]): Promise<void> {
+  await client.query('DELETE FROM pgferry.copy_state WHERE migration_id = $1 AND table_name = ANY($2::text[])', [migrationId, tables]);
+}
 
 export async function getMarker(client: pg.Client, migrationId: string, marker: string): Promise<string | null | undefined> {
   const r = await client.query('SELECT value FROM pgferry.migration_state WHERE migration_id = $1 AND marker = $2', [migrationId, marker]);
