@@ -8,20 +8,16 @@
  * the source, `pgferry.apply_state` on the target, the slot's confirmed
  * position on the source, and `SyncProgress` reports.
  *
- * Process shape (one session; a session is retried on transient failures):
- *
- *   source walsender ──CopyData──▶ receive.ts (ordered queue, TCP backpressure)
- *        ▲                              │ decode (pgoutput.ts)
- *        │ Standby Status Update        ▼
- *        └──── appliedLsn ◀──── apply.ts (batches → target transactions)
- *
- * The slot is confirmed only up to what the target has committed
- * (`Applier.appliedLsn`): after a crash at any instant the next session
- * restarts from the target's recorded position and nothing is lost or doubled.
+ * One session (a replication connection and a target connection) at a time,
+ * a new one after a transient failure, from the target's recorded position.
+ * The session loop, and why the slot is confirmed only up to what the target
+ * has applied and flushed (Guard 8, Guard 9): docs/architecture.md, "The
+ * stream: receive → decode → apply" and "The guards".
  */
-import { Applier, SafeReplayNeeded } from './apply';
+import { Applier } from './apply';
+import { SafeReplayNeeded } from './apply-diagnosis';
 import type { LogFn } from './log-fn';
-import { TextModeNeeded } from './apply-plan';
+import { TextModeNeeded } from './apply-target';
 import { ql, resolveEndpoint } from './conn';
 import { asPgferryError, isTransientError, PgferryError, redact } from './errors';
 import { formatLsn, maxLsn, parseLsn, type Lsn } from './lsn';
@@ -178,9 +174,8 @@ type PublishedColumn = Parameters<Applier['binaryBlocker']>[0][number];
  * Binary values: pgoutput's `binary` option (PostgreSQL 14+) sends each
  * value in its type's binary form, so the walsender skips the type's output
  * function and the target its input function (COPY parses no text, arrays
- * carry typed elements). On the bench's backlog the source's decoding took
- * 12 % less time and the target's COPY of the same rows about a fifth less.
- * It needs every published column to have the same built-in type on both
+ * carry typed elements); what that saved on the bench is in
+ * docs/performance.md. It needs every published column to have the same built-in type on both
  * sides (Applier.binaryBlocker).
  */
 async function openSource(opts: SyncOptions, parser: PgoutputParser, textOnly: boolean): Promise<{ stream: ReplicationStream<PgoutputMessage>; slotLsn: Lsn; published: PublishedColumn[] | string }> {
@@ -261,7 +256,7 @@ async function runSession(opts: SyncOptions, state: SyncState, log: LogFn): Prom
   let lastSentAtMs = 0;
 
   const sendStatus = (force: boolean) => {
-    // Guard 9 (durability): confirm only what the target has flushed.
+    // Guard 9 (confirm only what is durable): what the target has flushed.
     const lsn = applier.durableLsn;
     if (!force && lsn === lastSentLsn && Date.now() - lastSentAtMs < STATUS_INTERVAL_MS) return;
     stream.sendStatus(lsn);
@@ -356,7 +351,7 @@ async function runSession(opts: SyncOptions, state: SyncState, log: LogFn): Prom
       switch (ev.tag) {
         case 'keepalive': {
           const { walEnd, replyRequested } = ev;
-          // Guard 8 (confirm only what is applied; guards 1-7 are in apply.ts):
+          // Guard 8 (confirm only what is applied):
           // walEnd covers every transaction committed before it only when no
           // transaction is in flight; a keepalive sent mid-transaction must not
           // move the position, or a crash would skip the rest of that transaction.
