@@ -3,37 +3,16 @@
  *
  *   waiting-for-lag → fencing → draining → sequences → validating → completed
  *
- * Input: a migration in phase `syncing` and the caller's options.
+ * Input: a migration in phase `syncing`, through its supervisor
+ * (`CutoverHost`), and the caller's options.
  * Output: the migration in phase `completed` with its report (fence times,
  * write downtime, fence LSN, per-table counts/checksums, sequences set), or —
- * on any failure before completion — the fence lifted, the source writable,
- * sync still running, and an error saying what failed and what to do.
+ * on any failure before completion — the fence lifted (fence.ts), the source
+ * writable, sync still running, and an error saying what failed and what to do.
  *
- * The fence (method `default_transaction_read_only`, the only one so far):
- *  1. `ALTER DATABASE <db> SET default_transaction_read_only = on` — every
- *     NEW session on the source database starts read-only, whatever its role;
- *  2. grace: transactions that already wrote (hold an xid) get `graceMs` to
- *     commit;
- *  3. every other client session of that database is terminated (in-flight
- *     transactions abort; applications reconnect into read-only sessions and
- *     their writes are refused with SQLSTATE 25006);
- *  4. the fence LSN is read after the terminated sessions are gone: every
- *     transaction that committed on the source is below it.
- * fence.ts owns the fence: it is recorded in the agent's state file BEFORE the
- * ALTER, and a cutover that does not complete ends with a lift that is
- * verified by reading the setting back on a fresh connection, or, when the
- * source cannot be reached, retried in the background until it is (the
- * status says 'lift-pending' meanwhile). After completion the fence stays:
- * the source must not take writes the target will never see
- * (`pgferry unfence --after-cutover` lifts it on purpose).
- *
- * Every step checks the cancel signal (cancel-cutover before the fence,
- * `pgferry unfence` after it) and passes a failpoint (`cutover.<step>`) that
- * the fault-injection tests pause at.
- *
- * Write downtime = from the fence start until the target was ready (changes
- * drained and sequences set). Validation follows while the source is still
- * fenced; it is reported separately (`validationMs`).
+ * The protocol, step by step with what happens on failure, the fence's rules
+ * and what the report measures: docs/architecture.md, "The cutover protocol
+ * and the fence".
  */
 import type pg from 'pg';
 import { connect, qi, qn, resolveEndpoint } from './conn';

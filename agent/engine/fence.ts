@@ -7,25 +7,11 @@
  * the source endpoint. Output: `ALTER DATABASE … default_transaction_read_only`
  * on the source, and the record's `fence` kept in step with it.
  *
- * Rules (docs: "The fence" in docs/cli.md):
- *  1. The record is written BEFORE the `ALTER DATABASE` that raises the fence,
- *     so whatever happens next (a lost connection, a source restart, kill -9
- *     of the agent) the agent knows the fence may be up.
- *  2. Only a verified lift clears the record: the setting is restored on a
- *     fresh connection and read back from the source in a new transaction.
- *     A lift never reuses the connection that failed.
- *  3. A lift that fails is retried in the background with backoff, for as
- *     long as it takes, in any phase (paused and failed included) and again
- *     at the agent's start (`FenceKeeper.keepLifting`).
- *  4. A lift ends the client sessions that started while the fence was up:
- *     PostgreSQL reads the database default at session start, so they stay
- *     read-only for their lifetime; ended, the application reconnects
- *     writable.
- *  5. Raising and lifting are serialized, and a retried lift names the fence
- *     it lifts (`id`): a late retry can never lift a newer fence.
- *  6. After a completed cutover the fence is kept on purpose (`kept`): the old
- *     source must not take writes the target will never see. Only an explicit
- *     `pgferry unfence --after-cutover` lifts it.
+ * It keeps the six fence rules of docs/architecture.md ("The fence's rules"),
+ * cited below as "fence rule N": 1 recorded before raised; 2 only a verified
+ * lift clears the record; 3 a failed lift is retried, in any phase and at the
+ * agent's start; 4 a lift ends the sessions that started read-only; 5 one
+ * fence at a time, named; 6 kept after a completed cutover.
  */
 import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
@@ -35,16 +21,16 @@ import type { Endpoint } from './spec';
 
 /** The fence as the agent's state file keeps it (`MigrationRecord.fence`). */
 export interface FenceRecord {
-  /** One raise; a retried lift names the one it lifts (rule 5). */
+  /** One raise; a retried lift names the one it lifts (fence rule 5). */
   id: string;
   database: string;
   /** The database's own setting before the fence ('on'/'off'), null when it had none. */
   previous: string | null;
   /** Agent clock, when the fence was recorded. */
   raisedAt: string;
-  /** Server clock, read before the ALTER: sessions that started after it may be read-only (rule 4). */
+  /** Server clock, read before the ALTER: sessions that started after it may be read-only (fence rule 4). */
   serverRaisedAt: string;
-  /** Kept on purpose after a completed cutover (rule 6). */
+  /** Kept on purpose after a completed cutover (fence rule 6). */
   kept?: boolean;
   liftAttempts?: number;
   lastLiftError?: string;
@@ -86,7 +72,7 @@ export interface LiftResult {
   lifted: boolean;
   /** A fence was up before this call. */
   wasUp: boolean;
-  /** Client sessions ended because they had started read-only (rule 4). */
+  /** Client sessions ended because they had started read-only (fence rule 4). */
   sessionsEnded: number;
   /** Why the lift could not be verified. */
   error?: string;
@@ -123,7 +109,7 @@ export class FenceKeeper {
   private chain: Promise<unknown> = Promise.resolve();
   private loop: Promise<void> | null = null;
   private loopAbort = new AbortController();
-  /** The fence the retry loop lifts (rule 5: never another). */
+  /** The fence the retry loop lifts (fence rule 5: never another). */
   private target = '';
 
   constructor(private readonly host: FenceHost) {}
@@ -144,7 +130,7 @@ export class FenceKeeper {
     };
   }
 
-  /** Raising and lifting one at a time (rule 5). */
+  /** Raising and lifting one at a time (fence rule 5). */
   private serialized<T>(fn: () => Promise<T>): Promise<T> {
     const run = this.chain.then(fn, fn);
     this.chain = run.catch(() => undefined);
@@ -153,7 +139,7 @@ export class FenceKeeper {
 
   /**
    * Raise the fence on `database` through `src` (a session that is itself
-   * writable). Records it first (rule 1). Refuses while an earlier fence of
+   * writable). Records it first (fence rule 1). Refuses while an earlier fence of
    * this migration is still recorded: its `previous` would be read as 'on'.
    */
   raise(src: pg.Client, database: string): Promise<FenceRecord> {
@@ -165,7 +151,7 @@ export class FenceKeeper {
       const previous = await readFenceSetting(src, database);
       if (previous === 'on') {
         // Another migration's fence, or a setting of the user's: lifting ours would restore 'on' and
-        // theirs would lift ours (rule 5 holds only within one migration).
+        // theirs would lift ours (fence rule 5 holds only within one migration).
         throw new PgferryError('CUTOVER_FAILED', `Database '${database}' already starts every session read-only (default_transaction_read_only = on): another migration's fence, or a setting of yours. Nothing was fenced.`,
           `Let the other migration finish its cutover or lift its fence (pgferry status lists a FENCE-UP one), or run ALTER DATABASE ${qi(database)} RESET default_transaction_read_only; if the setting is yours, then cut over again.`);
       }
@@ -191,8 +177,8 @@ export class FenceKeeper {
 
   /**
    * One lift attempt on a fresh connection, verified by reading the setting
-   * back (rule 2). A kept fence is lifted only with `includeKept`. `onlyId`
-   * limits the attempt to one raise (a background retry, rule 5).
+   * back (fence rule 2). A kept fence is lifted only with `includeKept`. `onlyId`
+   * limits the attempt to one raise (a background retry, fence rule 5).
    */
   liftOnce(opts: { includeKept?: boolean; onlyId?: string } = {}): Promise<LiftResult> {
     return this.serialized(async () => {
@@ -240,7 +226,7 @@ export class FenceKeeper {
   }
 
   /**
-   * Rule 4, best effort: end the client sessions of the database that started
+   * Fence rule 4, best effort: end the client sessions of the database that started
    * while the fence was up (from the raise, less the time a login may take,
    * until now). One at a time: a session the agent's role may not end (a
    * superuser's) is logged, not an error.
@@ -263,7 +249,7 @@ export class FenceKeeper {
     return ended;
   }
 
-  /** Retry the lift in the background until it is verified (rule 3). Idempotent. */
+  /** Retry the lift in the background until it is verified (fence rule 3). Idempotent. */
   keepLifting(): void {
     const f = this.record;
     if (!f || f.kept) return;

@@ -12,29 +12,15 @@
  * (`string`), the bytes of the type's binary send function (`Buffer`, when
  * the stream was started in binary mode), `null`, or the `UNCHANGED_TOAST`
  * marker (a large value an UPDATE did not touch; the apply stage must leave
- * such columns out of its SET list, never write them).
+ * such columns out of its SET list, never write them: Guard 5).
  *
  * Message formats:
  * https://www.postgresql.org/docs/current/protocol-logicalrep-message-formats.html
  *
- * Why our own parser and not pg-logical-replication's PgoutputParser: that
- * parser turns every value through node-postgres' global type parsers
- * (timestamps become JS Dates and lose their microseconds, json is parsed and
- * re-serialized, numerics may become floats), which breaks exact round-trips,
- * and it allocates an object keyed by column name per row. Here a value stays
- * the server's canonical text (the replication session runs with conn.ts's
- * SESSION_OPTIONS: ISO dates in UTC, hex bytea, shortest-exact floats), which
- * the target casts back with its input functions — or, in a stream started
- * with `binary`, its type's binary form, which the target reads with the
- * type's receive function.
- *
- * Large transactions: we request protocol version 1 (no streaming of
- * in-progress transactions). The source's reorder buffer spills a large
- * transaction to disk (beyond `logical_decoding_work_mem`) and sends it whole
- * at commit; the apply stage consumes it in bounded chunks inside one target
- * transaction, so neither side holds it in memory. Streaming (protocol 2,
- * PG 14+) would only start sending earlier, at the cost of handling aborts of
- * half-applied streamed transactions; not worth it for a migration.
+ * Why pgferry's own parser and not pg-logical-replication's PgoutputParser,
+ * and why protocol version 1 (large transactions are spilled by the source
+ * and applied in chunks): docs/architecture.md, "The stream: receive →
+ * decode → apply" and "Why pgferry speaks the protocols itself".
  */
 import type pg from 'pg';
 import { formatLsn, readLsn, type Lsn } from './lsn';
@@ -189,9 +175,8 @@ export class PgoutputParser {
    * object per kind, rows included, overwritten by the next `parse()`. For a
    * consumer that is done with each message before it parses the next (the
    * sync loop; a TupleData it keeps must be `copy()`ed): a row change then
-   * allocates nothing here, where fresh objects cost about 120 bytes of
-   * short-lived garbage per change (two thirds of the decoder's allocations,
-   * measured with V8's sampling heap profiler).
+   * allocates nothing here (fresh objects were most of the decoder's
+   * short-lived garbage; the figure is in docs/performance.md).
    */
   constructor(reuse = false) {
     if (!reuse) { this.rows = null; return; }

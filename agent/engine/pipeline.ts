@@ -1,38 +1,26 @@
 /**
  * pipeline — statements sent to the target without waiting for each
  * other's answers, on a node-postgres client. Part of the **apply** stage:
- * apply.ts sends each batch (BEGIN, one statement per table and operation
- * with COPY data, the applied position, COMMIT) as one `part`, and the next
- * batch's part while the previous one still executes, so the target goes
- * from one batch straight to the next instead of waiting a round trip for
- * the agent between them. Over a WAN link to the target (the agent runs near
- * the source) round trips, not statements, would otherwise bound the apply
- * rate.
+ * apply.ts sends each batch as one part, behind the batch still executing.
+ *
+ * Input: parts, each a list of statements (text, parameters, COPY … FROM
+ * STDIN data), sent in order; a pipeline may start behind the session's
+ * previous one. Output: per part, its statements' answers (row count, first
+ * row); or PipelineError naming the statement that failed, and
+ * PipelineSkipped for every part sent after it (the server skips everything
+ * up to the Sync, later transactions included); a pipeline behind a failed
+ * one sends nothing.
  *
  * Protocol (PostgreSQL docs, "Extended Query" and "Pipelining"): per
  * statement Parse (skipped when the named statement is already prepared),
  * Bind, Execute, and for COPY … FROM STDIN its CopyData and CopyDone right
  * behind the Execute; a Flush after each part, so its answers come back
- * without waiting for later parts; one Sync when the pipeline ends. The
- * server answers in order; after an error it discards everything up to the
- * Sync (CopyData included): nothing after a failed statement runs — not the
- * rest of its part, and not the parts sent behind it, even when they are
- * transactions of their own ("If a pipeline contains multiple explicit
- * transactions, all transactions that committed prior to the error remain
- * committed, the currently in-progress transaction is aborted, and all
- * subsequent operations are skipped completely"). The failed part rejects
- * with PipelineError naming the statement, every later one with
- * PipelineSkipped.
+ * without waiting for later parts; one Sync when the pipeline ends (every
+ * part sent has been answered, or `end()`).
  *
- * A pipeline ends (Sync) when every part sent has been answered, or when
- * `end()` is called (the session needs the connection for another query).
- * A pipeline created behind another starts only once that one is over; if
- * that one failed, it sends nothing and its parts are skipped, so a batch
- * never runs when an earlier one did not commit.
- *
- * Hand-rolled as a node-postgres "submittable" (the interface pg-copy-streams
- * and pg-cursor use): node-postgres' own pipeline mode refuses submittables
- * and so cannot carry COPY, and it ends every query with a Sync.
+ * Why batches are pipelined, what that guarantees, and why this is a
+ * hand-rolled node-postgres submittable: docs/architecture.md, "The stream:
+ * receive → decode → apply" and "Why pgferry speaks the protocols itself".
  */
 import type pg from 'pg';
 

@@ -4,10 +4,11 @@
  *
  * Input: the source endpoint, a logical slot, a publication and a start LSN.
  * Output: an ordered, pull-based stream of events (`poll()` without waiting,
- * `next()` with): decoded XLogData payloads and primary keepalives, with TCP
- * backpressure (the socket is paused while the consumer lags behind, by
- * event count and by bytes); and `sendStatus()`, the Standby Status Update
- * that tells the source which position the target has durably committed.
+ * `next()` with): decoded XLogData payloads and primary keepalives in one
+ * ordered queue (Guard 8), with TCP backpressure (the socket is paused while
+ * the consumer lags behind, by event count and by bytes); and `sendStatus()`,
+ * the Standby Status Update that tells the source which position the target
+ * has durably committed.
  *
  * Framing (streaming replication protocol):
  * https://www.postgresql.org/docs/current/protocol-replication.html
@@ -15,23 +16,11 @@
  *   Keepalive        'k' Int64 walEnd, Int64 sendTime, Byte1 replyRequested
  *   Status update    'r' Int64 write, Int64 flush, Int64 apply, Int64 clock, Byte1 replyRequested
  *
- * Why not pg-logical-replication's LogicalReplicationService (a deliberate
- * departure from the first design; node-postgres still does the connection,
- * TLS, authentication, the SQL before streaming and every message but
- * CopyData, which FrameSplitter cuts out of the socket's chunks — see
- * ReplicationStream for why):
- *  1. With flow control on, it queues XLogData behind the async handler but
- *     emits keepalives ('heartbeat') at once, ahead of data still queued. A
- *     consumer that confirms an idle keepalive's walEnd would then confirm
- *     transactions it has not applied yet: loss after a crash. Here both kinds
- *     travel through one ordered queue.
- *  2. When a handler throws it emits 'error' and goes on with the next
- *     message, so later transactions could be applied after a failed one.
- *  3. It builds its own pg.Client, bypassing conn.ts (sslmode=prefer fallback,
- *     errors that name the endpoint and the fix).
- *  4. Its acknowledge() confirms lsn+1 (with interleaved transactions the next
- *     commit record can start exactly at the previous end, and would be
- *     skipped on restart) and its clock is 7 days off the PostgreSQL epoch.
+ * node-postgres makes the connection (TLS, authentication, the SQL before
+ * streaming, every message but CopyData); FrameSplitter cuts the CopyData
+ * frames out of the socket's chunks. Why not pg-logical-replication's
+ * LogicalReplicationService: docs/architecture.md, "Why pgferry speaks the
+ * protocols itself".
  */
 import type pg from 'pg';
 import { connect } from './conn';
@@ -287,9 +276,8 @@ export class ReplicationStream<T extends { tag: string }> {
     // Read coalescing (while streaming): a small read means we are waiting
     // on the source, which sends every change as soon as it is decoded.
     // Reading each bit as it comes wakes this process every few kilobytes,
-    // and every send of the walsender then has a sleeping reader to wake: in
-    // about a third of the bench's replays this cost the agent up to 0.6 s
-    // and the walsender up to 0.35 s more CPU. Not reading for a millisecond
+    // and every send of the walsender then has a sleeping reader to wake
+    // (what that cost on the bench: docs/performance.md). Not reading for a millisecond
     // lets the kernel gather the next tens of kilobytes into one read.
     if (this.copyBoth && chunk.length < SMALL_READ_BYTES && !this.paused && !this.coalescing && !this.closed) {
       this.coalescing = true;

@@ -6,20 +6,9 @@
  * flags. Output: a verdict per call (`TokenAuth.verify`) and, at start-up,
  * either the warnings to log or a refusal to start (`checkListenSecurity`).
  *
- * Guards:
- *  1. Tokens never come from argv (visible to every user in `ps`): a file,
- *     re-read only when its inode, size, mtime or ctime change, so a rotation
- *     (rewrite or rename into place) takes effect on the next call without a
- *     restart; or the environment, read once and removed from `process.env`.
- *  2. Comparison is constant-time over SHA-256 digests, so neither the
- *     content nor the length of a token leaks through timing, and every
- *     accepted token is compared (no early exit).
- *  3. Fail closed: a token file that vanished, cannot be read or holds no
- *     token refuses every call (and says so in the log, once per change).
- *  4. The token itself is never logged or echoed in an error: only digests
- *     are compared and cached, and every token read is registered with
- *     `redact()`, so that even a token pasted into some other field is
- *     scrubbed from logs and messages.
+ * It keeps Auth guards 1–4 of docs/architecture.md ("The guards"): 1 tokens
+ * never on the command line, 2 constant-time comparison, 3 fail closed,
+ * 4 the token never logged.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
@@ -55,8 +44,8 @@ export function parseTokens(text: string): string[] {
 }
 
 /**
- * Tokens from a file, re-read when the file changes (guard 1) and failing
- * closed when it cannot be read (guard 3). `onChange` hears about every
+ * Tokens from a file, re-read when the file changes (Auth guard 1) and
+ * failing closed when it cannot be read (Auth guard 3). `onChange` hears about every
  * (re)load, with the number of tokens or the problem — for the log.
  */
 export class TokenFile implements TokenSource {
@@ -102,6 +91,7 @@ export class TokenFile implements TokenSource {
       return this.problem(`cannot be read (${(e as NodeJS.ErrnoException).code ?? 'error'})`);
     }
     this.key = key;
+    // Auth guard 4 (the token never logged): only digests are kept, and redact() scrubs the tokens.
     for (const t of tokens) registerSecret(t);
     this.cached = tokens.map(digest);
     if (tokens.length === 0) this.onChange({ problem: 'holds no token' });
@@ -129,7 +119,8 @@ export class StaticTokens implements TokenSource {
 
 /**
  * Read `PGFERRY_AGENT_TOKEN` (one or more tokens separated by newlines or
- * commas) and remove it from the environment so no child process inherits it.
+ * commas) and remove it from the environment so no child process inherits
+ * it (Auth guard 1).
  */
 export function tokensFromEnv(env: NodeJS.ProcessEnv = process.env): string[] | undefined {
   const raw = env[AGENT_TOKEN_ENV];
@@ -138,7 +129,7 @@ export function tokensFromEnv(env: NodeJS.ProcessEnv = process.env): string[] | 
   return raw.split(/[\n,]/).map((t) => t.trim()).filter(Boolean);
 }
 
-/** Checks the bearer token of each call against a `TokenSource` (guard 2). */
+/** Checks the bearer token of each call against a `TokenSource` (Auth guard 2: constant-time comparison). */
 export class TokenAuth {
   constructor(readonly source: TokenSource) {}
 
