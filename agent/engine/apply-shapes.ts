@@ -7,25 +7,10 @@
  * cached on the mapping, whose parameters apply-plan.ts fills.
  */
 import { qi, ql } from './conn';
-import type { RelMap } from './apply-target';
+import type { RelMap, Shape } from './apply-target';
 
-/** Statement text and parameter layout for one table, operation and set of sent columns. */
-export interface Shape {
-  /** null: the statement would change nothing (every column it could set is generated or unsent). */
-  text: string | null;
-  /** Source column index per `text[]` parameter, in parameter order. */
-  cols: number[];
-  /** INSERT: the COPY statement for long runs. */
-  copyText?: string;
-  /**
-   * Binary INSERT: run after its COPY, in the same transaction, fails unless
-   * the written columns still have the types the session read. A binary COPY
-   * casts nothing: a column whose type changed on the target since (bigint
-   * to double precision, say) would read the bytes as the new type without
-   * an error. The COPY's lock keeps the type from changing after it.
-   */
-  copyCheck?: string;
-}
+export type { Shape } from './apply-target';
+
 
 function cached(map: RelMap, key: string, make: () => Shape): Shape {
   let s = map.shapes.get(key);

@@ -12,7 +12,24 @@ import { PgferryError } from './errors';
 import type { Lsn } from './lsn';
 import type { RelationMessage } from './pgoutput';
 import type { ApplyMode, ApplySession } from './apply-session';
-import type { Shape } from './apply-shapes';
+
+/** Statement text and parameter layout for one table, operation and set of sent columns (built in apply-shapes.ts, cached here per table). */
+export interface Shape {
+  /** null: the statement would change nothing (every column it could set is generated or unsent). */
+  text: string | null;
+  /** Source column index per `text[]` parameter, in parameter order. */
+  cols: number[];
+  /** INSERT: the COPY statement for long runs. */
+  copyText?: string;
+  /**
+   * Binary INSERT: run after its COPY, in the same transaction, fails unless
+   * the written columns still have the types the session read. A binary COPY
+   * casts nothing: a column whose type changed on the target since (bigint
+   * to double precision, say) would read the bytes as the new type without
+   * an error. The COPY's lock keeps the type from changing after it.
+   */
+  copyCheck?: string;
+}
 
 /** A target table as the apply statements need it. */
 export interface TargetColumn {

@@ -10,23 +10,9 @@
  * ("already copied on a previous run") and truncates and re-copies partly
  * copied ones.
  *
- * Guards:
- *  1. Every worker imports the snapshot (`SET TRANSACTION SNAPSHOT`) before the
- *     exporting connection is released — otherwise a worker would read a
- *     different point in time (gap or double against the stream).
- *  2. Memory does not grow with table size: the pipe is a stream pipeline,
- *     each side bounded by its highWaterMark, so a slow target pauses the
- *     source socket (TCP backpressure).
- *  3. Binary COPY only for tables whose columns are all built-in types, each
- *     of the same type on the target: binary array/record values embed type
- *     OIDs, which differ on the target for user-defined types, and a binary
- *     COPY casts nothing, so a target column of another type (schemaMode
- *     'existing': bigint on the source, double precision on the target)
- *     would read the bytes as its own type without an error. Those tables
- *     travel as text, which the target's input functions convert.
- *  4. Ranges are split on TID ranges only where the source can scan them
- *     (PostgreSQL 14+, TID Range Scan); elsewhere a range filter would
- *     re-scan the whole table per range.
+ * Copy guards 1–4 (one snapshot for every worker, bounded memory, binary COPY
+ * only between equal built-in types, TID ranges only where they can be scanned)
+ * are described in docs/architecture.md ("The guards").
  */
 import { pipeline } from 'node:stream/promises';
 import type pg from 'pg';
@@ -148,7 +134,7 @@ export async function runLoad(opts: LoadOptions, tasks: CopyTask[]): Promise<voi
   const workers: Array<{ src: pg.Client; tgt: pg.Client }> = [];
   let failed: unknown;
   try {
-    // Guard 1: all workers import the snapshot before it is released.
+    // Copy guard 1: all workers import the snapshot before it is released.
     for (let i = 0; i < n; i++) {
       const src = await connect('source', opts.source, { applicationName: `pgferry copy ${opts.migrationId}` });
       const tgt = await connect('target', opts.target, { applicationName: `pgferry copy ${opts.migrationId}`, extraOptions: '-c synchronous_commit=off' });
@@ -205,7 +191,7 @@ async function copyTask(src: pg.Client, tgt: pg.Client, task: CopyTask, opts: Lo
   const prog = opts.progress.get(key)!;
   prog.phase = 'copying';
   const cols = dataColumns(t).map((c) => qi(c.name)).join(', ');
-  // Guard 3: binary only when every column type is built in and the target's is the same.
+  // Copy guard 3: binary only when every column type is built in and the target's is the same.
   const format = t.columns.some((c) => c.userType) || !(await sameTypesOnTarget(tgt, t)) ? 'text' : 'binary';
   const where: string[] = [];
   if (task.fromBlock !== undefined && task.fromBlock > 0) where.push(`ctid >= '(${task.fromBlock},0)'::tid`);

@@ -250,10 +250,10 @@ async function constraintStatements(ctx: PlanContext, cons: ConRow[]) {
   for (const k of cons) {
     const r = ctx.rels.get(k.rel)!;
     const inPartitionTree = partitionOfSelected(r, ctx.selected);
-    // Partitions get their parent's constraints by inheritance (guard 1:
+    // Partitions get their parent's constraints by inheritance (Schema guard 1:
     // declaring them again fails with "already exists"); a foreign key
     // referencing a partitioned table has one internal child per partition
-    // (guard 2: those come with the parent constraint).
+    // (Schema guard 2: those come with the parent constraint).
     if (inPartitionTree && k.inhcount > 0) continue;
     if (k.parent_con !== 0 && (inPartitionTree || k.type === 'f')) continue;
     const table = qn(r.schema, r.name);
