@@ -25,9 +25,10 @@ import { tableFingerprint, tableRowCount } from './checksum';
 import { setMarker } from './target-state';
 import { failpoint } from './failpoints';
 import { liftStatement, type FenceKeeper, type LiftResult } from './fence';
-import { VALIDATIONS, type CutoverReport, type Phase, type StoredError, type Validation } from './state';
+import type { CutoverReport, Phase, StoredError, Validation } from './state';
 import type { MigrationSpec } from './spec';
 import type { SyncProgress } from './sync';
+import { sleep } from './sleep';
 
 export { VALIDATIONS, type CutoverReport, type TableValidation, type Validation } from './state';
 
@@ -75,7 +76,6 @@ export interface CutoverHost {
   abandonCutover(report: CutoverReport): void;
 }
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 function newReport(prev: CutoverReport | undefined, validation: Validation): CutoverReport {
   return {

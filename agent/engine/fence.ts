@@ -18,6 +18,7 @@ import type pg from 'pg';
 import { connect, qi } from './conn';
 import { PgferryError, redact } from './errors';
 import type { Endpoint } from './spec';
+import { sleep } from './sleep';
 
 /** The fence as the agent's state file keeps it (`MigrationRecord.fence`). */
 export interface FenceRecord {
@@ -97,13 +98,6 @@ export async function readFenceSetting(c: pg.Client, database: string): Promise<
     FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase WHERE d.datname = $1 AND s.setrole = 0`, [database]);
   return (r.rows[0]?.v as string | null | undefined) ?? null;
 }
-
-const sleep = (ms: number, signal: AbortSignal) => new Promise<void>((resolve) => {
-  if (signal.aborted) { resolve(); return; }
-  const t = setTimeout(done, ms);
-  function done() { clearTimeout(t); signal.removeEventListener('abort', done); resolve(); }
-  signal.addEventListener('abort', done, { once: true });
-});
 
 export class FenceKeeper {
   private chain: Promise<unknown> = Promise.resolve();

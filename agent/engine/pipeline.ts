@@ -115,35 +115,35 @@ export class Pipeline {
   }
 
   private submit(): void {
-    const self = this;
+    // Arrow functions: node-postgres calls these as the submittable's methods; `this` stays the pipeline.
     this.client.query({
-      submit(connection: Connection): void {
-        self.con = connection;
+      submit: (connection: Connection): void => {
+        this.con = connection;
         const s = connection.stream;
         s.cork();
-        for (const p of self.parts) self.write(p);
-        if (self.syncing) connection.sync();
+        for (const p of this.parts) this.write(p);
+        if (this.syncing) connection.sync();
         s.uncork();
       },
-      handleCommandComplete(msg: { text?: string }): void { self.onComplete(msg?.text ?? ''); },
-      handleEmptyQuery(): void { self.onComplete(''); },
-      handleDataRow(msg: { fields: (string | null)[] }): void {
-        const p = self.parts[0];
+      handleCommandComplete: (msg: { text?: string }): void => { this.onComplete(msg?.text ?? ''); },
+      handleEmptyQuery: (): void => { this.onComplete(''); },
+      handleDataRow: (msg: { fields: (string | null)[] }): void => {
+        const p = this.parts[0];
         if (p && p.result.rows[p.result.counts.length] === undefined) p.result.rows[p.result.counts.length] = msg.fields;
       },
-      handleReadyForQuery(): void { self.finish(null); },
-      handleError(err: unknown): void {
+      handleReadyForQuery: (): void => { this.finish(null); },
+      handleError: (err: unknown): void => {
         // node-postgres has dropped this submittable as its active query; the
         // server discards everything up to the Sync, whose ReadyForQuery then
         // frees the connection for the next query.
-        if (self.con && !self.syncing) { self.syncing = true; self.con.sync(); }
-        self.finish(err ?? new Error('pipeline failed'));
+        if (this.con && !this.syncing) { this.syncing = true; this.con.sync(); }
+        this.finish(err ?? new Error('pipeline failed'));
       },
       // COPY data is sent with its statement.
-      handleRowDescription(): void {},
-      handlePortalSuspended(): void {},
-      handleCopyInResponse(): void {},
-      handleCopyData(): void {},
+      handleRowDescription: (): void => {},
+      handlePortalSuspended: (): void => {},
+      handleCopyInResponse: (): void => {},
+      handleCopyData: (): void => {},
     } as unknown as pg.Submittable);
   }
 

@@ -23,6 +23,7 @@ import { PgferryError, asPgferryError, sqlState } from './errors';
 import { parseLsn, type Lsn } from './lsn';
 import { publishedTables, type TableInfo } from './catalog';
 import type { Endpoint } from './spec';
+import { sleep } from './sleep';
 
 export const PUBLICATION_COMMENT_PREFIX = 'pgferry migration ';
 
@@ -119,14 +120,14 @@ export async function dropSlot(src: pg.Client, slotName: string): Promise<boolea
     const pid = slot.rows[0].active_pid;
     if (pid) {
       await src.query(`SELECT pg_terminate_backend($1) FROM pg_stat_activity WHERE pid = $1 AND application_name LIKE 'pgferry%'`, [pid]);
-      await new Promise((r) => setTimeout(r, 100));
+      await sleep(100);
       continue;
     }
     try {
       await src.query('SELECT pg_drop_replication_slot($1)', [slotName]);
       return true;
     } catch (e) {
-      if (sqlState(e) === '55006' || sqlState(e) === '42704') { await new Promise((r) => setTimeout(r, 100)); continue; }
+      if (sqlState(e) === '55006' || sqlState(e) === '42704') { await sleep(100); continue; }
       throw asPgferryError(e, 'INTERNAL', `dropping replication slot '${slotName}'`);
     }
   }

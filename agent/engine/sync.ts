@@ -24,6 +24,7 @@ import { formatLsn, maxLsn, parseLsn, type Lsn } from './lsn';
 import { PgoutputParser, type PgoutputMessage } from './pgoutput';
 import { ReplicationStream } from './receive';
 import type { Endpoint } from './spec';
+import { sleep } from './sleep';
 
 export { encodeStandbyStatus, parseKeepalive, type Keepalive } from './receive';
 
@@ -209,7 +210,11 @@ async function openSource(opts: SyncOptions, parser: PgoutputParser, textOnly: b
   }
 }
 
-async function runSession(opts: SyncOptions, state: SyncState, log: LogFn): Promise<void> {
+/** One session's two ends, and why values travel as text when they do. */
+interface Session { applier: Applier; stream: ReplicationStream<PgoutputMessage>; textReason: string | null }
+
+/** Open the source and the target at once, and start streaming from the applied position. */
+async function openSession(opts: SyncOptions, state: SyncState, log: LogFn): Promise<Session> {
   // Both sides at once (a restart resumes that much sooner).
   // Reused row-message objects: the loop below is done with each event
   // before it takes the next (the applier copies a row it keeps).
@@ -228,7 +233,7 @@ async function runSession(opts: SyncOptions, state: SyncState, log: LogFn): Prom
   }
   const applier = ap.value;
   const { stream, slotLsn, published } = src.value;
-  let textReason: string | null = null;
+  let textReason: string | null;
   try {
     // The target's recorded position may trail the slot's confirmed position
     // (idle positions are not written to the target). Both only ever cover
@@ -249,36 +254,51 @@ async function runSession(opts: SyncOptions, state: SyncState, log: LogFn): Prom
     await applier.close();
     throw e;
   }
-  const base = { changes: state.changesApplied, txns: state.transactionsApplied };
-  let timer: NodeJS.Timeout | null = null;
-  let durableTimer: NodeJS.Timeout | null = null;
-  let lastSentLsn = -1n;
-  let lastSentAtMs = 0;
+  return { applier, stream, textReason };
+}
 
-  const sendStatus = (force: boolean) => {
-    // Guard 9 (confirm only what is durable): what the target has flushed.
-    const lsn = applier.durableLsn;
-    if (!force && lsn === lastSentLsn && Date.now() - lastSentAtMs < STATUS_INTERVAL_MS) return;
-    stream.sendStatus(lsn);
-    lastSentLsn = lsn;
-    lastSentAtMs = Date.now();
-  };
-  // True while the loop awaits the applier on an event it has taken from the
-  // stream: the stream's consumed position already includes that event but
-  // the applier does not count it yet, so the position is not reported then
-  // (the cutover must never see "nothing pending" past an unapplied change).
-  // Nor inside a source transaction: after its Begin, before its changes
-  // are counted, the position would also claim too much.
-  let midEvent = false;
-  const report = () => {
-    if (!midEvent && !applier.inSourceTransaction) {
+/**
+ * Progress and confirmations of one session: what the source is told
+ * (Guard 9) and what the supervisor sees.
+ */
+class SessionReporter {
+  private readonly base: { changes: number; txns: number };
+  private lastSentLsn = -1n;
+  private lastSentAtMs = 0;
+  /**
+   * True while the loop awaits the applier on an event it has taken from the
+   * stream: the stream's consumed position already includes that event but
+   * the applier does not count it yet, so the position is not reported then
+   * (the cutover must never see "nothing pending" past an unapplied change).
+   * Nor inside a source transaction: after its Begin, before its changes
+   * are counted, the position would also claim too much.
+   */
+  midEvent = false;
+
+  constructor(private readonly opts: SyncOptions, private readonly state: SyncState, private readonly s: Session) {
+    this.base = { changes: state.changesApplied, txns: state.transactionsApplied };
+  }
+
+  sendStatus(force: boolean): void {
+    // Guard 9 (confirm only what is durable): confirm only what the target has flushed.
+    const lsn = this.s.applier.durableLsn;
+    if (!force && lsn === this.lastSentLsn && Date.now() - this.lastSentAtMs < STATUS_INTERVAL_MS) return;
+    this.s.stream.sendStatus(lsn);
+    this.lastSentLsn = lsn;
+    this.lastSentAtMs = Date.now();
+  }
+
+  report(): void {
+    const { applier, stream } = this.s;
+    const state = this.state;
+    if (!this.midEvent && !applier.inSourceTransaction) {
       state.receivedLsn = maxLsn(state.receivedLsn, stream.consumedDataStart);
       state.decodedLsn = maxLsn(state.decodedLsn, stream.consumedWalEnd);
     }
     state.appliedLsn = maxLsn(state.appliedLsn, applier.appliedLsn);
     state.appliedCommitTime = applier.appliedCommitTime ?? state.appliedCommitTime;
-    state.changesApplied = base.changes + applier.changesApplied;
-    state.transactionsApplied = base.txns + applier.transactionsApplied;
+    state.changesApplied = this.base.changes + applier.changesApplied;
+    state.transactionsApplied = this.base.txns + applier.transactionsApplied;
     state.lastBatchAt = applier.lastBatchAt ?? state.lastBatchAt;
     state.safeThroughLsn = applier.safeThroughLsn;
     const nowMs = Date.now();
@@ -287,12 +307,22 @@ async function runSession(opts: SyncOptions, state: SyncState, log: LogFn): Prom
     while (samples.length > 2 && nowMs - samples[0].atMs > RATE_WINDOW_MS) samples.shift();
     const spanMs = nowMs - samples[0].atMs;
     const rate = spanMs > 0 ? ((state.changesApplied - samples[0].changes) * 1000) / spanMs : 0;
-    opts.onProgress?.({
+    this.opts.onProgress?.({
       appliedLsn: state.appliedLsn, appliedCommitTime: state.appliedCommitTime, receivedLsn: state.receivedLsn,
       decodedLsn: state.decodedLsn, pendingChanges: applier.pendingChanges, changesApplied: state.changesApplied,
       transactionsApplied: state.transactionsApplied, applyRatePerSec: rate, lastBatchAt: state.lastBatchAt,
     });
-  };
+  }
+}
+
+async function runSession(opts: SyncOptions, state: SyncState, log: LogFn): Promise<void> {
+  const s = await openSession(opts, state, log);
+  const { applier, stream, textReason } = s;
+  const r = new SessionReporter(opts, state, s);
+  const sendStatus = (force: boolean) => r.sendStatus(force);
+  const report = () => r.report();
+  let timer: NodeJS.Timeout | null = null;
+  let durableTimer: NodeJS.Timeout | null = null;
 
   try {
     log('info', `streaming changes from slot "${opts.slotName}" from ${formatLsn(applier.appliedLsn)}, values ${applier.binary ? 'in binary form' : `as text (${textReason})`}`,
@@ -314,6 +344,19 @@ async function runSession(opts: SyncOptions, state: SyncState, log: LogFn): Prom
     report();
 
     applier.onCommitted = () => { sendStatus(false); report(); };
+    await streamLoop(opts, state, s, r);
+  } finally {
+    if (timer) clearInterval(timer);
+    if (durableTimer) clearInterval(durableTimer);
+    report();
+    await stream.close();
+    await applier.close();
+  }
+}
+
+/** Take the stream's events in order and hand them to the applier until the signal aborts. */
+async function streamLoop(opts: SyncOptions, state: SyncState, s: Session, rep: SessionReporter): Promise<void> {
+  const { applier, stream } = s;
     let sinceYield = 0;
     while (!opts.signal.aborted) {
       applier.throwIfFailed();
@@ -340,8 +383,8 @@ async function runSession(opts: SyncOptions, state: SyncState, log: LogFn): Prom
           // batchMs passed with the batch open and no transaction in flight.
           if (!applier.inSourceTransaction && (applier.batchAgeMs() ?? -1) >= opts.batchMs) {
             await applier.flush();
-            sendStatus(false);
-            report();
+            rep.sendStatus(false);
+            rep.report();
           }
           continue;
         }
@@ -359,45 +402,30 @@ async function runSession(opts: SyncOptions, state: SyncState, log: LogFn): Prom
             state.decodedLsn = maxLsn(state.decodedLsn, walEnd);
             applier.boundary(walEnd);
             // Idle: nothing more buffered, commit now rather than wait for batchMs.
-            if (stream.buffered === 0) { midEvent = true; await applier.flush(); midEvent = false; }
+            if (stream.buffered === 0) { rep.midEvent = true; await applier.flush(); rep.midEvent = false; }
           }
-          sendStatus(replyRequested);
-          report();
+          rep.sendStatus(replyRequested);
+          rep.report();
           break;
         }
         case 'begin': applier.begin(ev); break;
         case 'commit': {
           const r = applier.commit(ev);
           if (r === false) break;
-          if (r !== true) { midEvent = true; await r; midEvent = false; }
-          sendStatus(false);
-          report();
+          if (r !== true) { rep.midEvent = true; await r; rep.midEvent = false; }
+          rep.sendStatus(false);
+          rep.report();
           break;
         }
         case 'relation': applier.relation(ev); break;
         case 'insert': case 'update': case 'delete': case 'truncate': {
           const p = applier.change(ev);
-          if (p) { midEvent = true; await p; midEvent = false; }
+          if (p) { rep.midEvent = true; await p; rep.midEvent = false; }
           break;
         }
         case 'type': case 'origin': case 'message':
           break; // values are cast by the target's column types; origins and logical messages are not ours
       }
     }
-  } finally {
-    if (timer) clearInterval(timer);
-    if (durableTimer) clearInterval(durableTimer);
-    report();
-    await stream.close();
-    await applier.close();
-  }
 }
 
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal.aborted) return resolve();
-    const done = () => { clearTimeout(t); signal.removeEventListener('abort', done); resolve(); };
-    const t = setTimeout(done, ms);
-    signal.addEventListener('abort', done, { once: true });
-  });
-}
