@@ -40,7 +40,6 @@ import type { CutoverRequest__Output } from './generated/pgferry/agent/v1/Cutove
 // requests are derived from them (every field optional but the ones named).
 // ---------------------------------------------------------------------------
 
-
 /** One database endpoint of a migration spec (`pgferry.agent.v1.Endpoint`). */
 export type EndpointMessage = Partial<Endpoint__Output>;
 export type TableSelectionMessage = Partial<TableSelection__Output>;
@@ -76,8 +75,6 @@ export type FenceStateName = (typeof FENCE_STATES)[number];
 /** The validation a cutover runs before it completes. */
 export const CUTOVER_VALIDATIONS = ['none', 'counts', 'checksums'] as const;
 export type CutoverValidation = (typeof CUTOVER_VALIDATIONS)[number];
-
-
 
 /** A cutover request (`pgferry.agent.v1.CutoverRequest`): the agent's defaults for what is left out. */
 export type CutoverRequestMessage = Partial<Omit<CutoverRequest__Output, 'id' | 'validation'>> & {
@@ -150,24 +147,37 @@ export function toAgentError(e: unknown, method: string, endpoint: string): Agen
   switch (grpcCode) {
     case grpc.status.UNAVAILABLE:
       return new AgentError(`The pgferry agent at ${endpoint} is unreachable (${method}): ${details}.`, {
-        code: 'AGENT_UNREACHABLE', grpcCode, method, cause: e,
+        code: 'AGENT_UNREACHABLE',
+        grpcCode,
+        method,
+        cause: e,
         remedy: `Check that the agent is running (\`pgferry agent --listen ${endpoint}\`), that the endpoint is right and reachable from here, and that TLS settings match the agent's (CA certificate, or insecure for a local agent).`,
       });
     case grpc.status.DEADLINE_EXCEEDED:
       return new AgentError(`The pgferry agent at ${endpoint} did not answer ${method} in time: ${details}.`, {
-        code: 'AGENT_TIMEOUT', grpcCode, method, cause: e,
+        code: 'AGENT_TIMEOUT',
+        grpcCode,
+        method,
+        cause: e,
         remedy: 'Check that the agent is healthy and not overloaded; retry, or raise the call timeout.',
       });
     case grpc.status.UNAUTHENTICATED:
       return new AgentError(`The pgferry agent at ${endpoint} rejected the credentials (${method}): ${details}.`, {
-        code: 'UNAUTHENTICATED', grpcCode, method, cause: e,
+        code: 'UNAUTHENTICATED',
+        grpcCode,
+        method,
+        cause: e,
         remedy: 'Give the token the agent was started with.',
       });
     case grpc.status.CANCELLED:
       return new AgentError(`${method} was cancelled: ${details}.`, { code: 'CANCELLED', remedy: '', grpcCode, method, cause: e });
     default:
       return new AgentError(`The pgferry agent at ${endpoint} failed ${method}: ${details}.`, {
-        code: 'AGENT_ERROR', remedy: agentRemedy ?? '', grpcCode, method, cause: e,
+        code: 'AGENT_ERROR',
+        remedy: agentRemedy ?? '',
+        grpcCode,
+        method,
+        cause: e,
       });
   }
 }
@@ -263,7 +273,12 @@ function serviceConstructors(): { migration: Ctor; health: Ctor } {
   return cachedCtors;
 }
 
-type UnaryMethod = (req: unknown, meta: grpc.Metadata, opts: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res?: unknown) => void) => grpc.ClientUnaryCall;
+type UnaryMethod = (
+  req: unknown,
+  meta: grpc.Metadata,
+  opts: grpc.CallOptions,
+  cb: (err: grpc.ServiceError | null, res?: unknown) => void,
+) => grpc.ClientUnaryCall;
 type StreamMethod = (req: unknown, meta: grpc.Metadata, opts: grpc.CallOptions) => grpc.ClientReadableStream<unknown>;
 
 /**
@@ -291,7 +306,10 @@ export class AgentClient {
     this.defaultTimeoutMs = opts.defaultTimeoutMs ?? DEFAULT_TIMEOUT_MS;
     if (!!opts.clientCert !== !!opts.clientKey) {
       throw new AgentError('Mutual TLS needs both a client certificate and its key; only one was given.', {
-        code: 'INVALID_CLIENT_OPTIONS', remedy: 'Give both `clientCert` and `clientKey` (PEM texts), or neither.', grpcCode: grpc.status.INVALID_ARGUMENT, method: 'connect',
+        code: 'INVALID_CLIENT_OPTIONS',
+        remedy: 'Give both `clientCert` and `clientKey` (PEM texts), or neither.',
+        grpcCode: grpc.status.INVALID_ARGUMENT,
+        method: 'connect',
       });
     }
     const pem = (text?: string) => (text ? Buffer.from(text) : null);
@@ -326,7 +344,7 @@ export class AgentClient {
   }
 
   async listMigrations(opts?: CallOptions): Promise<MigrationMessage[]> {
-    const res = await this.unary('ListMigrations', {}, opts) as { migrations: MigrationMessage[] };
+    const res = (await this.unary('ListMigrations', {}, opts)) as { migrations: MigrationMessage[] };
     return res.migrations;
   }
 
@@ -353,18 +371,38 @@ export class AgentClient {
         if (settled) return;
         settled = true;
         signal?.removeEventListener('abort', onAbort);
-        if (err === undefined) resolve(); else reject(toAgentError(err, method, this.endpoint));
+        if (err === undefined) resolve();
+        else reject(toAgentError(err, method, this.endpoint));
       };
-      const onAbort = () => { call.cancel(); finish({ code: grpc.status.CANCELLED, details: 'aborted by the caller' }); };
+      const onAbort = () => {
+        call.cancel();
+        finish({ code: grpc.status.CANCELLED, details: 'aborted by the caller' });
+      };
       signal?.addEventListener('abort', onAbort, { once: true });
       call.on('data', (m: unknown) => {
         if (settled || stoppedByUs) return;
         let stop: boolean | void;
-        try { stop = onUpdate(m as MigrationMessage); } catch (e) { stoppedByUs = true; call.cancel(); settled = true; signal?.removeEventListener('abort', onAbort); reject(e); return; }
-        if (stop === true) { stoppedByUs = true; call.cancel(); finish(); }
+        try {
+          stop = onUpdate(m as MigrationMessage);
+        } catch (e) {
+          stoppedByUs = true;
+          call.cancel();
+          settled = true;
+          signal?.removeEventListener('abort', onAbort);
+          reject(e);
+          return;
+        }
+        if (stop === true) {
+          stoppedByUs = true;
+          call.cancel();
+          finish();
+        }
       });
       call.on('error', (e: grpc.ServiceError) => {
-        if (stoppedByUs && e.code === grpc.status.CANCELLED) { finish(); return; }
+        if (stoppedByUs && e.code === grpc.status.CANCELLED) {
+          finish();
+          return;
+        }
         finish(e);
       });
       call.on('end', () => finish());
@@ -410,7 +448,7 @@ export class AgentClient {
 
   /** The agent's serving status from the standard health service (`service` '' = the whole agent). */
   async health(service = '', opts?: CallOptions): Promise<ServingStatus> {
-    const res = await this.unary('Check', { service }, opts, this.healthClient) as { status: ServingStatus };
+    const res = (await this.unary('Check', { service }, opts, this.healthClient)) as { status: ServingStatus };
     return res.status;
   }
 

@@ -34,7 +34,9 @@ class AgentProcess {
     this.logFile = join(dir, 'agent.log');
   }
   /** The pid of the current process (0 when none). */
-  get pid(): number { return this.child?.pid ?? 0; }
+  get pid(): number {
+    return this.child?.pid ?? 0;
+  }
   async spawn(): Promise<void> {
     const child = spawn(process.execPath, [CLI, 'agent', '--listen', '127.0.0.1:0', '--state-dir', this.stateDir, '--log-format', 'json'], {
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -46,7 +48,11 @@ class AgentProcess {
       const onData = (d: Buffer) => {
         buf += d.toString();
         const m = /listening (\d+)/.exec(buf);
-        if (m) { child.stdout!.off('data', onData); child.off('exit', onExit); resolve(Number(m[1])); }
+        if (m) {
+          child.stdout!.off('data', onData);
+          child.off('exit', onExit);
+          resolve(Number(m[1]));
+        }
       };
       const onExit = (code: number | null) => reject(new Error(`the agent exited (${code}) before listening; its log is ${this.logFile}`));
       child.stdout!.on('data', onData);
@@ -63,12 +69,17 @@ class AgentProcess {
     await exited;
     clearTimeout(t);
   }
-  logs(): string { return readFileSync(this.logFile, 'utf8'); }
+  logs(): string {
+    return readFileSync(this.logFile, 'utf8');
+  }
 }
 
 export class BenchAgent {
   client: AgentClient;
-  private constructor(readonly proc: AgentProcess, private readonly release: () => Promise<void>) {
+  private constructor(
+    readonly proc: AgentProcess,
+    private readonly release: () => Promise<void>,
+  ) {
     this.client = new AgentClient({ endpoint: proc.endpoint });
   }
 
@@ -77,13 +88,30 @@ export class BenchAgent {
     let agent: BenchAgent | undefined;
     const release = onCleanup({
       what: 'agent process',
-      run: async () => { agent?.client.close(); await proc.stop(); rmSync(proc.dir, { recursive: true, force: true }); },
-      runSync: () => { try { proc.child?.kill('SIGKILL'); } catch { /* gone */ } rmSync(proc.dir, { recursive: true, force: true }); },
+      run: async () => {
+        agent?.client.close();
+        await proc.stop();
+        rmSync(proc.dir, { recursive: true, force: true });
+      },
+      runSync: () => {
+        try {
+          proc.child?.kill('SIGKILL');
+        } catch {
+          /* gone */
+        }
+        rmSync(proc.dir, { recursive: true, force: true });
+      },
     });
     try {
       await proc.spawn();
     } catch (e) {
-      const tail = (() => { try { return proc.logs().trimEnd().split('\n').slice(-10).join('\n'); } catch { return ''; } })();
+      const tail = (() => {
+        try {
+          return proc.logs().trimEnd().split('\n').slice(-10).join('\n');
+        } catch {
+          return '';
+        }
+      })();
       await release();
       throw new Error(`${(e as Error).message}${tail ? `:\n${tail}` : ''}`, { cause: e });
     }
@@ -91,7 +119,9 @@ export class BenchAgent {
     return agent;
   }
 
-  get pid(): number { return this.proc.pid; }
+  get pid(): number {
+    return this.proc.pid;
+  }
 
   /** SIGTERM the process and wait for it to exit (state dir kept). */
   async stopProcess(): Promise<void> {
@@ -107,20 +137,30 @@ export class BenchAgent {
   }
 
   /** Stop the process and remove its state dir. */
-  async dispose(): Promise<void> { await this.release(); }
+  async dispose(): Promise<void> {
+    await this.release();
+  }
 
   /** The last lines of the agent's log, for error reports. */
   logTail(lines = 20): string {
-    try { return this.proc.logs().trimEnd().split('\n').slice(-lines).join('\n'); } catch { return ''; }
+    try {
+      return this.proc.logs().trimEnd().split('\n').slice(-lines).join('\n');
+    } catch {
+      return '';
+    }
   }
 
   /** Poll until the migration reaches `phase`; throws at once when it fails. */
   waitPhase(id: string, phase: string, intervalMs = 100): Promise<MigrationMessage> {
-    return pollUntil(`migration ${id} to reach phase ${phase}`, async () => {
-      const m = await this.client.getMigration(id);
-      if (m.phase === 'failed') throw fatal(`migration ${id} failed: ${m.errorCode}: ${m.errorMessage}${m.errorRemedy ? ` (fix: ${m.errorRemedy})` : ''}`);
-      return m.phase === phase ? m : undefined;
-    }, { intervalMs });
+    return pollUntil(
+      `migration ${id} to reach phase ${phase}`,
+      async () => {
+        const m = await this.client.getMigration(id);
+        if (m.phase === 'failed') throw fatal(`migration ${id} failed: ${m.errorCode}: ${m.errorMessage}${m.errorRemedy ? ` (fix: ${m.errorRemedy})` : ''}`);
+        return m.phase === phase ? m : undefined;
+      },
+      { intervalMs },
+    );
   }
 }
 

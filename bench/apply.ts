@@ -143,7 +143,9 @@ async function seedSource(source: Cluster, db: string): Promise<void> {
     await c.query(`INSERT INTO ledger SELECT g, 1 + g % ${ACCOUNTS}, g % 977, timestamptz '2025-01-01 00:00:00+00' + g * interval '1 second', md5((-g)::text)
       FROM generate_series(1, ${LEDGER_SEED}) g`);
     await c.query('VACUUM (FREEZE, ANALYZE)');
-  } finally { await c.end(); }
+  } finally {
+    await c.end();
+  }
 }
 
 /** One backlog transaction: 10 UPDATEs of distinct accounts, 10 INSERTs into ledger. */
@@ -165,7 +167,11 @@ function backlogTxnSql(txn: number, firstAccount: number, accountSpan: number): 
  * Commit `txns` backlog transactions on the source; returns the last
  * ledger id (written by the very last commit), the WAL written, the end LSN.
  */
-async function commitBacklog(source: Cluster, db: string, txns: number): Promise<{ lastLedgerId: number; walBytes: number; endLsn: string; elapsedMs: number }> {
+async function commitBacklog(
+  source: Cluster,
+  db: string,
+  txns: number,
+): Promise<{ lastLedgerId: number; walBytes: number; endLsn: string; elapsedMs: number }> {
   const t0 = nowMs();
   const sessions: pg.Client[] = [];
   try {
@@ -177,14 +183,19 @@ async function commitBacklog(source: Cluster, db: string, txns: number): Promise
     const start = (await sessions[0]!.query('SELECT pg_current_wal_lsn()::text AS l')).rows[0].l as string;
     const span = Math.floor(ACCOUNTS / WRITER_SESSIONS);
     // Transactions 0 … txns-2 split between the sessions (disjoint accounts: no lock waits).
-    await Promise.all(sessions.map(async (c, s) => {
-      let batch: string[] = [];
-      for (let txn = s; txn < txns - 1; txn += WRITER_SESSIONS) {
-        batch.push(backlogTxnSql(txn, 1 + s * span, span));
-        if (batch.length === TXNS_PER_ROUND_TRIP) { await c.query(batch.join('\n')); batch = []; }
-      }
-      if (batch.length) await c.query(batch.join('\n'));
-    }));
+    await Promise.all(
+      sessions.map(async (c, s) => {
+        let batch: string[] = [];
+        for (let txn = s; txn < txns - 1; txn += WRITER_SESSIONS) {
+          batch.push(backlogTxnSql(txn, 1 + s * span, span));
+          if (batch.length === TXNS_PER_ROUND_TRIP) {
+            await c.query(batch.join('\n'));
+            batch = [];
+          }
+        }
+        if (batch.length) await c.query(batch.join('\n'));
+      }),
+    );
     // The last one alone, durably: its rows mark "caught up".
     await sessions[0]!.query('SET synchronous_commit = on');
     await sessions[0]!.query(backlogTxnSql(txns - 1, 1, ACCOUNTS));
@@ -199,21 +210,44 @@ async function commitBacklog(source: Cluster, db: string, txns: number): Promise
  * Poll the target until the backlog's last row is there: every 5 ms until
  * its first row is (returns when that was, in ms since `t0`), then every 50 ms.
  */
-async function waitForRow(target: Cluster, db: string, ledgerId: number, t0: number, what: string, failed?: () => Promise<string | undefined>): Promise<number> {
+async function waitForRow(
+  target: Cluster,
+  db: string,
+  ledgerId: number,
+  t0: number,
+  what: string,
+  failed?: () => Promise<string | undefined>,
+): Promise<number> {
   const c = await target.client(db);
   try {
     let n = 0;
-    await pollUntil(`${what} (its first change)`, async () => {
-      if (failed && ++n % 200 === 0) { const f = await failed(); if (f) throw fatal(f); }
-      return (await c.query('SELECT 1 FROM ledger WHERE id > $1 LIMIT 1', [LEDGER_SEED])).rows.length > 0;
-    }, { intervalMs: 5 });
+    await pollUntil(
+      `${what} (its first change)`,
+      async () => {
+        if (failed && ++n % 200 === 0) {
+          const f = await failed();
+          if (f) throw fatal(f);
+        }
+        return (await c.query('SELECT 1 FROM ledger WHERE id > $1 LIMIT 1', [LEDGER_SEED])).rows.length > 0;
+      },
+      { intervalMs: 5 },
+    );
     const firstMs = nowMs() - t0;
-    await pollUntil(what, async () => {
-      if (failed && ++n % 20 === 0) { const f = await failed(); if (f) throw fatal(f); }
-      return (await c.query('SELECT 1 FROM ledger WHERE id = $1', [ledgerId])).rows.length > 0;
-    }, { intervalMs: 50 });
+    await pollUntil(
+      what,
+      async () => {
+        if (failed && ++n % 20 === 0) {
+          const f = await failed();
+          if (f) throw fatal(f);
+        }
+        return (await c.query('SELECT 1 FROM ledger WHERE id = $1', [ledgerId])).rows.length > 0;
+      },
+      { intervalMs: 50 },
+    );
     return firstMs;
-  } finally { await c.end(); }
+  } finally {
+    await c.end();
+  }
 }
 
 async function applyNative(ctx: ApplyContext, db: string, run: ApplyRun): Promise<void> {
@@ -224,9 +258,14 @@ async function applyNative(ctx: ApplyContext, db: string, run: ApplyRun): Promis
     await src.query('CREATE PUBLICATION bench_apply_pub FOR TABLE acct, ledger');
     await tgt.query(SCHEMA);
     const e = ctx.source.endpoint(db);
-    await tgt.query(`CREATE SUBSCRIPTION ${sub} CONNECTION 'host=${e.host} port=${e.port} dbname=${db} user=${e.user} password=${e.password}' PUBLICATION bench_apply_pub WITH (copy_data = true${ctx.nativeBinary ? ', binary = true' : ''})`);
+    await tgt.query(
+      `CREATE SUBSCRIPTION ${sub} CONNECTION 'host=${e.host} port=${e.port} dbname=${db} user=${e.user} password=${e.password}' PUBLICATION bench_apply_pub WITH (copy_data = true${ctx.nativeBinary ? ', binary = true' : ''})`,
+    );
     await pollUntil('the native subscription to be ready', async () => {
-      const r = await tgt.query(`SELECT count(*) FILTER (WHERE srsubstate = 'r')::int AS ready FROM pg_subscription_rel r JOIN pg_subscription s ON s.oid = r.srsubid WHERE s.subname = $1`, [sub]);
+      const r = await tgt.query(
+        `SELECT count(*) FILTER (WHERE srsubstate = 'r')::int AS ready FROM pg_subscription_rel r JOIN pg_subscription s ON s.oid = r.srsubid WHERE s.subname = $1`,
+        [sub],
+      );
       return r.rows[0].ready === 2;
     });
     await tgt.query(`ALTER SUBSCRIPTION ${sub} DISABLE`);
@@ -258,7 +297,8 @@ async function applyNative(ctx: ApplyContext, db: string, run: ApplyRun): Promis
     await assertSameData(ctx.source, ctx.target, db);
   } finally {
     await tgt.query(`DROP SUBSCRIPTION IF EXISTS ${sub}`).catch((e) => ctx.log(`  DROP SUBSCRIPTION: ${(e as Error).message}`));
-    await src.end(); await tgt.end();
+    await src.end();
+    await tgt.end();
   }
 }
 
@@ -270,18 +310,24 @@ async function applyPgferry(ctx: ApplyContext, db: string, run: ApplyRun, round:
   try {
     await agent.client.startMigration(benchSpec(id, ctx.source, db, ctx.target, db));
     await agent.waitPhase(id, 'syncing');
-    await pollUntil('pgferry to be caught up before the backlog', async () => {
-      const m = await agent.client.getMigration(id);
-      if (m.phase === 'failed') throw fatal(`migration ${id} failed: ${m.errorCode}: ${m.errorMessage}`);
-      return m.phase === 'syncing' && m.lagBytes < 64 * 1024;
-    }, { timeoutMs: 120_000 });
+    await pollUntil(
+      'pgferry to be caught up before the backlog',
+      async () => {
+        const m = await agent.client.getMigration(id);
+        if (m.phase === 'failed') throw fatal(`migration ${id} failed: ${m.errorCode}: ${m.errorMessage}`);
+        return m.phase === 'syncing' && m.lagBytes < 64 * 1024;
+      },
+      { timeoutMs: 120_000 },
+    );
     // The one-off ANALYZE of the loaded tables runs in the background once the
     // sync starts; a pause or stop cuts it short and the resume runs it again,
     // inside the timed replay. Let it finish first, as the native contender's
     // copy has finished before its clock starts.
-    await pollUntil("pgferry's post-load ANALYZE to finish", async () =>
-      (await ctx.target.query("SELECT 1 FROM pgferry.migration_state WHERE migration_id = $1 AND marker = 'analyzed'", [id], db)).rows.length > 0,
-    { timeoutMs: 120_000 });
+    await pollUntil(
+      "pgferry's post-load ANALYZE to finish",
+      async () => (await ctx.target.query("SELECT 1 FROM pgferry.migration_state WHERE migration_id = $1 AND marker = 'analyzed'", [id], db)).rows.length > 0,
+      { timeoutMs: 120_000 },
+    );
     if (how === 'resume') {
       await agent.client.pauseMigration(id);
       await pollUntil("pgferry's stream to stop after the pause", async () => {
@@ -297,7 +343,7 @@ async function applyPgferry(ctx: ApplyContext, db: string, run: ApplyRun, round:
     run.backlogWriteMs = backlog.elapsedMs;
     await Promise.all([ctx.source.query('CHECKPOINT'), ctx.target.query('CHECKPOINT')]);
     rss = new RssSampler(() => agent.pid);
-    const cpuBefore = how === 'resume' ? cpuSeconds(agent.pid) ?? 0 : 0;
+    const cpuBefore = how === 'resume' ? (cpuSeconds(agent.pid) ?? 0) : 0;
     const t0 = nowMs();
     if (how === 'resume') {
       await agent.client.resumeMigration(id);
@@ -315,12 +361,15 @@ async function applyPgferry(ctx: ApplyContext, db: string, run: ApplyRun, round:
       const agentCpu = cpuSeconds(agent.pid);
       run.cpu = [
         ...(agentCpu !== undefined ? [{ label: 'agent', seconds: agentCpu - cpuBefore }] : []),
-        ...await processCpu([
+        ...(await processCpu([
           ['target backend', tgt, "SELECT pid FROM pg_stat_activity WHERE application_name = 'pgferry-apply' AND datname = $1", [db]],
           ['walsender', src, "SELECT pid FROM pg_stat_replication WHERE application_name = 'pgferry-sync'", []],
-        ]),
+        ])),
       ];
-    } finally { await src.end(); await tgt.end(); }
+    } finally {
+      await src.end();
+      await tgt.end();
+    }
     run.hwmRssMb = rss.hwmMb();
     run.peakRssMb = rss.stop().peakRssMb;
     const m = await agent.client.getMigration(id);

@@ -38,7 +38,11 @@ export function cleanupAll(): Promise<void> {
   running ??= (async () => {
     while (steps.length) {
       const s = steps.pop()!;
-      try { await s.run(); } catch (e) { process.stderr.write(`cleanup: ${s.what}: ${(e as Error).message}\n`); }
+      try {
+        await s.run();
+      } catch (e) {
+        process.stderr.write(`cleanup: ${s.what}: ${(e as Error).message}\n`);
+      }
     }
   })();
   return running;
@@ -56,6 +60,12 @@ function install(): void {
     });
   }
   process.on('exit', () => {
-    for (const s of steps.reverse()) { try { s.runSync?.(); } catch { /* best effort */ } }
+    for (const s of steps.reverse()) {
+      try {
+        s.runSync?.();
+      } catch {
+        /* best effort */
+      }
+    }
   });
 }

@@ -42,11 +42,13 @@ export async function assertSameData(source: Cluster, target: Cluster, db: strin
         tableFingerprint(s, tb.schema, tb.name, tb.columns),
         tableFingerprint(t, tb.schema, tb.name, tb.columns).catch((e: Error) => ({ rows: -1, checksum: e.message })),
       ]);
-      if (a.rows !== b.rows || a.checksum !== b.checksum) diffs.push(`${tb.schema}.${tb.name}: source ${a.rows} rows/${a.checksum}, target ${b.rows} rows/${b.checksum}`);
+      if (a.rows !== b.rows || a.checksum !== b.checksum)
+        diffs.push(`${tb.schema}.${tb.name}: source ${a.rows} rows/${a.checksum}, target ${b.rows} rows/${b.checksum}`);
     }
     if (diffs.length) throw new Error(`the target differs from the source in ${db}: ${diffs.join('; ')}`);
     return tables.length;
   } finally {
-    await s.end(); await t.end();
+    await s.end();
+    await t.end();
   }
 }

@@ -69,24 +69,37 @@ class TightWriter {
   private side: 'source' | 'target' = 'source';
   private running = true;
   private loop: Promise<void>;
-  constructor(private readonly source: Cluster, private readonly target: Cluster) {
+  constructor(
+    private readonly source: Cluster,
+    private readonly target: Cluster,
+  ) {
     this.loop = this.run();
   }
-  switchToTarget(): void { this.side = 'target'; }
+  switchToTarget(): void {
+    this.side = 'target';
+  }
   private async run(): Promise<void> {
     let c: pg.Client | null = null;
     let on: 'source' | 'target' = 'source';
     let n = 0;
     while (this.running) {
       try {
-        if (c && on !== this.side) { await c.end().catch(() => undefined); c = null; }
-        if (!c) { on = this.side; c = await (on === 'source' ? this.source : this.target).client(DB); }
+        if (c && on !== this.side) {
+          await c.end().catch(() => undefined);
+          c = null;
+        }
+        if (!c) {
+          on = this.side;
+          c = await (on === 'source' ? this.source : this.target).client(DB);
+        }
         n++;
         // On the target only the INSERT: it proves the sequence was set, and is easy to take out again.
-        await c.query(on === 'source'
-          ? `BEGIN; INSERT INTO orders (customer_id, total, note) VALUES (${11 + (n % 500)}, ${n % 97}, 'tight');
+        await c.query(
+          on === 'source'
+            ? `BEGIN; INSERT INTO orders (customer_id, total, note) VALUES (${11 + (n % 500)}, ${n % 97}, 'tight');
              UPDATE customers SET name = 'Customer tight ${n}' WHERE id = ${11 + (n % 500)}; COMMIT`
-          : `INSERT INTO orders (customer_id, total, note) VALUES (${11 + (n % 500)}, ${n % 97}, 'tight')`);
+            : `INSERT INTO orders (customer_id, total, note) VALUES (${11 + (n % 500)}, ${n % 97}, 'tight')`,
+        );
         this.commits++;
         if (on === 'source') this.lastSourceCommitAt = nowMs();
         else if (!this.firstTargetCommitAt) this.firstTargetCommitAt = nowMs();
@@ -101,7 +114,10 @@ class TightWriter {
     }
     await c?.end().catch(() => undefined);
   }
-  async stop(): Promise<void> { this.running = false; await this.loop; }
+  async stop(): Promise<void> {
+    this.running = false;
+    await this.loop;
+  }
 }
 
 export async function runCutoverScenario(ctx: CutoverContext): Promise<CutoverRun[]> {
@@ -109,7 +125,11 @@ export async function runCutoverScenario(ctx: CutoverContext): Promise<CutoverRu
   await ctx.source.query(`DROP DATABASE IF EXISTS ${DB} WITH (FORCE)`);
   await ctx.source.createDatabase(DB);
   const seed = await ctx.source.client(DB);
-  try { await seedShop(seed, ctx.shopRows); } finally { await seed.end(); }
+  try {
+    await seedShop(seed, ctx.shopRows);
+  } finally {
+    await seed.end();
+  }
   const agent = await BenchAgent.start();
   const runs: CutoverRun[] = [];
   try {
@@ -119,7 +139,9 @@ export async function runCutoverScenario(ctx: CutoverContext): Promise<CutoverRu
       ctx.log(`cutover run ${i}/${ctx.runs} …`);
       try {
         await oneCutover(ctx, agent, `bench_cut_${i}`, run);
-        ctx.log(`  write downtime ${run.writeDowntimeMs} ms (RPC ${Math.round(run.cutoverRpcMs!)} ms, client gap ${run.clientGapMs === undefined ? '–' : Math.round(run.clientGapMs)} ms)`);
+        ctx.log(
+          `  write downtime ${run.writeDowntimeMs} ms (RPC ${Math.round(run.cutoverRpcMs!)} ms, client gap ${run.clientGapMs === undefined ? '–' : Math.round(run.clientGapMs)} ms)`,
+        );
       } catch (e) {
         // After a completed cutover (downtime known) a failure is a note, not a failed cutover.
         if (run.writeDowntimeMs !== undefined) run.notes.push((e as Error).message);
@@ -147,7 +169,9 @@ async function oneCutover(ctx: CutoverContext, agent: BenchAgent, id: string, ru
     await agent.waitPhase(id, 'syncing');
     const c0 = sample.stats.commits + tight.commits;
     const t0 = nowMs();
-    await pollUntil('the writers to keep committing for 2 s in sync', async () => nowMs() - t0 >= 2000 && sample.stats.commits + tight.commits > c0 + 50, { timeoutMs: 120_000 });
+    await pollUntil('the writers to keep committing for 2 s in sync', async () => nowMs() - t0 >= 2000 && sample.stats.commits + tight.commits > c0 + 50, {
+      timeoutMs: 120_000,
+    });
     run.writerCommitsPerSec = (sample.stats.commits + tight.commits - c0) / ((nowMs() - t0) / 1000);
     const r0 = nowMs();
     let m;
@@ -164,8 +188,9 @@ async function oneCutover(ctx: CutoverContext, agent: BenchAgent, id: string, ru
     run.writeDowntimeMs = Number(rep.writeDowntimeMs);
     run.validationOk = rep.validationOk;
     tight.switchToTarget();
-    await pollUntil('the tight writer to commit on the target', async () => tight.firstTargetCommitAt > 0, { timeoutMs: 30_000 })
-      .catch(() => { throw fatal(`the application could not write to the target after the cutover: ${tight.lastError}`); });
+    await pollUntil('the tight writer to commit on the target', async () => tight.firstTargetCommitAt > 0, { timeoutMs: 30_000 }).catch(() => {
+      throw fatal(`the application could not write to the target after the cutover: ${tight.lastError}`);
+    });
     run.clientGapMs = tight.firstTargetCommitAt - tight.lastSourceCommitAt;
   } finally {
     await tight.stop();
@@ -178,7 +203,9 @@ async function oneCutover(ctx: CutoverContext, agent: BenchAgent, id: string, ru
   try {
     await agent.client.deleteMigration(id, { timeoutMs: 60_000 });
   } catch (e) {
-    run.notes.push(`DeleteMigration after the completed cutover failed while the source was fenced: ${isAgentError(e) ? `${e.code}: ${e.message}` : (e as Error).message}`);
+    run.notes.push(
+      `DeleteMigration after the completed cutover failed while the source was fenced: ${isAgentError(e) ? `${e.code}: ${e.message}` : (e as Error).message}`,
+    );
     await ctx.source.query(`ALTER DATABASE ${DB} RESET default_transaction_read_only`);
     await agent.client.deleteMigration(id, { timeoutMs: 60_000 });
   }

@@ -43,22 +43,24 @@ export interface SourceFacts {
 /** The dataset for `rows` large-table rows and `smallTables` × `smallRows`. */
 export function defineDataset(rows: number, smallTables: number, smallRows: number): LoadDataset {
   // ~100 B rows: 8 + 8 + 8 + ~7 (numeric) + 2 + 49 (text) bytes of data + 24 of tuple header.
-  const tables: BenchTable[] = [{
-    name: 'big',
-    rows,
-    createSql: `CREATE TABLE big (
+  const tables: BenchTable[] = [
+    {
+      name: 'big',
+      rows,
+      createSql: `CREATE TABLE big (
       id bigint PRIMARY KEY,
       account_id bigint NOT NULL,
       created_at timestamptz NOT NULL,
       amount numeric(12,2) NOT NULL,
       status smallint NOT NULL,
       note text NOT NULL)`,
-    indexSql: ['CREATE INDEX big_account_idx ON big (account_id)', 'CREATE INDEX big_created_idx ON big (created_at)'],
-    fillSql: `INSERT INTO big
+      indexSql: ['CREATE INDEX big_account_idx ON big (account_id)', 'CREATE INDEX big_created_idx ON big (created_at)'],
+      fillSql: `INSERT INTO big
       SELECT g, (g::bigint * 7919) % 100003, timestamptz '2025-01-01 00:00:00+00' + g * interval '1 second',
              (g % 100000) / 100.0, (g % 5)::smallint, md5(g::text) || substr(md5((g + 1)::text), 1, 16)
         FROM generate_series(1, ${rows}) g`,
-  }];
+    },
+  ];
   for (let i = 1; i <= smallTables; i++) {
     const name = `small_${String(i).padStart(2, '0')}`;
     tables.push({
@@ -79,7 +81,7 @@ export async function buildDataset(source: Cluster, db: string, ds: LoadDataset)
   await source.createDatabase(db);
   const c = await source.client(db);
   try {
-    await c.query('SET synchronous_commit = off; SET maintenance_work_mem = \'256MB\'');
+    await c.query("SET synchronous_commit = off; SET maintenance_work_mem = '256MB'");
     for (const t of ds.tables) {
       await c.query(t.createSql);
       await c.query(t.fillSql);
@@ -89,14 +91,19 @@ export async function buildDataset(source: Cluster, db: string, ds: LoadDataset)
     await c.query('VACUUM (FREEZE, ANALYZE)');
     await c.query('CHECKPOINT');
     return await sourceFacts(c, ds);
-  } finally { await c.end(); }
+  } finally {
+    await c.end();
+  }
 }
 
 async function sourceFacts(c: pg.Client, ds: LoadDataset): Promise<SourceFacts> {
   const names = ds.tables.map((t) => t.name);
-  const sizes = await c.query(`SELECT coalesce(sum(pg_total_relation_size(('public.' || quote_ident(n))::regclass)), 0)::bigint AS total,
+  const sizes = await c.query(
+    `SELECT coalesce(sum(pg_total_relation_size(('public.' || quote_ident(n))::regclass)), 0)::bigint AS total,
       coalesce(sum(pg_table_size(('public.' || quote_ident(n))::regclass)), 0)::bigint AS heap
-    FROM unnest($1::text[]) n`, [names]);
+    FROM unnest($1::text[]) n`,
+    [names],
+  );
   return {
     totalBytes: Number(sizes.rows[0].total),
     heapBytes: Number(sizes.rows[0].heap),
@@ -115,7 +122,9 @@ async function rowCounts(c: pg.Client, names: string[]): Promise<Map<string, num
 }
 
 async function indexCounts(c: pg.Client, names: string[]): Promise<Map<string, number>> {
-  const r = await c.query(`SELECT tablename, count(*)::int AS n FROM pg_indexes WHERE schemaname = 'public' AND tablename = ANY($1::text[]) GROUP BY 1`, [names]);
+  const r = await c.query(`SELECT tablename, count(*)::int AS n FROM pg_indexes WHERE schemaname = 'public' AND tablename = ANY($1::text[]) GROUP BY 1`, [
+    names,
+  ]);
   const out = new Map<string, number>(names.map((n) => [n, 0]));
   for (const row of r.rows) out.set(row.tablename, row.n);
   return out;
@@ -137,10 +146,13 @@ export async function verifyTarget(target: Cluster, db: string, ds: LoadDataset,
     const diffs: string[] = [];
     for (const n of names) {
       if (counts.get(n) !== facts.rowsByTable.get(n)) diffs.push(`${n}: ${counts.get(n)} rows on the target, ${facts.rowsByTable.get(n)} on the source`);
-      if ((indexes.get(n) ?? 0) < (facts.indexesByTable.get(n) ?? 0)) diffs.push(`${n}: ${indexes.get(n)} indexes on the target, ${facts.indexesByTable.get(n)} on the source`);
+      if ((indexes.get(n) ?? 0) < (facts.indexesByTable.get(n) ?? 0))
+        diffs.push(`${n}: ${indexes.get(n)} indexes on the target, ${facts.indexesByTable.get(n)} on the source`);
     }
     if (invalid.rows[0].n > 0) diffs.push(`${invalid.rows[0].n} invalid index(es) on the target`);
     if (diffs.length) throw new Error(`target ${db} does not match the source:\n  ${diffs.join('\n  ')}`);
     return [...counts.values()].reduce((a, b) => a + b, 0);
-  } finally { await c.end(); }
+  } finally {
+    await c.end();
+  }
 }

@@ -78,7 +78,9 @@ export async function runLoadScenario(ctx: LoadContext): Promise<LoadRun[]> {
         else if (contender === 'raw pipe') Object.assign(run, await loadRawPipe(ctx, db));
         else Object.assign(run, await loadPgferry(ctx, db, round));
         run.rowsVerified = await verifyTarget(ctx.target, db, ctx.ds, ctx.facts);
-        ctx.log(`  ${contender}: ${(run.elapsedMs! / 1000).toFixed(1)} s, ${run.rowsVerified} rows verified${run.peakRssMb ? `, peak RSS ${run.peakRssMb.toFixed(0)} MB` : ''}`);
+        ctx.log(
+          `  ${contender}: ${(run.elapsedMs! / 1000).toFixed(1)} s, ${run.rowsVerified} rows verified${run.peakRssMb ? `, peak RSS ${run.peakRssMb.toFixed(0)} MB` : ''}`,
+        );
       } catch (e) {
         run.error = (e as Error).message;
         delete run.elapsedMs;
@@ -131,11 +133,18 @@ async function loadNative(ctx: LoadContext, db: string): Promise<number> {
     }
     await tgt.query(`CREATE SUBSCRIPTION ${sub} CONNECTION '${connInfo(ctx.source, ctx.sourceDb)}' PUBLICATION ${pub} WITH (copy_data = true)`);
     const total = ctx.ds.tables.length;
-    await pollUntil('the native subscription to have every table ready', async () => {
-      const r = await tgt.query(`SELECT count(*)::int AS total, count(*) FILTER (WHERE r.srsubstate = 'r')::int AS ready
-        FROM pg_subscription_rel r JOIN pg_subscription s ON s.oid = r.srsubid WHERE s.subname = $1`, [sub]);
-      return r.rows[0].total === total && r.rows[0].ready === total;
-    }, { intervalMs: 100 });
+    await pollUntil(
+      'the native subscription to have every table ready',
+      async () => {
+        const r = await tgt.query(
+          `SELECT count(*)::int AS total, count(*) FILTER (WHERE r.srsubstate = 'r')::int AS ready
+        FROM pg_subscription_rel r JOIN pg_subscription s ON s.oid = r.srsubid WHERE s.subname = $1`,
+          [sub],
+        );
+        return r.rows[0].total === total && r.rows[0].ready === total;
+      },
+      { intervalMs: 100 },
+    );
     const elapsedMs = nowMs() - t0;
     await syncErrorsOrNone(tgt, sub);
     return elapsedMs;
@@ -144,7 +153,8 @@ async function loadNative(ctx: LoadContext, db: string): Promise<number> {
     await tgt.query(`DROP SUBSCRIPTION IF EXISTS ${sub}`).catch((e) => ctx.log(`  DROP SUBSCRIPTION: ${(e as Error).message}`));
     lastNativeDropAt = nowMs();
     await src.query(`DROP PUBLICATION IF EXISTS ${pub}`).catch(() => undefined);
-    await src.end(); await tgt.end();
+    await src.end();
+    await tgt.end();
   }
 }
 
@@ -169,7 +179,12 @@ async function loadRawPipe(ctx: LoadContext, db: string): Promise<{ elapsedMs: n
     await tgt.query("SET synchronous_commit = off; SET maintenance_work_mem = '256MB'");
     for (const t of ctx.ds.tables) await tgt.query(t.createSql);
     for (const t of ctx.ds.tables) {
-      const counter = new Transform({ transform(chunk: Buffer, _enc, cb) { copyBytes += chunk.length; cb(null, chunk); } });
+      const counter = new Transform({
+        transform(chunk: Buffer, _enc, cb) {
+          copyBytes += chunk.length;
+          cb(null, chunk);
+        },
+      });
       await pipeline(
         src.query(copyTo(`COPY public.${t.name} TO STDOUT (FORMAT binary)`)),
         counter,
@@ -182,9 +197,11 @@ async function loadRawPipe(ctx: LoadContext, db: string): Promise<{ elapsedMs: n
       builders.push(second);
       await second.query("SET synchronous_commit = off; SET maintenance_work_mem = '256MB'");
     }
-    await Promise.all(builders.map(async (c) => {
-      for (let s = queue.shift(); s !== undefined; s = queue.shift()) await c.query(s);
-    }));
+    await Promise.all(
+      builders.map(async (c) => {
+        for (let s = queue.shift(); s !== undefined; s = queue.shift()) await c.query(s);
+      }),
+    );
     return { elapsedMs: nowMs() - t0, copyBytes };
   } finally {
     await src.end();

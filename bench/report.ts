@@ -22,7 +22,11 @@ export const GOALS = {
   cutoverMaxMs: 3000,
 } as const;
 
-export interface GoalLine { goal: string; measured: string; verdict: 'MET' | 'NOT MET' | 'NOT MEASURED' }
+export interface GoalLine {
+  goal: string;
+  measured: string;
+  verdict: 'MET' | 'NOT MET' | 'NOT MEASURED';
+}
 
 const MB = 1024 * 1024;
 
@@ -51,7 +55,11 @@ export function loadReport(runs: LoadRun[], ds: LoadDataset, facts: SourceFacts)
   const rows = runs.map((r) => {
     const s = r.elapsedMs !== undefined ? r.elapsedMs / 1000 : undefined;
     return [
-      r.contender === 'native' ? 'native CREATE SUBSCRIPTION (baseline)' : r.contender === 'raw pipe' ? 'raw pipe COPY|COPY + indexes (limit)' : 'pgferry agent',
+      r.contender === 'native'
+        ? 'native CREATE SUBSCRIPTION (baseline)'
+        : r.contender === 'raw pipe'
+          ? 'raw pipe COPY|COPY + indexes (limit)'
+          : 'pgferry agent',
       String(r.round),
       r.error ? 'FAILED' : fmt(s, 1),
       s ? fmt(ds.totalRows / s) : '–',
@@ -60,7 +68,11 @@ export function loadReport(runs: LoadRun[], ds: LoadDataset, facts: SourceFacts)
       r.error ? 'see below' : r.rowsVerified !== undefined ? `${fmt(r.rowsVerified)} rows ✓` : '–',
     ];
   });
-  const med = (c: LoadRun['contender']) => medianOf(runs.filter((r) => r.contender === c), (r) => r.elapsedMs);
+  const med = (c: LoadRun['contender']) =>
+    medianOf(
+      runs.filter((r) => r.contender === c),
+      (r) => r.elapsedMs,
+    );
   const native = med('native');
   const raw = med('raw pipe');
   const ferry = med('pgferry');
@@ -82,9 +94,21 @@ export function loadReport(runs: LoadRun[], ds: LoadDataset, facts: SourceFacts)
   return {
     text: lines.join('\n'),
     goals: [
-      { goal: `load: pgferry ≥ ${GOALS.loadSpeedupVsNative}× native CREATE SUBSCRIPTION`, measured: speedup ? `${fmt(speedup, 2)}×` : '–', verdict: verdict(speedup === undefined ? undefined : speedup >= GOALS.loadSpeedupVsNative) },
-      { goal: `load: pgferry ≥ ${GOALS.loadRatioVsRawPipe}× the raw pipe`, measured: vsRaw ? `${fmt(vsRaw, 2)}×` : '–', verdict: verdict(vsRaw === undefined ? undefined : vsRaw >= GOALS.loadRatioVsRawPipe) },
-      { goal: `load: agent peak RSS < ${GOALS.loadPeakRssMb} MB`, measured: peakRss !== undefined ? `${fmt(peakRss)} MB` : '–', verdict: verdict(peakRss === undefined ? undefined : peakRss < GOALS.loadPeakRssMb) },
+      {
+        goal: `load: pgferry ≥ ${GOALS.loadSpeedupVsNative}× native CREATE SUBSCRIPTION`,
+        measured: speedup ? `${fmt(speedup, 2)}×` : '–',
+        verdict: verdict(speedup === undefined ? undefined : speedup >= GOALS.loadSpeedupVsNative),
+      },
+      {
+        goal: `load: pgferry ≥ ${GOALS.loadRatioVsRawPipe}× the raw pipe`,
+        measured: vsRaw ? `${fmt(vsRaw, 2)}×` : '–',
+        verdict: verdict(vsRaw === undefined ? undefined : vsRaw >= GOALS.loadRatioVsRawPipe),
+      },
+      {
+        goal: `load: agent peak RSS < ${GOALS.loadPeakRssMb} MB`,
+        measured: peakRss !== undefined ? `${fmt(peakRss)} MB` : '–',
+        verdict: verdict(peakRss === undefined ? undefined : peakRss < GOALS.loadPeakRssMb),
+      },
     ],
   };
 }
@@ -107,22 +131,38 @@ export function applyReport(runs: ApplyRun[], nativeBinary = false): { text: str
       s ? fmt(r.txns / s) : '–',
       r.peakRssMb !== undefined ? `${fmt(r.peakRssMb)} (HWM ${fmt(r.hwmRssMb)})` : '–',
       r.firstChangeMs !== undefined && r.elapsedMs !== undefined
-        ? `${r.agentStartMs !== undefined ? `agent up in ${fmt(r.agentStartMs)} ms, ` : ''}first change at ${fmt(r.firstChangeMs)} ms; ${fmt(r.changes / ((r.elapsedMs - r.firstChangeMs) / 1000))} changes/s after it` : '',
+        ? `${r.agentStartMs !== undefined ? `agent up in ${fmt(r.agentStartMs)} ms, ` : ''}first change at ${fmt(r.firstChangeMs)} ms; ${fmt(r.changes / ((r.elapsedMs - r.firstChangeMs) / 1000))} changes/s after it`
+        : '',
     ];
   });
-  const rate = (c: ApplyRun['contender']) => medianOf(runs.filter((r) => r.contender === c), (r) => r.elapsedMs === undefined ? undefined : r.changes / (r.elapsedMs / 1000));
+  const rate = (c: ApplyRun['contender']) =>
+    medianOf(
+      runs.filter((r) => r.contender === c),
+      (r) => (r.elapsedMs === undefined ? undefined : r.changes / (r.elapsedMs / 1000)),
+    );
   const native = rate('native');
   const ferry = rate('pgferry');
   const ratio = native && ferry ? ferry / native : undefined;
   const restart = rate('pgferry-restart');
   const restartRatio = native && restart ? restart / native : undefined;
-  const cpuLines = runs.filter((r) => r.cpu?.length).map((r) =>
-    `    CPU s, ${r.contender} round ${r.round}: ${r.cpu!.map((c) => `${c.label} ${fmt(c.seconds, 2)}`).join(' + ')} = ${fmt(r.cpu!.reduce((a, c) => a + c.seconds, 0), 2)}`);
-  const statusLines = runs.filter((r) => r.status).map((r) =>
-    `    pgferry status when caught up (round ${r.round}): appliedLsn ${r.status!.appliedLsn || '–'} (backlog ended at ${r.status!.backlogEndLsn}), lagBytes ${fmt(r.status!.lagBytes)}, changesApplied ${fmt(r.status!.changesApplied)}`);
+  const cpuLines = runs
+    .filter((r) => r.cpu?.length)
+    .map(
+      (r) =>
+        `    CPU s, ${r.contender} round ${r.round}: ${r.cpu!.map((c) => `${c.label} ${fmt(c.seconds, 2)}`).join(' + ')} = ${fmt(
+          r.cpu!.reduce((a, c) => a + c.seconds, 0),
+          2,
+        )}`,
+    );
+  const statusLines = runs
+    .filter((r) => r.status)
+    .map(
+      (r) =>
+        `    pgferry status when caught up (round ${r.round}): appliedLsn ${r.status!.appliedLsn || '–'} (backlog ended at ${r.status!.backlogEndLsn}), lagBytes ${fmt(r.status!.lagBytes)}, changesApplied ${fmt(r.status!.changesApplied)}`,
+    );
   const lines = [
     '(b) Change apply — committed backlog of T transactions × (10 UPDATE + 10 INSERT), consumer stopped while written, timed until the last row is on the target; data then compared (count + checksum) ✓',
-    `    native${nativeBinary ? ' WITH (binary = true), not the goal\'s baseline' : ''}: from ALTER SUBSCRIPTION … ENABLE (after DISABLE);  pgferry: from ResumeMigration (after PauseMigration) in the running agent;`,
+    `    native${nativeBinary ? " WITH (binary = true), not the goal's baseline" : ''}: from ALTER SUBSCRIPTION … ENABLE (after DISABLE);  pgferry: from ResumeMigration (after PauseMigration) in the running agent;`,
     '    pgferry after a restart: from spawning a new agent process (its start-up included; not the goal\'s measure);  "first change": when the first backlog row was visible',
     renderTable(['contender', 'round', 'txns / changes / WAL', 'elapsed s', 'changes/s', 'txns/s', 'peak RSS MB', 'note'], rows),
     `    pgferry / native changes/s: ${ratio ? `${fmt(ratio, 2)}×` : '–'}   (goal ≥ ${GOALS.applyRatioVsNative}×);  after an agent restart: ${restartRatio ? `${fmt(restartRatio, 2)}×` : '–'}`,
@@ -132,7 +172,13 @@ export function applyReport(runs: ApplyRun[], nativeBinary = false): { text: str
   ];
   return {
     text: lines.join('\n'),
-    goals: [{ goal: `apply: pgferry ≥ ${GOALS.applyRatioVsNative}× native${nativeBinary ? ' (binary = true)' : ''} changes/s`, measured: ratio ? `${fmt(ratio, 2)}× (${fmt(ferry)} vs ${fmt(native)} changes/s)` : '–', verdict: verdict(ratio === undefined ? undefined : ratio >= GOALS.applyRatioVsNative) }],
+    goals: [
+      {
+        goal: `apply: pgferry ≥ ${GOALS.applyRatioVsNative}× native${nativeBinary ? ' (binary = true)' : ''} changes/s`,
+        measured: ratio ? `${fmt(ratio, 2)}× (${fmt(ferry)} vs ${fmt(native)} changes/s)` : '–',
+        verdict: verdict(ratio === undefined ? undefined : ratio >= GOALS.applyRatioVsNative),
+      },
+    ],
   };
 }
 
@@ -151,9 +197,9 @@ export function cutoverReport(runs: CutoverRun[]): { text: string; goals: GoalLi
   const max = ok.length ? Math.max(...ok) : undefined;
   const failed = runs.filter((r) => r.error);
   const lines = [
-    '(c) Cutover under write load — no native baseline (PostgreSQL has no cutover); writeDowntimeMs from the agent\'s report (fence start → target ready)',
-    '    client gap = the tight writer\'s last commit on the source → first commit on the target after the RPC returned (includes validation while fenced);',
-    '    it can be shorter than writeDowntimeMs: sessions already open keep committing during the fence\'s grace period after the ALTER DATABASE',
+    "(c) Cutover under write load — no native baseline (PostgreSQL has no cutover); writeDowntimeMs from the agent's report (fence start → target ready)",
+    "    client gap = the tight writer's last commit on the source → first commit on the target after the RPC returned (includes validation while fenced);",
+    "    it can be shorter than writeDowntimeMs: sessions already open keep committing during the fence's grace period after the ALTER DATABASE",
     renderTable(['run', 'writeDowntimeMs', 'Cutover RPC ms', 'client gap ms', 'writer commits/s', 'validation', 'after'], rows),
     `    write downtime p50 ${fmt(p50)} ms, max ${fmt(max)} ms over ${ok.length} completed run(s)${failed.length ? `; ${failed.length} failed` : ''}`,
     ...failed.map((r) => `    run ${r.run} error: ${r.error}`),
@@ -164,12 +210,26 @@ export function cutoverReport(runs: CutoverRun[]): { text: string; goals: GoalLi
   return {
     text: lines.join('\n'),
     goals: [
-      { goal: `cutover: write downtime p50 < ${GOALS.cutoverP50Ms} ms`, measured: p50 !== undefined ? `${fmt(p50)} ms` : '–', verdict: verdict(p50 === undefined ? undefined : p50 < GOALS.cutoverP50Ms) },
-      { goal: `cutover: write downtime max < ${GOALS.cutoverMaxMs} ms`, measured: max !== undefined ? `${fmt(max)} ms${allOk ? '' : ` (${failed.length} run(s) failed)`}` : '–', verdict: verdict(max === undefined ? undefined : max < GOALS.cutoverMaxMs && allOk) },
+      {
+        goal: `cutover: write downtime p50 < ${GOALS.cutoverP50Ms} ms`,
+        measured: p50 !== undefined ? `${fmt(p50)} ms` : '–',
+        verdict: verdict(p50 === undefined ? undefined : p50 < GOALS.cutoverP50Ms),
+      },
+      {
+        goal: `cutover: write downtime max < ${GOALS.cutoverMaxMs} ms`,
+        measured: max !== undefined ? `${fmt(max)} ms${allOk ? '' : ` (${failed.length} run(s) failed)`}` : '–',
+        verdict: verdict(max === undefined ? undefined : max < GOALS.cutoverMaxMs && allOk),
+      },
     ],
   };
 }
 
 export function summary(goals: GoalLine[]): string {
-  return ['Summary', renderTable(['goal', 'measured', 'verdict'], goals.map((g) => [g.goal, g.measured, g.verdict]))].join('\n');
+  return [
+    'Summary',
+    renderTable(
+      ['goal', 'measured', 'verdict'],
+      goals.map((g) => [g.goal, g.measured, g.verdict]),
+    ),
+  ].join('\n');
 }

@@ -40,7 +40,13 @@ function log(msg: string): void {
 /** The last ERROR/FATAL/WARNING lines a cluster's server printed, for error reports. */
 function ringBuffer(size: number): { push: (l: string) => void; lines: () => string[] } {
   const buf: string[] = [];
-  return { push: (l) => { buf.push(l); if (buf.length > size) buf.shift(); }, lines: () => [...buf] };
+  return {
+    push: (l) => {
+      buf.push(l);
+      if (buf.length > size) buf.shift();
+    },
+    lines: () => [...buf],
+  };
 }
 
 async function startBenchCluster(opts: BenchOptions, role: 'source' | 'target'): Promise<{ cluster: Cluster; logs: () => string[] }> {
@@ -49,7 +55,9 @@ async function startBenchCluster(opts: BenchOptions, role: 'source' | 'target'):
     version: opts.version,
     // fsync stays on (no `fast`): every contender pays the same durability.
     settings: { max_sync_workers_per_subscription: '2', max_logical_replication_workers: '6', max_worker_processes: '16' },
-    onLog: (line) => { if (/\b(ERROR|FATAL|PANIC|WARNING):/.test(line)) ring.push(line.trimEnd()); },
+    onLog: (line) => {
+      if (/\b(ERROR|FATAL|PANIC|WARNING):/.test(line)) ring.push(line.trimEnd());
+    },
   });
   onCleanup({ what: `${role} cluster`, run: () => cluster.stop() });
   return { cluster, logs: ring.lines };
@@ -66,7 +74,9 @@ async function main(): Promise<number> {
     return 2;
   }
   const header = [
-    `pgferry bench — PostgreSQL ${opts.version} → ${opts.version}, fsync on, ${cpus().length} CPU(s), load average at start ${loadavg().map((x) => x.toFixed(2)).join(' ')}`,
+    `pgferry bench — PostgreSQL ${opts.version} → ${opts.version}, fsync on, ${cpus().length} CPU(s), load average at start ${loadavg()
+      .map((x) => x.toFixed(2))
+      .join(' ')}`,
     `  scenarios: ${opts.only.join(', ')}; load: ${opts.rows.toLocaleString('en-US')} rows + ${opts.smallTables} × ${opts.smallRows.toLocaleString('en-US')}; ` +
       `apply backlog: ${opts.applyTxns.toLocaleString('en-US')} txns; cutover: ${opts.runs} run(s) on ${opts.shopRows.toLocaleString('en-US')} orders; rounds: ${opts.rounds}`,
   ];
@@ -76,7 +86,8 @@ async function main(): Promise<number> {
   const sections: string[] = [];
   const goals: GoalLine[] = [];
   let failures = 0;
-  const serverLogs = () => `source server log (last lines):\n  ${src.logs().slice(-10).join('\n  ')}\ntarget server log (last lines):\n  ${tgt.logs().slice(-10).join('\n  ')}`;
+  const serverLogs = () =>
+    `source server log (last lines):\n  ${src.logs().slice(-10).join('\n  ')}\ntarget server log (last lines):\n  ${tgt.logs().slice(-10).join('\n  ')}`;
 
   if (opts.only.includes('load')) {
     const ds = defineDataset(opts.rows, opts.smallTables, opts.smallRows);
@@ -92,7 +103,14 @@ async function main(): Promise<number> {
     await src.cluster.query('DROP DATABASE IF EXISTS bench WITH (FORCE)').catch(() => undefined);
   }
   if (opts.only.includes('apply')) {
-    const runs = await runApplyScenario({ source: src.cluster, target: tgt.cluster, txns: opts.applyTxns, rounds: opts.rounds, nativeBinary: opts.nativeBinary, log });
+    const runs = await runApplyScenario({
+      source: src.cluster,
+      target: tgt.cluster,
+      txns: opts.applyTxns,
+      rounds: opts.rounds,
+      nativeBinary: opts.nativeBinary,
+      log,
+    });
     const r = applyReport(runs, opts.nativeBinary);
     sections.push(r.text);
     goals.push(...r.goals);
@@ -110,7 +128,9 @@ async function main(): Promise<number> {
   const out = [
     '',
     ...header,
-    `  total bench time ${((nowMs() - startedMs) / 1000).toFixed(0)} s; load average at end ${loadavg().map((x) => x.toFixed(2)).join(' ')} (other processes on this machine add noise to every figure)`,
+    `  total bench time ${((nowMs() - startedMs) / 1000).toFixed(0)} s; load average at end ${loadavg()
+      .map((x) => x.toFixed(2))
+      .join(' ')} (other processes on this machine add noise to every figure)`,
     '',
     sections.join('\n\n'),
     '',
@@ -122,7 +142,10 @@ async function main(): Promise<number> {
 }
 
 main()
-  .then(async (code) => { await cleanupAll(); process.exit(code); })
+  .then(async (code) => {
+    await cleanupAll();
+    process.exit(code);
+  })
   .catch(async (e: unknown) => {
     process.stderr.write(`bench failed: ${(e as Error)?.stack ?? String(e)}\n`);
     await cleanupAll();

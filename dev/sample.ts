@@ -63,26 +63,39 @@ CREATE TABLE "Mixed Case" ("Id" int PRIMARY KEY, "Value" text);
 export async function seedShop(c: pg.Client, rows: number): Promise<void> {
   await c.query(SHOP_SCHEMA);
   const customers = Math.max(10, Math.floor(rows / 10));
-  await c.query(`INSERT INTO customers (id, email, name, profile)
+  await c.query(
+    `INSERT INTO customers (id, email, name, profile)
     SELECT g, 'c' || g || '@example.com', 'Customer ' || g, jsonb_build_object('tier', g % 3, 'tags', jsonb_build_array('a', g % 7))
-      FROM generate_series(1, $1) g`, [customers]);
+      FROM generate_series(1, $1) g`,
+    [customers],
+  );
   await c.query(`INSERT INTO products (sku, price, tags, weight_kg)
     SELECT 'SKU-' || g, (g % 500) + 0.99, ARRAY['t' || (g % 5), 'x'], g / 10.0 FROM generate_series(1, 200) g`);
-  await c.query(`INSERT INTO orders (customer_id, status, total, note, placed_at)
+  await c.query(
+    `INSERT INTO orders (customer_id, status, total, note, placed_at)
     SELECT 1 + (g % $2), (ARRAY['new','paid','shipped','cancelled']::order_status[])[1 + g % 4], (g % 1000) + 0.5,
            CASE WHEN g % 5 = 0 THEN repeat('note ', g % 50) END, '2026-10-01'::timestamptz + (g || ' seconds')::interval
-      FROM generate_series(1, $1) g`, [rows, customers]);
+      FROM generate_series(1, $1) g`,
+    [rows, customers],
+  );
   await c.query(`INSERT INTO order_items (order_id, line, product_id, qty)
     SELECT o.id, l, 1 + ((o.id + l) % 200), 1 + (l % 3) FROM orders o, generate_series(1, 2) l`);
-  await c.query(`INSERT INTO events (id, at, kind, payload)
+  await c.query(
+    `INSERT INTO events (id, at, kind, payload)
     SELECT g, '2026-10-15'::timestamptz + (g * 37 || ' minutes')::interval, 'k' || (g % 4), jsonb_build_object('n', g)
-      FROM generate_series(1, $1) g`, [Math.max(10, Math.floor(rows / 4))]);
+      FROM generate_series(1, $1) g`,
+    [Math.max(10, Math.floor(rows / 4))],
+  );
   await c.query(`INSERT INTO audit_log (who, what) SELECT 'u' || (g % 3), 'seed' FROM generate_series(1, 50) g`);
   await c.query(`INSERT INTO "Mixed Case" VALUES (1, 'One'), (2, 'Two')`);
   await c.query('ANALYZE');
 }
 
-export interface WriterStats { commits: number; failures: number; lastError?: string }
+export interface WriterStats {
+  commits: number;
+  failures: number;
+  lastError?: string;
+}
 
 /**
  * A client committing small transactions as fast as it can: new orders with
@@ -97,14 +110,19 @@ export function startWriter(connect: () => Promise<pg.Client>, opts: { pauseMs?:
     let i = 0;
     while (running) {
       try {
-        if (!c) { c = await connect(); }
+        if (!c) {
+          c = await connect();
+        }
         i++;
         await c.query('BEGIN');
         const o = await c.query(`INSERT INTO orders (customer_id, total, note) VALUES (1 + ($1::int % 10), $1::int % 97, 'live') RETURNING id`, [i]);
         await c.query('INSERT INTO order_items (order_id, line, product_id, qty) VALUES ($1, 1, 1 + ($2::int % 200), 1), ($1, 2, 2, 3)', [o.rows[0].id, i]);
-        await c.query(`UPDATE orders SET status = 'paid', total = total + 1 WHERE id = (SELECT id FROM orders WHERE status = 'new' ORDER BY id LIMIT 1 OFFSET ($1::int % 5))`, [i]);
+        await c.query(
+          `UPDATE orders SET status = 'paid', total = total + 1 WHERE id = (SELECT id FROM orders WHERE status = 'new' ORDER BY id LIMIT 1 OFFSET ($1::int % 5))`,
+          [i],
+        );
         await c.query(`UPDATE customers SET profile = profile || jsonb_build_object('seen', $1::int) WHERE id = 1 + ($1::int % 10)`, [i]);
-        if (i % 3 === 0) await c.query('DELETE FROM orders WHERE id = (SELECT min(id) FROM orders WHERE status = \'cancelled\')');
+        if (i % 3 === 0) await c.query("DELETE FROM orders WHERE id = (SELECT min(id) FROM orders WHERE status = 'cancelled')");
         if (i % 4 === 0) await c.query(`INSERT INTO audit_log (who, what) VALUES ('writer', 'tick ' || $1::int)`, [i]);
         if (i % 10 === 0) await c.query(`DELETE FROM audit_log WHERE ctid = (SELECT ctid FROM audit_log WHERE what = 'seed' LIMIT 1)`);
         if (i % 7 === 0) await c.query(`INSERT INTO events (id, at, kind) VALUES (1000000 + $1::int, '2026-11-20'::timestamptz, 'live')`, [i]);
@@ -113,8 +131,16 @@ export function startWriter(connect: () => Promise<pg.Client>, opts: { pauseMs?:
       } catch (e) {
         stats.failures++;
         stats.lastError = (e as Error).message;
-        try { await c?.query('ROLLBACK'); } catch { /* connection gone */ }
-        try { await c?.end(); } catch { /* gone */ }
+        try {
+          await c?.query('ROLLBACK');
+        } catch {
+          /* connection gone */
+        }
+        try {
+          await c?.end();
+        } catch {
+          /* gone */
+        }
         c = null;
         await new Promise((r) => setTimeout(r, 20));
       }
@@ -124,6 +150,10 @@ export function startWriter(connect: () => Promise<pg.Client>, opts: { pauseMs?:
   })();
   return {
     stats,
-    stop: async () => { running = false; await loop; return stats; },
+    stop: async () => {
+      running = false;
+      await loop;
+      return stats;
+    },
   };
 }

@@ -62,9 +62,14 @@ let hooksInstalled = false;
 function installExitHooks(): void {
   if (hooksInstalled) return;
   hooksInstalled = true;
-  const stopAll = () => { for (const c of live) void c.stop(); };
+  const stopAll = () => {
+    for (const c of live) void c.stop();
+  };
   for (const sig of ['SIGINT', 'SIGTERM'] as const) {
-    process.once(sig, () => { stopAll(); setTimeout(() => process.exit(130), 1500).unref(); });
+    process.once(sig, () => {
+      stopAll();
+      setTimeout(() => process.exit(130), 1500).unref();
+    });
   }
   process.once('exit', () => {
     // Synchronous last resort: the server processes are our children.
@@ -96,7 +101,13 @@ class ClusterImpl implements Cluster {
   user = 'postgres';
   password = 'pgferry-test-pw';
   private stopped = false;
-  constructor(public version: PgMajor, public port: number, public dataDir: string, private baseDir: string, private pg: EmbeddedPostgresLike) {}
+  constructor(
+    public version: PgMajor,
+    public port: number,
+    public dataDir: string,
+    private baseDir: string,
+    private pg: EmbeddedPostgresLike,
+  ) {}
   endpoint(database = 'postgres') {
     return { host: this.host, port: this.port, database, user: this.user, password: this.password, sslMode: 'disable' as const };
   }
@@ -108,7 +119,11 @@ class ClusterImpl implements Cluster {
   }
   async query(sql: string, params: unknown[] = [], database = 'postgres'): Promise<pg.QueryResult> {
     const c = await this.client(database);
-    try { return await c.query(sql, params); } finally { await c.end(); }
+    try {
+      return await c.query(sql, params);
+    } finally {
+      await c.end();
+    }
   }
   async createDatabase(name: string): Promise<void> {
     await this.query(`CREATE DATABASE "${name.replace(/"/g, '""')}"`);
@@ -127,10 +142,20 @@ class ClusterImpl implements Cluster {
     process.kill(pid, signal);
     // After a crash the backends notice the postmaster's death and exit; a new
     // postmaster refuses to start while they still hold the shared memory.
-    const alive = (p: number) => { try { process.kill(p, 0); return true; } catch { return false; } };
+    const alive = (p: number) => {
+      try {
+        process.kill(p, 0);
+        return true;
+      } catch {
+        return false;
+      }
+    };
     while (alive(pid)) await new Promise((r) => setTimeout(r, 20));
     for (let attempt = 0; ; attempt++) {
-      try { await this.pg.start(); return; } catch (e) {
+      try {
+        await this.pg.start();
+        return;
+      } catch (e) {
         if (attempt >= 50) throw e;
         await new Promise((r) => setTimeout(r, 200));
       }
@@ -141,12 +166,24 @@ class ClusterImpl implements Cluster {
     if (this.stopped) return;
     this.stopped = true;
     live.delete(this);
-    try { await this.pg.stop(); } catch { /* already gone */ }
+    try {
+      await this.pg.stop();
+    } catch {
+      /* already gone */
+    }
     rmSync(this.baseDir, { recursive: true, force: true });
   }
   killNow(): void {
-    try { this.pg.process?.kill('SIGKILL'); } catch { /* gone */ }
-    try { rmSync(this.baseDir, { recursive: true, force: true }); } catch { /* best effort */ }
+    try {
+      this.pg.process?.kill('SIGKILL');
+    } catch {
+      /* gone */
+    }
+    try {
+      rmSync(this.baseDir, { recursive: true, force: true });
+    } catch {
+      /* best effort */
+    }
   }
 }
 
@@ -175,7 +212,7 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<Cluster> 
   installExitHooks();
   const version = opts.version ?? 17;
   ensureBinariesReachable();
-  const mod = await import(PACKAGE_BY_VERSION[version]) as { default: new (o: object) => EmbeddedPostgresLike };
+  const mod = (await import(PACKAGE_BY_VERSION[version])) as { default: new (o: object) => EmbeddedPostgresLike };
   const EmbeddedPostgres = mod.default;
   const baseDir = mkdtempSync(join(tmpdir(), `pgferry-pg${version}-`));
   chmodSync(baseDir, 0o755); // the unprivileged server user must reach its data dir

@@ -8,9 +8,7 @@
  * allowed-value tuples are copies of the agent's, kept equal by a unit test,
  * so that the provider needs neither zod nor the agent's modules at run time.
  */
-import type {
-  AgentClientOptions, ApplyOptionsMessage, CopyOptionsMessage, CutoverRequestMessage, EndpointMessage, TableSelectionMessage,
-} from '../api/client';
+import type { AgentClientOptions, ApplyOptionsMessage, CopyOptionsMessage, CutoverRequestMessage, EndpointMessage, TableSelectionMessage } from '../api/client';
 
 /** The value the Pulumi engine sends during preview for a value not known yet. */
 export const UNKNOWN = '04da6b54-80e4-46f7-96ec-b56ff0331ba9';
@@ -94,8 +92,21 @@ export interface MigrationInputs {
 
 /** The top-level argument names, for the unknown-field check. */
 export const ARG_NAMES = [
-  'agent', 'source', 'target', 'tables', 'schemaMode', 'overwriteTarget', 'migrationId', 'slotName',
-  'publicationName', 'copy', 'apply', 'waitForSync', 'createTimeoutMinutes', 'cutover', 'cutoverOptions',
+  'agent',
+  'source',
+  'target',
+  'tables',
+  'schemaMode',
+  'overwriteTarget',
+  'migrationId',
+  'slotName',
+  'publicationName',
+  'copy',
+  'apply',
+  'waitForSync',
+  'createTimeoutMinutes',
+  'cutover',
+  'cutoverOptions',
 ] as const;
 /**
  * The fields of a shape, as a runtime list (for the unknown-field check) that
@@ -214,7 +225,11 @@ export const SECRET_OUTPUTS = ['activeConnection', 'sourceConnection', 'targetCo
  * @example deriveMigrationId('Orders-DB.v2') === 'orders_db_v2'
  */
 export function deriveMigrationId(name: string): string {
-  let id = name.toLowerCase().replace(/[^a-z0-9_]+/g, '_').replace(/_+/g, '_').replace(/^_+|_+$/g, '');
+  let id = name
+    .toLowerCase()
+    .replace(/[^a-z0-9_]+/g, '_')
+    .replace(/_+/g, '_')
+    .replace(/^_+|_+$/g, '');
   if (!/^[a-z]/.test(id)) id = `m_${id}`.replace(/_+$/, '');
   if (id.length > MIGRATION_ID_MAX_LENGTH) id = `${id.slice(0, 31).replace(/_+$/, '')}_${fnv1a32(name)}`;
   return id;

@@ -11,12 +11,25 @@
  * to reach the agent becomes one on `agent.*`.
  */
 import {
-  AGENT_FIELDS, APPLY_FIELDS, ARG_NAMES, COPY_FIELDS, CUTOVER_OPTION_FIELDS, CUTOVER_VALIDATIONS, ENDPOINT_FIELDS,
-  MIGRATION_ID_PATTERN, SCHEMA_MODES, SSL_MODES, TABLES_FIELDS, UNKNOWN,
+  AGENT_FIELDS,
+  APPLY_FIELDS,
+  ARG_NAMES,
+  COPY_FIELDS,
+  CUTOVER_OPTION_FIELDS,
+  CUTOVER_VALIDATIONS,
+  ENDPOINT_FIELDS,
+  MIGRATION_ID_PATTERN,
+  SCHEMA_MODES,
+  SSL_MODES,
+  TABLES_FIELDS,
+  UNKNOWN,
 } from './args';
 import type { PreflightReportMessage } from '../api/client';
 
-export interface CheckFailure { property: string; reason: string }
+export interface CheckFailure {
+  property: string;
+  reason: string;
+}
 
 const isUnknown = (v: unknown): boolean => v === UNKNOWN;
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -32,7 +45,9 @@ const AGENT_ENDPOINT = /^(?:unix:.+|(?:dns:(?:\/\/[^/]*\/)?)?(?:\[[0-9A-Fa-f:.]+
 
 class Failures {
   readonly list: CheckFailure[] = [];
-  add(property: string, reason: string): void { this.list.push({ property, reason }); }
+  add(property: string, reason: string): void {
+    this.list.push({ property, reason });
+  }
 }
 
 function unknownFields(f: Failures, base: string, obj: Record<string, unknown>, allowed: readonly string[]): void {
@@ -40,7 +55,10 @@ function unknownFields(f: Failures, base: string, obj: Record<string, unknown>, 
     if (k === '__provider' || allowed.includes(k)) continue;
     const path = base ? `${base}.${k}` : k;
     const near = allowed.find((a) => a.toLowerCase() === k.toLowerCase()) ?? allowed.find((a) => a.toLowerCase().startsWith(k.toLowerCase().slice(0, 3)));
-    f.add(path, `\`${path}\` is not a known argument.${near ? ` Did you mean \`${base ? `${base}.` : ''}${near}\`?` : ''} Allowed here: ${allowed.map((a) => `\`${a}\``).join(', ')}.`);
+    f.add(
+      path,
+      `\`${path}\` is not a known argument.${near ? ` Did you mean \`${base ? `${base}.` : ''}${near}\`?` : ''} Allowed here: ${allowed.map((a) => `\`${a}\``).join(', ')}.`,
+    );
   }
 }
 
@@ -50,8 +68,14 @@ function checkString(f: Failures, path: string, v: unknown, opts: { required?: s
     if (opts.required) f.add(path, `\`${path}\` is required. ${opts.required}`);
     return false;
   }
-  if (typeof v !== 'string') { f.add(path, `\`${path}\` must be a string, got ${show(v)}.`); return false; }
-  if (opts.nonEmpty && v.length === 0) { f.add(path, `\`${path}\` must not be empty.${opts.required ? ` ${opts.required}` : ''}`); return false; }
+  if (typeof v !== 'string') {
+    f.add(path, `\`${path}\` must be a string, got ${show(v)}.`);
+    return false;
+  }
+  if (opts.nonEmpty && v.length === 0) {
+    f.add(path, `\`${path}\` must not be empty.${opts.required ? ` ${opts.required}` : ''}`);
+    return false;
+  }
   return true;
 }
 
@@ -86,16 +110,27 @@ function checkObject(f: Failures, path: string, v: unknown, required: boolean, e
     if (required) f.add(path, `\`${path}\` is required: give it as ${example}.`);
     return false;
   }
-  if (!isObject(v)) { f.add(path, `\`${path}\` must be an object such as ${example}, got ${show(v)}.`); return false; }
+  if (!isObject(v)) {
+    f.add(path, `\`${path}\` must be an object such as ${example}, got ${show(v)}.`);
+    return false;
+  }
   return true;
 }
 
 function validateAgent(f: Failures, v: unknown): void {
   if (!checkObject(f, 'agent', v, true, "`{ endpoint: '10.0.0.4:7443', token }`")) return;
   unknownFields(f, 'agent', v, AGENT_FIELDS);
-  if (checkString(f, 'agent.endpoint', v.endpoint, { required: "Set it to the agent's `host:port`, e.g. '10.0.0.4:7443' (what `pgferry agent --listen` was given).", nonEmpty: true })) {
+  if (
+    checkString(f, 'agent.endpoint', v.endpoint, {
+      required: "Set it to the agent's `host:port`, e.g. '10.0.0.4:7443' (what `pgferry agent --listen` was given).",
+      nonEmpty: true,
+    })
+  ) {
     if (!AGENT_ENDPOINT.test(v.endpoint as string)) {
-      f.add('agent.endpoint', `\`agent.endpoint\` must be \`host:port\`, e.g. '10.0.0.4:7443' or '[::1]:7443', got ${show(v.endpoint)}. Give the address the agent listens on, without a scheme or path.`);
+      f.add(
+        'agent.endpoint',
+        `\`agent.endpoint\` must be \`host:port\`, e.g. '10.0.0.4:7443' or '[::1]:7443', got ${show(v.endpoint)}. Give the address the agent listens on, without a scheme or path.`,
+      );
     } else {
       const port = Number(/:(\d+)$/.exec(v.endpoint as string)?.[1] ?? '1');
       if (!(v.endpoint as string).startsWith('unix:') && (port < 1 || port > 65535)) {
@@ -105,35 +140,57 @@ function validateAgent(f: Failures, v: unknown): void {
   }
   checkString(f, 'agent.token', v.token);
   if (checkString(f, 'agent.caCert', v.caCert) && !(v.caCert as string).includes('-----BEGIN CERTIFICATE-----')) {
-    f.add('agent.caCert', '`agent.caCert` must be PEM text (starting with `-----BEGIN CERTIFICATE-----`), not a file name. Read the file into the program, e.g. `fs.readFileSync("ca.pem", "utf8")`.');
+    f.add(
+      'agent.caCert',
+      '`agent.caCert` must be PEM text (starting with `-----BEGIN CERTIFICATE-----`), not a file name. Read the file into the program, e.g. `fs.readFileSync("ca.pem", "utf8")`.',
+    );
   }
   if (checkString(f, 'agent.clientCert', v.clientCert) && !(v.clientCert as string).includes('-----BEGIN CERTIFICATE-----')) {
-    f.add('agent.clientCert', '`agent.clientCert` must be PEM text (starting with `-----BEGIN CERTIFICATE-----`), not a file name. Read the file into the program, e.g. `fs.readFileSync("client.pem", "utf8")`.');
+    f.add(
+      'agent.clientCert',
+      '`agent.clientCert` must be PEM text (starting with `-----BEGIN CERTIFICATE-----`), not a file name. Read the file into the program, e.g. `fs.readFileSync("client.pem", "utf8")`.',
+    );
   }
   if (checkString(f, 'agent.clientKey', v.clientKey) && !/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(v.clientKey as string)) {
-    f.add('agent.clientKey', '`agent.clientKey` must be PEM text of a private key (`-----BEGIN PRIVATE KEY-----`), not a file name. Pass it as a secret, e.g. `config.requireSecret("agentClientKey")`.');
+    f.add(
+      'agent.clientKey',
+      '`agent.clientKey` must be PEM text of a private key (`-----BEGIN PRIVATE KEY-----`), not a file name. Pass it as a secret, e.g. `config.requireSecret("agentClientKey")`.',
+    );
   }
-  for (const [given, missing] of [['clientCert', 'clientKey'], ['clientKey', 'clientCert']] as const) {
+  for (const [given, missing] of [
+    ['clientCert', 'clientKey'],
+    ['clientKey', 'clientCert'],
+  ] as const) {
     if (present(v[given]) && !isUnknown(v[given]) && !present(v[missing])) {
-      f.add(`agent.${missing}`, `\`agent.${missing}\` is required with \`agent.${given}\`: mutual TLS needs the client certificate and its private key. Give both, or neither.`);
+      f.add(
+        `agent.${missing}`,
+        `\`agent.${missing}\` is required with \`agent.${given}\`: mutual TLS needs the client certificate and its private key. Give both, or neither.`,
+      );
     }
   }
   checkBoolean(f, 'agent.insecure', v.insecure);
   if (v.insecure === true && ((typeof v.caCert === 'string' && v.caCert.length > 0) || present(v.clientCert))) {
-    f.add('agent.insecure', '`agent.insecure` is `true` but `agent.caCert` or `agent.clientCert` is set: TLS cannot be both off and in use. Remove them for a plain-text agent, or set `agent.insecure` to `false`.');
+    f.add(
+      'agent.insecure',
+      '`agent.insecure` is `true` but `agent.caCert` or `agent.clientCert` is set: TLS cannot be both off and in use. Remove them for a plain-text agent, or set `agent.insecure` to `false`.',
+    );
   }
 }
 
 function validateEndpoint(f: Failures, side: 'source' | 'target', v: unknown): void {
-  const example = side === 'source'
-    ? "`{ host, port: 5432, database, user, password }` or `{ connectionString }`"
-    : "`{ host, database, user, password, sslMode: 'require' }` or `{ connectionString }`";
+  const example =
+    side === 'source'
+      ? '`{ host, port: 5432, database, user, password }` or `{ connectionString }`'
+      : "`{ host, database, user, password, sslMode: 'require' }` or `{ connectionString }`";
   if (!checkObject(f, side, v, true, example)) return;
   unknownFields(f, side, v, ENDPOINT_FIELDS);
   const hasCs = present(v.connectionString);
   if (hasCs && checkString(f, `${side}.connectionString`, v.connectionString, { nonEmpty: true })) {
     if (!/^postgres(ql)?:\/\//i.test(v.connectionString as string)) {
-      f.add(`${side}.connectionString`, `\`${side}.connectionString\` must be a URI such as 'postgresql://user:password@host:5432/database?sslmode=require'. Convert a key=value string, or give \`${side}.host\`, \`${side}.database\`, \`${side}.user\` and \`${side}.password\` instead.`);
+      f.add(
+        `${side}.connectionString`,
+        `\`${side}.connectionString\` must be a URI such as 'postgresql://user:password@host:5432/database?sslmode=require'. Convert a key=value string, or give \`${side}.host\`, \`${side}.database\`, \`${side}.user\` and \`${side}.password\` instead.`,
+      );
     }
   }
   for (const field of ['host', 'database', 'user'] as const) {
@@ -147,18 +204,28 @@ function validateEndpoint(f: Failures, side: 'source' | 'target', v: unknown): v
   checkOneOf(f, `${side}.sslMode`, v.sslMode, SSL_MODES);
   checkString(f, `${side}.sslRootCert`, v.sslRootCert);
   if ((v.sslMode === 'verify-ca' || v.sslMode === 'verify-full') && !present(v.sslRootCert) && !hasCs) {
-    f.add(`${side}.sslRootCert`, `\`${side}.sslRootCert\` is required when \`${side}.sslMode\` is '${v.sslMode}': give the PEM text of the CA that signed the server's certificate, or use sslMode 'require' (encrypted, not verified).`);
+    f.add(
+      `${side}.sslRootCert`,
+      `\`${side}.sslRootCert\` is required when \`${side}.sslMode\` is '${v.sslMode}': give the PEM text of the CA that signed the server's certificate, or use sslMode 'require' (encrypted, not verified).`,
+    );
   }
 }
 
 function validateStringList(f: Failures, path: string, v: unknown, nonEmpty: boolean): void {
   if (isUnknown(v) || !present(v)) return;
-  if (!Array.isArray(v)) { f.add(path, `\`${path}\` must be a list of 'schema.table' patterns, e.g. ['public.*'], got ${show(v)}.`); return; }
-  if (nonEmpty && v.length === 0) f.add(path, `\`${path}\` must name at least one pattern, e.g. ['public.*'] (leave it out to migrate every table of schema public).`);
+  if (!Array.isArray(v)) {
+    f.add(path, `\`${path}\` must be a list of 'schema.table' patterns, e.g. ['public.*'], got ${show(v)}.`);
+    return;
+  }
+  if (nonEmpty && v.length === 0)
+    f.add(path, `\`${path}\` must name at least one pattern, e.g. ['public.*'] (leave it out to migrate every table of schema public).`);
   v.forEach((p, i) => {
     if (isUnknown(p)) return;
     if (typeof p !== 'string' || !TABLE_PATTERN.test(p)) {
-      f.add(`${path}[${i}]`, `\`${path}[${i}]\` must look like 'schema.table' (either part may be '*', quote mixed-case names: '"Sales"."Orders"'), got ${show(p)}.`);
+      f.add(
+        `${path}[${i}]`,
+        `\`${path}[${i}]\` must look like 'schema.table' (either part may be '*', quote mixed-case names: '"Sales"."Orders"'), got ${show(p)}.`,
+      );
     }
   });
 }
@@ -185,12 +252,18 @@ export function validateInputs(news: Record<string, unknown>): CheckFailure[] {
 
   if (checkString(f, 'migrationId', news.migrationId, { required: "Give an id such as 'orders' (lowercase letters, digits, _).", nonEmpty: true })) {
     if (!MIGRATION_ID_PATTERN.test(news.migrationId as string)) {
-      f.add('migrationId', `\`migrationId\` must start with a lowercase letter and hold only a-z, 0-9 and _ (at most 40 characters), got ${show(news.migrationId)}. It names the replication slot and publication ('pgferry_<id>'); pick e.g. 'orders_2024'.`);
+      f.add(
+        'migrationId',
+        `\`migrationId\` must start with a lowercase letter and hold only a-z, 0-9 and _ (at most 40 characters), got ${show(news.migrationId)}. It names the replication slot and publication ('pgferry_<id>'); pick e.g. 'orders_2024'.`,
+      );
     }
   }
   for (const name of ['slotName', 'publicationName'] as const) {
     if (checkString(f, name, news[name]) && (!IDENTIFIER.test(news[name] as string) || Buffer.byteLength(news[name] as string) > 63)) {
-      f.add(name, `\`${name}\` must be a plain PostgreSQL identifier (letters, digits, _, $; at most 63 bytes), got ${show(news[name])}. Leave it out to use 'pgferry_<migrationId>'.`);
+      f.add(
+        name,
+        `\`${name}\` must be a plain PostgreSQL identifier (letters, digits, _, $; at most 63 bytes), got ${show(news[name])}. Leave it out to use 'pgferry_<migrationId>'.`,
+      );
     }
   }
 
@@ -258,10 +331,12 @@ export function preflightProperty(checkName: string): string {
 
 /** Each failed check of a preflight report as a CheckFailure (warnings are not failures). */
 export function failuresFromPreflight(report: PreflightReportMessage): CheckFailure[] {
-  return report.checks.filter((c) => c.verdict === 'fail').map((c) => ({
-    property: preflightProperty(c.name),
-    reason: `Preflight check '${c.name}' failed: ${c.message}${c.remedy ? ` Fix: ${c.remedy}` : ''}`,
-  }));
+  return report.checks
+    .filter((c) => c.verdict === 'fail')
+    .map((c) => ({
+      property: preflightProperty(c.name),
+      reason: `Preflight check '${c.name}' failed: ${c.message}${c.remedy ? ` Fix: ${c.remedy}` : ''}`,
+    }));
 }
 
 /** Map an INVALID_SPEC message's backticked spec paths to argument paths (`id` → `migrationId`, `tables.include.0` → `tables.include[0]`). */
@@ -276,20 +351,34 @@ export function failuresFromAgentError(e: { code?: string; message: string; reme
   const fix = e.remedy ? ` Fix: ${e.remedy}` : '';
   switch (e.code) {
     case 'AGENT_UNREACHABLE':
-      return [{
-        property: 'agent.endpoint',
-        reason: `Cannot reach the pgferry agent at \`agent.endpoint\` '${endpoint}': ${e.message} Fix: start the agent (\`pgferry agent --listen ${endpoint}\`), check that \`agent.endpoint\` is its address and reachable from where Pulumi runs, and that TLS matches (set \`agent.caCert\` to the CA of the agent's certificate, or \`agent.insecure: true\` for a plain-text agent).`,
-      }];
+      return [
+        {
+          property: 'agent.endpoint',
+          reason: `Cannot reach the pgferry agent at \`agent.endpoint\` '${endpoint}': ${e.message} Fix: start the agent (\`pgferry agent --listen ${endpoint}\`), check that \`agent.endpoint\` is its address and reachable from where Pulumi runs, and that TLS matches (set \`agent.caCert\` to the CA of the agent's certificate, or \`agent.insecure: true\` for a plain-text agent).`,
+        },
+      ];
     case 'AGENT_TIMEOUT':
-      return [{ property: 'agent.endpoint', reason: `The pgferry agent at \`agent.endpoint\` '${endpoint}' did not answer the preflight in time: ${e.message}${fix}` }];
+      return [
+        {
+          property: 'agent.endpoint',
+          reason: `The pgferry agent at \`agent.endpoint\` '${endpoint}' did not answer the preflight in time: ${e.message}${fix}`,
+        },
+      ];
     case 'UNAUTHENTICATED':
-      return [{ property: 'agent.token', reason: `The pgferry agent at '${endpoint}' rejected \`agent.token\`: ${e.message} Fix: set \`agent.token\` to the token the agent was started with (e.g. \`config.requireSecret("agentToken")\`).` }];
+      return [
+        {
+          property: 'agent.token',
+          reason: `The pgferry agent at '${endpoint}' rejected \`agent.token\`: ${e.message} Fix: set \`agent.token\` to the token the agent was started with (e.g. \`config.requireSecret("agentToken")\`).`,
+        },
+      ];
     case 'INVALID_SPEC': {
       const paths = [...new Set([...e.message.matchAll(/`([A-Za-z0-9_.]+)`/g)].map((m) => m[1]!))];
       const reason = `The agent rejected the spec: ${e.message}${fix}`;
       return paths.length ? paths.map((p) => ({ property: specPathToProperty(p), reason })) : [{ property: 'migrationId', reason }];
     }
     default:
-      return [{ property: 'agent', reason: `The pgferry agent at '${endpoint}' failed the preflight (${e.code ?? e.grpcStatus ?? 'error'}): ${e.message}${fix}` }];
+      return [
+        { property: 'agent', reason: `The pgferry agent at '${endpoint}' failed the preflight (${e.code ?? e.grpcStatus ?? 'error'}): ${e.message}${fix}` },
+      ];
   }
 }

@@ -93,7 +93,9 @@ export interface Declared {
  * `setMocks` and capture its registration.
  */
 export async function declareMigration(name: string, args: MigrationArgs, opts: { preview?: boolean } = {}): Promise<Declared> {
-  const mocksModule = require('@pulumi/pulumi/runtime/mocks') as { MockMonitor: { prototype: { registerResource: (req: unknown, cb: unknown) => Promise<void> } } };
+  const mocksModule = require('@pulumi/pulumi/runtime/mocks') as {
+    MockMonitor: { prototype: { registerResource: (req: unknown, cb: unknown) => Promise<void> } };
+  };
   const proto = mocksModule.MockMonitor.prototype;
   const original = proto.registerResource;
   let secretOutputs: string[] = [];
@@ -103,13 +105,20 @@ export async function declareMigration(name: string, args: MigrationArgs, opts: 
   } as typeof original;
   try {
     const captured = new Promise<{ type: string; inputs: Props }>((resolveCapture) => {
-      pulumi.runtime.setMocks({
-        newResource(a: pulumi.runtime.MockResourceArgs) {
-          if (a.type === MIGRATION_TYPE) resolveCapture({ type: a.type, inputs: a.inputs });
-          return { id: `${a.name}-id`, state: {} };
+      pulumi.runtime.setMocks(
+        {
+          newResource(a: pulumi.runtime.MockResourceArgs) {
+            if (a.type === MIGRATION_TYPE) resolveCapture({ type: a.type, inputs: a.inputs });
+            return { id: `${a.name}-id`, state: {} };
+          },
+          call() {
+            return {};
+          },
         },
-        call() { return {}; },
-      }, 'proj', 'test', opts.preview ?? false);
+        'proj',
+        'test',
+        opts.preview ?? false,
+      );
     });
     const { Migration } = require('./index') as typeof import('./index');
     new Migration(name, args);
@@ -122,10 +131,21 @@ export async function declareMigration(name: string, args: MigrationArgs, opts: 
   }
 }
 
-export interface CheckReply { inputs: Props; failures: Array<{ property: string; reason: string }> }
-export interface DiffReply { changes: 'unknown' | 'none' | 'some'; replaces: string[]; deleteBeforeReplace: boolean }
+export interface CheckReply {
+  inputs: Props;
+  failures: Array<{ property: string; reason: string }>;
+}
+export interface DiffReply {
+  changes: 'unknown' | 'none' | 'some';
+  replaces: string[];
+  deleteBeforeReplace: boolean;
+}
 /** A gRPC error from the host; `initFailure` is set when the provider reported a partially created resource. */
-export interface HostError extends Error { code?: number; details?: string; initFailure?: { id: string; properties: Props; reasons: string[] } }
+export interface HostError extends Error {
+  code?: number;
+  details?: string;
+  initFailure?: { id: string; properties: Props; reasons: string[] };
+}
 
 /** The real dynamic-provider host, in a throwaway program directory. */
 export class ProviderHost {
@@ -136,11 +156,15 @@ export class ProviderHost {
     readonly programDir: string,
     readonly port: number,
   ) {
-    child.stderr?.on('data', (d: Buffer) => { this.stderr += d.toString(); });
+    child.stderr?.on('data', (d: Buffer) => {
+      this.stderr += d.toString();
+    });
   }
 
   /** What the host wrote to stderr so far (the provider's diagnostics). */
-  get log(): string { return this.stderr; }
+  get log(): string {
+    return this.stderr;
+  }
 
   static async start(): Promise<ProviderHost> {
     const programDir = mkdtempSync(join(tmpdir(), 'pgferry-program-'));
@@ -151,13 +175,21 @@ export class ProviderHost {
       let out = '';
       let err = '';
       const timer = setTimeout(() => reject(new Error(`the provider host printed no port in 30 s; stderr: ${err}`)), 30_000);
-      child.stderr!.on('data', (d: Buffer) => { err += d.toString(); });
+      child.stderr!.on('data', (d: Buffer) => {
+        err += d.toString();
+      });
       child.stdout!.on('data', (d: Buffer) => {
         out += d.toString();
         const m = /^(\d+)\s*$/m.exec(out);
-        if (m) { clearTimeout(timer); resolvePort(Number(m[1])); }
+        if (m) {
+          clearTimeout(timer);
+          resolvePort(Number(m[1]));
+        }
       });
-      child.once('exit', (code) => { clearTimeout(timer); reject(new Error(`the provider host exited with ${code}: ${err}`)); });
+      child.once('exit', (code) => {
+        clearTimeout(timer);
+        reject(new Error(`the provider host exited with ${code}: ${err}`));
+      });
     });
     const client = new provrpc.ResourceProviderClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
     return new ProviderHost(child, client, programDir, port);
@@ -177,10 +209,16 @@ export class ProviderHost {
   private call<T>(method: string, req: unknown): Promise<T> {
     return new Promise<T>((resolveCall, reject) => {
       const deadline = Date.now() + 15 * 60_000;
-      (this.client[method] as (r: unknown, md: grpc.Metadata, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null, res: T) => void) => void)
-        .call(this.client, req, new grpc.Metadata(), { deadline }, (e, res) => {
-          if (e) reject(hostError(e)); else resolveCall(res);
-        });
+      (this.client[method] as (r: unknown, md: grpc.Metadata, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null, res: T) => void) => void).call(
+        this.client,
+        req,
+        new grpc.Metadata(),
+        { deadline },
+        (e, res) => {
+          if (e) reject(hostError(e));
+          else resolveCall(res);
+        },
+      );
     });
   }
 
@@ -206,7 +244,10 @@ export class ProviderHost {
     const req = this.request(provproto.CheckRequest, urn);
     req.setOlds(structproto.Struct.fromJavaScript(olds));
     req.setNews(structproto.Struct.fromJavaScript(news));
-    const res = await this.call<{ getInputs(): { toJavaScript(): Props }; getFailuresList(): Array<{ getProperty(): string; getReason(): string }> }>('check', req);
+    const res = await this.call<{ getInputs(): { toJavaScript(): Props }; getFailuresList(): Array<{ getProperty(): string; getReason(): string }> }>(
+      'check',
+      req,
+    );
     return {
       inputs: res.getInputs().toJavaScript(),
       failures: res.getFailuresList().map((f) => ({ property: f.getProperty(), reason: f.getReason() })),
@@ -218,7 +259,11 @@ export class ProviderHost {
     req.setOlds(structproto.Struct.fromJavaScript(olds));
     req.setNews(structproto.Struct.fromJavaScript(news));
     const res = await this.call<{ getChanges(): number; getReplacesList(): string[]; getDeletebeforereplace(): boolean }>('diff', req);
-    const kinds = { [provproto.DiffResponse.DiffChanges.DIFF_UNKNOWN]: 'unknown', [provproto.DiffResponse.DiffChanges.DIFF_NONE]: 'none', [provproto.DiffResponse.DiffChanges.DIFF_SOME]: 'some' } as Record<number, DiffReply['changes']>;
+    const kinds = {
+      [provproto.DiffResponse.DiffChanges.DIFF_UNKNOWN]: 'unknown',
+      [provproto.DiffResponse.DiffChanges.DIFF_NONE]: 'none',
+      [provproto.DiffResponse.DiffChanges.DIFF_SOME]: 'some',
+    } as Record<number, DiffReply['changes']>;
     return { changes: kinds[res.getChanges()]!, replaces: res.getReplacesList(), deleteBeforeReplace: res.getDeletebeforereplace() };
   }
 
@@ -261,7 +306,9 @@ function hostError(e: grpc.ServiceError): HostError {
     for (const any of status.getDetailsList() as Array<{ getTypeName(): string; unpack(fn: unknown, name: string): unknown }>) {
       if (any.getTypeName() !== 'pulumirpc.ErrorResourceInitFailed') continue;
       const detail = any.unpack(provproto.ErrorResourceInitFailed.deserializeBinary, 'pulumirpc.ErrorResourceInitFailed') as {
-        getId(): string; getProperties(): { toJavaScript(): Props } | undefined; getReasonsList(): string[];
+        getId(): string;
+        getProperties(): { toJavaScript(): Props } | undefined;
+        getReasonsList(): string[];
       };
       err.initFailure = { id: detail.getId(), properties: detail.getProperties()?.toJavaScript() ?? {}, reasons: detail.getReasonsList() };
     }

@@ -12,17 +12,20 @@
  */
 import * as pulumi from '@pulumi/pulumi';
 import {
-  SECRET_OUTPUTS, deriveMigrationId,
-  type ActiveEndpoint, type AgentArgs, type ApplyArgs, type ConnectionOutput, type CopyArgs, type CutoverOptionsArgs,
-  type EndpointArgs, type SchemaMode,
+  SECRET_OUTPUTS,
+  deriveMigrationId,
+  type ActiveEndpoint,
+  type AgentArgs,
+  type ApplyArgs,
+  type ConnectionOutput,
+  type CopyArgs,
+  type CutoverOptionsArgs,
+  type EndpointArgs,
+  type SchemaMode,
 } from './args';
 
-export {
-  ACTIVE_ENDPOINTS, CUTOVER_VALIDATIONS, DEFAULTS, PHASES, SCHEMA_MODES, SECRET_OUTPUTS, SSL_MODES, UNKNOWN, deriveMigrationId,
-} from './args';
-export type {
-  ActiveEndpoint, ConnectionOutput, CutoverValidation, MigrationInputs, MigrationOutputs, Phase, SchemaMode, SslMode,
-} from './args';
+export { ACTIVE_ENDPOINTS, CUTOVER_VALIDATIONS, DEFAULTS, PHASES, SCHEMA_MODES, SECRET_OUTPUTS, SSL_MODES, UNKNOWN, deriveMigrationId } from './args';
+export type { ActiveEndpoint, ConnectionOutput, CutoverValidation, MigrationInputs, MigrationOutputs, Phase, SchemaMode, SslMode } from './args';
 export { AgentClient, AgentError, isAgentError } from '../api/client';
 export type { AgentClientOptions, MigrationMessage, MigrationSpecMessage, PreflightReportMessage, CutoverRequestMessage } from '../api/client';
 
@@ -118,10 +121,38 @@ export interface MigrationArgs {
 
 /** The output names of a Migration (registered so they exist on the resource object). */
 const OUTPUT_NAMES = [
-  'phase', 'tablesTotal', 'tablesCopied', 'rowsCopied', 'progress', 'lagBytes', 'lagSeconds', 'retainedWalBytes',
-  'appliedLsn', 'replicationSlot', 'publication', 'sourceVersion', 'targetVersion', 'error', 'pausedAt', 'sourceFence', 'sourceFenceDetail', 'cutoverState',
-  'writeDowntimeMs', 'validationOk', 'validation', 'fenceLsn', 'cutoverCompletedAt', 'cutoverWarnings',
-  'activeEndpoint', 'notes', 'activeConnection', 'sourceConnection', 'targetConnection', 'agentToken', 'agentClientKey', 'secretsDigest',
+  'phase',
+  'tablesTotal',
+  'tablesCopied',
+  'rowsCopied',
+  'progress',
+  'lagBytes',
+  'lagSeconds',
+  'retainedWalBytes',
+  'appliedLsn',
+  'replicationSlot',
+  'publication',
+  'sourceVersion',
+  'targetVersion',
+  'error',
+  'pausedAt',
+  'sourceFence',
+  'sourceFenceDetail',
+  'cutoverState',
+  'writeDowntimeMs',
+  'validationOk',
+  'validation',
+  'fenceLsn',
+  'cutoverCompletedAt',
+  'cutoverWarnings',
+  'activeEndpoint',
+  'notes',
+  'activeConnection',
+  'sourceConnection',
+  'targetConnection',
+  'agentToken',
+  'agentClientKey',
+  'secretsDigest',
 ] as const;
 
 /** Wrap the secret fields of an endpoint/agent argument in `pulumi.secret`, keeping the rest readable in a preview. */
@@ -236,10 +267,17 @@ export class Migration extends pulumi.dynamic.Resource {
       migrationId: args.migrationId ?? deriveMigrationId(name),
     };
     for (const k of OUTPUT_NAMES) props[k] = undefined;
-    super(MigrationProvider, name, props, {
-      ...opts,
-      additionalSecretOutputs: [...(opts?.additionalSecretOutputs ?? []), ...SECRET_OUTPUTS],
-    }, 'pgferry', 'Migration');
+    super(
+      MigrationProvider,
+      name,
+      props,
+      {
+        ...opts,
+        additionalSecretOutputs: [...(opts?.additionalSecretOutputs ?? []), ...SECRET_OUTPUTS],
+      },
+      'pgferry',
+      'Migration',
+    );
   }
 
   /**

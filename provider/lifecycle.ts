@@ -15,15 +15,19 @@
  */
 import type { CheckResult, DiffResult, CreateResult, ReadResult, UpdateResult } from '@pulumi/pulumi/dynamic';
 import {
-  DEFAULTS, REPLACE_ON_CHANGE, UNKNOWN, containsUnknown,
-  type AgentArgs, type ConnectionOutput, type EndpointArgs, type MigrationInputs, type MigrationOutputs,
+  DEFAULTS,
+  REPLACE_ON_CHANGE,
+  UNKNOWN,
+  containsUnknown,
+  type AgentArgs,
+  type ConnectionOutput,
+  type EndpointArgs,
+  type MigrationInputs,
+  type MigrationOutputs,
 } from './args';
 import { failuresFromAgentError, failuresFromPreflight, validateInputs, type CheckFailure } from './check';
 import { AgentClient, isAgentError, type AgentError, type MigrationMessage } from '../api/client';
-import {
-  buildOutputs, compact, echoArgs, echoEndpoint, secretPartsFromInputs, secretsDigest, toCutoverRequest, toSpec,
-  type SecretParts,
-} from './outputs';
+import { buildOutputs, compact, echoArgs, echoEndpoint, secretPartsFromInputs, secretsDigest, toCutoverRequest, toSpec, type SecretParts } from './outputs';
 import stableStringify from 'safe-stable-stringify';
 
 type Props = Record<string, unknown>;
@@ -54,8 +58,12 @@ function isEmpty(o: Props | undefined): boolean {
 
 function clientFor(agent: AgentArgs): AgentClient {
   return new AgentClient({
-    endpoint: agent.endpoint, token: agent.token || undefined, caCert: agent.caCert || undefined,
-    clientCert: agent.clientCert || undefined, clientKey: agent.clientKey || undefined, insecure: agent.insecure,
+    endpoint: agent.endpoint,
+    token: agent.token || undefined,
+    caCert: agent.caCert || undefined,
+    clientCert: agent.clientCert || undefined,
+    clientKey: agent.clientKey || undefined,
+    insecure: agent.insecure,
   });
 }
 
@@ -75,11 +83,16 @@ function tablesIdentity(t: { include?: string[]; exclude?: string[] } | undefine
 /** The value of a replace-on-change argument, comparable between old outputs and new inputs. */
 function replaceKey(field: (typeof REPLACE_ON_CHANGE)[number], v: Props): unknown {
   switch (field) {
-    case 'source': return endpointIdentity(v.source as EndpointArgs | undefined);
-    case 'target': return endpointIdentity(v.target as EndpointArgs | undefined);
-    case 'tables': return tablesIdentity(v.tables as MigrationInputs['tables']);
-    case 'schemaMode': return v.schemaMode ?? DEFAULTS.schemaMode;
-    default: return v[field];
+    case 'source':
+      return endpointIdentity(v.source as EndpointArgs | undefined);
+    case 'target':
+      return endpointIdentity(v.target as EndpointArgs | undefined);
+    case 'tables':
+      return tablesIdentity(v.tables as MigrationInputs['tables']);
+    case 'schemaMode':
+      return v.schemaMode ?? DEFAULTS.schemaMode;
+    default:
+      return v[field];
   }
 }
 
@@ -100,8 +113,11 @@ function stepError(step: string, id: string, e: unknown, endpoint: string): Erro
   const ae = e as AgentError;
   switch (ae.code) {
     case 'AGENT_UNREACHABLE':
-      return userError(`${step} of migration '${id}': ${ae.message}`,
-        `check that the agent runs and that \`agent.endpoint\` ('${endpoint}') is its address, reachable from here; match its TLS with \`agent.caCert\` or \`agent.insecure\`.`, e);
+      return userError(
+        `${step} of migration '${id}': ${ae.message}`,
+        `check that the agent runs and that \`agent.endpoint\` ('${endpoint}') is its address, reachable from here; match its TLS with \`agent.caCert\` or \`agent.insecure\`.`,
+        e,
+      );
     case 'UNAUTHENTICATED':
       return userError(`${step} of migration '${id}': ${ae.message}`, 'set `agent.token` to the token the agent was started with.', e);
     default:
@@ -132,7 +148,16 @@ async function waitForSync(client: AgentClient, id: string, deadline: number): P
   const done = (m: MigrationMessage) => (IN_SYNC_PHASES as readonly string[]).includes(m.phase) || m.phase === 'failed' || m.phase === 'deleted' || m.paused;
   while (Date.now() < deadline) {
     try {
-      await client.watchMigration(id, WATCH_INTERVAL_MS, (m) => { last = m; return done(m); }, undefined, { timeoutMs: Math.max(1000, deadline - Date.now()) });
+      await client.watchMigration(
+        id,
+        WATCH_INTERVAL_MS,
+        (m) => {
+          last = m;
+          return done(m);
+        },
+        undefined,
+        { timeoutMs: Math.max(1000, deadline - Date.now()) },
+      );
     } catch (e) {
       const code = isAgentError(e) ? e.code : '';
       if (code === 'AGENT_TIMEOUT' && Date.now() >= deadline - 1000) break;
@@ -150,13 +175,16 @@ async function waitForSync(client: AgentClient, id: string, deadline: number): P
 
 /** Old outputs, or arguments given to `Migration.get`, as echo + secret parts. */
 function fromState(props: Props): { echo: ReturnType<typeof echoArgs>; secrets: SecretParts; agent: AgentArgs | undefined } {
-  const agentOut = props.agent as (AgentArgs | undefined);
+  const agentOut = props.agent as AgentArgs | undefined;
   const agent = agentOut?.endpoint
     ? compact({
-      endpoint: agentOut.endpoint, caCert: agentOut.caCert, clientCert: agentOut.clientCert, insecure: agentOut.insecure,
-      token: (props.agentToken as string | undefined) ?? agentOut.token,
-      clientKey: (props.agentClientKey as string | undefined) ?? agentOut.clientKey,
-    })
+        endpoint: agentOut.endpoint,
+        caCert: agentOut.caCert,
+        clientCert: agentOut.clientCert,
+        insecure: agentOut.insecure,
+        token: (props.agentToken as string | undefined) ?? agentOut.token,
+        clientKey: (props.agentClientKey as string | undefined) ?? agentOut.clientKey,
+      })
     : undefined;
   if (typeof props.secretsDigest !== 'string' && props.source && props.target && agent) {
     // Arguments (Migration.get): they still hold the secrets.
@@ -194,7 +222,7 @@ function fromState(props: Props): { echo: ReturnType<typeof echoArgs>; secrets: 
 function cutoverBackError(id: string, when: string | undefined): Error {
   return userError(
     `\`cutover\` cannot go back to \`false\`: migration '${id}' completed its cutover${when ? ` at ${when}` : ''}; the target is the active database and writes to the source are fenced.`,
-    "keep `cutover: true`. To clean up, remove the resource (Delete drops the slot and publication; the target keeps its data). To move back, declare a new Migration from the target to the source.",
+    'keep `cutover: true`. To clean up, remove the resource (Delete drops the slot and publication; the target keeps its data). To move back, declare a new Migration from the target to the source.',
   );
 }
 
@@ -222,7 +250,9 @@ export async function check(olds: Props, news: Props): Promise<CheckResult> {
       if (m.phase === 'completed' || m.activeEndpoint === 'target') {
         failures.push({ property: 'cutover', reason: cutoverBackError(id, m.cutover?.completedAt || undefined).message });
       }
-    } catch { /* update() enforces it too; an unreachable agent is not this check's finding */ } finally {
+    } catch {
+      /* update() enforces it too; an unreachable agent is not this check's finding */
+    } finally {
       client.close();
     }
     if (failures.length > 0) return { inputs: news, failures };
@@ -289,10 +319,15 @@ export async function diff(_id: string, olds: Props, news: Props): Promise<DiffR
 
   // In-place arguments (the agent connection, knobs, the cutover).
   if (!changes) {
-    const agentNew = containsUnknown(news.agent) ? UNKNOWN : compact({ endpoint: n.agent?.endpoint, caCert: n.agent?.caCert, clientCert: n.agent?.clientCert, insecure: n.agent?.insecure });
+    const agentNew = containsUnknown(news.agent)
+      ? UNKNOWN
+      : compact({ endpoint: n.agent?.endpoint, caCert: n.agent?.caCert, clientCert: n.agent?.clientCert, insecure: n.agent?.insecure });
     const oldAgent = olds.agent as Props | undefined;
     const pairs: Array<[unknown, unknown]> = [
-      [oldAgent ? compact({ endpoint: oldAgent.endpoint, caCert: oldAgent.caCert, clientCert: oldAgent.clientCert, insecure: oldAgent.insecure }) : undefined, agentNew],
+      [
+        oldAgent ? compact({ endpoint: oldAgent.endpoint, caCert: oldAgent.caCert, clientCert: oldAgent.clientCert, insecure: oldAgent.insecure }) : undefined,
+        agentNew,
+      ],
       // The agent's secrets are secret outputs: compared as they are.
       [olds.agentToken, containsUnknown(news.agent) ? UNKNOWN : n.agent?.token || undefined],
       [olds.agentClientKey, containsUnknown(news.agent) ? UNKNOWN : n.agent?.clientKey || undefined],
@@ -337,8 +372,11 @@ export async function create(news: Props): Promise<CreateResult> {
         if (started) throw initFailure(id, buildOutputs(pending, secrets, started), stepError('Start', id, e, a.agent.endpoint).message);
       }
       if (isAgentError(e) && e.code === 'MIGRATION_EXISTS_DIFFERENT_SPEC') {
-        throw userError(`Migration '${id}' already exists on the agent at '${a.agent.endpoint}' with a different spec (source, target, tables or options).`,
-          `set \`migrationId\` to a new id, or delete the existing migration first (\`pgferry delete ${id}\`).`, e);
+        throw userError(
+          `Migration '${id}' already exists on the agent at '${a.agent.endpoint}' with a different spec (source, target, tables or options).`,
+          `set \`migrationId\` to a new id, or delete the existing migration first (\`pgferry delete ${id}\`).`,
+          e,
+        );
       }
       throw stepError('Start', id, e, a.agent.endpoint);
     }
@@ -353,12 +391,18 @@ export async function create(news: Props): Promise<CreateResult> {
         throw initFailure(id, buildOutputs(pending, secrets, m), `Migration '${id}' failed before it was in sync: ${failedMessage(m)}`);
       }
       if (m.paused && !(IN_SYNC_PHASES as readonly string[]).includes(m.phase)) {
-        throw initFailure(id, buildOutputs(pending, secrets, m),
-          `Migration '${id}' is paused on the agent (since ${m.pausedAt}) in ${describeProgress(m)}, so it cannot get in sync. Fix: resume it (\`pgferry resume ${id}\`), then run \`pulumi up\` again.`);
+        throw initFailure(
+          id,
+          buildOutputs(pending, secrets, m),
+          `Migration '${id}' is paused on the agent (since ${m.pausedAt}) in ${describeProgress(m)}, so it cannot get in sync. Fix: resume it (\`pgferry resume ${id}\`), then run \`pulumi up\` again.`,
+        );
       }
       if (!(IN_SYNC_PHASES as readonly string[]).includes(m.phase)) {
-        throw initFailure(id, buildOutputs(pending, secrets, m),
-          `Migration '${id}' was not in sync within \`createTimeoutMinutes\` (${a.createTimeoutMinutes ?? DEFAULTS.createTimeoutMinutes} min): ${describeProgress(m)}. It keeps running on the agent. Fix: run \`pulumi refresh\` to follow it, or raise \`createTimeoutMinutes\`; the next \`pulumi up\` continues.`);
+        throw initFailure(
+          id,
+          buildOutputs(pending, secrets, m),
+          `Migration '${id}' was not in sync within \`createTimeoutMinutes\` (${a.createTimeoutMinutes ?? DEFAULTS.createTimeoutMinutes} min): ${describeProgress(m)}. It keeps running on the agent. Fix: run \`pulumi refresh\` to follow it, or raise \`createTimeoutMinutes\`; the next \`pulumi up\` continues.`,
+        );
       }
     }
     if (a.cutover && m.phase !== 'completed') {
@@ -388,8 +432,10 @@ async function runCutover(client: AgentClient, a: MigrationInputs): Promise<Migr
   }
   if (m.phase !== 'completed') {
     const reason = m.cutover?.error || (m.errorMessage ? failedMessage(m) : `the cutover ended in state '${m.cutover?.state ?? m.phase}'`);
-    throw userError(`Cutover of migration '${id}' did not complete: ${reason}. The source stays writable.`,
-      `${m.errorRemedy ? `${m.errorRemedy} Then ` : ''}run \`pulumi up\` again to retry (\`cutoverOptions.maxLagSeconds\`, \`cutoverOptions.timeoutMs\` and \`cutoverOptions.validation\` tune it).`);
+    throw userError(
+      `Cutover of migration '${id}' did not complete: ${reason}. The source stays writable.`,
+      `${m.errorRemedy ? `${m.errorRemedy} Then ` : ''}run \`pulumi up\` again to retry (\`cutoverOptions.maxLagSeconds\`, \`cutoverOptions.timeoutMs\` and \`cutoverOptions.validation\` tune it).`,
+    );
   }
   return m;
 }
@@ -402,8 +448,10 @@ async function runCutover(client: AgentClient, a: MigrationInputs): Promise<Migr
 export async function read(id: string, props: Props): Promise<ReadResult> {
   const { echo, secrets, agent } = fromState(props ?? {});
   if (!agent) {
-    throw userError(`Cannot read migration '${id}': the state holds no \`agent.endpoint\`.`,
-      'declare the resource with its `agent` (and `migrationId`) so Create adopts the existing migration, or use `Migration.get(name, id, { agent, source, target })`.');
+    throw userError(
+      `Cannot read migration '${id}': the state holds no \`agent.endpoint\`.`,
+      'declare the resource with its `agent` (and `migrationId`) so Create adopts the existing migration, or use `Migration.get(name, id, { agent, source, target })`.',
+    );
   }
   const client = clientFor(agent);
   try {
@@ -448,8 +496,11 @@ export async function update(id: string, olds: Props, news: Props): Promise<Upda
       m = await client.getMigration(id);
     } catch (e) {
       if (isAgentError(e) && e.code === 'MIGRATION_NOT_FOUND') {
-        throw userError(`Migration '${id}' no longer exists on the agent at '${a.agent.endpoint}'.`,
-          'run `pulumi refresh` to drop it from the state, then `pulumi up` to start it again (or point `agent.endpoint` at the agent that holds it).', e);
+        throw userError(
+          `Migration '${id}' no longer exists on the agent at '${a.agent.endpoint}'.`,
+          'run `pulumi refresh` to drop it from the state, then `pulumi up` to start it again (or point `agent.endpoint` at the agent that holds it).',
+          e,
+        );
       }
       throw stepError('Update', id, e, a.agent.endpoint);
     }
@@ -467,17 +518,22 @@ export async function update(id: string, olds: Props, news: Props): Promise<Upda
       } catch (e) {
         throw stepError('Handing the new credentials to the agent', id, e, a.agent.endpoint);
       }
-      if (secretsChanged) notes.push('Rotated credentials were handed to the agent, which stores them; the running migration uses them once the agent restarts.');
+      if (secretsChanged)
+        notes.push('Rotated credentials were handed to the agent, which stores them; the running migration uses them once the agent restarts.');
       if (applyChanged) notes.push('`apply` changed: the agent stored it; the running migration uses it once the agent restarts.');
     }
     if (!same(olds.copy, a.copy) || (olds.overwriteTarget ?? false) !== (a.overwriteTarget ?? false)) {
-      notes.push(`\`copy\` / \`overwriteTarget\` changed: they apply the next time a migration starts; the running migration '${id}' keeps the settings it started with.`);
+      notes.push(
+        `\`copy\` / \`overwriteTarget\` changed: they apply the next time a migration starts; the running migration '${id}' keeps the settings it started with.`,
+      );
     }
 
     if (wantCutover && m.phase !== 'completed') {
       if (m.phase === 'failed') {
-        throw userError(`Cannot cut over migration '${id}': it failed: ${failedMessage(m)}`,
-          'fix the cause; the agent retries a failed migration when started again (rotate nothing and run `pulumi up`, or replace the resource).');
+        throw userError(
+          `Cannot cut over migration '${id}': it failed: ${failedMessage(m)}`,
+          'fix the cause; the agent retries a failed migration when started again (rotate nothing and run `pulumi up`, or replace the resource).',
+        );
       }
       m = await runCutover(client, a);
     } else if (!wantCutover && m.phase === 'cutting-over') {

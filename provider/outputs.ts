@@ -14,8 +14,15 @@
  */
 import { scryptSync } from 'node:crypto';
 import {
-  DEFAULTS, SSL_MODES, type ActiveEndpoint, type ConnectionOutput, type EndpointArgs, type EndpointEcho,
-  type MigrationInputs, type MigrationOutputs, type SslMode,
+  DEFAULTS,
+  SSL_MODES,
+  type ActiveEndpoint,
+  type ConnectionOutput,
+  type EndpointArgs,
+  type EndpointEcho,
+  type MigrationInputs,
+  type MigrationOutputs,
+  type SslMode,
 } from './args';
 import type { CutoverRequestMessage, MigrationMessage, MigrationSpecMessage } from '../api/client';
 
@@ -42,7 +49,13 @@ export function parseConnectionString(cs: string): { host?: string; port?: numbe
     return {};
   }
   const q = url.searchParams;
-  const dec = (s: string) => { try { return decodeURIComponent(s); } catch { return s; } };
+  const dec = (s: string) => {
+    try {
+      return decodeURIComponent(s);
+    } catch {
+      return s;
+    }
+  };
   const host = q.get('host') ?? (url.hostname ? dec(url.hostname.replace(/^\[|\]$/g, '')) : undefined);
   const portText = q.get('port') ?? url.port;
   return {
@@ -57,9 +70,7 @@ export function parseConnectionString(cs: string): { host?: string; port?: numbe
 
 /** A connection string with its password (userinfo or `password=`) replaced by `***`. */
 export function redactConnectionString(cs: string): string {
-  return cs
-    .replace(/^(postgres(?:ql)?:\/\/[^:/@?#]*:)[^@/?#]*@/i, '$1***@')
-    .replace(/([?&]password=)[^&#]*/gi, '$1***');
+  return cs.replace(/^(postgres(?:ql)?:\/\/[^:/@?#]*:)[^@/?#]*@/i, '$1***@').replace(/([?&]password=)[^&#]*/gi, '$1***');
 }
 
 /** The endpoint as echoed in outputs: without `password`, the connection string redacted. */
@@ -82,7 +93,7 @@ export function resolveConnection(e: EndpointArgs): ConnectionOutput {
   const user = p.user ?? e.user ?? '';
   const password = p.password ?? e.password;
   const mode = p.sslMode ?? e.sslMode ?? DEFAULTS.sslMode;
-  const sslMode: SslMode = (SSL_MODES as readonly string[]).includes(mode) ? mode as SslMode : DEFAULTS.sslMode;
+  const sslMode: SslMode = (SSL_MODES as readonly string[]).includes(mode) ? (mode as SslMode) : DEFAULTS.sslMode;
   const auth = password ? `${encodeURIComponent(user)}:${encodeURIComponent(password)}` : encodeURIComponent(user);
   const connectionString = `postgresql://${auth}@${uriHost(host)}:${port}/${encodeURIComponent(database)}?sslmode=${sslMode}`;
   return compact({ host, port, database, user, password, sslMode, connectionString });
@@ -90,10 +101,17 @@ export function resolveConnection(e: EndpointArgs): ConnectionOutput {
 
 /** The spec the agent validates (agent/engine/spec.ts), from the arguments. */
 export function toSpec(a: MigrationInputs): MigrationSpecMessage {
-  const endpoint = (e: EndpointArgs) => compact({
-    connectionString: e.connectionString, host: e.host, port: e.port, database: e.database,
-    user: e.user, password: e.password, sslMode: e.sslMode, sslRootCert: e.sslRootCert,
-  });
+  const endpoint = (e: EndpointArgs) =>
+    compact({
+      connectionString: e.connectionString,
+      host: e.host,
+      port: e.port,
+      database: e.database,
+      user: e.user,
+      password: e.password,
+      sslMode: e.sslMode,
+      sslRootCert: e.sslRootCert,
+    });
   return compact({
     id: a.migrationId,
     source: endpoint(a.source),
@@ -130,16 +148,35 @@ export function toCutoverRequest(a: MigrationInputs): CutoverRequestMessage {
  */
 export function secretsDigest(a: Pick<MigrationInputs, 'migrationId' | 'source' | 'target'>): string {
   const material = JSON.stringify([
-    a.source?.password ?? null, a.source?.connectionString ?? null,
-    a.target?.password ?? null, a.target?.connectionString ?? null,
+    a.source?.password ?? null,
+    a.source?.connectionString ?? null,
+    a.target?.password ?? null,
+    a.target?.connectionString ?? null,
   ]);
   return scryptSync(material, `pgferry:${a.migrationId}`, 32, { N: 16384, r: 8, p: 1 }).toString('hex');
 }
 
 /** The arguments echoed into outputs, without secrets and with defaults applied. */
-export function echoArgs(a: MigrationInputs): Pick<MigrationOutputs,
-  'agent' | 'source' | 'target' | 'tables' | 'schemaMode' | 'overwriteTarget' | 'migrationId' | 'slotName' | 'publicationName'
-  | 'copy' | 'apply' | 'waitForSync' | 'createTimeoutMinutes' | 'cutover' | 'cutoverOptions'> {
+export function echoArgs(
+  a: MigrationInputs,
+): Pick<
+  MigrationOutputs,
+  | 'agent'
+  | 'source'
+  | 'target'
+  | 'tables'
+  | 'schemaMode'
+  | 'overwriteTarget'
+  | 'migrationId'
+  | 'slotName'
+  | 'publicationName'
+  | 'copy'
+  | 'apply'
+  | 'waitForSync'
+  | 'createTimeoutMinutes'
+  | 'cutover'
+  | 'cutoverOptions'
+> {
   return compact({
     agent: compact({ endpoint: a.agent.endpoint, caCert: a.agent.caCert, clientCert: a.agent.clientCert, insecure: a.agent.insecure }),
     source: echoEndpoint(a.source),
@@ -184,9 +221,7 @@ export function secretPartsFromInputs(a: MigrationInputs): SecretParts {
 /** The agent's status as outputs (the live part). */
 export function liveOutputs(m: MigrationMessage): Partial<MigrationOutputs> {
   const c = m.cutover;
-  const error = m.errorMessage
-    ? `${m.errorCode ? `${m.errorCode}: ` : ''}${m.errorMessage}${m.errorRemedy ? ` Fix: ${m.errorRemedy}` : ''}`
-    : undefined;
+  const error = m.errorMessage ? `${m.errorCode ? `${m.errorCode}: ` : ''}${m.errorMessage}${m.errorRemedy ? ` Fix: ${m.errorRemedy}` : ''}` : undefined;
   return compact({
     phase: m.phase,
     tablesTotal: m.tablesTotal,
@@ -204,9 +239,10 @@ export function liveOutputs(m: MigrationMessage): Partial<MigrationOutputs> {
     error,
     pausedAt: m.paused ? m.pausedAt : undefined,
     sourceFence: m.fence?.state || undefined,
-    sourceFenceDetail: m.fence?.state === 'lift-pending'
-      ? `lift pending on database '${m.fence.database}' since ${m.fence.since} (${m.fence.liftAttempts} attempt(s)${m.fence.lastLiftError ? `, last: ${m.fence.lastLiftError}` : ''}); the agent keeps retrying. By hand: ${m.fence.liftStatement}`
-      : undefined,
+    sourceFenceDetail:
+      m.fence?.state === 'lift-pending'
+        ? `lift pending on database '${m.fence.database}' since ${m.fence.since} (${m.fence.liftAttempts} attempt(s)${m.fence.lastLiftError ? `, last: ${m.fence.lastLiftError}` : ''}); the agent keeps retrying. By hand: ${m.fence.liftStatement}`
+        : undefined,
     cutoverState: c?.state || undefined,
     writeDowntimeMs: c && (c.state === 'completed' || c.writeDowntimeMs > 0) ? c.writeDowntimeMs : undefined,
     validationOk: c && c.state === 'completed' ? c.validationOk : undefined,
@@ -224,18 +260,19 @@ export function activeEndpointOf(m: MigrationMessage): ActiveEndpoint {
 }
 
 /** The outputs: echo + live status + secret parts, `activeConnection` chosen by the active endpoint. */
-export function buildOutputs(
-  echo: ReturnType<typeof echoArgs>,
-  secrets: SecretParts,
-  m: MigrationMessage,
-  notes: string[] = [],
-): MigrationOutputs {
+export function buildOutputs(echo: ReturnType<typeof echoArgs>, secrets: SecretParts, m: MigrationMessage, notes: string[] = []): MigrationOutputs {
   const live = liveOutputs(m);
   const active = activeEndpointOf(m);
   const out: MigrationOutputs = {
     ...echo,
     phase: m.phase,
-    tablesTotal: 0, tablesCopied: 0, rowsCopied: 0, progress: 0, lagBytes: 0, lagSeconds: 0, retainedWalBytes: 0,
+    tablesTotal: 0,
+    tablesCopied: 0,
+    rowsCopied: 0,
+    progress: 0,
+    lagBytes: 0,
+    lagSeconds: 0,
+    retainedWalBytes: 0,
     ...live,
     activeEndpoint: active,
     notes,

@@ -5,7 +5,20 @@
  * servers in sync.test.ts and roundtrip.test.ts.
  */
 import assert from 'node:assert/strict';
-import { BufferPool, Bytes, COPY_MIN_ROWS, KeyHashes, Plan, ArrayParam, TextModeNeeded, type Group, type RelMap, type Single, type Step, type TargetTable } from '../agent/engine/apply-plan';
+import {
+  BufferPool,
+  Bytes,
+  COPY_MIN_ROWS,
+  KeyHashes,
+  Plan,
+  ArrayParam,
+  TextModeNeeded,
+  type Group,
+  type RelMap,
+  type Single,
+  type Step,
+  type TargetTable,
+} from '../agent/engine/apply-plan';
 import { PgferryError } from '../agent/engine/errors';
 import { TupleData, type RelationMessage } from '../agent/engine/pgoutput';
 
@@ -15,7 +28,13 @@ function tuple(values: (string | Buffer | null | undefined)[]): TupleData {
   for (const v of values) {
     if (v === null) parts.push(Buffer.from('n'));
     else if (v === undefined) parts.push(Buffer.from('u'));
-    else { const b = Buffer.isBuffer(v) ? v : Buffer.from(v); const h = Buffer.alloc(5); h.write(Buffer.isBuffer(v) ? 'b' : 't'); h.writeUInt32BE(b.length, 1); parts.push(h, b); }
+    else {
+      const b = Buffer.isBuffer(v) ? v : Buffer.from(v);
+      const h = Buffer.alloc(5);
+      h.write(Buffer.isBuffer(v) ? 'b' : 't');
+      h.writeUInt32BE(b.length, 1);
+      parts.push(h, b);
+    }
   }
   const buf = Buffer.concat([Buffer.from('padding'), ...parts]);
   return new TupleData(buf, 7, buf.length, values.length);
@@ -23,11 +42,25 @@ function tuple(values: (string | Buffer | null | undefined)[]): TupleData {
 
 function relMap(name: string, columns: string[], key: number[], castType = 'text'): RelMap {
   const rel: RelationMessage = {
-    tag: 'relation', relationOid: name.length, schema: 'public', name, replicaIdentity: 'd',
-    columns: columns.map((c, i) => ({ name: c, isKey: key.includes(i), typeOid: 25, typeMod: -1 })), keyIndexes: key,
+    tag: 'relation',
+    relationOid: name.length,
+    schema: 'public',
+    name,
+    replicaIdentity: 'd',
+    columns: columns.map((c, i) => ({ name: c, isKey: key.includes(i), typeOid: 25, typeMod: -1 })),
+    keyIndexes: key,
   };
   const target: TargetTable = { schema: 'public', name, quoted: `public.${name}`, partitioned: false, countsHere: false, columns: new Map() };
-  const cols = columns.map((c) => ({ name: c, castType, generated: false, identityAlways: false, collate: '', collatable: castType === 'text', castOid: 25, binaryOk: true }));
+  const cols = columns.map((c) => ({
+    name: c,
+    castType,
+    generated: false,
+    identityAlways: false,
+    collate: '',
+    collatable: castType === 'text',
+    castOid: 25,
+    binaryOk: true,
+  }));
   for (const c of cols) target.columns.set(c.name, c);
   return { rel, target, cols, writeIdx: columns.map((_, i) => i), keyIdx: key, full: false, overriding: false, syncLsn: 0n, binary: false, shapes: new Map() };
 }
@@ -61,12 +94,15 @@ describe('apply-plan: grouping changes into statements', function () {
     const p = new Plan(true);
     p.update(a, tuple(['1', 'x']), 1n);
     p.update(a, tuple(['2', 'x']), 1n);
-    p.update(a, tuple(['1', 'y']), 2n);       // key 1 again: a statement of its own, after the first
+    p.update(a, tuple(['1', 'y']), 2n); // key 1 again: a statement of its own, after the first
     p.update(a, tuple(['3', undefined]), 3n); // v not sent (unchanged TOAST): another shape
     const steps = p.steps() as Group[];
     assert.deepEqual(steps.map(describeStep), ['UPDATE a x2', 'UPDATE a x1', 'UPDATE a x1']);
     assert.equal(steps[2].shape.text, null, 'nothing to SET when the only non-key column was not sent');
-    assert.match(steps[0].shape.text!, /^UPDATE public\.a AS t SET v = v\.c1::text FROM unnest\(\$1::text\[\], \$2::text\[\]\) AS v\(c0, c1\) WHERE t\.id = v\.c0::text$/);
+    assert.match(
+      steps[0].shape.text!,
+      /^UPDATE public\.a AS t SET v = v\.c1::text FROM unnest\(\$1::text\[\], \$2::text\[\]\) AS v\(c0, c1\) WHERE t\.id = v\.c0::text$/,
+    );
   });
 
   it('probes a key without text-like columns in key order (sorted before the join); a text key in arrival order', function () {
@@ -75,8 +111,14 @@ describe('apply-plan: grouping changes into statements', function () {
     p.update(n, tuple(['2', '5', 'x']), 1n);
     p.delete(n, tuple(['1', '5', null]), 2n);
     const [upd, del] = p.steps() as Group[];
-    assert.equal(upd.shape.text, 'UPDATE public.n AS t SET v = v.c2::bigint FROM (SELECT v.c0::bigint AS k0, v.c1::bigint AS k1, v.c2 FROM unnest($1::text[], $2::text[], $3::text[]) AS v(c0, c1, c2) ORDER BY k0, k1) AS v WHERE t.id = v.k0 AND t.day = v.k1');
-    assert.equal(del.shape.text, 'DELETE FROM public.n AS t USING (SELECT v.c0::bigint AS k0, v.c1::bigint AS k1 FROM unnest($1::text[], $2::text[]) AS v(c0, c1) ORDER BY k0, k1) AS v WHERE t.id = v.k0 AND t.day = v.k1');
+    assert.equal(
+      upd.shape.text,
+      'UPDATE public.n AS t SET v = v.c2::bigint FROM (SELECT v.c0::bigint AS k0, v.c1::bigint AS k1, v.c2 FROM unnest($1::text[], $2::text[], $3::text[]) AS v(c0, c1, c2) ORDER BY k0, k1) AS v WHERE t.id = v.k0 AND t.day = v.k1',
+    );
+    assert.equal(
+      del.shape.text,
+      'DELETE FROM public.n AS t USING (SELECT v.c0::bigint AS k0, v.c1::bigint AS k1 FROM unnest($1::text[], $2::text[]) AS v(c0, c1) ORDER BY k0, k1) AS v WHERE t.id = v.k0 AND t.day = v.k1',
+    );
     const q = new Plan(true);
     q.delete(a, tuple(['1', null]), 1n);
     assert.equal((q.steps()[0] as Group).shape.text, 'DELETE FROM public.a AS t USING unnest($1::text[]) AS v(c0) WHERE t.id = v.c0::text');
@@ -96,7 +138,13 @@ describe('apply-plan: grouping changes into statements', function () {
     const p = new Plan(true);
     p.insert(a, tuple(['1', 'x']), 1n);
     p.insert(b, tuple(['1', 'x']), 1n);
-    const truncate: Single = { kind: 'single', op: 'TRUNCATE', change: { op: 'TRUNCATE', maps: [a], restartIdentity: false, lsn: 2n }, form: null, safe: false };
+    const truncate: Single = {
+      kind: 'single',
+      op: 'TRUNCATE',
+      change: { op: 'TRUNCATE', maps: [a], restartIdentity: false, lsn: 2n },
+      form: null,
+      safe: false,
+    };
     p.addBarrier(truncate);
     p.insert(a, tuple(['2', 'x']), 3n);
     assert.deepEqual(p.steps().map(describeStep), ['INSERT a x1', 'INSERT b x1', 'single TRUNCATE', 'INSERT a x1']);
@@ -145,10 +193,16 @@ describe('apply-plan: grouping changes into statements', function () {
 
   describe('binary values (a stream started with pgoutput binary)', function () {
     /** A big-endian int8, as int8send writes it. */
-    const i8 = (n: number) => { const b = Buffer.alloc(8); b.writeBigInt64BE(BigInt(n)); return b; };
+    const i8 = (n: number) => {
+      const b = Buffer.alloc(8);
+      b.writeBigInt64BE(BigInt(n));
+      return b;
+    };
     const bin = () => {
       const m = relMap('bn', ['id', 'gen', 'v'], [0], 'bigint');
-      m.cols.forEach((c) => { c!.castOid = 20; });
+      m.cols.forEach((c) => {
+        c!.castOid = 20;
+      });
       m.cols[1] = null; // generated on the target: not written
       m.writeIdx = [0, 2];
       m.binary = true;
@@ -170,7 +224,11 @@ describe('apply-plan: grouping changes into statements', function () {
         assert.equal(data.readInt16BE(o), 2, `row ${i}: two fields (the generated column left out)`);
         assert.equal(data.readInt32BE(o + 2), 8);
         assert.equal(data.readBigInt64BE(o + 6), BigInt(i));
-        if (i === 2) { assert.equal(data.readInt32BE(o + 14), -1); o += 18; continue; }
+        if (i === 2) {
+          assert.equal(data.readInt32BE(o + 14), -1);
+          o += 18;
+          continue;
+        }
         assert.equal(data.readInt32BE(o + 14), 8);
         assert.equal(data.readBigInt64BE(o + 18), BigInt(1000 + i));
         o += 26;
@@ -185,7 +243,10 @@ describe('apply-plan: grouping changes into statements', function () {
       p.update(m, tuple([i8(7), null, i8(70)]), 1n);
       p.insert(m, tuple([i8(8), null, null]), 1n);
       const [upd, ins] = p.steps() as Group[];
-      assert.equal(upd.shape.text, 'UPDATE public.bn AS t SET v = v.c1::bigint FROM (SELECT v.c0::bigint AS k0, v.c1 FROM unnest($1::bigint[], $2::bigint[]) AS v(c0, c1) ORDER BY k0) AS v WHERE t.id = v.k0');
+      assert.equal(
+        upd.shape.text,
+        'UPDATE public.bn AS t SET v = v.c1::bigint FROM (SELECT v.c0::bigint AS k0, v.c1 FROM unnest($1::bigint[], $2::bigint[]) AS v(c0, c1) ORDER BY k0) AS v WHERE t.id = v.k0',
+      );
       const [keys, vals] = upd.arrays!.map((x) => x.finish());
       assert.deepEqual([keys.readInt32BE(8), keys.readInt32BE(12), keys.readInt32BE(20)], [20, 1, 8]);
       assert.equal(keys.readBigInt64BE(24), 7n);
@@ -199,7 +260,10 @@ describe('apply-plan: grouping changes into statements', function () {
     it('asks for a text stream (TextModeNeeded) when a value of a binary table comes as text, before writing it anywhere', function () {
       const m = bin();
       const p = new Plan(true);
-      assert.throws(() => p.update(m, tuple([i8(1), null, '12345678']), 1n), (e: unknown) => e instanceof TextModeNeeded && e.table === 'public.bn' && e.column === 'v');
+      assert.throws(
+        () => p.update(m, tuple([i8(1), null, '12345678']), 1n),
+        (e: unknown) => e instanceof TextModeNeeded && e.table === 'public.bn' && e.column === 'v',
+      );
       for (let i = 0; i < COPY_MIN_ROWS; i++) p.insert(m, tuple([i8(i), null, i8(i)]), 1n);
       assert.throws(() => p.insert(m, tuple([i8(99), null, '12345678']), 1n), TextModeNeeded);
       const g = p.steps().find((s) => s.kind === 'group' && s.op === 'INSERT') as Group;
@@ -209,8 +273,11 @@ describe('apply-plan: grouping changes into statements', function () {
 
   it('refuses, naming table, column and transaction, a needed value that was not sent (unchanged TOAST key)', function () {
     const p = new Plan(true);
-    assert.throws(() => p.update(a, tuple([undefined, 'x']), 0x1_0000_0010n), (e: unknown) =>
-      e instanceof PgferryError && e.code === 'APPLY_FAILED' && /UPDATE on public\.a \(source transaction at 1\/10\): column id is needed/.test(e.message));
+    assert.throws(
+      () => p.update(a, tuple([undefined, 'x']), 0x1_0000_0010n),
+      (e: unknown) =>
+        e instanceof PgferryError && e.code === 'APPLY_FAILED' && /UPDATE on public\.a \(source transaction at 1\/10\): column id is needed/.test(e.message),
+    );
   });
 });
 
@@ -235,7 +302,10 @@ describe('apply-plan: parameter encodings', function () {
     const hashes = [0, 0x3fffffff, 64, 128, 1];
     for (let i = 0; i < 5000; i++) hashes.push((Math.imul(i, 0x9e3779b1) >>> 0) & 0x3fffffff);
     const unique = [...new Set(hashes)];
-    for (const h of unique) { assert.equal(k.has(h), false, `${h} before add`); k.add(h); }
+    for (const h of unique) {
+      assert.equal(k.has(h), false, `${h} before add`);
+      k.add(h);
+    }
     assert.equal(k.size, unique.length);
     for (const h of unique) assert.equal(k.has(h), true, `${h} after add`);
     assert.equal(k.has(2), false);
@@ -253,7 +323,9 @@ describe('apply-plan: parameter encodings', function () {
   it('lends the buffers of a released plan to the next one, and keeps no more than its limit', function () {
     const pool = new BufferPool(1 << 20);
     const a = relMap('a', ['id', 'v'], [0]);
-    const rows = (p: Plan, from: number) => { for (let i = from; i < from + 200; i++) p.insert(a, tuple([String(i), 'v'.repeat(300)]), 1n); };
+    const rows = (p: Plan, from: number) => {
+      for (let i = from; i < from + 200; i++) p.insert(a, tuple([String(i), 'v'.repeat(300)]), 1n);
+    };
     const first = new Plan(true, pool);
     rows(first, 0);
     assert.ok(pool.size > 0, 'a growing COPY buffer hands back what it outgrew');

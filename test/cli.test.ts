@@ -27,15 +27,45 @@ function assertFits(lines: string[], width = WIDTH): void {
 /** A migration in the middle of its load, with awkward names and big numbers. */
 function loadingMigration(): MigrationMessage {
   const table = (schema: string, name: string, phase: string, rows: number, of: number) => ({
-    schema, name, phase, rowsCopied: rows, bytesCopied: rows * 120, rowsEstimated: of, bytesEstimated: of * 120,
+    schema,
+    name,
+    phase,
+    rowsCopied: rows,
+    bytesCopied: rows * 120,
+    rowsEstimated: of,
+    bytesEstimated: of * 120,
   });
   return {
-    id: 'a_rather_long_migration_identifier_40ch', phase: 'loading', errorCode: '', errorMessage: '', errorRemedy: '',
-    createdAt: '', updatedAt: '', tablesTotal: 40, tablesCopied: 12, rowsCopied: 123_456_789, bytesCopied: 14_814_814_680,
-    bytesEstimated: 40_000_000_000, progress: 0.37, etaSeconds: 4_321, lagBytes: 987_654_321, lagSeconds: 1234.5,
-    retainedWalBytes: 55_000_000_000, applyRate: 0, appliedLsn: '', slotName: 'pgferry_a_rather_long_migration_identifier_40ch',
-    publicationName: 'pgferry_x', specFingerprint: 'f', cutover: null, activeEndpoint: 'source', changesApplied: 0,
-    sourceVersion: '14.17', targetVersion: '17.5', paused: false, pausedAt: '', fence: null,
+    id: 'a_rather_long_migration_identifier_40ch',
+    phase: 'loading',
+    errorCode: '',
+    errorMessage: '',
+    errorRemedy: '',
+    createdAt: '',
+    updatedAt: '',
+    tablesTotal: 40,
+    tablesCopied: 12,
+    rowsCopied: 123_456_789,
+    bytesCopied: 14_814_814_680,
+    bytesEstimated: 40_000_000_000,
+    progress: 0.37,
+    etaSeconds: 4_321,
+    lagBytes: 987_654_321,
+    lagSeconds: 1234.5,
+    retainedWalBytes: 55_000_000_000,
+    applyRate: 0,
+    appliedLsn: '',
+    slotName: 'pgferry_a_rather_long_migration_identifier_40ch',
+    publicationName: 'pgferry_x',
+    specFingerprint: 'f',
+    cutover: null,
+    activeEndpoint: 'source',
+    changesApplied: 0,
+    sourceVersion: '14.17',
+    targetVersion: '17.5',
+    paused: false,
+    pausedAt: '',
+    fence: null,
     tables: [
       table('billing_and_accounting_schema', 'invoice_line_items_with_a_very_long_name', 'copying', 98_765_432, 150_000_000),
       table('public', 'orders', 'copied', 3_000_000, 3_000_000),
@@ -50,7 +80,10 @@ describe('cli: rendering fits an 80-column terminal', () => {
     const m = loadingMigration();
     const detail = renderMigration(m, { width: WIDTH });
     assertFits(detail);
-    assert.ok(detail.some((l) => l.includes('invoice_line_items') || l.includes('billing_and')), 'the copying table is listed first');
+    assert.ok(
+      detail.some((l) => l.includes('invoice_line_items') || l.includes('billing_and')),
+      'the copying table is listed first',
+    );
     assert.ok(detail.filter((l) => l.includes('█') || l.includes('░')).length >= 10, 'per-table bars');
     assert.ok(detail.length < 30, 'long table lists are summarised');
     assertFits(renderMigration(m, { width: 60 }), 60);
@@ -59,36 +92,66 @@ describe('cli: rendering fits an 80-column terminal', () => {
     const pausedLines = renderMigration(paused, { width: WIDTH });
     assertFits(pausedLines);
     assert.match(pausedLines[0], /SYNCING \(PAUSED\)/);
-    assert.match(pausedLines.join(' ').replace(/\s+/g, ' '), /since 2026-11-29T10:00:00\.000Z; .* pgferry resume a_rather_long_migration_identifier_40ch/, 'when, and the whole command to resume');
+    assert.match(
+      pausedLines.join(' ').replace(/\s+/g, ' '),
+      /since 2026-11-29T10:00:00\.000Z; .* pgferry resume a_rather_long_migration_identifier_40ch/,
+      'when, and the whole command to resume',
+    );
     assert.match(renderList([paused], { width: WIDTH })[1], /paused/);
     const failed = {
-      ...m, phase: 'failed', errorCode: 'APPLY_FAILED',
+      ...m,
+      phase: 'failed',
+      errorCode: 'APPLY_FAILED',
       errorMessage: `Applying a change to "billing"."invoices" failed: ${'duplicate key value violates unique constraint '.repeat(4)}`,
       errorRemedy: 'ALTER TABLE billing.invoices REPLICA IDENTITY FULL; then pgferry start --spec FILE to resume where it stopped.',
     };
     const lines = renderMigration(failed, { width: WIDTH });
     assertFits(lines);
     assert.ok(lines.join(' ').replace(/\s+/g, ' ').includes('REPLICA IDENTITY FULL;'), 'the fix is wrapped, not cut');
-    assertFits(renderPreflight({
-      ok: false, sourceVersion: '14.1', targetVersion: '17.2', tableCount: 3,
-      checks: [{ name: 'replica_identity', verdict: 'fail', message: 'Tables without a primary key or replica identity: '.repeat(3), remedy: 'ALTER TABLE public.a REPLICA IDENTITY FULL; '.repeat(4), objects: ['public.a', 'public.b'] }],
-    }, { width: WIDTH }));
+    assertFits(
+      renderPreflight(
+        {
+          ok: false,
+          sourceVersion: '14.1',
+          targetVersion: '17.2',
+          tableCount: 3,
+          checks: [
+            {
+              name: 'replica_identity',
+              verdict: 'fail',
+              message: 'Tables without a primary key or replica identity: '.repeat(3),
+              remedy: 'ALTER TABLE public.a REPLICA IDENTITY FULL; '.repeat(4),
+              objects: ['public.a', 'public.b'],
+            },
+          ],
+        },
+        { width: WIDTH },
+      ),
+    );
   });
 });
 
 describe('cli: spec files', () => {
   let dir: string;
-  before(() => { dir = mkdtempSync(join(tmpdir(), 'pgferry-specs-')); });
+  before(() => {
+    dir = mkdtempSync(join(tmpdir(), 'pgferry-specs-'));
+  });
   after(() => rmSync(dir, { recursive: true, force: true }));
 
   it('resolves {"env"} and {"file"} references, accepts migrationId and ignores Pulumi-only keys', () => {
     writeFileSync(join(dir, 'pw'), 'from-a-file\n');
     const f = join(dir, 'spec.json');
-    writeFileSync(f, JSON.stringify({
-      migrationId: 'orders', agent: { endpoint: 'x:1' }, cutover: false,
-      source: { host: 'h', database: 'd', user: 'u', password: { env: 'SRC_PW' } },
-      target: { connectionString: { file: 'pw' } }, copy: { workers: 3 },
-    }));
+    writeFileSync(
+      f,
+      JSON.stringify({
+        migrationId: 'orders',
+        agent: { endpoint: 'x:1' },
+        cutover: false,
+        source: { host: 'h', database: 'd', user: 'u', password: { env: 'SRC_PW' } },
+        target: { connectionString: { file: 'pw' } },
+        copy: { workers: 3 },
+      }),
+    );
     const spec = loadSpecFile(f, { SRC_PW: 'from-the-env' });
     assert.equal(spec.id, 'orders');
     assert.equal(spec.source.password, 'from-the-env');
@@ -108,7 +171,11 @@ describe('cli: spec files', () => {
     for (const [i, c] of cases.entries()) {
       const f = join(dir, `bad${i}.json`);
       writeFileSync(f, JSON.stringify(c));
-      assert.throws(() => loadSpecFile(f, {}), (e: { code?: string }) => e.code === 'INVALID_SPEC', JSON.stringify(c));
+      assert.throws(
+        () => loadSpecFile(f, {}),
+        (e: { code?: string }) => e.code === 'INVALID_SPEC',
+        JSON.stringify(c),
+      );
     }
   });
 });
@@ -143,7 +210,10 @@ describe('cli: against a running migration (PostgreSQL 14 → 17)', function () 
     assert.equal(m.progress, 1);
     const all = await runCli(['status', '--json', ...conn], { env: { PGFERRY_AGENT: undefined } });
     assert.equal(all.code, 0, all.stderr);
-    assert.deepEqual((JSON.parse(all.stdout) as { migrations: MigrationMessage[] }).migrations.map((x) => x.id), ['shop']);
+    assert.deepEqual(
+      (JSON.parse(all.stdout) as { migrations: MigrationMessage[] }).migrations.map((x) => x.id),
+      ['shop'],
+    );
   });
 
   it('status for people fits 80 columns and shows the phase, lag and slot', async () => {
@@ -172,10 +242,15 @@ describe('cli: against a running migration (PostgreSQL 14 → 17)', function () 
     const child = spawn(process.execPath, [CLI, 'status', 'shop', '--watch', '--json', '--interval-ms', '200', ...conn], { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     let err = '';
-    child.stderr.on('data', (d: Buffer) => { err += d.toString(); });
+    child.stderr.on('data', (d: Buffer) => {
+      err += d.toString();
+    });
     const exited = new Promise<number | null>((r) => child.once('close', (code) => r(code)));
     await new Promise<void>((resolve, reject) => {
-      child.stdout.on('data', (d: Buffer) => { out += d.toString(); if (out.includes('\n')) resolve(); });
+      child.stdout.on('data', (d: Buffer) => {
+        out += d.toString();
+        if (out.includes('\n')) resolve();
+      });
       child.once('close', () => reject(new Error(`watch ended early: ${err}`)));
     });
     const first = JSON.parse(out.split('\n')[0]) as MigrationMessage;

@@ -19,7 +19,10 @@ describe('cutover: PostgreSQL 14 → 17', function () {
   const DB = 'ledger';
 
   const spec = () => ({
-    id: 'ledger', source: source.endpoint(DB), target: target.endpoint(DB), tables: { include: ['public.*'] },
+    id: 'ledger',
+    source: source.endpoint(DB),
+    target: target.endpoint(DB),
+    tables: { include: ['public.*'] },
     apply: { batchChanges: 500, batchMs: 20 },
   });
 
@@ -36,11 +39,15 @@ describe('cutover: PostgreSQL 14 → 17', function () {
     try {
       const r = await c.query('SHOW default_transaction_read_only');
       return r.rows[0].default_transaction_read_only === 'off';
-    } finally { await c.end(); }
+    } finally {
+      await c.end();
+    }
   }
 
   async function expectCutoverFailure(p: Promise<unknown>, codes: string[]): Promise<void> {
-    try { await p; } catch (e) {
+    try {
+      await p;
+    } catch (e) {
       assert.ok(isAgentError(e), String(e));
       assert.ok(codes.includes(e.code), `expected one of ${codes}, got ${e.code}: ${e.message}`);
       return;
@@ -52,8 +59,12 @@ describe('cutover: PostgreSQL 14 → 17', function () {
     [source, target] = await Promise.all([startCluster({ version: 14, fast: true }), startCluster({ version: 17, fast: true })]);
     await source.createDatabase(DB);
     await target.createDatabase(DB);
-    await source.query(`${LEDGER_SCHEMA}
-      INSERT INTO ledger (client_seq, note) SELECT -g, 'seed' FROM generate_series(1, 5000) g;`, [], DB);
+    await source.query(
+      `${LEDGER_SCHEMA}
+      INSERT INTO ledger (client_seq, note) SELECT -g, 'seed' FROM generate_series(1, 5000) g;`,
+      [],
+      DB,
+    );
     agent = await startAgent();
     client = new AgentClient({ endpoint: agent.endpoint });
     await client.startMigration(spec());
@@ -84,7 +95,8 @@ describe('cutover: PostgreSQL 14 → 17', function () {
       assert.equal((await client.getMigration('ledger')).phase, 'syncing');
     } finally {
       await w.stop();
-      await lock.query('ROLLBACK'); await lock.end();
+      await lock.query('ROLLBACK');
+      await lock.end();
     }
   });
 
@@ -101,13 +113,21 @@ describe('cutover: PostgreSQL 14 → 17', function () {
       assert.equal(m.cutover?.state, 'failed');
       assert.ok(await sourceWritable(), 'the fence must be lifted');
     } finally {
-      await lock.query('ROLLBACK'); await lock.end();
+      await lock.query('ROLLBACK');
+      await lock.end();
       await w.stop();
     }
-    await waitFor('target to catch up', async () => { await assertSameData(source, target, DB); return true; }, 60_000);
+    await waitFor(
+      'target to catch up',
+      async () => {
+        await assertSameData(source, target, DB);
+        return true;
+      },
+      60_000,
+    );
   });
 
-  it('fails validation when a row was changed on the target behind pgferry\'s back, and lifts the fence', async function () {
+  it("fails validation when a row was changed on the target behind pgferry's back, and lifts the fence", async function () {
     await target.query("UPDATE ledger SET note = 'tampered' WHERE id = (SELECT min(id) FROM ledger)", [], DB);
     await expectCutoverFailure(client.cutover({ id: 'ledger', validation: 'checksums' }), ['CUTOVER_FAILED']);
     const m = await client.getMigration('ledger');
@@ -132,16 +152,24 @@ describe('cutover: PostgreSQL 14 → 17', function () {
       assert.equal(await sourceWritable(), false, 'fenced while draining');
       agent.kill();
     } finally {
-      await lock.query('ROLLBACK'); await lock.end();
+      await lock.query('ROLLBACK');
+      await lock.end();
     }
     await agent.restart();
     client.close();
     client = new AgentClient({ endpoint: agent.endpoint });
     await waitFor('the fence lifted and the migration syncing', async () => {
       const m = await client.getMigration('ledger');
-      return m.phase === 'syncing' && m.cutover?.state === 'failed' && await sourceWritable();
+      return m.phase === 'syncing' && m.cutover?.state === 'failed' && (await sourceWritable());
     });
-    await waitFor('target to catch up', async () => { await assertSameData(source, target, DB); return true; }, 60_000);
+    await waitFor(
+      'target to catch up',
+      async () => {
+        await assertSameData(source, target, DB);
+        return true;
+      },
+      60_000,
+    );
   });
 
   it('cuts over under a continuous write load: every committed row lands, sequences are ahead, the connection switches', async function () {
@@ -166,7 +194,11 @@ describe('cutover: PostgreSQL 14 → 17', function () {
     assert.ok(rep.tables.length === 2 && rep.tables.every((t) => t.match));
     // Every commit the client saw succeed is on the target; nothing else but in-doubt ones.
     const t = await target.client(DB);
-    try { await assertLedgerHolds(t, w); } finally { await t.end(); }
+    try {
+      await assertLedgerHolds(t, w);
+    } finally {
+      await t.end();
+    }
     await assertSameData(source, target, DB);
     // Sequences on the target at or above the source's.
     for (const seq of ['ledger_id_seq', 'standalone_seq']) {

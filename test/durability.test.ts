@@ -25,10 +25,20 @@ describe('durability: the target crashes mid-stream (PostgreSQL 17 → 17)', fun
     await source.createDatabase('shop');
     await target.createDatabase('shop');
     await source.query(SHOP_SCHEMA, [], 'shop');
-    await source.query("INSERT INTO customers (id, email, name) SELECT g, 'c' || g, 'n' || g FROM generate_series(1, 10) g; INSERT INTO products (sku, price) SELECT 's' || g, g FROM generate_series(1, 200) g", [], 'shop');
+    await source.query(
+      "INSERT INTO customers (id, email, name) SELECT g, 'c' || g, 'n' || g FROM generate_series(1, 10) g; INSERT INTO products (sku, price) SELECT 's' || g, g FROM generate_series(1, 200) g",
+      [],
+      'shop',
+    );
     agent = await startAgent();
     client = new AgentClient({ endpoint: agent.endpoint });
-    await client.startMigration({ id: 'crash', source: source.endpoint('shop'), target: target.endpoint('shop'), tables: { include: ['public.*'] }, apply: { batchChanges: 200, batchMs: 20 } });
+    await client.startMigration({
+      id: 'crash',
+      source: source.endpoint('shop'),
+      target: target.endpoint('shop'),
+      tables: { include: ['public.*'] },
+      apply: { batchChanges: 200, batchMs: 20 },
+    });
     await waitFor('syncing', async () => (await client.getMigration('crash')).phase === 'syncing');
   });
   after(async function () {
@@ -51,7 +61,14 @@ describe('durability: the target crashes mid-stream (PostgreSQL 17 → 17)', fun
       const stats = await writer.stop();
       assert.ok(stats.commits > 450, `writer: ${stats.commits} commits, last error ${stats.lastError}`);
     }
-    await waitFor('target to equal source after the crashes', async () => { await assertSameData(source, target, 'shop'); return true; }, 120_000);
+    await waitFor(
+      'target to equal source after the crashes',
+      async () => {
+        await assertSameData(source, target, 'shop');
+        return true;
+      },
+      120_000,
+    );
     const m = await client.getMigration('crash');
     assert.equal(m.phase, 'syncing');
   });

@@ -9,7 +9,10 @@ import { AgentClient, isAgentError, type MigrationMessage, type MigrationSpecMes
 import { startAgent, type AgentProcess } from './support/agent';
 import { assertSameData, waitFor } from './support/compare';
 
-const PAIRS: Array<{ source: PgMajor; target: PgMajor }> = [{ source: 14, target: 17 }, { source: 13, target: 17 }];
+const PAIRS: Array<{ source: PgMajor; target: PgMajor }> = [
+  { source: 14, target: 17 },
+  { source: 13, target: 17 },
+];
 
 function specFor(id: string, source: Cluster, target: Cluster, db: string, extra: Partial<MigrationSpecMessage> = {}): MigrationSpecMessage {
   return {
@@ -24,11 +27,17 @@ function specFor(id: string, source: Cluster, target: Cluster, db: string, extra
 }
 
 async function waitPhase(client: AgentClient, id: string, phase: string, timeoutMs = 120_000): Promise<MigrationMessage> {
-  return waitFor(`migration ${id} to reach ${phase}`, async () => {
-    const m = await client.getMigration(id);
-    if (m.phase === 'failed') throw Object.assign(new Error(`migration failed: ${m.errorCode} ${m.errorMessage}`), { fatal: true });
-    return m.phase === phase ? m : undefined;
-  }, timeoutMs).catch((e) => { throw e; });
+  return waitFor(
+    `migration ${id} to reach ${phase}`,
+    async () => {
+      const m = await client.getMigration(id);
+      if (m.phase === 'failed') throw Object.assign(new Error(`migration failed: ${m.errorCode} ${m.errorMessage}`), { fatal: true });
+      return m.phase === phase ? m : undefined;
+    },
+    timeoutMs,
+  ).catch((e) => {
+    throw e;
+  });
 }
 
 async function expectCode(p: Promise<unknown>, code: string): Promise<void> {
@@ -80,7 +89,10 @@ for (const pair of PAIRS) {
         assert.equal(started.id, 'shop');
         const again = await client.startMigration(specFor('shop', source, target, 'shop'));
         assert.equal(again.id, 'shop', 'the same id and spec returns the same migration');
-        await expectCode(client.startMigration(specFor('shop', source, target, 'shop', { tables: { include: ['public.orders'] } })), 'MIGRATION_EXISTS_DIFFERENT_SPEC');
+        await expectCode(
+          client.startMigration(specFor('shop', source, target, 'shop', { tables: { include: ['public.orders'] } })),
+          'MIGRATION_EXISTS_DIFFERENT_SPEC',
+        );
         const syncing = await waitPhase(client, 'shop', 'syncing');
         assert.ok(syncing.tablesTotal >= 9, `tables: ${syncing.tablesTotal}`);
         assert.equal(syncing.progress, 1);
@@ -92,7 +104,14 @@ for (const pair of PAIRS) {
         const stats = await writer.stop();
         assert.ok(stats.commits > 0, `writer committed nothing: ${stats.lastError}`);
       }
-      await waitFor('target to equal source', async () => { await assertSameData(source, target, 'shop'); return true; }, 60_000);
+      await waitFor(
+        'target to equal source',
+        async () => {
+          await assertSameData(source, target, 'shop');
+          return true;
+        },
+        60_000,
+      );
       const m = await client.getMigration('shop');
       assert.equal(m.phase, 'syncing');
       assert.ok(m.changesApplied > 0);
@@ -100,10 +119,14 @@ for (const pair of PAIRS) {
       assert.equal(m.activeEndpoint, 'source');
     });
 
-    it('schemaMode existing: loads into the target\'s own tables and keeps them in sync, converting a column whose type differs there', async function () {
+    it("schemaMode existing: loads into the target's own tables and keeps them in sync, converting a column whose type differs there", async function () {
       await source.createDatabase('own');
       await target.createDatabase('own');
-      await source.query("CREATE TABLE m (id bigint PRIMARY KEY, v bigint, t text); INSERT INTO m SELECT g, g * 1000, 'r' || g FROM generate_series(1, 2000) g", [], 'own');
+      await source.query(
+        "CREATE TABLE m (id bigint PRIMARY KEY, v bigint, t text); INSERT INTO m SELECT g, g * 1000, 'r' || g FROM generate_series(1, 2000) g",
+        [],
+        'own',
+      );
       // v is double precision on the target: a binary COPY would read the source's int8 bytes as float8.
       await target.query('CREATE TABLE m (id bigint PRIMARY KEY, v double precision, t text)', [], 'own');
       const report = await client.preflight(specFor('own', source, target, 'own', { schemaMode: 'existing' }));
@@ -115,11 +138,15 @@ for (const pair of PAIRS) {
       await waitPhase(client, 'own', 'syncing');
       await source.query("INSERT INTO m SELECT g, g * 1000, 'r' || g FROM generate_series(2001, 2100) g; UPDATE m SET v = -v WHERE id <= 10", [], 'own');
       const sums = 'SELECT count(*)::int AS n, sum(v)::float8 AS s, min(v)::float8 AS lo, max(v)::float8 AS hi FROM m';
-      await waitFor('the target to hold the source\'s values', async () => {
-        const [s, t] = await Promise.all([source.query(sums, [], 'own'), target.query(sums, [], 'own')]);
-        return JSON.stringify(s.rows) === JSON.stringify(t.rows) ? true : undefined;
-      }, 60_000);
-      assert.deepEqual((await target.query(sums, [], 'own')).rows, [{ n: 2100, s: 2100 * 2101 / 2 * 1000 - 2 * 55_000, lo: -10_000, hi: 2_100_000 }]);
+      await waitFor(
+        "the target to hold the source's values",
+        async () => {
+          const [s, t] = await Promise.all([source.query(sums, [], 'own'), target.query(sums, [], 'own')]);
+          return JSON.stringify(s.rows) === JSON.stringify(t.rows) ? true : undefined;
+        },
+        60_000,
+      );
+      assert.deepEqual((await target.query(sums, [], 'own')).rows, [{ n: 2100, s: ((2100 * 2101) / 2) * 1000 - 2 * 55_000, lo: -10_000, hi: 2_100_000 }]);
       await client.deleteMigration('own');
     });
 
@@ -137,7 +164,14 @@ for (const pair of PAIRS) {
       } finally {
         await writer.stop();
       }
-      await waitFor('target to equal source after the restart', async () => { await assertSameData(source, target, 'shop'); return true; }, 60_000);
+      await waitFor(
+        'target to equal source after the restart',
+        async () => {
+          await assertSameData(source, target, 'shop');
+          return true;
+        },
+        60_000,
+      );
     });
 
     it('deletes the migration: slot and publication gone from the source, target data kept', async function () {
@@ -160,17 +194,28 @@ for (const pair of PAIRS) {
       }
       await c.end();
       await client.startMigration(specFor('many', source, target, 'many', { copy: { workers: 1, splitBytes: 1 << 30, indexJobs: 1 } }));
-      await waitFor('a few tables to be copied', async () => {
-        const m = await client.getMigration('many');
-        return m.phase === 'loading' && m.tablesCopied >= 3;
-      }, 60_000);
+      await waitFor(
+        'a few tables to be copied',
+        async () => {
+          const m = await client.getMigration('many');
+          return m.phase === 'loading' && m.tablesCopied >= 3;
+        },
+        60_000,
+      );
       agent.kill();
       await agent.restart();
       client.close();
       client = new AgentClient({ endpoint: agent.endpoint });
       await waitPhase(client, 'many', 'syncing');
       assert.match(agent.logs(), /Skipping table public\.t\d+, already copied on a previous run/);
-      await waitFor('target to equal source', async () => { await assertSameData(source, target, 'many'); return true; }, 60_000);
+      await waitFor(
+        'target to equal source',
+        async () => {
+          await assertSameData(source, target, 'many');
+          return true;
+        },
+        60_000,
+      );
       await client.deleteMigration('many');
     });
 
@@ -178,8 +223,12 @@ for (const pair of PAIRS) {
       await source.createDatabase('rot');
       await target.createDatabase('rot');
       await source.query("CREATE ROLE mover LOGIN REPLICATION PASSWORD 'first-pass-111'", [], 'rot').catch(() => undefined);
-      await source.query(`GRANT CREATE ON DATABASE rot TO mover; CREATE TABLE r (id int PRIMARY KEY, v text); ALTER TABLE r OWNER TO mover;
-        INSERT INTO r SELECT g, 'v' || g FROM generate_series(1, 100) g`, [], 'rot');
+      await source.query(
+        `GRANT CREATE ON DATABASE rot TO mover; CREATE TABLE r (id int PRIMARY KEY, v text); ALTER TABLE r OWNER TO mover;
+        INSERT INTO r SELECT g, 'v' || g FROM generate_series(1, 100) g`,
+        [],
+        'rot',
+      );
       const spec = (password: string) => specFor('rot', source, target, 'rot', { source: { ...source.endpoint('rot'), user: 'mover', password } });
       await client.startMigration(spec('first-pass-111'));
       await waitPhase(client, 'rot', 'syncing');
@@ -189,7 +238,14 @@ for (const pair of PAIRS) {
       // Every session of the old password ends: the agent must come back with the new one.
       await source.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'mover'", [], 'rot');
       await source.query("INSERT INTO r SELECT g, 'after rotation' FROM generate_series(101, 200) g", [], 'rot');
-      await waitFor('target to equal source after the rotation', async () => { await assertSameData(source, target, 'rot'); return true; }, 60_000);
+      await waitFor(
+        'target to equal source after the rotation',
+        async () => {
+          await assertSameData(source, target, 'rot');
+          return true;
+        },
+        60_000,
+      );
       const m = await client.getMigration('rot');
       assert.equal(m.phase, 'syncing', `${m.errorCode} ${m.errorMessage}`);
       await client.deleteMigration('rot');
@@ -227,7 +283,10 @@ for (const pair of PAIRS) {
       });
       it('a role without REPLICATION → INSUFFICIENT_PRIVILEGE', async function () {
         await source.query("CREATE ROLE weak LOGIN PASSWORD 'weak-pass-123'; GRANT SELECT ON ALL TABLES IN SCHEMA public TO weak", [], 'bad');
-        await expectCode(client.startMigration({ ...base(), source: { ...source.endpoint('bad'), user: 'weak', password: 'weak-pass-123' } }), 'INSUFFICIENT_PRIVILEGE');
+        await expectCode(
+          client.startMigration({ ...base(), source: { ...source.endpoint('bad'), user: 'weak', password: 'weak-pass-123' } }),
+          'INSUFFICIENT_PRIVILEGE',
+        );
         await assertNothingMade();
       });
       it('a slot name taken by something else → SLOT_NAME_TAKEN', async function () {

@@ -52,7 +52,8 @@ describe('fence: a cutover interrupted at every step by every fault (PostgreSQL 
       id,
       source: { ...source.endpoint(id), host: srcProxy.host, port: srcProxy.port },
       target: { ...target.endpoint(id), host: tgtProxy.host, port: tgtProxy.port },
-      tables: { include: ['public.*'] }, apply: { batchChanges: 500, batchMs: 20 },
+      tables: { include: ['public.*'] },
+      apply: { batchChanges: 500, batchMs: 20 },
     });
     await waitFor(`${id} syncing`, async () => {
       const m = await client.getMigration(id);
@@ -65,16 +66,30 @@ describe('fence: a cutover interrupted at every step by every fault (PostgreSQL 
   /** A new session on the source (it takes the database's default) is writable. */
   async function sourceWritable(db: string): Promise<boolean> {
     const c = await source.client(db);
-    try { return (await c.query('SHOW default_transaction_read_only')).rows[0].default_transaction_read_only === 'off'; } finally { await c.end(); }
+    try {
+      return (await c.query('SHOW default_transaction_read_only')).rows[0].default_transaction_read_only === 'off';
+    } finally {
+      await c.end();
+    }
   }
 
   async function strike(fault: Fault): Promise<void> {
     switch (fault) {
-      case 'source-cut': srcProxy.cut(2000); break;
-      case 'target-cut': tgtProxy.cut(2000); break;
-      case 'source-restart': await source.restart(); break;
-      case 'target-restart': await target.restart(); break;
-      case 'agent-kill': agent.kill(); break;
+      case 'source-cut':
+        srcProxy.cut(2000);
+        break;
+      case 'target-cut':
+        tgtProxy.cut(2000);
+        break;
+      case 'source-restart':
+        await source.restart();
+        break;
+      case 'target-restart':
+        await target.restart();
+        break;
+      case 'agent-kill':
+        agent.kill();
+        break;
     }
   }
 
@@ -103,7 +118,9 @@ describe('fence: a cutover interrupted at every step by every fault (PostgreSQL 
   });
 
   const outcomes: string[] = [];
-  after(function () { if (outcomes.length) console.log(`      outcomes:\n${outcomes.map((o) => `        ${o}`).join('\n')}`); });
+  after(function () {
+    if (outcomes.length) console.log(`      outcomes:\n${outcomes.map((o) => `        ${o}`).join('\n')}`);
+  });
 
   for (const fault of FAULTS) {
     for (const step of STEPS) {
@@ -119,20 +136,29 @@ describe('fence: a cutover interrupted at every step by every fault (PostgreSQL 
           await waitFor(`the cutover to reach ${step}`, async () => reached(step), 60_000);
           const faultAt = Date.now();
           await strike(fault);
-          await p.catch((e) => { if (fault !== 'agent-kill') assert.ok(isAgentError(e), String(e)); });
+          await p.catch((e) => {
+            if (fault !== 'agent-kill') assert.ok(isAgentError(e), String(e));
+          });
           holdAt(null);
           await reconnectAfter(fault);
-          const settled = await waitFor('completed, or syncing with the fence verified lifted', async () => {
-            const m = await client.getMigration(id);
-            if (m.phase === 'completed') return m;
-            return m.phase === 'syncing' && m.cutover?.state === 'failed' && m.fence?.state === 'none' ? m : undefined;
-          }, 60_000);
+          const settled = await waitFor(
+            'completed, or syncing with the fence verified lifted',
+            async () => {
+              const m = await client.getMigration(id);
+              if (m.phase === 'completed') return m;
+              return m.phase === 'syncing' && m.cutover?.state === 'failed' && m.fence?.state === 'none' ? m : undefined;
+            },
+            60_000,
+          );
           outcomes.push(`${fault} while ${step}: ${settled.phase === 'completed' ? 'completed' : `failed (${settled.cutover?.error.slice(0, 120)}…)`}`);
           let done: MigrationMessage = settled;
           if (settled.phase !== 'completed') {
             // The error says only what was verified when it failed (a lift not yet verified
             // is said so: the status above shows it verified since); the source takes writes again.
-            assert.match(settled.cutover!.error, /Nothing was fenced|The fence was lifted and verified|The fence could NOT be lifted yet|Interrupted by an agent restart/);
+            assert.match(
+              settled.cutover!.error,
+              /Nothing was fenced|The fence was lifted and verified|The fence could NOT be lifted yet|Interrupted by an agent restart/,
+            );
             assert.doesNotMatch(settled.cutover!.error, /stays writable/);
             assert.ok(await sourceWritable(db), 'a new session on the source is writable');
             const before = w.committed.size;
@@ -149,11 +175,16 @@ describe('fence: a cutover interrupted at every step by every fault (PostgreSQL 
           await waitFor('the writer commits on the target', async () => w.committed.size > before + 10, 30_000);
         } finally {
           holdAt(null);
-          srcProxy.restore(); tgtProxy.restore();
+          srcProxy.restore();
+          tgtProxy.restore();
           await w.stop();
         }
         const t = await target.client(db);
-        try { await assertLedgerHolds(t, w); } finally { await t.end(); }
+        try {
+          await assertLedgerHolds(t, w);
+        } finally {
+          await t.end();
+        }
         await client.deleteMigration(id);
       });
     }
@@ -172,7 +203,11 @@ describe('fence: a cutover interrupted at every step by every fault (PostgreSQL 
       srcProxy.cut(); // down until restored
       const downAt = Date.now();
       let err: unknown;
-      try { await p; } catch (e) { err = e; }
+      try {
+        await p;
+      } catch (e) {
+        err = e;
+      }
       holdAt(null);
       assert.ok(isAgentError(err), String(err));
       assert.match(err.message, /could NOT be lifted yet/);
@@ -258,7 +293,8 @@ describe('fence: a cutover interrupted at every step by every fault (PostgreSQL 
     await source.createDatabase(id);
     await source.query(LEDGER_SCHEMA, [], id);
     const spec = {
-      id, source: source.endpoint(id),
+      id,
+      source: source.endpoint(id),
       target: { ...source.endpoint(id), host: 'localhost' }, // the same server and database under another name
       tables: { include: ['public.*'] },
     };
@@ -268,7 +304,7 @@ describe('fence: a cutover interrupted at every step by every fault (PostgreSQL 
     assert.ok(same && same.verdict === 'fail', JSON.stringify(report.checks));
     assert.match(same.message, /same database/);
     assert.doesNotMatch(`${same.message} ${same.remedy}`, /[Dd]rop/);
-    assert.ok(!report.checks.some((c) => c.name === 'target_tables'), 'no advice about the target\'s tables, which are the source\'s');
+    assert.ok(!report.checks.some((c) => c.name === 'target_tables'), "no advice about the target's tables, which are the source's");
     // And through the proxy (an address that is not the server's own): the same answer.
     const viaProxy = await client.preflight({ ...spec, target: { ...source.endpoint(id), host: srcProxy.host, port: srcProxy.port } });
     assert.ok(viaProxy.checks.some((c) => c.name === 'same_database' && c.verdict === 'fail'));

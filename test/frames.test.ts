@@ -5,7 +5,15 @@
  */
 import assert from 'node:assert/strict';
 import { FrameSplitter } from '../agent/engine/receive';
-import { PgoutputDecodeError, PgoutputParser, SCAN_NULL, SCAN_UNCHANGED, UNCHANGED_TOAST, type InsertMessage, type UpdateMessage } from '../agent/engine/pgoutput';
+import {
+  PgoutputDecodeError,
+  PgoutputParser,
+  SCAN_NULL,
+  SCAN_UNCHANGED,
+  UNCHANGED_TOAST,
+  type InsertMessage,
+  type UpdateMessage,
+} from '../agent/engine/pgoutput';
 
 function frame(type: string, body: Buffer): Buffer {
   const h = Buffer.alloc(5);
@@ -19,15 +27,18 @@ function splitAt(stream: Buffer, cuts: number[]): Buffer[] {
   const out: Buffer[] = [];
   const f = new FrameSplitter((buf, start, end) => out.push(Buffer.from(buf.subarray(start, end))));
   let prev = 0;
-  for (const c of [...cuts, stream.length]) { f.push(stream.subarray(prev, c)); prev = c; }
+  for (const c of [...cuts, stream.length]) {
+    f.push(stream.subarray(prev, c));
+    prev = c;
+  }
   return out;
 }
 
 describe('receive: cutting the protocol stream into messages', function () {
   const frames = [
     frame('d', Buffer.from('w' + 'x'.repeat(40))),
-    frame('c', Buffer.alloc(0)),              // an empty body (CopyDone)
-    frame('d', Buffer.alloc(3000, 7)),        // larger than the cuts below
+    frame('c', Buffer.alloc(0)), // an empty body (CopyDone)
+    frame('d', Buffer.alloc(3000, 7)), // larger than the cuts below
     frame('E', Buffer.from('SERROR\0\0')),
     frame('d', Buffer.from('k')),
   ];
@@ -40,7 +51,13 @@ describe('receive: cutting the protocol stream into messages', function () {
   });
 
   it('survives a stream delivered one byte at a time, and in random chunk sizes', function () {
-    assert.deepEqual(splitAt(stream, Array.from({ length: stream.length - 1 }, (_, i) => i + 1)), frames);
+    assert.deepEqual(
+      splitAt(
+        stream,
+        Array.from({ length: stream.length - 1 }, (_, i) => i + 1),
+      ),
+      frames,
+    );
     let seed = 42;
     const rnd = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
     for (let round = 0; round < 50; round++) {
@@ -68,10 +85,23 @@ describe('receive: cutting the protocol stream into messages', function () {
 describe('pgoutput: decoding a message inside a larger buffer', function () {
   // Relation 16384 "public"."t" (id int4 key, v text, big text), then an Insert and an Update of it.
   const rel = Buffer.concat([
-    Buffer.from('R'), u32(16384), Buffer.from('public\0t\0'), Buffer.from('d'), u16(3),
-    Buffer.from([1]), Buffer.from('id\0'), u32(23), i32(-1),
-    Buffer.from([0]), Buffer.from('v\0'), u32(25), i32(-1),
-    Buffer.from([0]), Buffer.from('big\0'), u32(25), i32(-1),
+    Buffer.from('R'),
+    u32(16384),
+    Buffer.from('public\0t\0'),
+    Buffer.from('d'),
+    u16(3),
+    Buffer.from([1]),
+    Buffer.from('id\0'),
+    u32(23),
+    i32(-1),
+    Buffer.from([0]),
+    Buffer.from('v\0'),
+    u32(25),
+    i32(-1),
+    Buffer.from([0]),
+    Buffer.from('big\0'),
+    u32(25),
+    i32(-1),
   ]);
   const insert = Buffer.concat([Buffer.from('I'), u32(16384), Buffer.from('N'), u16(3), val('7'), val('tab\there'), Buffer.from('n')]);
   const update = Buffer.concat([Buffer.from('U'), u32(16384), Buffer.from('N'), u16(3), val('7'), Buffer.from('n'), Buffer.from('u')]);
@@ -112,7 +142,22 @@ describe('pgoutput: decoding a message inside a larger buffer', function () {
   });
 });
 
-function u32(n: number): Buffer { const b = Buffer.alloc(4); b.writeUInt32BE(n); return b; }
-function i32(n: number): Buffer { const b = Buffer.alloc(4); b.writeInt32BE(n); return b; }
-function u16(n: number): Buffer { const b = Buffer.alloc(2); b.writeUInt16BE(n); return b; }
-function val(s: string): Buffer { const v = Buffer.from(s); return Buffer.concat([Buffer.from('t'), u32(v.length), v]); }
+function u32(n: number): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeUInt32BE(n);
+  return b;
+}
+function i32(n: number): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeInt32BE(n);
+  return b;
+}
+function u16(n: number): Buffer {
+  const b = Buffer.alloc(2);
+  b.writeUInt16BE(n);
+  return b;
+}
+function val(s: string): Buffer {
+  const v = Buffer.from(s);
+  return Buffer.concat([Buffer.from('t'), u32(v.length), v]);
+}

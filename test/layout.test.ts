@@ -41,7 +41,12 @@ describe('layout: layers as folders', function () {
   const graph = new Map(files.map((f) => [f.replace(/\.ts$/, ''), importsOf(f)]));
 
   it('puts every source file of the product in a layer', () => {
-    const stray = ['agent', 'provider', 'api', 'dev'].flatMap((d) => readdirSync(join(ROOT, d)).filter((n) => n.endsWith('.ts')).map((n) => `${d}/${n}`))
+    const stray = ['agent', 'provider', 'api', 'dev']
+      .flatMap((d) =>
+        readdirSync(join(ROOT, d))
+          .filter((n) => n.endsWith('.ts'))
+          .map((n) => `${d}/${n}`),
+      )
       .filter((f) => layerOf(f) < 0);
     assert.deepEqual(stray, []);
   });
@@ -64,7 +69,10 @@ describe('layout: layers as folders', function () {
     const cycles: string[] = [];
     const visit = (n: string, path: string[]) => {
       if (state.get(n) === 'done') return;
-      if (state.get(n) === 'open') { cycles.push([...path.slice(path.indexOf(n)), n].join(' → ')); return; }
+      if (state.get(n) === 'open') {
+        cycles.push([...path.slice(path.indexOf(n)), n].join(' → '));
+        return;
+      }
       state.set(n, 'open');
       for (const m of graph.get(n) ?? []) if (graph.has(m)) visit(m, [...path, n]);
       state.set(n, 'done');

@@ -39,7 +39,12 @@ describe('metrics: the Prometheus endpoint (PostgreSQL 14 → 17)', function () 
   });
 
   it('exposes every documented metric with values that agree with the status while syncing', async () => {
-    try { await shop.client.getMigration('no_such_migration'); assert.fail('expected NOT_FOUND'); } catch (e) { assert.ok(isAgentError(e) && e.code === 'MIGRATION_NOT_FOUND'); }
+    try {
+      await shop.client.getMigration('no_such_migration');
+      assert.fail('expected NOT_FOUND');
+    } catch (e) {
+      assert.ok(isAgentError(e) && e.code === 'MIGRATION_NOT_FOUND');
+    }
     const before = Number((await shop.source.query('SELECT count(*)::int AS n FROM orders', [], 'shop')).rows[0].n);
     await shop.source.query('INSERT INTO orders (customer_id, status, total) SELECT customer_id, status, total FROM orders LIMIT 100', [], 'shop');
     await shop.source.query("UPDATE customers SET name = name || ' (updated)' WHERE id <= 20", [], 'shop');
@@ -55,7 +60,12 @@ describe('metrics: the Prometheus endpoint (PostgreSQL 14 → 17)', function () 
     const e = await scrape();
     const ours = new Set(e.samples.map((s) => family(e, s.name)).filter((n) => n.startsWith('pgferry_')));
     for (const n of ours) assert.ok((METRIC_NAMES as readonly string[]).includes(n), `${n} is documented in METRIC_NAMES`);
-    const absentUntilCutover = ['pgferry_cutover_state', 'pgferry_cutover_write_downtime_milliseconds', 'pgferry_cutover_validation_ok', 'pgferry_migration_error_info'];
+    const absentUntilCutover = [
+      'pgferry_cutover_state',
+      'pgferry_cutover_write_downtime_milliseconds',
+      'pgferry_cutover_validation_ok',
+      'pgferry_migration_error_info',
+    ];
     for (const n of METRIC_NAMES) {
       if (absentUntilCutover.includes(n)) continue;
       assert.ok(ours.has(n), `${n} is exposed`);
@@ -78,7 +88,9 @@ describe('metrics: the Prometheus endpoint (PostgreSQL 14 → 17)', function () 
     assert.equal(sum(e, 'pgferry_copy_rows_total', mig), status.rowsCopied);
     assert.ok(one(e, 'pgferry_copy_rows_total', { ...mig, table: 'public.orders' }) >= 5000);
     assert.ok(one(e, 'pgferry_copy_bytes_total', { ...mig, table: 'public.orders' }) > 0);
-    assert.ok(one(e, 'pgferry_copy_rows_estimated', { ...mig, table: 'public.orders' }) >= one(e, 'pgferry_copy_rows_total', { ...mig, table: 'public.orders' }));
+    assert.ok(
+      one(e, 'pgferry_copy_rows_estimated', { ...mig, table: 'public.orders' }) >= one(e, 'pgferry_copy_rows_total', { ...mig, table: 'public.orders' }),
+    );
     assert.ok(one(e, 'pgferry_copy_bytes_estimated', { ...mig, table: 'public.orders' }) > 0);
     assert.equal(one(e, 'pgferry_load_progress_ratio', mig), 1);
     assert.equal(one(e, 'pgferry_load_eta_seconds', mig), 0);
@@ -141,11 +153,13 @@ describe('metrics: the Prometheus endpoint (PostgreSQL 14 → 17)', function () 
     const root = join(__dirname, '..', '..');
     const doc = readFileSync(join(root, 'docs', 'metrics.md'), 'utf8');
     for (const n of METRIC_NAMES) assert.ok(doc.includes(`\`${n}\``), `docs/metrics.md documents ${n}`);
-    const dashboard = JSON.parse(readFileSync(join(root, 'grafana', 'pgferry-dashboard.json'), 'utf8')) as { panels: Array<{ targets?: Array<{ expr: string }> }>; templating: { list: Array<{ definition?: string }> } };
-    const exprs = [
-      ...dashboard.panels.flatMap((p) => (p.targets ?? []).map((t) => t.expr)),
-      ...dashboard.templating.list.map((v) => v.definition ?? ''),
-    ].join('\n');
+    const dashboard = JSON.parse(readFileSync(join(root, 'grafana', 'pgferry-dashboard.json'), 'utf8')) as {
+      panels: Array<{ targets?: Array<{ expr: string }> }>;
+      templating: { list: Array<{ definition?: string }> };
+    };
+    const exprs = [...dashboard.panels.flatMap((p) => (p.targets ?? []).map((t) => t.expr)), ...dashboard.templating.list.map((v) => v.definition ?? '')].join(
+      '\n',
+    );
     const used = new Set(exprs.match(/pgferry_[a-z_]+/g) ?? []);
     for (const n of used) assert.ok((METRIC_NAMES as readonly string[]).includes(n), `the dashboard's ${n} is a real metric`);
     for (const n of METRIC_NAMES) assert.ok(used.has(n), `the dashboard shows ${n}`);

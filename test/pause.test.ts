@@ -13,7 +13,9 @@ import { assertSameData, waitFor } from './support/compare';
 import { startShop, waitPhase, type RunningShop } from './support/running';
 
 async function expectCode(p: Promise<unknown>, code: string, pattern?: RegExp): Promise<Error> {
-  try { await p; } catch (e) {
+  try {
+    await p;
+  } catch (e) {
     assert.ok(isAgentError(e), `expected an AgentError, got ${e}`);
     assert.equal(e.code, code, `expected ${code}, got ${e.code}: ${e.message}`);
     if (pattern) assert.match(`${e.message} ${e.remedy ?? ''}`, pattern);
@@ -23,10 +25,16 @@ async function expectCode(p: Promise<unknown>, code: string, pattern?: RegExp): 
 }
 
 /** Whether the migration's slot is in use, and how many sessions pgferry holds on the source and target for `db` (the status monitor aside). */
-async function activity(source: Cluster, target: Cluster, db: string, slot: string): Promise<{ slotActive: boolean; sourceSessions: number; targetSessions: number }> {
+async function activity(
+  source: Cluster,
+  target: Cluster,
+  db: string,
+  slot: string,
+): Promise<{ slotActive: boolean; sourceSessions: number; targetSessions: number }> {
   const s = await source.query('SELECT active FROM pg_replication_slots WHERE slot_name = $1', [slot], db);
   assert.equal(s.rows.length, 1, `slot ${slot} must still exist`);
-  const sessions = "SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = $1 AND application_name LIKE 'pgferry%' AND application_name NOT LIKE 'pgferry monitor%' AND pid <> pg_backend_pid()";
+  const sessions =
+    "SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = $1 AND application_name LIKE 'pgferry%' AND application_name NOT LIKE 'pgferry monitor%' AND pid <> pg_backend_pid()";
   const src = await source.query(sessions, [db], db);
   const tgt = await target.query(sessions, [db], db);
   return { slotActive: s.rows[0].active, sourceSessions: src.rows[0].n, targetSessions: tgt.rows[0].n };
@@ -54,8 +62,13 @@ describe('pause and resume: PostgreSQL 14 → 17', function () {
   });
 
   /** The shop migration's spec, for another id and database. */
-  const specFor = (id: string, db: string, extra: Partial<MigrationSpecMessage> = {}): MigrationSpecMessage =>
-    ({ ...shop.spec, id, source: source.endpoint(db), target: target.endpoint(db), ...extra });
+  const specFor = (id: string, db: string, extra: Partial<MigrationSpecMessage> = {}): MigrationSpecMessage => ({
+    ...shop.spec,
+    id,
+    source: source.endpoint(db),
+    target: target.endpoint(db),
+    ...extra,
+  });
 
   async function killAndRestartAgent(): Promise<void> {
     shop.agent.kill();
@@ -76,10 +89,14 @@ describe('pause and resume: PostgreSQL 14 → 17', function () {
       assert.equal(paused.paused, true);
       assert.equal(paused.phase, 'syncing', 'a pause keeps the phase');
       assert.ok(!Number.isNaN(Date.parse(paused.pausedAt)), `pausedAt: ${paused.pausedAt}`);
-      await waitFor('the stream to stop', async () => {
-        const a = await activity(source, target, 'shop', paused.slotName);
-        return !a.slotActive && a.sourceSessions === 0 && a.targetSessions === 0;
-      }, 30_000);
+      await waitFor(
+        'the stream to stop',
+        async () => {
+          const a = await activity(source, target, 'shop', paused.slotName);
+          return !a.slotActive && a.sourceSessions === 0 && a.targetSessions === 0;
+        },
+        30_000,
+      );
 
       // Nothing reaches the target while the writer goes on; the lag shows it.
       const frozen = await count(target, 'shop', 'orders');
@@ -87,10 +104,14 @@ describe('pause and resume: PostgreSQL 14 → 17', function () {
       await waitFor('more commits on the source', async () => writer.stats.commits > commits + 100);
       await new Promise((r) => setTimeout(r, 500));
       assert.equal(await count(target, 'shop', 'orders'), frozen, 'paused: no change applied');
-      const lagging = await waitFor('the lag to show', async () => {
-        const m = await client.getMigration('shop');
-        return m.lagBytes > 0 ? m : undefined;
-      }, 10_000);
+      const lagging = await waitFor(
+        'the lag to show',
+        async () => {
+          const m = await client.getMigration('shop');
+          return m.lagBytes > 0 ? m : undefined;
+        },
+        10_000,
+      );
       assert.equal(lagging.paused, true);
       assert.equal(lagging.applyRate, 0);
 
@@ -112,7 +133,11 @@ describe('pause and resume: PostgreSQL 14 → 17', function () {
       const restarted = await client.startMigration(specFor('shop', 'shop', { apply: { batchChanges: 500, batchMs: 60 } }));
       assert.equal(restarted.paused, true);
       await new Promise((r) => setTimeout(r, 1000));
-      assert.deepEqual(await activity(source, target, 'shop', paused.slotName), { slotActive: false, sourceSessions: 0, targetSessions: 0 }, 'a repeated start leaves it paused');
+      assert.deepEqual(
+        await activity(source, target, 'shop', paused.slotName),
+        { slotActive: false, sourceSessions: 0, targetSessions: 0 },
+        'a repeated start leaves it paused',
+      );
 
       const resumed = await client.resumeMigration('shop');
       assert.equal(resumed.paused, false);
@@ -124,7 +149,14 @@ describe('pause and resume: PostgreSQL 14 → 17', function () {
       const stats = await writer.stop();
       assert.ok(stats.commits > 0, `writer committed nothing: ${stats.lastError}`);
     }
-    await waitFor('target to equal source', async () => { await assertSameData(source, target, 'shop'); return true; }, 60_000);
+    await waitFor(
+      'target to equal source',
+      async () => {
+        await assertSameData(source, target, 'shop');
+        return true;
+      },
+      60_000,
+    );
     const m = await client.getMigration('shop');
     assert.equal(m.phase, 'syncing');
     assert.equal(m.paused, false);
@@ -142,18 +174,26 @@ describe('pause and resume: PostgreSQL 14 → 17', function () {
     await c.end();
     await client.startMigration(specFor('many', 'many', { copy: { workers: 2, splitBytes: 1 << 30, indexJobs: 1 } }));
     // Paused in the middle of a COPY (which must not hold the pause up), after a few tables finished.
-    await waitFor('a few tables to be copied while the big one is copying', async () => {
-      const m = await client.getMigration('many');
-      if (m.phase === 'failed') throw new Error(`${m.errorCode}: ${m.errorMessage}`);
-      return m.phase === 'loading' && m.tablesCopied >= 3 && m.tables.some((t) => t.name === 'big' && t.phase === 'copying' && t.bytesCopied > 0);
-    }, 60_000);
+    await waitFor(
+      'a few tables to be copied while the big one is copying',
+      async () => {
+        const m = await client.getMigration('many');
+        if (m.phase === 'failed') throw new Error(`${m.errorCode}: ${m.errorMessage}`);
+        return m.phase === 'loading' && m.tablesCopied >= 3 && m.tables.some((t) => t.name === 'big' && t.phase === 'copying' && t.bytesCopied > 0);
+      },
+      60_000,
+    );
     const paused = await client.pauseMigration('many');
     assert.equal(paused.phase, 'loading');
     assert.equal(paused.paused, true);
-    await waitFor('the copy to stop', async () => {
-      const a = await activity(source, target, 'many', paused.slotName);
-      return a.sourceSessions === 0 && a.targetSessions === 0;
-    }, 30_000);
+    await waitFor(
+      'the copy to stop',
+      async () => {
+        const a = await activity(source, target, 'many', paused.slotName);
+        return a.sourceSessions === 0 && a.targetSessions === 0;
+      },
+      30_000,
+    );
     const copied = (await client.getMigration('many')).tablesCopied;
     await new Promise((r) => setTimeout(r, 1000));
     const still = await client.getMigration('many');
@@ -164,7 +204,14 @@ describe('pause and resume: PostgreSQL 14 → 17', function () {
     await client.resumeMigration('many');
     await waitPhase(client, 'many', 'syncing');
     assert.match(shop.agent.logs(), /Skipping table public\.t\d+, already copied on a previous run/);
-    await waitFor('target to equal source', async () => { await assertSameData(source, target, 'many'); return true; }, 60_000);
+    await waitFor(
+      'target to equal source',
+      async () => {
+        await assertSameData(source, target, 'many');
+        return true;
+      },
+      60_000,
+    );
     await client.deleteMigration('many');
   });
 
@@ -173,17 +220,25 @@ describe('pause and resume: PostgreSQL 14 → 17', function () {
     await target.createDatabase('idx');
     // The index's function is not migrated (functions never are): the target's own
     // version sleeps per row, so the build is still running when the pause comes.
-    await source.query(`CREATE FUNCTION slow_key(int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT $1';
+    await source.query(
+      `CREATE FUNCTION slow_key(int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT $1';
       CREATE TABLE s (id int PRIMARY KEY, v text); INSERT INTO s SELECT g, md5(g::text) FROM generate_series(1, 3000) g;
-      CREATE INDEX s_slow ON s (slow_key(id));`, [], 'idx');
+      CREATE INDEX s_slow ON s (slow_key(id));`,
+      [],
+      'idx',
+    );
     await target.query("CREATE FUNCTION slow_key(int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT $1 FROM pg_sleep(0.005)'", [], 'idx');
     await client.startMigration(specFor('idx', 'idx'));
     const building = "SELECT pid FROM pg_stat_activity WHERE datname = 'idx' AND state = 'active' AND query LIKE 'CREATE INDEX%slow_key%'";
-    await waitFor('the index build to run on the target', async () => {
-      const m = await client.getMigration('idx');
-      if (m.phase === 'failed') throw new Error(`${m.errorCode}: ${m.errorMessage}`);
-      return (await target.query(building, [], 'idx')).rows.length > 0;
-    }, 60_000);
+    await waitFor(
+      'the index build to run on the target',
+      async () => {
+        const m = await client.getMigration('idx');
+        if (m.phase === 'failed') throw new Error(`${m.errorCode}: ${m.errorMessage}`);
+        return (await target.query(building, [], 'idx')).rows.length > 0;
+      },
+      60_000,
+    );
     const paused = await client.pauseMigration('idx');
     assert.equal(paused.phase, 'indexing');
     await waitFor('the cancelled build to end', async () => (await target.query(building, [], 'idx')).rows.length === 0, 10_000);
@@ -195,7 +250,14 @@ describe('pause and resume: PostgreSQL 14 → 17', function () {
     await client.resumeMigration('idx');
     await waitPhase(client, 'idx', 'syncing');
     assert.equal((await target.query(index, [], 'idx')).rows.length, 1, 'built on resume');
-    await waitFor('target to equal source', async () => { await assertSameData(source, target, 'idx'); return true; }, 60_000);
+    await waitFor(
+      'target to equal source',
+      async () => {
+        await assertSameData(source, target, 'idx');
+        return true;
+      },
+      60_000,
+    );
     await client.deleteMigration('idx');
   });
 

@@ -7,13 +7,26 @@ import assert from 'node:assert/strict';
 import type pg from 'pg';
 import { parseLsn } from '../agent/engine/lsn';
 import {
-  PgoutputDecodeError, PgoutputParser, TupleData, PgoutputPlugin, UNCHANGED_TOAST,
-  type CommitMessage, type DeleteMessage, type InsertMessage, type PgoutputMessage, type RelationMessage, type TruncateMessage, type UpdateMessage,
+  PgoutputDecodeError,
+  PgoutputParser,
+  TupleData,
+  PgoutputPlugin,
+  UNCHANGED_TOAST,
+  type CommitMessage,
+  type DeleteMessage,
+  type InsertMessage,
+  type PgoutputMessage,
+  type RelationMessage,
+  type TruncateMessage,
+  type UpdateMessage,
 } from '../agent/engine/pgoutput';
 import { PG_VERSIONS, startCluster, type Cluster } from '../dev/testbed';
 
 async function peek(c: pg.Client, slot: string, binary = false): Promise<{ lsn: bigint; data: Buffer }[]> {
-  const r = await c.query(`SELECT lsn::text AS lsn, data FROM pg_logical_slot_peek_binary_changes($1, NULL, NULL, 'proto_version', '1', 'publication_names', 'p'${binary ? ", 'binary', 'true'" : ''})`, [slot]);
+  const r = await c.query(
+    `SELECT lsn::text AS lsn, data FROM pg_logical_slot_peek_binary_changes($1, NULL, NULL, 'proto_version', '1', 'publication_names', 'p'${binary ? ", 'binary', 'true'" : ''})`,
+    [slot],
+  );
   return r.rows.map((row) => ({ lsn: parseLsn(row.lsn), data: row.data as Buffer }));
 }
 
@@ -39,7 +52,9 @@ describe('pgoutput: decoding real server bytes', function () {
         // Random base64 does not compress: stored out of line, sent as 'u' when untouched.
         const r = await c.query("SELECT encode(decode(string_agg(md5(random()::text), ''), 'hex'), 'base64') AS v FROM generate_series(1, 1000)");
         bigValue = r.rows[0].v;
-        await c.query(`INSERT INTO "Mixed Case" VALUES (1, 'héllo "q" \\ ''x''', $1, '2024-02-29 12:34:56.123456+00', 'NaN', '\\xdeadbeef', true, 0.1)`, [bigValue]);
+        await c.query(`INSERT INTO "Mixed Case" VALUES (1, 'héllo "q" \\ ''x''', $1, '2024-02-29 12:34:56.123456+00', 'NaN', '\\xdeadbeef', true, 0.1)`, [
+          bigValue,
+        ]);
         await c.query(`UPDATE "Mixed Case" SET t = NULL WHERE id = 1`);
         await c.query(`UPDATE "Mixed Case" SET id = 2 WHERE id = 1`);
         await c.query(`DELETE FROM "Mixed Case" WHERE id = 2`);
@@ -58,17 +73,36 @@ describe('pgoutput: decoding real server bytes', function () {
       it('frames every transaction with Begin/Commit whose LSNs agree', function () {
         const rowTags = messages.filter((m) => m.tag !== 'relation' && m.tag !== 'type').map((m) => m.tag);
         assert.deepEqual(rowTags, [
-          'begin', 'insert', 'commit',
-          'begin', 'update', 'commit',
-          'begin', 'update', 'commit',
-          'begin', 'delete', 'commit',
-          'begin', 'insert', 'insert', 'commit',
-          'begin', 'delete', 'commit',
-          'begin', 'truncate', 'commit',
+          'begin',
+          'insert',
+          'commit',
+          'begin',
+          'update',
+          'commit',
+          'begin',
+          'update',
+          'commit',
+          'begin',
+          'delete',
+          'commit',
+          'begin',
+          'insert',
+          'insert',
+          'commit',
+          'begin',
+          'delete',
+          'commit',
+          'begin',
+          'truncate',
+          'commit',
         ]);
         let begin: bigint | null = null;
         for (const m of messages) {
-          if (m.tag === 'begin') { begin = m.finalLsn; assert.ok(m.xid > 0); assert.ok(m.commitTimeMicros > 0n); }
+          if (m.tag === 'begin') {
+            begin = m.finalLsn;
+            assert.ok(m.xid > 0);
+            assert.ok(m.commitTimeMicros > 0n);
+          }
           if (m.tag === 'commit') {
             assert.equal(m.commitLsn, begin);
             assert.ok(m.endLsn > m.commitLsn);
@@ -82,9 +116,15 @@ describe('pgoutput: decoding real server bytes', function () {
         const rel = messages.find((m): m is RelationMessage => m.tag === 'relation' && m.name === 'Mixed Case')!;
         assert.equal(rel.schema, 'public');
         assert.equal(rel.replicaIdentity, 'd');
-        assert.deepEqual(rel.columns.map((c) => c.name), ['id', 't', 'big', 'ts', 'n', 'b', 'flag', 'f']);
+        assert.deepEqual(
+          rel.columns.map((c) => c.name),
+          ['id', 't', 'big', 'ts', 'n', 'b', 'flag', 'f'],
+        );
         assert.deepEqual(rel.keyIndexes, [0]);
-        assert.deepEqual(rel.columns.map((c) => c.typeOid), [23, 25, 25, 1184, 1700, 17, 16, 701]);
+        assert.deepEqual(
+          rel.columns.map((c) => c.typeOid),
+          [23, 25, 25, 1184, 1700, 17, 16, 701],
+        );
         const full = messages.find((m): m is RelationMessage => m.tag === 'relation' && m.name === 'full_t')!;
         assert.equal(full.replicaIdentity, 'f');
         assert.deepEqual(full.keyIndexes, [0, 1]);
@@ -96,12 +136,17 @@ describe('pgoutput: decoding real server bytes', function () {
       });
 
       if (version >= 14) {
-        it('in a binary stream, gives each value as the bytes of its type\'s send function (NULL and unchanged TOAST as in text)', async function () {
+        it("in a binary stream, gives each value as the bytes of its type's send function (NULL and unchanged TOAST as in text)", async function () {
           const parser = new PgoutputParser();
           const msgs = (await peek(c, 's', true)).map((m) => parser.parse(m.data));
           const ins = msgs.find((m): m is InsertMessage => m.tag === 'insert')!;
-          const sent = (await c.query(`SELECT int4send(1) AS id, textsend($1) AS t, textsend($2) AS big, timestamptz_send('2024-02-29 12:34:56.123456+00') AS ts,
-              numeric_send('NaN') AS n, byteasend('\\xdeadbeef') AS b, boolsend(true) AS flag, float8send(0.1) AS f`, ['héllo "q" \\ \'x\'', bigValue])).rows[0];
+          const sent = (
+            await c.query(
+              `SELECT int4send(1) AS id, textsend($1) AS t, textsend($2) AS big, timestamptz_send('2024-02-29 12:34:56.123456+00') AS ts,
+              numeric_send('NaN') AS n, byteasend('\\xdeadbeef') AS b, boolsend(true) AS flag, float8send(0.1) AS f`,
+              ['héllo "q" \\ \'x\'', bigValue],
+            )
+          ).rows[0];
           assert.deepEqual(ins.newTuple.values(), [sent.id, sent.t, sent.big, sent.ts, sent.n, sent.b, sent.flag, sent.f]);
           const [u1] = msgs.filter((m): m is UpdateMessage => m.tag === 'update');
           assert.deepEqual(u1.newTuple.values(), [sent.id, null, UNCHANGED_TOAST, sent.ts, sent.n, sent.b, sent.flag, sent.f]);
@@ -136,7 +181,7 @@ describe('pgoutput: decoding real server bytes', function () {
       it('with reuse, gives each row message in one object per kind, the same as fresh ones until the next parse; copy() keeps a row', function () {
         const reuse = new PgoutputParser(true);
         const rows = (x: PgoutputMessage): (TupleData | null)[] =>
-          (x.tag === 'insert' ? [x.newTuple] : x.tag === 'update' ? [x.oldTuple, x.newTuple] : x.tag === 'delete' ? [x.oldTuple] : []);
+          x.tag === 'insert' ? [x.newTuple] : x.tag === 'update' ? [x.oldTuple, x.newTuple] : x.tag === 'delete' ? [x.oldTuple] : [];
         const seen = new Map<string, PgoutputMessage>();
         let kept: { copy: TupleData; values: unknown } | undefined;
         raw.forEach((d, i) => {
@@ -148,7 +193,10 @@ describe('pgoutput: decoding real server bytes', function () {
           seen.set(m.tag, m);
           assert.deepEqual(m.relation, (fresh as InsertMessage | UpdateMessage | DeleteMessage).relation);
           if (m.tag !== 'insert') assert.equal(m.oldKind, (fresh as UpdateMessage | DeleteMessage).oldKind);
-          assert.deepEqual(rows(m).map((t) => t?.values() ?? null), rows(fresh).map((t) => t?.values() ?? null));
+          assert.deepEqual(
+            rows(m).map((t) => t?.values() ?? null),
+            rows(fresh).map((t) => t?.values() ?? null),
+          );
           if (m.tag === 'insert' && !kept) kept = { copy: m.newTuple.copy(), values: (fresh as InsertMessage).newTuple.values() };
         });
         assert.equal(seen.size, 3);
@@ -160,7 +208,10 @@ describe('pgoutput: decoding real server bytes', function () {
         const raw = await peek(c, 's');
         const parser = new PgoutputParser();
         let insert: Buffer | null = null;
-        for (const m of raw) { parser.parse(m.data); if (m.data[0] === 0x49 && !insert) insert = m.data; }
+        for (const m of raw) {
+          parser.parse(m.data);
+          if (m.data[0] === 0x49 && !insert) insert = m.data;
+        }
         assert.throws(() => parser.parse(insert!.subarray(0, insert!.length - 3)), PgoutputDecodeError);
         assert.throws(() => parser.parse(Buffer.from('Z')), PgoutputDecodeError);
         assert.throws(() => new PgoutputParser().parse(insert!), PgoutputDecodeError); // Insert before its Relation
@@ -170,8 +221,13 @@ describe('pgoutput: decoding real server bytes', function () {
 
   it('quotes slot and publication names in START_REPLICATION', function () {
     const plugin = new PgoutputPlugin(['Pub "x"', "o'k"]);
-    assert.equal(plugin.startCommand('My Slot', 0x100000010n),
-      `START_REPLICATION SLOT "My Slot" LOGICAL 1/10 (proto_version '1', publication_names '"Pub ""x""","o''k"')`);
-    assert.equal(plugin.startCommand('s', 0n, true), `START_REPLICATION SLOT "s" LOGICAL 0/0 (proto_version '1', publication_names '"Pub ""x""","o''k"', binary 'true')`);
+    assert.equal(
+      plugin.startCommand('My Slot', 0x100000010n),
+      `START_REPLICATION SLOT "My Slot" LOGICAL 1/10 (proto_version '1', publication_names '"Pub ""x""","o''k"')`,
+    );
+    assert.equal(
+      plugin.startCommand('s', 0n, true),
+      `START_REPLICATION SLOT "s" LOGICAL 0/0 (proto_version '1', publication_names '"Pub ""x""","o''k"', binary 'true')`,
+    );
   });
 });

@@ -12,14 +12,27 @@ import { startCluster, type Cluster } from '../dev/testbed';
 
 /** A binary text[] parameter, as apply-plan builds them. */
 function textArray(values: string[]): Buffer {
-  const parts = values.map((v) => { const b = Buffer.from(v); const l = Buffer.alloc(4); l.writeInt32BE(b.length); return Buffer.concat([l, b]); });
+  const parts = values.map((v) => {
+    const b = Buffer.from(v);
+    const l = Buffer.alloc(4);
+    l.writeInt32BE(b.length);
+    return Buffer.concat([l, b]);
+  });
   const h = Buffer.alloc(20);
-  h.writeInt32BE(1, 0); h.writeInt32BE(0, 4); h.writeInt32BE(25, 8); h.writeInt32BE(values.length, 12); h.writeInt32BE(1, 16);
+  h.writeInt32BE(1, 0);
+  h.writeInt32BE(0, 4);
+  h.writeInt32BE(25, 8);
+  h.writeInt32BE(values.length, 12);
+  h.writeInt32BE(1, 16);
   return Buffer.concat([h, ...parts]);
 }
 
 const sql = (text: string, name = ''): PipelineStatement => ({ text, name, values: [] });
-const failure = (p: Promise<unknown>) => p.then(() => undefined, (e: unknown) => e);
+const failure = (p: Promise<unknown>) =>
+  p.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
 
 describe('pipeline: statements sent without waiting for each other (PostgreSQL 17)', function () {
   let cluster: Cluster;
@@ -39,7 +52,11 @@ describe('pipeline: statements sent without waiting for each other (PostgreSQL 1
     await client.query('DROP TABLE IF EXISTS t; DROP SEQUENCE IF EXISTS s; CREATE TABLE t (id int PRIMARY KEY, v text); CREATE SEQUENCE s');
   });
 
-  const update: PipelineStatement = { name: 'upd', text: 'UPDATE t SET v = u.v FROM unnest($1::text[], $2::text[]) AS u(id, v) WHERE t.id = u.id::int', values: [] };
+  const update: PipelineStatement = {
+    name: 'upd',
+    text: 'UPDATE t SET v = u.v FROM unnest($1::text[], $2::text[]) AS u(id, v) WHERE t.id = u.id::int',
+    values: [],
+  };
 
   it('runs BEGIN, COPY with its data, an UPDATE with binary arrays and an INSERT with text parameters as one part, and ends with one ReadyForQuery', async function () {
     const prepared = new Set<string>();
@@ -60,7 +77,12 @@ describe('pipeline: statements sent without waiting for each other (PostgreSQL 1
     assert.deepEqual([...prepared].sort(), ['copy', 'upd']);
     await client.query('COMMIT');
     const rows = (await client.query('SELECT id, v FROM t ORDER BY id')).rows;
-    assert.deepEqual(rows, [{ id: 1, v: 'x' }, { id: 2, v: 'b\tc' }, { id: 3, v: 'y' }, { id: 4, v: null }]);
+    assert.deepEqual(rows, [
+      { id: 1, v: 'x' },
+      { id: 2, v: 'b\tc' },
+      { id: 3, v: 'y' },
+      { id: 4, v: null },
+    ]);
   });
 
   it('sends a second transaction behind the first before either is answered; a name parsed in the first is not parsed again', async function () {
@@ -84,14 +106,16 @@ describe('pipeline: statements sent without waiting for each other (PostgreSQL 1
     await client.query("INSERT INTO t VALUES (1, 'a')");
     const prepared = new Set<string>();
     const p = new Pipeline(client, prepared);
-    const first = failure(p.send([
-      sql('BEGIN'),
-      sql("INSERT INTO t VALUES (2, 'b')"),
-      sql("INSERT INTO t VALUES (1, 'duplicate')"),
-      sql("SELECT nextval('s')"),   // not transactional: would show if it ran
-      { name: '', text: 'COPY t (id, v) FROM STDIN', values: [], copyData: Buffer.from('5\te\n') },
-      sql('COMMIT'),
-    ]));
+    const first = failure(
+      p.send([
+        sql('BEGIN'),
+        sql("INSERT INTO t VALUES (2, 'b')"),
+        sql("INSERT INTO t VALUES (1, 'duplicate')"),
+        sql("SELECT nextval('s')"), // not transactional: would show if it ran
+        { name: '', text: 'COPY t (id, v) FROM STDIN', values: [], copyData: Buffer.from('5\te\n') },
+        sql('COMMIT'),
+      ]),
+    );
     const second = failure(p.send([sql('BEGIN'), { name: 'late', text: "INSERT INTO t VALUES (6, 'f')", values: [] }, sql('COMMIT')]));
     p.end();
     const behind = new Pipeline(client, prepared, p);
@@ -100,7 +124,7 @@ describe('pipeline: statements sent without waiting for each other (PostgreSQL 1
     assert.ok(err instanceof PipelineError, `expected a PipelineError, got ${String(err)}`);
     assert.equal(err.index, 2);
     assert.equal((err.cause as { code?: string }).code, '23505');
-    assert.ok(await second instanceof PipelineSkipped, 'the transaction behind it did not run');
+    assert.ok((await second) instanceof PipelineSkipped, 'the transaction behind it did not run');
     const skipped = await third;
     assert.ok(skipped instanceof PipelineSkipped, 'the pipeline queued behind sent nothing');
     assert.equal((skipped.cause as { code?: string }).code, '23505', "a skipped part's cause is the failure itself");
@@ -112,10 +136,9 @@ describe('pipeline: statements sent without waiting for each other (PostgreSQL 1
 
   it('fails on bad COPY data at the COPY statement, and the statements after it do not run', async function () {
     const p = new Pipeline(client, new Set());
-    const err = await failure(p.send([
-      { name: '', text: 'COPY t (id, v) FROM STDIN', values: [], copyData: Buffer.from('1\ta\nnot-a-number\tb\n') },
-      sql("SELECT nextval('s')"),
-    ]));
+    const err = await failure(
+      p.send([{ name: '', text: 'COPY t (id, v) FROM STDIN', values: [], copyData: Buffer.from('1\ta\nnot-a-number\tb\n') }, sql("SELECT nextval('s')")]),
+    );
     assert.ok(err instanceof PipelineError);
     assert.equal(err.index, 0);
     assert.equal((err.cause as { code?: string }).code, '22P02');

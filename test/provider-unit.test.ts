@@ -18,16 +18,45 @@ const SOURCE_PW = 'src-Secret-4711';
 const TARGET_PW = 'tgt-Secret-0815';
 const TOKEN = 'agent-Token-9999';
 
-function clone<T>(v: T): T { return JSON.parse(JSON.stringify(v)) as T; }
+function clone<T>(v: T): T {
+  return JSON.parse(JSON.stringify(v)) as T;
+}
 
 /** A status as the agent reports it (test data for the old state diff() receives). */
 function status(over: Partial<MigrationMessage> = {}): MigrationMessage {
   return {
-    id: 'orders', phase: 'syncing', errorCode: '', errorMessage: '', errorRemedy: '', createdAt: '', updatedAt: '',
-    tables: [], tablesTotal: 3, tablesCopied: 3, rowsCopied: 30, bytesCopied: 0, bytesEstimated: 0, progress: 1, etaSeconds: -1,
-    lagBytes: 0, lagSeconds: 0, retainedWalBytes: 1000, applyRate: 0, appliedLsn: '0/1', slotName: 'pgferry_orders',
-    publicationName: 'pgferry_orders', specFingerprint: 'x', cutover: null, activeEndpoint: 'source', changesApplied: 0,
-    sourceVersion: '14.0', targetVersion: '17.0', paused: false, pausedAt: '', fence: null, ...over,
+    id: 'orders',
+    phase: 'syncing',
+    errorCode: '',
+    errorMessage: '',
+    errorRemedy: '',
+    createdAt: '',
+    updatedAt: '',
+    tables: [],
+    tablesTotal: 3,
+    tablesCopied: 3,
+    rowsCopied: 30,
+    bytesCopied: 0,
+    bytesEstimated: 0,
+    progress: 1,
+    etaSeconds: -1,
+    lagBytes: 0,
+    lagSeconds: 0,
+    retainedWalBytes: 1000,
+    applyRate: 0,
+    appliedLsn: '0/1',
+    slotName: 'pgferry_orders',
+    publicationName: 'pgferry_orders',
+    specFingerprint: 'x',
+    cutover: null,
+    activeEndpoint: 'source',
+    changesApplied: 0,
+    sourceVersion: '14.0',
+    targetVersion: '17.0',
+    paused: false,
+    pausedAt: '',
+    fence: null,
+    ...over,
   };
 }
 
@@ -50,7 +79,9 @@ describe('provider without an agent: declaration, Check, Diff through the real h
     news = declared.plainInputs;
     host = await ProviderHost.start();
   });
-  after(async function () { await host?.stop(); });
+  after(async function () {
+    await host?.stop();
+  });
 
   /** The old outputs of a created migration (what the engine hands diff() and update()). */
   function oldOutputs(inputs: Props, m: MigrationMessage = status()): Props {
@@ -70,12 +101,16 @@ describe('provider without an agent: declaration, Check, Diff through the real h
     for (const value of [SOURCE_PW, TARGET_PW, TOKEN]) {
       const paths = pathsContaining(declared.inputs, value);
       assert.ok(paths.length > 0);
-      for (const p of paths) assert.ok(secret.some((s) => p === s || p.startsWith(`${s}.`)), `${p} is not under a secret (${secret.join(', ')})`);
+      for (const p of paths)
+        assert.ok(
+          secret.some((s) => p === s || p.startsWith(`${s}.`)),
+          `${p} is not under a secret (${secret.join(', ')})`,
+        );
     }
     for (const name of SECRET_OUTPUTS) assert.ok(declared.additionalSecretOutputs.includes(name), `${name} is not in additionalSecretOutputs`);
   });
 
-  it('derives the migration id from the resource name, within the agent\'s id rule', async function () {
+  it("derives the migration id from the resource name, within the agent's id rule", async function () {
     assert.equal(news.migrationId, 'orders');
     const names = ['Orders-DB.v2', '2024 billing', 'x', 'ÄÖÜ', 'a'.repeat(60), `${'a'.repeat(60)}b`, '__weird__name__'];
     const ids = names.map(deriveMigrationId);
@@ -85,11 +120,15 @@ describe('provider without an agent: declaration, Check, Diff through the real h
     }
     assert.equal(new Set(ids).size, ids.length, 'two names map to one id');
     assert.equal(deriveMigrationId('Orders-DB.v2'), 'orders_db_v2');
-    const d = await declareMigration('Billing Q3', { agent: { endpoint: deadEndpoint }, source: { connectionString: 'postgresql://u:p@h/d' }, target: { connectionString: 'postgresql://u:p@h2/d' } });
+    const d = await declareMigration('Billing Q3', {
+      agent: { endpoint: deadEndpoint },
+      source: { connectionString: 'postgresql://u:p@h/d' },
+      target: { connectionString: 'postgresql://u:p@h2/d' },
+    });
     assert.equal(d.plainInputs.migrationId, 'billing_q3');
   });
 
-  it('keeps its allowed values equal to the agent\'s spec', function () {
+  it("keeps its allowed values equal to the agent's spec", function () {
     assert.deepEqual([...SSL_MODES], [...AGENT_SSL_MODES]);
     assert.deepEqual([...SCHEMA_MODES], [...AGENT_SCHEMA_MODES]);
   });
@@ -132,10 +171,22 @@ describe('provider without an agent: declaration, Check, Diff through the real h
     };
     const { failures } = await host.check(urn, {}, bad);
     const props = failures.map((f) => f.property).sort();
-    assert.deepEqual(props, [
-      'agent.endpoint', 'copy.workers', 'cutoverOptions.timeoutMs', 'cutoverOptions.validation', 'migrationId',
-      'source.port', 'source.sslRootCert', 'sourceDb', 'tables.include[0]', 'target.host', 'target.sslMode',
-    ].sort());
+    assert.deepEqual(
+      props,
+      [
+        'agent.endpoint',
+        'copy.workers',
+        'cutoverOptions.timeoutMs',
+        'cutoverOptions.validation',
+        'migrationId',
+        'source.port',
+        'source.sslRootCert',
+        'sourceDb',
+        'tables.include[0]',
+        'target.host',
+        'target.sslMode',
+      ].sort(),
+    );
     for (const f of failures) assert.ok(f.reason.includes(`\`${f.property}\``), `reason of ${f.property} does not name it: ${f.reason}`);
     const hostFailure = failures.find((f) => f.property === 'target.host')!;
     assert.match(hostFailure.reason, /connectionString/);
@@ -158,28 +209,90 @@ describe('provider without an agent: declaration, Check, Diff through the real h
     const n = clone(news);
     (n.source as Props).host = '10.1.2.3';
     const { failures } = await host.check(urn, clone(news), n);
-    assert.deepEqual(failures.map((f) => f.property), ['agent.endpoint']);
+    assert.deepEqual(
+      failures.map((f) => f.property),
+      ['agent.endpoint'],
+    );
   });
 
   describe('Diff, given the old outputs as the engine does', function () {
     let olds: Props;
-    before(function () { olds = oldOutputs(news); });
+    before(function () {
+      olds = oldOutputs(news);
+    });
     const diff = (n: Props) => host.diff('orders', urn, olds, n);
-    const edit = (f: (n: Props) => void): Props => { const n = clone(news); f(n); return n; };
+    const edit = (f: (n: Props) => void): Props => {
+      const n = clone(news);
+      f(n);
+      return n;
+    };
 
     it('reports no change for the same arguments (defaults equal to absent values)', async function () {
       assert.deepEqual(await diff(clone(news)), { changes: 'none', replaces: [], deleteBeforeReplace: false });
-      assert.equal((await diff(edit((n) => { n.schemaMode = 'create'; n.cutover = false; n.overwriteTarget = false; }))).changes, 'none');
+      assert.equal(
+        (
+          await diff(
+            edit((n) => {
+              n.schemaMode = 'create';
+              n.cutover = false;
+              n.overwriteTarget = false;
+            }),
+          )
+        ).changes,
+        'none',
+      );
     });
 
     for (const [what, change, field] of [
-      ['the source host changes', (n: Props) => { (n.source as Props).host = '10.0.0.9'; }, 'source'],
-      ['the target database changes', (n: Props) => { (n.target as Props).database = 'shop2'; }, 'target'],
-      ['the table selection changes', (n: Props) => { n.tables = { include: ['public.orders'] }; }, 'tables'],
-      ['the schema mode changes', (n: Props) => { n.schemaMode = 'existing'; }, 'schemaMode'],
-      ['the migration id changes', (n: Props) => { n.migrationId = 'orders_v2'; }, 'migrationId'],
-      ['the target host is unknown (preview)', (n: Props) => { (n.target as Props).host = UNKNOWN; }, 'target'],
-      ['the whole source is unknown (preview)', (n: Props) => { n.source = UNKNOWN; }, 'source'],
+      [
+        'the source host changes',
+        (n: Props) => {
+          (n.source as Props).host = '10.0.0.9';
+        },
+        'source',
+      ],
+      [
+        'the target database changes',
+        (n: Props) => {
+          (n.target as Props).database = 'shop2';
+        },
+        'target',
+      ],
+      [
+        'the table selection changes',
+        (n: Props) => {
+          n.tables = { include: ['public.orders'] };
+        },
+        'tables',
+      ],
+      [
+        'the schema mode changes',
+        (n: Props) => {
+          n.schemaMode = 'existing';
+        },
+        'schemaMode',
+      ],
+      [
+        'the migration id changes',
+        (n: Props) => {
+          n.migrationId = 'orders_v2';
+        },
+        'migrationId',
+      ],
+      [
+        'the target host is unknown (preview)',
+        (n: Props) => {
+          (n.target as Props).host = UNKNOWN;
+        },
+        'target',
+      ],
+      [
+        'the whole source is unknown (preview)',
+        (n: Props) => {
+          n.source = UNKNOWN;
+        },
+        'source',
+      ],
     ] as const) {
       it(`replaces, deleting first, when ${what}`, async function () {
         assert.deepEqual(await diff(edit(change)), { changes: 'some', replaces: [field], deleteBeforeReplace: true });
@@ -187,15 +300,60 @@ describe('provider without an agent: declaration, Check, Diff through the real h
     }
 
     for (const [what, change] of [
-      ['cutover goes false → true', (n: Props) => { n.cutover = true; }],
-      ['a source password rotates', (n: Props) => { (n.source as Props).password = 'rotated'; }],
-      ['the agent token rotates', (n: Props) => { (n.agent as Props).token = 'rotated-token'; }],
-      ['the agent endpoint moves', (n: Props) => { (n.agent as Props).endpoint = '10.0.0.5:7443'; }],
-      ['the agent token is unknown (preview)', (n: Props) => { (n.agent as Props).token = UNKNOWN; }],
-      ['copy knobs change', (n: Props) => { n.copy = { workers: 4 }; }],
-      ['apply knobs change', (n: Props) => { n.apply = { batchMs: 50 }; }],
-      ['cutover options change', (n: Props) => { n.cutoverOptions = { validation: 'counts' }; }],
-      ['a password is unknown (preview)', (n: Props) => { (n.target as Props).password = UNKNOWN; }],
+      [
+        'cutover goes false → true',
+        (n: Props) => {
+          n.cutover = true;
+        },
+      ],
+      [
+        'a source password rotates',
+        (n: Props) => {
+          (n.source as Props).password = 'rotated';
+        },
+      ],
+      [
+        'the agent token rotates',
+        (n: Props) => {
+          (n.agent as Props).token = 'rotated-token';
+        },
+      ],
+      [
+        'the agent endpoint moves',
+        (n: Props) => {
+          (n.agent as Props).endpoint = '10.0.0.5:7443';
+        },
+      ],
+      [
+        'the agent token is unknown (preview)',
+        (n: Props) => {
+          (n.agent as Props).token = UNKNOWN;
+        },
+      ],
+      [
+        'copy knobs change',
+        (n: Props) => {
+          n.copy = { workers: 4 };
+        },
+      ],
+      [
+        'apply knobs change',
+        (n: Props) => {
+          n.apply = { batchMs: 50 };
+        },
+      ],
+      [
+        'cutover options change',
+        (n: Props) => {
+          n.cutoverOptions = { validation: 'counts' };
+        },
+      ],
+      [
+        'a password is unknown (preview)',
+        (n: Props) => {
+          (n.target as Props).password = UNKNOWN;
+        },
+      ],
     ] as const) {
       it(`updates in place when ${what}`, async function () {
         assert.deepEqual(await diff(edit(change)), { changes: 'some', replaces: [], deleteBeforeReplace: false });
@@ -204,10 +362,25 @@ describe('provider without an agent: declaration, Check, Diff through the real h
   });
 
   it('Update refuses `cutover` true → false after the cutover completed, saying why and what to do', async function () {
-    const done = status({ phase: 'completed', activeEndpoint: 'target', cutover: {
-      state: 'completed', fenceStartedAt: '', fenceEndedAt: '', writeDowntimeMs: 120, fenceLsn: '0/3000060', tables: [], sequences: [],
-      warnings: [], validation: 'checksums', validationOk: true, completedAt: '2026-01-01T00:00:00Z', error: '', attempts: 1,
-    } });
+    const done = status({
+      phase: 'completed',
+      activeEndpoint: 'target',
+      cutover: {
+        state: 'completed',
+        fenceStartedAt: '',
+        fenceEndedAt: '',
+        writeDowntimeMs: 120,
+        fenceLsn: '0/3000060',
+        tables: [],
+        sequences: [],
+        warnings: [],
+        validation: 'checksums',
+        validationOk: true,
+        completedAt: '2026-01-01T00:00:00Z',
+        error: '',
+        attempts: 1,
+      },
+    });
     const olds = oldOutputs({ ...clone(news), cutover: true }, done);
     await assert.rejects(host.update('orders', urn, olds, { ...clone(news), cutover: false }), (e: Error) => {
       assert.match(e.message, /`cutover` cannot go back to `false`/);
@@ -257,7 +430,10 @@ describe('provider without an agent: declaration, Check, Diff through the real h
   it('parses and redacts connection strings in both password forms', function () {
     assert.equal(redactConnectionString('postgres://u:p%40ss@h/d?password=x&sslmode=require'), 'postgres://u:***@h/d?password=***&sslmode=require');
     const c = resolveConnection({ connectionString: 'postgresql://us%40er:p%3Aw@[::1]:6543/my%20db?sslmode=verify-full' });
-    assert.deepEqual({ ...c, connectionString: undefined }, { host: '::1', port: 6543, database: 'my db', user: 'us@er', password: 'p:w', sslMode: 'verify-full', connectionString: undefined });
+    assert.deepEqual(
+      { ...c, connectionString: undefined },
+      { host: '::1', port: 6543, database: 'my db', user: 'us@er', password: 'p:w', sslMode: 'verify-full', connectionString: undefined },
+    );
     assert.equal(c.connectionString, 'postgresql://us%40er:p%3Aw@[::1]:6543/my%20db?sslmode=verify-full');
   });
 });
@@ -266,11 +442,15 @@ describe('agent client without an agent', function () {
   let blackHole: Server;
   let blackHolePort: number;
   before(async function () {
-    blackHole = createServer(() => { /* accept and never answer */ });
+    blackHole = createServer(() => {
+      /* accept and never answer */
+    });
     await new Promise<void>((r) => blackHole.listen(0, '127.0.0.1', () => r()));
     blackHolePort = (blackHole.address() as { port: number }).port;
   });
-  after(function () { blackHole?.close(); });
+  after(function () {
+    blackHole?.close();
+  });
 
   it('turns a refused connection into AGENT_UNREACHABLE with a remedy', async function () {
     const c = new AgentClient({ endpoint: `127.0.0.1:${await freePort()}` });
@@ -282,16 +462,23 @@ describe('agent client without an agent', function () {
         assert.match(e.remedy, /pgferry agent --listen/);
         return true;
       });
-    } finally { c.close(); }
+    } finally {
+      c.close();
+    }
   });
 
   it('enforces the deadline of a call to a server that never answers (AGENT_TIMEOUT)', async function () {
     const c = new AgentClient({ endpoint: `127.0.0.1:${blackHolePort}` });
     const t0 = Date.now();
     try {
-      await assert.rejects(c.getMigration('orders', { timeoutMs: 700 }), (e: unknown) => isAgentError(e) && (e.code === 'AGENT_TIMEOUT' || e.code === 'AGENT_UNREACHABLE'));
+      await assert.rejects(
+        c.getMigration('orders', { timeoutMs: 700 }),
+        (e: unknown) => isAgentError(e) && (e.code === 'AGENT_TIMEOUT' || e.code === 'AGENT_UNREACHABLE'),
+      );
       assert.ok(Date.now() - t0 < 5000);
-    } finally { c.close(); }
+    } finally {
+      c.close();
+    }
   });
 
   it('cancels a call when its AbortSignal aborts', async function () {
@@ -301,6 +488,8 @@ describe('agent client without an agent', function () {
       const p = c.getMigration('orders', { signal: ac.signal, timeoutMs: 30_000 });
       setTimeout(() => ac.abort(), 200);
       await assert.rejects(p, (e: unknown) => isAgentError(e) && e.code === 'CANCELLED');
-    } finally { c.close(); }
+    } finally {
+      c.close();
+    }
   });
 });

@@ -11,7 +11,10 @@ import { ALL_TYPES_DDL, ALL_TYPES_ROWS, NUMERIC_INFINITY_ROWS, SCHEMA_FEATURES_D
 import { startAgent, type AgentProcess } from './support/agent';
 import { assertSameData, waitFor } from './support/compare';
 
-const PAIRS: Array<{ source: PgMajor; target: PgMajor }> = [{ source: 14, target: 17 }, { source: 13, target: 17 }];
+const PAIRS: Array<{ source: PgMajor; target: PgMajor }> = [
+  { source: 14, target: 17 },
+  { source: 13, target: 17 },
+];
 
 for (const pair of PAIRS) {
   describe(`type and shape round trip through the engine: PostgreSQL ${pair.source} → ${pair.target}`, function () {
@@ -48,7 +51,9 @@ for (const pair of PAIRS) {
 
     it('copies every value exactly', async function () {
       await client.startMigration({
-        id: 'types', source: source.endpoint(DB), target: target.endpoint(DB),
+        id: 'types',
+        source: source.endpoint(DB),
+        target: target.endpoint(DB),
         tables: { include: ['typesdemo.*', '"Sales".*'] },
       });
       await waitFor('syncing', async () => {
@@ -60,10 +65,15 @@ for (const pair of PAIRS) {
     });
 
     it('streams the same values as inserts, updates and deletes, exactly', async function () {
-      const cols = await source.query(`SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) AS list FROM pg_attribute
-        WHERE attrelid = 'typesdemo."AllTypes"'::regclass AND attnum > 1 AND NOT attisdropped AND attidentity = '' AND attgenerated = ''`, [], DB);
+      const cols = await source.query(
+        `SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) AS list FROM pg_attribute
+        WHERE attrelid = 'typesdemo."AllTypes"'::regclass AND attnum > 1 AND NOT attisdropped AND attidentity = '' AND attgenerated = ''`,
+        [],
+        DB,
+      );
       const list = cols.rows[0].list as string;
-      await source.query(`
+      await source.query(
+        `
         INSERT INTO typesdemo."AllTypes" (id, ${list}) SELECT id + 100, ${list} FROM typesdemo."AllTypes" WHERE id < 100;
         -- a run long enough for the bulk (COPY) insert path, tabs, newlines and backslashes included
         INSERT INTO typesdemo."AllTypes" (id, ${list}) SELECT id + 1000 * g, ${list} FROM typesdemo."AllTypes", generate_series(1, 20) g WHERE id < 100;
@@ -71,8 +81,18 @@ for (const pair of PAIRS) {
           WHERE a.id > 100 AND a.id < 105;
         DELETE FROM typesdemo."AllTypes" WHERE id = 103;
         UPDATE "Sales".events SET payload = '{"changed": true}' WHERE id IN (SELECT id FROM "Sales".events ORDER BY id LIMIT 2);
-        DELETE FROM "Sales".events WHERE id = (SELECT max(id) FROM "Sales".events);`, [], DB);
-      await waitFor('target to equal source', async () => { await assertSameData(source, target, DB); return true; }, 60_000);
+        DELETE FROM "Sales".events WHERE id = (SELECT max(id) FROM "Sales".events);`,
+        [],
+        DB,
+      );
+      await waitFor(
+        'target to equal source',
+        async () => {
+          await assertSameData(source, target, DB);
+          return true;
+        },
+        60_000,
+      );
       const n = await target.query('SELECT count(*)::int AS n FROM typesdemo."AllTypes" WHERE id > 1000', [], DB);
       assert.ok(n.rows[0].n >= 80);
       await client.deleteMigration('types');

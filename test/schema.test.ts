@@ -10,15 +10,14 @@ import { from as copyFrom, to as copyTo } from 'pg-copy-streams';
 import { dataColumns, selectTables, type TableInfo } from '../agent/engine/catalog';
 import { connect, qi, qn } from '../agent/engine/conn';
 import { isPgferryError } from '../agent/engine/errors';
-import {
-  applyPostDataStatement, applyPreData, listSequences, planSchema, verifyExistingSchema, type SchemaPlan,
-} from '../agent/engine/schema';
+import { applyPostDataStatement, applyPreData, listSequences, planSchema, verifyExistingSchema, type SchemaPlan } from '../agent/engine/schema';
 import { startCluster, type Cluster, type PgMajor } from '../dev/testbed';
-import {
-  ALL_TYPES_DDL, ALL_TYPES_ROWS, NUMERIC_INFINITY_ROWS, SCHEMA_FEATURES_DDL, SCHEMA_FEATURES_ROWS,
-} from './fixtures/types';
+import { ALL_TYPES_DDL, ALL_TYPES_ROWS, NUMERIC_INFINITY_ROWS, SCHEMA_FEATURES_DDL, SCHEMA_FEATURES_ROWS } from './fixtures/types';
 
-const PAIRS: Array<{ source: PgMajor; target: PgMajor }> = [{ source: 13, target: 17 }, { source: 14, target: 17 }];
+const PAIRS: Array<{ source: PgMajor; target: PgMajor }> = [
+  { source: 13, target: 17 },
+  { source: 14, target: 17 },
+];
 
 /** Source-only extras: an extension type, a user collation, triggers, policies, a FK to an unselected table. */
 const EXTRAS_DDL = `
@@ -132,7 +131,9 @@ async function describeSchema(c: pg.Client) {
 
 /** The initial load, as simply as possible: a text COPY pipe per table that holds rows. */
 async function copyTable(source: pg.Client, target: pg.Client, t: TableInfo): Promise<void> {
-  const cols = dataColumns(t).map((col) => qi(col.name)).join(', ');
+  const cols = dataColumns(t)
+    .map((col) => qi(col.name))
+    .join(', ');
   const out = source.query(copyTo(`COPY (SELECT ${cols} FROM ONLY ${qn(t.schema, t.name)}) TO STDOUT`));
   const into = target.query(copyFrom(`COPY ${qn(t.schema, t.name)} (${cols}) FROM STDIN`));
   await pipeline(out, into);
@@ -180,10 +181,7 @@ for (const pair of PAIRS) {
     };
 
     before(async function () {
-      [srcCluster, tgtCluster] = await Promise.all([
-        startCluster({ version: pair.source, fast: true }),
-        startCluster({ version: pair.target, fast: true }),
-      ]);
+      [srcCluster, tgtCluster] = await Promise.all([startCluster({ version: pair.source, fast: true }), startCluster({ version: pair.target, fast: true })]);
       source = await connect('source', srcCluster.endpoint());
       target = await connect('target', tgtCluster.endpoint());
       await source.query(ALL_TYPES_DDL);
@@ -235,7 +233,7 @@ for (const pair of PAIRS) {
       const key = (a: { schema: string; name: string }) => `${a.schema}.${a.name}`;
       const byName = (a: { schema: string; name: string }, b: { schema: string; name: string }) => (key(a) < key(b) ? -1 : key(a) > key(b) ? 1 : 0);
       assert.deepEqual([...plan.sequences].sort(byName), expected);
-      assert.deepEqual([...await listSequences(source, tables)].sort(byName), expected);
+      assert.deepEqual([...(await listSequences(source, tables))].sort(byName), expected);
     });
 
     it('applyPreData creates every table, column, type, sequence, partition and pre-data constraint exactly as on the source', async function () {
@@ -244,7 +242,10 @@ for (const pair of PAIRS) {
       assert.deepEqual(t.relations, s.relations);
       assert.deepEqual(t.columns, s.columns);
       assert.deepEqual(t.enums, s.enums);
-      assert.ok(t.enums.some((e) => e.includes('{sad,meh,ok,happy}')), 'enum labels in sort order');
+      assert.ok(
+        t.enums.some((e) => e.includes('{sad,meh,ok,happy}')),
+        'enum labels in sort order',
+      );
       assert.deepEqual(t.domains, s.domains);
       assert.deepEqual(t.composites, s.composites);
       assert.deepEqual(t.ranges, s.ranges);
@@ -255,7 +256,10 @@ for (const pair of PAIRS) {
       assert.deepEqual(preKinds(t.constraints), preKinds(s.constraints));
       const ext = await target.query(`SELECT e.extname, n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
         WHERE e.extname IN ('citext', 'pg_trgm') ORDER BY 1`);
-      assert.deepEqual(ext.rows, [{ extname: 'citext', nspname: 'exts' }, { extname: 'pg_trgm', nspname: 'exts' }]);
+      assert.deepEqual(ext.rows, [
+        { extname: 'citext', nspname: 'exts' },
+        { extname: 'pg_trgm', nspname: 'exts' },
+      ]);
     });
 
     it('round-trips every row of every table (text COPY), including NaN, ±Infinity, extremes, arrays, ranges and NULLs', async function () {
@@ -305,12 +309,15 @@ for (const pair of PAIRS) {
     it('applyPreData runs beforeCommit inside its transaction: a failure there leaves nothing created', async function () {
       const hook = await targetDb('hook');
       let seen = -1;
-      const e = await expectCode(applyPreData(hook, plan, {
-        beforeCommit: async (c) => {
-          seen = (await c.query('SELECT count(*)::int AS n FROM typesdemo."AllTypes"')).rows[0].n;
-          throw new Error('marker write failed');
-        },
-      }), 'SCHEMA_FAILED');
+      const e = await expectCode(
+        applyPreData(hook, plan, {
+          beforeCommit: async (c) => {
+            seen = (await c.query('SELECT count(*)::int AS n FROM typesdemo."AllTypes"')).rows[0].n;
+            throw new Error('marker write failed');
+          },
+        }),
+        'SCHEMA_FAILED',
+      );
       assert.ok(e instanceof Error);
       assert.equal(seen, 0, 'the hook saw the uncommitted tables');
       const left = await hook.query("SELECT nspname FROM pg_namespace WHERE nspname IN ('typesdemo', 'Sales', 'exts')");

@@ -30,16 +30,29 @@ const MigrationServiceClient = grpc.makeGenericClientConstructor(loadServiceDefi
 function rawList(endpoint: string, creds: grpc.ChannelCredentials, md = new grpc.Metadata()): Promise<grpc.ServiceError | null> {
   const c = new MigrationServiceClient(endpoint, creds);
   return new Promise((resolve) => {
-    (c as unknown as Record<string, (req: unknown, md: grpc.Metadata, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null) => void) => void>)
-      .ListMigrations({}, md, { deadline: Date.now() + 15_000 }, (e) => { c.close(); resolve(e); });
+    (c as unknown as Record<string, (req: unknown, md: grpc.Metadata, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null) => void) => void>).ListMigrations(
+      {},
+      md,
+      { deadline: Date.now() + 15_000 },
+      (e) => {
+        c.close();
+        resolve(e);
+      },
+    );
   });
 }
 
-const bearer = (token: string) => { const md = new grpc.Metadata(); md.set('authorization', `Bearer ${token}`); return md; };
+const bearer = (token: string) => {
+  const md = new grpc.Metadata();
+  md.set('authorization', `Bearer ${token}`);
+  return md;
+};
 const newToken = () => `tok_${randomBytes(24).toString('hex')}`;
 
 async function expectAgentCode(p: Promise<unknown>, code: string): Promise<Error> {
-  try { await p; } catch (e) {
+  try {
+    await p;
+  } catch (e) {
     assert.ok(isAgentError(e), `expected an AgentError, got ${String(e)}`);
     assert.equal(e.code, code, `expected ${code}, got ${e.code}: ${e.message}`);
     return e;
@@ -65,9 +78,14 @@ describe('security: TLS, mutual TLS and bearer tokens', function () {
   this.timeout(120_000);
   let certs: TestCerts;
   const agents: AgentProcess[] = [];
-  before(async () => { certs = await makeTestCerts(); });
+  before(async () => {
+    certs = await makeTestCerts();
+  });
   after(async () => {
-    for (const a of agents) { await a.stop(); removeAgentDir(a); }
+    for (const a of agents) {
+      await a.stop();
+      removeAgentDir(a);
+    }
     certs?.remove();
   });
 
@@ -80,9 +98,15 @@ describe('security: TLS, mutual TLS and bearer tokens', function () {
     try {
       assert.deepEqual(await good.listMigrations(), []);
       assert.equal(await good.health(), 'SERVING');
-    } finally { good.close(); }
+    } finally {
+      good.close();
+    }
     const wrongCa = new AgentClient({ endpoint: agent.endpoint, caCert: readFileSync(certs.otherCaCert, 'utf8'), token });
-    try { await expectAgentCode(wrongCa.listMigrations(), 'AGENT_UNREACHABLE'); } finally { wrongCa.close(); }
+    try {
+      await expectAgentCode(wrongCa.listMigrations(), 'AGENT_UNREACHABLE');
+    } finally {
+      wrongCa.close();
+    }
     // System roots only, and plain text: both fail at the transport.
     assert.equal((await rawList(agent.endpoint, grpc.credentials.createSsl(), bearer(token)))?.code, grpc.status.UNAVAILABLE);
     assert.equal((await rawList(agent.endpoint, grpc.credentials.createInsecure(), bearer(token)))?.code, grpc.status.UNAVAILABLE);
@@ -113,7 +137,20 @@ describe('security: TLS, mutual TLS and bearer tokens', function () {
     const token = newToken();
     const agent = await startAgent({ token, tls: { cert: certs.serverCert, key: certs.serverKey, clientCa: certs.caCert } });
     agents.push(agent);
-    const ok = await runCli(['status', '--json', '--agent', agent.endpoint, '--ca-cert', certs.caCert, '--client-cert', certs.clientCert, '--client-key', certs.clientKey, '--token-file', agent.tokenFile!]);
+    const ok = await runCli([
+      'status',
+      '--json',
+      '--agent',
+      agent.endpoint,
+      '--ca-cert',
+      certs.caCert,
+      '--client-cert',
+      certs.clientCert,
+      '--client-key',
+      certs.clientKey,
+      '--token-file',
+      agent.tokenFile!,
+    ]);
     assert.equal(ok.code, 0, ok.stderr);
     assert.deepEqual(JSON.parse(ok.stdout), { migrations: [] });
   });
@@ -129,10 +166,16 @@ describe('security: TLS, mutual TLS and bearer tokens', function () {
     try {
       assert.equal(await anon.health(), 'SERVING', 'health needs no token');
       await expectAgentCode(anon.listMigrations(), 'UNAUTHENTICATED');
-    } finally { anon.close(); }
+    } finally {
+      anon.close();
+    }
     const wrong = newToken();
     const w = client(wrong);
-    try { await expectAgentCode(w.listMigrations(), 'UNAUTHENTICATED'); } finally { w.close(); }
+    try {
+      await expectAgentCode(w.listMigrations(), 'UNAUTHENTICATED');
+    } finally {
+      w.close();
+    }
     const basic = new grpc.Metadata();
     basic.set('authorization', `Basic ${Buffer.from(`x:${first}`).toString('base64')}`);
     assert.equal((await rawList(agent.endpoint, plain, basic))?.code, grpc.status.UNAUTHENTICATED);
@@ -157,7 +200,11 @@ describe('security: TLS, mutual TLS and bearer tokens', function () {
     assert.equal(agent.pid, pid, 'no restart');
     process.kill(pid, 0);
 
-    const lines = agent.logs().split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
+    const lines = agent
+      .logs()
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
     const rejected = lines.filter((l) => /^rejected /.test(String(l.msg)));
     assert.deepEqual(new Set(rejected.map((l) => l.reason)), new Set(['missing', 'wrong', 'malformed', 'no-tokens']));
     for (const l of rejected) assert.equal(l.level, 40);
@@ -188,24 +235,39 @@ describe('security: TLS, mutual TLS and bearer tokens', function () {
       assert.equal(r.code, 2);
       assert.ok(r.stderr.includes('--token-file'));
       assertNoSecrets('the refusal', r.stdout + r.stderr, [secret]);
-    } finally { rmSync(dir, { recursive: true, force: true }); }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('treats only 127.0.0.0/8, ::1 and localhost as loopback', () => {
     for (const h of ['127.0.0.1', '127.1.2.3', '::1', '[::1]', '::ffff:127.0.0.1', 'localhost', 'LOCALHOST']) assert.equal(isLoopbackHost(h), true, h);
-    for (const h of ['0.0.0.0', '::', '10.0.0.4', '::ffff:10.0.0.4', 'agent.internal', '127.0.0.1.nip.io', '128.0.0.1']) assert.equal(isLoopbackHost(h), false, h);
+    for (const h of ['0.0.0.0', '::', '10.0.0.4', '::ffff:10.0.0.4', 'agent.internal', '127.0.0.1.nip.io', '128.0.0.1'])
+      assert.equal(isLoopbackHost(h), false, h);
     const base = { tls: true, mutualTls: false, token: true, allowPlaintext: false, allowNoToken: false };
     assert.deepEqual(checkListenSecurity({ ...base, listen: '[::]:7443' }), []);
-    assert.throws(() => checkListenSecurity({ ...base, listen: '[::]:7443', tls: false }), (e: { code?: string }) => e.code === 'INVALID_SPEC');
-    assert.throws(() => checkListenSecurity({ ...base, listen: '10.0.0.4:7443', token: false }), (e: { code?: string }) => e.code === 'INVALID_SPEC');
-    assert.throws(() => checkListenSecurity({ ...base, listen: 'no-port' }), (e: { code?: string }) => e.code === 'INVALID_SPEC');
+    assert.throws(
+      () => checkListenSecurity({ ...base, listen: '[::]:7443', tls: false }),
+      (e: { code?: string }) => e.code === 'INVALID_SPEC',
+    );
+    assert.throws(
+      () => checkListenSecurity({ ...base, listen: '10.0.0.4:7443', token: false }),
+      (e: { code?: string }) => e.code === 'INVALID_SPEC',
+    );
+    assert.throws(
+      () => checkListenSecurity({ ...base, listen: 'no-port' }),
+      (e: { code?: string }) => e.code === 'INVALID_SPEC',
+    );
   });
 
   it('refuses TLS files that cannot work, naming the flag', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'pgferry-badtls-'));
     try {
       const expired = await generate([{ name: 'commonName', value: 'localhost' }], {
-        algorithm: 'sha256', keyType: 'ec', notBeforeDate: new Date(Date.now() - 3 * 86_400_000), notAfterDate: new Date(Date.now() - 86_400_000),
+        algorithm: 'sha256',
+        keyType: 'ec',
+        notBeforeDate: new Date(Date.now() - 3 * 86_400_000),
+        notAfterDate: new Date(Date.now() - 86_400_000),
       });
       writeFileSync(join(dir, 'expired.pem'), expired.cert);
       writeFileSync(join(dir, 'expired.key'), expired.private, { mode: 0o600 });
@@ -223,14 +285,21 @@ describe('security: TLS, mutual TLS and bearer tokens', function () {
         assert.equal(r.code, 2, `${c.args.join(' ')}: exit ${r.code}\n${r.stderr}`);
         assert.ok(r.stderr.includes(c.flag), `names ${c.flag}: ${r.stderr}`);
       }
-    } finally { rmSync(dir, { recursive: true, force: true }); }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('logs a WARN naming each --insecure-… flag on every start', async () => {
     const agent = await startAgent({ args: ['--insecure-allow-plaintext', '--insecure-allow-no-token'] });
     agents.push(agent);
     await agent.restart();
-    const warns = agent.logs().split('\n').filter(Boolean).map((l) => JSON.parse(l) as { level: number; msg: string }).filter((l) => l.level === 40);
+    const warns = agent
+      .logs()
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as { level: number; msg: string })
+      .filter((l) => l.level === 40);
     assert.equal(warns.filter((l) => l.msg.includes('--insecure-allow-plaintext')).length, 2);
     assert.equal(warns.filter((l) => l.msg.includes('--insecure-allow-no-token')).length, 2);
   });
@@ -243,13 +312,16 @@ describe('security: TLS, mutual TLS and bearer tokens', function () {
  */
 async function enableServerTls(c: Cluster, certs: TestCerts): Promise<void> {
   const owner = statSync(c.dataDir);
-  for (const [from, to] of [[certs.serverCert, 'server.crt'], [certs.serverKey, 'server.key']] as const) {
+  for (const [from, to] of [
+    [certs.serverCert, 'server.crt'],
+    [certs.serverKey, 'server.key'],
+  ] as const) {
     const file = join(c.dataDir, to);
     copyFileSync(from, file);
     chownSync(file, owner.uid, owner.gid);
     chmodSync(file, 0o600);
   }
-  await c.query("ALTER SYSTEM SET ssl = on");
+  await c.query('ALTER SYSTEM SET ssl = on');
   await c.query('SELECT pg_reload_conf()');
   await waitFor('the server to take ssl = on', async () => ((await c.query('SHOW ssl')).rows[0].ssl === 'on' ? true : undefined), 10_000);
 }
@@ -287,17 +359,25 @@ describe('security: migrating through TLS to and from servers with ssl = on (ver
     await client.startMigration({ id: 'tls', source: tls(source), target: tls(target), apply: { batchChanges: 500, batchMs: 50 } });
     await waitPhase(client, 'tls', 'syncing');
     // Inserts, updates and deletes of several sizes, also a run long enough to go through COPY.
-    await source.query(`
+    await source.query(
+      `
       INSERT INTO orders (customer_id, status, total) SELECT customer_id, status, total FROM orders LIMIT 300;
       UPDATE orders SET status = 'shipped', total = total + 1 WHERE id % 7 = 0;
       UPDATE order_items SET qty = qty + 1 WHERE order_id % 5 = 0;
-      DELETE FROM order_items WHERE order_id % 11 = 0 AND line = 1;`, [], 'shop');
+      DELETE FROM order_items WHERE order_id % 11 = 0 AND line = 1;`,
+      [],
+      'shop',
+    );
     const end = (await source.query('SELECT pg_current_wal_lsn()::text AS l', [], 'shop')).rows[0].l as string;
-    await waitFor('the TLS stream to apply the changes', async () => {
-      const m = await client.getMigration('tls');
-      if (m.phase === 'failed') throw new Error(`${m.errorCode}: ${m.errorMessage}`);
-      return m.lagBytes === 0 && m.appliedLsn && parseLsn(m.appliedLsn) >= parseLsn(end) ? true : undefined;
-    }, 120_000);
+    await waitFor(
+      'the TLS stream to apply the changes',
+      async () => {
+        const m = await client.getMigration('tls');
+        if (m.phase === 'failed') throw new Error(`${m.errorCode}: ${m.errorMessage}`);
+        return m.lagBytes === 0 && m.appliedLsn && parseLsn(m.appliedLsn) >= parseLsn(end) ? true : undefined;
+      },
+      120_000,
+    );
     try {
       await assertSameData(source, target, 'shop');
     } catch (e) {
@@ -308,12 +388,21 @@ describe('security: migrating through TLS to and from servers with ssl = on (ver
       const m = await client.getMigration('tls').catch((err: unknown) => ({ statusError: String(err) }));
       const status = 'statusError' in m ? m : { phase: m.phase, appliedLsn: m.appliedLsn, lagBytes: m.lagBytes, changesApplied: m.changesApplied };
       let log: string;
-      try { log = agent.logs().slice(-8000); } catch (err) { log = `(unreadable: ${String(err)})`; }
+      try {
+        log = agent.logs().slice(-8000);
+      } catch (err) {
+        log = `(unreadable: ${String(err)})`;
+      }
       (e as Error).message += `\nend ${end}; status ${JSON.stringify(status)}\nagent log (tail):\n${log}`;
       throw e;
     }
-    const encrypted = async (c: Cluster, app: string) => (await c.query(
-      'SELECT bool_and(s.ssl) AS ssl, count(*)::int AS n FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) WHERE a.application_name = $1', [app])).rows[0];
+    const encrypted = async (c: Cluster, app: string) =>
+      (
+        await c.query(
+          'SELECT bool_and(s.ssl) AS ssl, count(*)::int AS n FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) WHERE a.application_name = $1',
+          [app],
+        )
+      ).rows[0];
     assert.deepEqual(await encrypted(source, 'pgferry-sync'), { ssl: true, n: 1 }, 'the walsender serves the agent over TLS');
     assert.deepEqual(await encrypted(target, 'pgferry-apply'), { ssl: true, n: 1 }, 'the apply session uses TLS');
     await client.deleteMigration('tls');
@@ -363,7 +452,9 @@ describe('security: no secret leaves the agent (PostgreSQL 14 → 17)', function
 
   it("sslMode 'require' against a server without TLS fails naming the SSL problem; 'prefer' falls back to plain text", async () => {
     const spec = (sslMode: string): MigrationSpecMessage => ({
-      id: 'ssl_probe', source: endpoint(source, 'ferry_src', srcPw, sslMode), target: endpoint(target, 'ferry_tgt', tgtPw, 'disable'),
+      id: 'ssl_probe',
+      source: endpoint(source, 'ferry_src', srcPw, sslMode),
+      target: endpoint(target, 'ferry_tgt', tgtPw, 'disable'),
     });
     const required = await client.preflight(spec('require'));
     assert.equal(required.ok, false);
@@ -382,15 +473,22 @@ describe('security: no secret leaves the agent (PostgreSQL 14 → 17)', function
   it('runs a migration to syncing from a spec file whose passwords come from the environment and a file', async () => {
     writeFileSync(join(work, 'target.pw'), `${tgtPw}\n`, { mode: 0o600 });
     const specFile = join(work, 'shop.json');
-    writeFileSync(specFile, JSON.stringify({
-      migrationId: 'shop',
-      agent: { endpoint: agent.endpoint },
-      source: { ...endpoint(source, 'ferry_src', '', 'prefer'), password: { env: 'SRC_PW' } },
-      target: { ...endpoint(target, 'ferry_tgt', '', 'disable'), password: { file: 'target.pw' } },
-      tables: { include: ['public.*'] },
-      copy: { workers: 2, splitBytes: 256 * 1024, indexJobs: 2 },
-      apply: { batchChanges: 500, batchMs: 50 },
-    }, null, 2));
+    writeFileSync(
+      specFile,
+      JSON.stringify(
+        {
+          migrationId: 'shop',
+          agent: { endpoint: agent.endpoint },
+          source: { ...endpoint(source, 'ferry_src', '', 'prefer'), password: { env: 'SRC_PW' } },
+          target: { ...endpoint(target, 'ferry_tgt', '', 'disable'), password: { file: 'target.pw' } },
+          tables: { include: ['public.*'] },
+          copy: { workers: 2, splitBytes: 256 * 1024, indexJobs: 2 },
+          apply: { batchChanges: 500, batchMs: 50 },
+        },
+        null,
+        2,
+      ),
+    );
     const conn = ['--agent', agent.endpoint, '--ca-cert', certs.caCert, '--token-file', agent.tokenFile!];
     const env = { SRC_PW: srcPw };
     const pre = await runCli(['preflight', '--spec', specFile, ...conn], { env });
@@ -406,11 +504,15 @@ describe('security: no secret leaves the agent (PostgreSQL 14 → 17)', function
 
     await waitPhase(client, 'shop', 'syncing');
     const before = Number((await source.query('SELECT count(*)::int AS n FROM orders', [], 'shop')).rows[0].n);
-    await source.query("INSERT INTO orders (customer_id, status, total) SELECT customer_id, status, total FROM orders LIMIT 50", [], 'shop');
-    await waitFor('the change stream to apply the new orders', async () => {
-      const n = Number((await target.query('SELECT count(*)::int AS n FROM orders', [], 'shop')).rows[0].n);
-      return n === before + 50 ? n : undefined;
-    }, 120_000);
+    await source.query('INSERT INTO orders (customer_id, status, total) SELECT customer_id, status, total FROM orders LIMIT 50', [], 'shop');
+    await waitFor(
+      'the change stream to apply the new orders',
+      async () => {
+        const n = Number((await target.query('SELECT count(*)::int AS n FROM orders', [], 'shop')).rows[0].n);
+        return n === before + 50 ? n : undefined;
+      },
+      120_000,
+    );
     for (const args of [['status', 'shop', '--json'], ['status', 'shop', '--tables'], ['status']]) {
       const r = await runCli([...args, ...conn]);
       assert.equal(r.code, 0, r.stderr);
@@ -422,7 +524,9 @@ describe('security: no secret leaves the agent (PostgreSQL 14 → 17)', function
 
   it('keeps passwords out of error messages, even wrong ones and those inside connection strings', async () => {
     const badTarget: MigrationSpecMessage = {
-      id: 'bad_pw', source: endpoint(source, 'ferry_src', srcPw, 'disable'), target: endpoint(target, 'ferry_tgt', wrongPw, 'disable'),
+      id: 'bad_pw',
+      source: endpoint(source, 'ferry_src', srcPw, 'disable'),
+      target: endpoint(target, 'ferry_tgt', wrongPw, 'disable'),
     };
     const report = await client.preflight(badTarget);
     assert.equal(report.ok, false);
@@ -440,7 +544,9 @@ describe('security: no secret leaves the agent (PostgreSQL 14 → 17)', function
     try {
       const e3 = await expectAgentCode(wrongToken.getMigration('shop'), 'UNAUTHENTICATED');
       said.push(['wrong token', `${e3.message} ${(e3 as { remedy?: string }).remedy}`]);
-    } finally { wrongToken.close(); }
+    } finally {
+      wrongToken.close();
+    }
   });
 
   it('finds no password or token in anything the agent wrote or said', async () => {
@@ -470,7 +576,11 @@ describe('security: no secret leaves the agent (PostgreSQL 14 → 17)', function
     assert.match(rec.spec.target.password, /^enc:v1:/);
     for (const f of [...stateFiles, join(agent.stateDir, 'secret.key')]) assert.equal(statSync(f).mode & 0o077, 0, `${f} is private`);
     // Structured logs: lines about the migration carry its id and phase.
-    const lines = agent.logs().split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
+    const lines = agent
+      .logs()
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
     const shop = lines.filter((l) => l.migration === 'shop');
     assert.ok(shop.length > 5);
     for (const l of shop) assert.ok(typeof l.phase === 'string' && l.phase, `no phase: ${JSON.stringify(l)}`);

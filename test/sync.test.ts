@@ -20,7 +20,10 @@ import { encodeStandbyStatus, parseKeepalive, runSync, type SyncOptions, type Sy
 import { startCluster, type Cluster, type PgMajor } from '../dev/testbed';
 import { ALL_TYPES_DDL, ALL_TYPES_ROWS, NUMERIC_INFINITY_ROWS, SCHEMA_FEATURES_DDL, SCHEMA_FEATURES_ROWS } from './fixtures/types';
 
-const PAIRS: { source: PgMajor; target: PgMajor }[] = [{ source: 14, target: 17 }, { source: 17, target: 17 }];
+const PAIRS: { source: PgMajor; target: PgMajor }[] = [
+  { source: 14, target: 17 },
+  { source: 17, target: 17 },
+];
 
 type LogEntry = { level: string; msg: string; fields?: Record<string, unknown> };
 
@@ -35,16 +38,27 @@ class SyncRun {
 
   constructor(opts: Omit<SyncOptions, 'signal' | 'onProgress' | 'log'>) {
     this.done = runSync({
-      ...opts, signal: this.ac.signal,
+      ...opts,
+      signal: this.ac.signal,
       onProgress: (p) => {
         this.progress = p;
         this.waiters = this.waiters.filter((w) => (p.appliedLsn >= w.lsn ? (w.resolve(), false) : true));
       },
-      log: (level, msg, fields) => { this.logs.push({ level, msg, fields: fields as Record<string, unknown> }); },
+      log: (level, msg, fields) => {
+        this.logs.push({ level, msg, fields: fields as Record<string, unknown> });
+      },
     });
     this.done.then(
-      () => { for (const w of this.waiters) w.reject(new Error('sync stopped before reaching the LSN')); this.waiters = []; },
-      (e) => { this.error = e; for (const w of this.waiters) w.reject(e); this.waiters = []; });
+      () => {
+        for (const w of this.waiters) w.reject(new Error('sync stopped before reaching the LSN'));
+        this.waiters = [];
+      },
+      (e) => {
+        this.error = e;
+        for (const w of this.waiters) w.reject(e);
+        this.waiters = [];
+      },
+    );
   }
 
   /**
@@ -64,7 +78,14 @@ class SyncRun {
     const late = new Promise<never>((_, reject) => {
       timer = setTimeout(() => {
         const at = this.progress ? `applied ${formatLsn(this.progress.appliedLsn)}, ${this.progress.changesApplied} changes` : 'no progress reported';
-        reject(new Error(`timed out after ${ms} ms waiting for ${what} (${at}); the sync's last log lines:\n${this.logs.slice(-15).map((l) => `  ${l.level} ${l.msg} ${JSON.stringify(l.fields ?? {})}`).join('\n')}`));
+        reject(
+          new Error(
+            `timed out after ${ms} ms waiting for ${what} (${at}); the sync's last log lines:\n${this.logs
+              .slice(-15)
+              .map((l) => `  ${l.level} ${l.msg} ${JSON.stringify(l.fields ?? {})}`)
+              .join('\n')}`,
+          ),
+        );
       }, ms);
     });
     return Promise.race([p, late]).finally(() => clearTimeout(timer));
@@ -135,7 +156,9 @@ for (const pair of PAIRS) {
     afterEach(async function () {
       // Stop the test's syncs and drop its slot, so it retains no WAL for the next tests.
       for (const r of runs.splice(0)) await r.stop().catch(() => undefined);
-      await src.query("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE NOT active AND slot_name LIKE 's\\_%'").catch(() => undefined);
+      await src
+        .query("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE NOT active AND slot_name LIKE 's\\_%'")
+        .catch(() => undefined);
     });
 
     /** A fresh database pair with `ddl` on both sides, a publication `p` (all tables, via partition root) and slot `s`. */
@@ -143,7 +166,9 @@ for (const pair of PAIRS) {
       const db = `sync_${++dbCounter}`;
       await src.createDatabase(db);
       if (opts.targetOwner) {
-        await dst.query(`DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '${opts.targetOwner.user}') THEN CREATE ROLE ${opts.targetOwner.user} LOGIN PASSWORD '${opts.targetOwner.password}'; END IF; END $$`);
+        await dst.query(
+          `DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '${opts.targetOwner.user}') THEN CREATE ROLE ${opts.targetOwner.user} LOGIN PASSWORD '${opts.targetOwner.password}'; END IF; END $$`,
+        );
         await dst.query(`CREATE DATABASE ${db} OWNER ${opts.targetOwner.user}`);
       } else {
         await dst.createDatabase(db);
@@ -155,11 +180,18 @@ for (const pair of PAIRS) {
       await t.query(opts.targetDdl ?? ddl);
       await s.query('CREATE PUBLICATION p FOR ALL TABLES WITH (publish_via_partition_root = true)');
       const slotName = `s_${db}`; // slots are cluster-wide
-      await s.query('SELECT pg_create_logical_replication_slot($1, \'pgoutput\')', [slotName]);
+      await s.query("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", [slotName]);
       const start = (extra: Partial<SyncOptions> = {}) => {
         const r = new SyncRun({
-          migrationId: 'm1', source: src.endpoint(db), target: { ...dst.endpoint(db), ...(opts.targetOwner ?? {}) },
-          slotName, publicationName: 'p', tableSyncLsn: new Map(), batchChanges: 500, batchMs: 50, ...extra,
+          migrationId: 'm1',
+          source: src.endpoint(db),
+          target: { ...dst.endpoint(db), ...(opts.targetOwner ?? {}) },
+          slotName,
+          publicationName: 'p',
+          tableSyncLsn: new Map(),
+          batchChanges: 500,
+          batchMs: 50,
+          ...extra,
         });
         runs.push(r);
         return r;
@@ -181,7 +213,13 @@ for (const pair of PAIRS) {
         CREATE TABLE events_eu PARTITION OF events FOR VALUES IN ('eu');
         CREATE TABLE events_us PARTITION OF events FOR VALUES IN ('us');`);
       // As a migration starts it: every table known up front, its target columns read in one go.
-      const run = env.start({ tableSyncLsn: new Map([['public.acct', 0n], ['"Mixed Case"."Order Items"', 0n], ['public.events', 0n]]) });
+      const run = env.start({
+        tableSyncLsn: new Map([
+          ['public.acct', 0n],
+          ['"Mixed Case"."Order Items"', 0n],
+          ['public.events', 0n],
+        ]),
+      });
       await env.s.query(`DO $$ BEGIN
         FOR i IN 1..300 LOOP
           INSERT INTO acct VALUES (i, i * 10, 'n' || i);
@@ -195,13 +233,21 @@ for (const pair of PAIRS) {
         END LOOP;
       END $$`);
       // One transaction updating the same key 50 times.
-      await env.s.query(`BEGIN; ${Array.from({ length: 50 }, (_, i) => `UPDATE acct SET balance = ${i}, note = 'round ${i}' WHERE id = 2;`).join(' ')} COMMIT;`);
+      await env.s.query(
+        `BEGIN; ${Array.from({ length: 50 }, (_, i) => `UPDATE acct SET balance = ${i}, note = 'round ${i}' WHERE id = 2;`).join(' ')} COMMIT;`,
+      );
       await env.converge(run);
-      assert.deepEqual((await rows(env.t, "SELECT balance::text AS b, note FROM acct WHERE id = 2"))[0], (await rows(env.s, "SELECT balance::text AS b, note FROM acct WHERE id = 2"))[0]);
+      assert.deepEqual(
+        (await rows(env.t, 'SELECT balance::text AS b, note FROM acct WHERE id = 2'))[0],
+        (await rows(env.s, 'SELECT balance::text AS b, note FROM acct WHERE id = 2'))[0],
+      );
       assert.ok(run.progress!.transactionsApplied >= 301);
       assert.ok(run.progress!.changesApplied >= 300 * 5);
       assert.ok(run.logs.some((l) => l.fields?.event === 'apply-mode' && l.fields.mode === 'replica'));
-      assert.ok(run.logs.some((l) => l.fields?.event === 'target-tables' && l.fields.found === 3 && l.fields.expected === 3), 'all three tables read up front, the quoted one too');
+      assert.ok(
+        run.logs.some((l) => l.fields?.event === 'target-tables' && l.fields.found === 3 && l.fields.expected === 3),
+        'all three tables read up front, the quoted one too',
+      );
       await run.stop();
     });
 
@@ -220,7 +266,11 @@ for (const pair of PAIRS) {
         UPDATE u SET code = 'c1' WHERE id = 200;
       END $$`);
       await env.converge(run);
-      assert.deepEqual(await rows(env.t, 'SELECT id, v FROM k WHERE id IN (50, 51, 1001) ORDER BY id'), [{ id: 50, v: 'v51' }, { id: 51, v: 'v50' }, { id: 1001, v: 'v1' }]);
+      assert.deepEqual(await rows(env.t, 'SELECT id, v FROM k WHERE id IN (50, 51, 1001) ORDER BY id'), [
+        { id: 50, v: 'v51' },
+        { id: 51, v: 'v50' },
+        { id: 1001, v: 'v1' },
+      ]);
       await run.stop();
     });
 
@@ -275,8 +325,12 @@ for (const pair of PAIRS) {
 
     it('counts a batch with nothing to write only after the batch sent ahead of it has committed (which fails here, and is replayed)', async function () {
       const ddl = 'CREATE TABLE w (id int PRIMARY KEY, v int); CREATE TABLE big (id int PRIMARY KEY, doc text)';
-      const env = await setup(ddl, { targetDdl: `${oneRowOnly('CREATE TABLE w (id int PRIMARY KEY, v int)', 1)}; CREATE TABLE big (id int PRIMARY KEY, doc text)` });
-      await env.s.query("INSERT INTO w SELECT g, 0 FROM generate_series(1, 50) g; INSERT INTO big SELECT 1, string_agg(md5(g::text), '') FROM generate_series(1, 3000) g");
+      const env = await setup(ddl, {
+        targetDdl: `${oneRowOnly('CREATE TABLE w (id int PRIMARY KEY, v int)', 1)}; CREATE TABLE big (id int PRIMARY KEY, doc text)`,
+      });
+      await env.s.query(
+        "INSERT INTO w SELECT g, 0 FROM generate_series(1, 50) g; INSERT INTO big SELECT 1, string_agg(md5(g::text), '') FROM generate_series(1, 3000) g",
+      );
       const run = env.start({ batchChanges: 1000, batchMs: 5000 });
       await env.converge(run);
       await env.s.query('UPDATE w SET v = v + 1'); // its batch fails after 1 s on the target; replayed one by one
@@ -289,7 +343,11 @@ for (const pair of PAIRS) {
         const p = run.progress;
         if (p && p.appliedLsn >= fence && !run.logs.some((l) => l.fields?.event === 'safe-replay')) early.push(formatLsn(p.appliedLsn));
       }, 5);
-      try { await env.converge(run); } finally { clearInterval(listen); }
+      try {
+        await env.converge(run);
+      } finally {
+        clearInterval(listen);
+      }
       assert.deepEqual(early, [], 'no position past the failing batch before it was applied');
       assert.deepEqual(await rows(env.t, 'SELECT sum(v)::int AS s FROM w'), [{ s: 50 }]);
       await run.stop();
@@ -312,7 +370,9 @@ for (const pair of PAIRS) {
       await env.converge(run);
       // Queued inside k's still open transaction, q's BEGIN would have been a no-op and its COMMIT k's too.
       assert.deepEqual(await rows(env.t, 'SELECT count(DISTINCT xmin::text)::int AS n FROM k WHERE id > 0'), [{ n: 1 }]);
-      assert.deepEqual(await rows(env.t, 'SELECT (SELECT min(xmin::text) FROM k WHERE id > 0) <> (SELECT min(xmin::text) FROM q WHERE id > 0) AS separate'), [{ separate: true }]);
+      assert.deepEqual(await rows(env.t, 'SELECT (SELECT min(xmin::text) FROM k WHERE id > 0) <> (SELECT min(xmin::text) FROM q WHERE id > 0) AS separate'), [
+        { separate: true },
+      ]);
       await run.stop();
       // The restart resumes from the position recorded on the target.
       await env.s.query('INSERT INTO q VALUES (21)');
@@ -351,12 +411,21 @@ for (const pair of PAIRS) {
       const run = env.start({ batchChanges: 1000, batchMs: 5000 });
       await env.converge(run);
       const reports: SyncProgress[] = [];
-      const listen = setInterval(() => { if (run.progress) reports.push(run.progress); }, 1);
+      const listen = setInterval(() => {
+        if (run.progress) reports.push(run.progress);
+      }, 1);
       await env.s.query('UPDATE w SET v = v + 1');
       const fence = await currentLsn(env.s);
-      try { await env.converge(run); } finally { clearInterval(listen); }
+      try {
+        await env.converge(run);
+      } finally {
+        clearInterval(listen);
+      }
       const early = reports.filter((p) => p.pendingChanges === 0 && p.decodedLsn >= fence && p.appliedLsn < fence);
-      assert.deepEqual(early.map((p) => `decoded ${formatLsn(p.decodedLsn)} applied ${formatLsn(p.appliedLsn)}`), []);
+      assert.deepEqual(
+        early.map((p) => `decoded ${formatLsn(p.decodedLsn)} applied ${formatLsn(p.appliedLsn)}`),
+        [],
+      );
       assert.ok(reports.length > 10);
       await run.stop();
     });
@@ -377,12 +446,22 @@ for (const pair of PAIRS) {
         UPDATE docs SET counter = counter + 1 WHERE id = 4; UPDATE docs SET counter = counter + 1 WHERE id = 4;
         COMMIT`);
       await env.converge(run);
-      const after = await rows(env.t, 'SELECT id, counter, md5(body) AS b, md5(meta::text) AS m FROM docs ORDER BY id') as { id: number; counter: number; b: string; m: string }[];
+      const after = (await rows(env.t, 'SELECT id, counter, md5(body) AS b, md5(meta::text) AS m FROM docs ORDER BY id')) as {
+        id: number;
+        counter: number;
+        b: string;
+        m: string;
+      }[];
       const b = before as { b: string; m: string }[];
-      assert.equal(after[0].b, b[0].b); assert.equal(after[0].m, b[0].m); assert.equal(after[0].counter, 1);
-      assert.notEqual(after[1].b, b[1].b); assert.equal(after[1].m, b[1].m);
-      assert.equal(after[2].b, b[2].b); assert.notEqual(after[2].m, b[2].m);
-      assert.equal(after[3].b, b[3].b); assert.equal(after[3].counter, 2);
+      assert.equal(after[0].b, b[0].b);
+      assert.equal(after[0].m, b[0].m);
+      assert.equal(after[0].counter, 1);
+      assert.notEqual(after[1].b, b[1].b);
+      assert.equal(after[1].m, b[1].m);
+      assert.equal(after[2].b, b[2].b);
+      assert.notEqual(after[2].m, b[2].m);
+      assert.equal(after[3].b, b[3].b);
+      assert.equal(after[3].counter, 2);
       await run.stop();
     });
 
@@ -390,14 +469,19 @@ for (const pair of PAIRS) {
       const env = await setup(`CREATE TABLE dups (a int, b text, flag bool, c char(4), ip inet, j json, bits bit(3), cs char(2)[]);
         ALTER TABLE dups REPLICA IDENTITY FULL;`);
       const run = env.start();
-      await env.s.query(`INSERT INTO dups VALUES (1, 'x', true, 'ab', '10.0.0.1', '{"a": 1}', '101', '{a,bc}'), (1, 'x', true, 'ab', '10.0.0.1', '{"a": 1}', '101', '{a,bc}'),
+      await env.s
+        .query(`INSERT INTO dups VALUES (1, 'x', true, 'ab', '10.0.0.1', '{"a": 1}', '101', '{a,bc}'), (1, 'x', true, 'ab', '10.0.0.1', '{"a": 1}', '101', '{a,bc}'),
         (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL), (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL), (3, 'z', false, 'zz', '::1', '[]', '000', '{}')`);
       await env.converge(run);
       await env.s.query('DELETE FROM dups WHERE ctid = (SELECT ctid FROM dups WHERE a = 1 LIMIT 1)');
       await env.s.query("UPDATE dups SET b = 'y' WHERE ctid = (SELECT ctid FROM dups WHERE a = 2 LIMIT 1)");
-      await env.s.query("UPDATE dups SET flag = true WHERE a = 3");
+      await env.s.query('UPDATE dups SET flag = true WHERE a = 3');
       await env.converge(run);
-      assert.deepEqual(await rows(env.t, 'SELECT a, count(*)::int AS n FROM dups GROUP BY a ORDER BY a'), [{ a: 1, n: 1 }, { a: 2, n: 2 }, { a: 3, n: 1 }]);
+      assert.deepEqual(await rows(env.t, 'SELECT a, count(*)::int AS n FROM dups GROUP BY a ORDER BY a'), [
+        { a: 1, n: 1 },
+        { a: 2, n: 2 },
+        { a: 3, n: 1 },
+      ]);
       await run.stop();
     });
 
@@ -411,13 +495,21 @@ for (const pair of PAIRS) {
         CREATE TABLE pt_a PARTITION OF pt FOR VALUES FROM (0) TO (10);
         CREATE TABLE pt_b PARTITION OF pt FOR VALUES FROM (10) TO (20);`);
       const run = env.start();
-      await env.s.query("INSERT INTO t1 (v) SELECT 'a' FROM generate_series(1, 20); INSERT INTO t2 SELECT g, 'b' FROM generate_series(1, 20) g; INSERT INTO t3 VALUES (1); INSERT INTO pt SELECT g, g FROM generate_series(0, 19) g; INSERT INTO nocols SELECT FROM generate_series(1, 3)");
+      await env.s.query(
+        "INSERT INTO t1 (v) SELECT 'a' FROM generate_series(1, 20); INSERT INTO t2 SELECT g, 'b' FROM generate_series(1, 20) g; INSERT INTO t3 VALUES (1); INSERT INTO pt SELECT g, g FROM generate_series(0, 19) g; INSERT INTO nocols SELECT FROM generate_series(1, 3)",
+      );
       await env.s.query('DELETE FROM nocols WHERE ctid = (SELECT ctid FROM nocols LIMIT 1)');
       await env.s.query("BEGIN; TRUNCATE t1 RESTART IDENTITY; INSERT INTO t1 (v) VALUES ('after'); COMMIT");
       await env.s.query('TRUNCATE t2, pt');
       await env.s.query("INSERT INTO t2 VALUES (7, 'back'); INSERT INTO pt VALUES (1, 15)");
       await env.converge(run);
-      assert.deepEqual(await rows(env.t, 'SELECT (SELECT count(*) FROM t1)::int AS t1, (SELECT count(*) FROM t2)::int AS t2, (SELECT count(*) FROM t3)::int AS t3, (SELECT count(*) FROM pt)::int AS pt, (SELECT count(*) FROM nocols)::int AS nocols'), [{ t1: 1, t2: 1, t3: 1, pt: 1, nocols: 2 }]);
+      assert.deepEqual(
+        await rows(
+          env.t,
+          'SELECT (SELECT count(*) FROM t1)::int AS t1, (SELECT count(*) FROM t2)::int AS t2, (SELECT count(*) FROM t3)::int AS t3, (SELECT count(*) FROM pt)::int AS pt, (SELECT count(*) FROM nocols)::int AS nocols',
+        ),
+        [{ t1: 1, t2: 1, t3: 1, pt: 1, nocols: 2 }],
+      );
       await run.stop();
     });
 
@@ -431,7 +523,7 @@ for (const pair of PAIRS) {
       // in this shared process cannot make the bound flaky.
       const growthMb = await liveMemoryGrowthMb(async () => {
         // ~1 kB per row: holding the transaction would take > 200 MB.
-        await env.s.query("INSERT INTO big SELECT g, repeat(md5(g::text), 32) FROM generate_series(1, 200000) g");
+        await env.s.query('INSERT INTO big SELECT g, repeat(md5(g::text), 32) FROM generate_series(1, 200000) g');
         await env.converge(run);
       });
       assert.ok(growthMb < 150, `memory grew by ${growthMb.toFixed(0)} MB while applying the transaction`);
@@ -447,7 +539,7 @@ for (const pair of PAIRS) {
       const run = env.start({ batchChanges: 100_000 });
       await env.converge(run);
       const growthMb = await liveMemoryGrowthMb(async () => {
-        await env.s.query("INSERT INTO wide SELECT g, repeat(md5(g::text), 32768) FROM generate_series(1, 320) g");
+        await env.s.query('INSERT INTO wide SELECT g, repeat(md5(g::text), 32768) FROM generate_series(1, 320) g');
         await env.converge(run);
       });
       // Holding it would take > 320 MB (540 MB with the byte bounds removed; ~85 MB with them).
@@ -507,7 +599,12 @@ for (const pair of PAIRS) {
           o oid, ch "char", nm name, vb bit varying, big text);
         CREATE TABLE w (id int PRIMARY KEY, v int)`;
       const env = await setup(ddl, { targetDdl: oneRowOnly(ddl, 0) });
-      const run = env.start({ tableSyncLsn: new Map([['public.bt', 0n], ['public.w', 0n]]) });
+      const run = env.start({
+        tableSyncLsn: new Map([
+          ['public.bt', 0n],
+          ['public.w', 0n],
+        ]),
+      });
       // Three rows alone (a short INSERT … unnest), then 40 in one statement (COPY).
       const tricky = `(1, 'NaN', 12.5, 'NaN', '-Infinity', '2024-02-29 23:59:59.999999+00', 'infinity', '-infinity', '24:00', '23:59:59.999999-14:59',
           '-1 year 2 mons -3 days 04:05:06.000007', '\\x00ff090a5c', '{"a": [1, 2.50, null], "b": "\\u00e9"}', '{ "kept":  "as written" }', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11',
@@ -518,7 +615,8 @@ for (const pair of PAIRS) {
           '178000000 years', NULL, '{}', '{}', NULL, 'x', 'x', 'x', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)`;
       await env.s.query(`INSERT INTO bt VALUES ${tricky}`);
       await env.converge(run);
-      await env.s.query(`INSERT INTO bt SELECT g, g * 1.5, g, g / 7.0, g / 3.0, '2024-01-01 00:00:00+00'::timestamptz + g * interval '1.000001 s', '2024-01-01'::timestamp - g * interval '1 day',
+      await env.s
+        .query(`INSERT INTO bt SELECT g, g * 1.5, g, g / 7.0, g / 3.0, '2024-01-01 00:00:00+00'::timestamptz + g * interval '1.000001 s', '2024-01-01'::timestamp - g * interval '1 day',
           '2024-01-01'::date + g, '00:00'::time + g * interval '1 min', '00:00+01'::timetz, g * interval '1 h', decode(md5(g::text), 'hex'), jsonb_build_object('g', g),
           json_build_object('g', g), md5(g::text)::uuid, repeat(E'\t', g % 3) || g, left(g::text, 5), left(g::text, 4), g % 2 = 0, g, -g, '192.168.0.1'::inet + g, '10.0.0.0/8',
           '08:00:2b:01:02:03', g, 'y', 'n' || g, (g % 8)::bit(3)::varbit,
@@ -534,11 +632,16 @@ for (const pair of PAIRS) {
         COMMIT`);
       // One change per statement: a multi-row UPDATE of w fails on the target.
       await env.s.query('INSERT INTO w SELECT g, 0 FROM generate_series(1, 20) g');
-      await env.s.query('BEGIN; UPDATE w SET v = v + 1; UPDATE bt SET vc = NULL, c = \'q\', n2 = n2 * 2 WHERE id IN (1, 3, 30); DELETE FROM bt WHERE id = 31; COMMIT');
+      await env.s.query(
+        "BEGIN; UPDATE w SET v = v + 1; UPDATE bt SET vc = NULL, c = 'q', n2 = n2 * 2 WHERE id IN (1, 3, 30); DELETE FROM bt WHERE id = 31; COMMIT",
+      );
       await env.converge(run);
       // Once, for the last transaction: a grouped statement failing anywhere else would show as a replay of its own.
       assert.equal(run.logs.filter((l) => l.fields?.event === 'safe-replay').length, 1, 'the one-by-one replay ran, for the last transaction only');
-      assert.deepEqual(valueForms(run), valueForms(run).map(() => 'binary'));
+      assert.deepEqual(
+        valueForms(run),
+        valueForms(run).map(() => 'binary'),
+      );
       assert.ok(valueForms(run).length >= 2, 'every session, the replay one included, streamed binary values');
       const textOf = 'SELECT t::text AS r FROM bt t ORDER BY id';
       assert.deepEqual(await rows(env.t, textOf), await rows(env.s, textOf));
@@ -547,16 +650,31 @@ for (const pair of PAIRS) {
     });
 
     it('values as text when a column cannot travel in binary: another type on the target, a reg* type, no replica identity key (checked before streaming), a type changed mid-stream on the source or the target', async function () {
-      const other = await setup('CREATE TABLE x (id int PRIMARY KEY, v int); CREATE TABLE y (id int PRIMARY KEY, v text)', { targetDdl: 'CREATE TABLE x (id int PRIMARY KEY, v bigint); CREATE TABLE y (id int PRIMARY KEY, v text)' });
-      let run = other.start({ tableSyncLsn: new Map([['public.x', 0n], ['public.y', 0n]]) });
+      const other = await setup('CREATE TABLE x (id int PRIMARY KEY, v int); CREATE TABLE y (id int PRIMARY KEY, v text)', {
+        targetDdl: 'CREATE TABLE x (id int PRIMARY KEY, v bigint); CREATE TABLE y (id int PRIMARY KEY, v text)',
+      });
+      let run = other.start({
+        tableSyncLsn: new Map([
+          ['public.x', 0n],
+          ['public.y', 0n],
+        ]),
+      });
       await other.s.query("INSERT INTO x SELECT g, g FROM generate_series(1, 30) g; INSERT INTO y VALUES (1, 'a')");
       await other.converge(run);
       assert.deepEqual(valueForms(run), ['text']);
-      assert.ok(run.logs.some((l) => /values as text \(public\.x\.v has another type on the target \(bigint\)\)/.test(l.msg)), 'the log says which column keeps the values text');
+      assert.ok(
+        run.logs.some((l) => /values as text \(public\.x\.v has another type on the target \(bigint\)\)/.test(l.msg)),
+        'the log says which column keeps the values text',
+      );
       await run.stop();
 
       const full = await setup('CREATE TABLE f (a int, b text); ALTER TABLE f REPLICA IDENTITY FULL; CREATE TABLE nk (a int, b text)');
-      run = full.start({ tableSyncLsn: new Map([['public.f', 0n], ['public.nk', 0n]]) });
+      run = full.start({
+        tableSyncLsn: new Map([
+          ['public.f', 0n],
+          ['public.nk', 0n],
+        ]),
+      });
       await full.s.query("INSERT INTO f VALUES (1, 'a'), (1, 'a'); DELETE FROM f WHERE ctid = (SELECT min(ctid) FROM f); INSERT INTO nk VALUES (1, 'x')");
       await full.converge(run);
       assert.deepEqual(valueForms(run), ['text']);
@@ -564,7 +682,7 @@ for (const pair of PAIRS) {
       await run.stop();
 
       // A reg* value in binary form is an object's OID, which names something else (or nothing) on the target.
-      const reg = await setup("CREATE TABLE r (id int PRIMARY KEY, cfg regconfig, cls regclass)");
+      const reg = await setup('CREATE TABLE r (id int PRIMARY KEY, cfg regconfig, cls regclass)');
       run = reg.start({ tableSyncLsn: new Map([['public.r', 0n]]) });
       await reg.s.query("INSERT INTO r SELECT g, 'english', 'r' FROM generate_series(1, 20) g");
       await reg.converge(run);
@@ -608,8 +726,9 @@ for (const pair of PAIRS) {
       await env.s.query('DO $$ BEGIN FOR i IN 11..20 LOOP INSERT INTO a VALUES (i); INSERT INTO b VALUES (i); COMMIT; END LOOP; END $$');
       const run = env.start({ tableSyncLsn: new Map([['public.a', copyLsn]]) });
       await run.waitApplied(await currentLsn(env.s));
-      assert.deepEqual(await rows(env.t, 'SELECT (SELECT array_agg(id ORDER BY id) FROM a) AS a, (SELECT count(*)::int FROM b) AS b'),
-        [{ a: Array.from({ length: 10 }, (_, i) => i + 11), b: 20 }]);
+      assert.deepEqual(await rows(env.t, 'SELECT (SELECT array_agg(id ORDER BY id) FROM a) AS a, (SELECT count(*)::int FROM b) AS b'), [
+        { a: Array.from({ length: 10 }, (_, i) => i + 11), b: 20 },
+      ]);
       await run.stop();
     });
 
@@ -618,7 +737,10 @@ for (const pair of PAIRS) {
       await env.t.query("INSERT INTO c VALUES (2, 'written on the target')");
       const run = env.start();
       await env.s.query("INSERT INTO c VALUES (1, 'a'), (2, 'b'), (3, 'c')");
-      await assert.rejects(run.done, (e: unknown) => isPgferryError(e) && e.code === 'APPLY_FAILED' && e.message.includes('public.c') && e.message.includes('INSERT') && e.remedy.length > 0);
+      await assert.rejects(
+        run.done,
+        (e: unknown) => isPgferryError(e) && e.code === 'APPLY_FAILED' && e.message.includes('public.c') && e.message.includes('INSERT') && e.remedy.length > 0,
+      );
       // Nothing of the failed transaction is on the target; its position is not recorded.
       assert.deepEqual(await rows(env.t, 'SELECT id FROM c ORDER BY id'), [{ id: 2 }]);
       assert.equal(run.logs.filter((l) => l.fields?.event === 'safe-replay').length, 1);
@@ -631,8 +753,15 @@ for (const pair of PAIRS) {
       await env.converge(run);
       await env.t.query('DELETE FROM c WHERE id = 7'); // the target diverges
       await env.s.query("UPDATE c SET v = 'b'; INSERT INTO c VALUES (21, 'new')");
-      await assert.rejects(run.doneWithin(60_000), (e: unknown) => isPgferryError(e) && e.code === 'APPLY_FAILED'
-        && e.message.includes('UPDATE on public.c') && e.message.includes('=(7)') && e.message.includes('does not exist on the target'));
+      await assert.rejects(
+        run.doneWithin(60_000),
+        (e: unknown) =>
+          isPgferryError(e) &&
+          e.code === 'APPLY_FAILED' &&
+          e.message.includes('UPDATE on public.c') &&
+          e.message.includes('=(7)') &&
+          e.message.includes('does not exist on the target'),
+      );
       assert.deepEqual(await rows(env.t, "SELECT count(*)::int AS n FROM c WHERE v <> 'a'"), [{ n: 0 }], 'no row of the failed transaction was committed');
       assert.equal(run.logs.filter((l) => l.fields?.event === 'safe-replay').length, 1);
     });
@@ -648,8 +777,7 @@ for (const pair of PAIRS) {
       });
       const run = env.start({ batchChanges: 1000, batchMs: 1000 });
       await env.s.query("INSERT INTO k SELECT g, CASE WHEN g = 30 THEN 'skip' ELSE 'keep' END FROM generate_series(1, 40) g"); // 40 rows: one COPY
-      await assert.rejects(run.doneWithin(60_000), (e: unknown) => isPgferryError(e) && e.code === 'APPLY_FAILED'
-        && e.message.includes('INSERT on public.k'));
+      await assert.rejects(run.doneWithin(60_000), (e: unknown) => isPgferryError(e) && e.code === 'APPLY_FAILED' && e.message.includes('INSERT on public.k'));
       assert.deepEqual(await rows(env.t, 'SELECT count(*)::int AS n FROM k'), [{ n: 0 }], 'the COPY that lost a row was not committed');
     });
 
@@ -662,7 +790,8 @@ for (const pair of PAIRS) {
       // The counter rows exist on both sides before the slot, as after a copy.
       const writer = await sessionClient(src, env.db);
       open.push(writer);
-      const write = (from: number, to: number) => writer.query(`DO $$ BEGIN FOR i IN ${from}..${to} LOOP
+      const write = (from: number, to: number) =>
+        writer.query(`DO $$ BEGIN FOR i IN ${from}..${to} LOOP
           UPDATE counter SET n = n + 1 WHERE id = i % 5 + 1; INSERT INTO log VALUES (i, 'row ' || i); COMMIT;
         END LOOP; END $$`);
       // Invariant, sampled all along: the slot is never told more than the
@@ -697,14 +826,18 @@ for (const pair of PAIRS) {
       sampling = false;
       await sampler;
       assert.deepEqual(violations, []);
-      assert.deepEqual(await rows(env.t, 'SELECT count(*)::int AS n, count(DISTINCT seq)::int AS d, min(seq) AS lo, max(seq) AS hi FROM log'), [{ n: 6000, d: 6000, lo: 1, hi: 6000 }]);
+      assert.deepEqual(await rows(env.t, 'SELECT count(*)::int AS n, count(DISTINCT seq)::int AS d, min(seq) AS lo, max(seq) AS hi FROM log'), [
+        { n: 6000, d: 6000, lo: 1, hi: 6000 },
+      ]);
       assert.deepEqual(await rows(env.t, 'SELECT sum(n)::int AS s FROM counter'), [{ s: 6000 }]);
       assert.ok(run.logs.some((l) => l.level === 'warn' && l.fields?.event === 'reconnect'));
       // The target's recorded position is what the slot was told.
-      const applied = await rows(env.t, "SELECT applied_lsn::text AS l FROM pgferry.apply_state WHERE migration_id = 'm1'") as { l: string }[];
+      const applied = (await rows(env.t, "SELECT applied_lsn::text AS l FROM pgferry.apply_state WHERE migration_id = 'm1'")) as { l: string }[];
       assert.ok(parseLsn(applied[0].l) <= run.progress!.appliedLsn);
       await run.stop();
-      const slot = (await env.s.query('SELECT confirmed_flush_lsn::text AS l FROM pg_replication_slots WHERE slot_name = $1', [env.slotName])).rows as { l: string }[];
+      const slot = (await env.s.query('SELECT confirmed_flush_lsn::text AS l FROM pg_replication_slots WHERE slot_name = $1', [env.slotName])).rows as {
+        l: string;
+      }[];
       assert.ok(parseLsn(slot[0].l) <= run.progress!.appliedLsn);
     });
 
@@ -714,23 +847,34 @@ for (const pair of PAIRS) {
       await env.s.query("INSERT INTO drift VALUES (1, 'before')");
       await env.converge(run);
       await env.s.query("ALTER TABLE drift ADD COLUMN b int; INSERT INTO drift VALUES (2, 'after', 42)");
-      await assert.rejects(run.doneWithin(60_000), (e: unknown) => isPgferryError(e) && (e as PgferryError).code === 'SCHEMA_DRIFT' && /drift/.test(e.message) && /\bb\b/.test(e.message));
+      await assert.rejects(
+        run.doneWithin(60_000),
+        (e: unknown) => isPgferryError(e) && (e as PgferryError).code === 'SCHEMA_DRIFT' && /drift/.test(e.message) && /\bb\b/.test(e.message),
+      );
       await env.t.query("SET lock_timeout = '30s'");
       await env.t.query('ALTER TABLE drift ADD COLUMN b int').catch(async (e) => {
-        const who = await env.t.query('SELECT pid, application_name, state, xact_start, query FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()');
+        const who = await env.t.query(
+          'SELECT pid, application_name, state, xact_start, query FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()',
+        );
         throw new Error(`${(e as Error).message}; other sessions: ${JSON.stringify(who.rows)}`);
       });
       run = env.start();
       await env.converge(run);
-      assert.deepEqual(await rows(env.t, 'SELECT id, a, b FROM drift ORDER BY id'), [{ id: 1, a: 'before', b: null }, { id: 2, a: 'after', b: 42 }]);
+      assert.deepEqual(await rows(env.t, 'SELECT id, a, b FROM drift ORDER BY id'), [
+        { id: 1, a: 'before', b: null },
+        { id: 2, a: 'after', b: 42 },
+      ]);
       await run.stop();
     });
 
     it('applies in source order when the target user may not set session_replication_role (non-superuser, foreign keys live)', async function () {
       const owner = { user: 'app_owner', password: 'app-owner-pw' };
-      const env = await setup(`
+      const env = await setup(
+        `
         CREATE TABLE parent (id int PRIMARY KEY, name text);
-        CREATE TABLE child (id int PRIMARY KEY, parent_id int NOT NULL REFERENCES parent (id), v int);`, { targetOwner: owner });
+        CREATE TABLE child (id int PRIMARY KEY, parent_id int NOT NULL REFERENCES parent (id), v int);`,
+        { targetOwner: owner },
+      );
       const run = env.start();
       await env.s.query(`DO $$ BEGIN
         FOR i IN 1..200 LOOP
@@ -751,8 +895,12 @@ for (const pair of PAIRS) {
 
 describe('receive: standby status updates and keepalives against a real server', function () {
   let c: Cluster;
-  before(async function () { c = await startCluster({ version: 17, fast: true }); });
-  after(async function () { await c?.stop(); });
+  before(async function () {
+    c = await startCluster({ version: 17, fast: true });
+  });
+  after(async function () {
+    await c?.stop();
+  });
 
   it('confirms exactly the LSN sent (not lsn+1) with a clock on the PostgreSQL epoch', async function () {
     const s = await sessionClient(c, 'postgres');
@@ -762,7 +910,13 @@ describe('receive: standby status updates and keepalives against a real server',
       await s.query('INSERT INTO r VALUES (1)');
       await s.query('INSERT INTO r VALUES (2)');
       const parser = new PgoutputParser();
-      const stream = await ReplicationStream.open<PgoutputMessage>({ source: c.endpoint('postgres'), slotName: 's', publicationName: 'p', startLsn: 0n, decode: (b, o, e) => parser.parse(b, o, e) });
+      const stream = await ReplicationStream.open<PgoutputMessage>({
+        source: c.endpoint('postgres'),
+        slotName: 's',
+        publicationName: 'p',
+        startLsn: 0n,
+        decode: (b, o, e) => parser.parse(b, o, e),
+      });
       try {
         const ends: Lsn[] = [];
         let keepaliveEnd: Lsn | null = null;
@@ -775,9 +929,15 @@ describe('receive: standby status updates and keepalives against a real server',
         assert.ok(keepaliveEnd >= ends[1]);
         // Confirm the end of the first transaction: the slot must record exactly it.
         stream.sendStatus(ends[0]);
-        const confirmed = async () => parseLsn((await s.query("SELECT confirmed_flush_lsn::text AS l FROM pg_replication_slots WHERE slot_name = 's'")).rows[0].l);
-        while ((await confirmed()) !== ends[0]) { assert.ok((await confirmed()) < ends[0], 'confirmed past what was sent'); await stream.next(50); }
-        const reply = await s.query("SELECT extract(epoch FROM now() - reply_time)::float8 AS skew_s FROM pg_stat_replication WHERE application_name = 'pgferry-sync'");
+        const confirmed = async () =>
+          parseLsn((await s.query("SELECT confirmed_flush_lsn::text AS l FROM pg_replication_slots WHERE slot_name = 's'")).rows[0].l);
+        while ((await confirmed()) !== ends[0]) {
+          assert.ok((await confirmed()) < ends[0], 'confirmed past what was sent');
+          await stream.next(50);
+        }
+        const reply = await s.query(
+          "SELECT extract(epoch FROM now() - reply_time)::float8 AS skew_s FROM pg_stat_replication WHERE application_name = 'pgferry-sync'",
+        );
         // A clock on the wrong epoch (the library's 946080000000) would be 7 days off.
         assert.ok(Math.abs(reply.rows[0].skew_s) < 3600, `reply_time is ${reply.rows[0].skew_s} s away from now`);
       } finally {
@@ -797,7 +957,10 @@ describe('receive: standby status updates and keepalives against a real server',
     assert.equal(b.readBigInt64BE(25), 86_400_000_000n);
     assert.equal(b[33], 1);
     const k = Buffer.alloc(18);
-    k[0] = 0x6b; k.writeBigUInt64BE(0x2_0000_0020n, 1); k.writeBigInt64BE(5n, 9); k[17] = 1;
+    k[0] = 0x6b;
+    k.writeBigUInt64BE(0x2_0000_0020n, 1);
+    k.writeBigInt64BE(5n, 9);
+    k[17] = 1;
     assert.deepEqual(parseKeepalive(k), { tag: 'keepalive', walEnd: 0x2_0000_0020n, sendTimeMicros: 5n, replyRequested: true });
     assert.equal(formatLsn(parseKeepalive(k).walEnd), '2/20');
   });
@@ -811,11 +974,24 @@ describe('receive: standby status updates and keepalives against a real server',
  */
 async function liveMemoryGrowthMb(work: () => Promise<void>): Promise<number> {
   const gc = (globalThis as { gc?: () => void }).gc;
-  const live = () => { const m = process.memoryUsage(); return m.heapUsed + m.arrayBuffers; };
+  const live = () => {
+    const m = process.memoryUsage();
+    return m.heapUsed + m.arrayBuffers;
+  };
   gc?.();
   const baseline = live();
   let peak = baseline;
-  const sampler = setInterval(() => { gc?.(); peak = Math.max(peak, live()); }, gc ? 100 : 20);
-  try { await work(); } finally { clearInterval(sampler); }
+  const sampler = setInterval(
+    () => {
+      gc?.();
+      peak = Math.max(peak, live());
+    },
+    gc ? 100 : 20,
+  );
+  try {
+    await work();
+  } finally {
+    clearInterval(sampler);
+  }
   return (Math.max(peak, live()) - baseline) / 1e6;
 }

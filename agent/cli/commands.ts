@@ -23,8 +23,13 @@ import { readFileSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import {
-  AgentClient, CUTOVER_VALIDATIONS, isAgentError, splitHostPort,
-  type AgentClientOptions, type MigrationMessage, type MigrationSpecMessage,
+  AgentClient,
+  CUTOVER_VALIDATIONS,
+  isAgentError,
+  splitHostPort,
+  type AgentClientOptions,
+  type MigrationMessage,
+  type MigrationSpecMessage,
 } from '../../api/client';
 import { PgferryError, isPgferryError } from '../engine/errors';
 import { parseTokens } from '../server/auth';
@@ -62,8 +67,11 @@ export interface ConnectionFlags {
 export function clientOptions(f: ConnectionFlags, env: NodeJS.ProcessEnv = process.env): AgentClientOptions {
   const endpoint = f.agent || env.PGFERRY_AGENT || DEFAULT_AGENT;
   if (!splitHostPort(endpoint)) {
-    throw new PgferryError('INVALID_SPEC', `The agent address '${endpoint}' is not HOST:PORT.`,
-      `Pass --agent HOST:PORT (or set PGFERRY_AGENT), e.g. --agent ${DEFAULT_AGENT}.`);
+    throw new PgferryError(
+      'INVALID_SPEC',
+      `The agent address '${endpoint}' is not HOST:PORT.`,
+      `Pass --agent HOST:PORT (or set PGFERRY_AGENT), e.g. --agent ${DEFAULT_AGENT}.`,
+    );
   }
   if (f.token !== undefined && f.tokenFile !== undefined) {
     throw new PgferryError('INVALID_SPEC', 'Both --token and --token-file were given.', 'Give one of them (--token-file keeps the token out of `ps`).');
@@ -73,16 +81,25 @@ export function clientOptions(f: ConnectionFlags, env: NodeJS.ProcessEnv = proce
   if (f.token !== undefined) token = f.token.trim();
   else if (tokenFile) {
     let text: string;
-    try { text = readFileSync(tokenFile, 'utf8'); } catch (e) {
-      throw new PgferryError('INVALID_SPEC', `The token file '${tokenFile}' cannot be read (${(e as NodeJS.ErrnoException).code ?? 'error'}).`,
-        'Fix --token-file (or PGFERRY_TOKEN_FILE), or pass the token in PGFERRY_TOKEN.', { cause: e });
+    try {
+      text = readFileSync(tokenFile, 'utf8');
+    } catch (e) {
+      throw new PgferryError(
+        'INVALID_SPEC',
+        `The token file '${tokenFile}' cannot be read (${(e as NodeJS.ErrnoException).code ?? 'error'}).`,
+        'Fix --token-file (or PGFERRY_TOKEN_FILE), or pass the token in PGFERRY_TOKEN.',
+        { cause: e },
+      );
     }
     token = parseTokens(text)[0];
     if (!token) throw new PgferryError('INVALID_SPEC', `The token file '${tokenFile}' holds no token.`, 'Write the agent token into it.');
   } else if (env.PGFERRY_TOKEN) token = env.PGFERRY_TOKEN.trim();
   const tls = loadClientTls({ caFile: f.caCert ?? env.PGFERRY_CA_CERT, certFile: f.clientCert, keyFile: f.clientKey });
   return {
-    endpoint, token: token || undefined, caCert: tls.caCert, insecure: f.insecurePlaintext || undefined,
+    endpoint,
+    token: token || undefined,
+    caCert: tls.caCert,
+    insecure: f.insecurePlaintext || undefined,
     ...(tls.clientCert ? { clientCert: tls.clientCert, clientKey: tls.clientKey } : {}),
   };
 }
@@ -107,14 +124,26 @@ export const PULUMI_ONLY_KEYS = ['agent', 'waitForSync', 'createTimeoutMinutes',
 
 type Kind = 'string' | 'number' | 'boolean' | 'strings' | Record<string, unknown>;
 const ENDPOINT_SHAPE: Record<string, Kind> = {
-  connectionString: 'string', host: 'string', port: 'number', database: 'string', user: 'string',
-  password: 'string', sslMode: 'string', sslRootCert: 'string',
+  connectionString: 'string',
+  host: 'string',
+  port: 'number',
+  database: 'string',
+  user: 'string',
+  password: 'string',
+  sslMode: 'string',
+  sslRootCert: 'string',
 };
 /** The spec's shape (agent/engine/spec.ts), for the checks the wire format would otherwise hide. */
 const SPEC_SHAPE: Record<string, Kind> = {
-  id: 'string', migrationId: 'string', source: ENDPOINT_SHAPE, target: ENDPOINT_SHAPE,
-  tables: { include: 'strings', exclude: 'strings' }, schemaMode: 'string', overwriteTarget: 'boolean',
-  slotName: 'string', publicationName: 'string',
+  id: 'string',
+  migrationId: 'string',
+  source: ENDPOINT_SHAPE,
+  target: ENDPOINT_SHAPE,
+  tables: { include: 'strings', exclude: 'strings' },
+  schemaMode: 'string',
+  overwriteTarget: 'boolean',
+  slotName: 'string',
+  publicationName: 'string',
   copy: { workers: 'number', splitBytes: 'number', indexJobs: 'number' },
   apply: { batchChanges: 'number', batchMs: 'number' },
 };
@@ -135,12 +164,23 @@ const SECRET_KEYS = new Set(['password', 'connectionString']);
  */
 export function loadSpecFile(path: string, env: NodeJS.ProcessEnv = process.env, warn: (msg: string) => void = () => undefined): MigrationSpecMessage {
   let text: string;
-  try { text = readFileSync(path, 'utf8'); } catch (e) {
-    throw new PgferryError('INVALID_SPEC', `The spec file '${path}' cannot be read (${(e as NodeJS.ErrnoException).code ?? 'error'}).`, 'Fix --spec.', { cause: e });
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (e) {
+    throw new PgferryError('INVALID_SPEC', `The spec file '${path}' cannot be read (${(e as NodeJS.ErrnoException).code ?? 'error'}).`, 'Fix --spec.', {
+      cause: e,
+    });
   }
   let doc: unknown;
-  try { doc = JSON.parse(text); } catch (e) {
-    throw new PgferryError('INVALID_SPEC', `The spec file '${path}' is not valid JSON: ${(e as Error).message}.`, 'Fix the JSON (a linter such as `jq . FILE` points at the spot).', { cause: e });
+  try {
+    doc = JSON.parse(text);
+  } catch (e) {
+    throw new PgferryError(
+      'INVALID_SPEC',
+      `The spec file '${path}' is not valid JSON: ${(e as Error).message}.`,
+      'Fix the JSON (a linter such as `jq . FILE` points at the spot).',
+      { cause: e },
+    );
   }
   if (!doc || typeof doc !== 'object' || Array.isArray(doc)) {
     throw new PgferryError('INVALID_SPEC', `The spec file '${path}' must hold a JSON object.`, 'Write the spec as { "id": …, "source": {…}, "target": {…} }.');
@@ -154,14 +194,25 @@ export function loadSpecFile(path: string, env: NodeJS.ProcessEnv = process.env,
     if (keys.length === 1 && keys[0] === 'env') {
       if (typeof o.env !== 'string' || !o.env) throw bad(field, 'has an `env` reference without a variable name', 'Write {"env": "VARIABLE_NAME"}.');
       const val = env[o.env];
-      if (val === undefined || val === '') throw bad(field, `refers to the environment variable ${o.env}, which is not set`, `Set ${o.env} (e.g. \`export ${o.env}=…\` or read it from your secret store) before running pgferry.`);
+      if (val === undefined || val === '')
+        throw bad(
+          field,
+          `refers to the environment variable ${o.env}, which is not set`,
+          `Set ${o.env} (e.g. \`export ${o.env}=…\` or read it from your secret store) before running pgferry.`,
+        );
       return val;
     }
     if (keys.length === 1 && keys[0] === 'file') {
       if (typeof o.file !== 'string' || !o.file) throw bad(field, 'has a `file` reference without a path', 'Write {"file": "path/to/file"}.');
       const p = isAbsolute(o.file) ? o.file : resolve(base, o.file);
-      try { return readFileSync(p, 'utf8').replace(/\r?\n$/, ''); } catch (e) {
-        throw bad(field, `refers to the file '${p}', which cannot be read (${(e as NodeJS.ErrnoException).code ?? 'error'})`, 'Fix the path (relative paths start at the spec file).');
+      try {
+        return readFileSync(p, 'utf8').replace(/\r?\n$/, '');
+      } catch (e) {
+        throw bad(
+          field,
+          `refers to the file '${p}', which cannot be read (${(e as NodeJS.ErrnoException).code ?? 'error'})`,
+          'Fix the path (relative paths start at the spec file).',
+        );
       }
     }
     return v;
@@ -193,12 +244,20 @@ export function loadSpecFile(path: string, env: NodeJS.ProcessEnv = process.env,
   };
   const spec = walk(doc, SPEC_SHAPE, '');
   if (spec.migrationId !== undefined) {
-    if (spec.id !== undefined && spec.id !== spec.migrationId) throw bad('migrationId', `('${String(spec.migrationId)}') differs from \`id\` ('${String(spec.id)}')`, 'Keep one of them.');
+    if (spec.id !== undefined && spec.id !== spec.migrationId)
+      throw bad('migrationId', `('${String(spec.migrationId)}') differs from \`id\` ('${String(spec.id)}')`, 'Keep one of them.');
     spec.id = spec.migrationId;
     delete spec.migrationId;
   }
   for (const req of ['id', 'source', 'target'] as const) {
-    if (spec[req] === undefined) throw bad(req, 'is missing', req === 'id' ? 'Add "id": "a_name" (lowercase letters, digits, _).' : `Add "${req}": { "host", "database", "user", "password" } or { "connectionString" }.`);
+    if (spec[req] === undefined)
+      throw bad(
+        req,
+        'is missing',
+        req === 'id'
+          ? 'Add "id": "a_name" (lowercase letters, digits, _).'
+          : `Add "${req}": { "host", "database", "user", "password" } or { "connectionString" }.`,
+      );
   }
   return spec as unknown as MigrationSpecMessage;
 }
@@ -215,8 +274,12 @@ export interface Io {
 }
 
 const termWidth = (io: Io) => (io.out.isTTY && io.out.columns ? Math.min(io.out.columns, 120) : DEFAULT_WIDTH);
-const print = (io: Io, lines: string[]) => { io.out.write(`${lines.join('\n')}\n`); };
-const printJson = (io: Io, v: unknown, compact = false) => { io.out.write(`${compact ? JSON.stringify(v) : JSON.stringify(v, null, 2)}\n`); };
+const print = (io: Io, lines: string[]) => {
+  io.out.write(`${lines.join('\n')}\n`);
+};
+const printJson = (io: Io, v: unknown, compact = false) => {
+  io.out.write(`${compact ? JSON.stringify(v) : JSON.stringify(v, null, 2)}\n`);
+};
 
 /** Redraws a block of lines in place on a terminal; appends frames otherwise. */
 class Screen {
@@ -255,20 +318,28 @@ export function reportError(io: Io, e: unknown): number {
 // Commands
 // ---------------------------------------------------------------------------
 
-const intArg = (name: string, min = 0) => (v: string): number => {
-  const n = Number(v);
-  if (!/^\d+$/.test(v.trim()) || !Number.isSafeInteger(n) || n < min) throw new InvalidArgumentError(`${name} must be a whole number ≥ ${min}.`);
-  return n;
-};
-const numArg = (name: string) => (v: string): number => {
-  const n = Number(v);
-  if (!Number.isFinite(n) || n < 0) throw new InvalidArgumentError(`${name} must be a number ≥ 0.`);
-  return n;
-};
+const intArg =
+  (name: string, min = 0) =>
+  (v: string): number => {
+    const n = Number(v);
+    if (!/^\d+$/.test(v.trim()) || !Number.isSafeInteger(n) || n < min) throw new InvalidArgumentError(`${name} must be a whole number ≥ ${min}.`);
+    return n;
+  };
+const numArg =
+  (name: string) =>
+  (v: string): number => {
+    const n = Number(v);
+    if (!Number.isFinite(n) || n < 0) throw new InvalidArgumentError(`${name} must be a number ≥ 0.`);
+    return n;
+  };
 
 async function withClient<T>(io: Io, flags: ConnectionFlags, fn: (c: AgentClient) => Promise<T>): Promise<T> {
   const client = new AgentClient(clientOptions(flags, io.env));
-  try { return await fn(client); } finally { client.close(); }
+  try {
+    return await fn(client);
+  } finally {
+    client.close();
+  }
 }
 
 /** Ctrl-C ends a watch cleanly (exit 0). */
@@ -277,27 +348,47 @@ function interruptSignal(): { signal: AbortSignal; dispose(): void } {
   const onSig = () => ac.abort();
   process.once('SIGINT', onSig);
   process.once('SIGTERM', onSig);
-  return { signal: ac.signal, dispose: () => { process.off('SIGINT', onSig); process.off('SIGTERM', onSig); } };
+  return {
+    signal: ac.signal,
+    dispose: () => {
+      process.off('SIGINT', onSig);
+      process.off('SIGTERM', onSig);
+    },
+  };
 }
 
-async function watchOne(io: Io, client: AgentClient, id: string, intervalMs: number, view: { json?: boolean; tables?: boolean }, until?: (m: MigrationMessage) => boolean): Promise<MigrationMessage | undefined> {
+async function watchOne(
+  io: Io,
+  client: AgentClient,
+  id: string,
+  intervalMs: number,
+  view: { json?: boolean; tables?: boolean },
+  until?: (m: MigrationMessage) => boolean,
+): Promise<MigrationMessage | undefined> {
   const screen = new Screen(io);
   const intr = interruptSignal();
   let last: MigrationMessage | undefined;
   try {
-    await client.watchMigration(id, intervalMs, (m) => {
-      last = m;
-      if (view.json) printJson(io, m, true);
-      else {
-        const width = termWidth(io);
-        const rows = io.out.isTTY && io.out.rows ? io.out.rows : 0;
-        screen.draw(renderMigration(m, { width, allTables: view.tables, maxTables: rows ? Math.max(3, rows - 12) : 20 }));
-      }
-      return until ? until(m) : false;
-    }, intr.signal);
+    await client.watchMigration(
+      id,
+      intervalMs,
+      (m) => {
+        last = m;
+        if (view.json) printJson(io, m, true);
+        else {
+          const width = termWidth(io);
+          const rows = io.out.isTTY && io.out.rows ? io.out.rows : 0;
+          screen.draw(renderMigration(m, { width, allTables: view.tables, maxTables: rows ? Math.max(3, rows - 12) : 20 }));
+        }
+        return until ? until(m) : false;
+      },
+      intr.signal,
+    );
   } catch (e) {
     if (!(intr.signal.aborted && isAgentError(e) && e.code === 'CANCELLED')) throw e;
-  } finally { intr.dispose(); }
+  } finally {
+    intr.dispose();
+  }
   return last;
 }
 
@@ -307,10 +398,13 @@ async function watchAll(io: Io, client: AgentClient, intervalMs: number, json: b
   try {
     while (!intr.signal.aborted) {
       const ms = await client.listMigrations();
-      if (json) printJson(io, { migrations: ms }, true); else screen.draw(renderList(ms, { width: termWidth(io) }));
+      if (json) printJson(io, { migrations: ms }, true);
+      else screen.draw(renderList(ms, { width: termWidth(io) }));
       await sleep(intervalMs, intr.signal);
     }
-  } finally { intr.dispose(); }
+  } finally {
+    intr.dispose();
+  }
 }
 
 /** Register the client commands on `program`; each sets `process.exitCode` through `run`. */
@@ -320,7 +414,11 @@ type Run = (fn: () => Promise<number | void>) => () => Promise<void>;
 function runner(io: Io): Run {
   return (fn) => async () => {
     let code: number;
-    try { code = (await fn()) ?? EXIT.ok; } catch (e) { code = reportError(io, e); }
+    try {
+      code = (await fn()) ?? EXIT.ok;
+    } catch (e) {
+      code = reportError(io, e);
+    }
     process.exitCode = code;
   };
 }
@@ -335,163 +433,248 @@ export function registerClientCommands(program: Command, io: Io = { out: process
 
 /** status, preflight, start. */
 function registerInspectCommands(program: Command, io: Io, run: Run): void {
-  withConnection(program.command('status')
-    .argument('[id]', 'a migration id (default: all migrations)')
-    .description('Show one migration (phase, per-table progress while copying, lag, apply rate, ETA, WAL kept by the slot) or all of them.')
-    .option('--json', 'print the status message(s) as JSON (one object per line with --watch)')
-    .option('--watch', 'keep refreshing (in place on a terminal) until Ctrl-C')
-    .addOption(new Option('--interval-ms <ms>', 'refresh interval for --watch').argParser(intArg('--interval-ms', 100)).default(1000))
-    .option('--tables', 'list every table, not only while copying'))
-    .action((id: string | undefined, o: ConnectionFlags & { json?: boolean; watch?: boolean; intervalMs: number; tables?: boolean }) => run(async () => {
+  withConnection(
+    program
+      .command('status')
+      .argument('[id]', 'a migration id (default: all migrations)')
+      .description('Show one migration (phase, per-table progress while copying, lag, apply rate, ETA, WAL kept by the slot) or all of them.')
+      .option('--json', 'print the status message(s) as JSON (one object per line with --watch)')
+      .option('--watch', 'keep refreshing (in place on a terminal) until Ctrl-C')
+      .addOption(new Option('--interval-ms <ms>', 'refresh interval for --watch').argParser(intArg('--interval-ms', 100)).default(1000))
+      .option('--tables', 'list every table, not only while copying'),
+  ).action((id: string | undefined, o: ConnectionFlags & { json?: boolean; watch?: boolean; intervalMs: number; tables?: boolean }) =>
+    run(async () => {
       await withClient(io, o, async (client) => {
-        if (id && o.watch) { await watchOne(io, client, id, o.intervalMs, { json: o.json, tables: o.tables }); return; }
-        if (o.watch) { await watchAll(io, client, o.intervalMs, !!o.json); return; }
+        if (id && o.watch) {
+          await watchOne(io, client, id, o.intervalMs, { json: o.json, tables: o.tables });
+          return;
+        }
+        if (o.watch) {
+          await watchAll(io, client, o.intervalMs, !!o.json);
+          return;
+        }
         if (id) {
           const m = await client.getMigration(id);
-          if (o.json) printJson(io, m); else print(io, renderMigration(m, { width: termWidth(io), allTables: o.tables }));
+          if (o.json) printJson(io, m);
+          else print(io, renderMigration(m, { width: termWidth(io), allTables: o.tables }));
         } else {
           const ms = await client.listMigrations();
-          if (o.json) printJson(io, { migrations: ms }); else print(io, renderList(ms, { width: termWidth(io) }));
+          if (o.json) printJson(io, { migrations: ms });
+          else print(io, renderList(ms, { width: termWidth(io) }));
         }
       });
-    })());
+    })(),
+  );
 
-  withConnection(program.command('preflight')
-    .description('Check a spec against source and target without changing anything (exit 1 when a check fails).')
-    .requiredOption('--spec <file>', 'the migration spec (JSON; see docs/cli.md)')
-    .option('--json', 'print the report as JSON'))
-    .action((o: ConnectionFlags & { spec: string; json?: boolean }) => run(async () => {
+  withConnection(
+    program
+      .command('preflight')
+      .description('Check a spec against source and target without changing anything (exit 1 when a check fails).')
+      .requiredOption('--spec <file>', 'the migration spec (JSON; see docs/cli.md)')
+      .option('--json', 'print the report as JSON'),
+  ).action((o: ConnectionFlags & { spec: string; json?: boolean }) =>
+    run(async () => {
       const spec = loadSpecFile(o.spec, io.env, (w) => io.err.write(`pgferry: warning: ${w}\n`));
       return withClient(io, o, async (client) => {
         const report = await client.preflight(spec);
-        if (o.json) printJson(io, report); else print(io, renderPreflight(report, { width: termWidth(io) }));
+        if (o.json) printJson(io, report);
+        else print(io, renderPreflight(report, { width: termWidth(io) }));
         return report.ok ? EXIT.ok : EXIT.failure;
       });
-    })());
+    })(),
+  );
 
-  withConnection(program.command('start')
-    .description('Start a migration (idempotent: the same id and spec returns the running one).')
-    .requiredOption('--spec <file>', 'the migration spec (JSON; see docs/cli.md)')
-    .option('--json', 'print the status message as JSON')
-    .option('--watch', 'then follow it until it is syncing (exit 0) or failed (exit 1)'))
-    .action((o: ConnectionFlags & { spec: string; json?: boolean; watch?: boolean }) => run(async () => {
+  withConnection(
+    program
+      .command('start')
+      .description('Start a migration (idempotent: the same id and spec returns the running one).')
+      .requiredOption('--spec <file>', 'the migration spec (JSON; see docs/cli.md)')
+      .option('--json', 'print the status message as JSON')
+      .option('--watch', 'then follow it until it is syncing (exit 0) or failed (exit 1)'),
+  ).action((o: ConnectionFlags & { spec: string; json?: boolean; watch?: boolean }) =>
+    run(async () => {
       const spec = loadSpecFile(o.spec, io.env, (w) => io.err.write(`pgferry: warning: ${w}\n`));
       return withClient(io, o, async (client) => {
         let m = await client.startMigration(spec);
-        if (o.json) printJson(io, m, !!o.watch); else print(io, [`Started migration ${m.id}.`, ...renderMigration(m, { width: termWidth(io) })]);
-        if (o.watch) m = (await watchOne(io, client, m.id, 1000, { json: o.json }, (x) => ['syncing', 'completed', 'failed', 'deleted'].includes(x.phase))) ?? m;
+        if (o.json) printJson(io, m, !!o.watch);
+        else print(io, [`Started migration ${m.id}.`, ...renderMigration(m, { width: termWidth(io) })]);
+        if (o.watch)
+          m = (await watchOne(io, client, m.id, 1000, { json: o.json }, (x) => ['syncing', 'completed', 'failed', 'deleted'].includes(x.phase))) ?? m;
         return m.phase === 'failed' ? EXIT.failure : EXIT.ok;
       });
-    })());
+    })(),
+  );
 }
 
 /** cutover, cancel-cutover, unfence. */
 function registerCutoverCommands(program: Command, io: Io, run: Run): void {
-  withConnection(program.command('cutover')
-    .argument('<id>', 'the migration id')
-    .description('Fence writers on the source, drain, set sequences, validate and switch to the target (exit 1 unless it completed).')
-    .addOption(new Option('--max-lag-bytes <n>', 'fence only once the lag is at most this many bytes (agent default 1 MiB)').argParser(intArg('--max-lag-bytes')))
-    .addOption(new Option('--max-lag-seconds <s>', '…and at most this many seconds (agent default 5)').argParser(numArg('--max-lag-seconds')))
-    .addOption(new Option('--timeout-ms <ms>', 'the whole cutover (agent default 300000)').argParser(intArg('--timeout-ms', 1)))
-    .addOption(new Option('--validation <kind>', 'validation before completing (agent default checksums)').choices(CUTOVER_VALIDATIONS))
-    .option('--skip-sequences', 'do not set the target sequences at the fence')
-    .option('--json', 'print the resulting status message as JSON'))
-    .action((id: string, o: ConnectionFlags & { maxLagBytes?: number; maxLagSeconds?: number; timeoutMs?: number; validation?: (typeof CUTOVER_VALIDATIONS)[number]; skipSequences?: boolean; json?: boolean }) => run(async () => {
-      return withClient(io, o, async (client) => {
-        if (!o.json) io.err.write(`pgferry: cutting over ${id}…\n`);
-        // On a terminal, narrate the cutover's states while the call runs.
-        const narrate = !o.json && io.err.isTTY;
-        const stopNarrating = new AbortController();
-        let narrating: Promise<void> | undefined;
-        if (narrate) {
-          const attempts = (await client.getMigration(id)).cutover?.attempts ?? 0;
-          let shown = '';
-          narrating = client.watchMigration(id, 250, (x) => {
-            const c = x.cutover;
-            if (!c || c.attempts <= attempts || c.state === shown) return;
-            shown = c.state;
-            io.err.write(`  ${new Date().toISOString().slice(11, 19)} ${c.state}${c.state === 'waiting-for-lag' ? ` (lag ${formatBytes(x.lagBytes)}, ${formatDuration(x.lagSeconds)})` : ''}\n`);
-          }, stopNarrating.signal).catch(() => undefined);
-        }
-        let m: MigrationMessage;
-        try {
-          m = await client.cutover({
-            id, maxLagBytes: o.maxLagBytes, maxLagSeconds: o.maxLagSeconds, timeoutMs: o.timeoutMs,
-            validation: o.validation, skipSequences: o.skipSequences,
-          });
-        } finally {
-          stopNarrating.abort();
-          await narrating;
-        }
-        if (o.json) printJson(io, m); else print(io, renderCutover(m, { width: termWidth(io) }));
-        return m.phase === 'completed' && m.cutover?.state === 'completed' ? EXIT.ok : EXIT.failure;
-      });
-    })());
+  withConnection(
+    program
+      .command('cutover')
+      .argument('<id>', 'the migration id')
+      .description('Fence writers on the source, drain, set sequences, validate and switch to the target (exit 1 unless it completed).')
+      .addOption(
+        new Option('--max-lag-bytes <n>', 'fence only once the lag is at most this many bytes (agent default 1 MiB)').argParser(intArg('--max-lag-bytes')),
+      )
+      .addOption(new Option('--max-lag-seconds <s>', '…and at most this many seconds (agent default 5)').argParser(numArg('--max-lag-seconds')))
+      .addOption(new Option('--timeout-ms <ms>', 'the whole cutover (agent default 300000)').argParser(intArg('--timeout-ms', 1)))
+      .addOption(new Option('--validation <kind>', 'validation before completing (agent default checksums)').choices(CUTOVER_VALIDATIONS))
+      .option('--skip-sequences', 'do not set the target sequences at the fence')
+      .option('--json', 'print the resulting status message as JSON'),
+  ).action(
+    (
+      id: string,
+      o: ConnectionFlags & {
+        maxLagBytes?: number;
+        maxLagSeconds?: number;
+        timeoutMs?: number;
+        validation?: (typeof CUTOVER_VALIDATIONS)[number];
+        skipSequences?: boolean;
+        json?: boolean;
+      },
+    ) =>
+      run(async () => {
+        return withClient(io, o, async (client) => {
+          if (!o.json) io.err.write(`pgferry: cutting over ${id}…\n`);
+          // On a terminal, narrate the cutover's states while the call runs.
+          const narrate = !o.json && io.err.isTTY;
+          const stopNarrating = new AbortController();
+          let narrating: Promise<void> | undefined;
+          if (narrate) {
+            const attempts = (await client.getMigration(id)).cutover?.attempts ?? 0;
+            let shown = '';
+            narrating = client
+              .watchMigration(
+                id,
+                250,
+                (x) => {
+                  const c = x.cutover;
+                  if (!c || c.attempts <= attempts || c.state === shown) return;
+                  shown = c.state;
+                  io.err.write(
+                    `  ${new Date().toISOString().slice(11, 19)} ${c.state}${c.state === 'waiting-for-lag' ? ` (lag ${formatBytes(x.lagBytes)}, ${formatDuration(x.lagSeconds)})` : ''}\n`,
+                  );
+                },
+                stopNarrating.signal,
+              )
+              .catch(() => undefined);
+          }
+          let m: MigrationMessage;
+          try {
+            m = await client.cutover({
+              id,
+              maxLagBytes: o.maxLagBytes,
+              maxLagSeconds: o.maxLagSeconds,
+              timeoutMs: o.timeoutMs,
+              validation: o.validation,
+              skipSequences: o.skipSequences,
+            });
+          } finally {
+            stopNarrating.abort();
+            await narrating;
+          }
+          if (o.json) printJson(io, m);
+          else print(io, renderCutover(m, { width: termWidth(io) }));
+          return m.phase === 'completed' && m.cutover?.state === 'completed' ? EXIT.ok : EXIT.failure;
+        });
+      })(),
+  );
 
-  withConnection(program.command('cancel-cutover')
-    .argument('<id>', 'the migration id')
-    .description('Cancel a cutover that is still waiting for the lag to drop (before the fence).')
-    .option('--json', 'print the resulting status message as JSON'))
-    .action((id: string, o: ConnectionFlags & { json?: boolean }) => run(async () => {
+  withConnection(
+    program
+      .command('cancel-cutover')
+      .argument('<id>', 'the migration id')
+      .description('Cancel a cutover that is still waiting for the lag to drop (before the fence).')
+      .option('--json', 'print the resulting status message as JSON'),
+  ).action((id: string, o: ConnectionFlags & { json?: boolean }) =>
+    run(async () => {
       await withClient(io, o, async (client) => {
         const m = await client.cancelCutover(id);
-        if (o.json) printJson(io, m); else print(io, renderMigration(m, { width: termWidth(io) }));
+        if (o.json) printJson(io, m);
+        else print(io, renderMigration(m, { width: termWidth(io) }));
       });
-    })());
+    })(),
+  );
 
-  withConnection(program.command('unfence')
-    .argument('<id>', 'the migration id')
-    .description('Lift the write fence a cutover raised on the source database now, verified (idempotent: nothing to do when none is up). A running cutover is cancelled first.')
-    .option('--after-cutover', 'also lift the fence a completed cutover keeps on purpose (writes to the old source then never reach the target)')
-    .option('--json', 'print the resulting status message as JSON'))
-    .action((id: string, o: ConnectionFlags & { json?: boolean; afterCutover?: boolean }) => run(async () => {
+  withConnection(
+    program
+      .command('unfence')
+      .argument('<id>', 'the migration id')
+      .description(
+        'Lift the write fence a cutover raised on the source database now, verified (idempotent: nothing to do when none is up). A running cutover is cancelled first.',
+      )
+      .option('--after-cutover', 'also lift the fence a completed cutover keeps on purpose (writes to the old source then never reach the target)')
+      .option('--json', 'print the resulting status message as JSON'),
+  ).action((id: string, o: ConnectionFlags & { json?: boolean; afterCutover?: boolean }) =>
+    run(async () => {
       await withClient(io, o, async (client) => {
         const before = await client.getMigration(id);
         const m = await client.unfence(id, { afterCutover: o.afterCutover });
-        if (o.json) { printJson(io, m); return; }
+        if (o.json) {
+          printJson(io, m);
+          return;
+        }
         const was = before.fence?.state && before.fence.state !== 'none';
-        print(io, [was
-          ? `Lifted the fence on database '${before.fence!.database}' and verified it: new sessions there are writable again.`
-          : `No fence of migration ${m.id} is up on the source: nothing to do.`, ...renderMigration(m, { width: termWidth(io) })]);
+        print(io, [
+          was
+            ? `Lifted the fence on database '${before.fence!.database}' and verified it: new sessions there are writable again.`
+            : `No fence of migration ${m.id} is up on the source: nothing to do.`,
+          ...renderMigration(m, { width: termWidth(io) }),
+        ]);
       });
-    })());
+    })(),
+  );
 }
 
 /** pause, resume, delete. */
 function registerLifecycleCommands(program: Command, io: Io, run: Run): void {
-  withConnection(program.command('pause')
-    .argument('<id>', 'the migration id')
-    .description('Pause a migration until `pgferry resume` (also across agent restarts). The slot stays: the source keeps the WAL written meanwhile.')
-    .option('--json', 'print the resulting status message as JSON'))
-    .action((id: string, o: ConnectionFlags & { json?: boolean }) => run(async () => {
+  withConnection(
+    program
+      .command('pause')
+      .argument('<id>', 'the migration id')
+      .description('Pause a migration until `pgferry resume` (also across agent restarts). The slot stays: the source keeps the WAL written meanwhile.')
+      .option('--json', 'print the resulting status message as JSON'),
+  ).action((id: string, o: ConnectionFlags & { json?: boolean }) =>
+    run(async () => {
       await withClient(io, o, async (client) => {
         const m = await client.pauseMigration(id);
         if (o.json) printJson(io, m);
-        else print(io, [`Paused migration ${m.id}; the source keeps WAL for it until: pgferry resume ${m.id}`, ...renderMigration(m, { width: termWidth(io) })]);
+        else
+          print(io, [`Paused migration ${m.id}; the source keeps WAL for it until: pgferry resume ${m.id}`, ...renderMigration(m, { width: termWidth(io) })]);
       });
-    })());
+    })(),
+  );
 
-  withConnection(program.command('resume')
-    .argument('<id>', 'the migration id')
-    .description('Resume a paused migration from where it stopped.')
-    .option('--json', 'print the resulting status message as JSON'))
-    .action((id: string, o: ConnectionFlags & { json?: boolean }) => run(async () => {
+  withConnection(
+    program
+      .command('resume')
+      .argument('<id>', 'the migration id')
+      .description('Resume a paused migration from where it stopped.')
+      .option('--json', 'print the resulting status message as JSON'),
+  ).action((id: string, o: ConnectionFlags & { json?: boolean }) =>
+    run(async () => {
       await withClient(io, o, async (client) => {
         const m = await client.resumeMigration(id);
         if (o.json) printJson(io, m);
         else print(io, [`Resumed migration ${m.id}.`, ...renderMigration(m, { width: termWidth(io) })]);
       });
-    })());
+    })(),
+  );
 
-  withConnection(program.command('delete')
-    .argument('<id>', 'the migration id')
-    .description("Stop a migration and drop its replication slot and publication on the source (the target's data stays).")
-    .option('--json', 'print the response as JSON'))
-    .action((id: string, o: ConnectionFlags & { json?: boolean }) => run(async () => {
+  withConnection(
+    program
+      .command('delete')
+      .argument('<id>', 'the migration id')
+      .description("Stop a migration and drop its replication slot and publication on the source (the target's data stays).")
+      .option('--json', 'print the response as JSON'),
+  ).action((id: string, o: ConnectionFlags & { json?: boolean }) =>
+    run(async () => {
       await withClient(io, o, async (client) => {
         const r = await client.deleteMigration(id);
         if (o.json) printJson(io, r);
-        else print(io, [`Deleted migration ${r.id}; dropped on the source: ${r.dropped.length ? r.dropped.join(', ') : 'nothing'}. The target keeps its data.`]);
+        else
+          print(io, [`Deleted migration ${r.id}; dropped on the source: ${r.dropped.length ? r.dropped.join(', ') : 'nothing'}. The target keeps its data.`]);
       });
-    })());
+    })(),
+  );
 }

@@ -35,31 +35,47 @@ const VERSION: string = require('../../../package.json').version;
 // that an IP is not a valid TLS server name (DEP0123); the certificate is
 // still checked against the IP in its subjectAltName. Keep other warnings.
 // The agent routes the others through its logger, so stderr stays JSON lines.
-let onWarning = (w: Error & { code?: string }) => { process.stderr.write(`pgferry: ${w.name}: ${w.message}\n`); };
+let onWarning = (w: Error & { code?: string }) => {
+  process.stderr.write(`pgferry: ${w.name}: ${w.message}\n`);
+};
 process.removeAllListeners('warning');
-process.on('warning', (w: Error & { code?: string }) => { if (w.code !== 'DEP0123') onWarning(w); });
+process.on('warning', (w: Error & { code?: string }) => {
+  if (w.code !== 'DEP0123') onWarning(w);
+});
 
 const program = new Command();
 program.name('pgferry').description('Online, minimal-downtime PostgreSQL migration, declared as infrastructure code.').version(VERSION);
 program.exitOverride();
 
 interface AgentFlags {
-  listen: string; stateDir: string; tokenFile?: string; secretKeyFile?: string;
-  tlsCert?: string; tlsKey?: string; tlsClientCa?: string;
+  listen: string;
+  stateDir: string;
+  tokenFile?: string;
+  secretKeyFile?: string;
+  tlsCert?: string;
+  tlsKey?: string;
+  tlsClientCa?: string;
   metricsListen?: string;
-  insecureAllowPlaintext?: boolean; insecureAllowNoToken?: boolean;
-  logFormat: LogFormat; logLevel: LogLevel;
-  token?: string; allowUnauthenticated?: boolean;
+  insecureAllowPlaintext?: boolean;
+  insecureAllowNoToken?: boolean;
+  logFormat: LogFormat;
+  logLevel: LogLevel;
+  token?: string;
+  allowUnauthenticated?: boolean;
 }
 
-program.command('agent')
+program
+  .command('agent')
   .description('Run the migration agent (a long-running gRPC server near the source database).')
   .requiredOption('--listen <host:port>', 'address to serve gRPC on', '127.0.0.1:7443')
   .requiredOption('--state-dir <dir>', "directory for the agent's durable state (created if missing)")
   .option('--tls-cert <file>', "the agent's TLS certificate (PEM); with --tls-key, gRPC is served over TLS")
   .option('--tls-key <file>', 'the private key of --tls-cert (PEM, unencrypted, mode 0600)')
   .option('--tls-client-ca <file>', 'CA (PEM) that signs client certificates: require and verify one on every connection (mutual TLS)')
-  .option('--token-file <file>', `file holding the bearer token(s) clients must send, one per line; re-read when it changes, so it can be rotated (or env ${AGENT_TOKEN_ENV})`)
+  .option(
+    '--token-file <file>',
+    `file holding the bearer token(s) clients must send, one per line; re-read when it changes, so it can be rotated (or env ${AGENT_TOKEN_ENV})`,
+  )
   .option('--metrics-listen <host:port>', 'serve Prometheus metrics on http://HOST:PORT/metrics (default: off)')
   .option('--secret-key-file <file>', 'AES key used to encrypt stored credentials (default: <state-dir>/secret.key, created on first start)')
   .option('--insecure-allow-plaintext', 'DANGEROUS: serve without TLS on a non-loopback address (tokens and passwords cross the network in clear text)')
@@ -73,7 +89,8 @@ program.command('agent')
 
 registerClientCommands(program);
 
-program.command('demo')
+program
+  .command('demo')
   .description('Run a whole migration on throwaway local PostgreSQL clusters: load, sync under a live writer, cut over, report.')
   .option('--source-version <major>', 'source PostgreSQL major version (13, 14 or 17)', '14')
   .option('--target-version <major>', 'target PostgreSQL major version', '17')
@@ -85,12 +102,18 @@ program.command('demo')
 
 async function runAgent(opts: AgentFlags): Promise<void> {
   if (opts.token !== undefined) {
-    throw new PgferryError('INVALID_SPEC', 'The agent does not take a token on the command line (every user on the machine can read it with `ps`).',
-      `Put the token in a file readable only by the agent's user and pass --token-file FILE, or set ${AGENT_TOKEN_ENV}.`);
+    throw new PgferryError(
+      'INVALID_SPEC',
+      'The agent does not take a token on the command line (every user on the machine can read it with `ps`).',
+      `Put the token in a file readable only by the agent's user and pass --token-file FILE, or set ${AGENT_TOKEN_ENV}.`,
+    );
   }
   if (opts.allowUnauthenticated) {
-    throw new PgferryError('INVALID_SPEC', '--allow-unauthenticated was replaced.',
-      'Use --token-file FILE (recommended), or --insecure-allow-no-token (and --insecure-allow-plaintext without TLS) if you really mean it.');
+    throw new PgferryError(
+      'INVALID_SPEC',
+      '--allow-unauthenticated was replaced.',
+      'Use --token-file FILE (recommended), or --insecure-allow-no-token (and --insecure-allow-plaintext without TLS) if you really mean it.',
+    );
   }
   if (!!opts.tlsCert !== !!opts.tlsKey) {
     throw new PgferryError('INVALID_SPEC', 'Only one of --tls-cert and --tls-key was given.', 'Give both: the certificate and its private key.');
@@ -105,7 +128,9 @@ async function runAgent(opts: AgentFlags): Promise<void> {
   const { log } = createLogger(opts.logFormat, process.stderr, opts.logLevel, {
     phaseOf: (id) => svcRef?.runners.get(id)?.phase,
     // A migration failure is recorded (rec.error, with its time) before it is logged at error level: count each once.
-    onLog: (level) => { if (level === 'error') noteFailures(); },
+    onLog: (level) => {
+      if (level === 'error') noteFailures();
+    },
   });
   const seenFailures = new Map<string, string>();
   const noteFailures = (count = true) => {
@@ -119,7 +144,11 @@ async function runAgent(opts: AgentFlags): Promise<void> {
   onWarning = (w) => log('warn', `${w.name}: ${w.message}`, w.code ? { code: w.code } : {});
   const envTokens = tokensFromEnv();
   if (opts.tokenFile && envTokens) {
-    throw new PgferryError('INVALID_SPEC', `Both --token-file and ${AGENT_TOKEN_ENV} are set.`, `Use one: --token-file (rotatable without a restart) or ${AGENT_TOKEN_ENV}.`);
+    throw new PgferryError(
+      'INVALID_SPEC',
+      `Both --token-file and ${AGENT_TOKEN_ENV} are set.`,
+      `Use one: --token-file (rotatable without a restart) or ${AGENT_TOKEN_ENV}.`,
+    );
   }
   let source: TokenSource | undefined;
   if (opts.tokenFile) {
@@ -127,14 +156,16 @@ async function runAgent(opts: AgentFlags): Promise<void> {
       if ('problem' in e) log('warn', `The token file ${opts.tokenFile} ${e.problem}: every call is refused until it holds a token`);
       else {
         log('info', `Loaded ${e.tokens} token(s) from ${opts.tokenFile}`);
-        if (e.shortest < MIN_TOKEN_LENGTH) log('warn', `A token in ${opts.tokenFile} is shorter than ${MIN_TOKEN_LENGTH} characters; use a long random one (openssl rand -hex 32)`);
+        if (e.shortest < MIN_TOKEN_LENGTH)
+          log('warn', `A token in ${opts.tokenFile} is shorter than ${MIN_TOKEN_LENGTH} characters; use a long random one (openssl rand -hex 32)`);
       }
     });
     file.loadOrThrow();
     source = file;
   } else if (envTokens) {
     if (envTokens.length === 0) throw new PgferryError('INVALID_SPEC', `${AGENT_TOKEN_ENV} is set but empty.`, 'Put a token in it, or unset it.');
-    if (envTokens.some((t) => t.length < MIN_TOKEN_LENGTH)) log('warn', `A token in ${AGENT_TOKEN_ENV} is shorter than ${MIN_TOKEN_LENGTH} characters; use a long random one (openssl rand -hex 32)`);
+    if (envTokens.some((t) => t.length < MIN_TOKEN_LENGTH))
+      log('warn', `A token in ${AGENT_TOKEN_ENV} is shorter than ${MIN_TOKEN_LENGTH} characters; use a long random one (openssl rand -hex 32)`);
     source = new StaticTokens(envTokens, `environment ${AGENT_TOKEN_ENV}`);
   }
 
@@ -142,8 +173,12 @@ async function runAgent(opts: AgentFlags): Promise<void> {
   if (opts.tlsCert && opts.tlsKey) tls = loadServerTls({ certFile: opts.tlsCert, keyFile: opts.tlsKey, clientCaFile: opts.tlsClientCa });
 
   const warnings = checkListenSecurity({
-    listen: opts.listen, tls: !!tls, mutualTls: !!tls?.mutual, token: !!source,
-    allowPlaintext: !!opts.insecureAllowPlaintext, allowNoToken: !!opts.insecureAllowNoToken,
+    listen: opts.listen,
+    tls: !!tls,
+    mutualTls: !!tls?.mutual,
+    token: !!source,
+    allowPlaintext: !!opts.insecureAllowPlaintext,
+    allowNoToken: !!opts.insecureAllowNoToken,
   });
   for (const w of [...warnings, ...(tls?.warnings ?? [])]) log('warn', w);
 
@@ -155,28 +190,41 @@ async function runAgent(opts: AgentFlags): Promise<void> {
     return settled.flatMap((s) => (s.status === 'fulfilled' ? [s.value] : []));
   };
   // Metrics only when served: prom-client is loaded (and its collectors run) only then.
-  const metricsModule = opts.metricsListen ? require('../server/metrics') as typeof import('../server/metrics') : undefined;
+  const metricsModule = opts.metricsListen ? (require('../server/metrics') as typeof import('../server/metrics')) : undefined;
   if (metricsModule) metrics = new metricsModule.AgentMetrics(statuses, { version: VERSION, tlsNotAfter: tls?.notAfter });
   const m = metrics;
   const server = createServer(svc, {
     auth: source ? new TokenAuth(source) : undefined,
-    onCall: (method, status, code) => { m?.recordRpc(method, status); if (code) m?.recordError(code, 'rpc'); },
+    onCall: (method, status, code) => {
+      m?.recordRpc(method, status);
+      if (code) m?.recordError(code, 'rpc');
+    },
   });
   const port = await listen(server, opts.listen, tls?.credentials).catch((e: Error) => {
-    throw new PgferryError('INVALID_SPEC', `Cannot listen on ${opts.listen}: ${e.message}.`, 'Pick a free port and an address of this machine for --listen.', { cause: e });
+    throw new PgferryError('INVALID_SPEC', `Cannot listen on ${opts.listen}: ${e.message}.`, 'Pick a free port and an address of this machine for --listen.', {
+      cause: e,
+    });
   });
   let metricsServer: MetricsServer | undefined;
   if (opts.metricsListen && metricsModule && m) {
     metricsServer = await metricsModule.serveMetrics(m, opts.metricsListen, log).catch((e: Error) => {
-      throw new PgferryError('INVALID_SPEC', `Cannot serve metrics on ${opts.metricsListen}: ${e.message}.`, 'Pick a free port and an address of this machine for --metrics-listen.', { cause: e });
+      throw new PgferryError(
+        'INVALID_SPEC',
+        `Cannot serve metrics on ${opts.metricsListen}: ${e.message}.`,
+        'Pick a free port and an address of this machine for --metrics-listen.',
+        { cause: e },
+      );
     });
   }
   svc.init();
   noteFailures(false); // failures recorded by an earlier run are not this process's errors
   const host = opts.listen.replace(/:\d+$/, '');
   log('info', `pgferry agent ${VERSION} listening on ${host}:${port}`, {
-    stateDir: opts.stateDir, tls: tls ? (tls.mutual ? 'mutual' : 'server') : 'off', certificate: tls?.subject,
-    certificateExpires: tls?.notAfter.toISOString(), auth: source ? source.description : 'none',
+    stateDir: opts.stateDir,
+    tls: tls ? (tls.mutual ? 'mutual' : 'server') : 'off',
+    certificate: tls?.subject,
+    certificateExpires: tls?.notAfter.toISOString(),
+    auth: source ? source.description : 'none',
     ...(metricsServer ? { metrics: `http://${opts.metricsListen!.replace(/:\d+$/, '')}:${metricsServer.port}/metrics` } : {}),
   });
   // Lines on stdout that tools (tests, demo) can wait for.

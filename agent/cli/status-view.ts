@@ -33,7 +33,10 @@ export function formatBytes(n: number): string {
   if (!Number.isFinite(n) || n < 0) return '?';
   let v = n;
   let i = 0;
-  while (v >= 1024 && i < IEC.length - 1) { v /= 1024; i++; }
+  while (v >= 1024 && i < IEC.length - 1) {
+    v /= 1024;
+    i++;
+  }
   return i === 0 ? `${v} B` : `${v < 10 ? v.toFixed(1) : Math.round(v)} ${IEC[i]}`;
 }
 
@@ -41,8 +44,17 @@ export function formatBytes(n: number): string {
 export function formatCount(n: number): string {
   if (!Number.isFinite(n)) return '?';
   if (Math.abs(n) < 10_000) return Math.round(n).toLocaleString('en-US');
-  const units: Array<[number, string]> = [[1e12, 'T'], [1e9, 'G'], [1e6, 'M'], [1e3, 'k']];
-  for (const [d, u] of units) if (Math.abs(n) >= d) { const v = n / d; return `${v < 10 ? v.toFixed(1) : Math.round(v)}${u}`; }
+  const units: Array<[number, string]> = [
+    [1e12, 'T'],
+    [1e9, 'G'],
+    [1e6, 'M'],
+    [1e3, 'k'],
+  ];
+  for (const [d, u] of units)
+    if (Math.abs(n) >= d) {
+      const v = n / d;
+      return `${v < 10 ? v.toFixed(1) : Math.round(v)}${u}`;
+    }
   return String(n);
 }
 
@@ -81,7 +93,12 @@ export function wrap(text: string, width: number, first = '', indent = ''): stri
       if (line.length + sep.length + word.length > width) {
         // A single word longer than the line: hard-cut it.
         let w = word;
-        while (line.length + w.length > width) { const room = width - line.length; out.push(line + w.slice(0, room)); line = indent; w = w.slice(room); }
+        while (line.length + w.length > width) {
+          const room = width - line.length;
+          out.push(line + w.slice(0, room));
+          line = indent;
+          w = w.slice(room);
+        }
         line += w;
       } else line += sep + word;
       empty = false;
@@ -107,7 +124,9 @@ const TABLE_ORDER: Record<string, number> = { copying: 0, queued: 1, copied: 2, 
 
 function tableLines(m: MigrationMessage, width: number, max: number): string[] {
   const lines: string[] = [];
-  const tables = [...m.tables].sort((a, b) => (TABLE_ORDER[a.phase] ?? 9) - (TABLE_ORDER[b.phase] ?? 9) || `${a.schema}.${a.name}`.localeCompare(`${b.schema}.${b.name}`));
+  const tables = [...m.tables].sort(
+    (a, b) => (TABLE_ORDER[a.phase] ?? 9) - (TABLE_ORDER[b.phase] ?? 9) || `${a.schema}.${a.name}`.localeCompare(`${b.schema}.${b.name}`),
+  );
   const barW = Math.min(20, Math.max(6, width - 60));
   const fixed = 2 + 1 + barW + 1 + 4 + 2 + 15 + 1 + 7;
   const nameW = Math.max(8, width - fixed);
@@ -119,7 +138,13 @@ function tableLines(m: MigrationMessage, width: number, max: number): string[] {
   if (tables.length > max) {
     const rest = tables.slice(max);
     const by = (p: string) => rest.filter((t) => t.phase === p).length;
-    const parts = [['copying', by('copying')], ['queued', by('queued')], ['copied', by('copied') + by('synced')]].filter(([, n]) => n).map(([p, n]) => `${n} ${p}`);
+    const parts = [
+      ['copying', by('copying')],
+      ['queued', by('queued')],
+      ['copied', by('copied') + by('synced')],
+    ]
+      .filter(([, n]) => n)
+      .map(([p, n]) => `${n} ${p}`);
     lines.push(`  … ${rest.length} more table(s): ${parts.join(', ')}`);
   }
   return lines;
@@ -131,19 +156,27 @@ export function renderMigration(m: MigrationMessage, opts: ViewOptions = {}): st
   const lines: string[] = [];
   const label = (l: string) => l.padEnd(9);
   const versions = m.sourceVersion || m.targetVersion ? `PG ${m.sourceVersion || '?'} → ${m.targetVersion || '?'}` : '';
-  lines.push([`Migration ${m.id}`, m.phase.toUpperCase() + (m.paused ? ' (PAUSED)' : ''), versions, `active: ${m.activeEndpoint || 'source'}`].filter(Boolean).join('  ·  '));
+  lines.push(
+    [`Migration ${m.id}`, m.phase.toUpperCase() + (m.paused ? ' (PAUSED)' : ''), versions, `active: ${m.activeEndpoint || 'source'}`]
+      .filter(Boolean)
+      .join('  ·  '),
+  );
   if (m.paused) lines.push(...wrap(`since ${m.pausedAt}; the slot keeps WAL meanwhile. Resume: pgferry resume ${m.id}`, width, label('Paused'), label('')));
   const loading = (COPY_PHASES as readonly string[]).includes(m.phase);
   const eta = m.etaSeconds > 0 ? `  ETA ${formatDuration(m.etaSeconds)}` : '';
   const barW = Math.min(32, Math.max(10, width - 30));
   lines.push(`${label('Load')}${bar(m.progress, barW)} ${pct(m.progress).padStart(4)}${eta}`);
-  lines.push(`${label('')}${m.tablesCopied}/${m.tablesTotal} tables · ${formatCount(m.rowsCopied)} rows · ${formatBytes(m.bytesCopied)} of ${formatBytes(m.bytesEstimated)}`);
+  lines.push(
+    `${label('')}${m.tablesCopied}/${m.tablesTotal} tables · ${formatCount(m.rowsCopied)} rows · ${formatBytes(m.bytesCopied)} of ${formatBytes(m.bytesEstimated)}`,
+  );
   // While loading, the lag is the WAL written since the snapshot (the stream catches up after the load);
   // once completed, the target is the database of record and lag means nothing.
   const done = m.phase === 'completed' || m.phase === 'deleted';
   if (!done && (!loading || m.lagBytes > 0)) lines.push(`${label('Lag')}${formatBytes(m.lagBytes)} · ${formatDuration(m.lagSeconds)} behind the source`);
   if (!done && (!loading || m.changesApplied > 0)) {
-    lines.push(`${label('Apply')}${formatCount(Math.round(m.applyRate))} changes/s · ${formatCount(m.changesApplied)} applied${m.appliedLsn ? ` · at ${m.appliedLsn}` : ''}`);
+    lines.push(
+      `${label('Apply')}${formatCount(Math.round(m.applyRate))} changes/s · ${formatCount(m.changesApplied)} applied${m.appliedLsn ? ` · at ${m.appliedLsn}` : ''}`,
+    );
   }
   if (m.slotName) lines.push(`${label('Slot')}${m.slotName} retains ${formatBytes(m.retainedWalBytes)} of WAL`);
   if (m.errorCode || m.errorMessage) {
@@ -165,10 +198,20 @@ function fenceLines(m: MigrationMessage, width: number, label: (l: string) => st
   if (!f || !f.state || f.state === 'none') return [];
   if (f.state === 'up') return wrap(`UP on database '${f.database}' since ${f.since} (the running cutover's)`, width, label('Fence'), label(''));
   if (f.state === 'kept') {
-    return wrap(`kept on database '${f.database}' since ${f.since}: the old source stays read-only after the cutover. To make it writable anyway: pgferry unfence ${m.id} --after-cutover`, width, label('Fence'), label(''));
+    return wrap(
+      `kept on database '${f.database}' since ${f.since}: the old source stays read-only after the cutover. To make it writable anyway: pgferry unfence ${m.id} --after-cutover`,
+      width,
+      label('Fence'),
+      label(''),
+    );
   }
   return [
-    ...wrap(`LIFT PENDING on database '${f.database}' (raised ${f.since}): every new session there is read-only. The agent keeps retrying (${f.liftAttempts} attempt(s)${f.lastLiftError ? `, last: ${f.lastLiftError}` : ''}).`, width, label('Fence'), label('')),
+    ...wrap(
+      `LIFT PENDING on database '${f.database}' (raised ${f.since}): every new session there is read-only. The agent keeps retrying (${f.liftAttempts} attempt(s)${f.lastLiftError ? `, last: ${f.lastLiftError}` : ''}).`,
+      width,
+      label('Fence'),
+      label(''),
+    ),
     ...wrap(`pgferry unfence ${m.id}, or by hand: ${f.liftStatement}`, width, label('Fix'), label('')),
   ];
 }
@@ -194,7 +237,16 @@ export function renderList(ms: MigrationMessage[], opts: ViewOptions = {}): stri
   const lines = [row('ID', 'PHASE', 'LOAD', 'LAG', 'APPLY/S', 'WAL KEPT')];
   for (const m of ms) {
     const lag = m.phase === 'failed' ? m.errorCode : `${formatBytes(m.lagBytes)} / ${formatDuration(m.lagSeconds)}`;
-    lines.push(row(m.id, m.fence?.state === 'lift-pending' ? 'FENCE-UP' : m.paused ? 'paused' : m.phase, pct(m.progress), lag, formatCount(Math.round(m.applyRate)), formatBytes(m.retainedWalBytes)));
+    lines.push(
+      row(
+        m.id,
+        m.fence?.state === 'lift-pending' ? 'FENCE-UP' : m.paused ? 'paused' : m.phase,
+        pct(m.progress),
+        lag,
+        formatCount(Math.round(m.applyRate)),
+        formatBytes(m.retainedWalBytes),
+      ),
+    );
   }
   return lines.map((l) => fit(l, width));
 }
@@ -202,7 +254,9 @@ export function renderList(ms: MigrationMessage[], opts: ViewOptions = {}): stri
 /** A preflight report: verdict per check, with the fix under every one that is not a pass. */
 export function renderPreflight(r: PreflightReportMessage, opts: ViewOptions = {}): string[] {
   const width = opts.width ?? DEFAULT_WIDTH;
-  const lines = [fit(`Preflight ${r.ok ? 'passed' : 'FAILED'}: source PG ${r.sourceVersion || '?'}, target PG ${r.targetVersion || '?'}, ${r.tableCount} table(s)`, width)];
+  const lines = [
+    fit(`Preflight ${r.ok ? 'passed' : 'FAILED'}: source PG ${r.sourceVersion || '?'}, target PG ${r.targetVersion || '?'}, ${r.tableCount} table(s)`, width),
+  ];
   const nameW = Math.min(24, Math.max(10, ...r.checks.map((c) => c.name.length)));
   for (const c of r.checks) {
     const mark = c.verdict === 'pass' ? 'ok  ' : c.verdict === 'warn' ? 'WARN' : 'FAIL';
@@ -221,18 +275,32 @@ export function renderCutover(m: MigrationMessage, opts: ViewOptions = {}): stri
   const width = opts.width ?? DEFAULT_WIDTH;
   const c = m.cutover;
   if (!c) return [fit(`Migration ${m.id} has no cutover report (phase ${m.phase}).`, width)];
-  const lines = [fit(`Cutover of ${m.id}: ${c.state.toUpperCase()}${c.attempts > 1 ? ` (attempt ${c.attempts})` : ''} · active endpoint: ${m.activeEndpoint}`, width)];
+  const lines = [
+    fit(`Cutover of ${m.id}: ${c.state.toUpperCase()}${c.attempts > 1 ? ` (attempt ${c.attempts})` : ''} · active endpoint: ${m.activeEndpoint}`, width),
+  ];
   const clock = (iso: string) => (iso ? `${iso.slice(11, 23)}Z` : '?');
   if (c.state === 'completed') {
     lines.push(fit(`  write downtime ${c.writeDowntimeMs} ms · fence LSN ${c.fenceLsn}`, width));
-    lines.push(fit(`  fenced ${c.fenceStartedAt.slice(0, 10)} ${clock(c.fenceStartedAt)} → ${clock(c.fenceEndedAt)} · completed ${clock(c.completedAt)}`, width));
+    lines.push(
+      fit(`  fenced ${c.fenceStartedAt.slice(0, 10)} ${clock(c.fenceStartedAt)} → ${clock(c.fenceEndedAt)} · completed ${clock(c.completedAt)}`, width),
+    );
   }
   if (c.error) lines.push(...wrap(c.error, width, '  error: ', '         '));
   if (c.tables.length) {
     const tW = Math.max(10, width - 2 - 12 - 12 - 11);
-    lines.push(fit(`  ${'table'.padEnd(tW)} ${'source rows'.padStart(11)} ${'target rows'.padStart(11)} ${c.validation === 'checksums' ? ' checksum' : '    count'}`, width));
+    lines.push(
+      fit(
+        `  ${'table'.padEnd(tW)} ${'source rows'.padStart(11)} ${'target rows'.padStart(11)} ${c.validation === 'checksums' ? ' checksum' : '    count'}`,
+        width,
+      ),
+    );
     for (const t of c.tables) {
-      lines.push(fit(`  ${fit(t.table, tW).padEnd(tW)} ${String(t.sourceRows).padStart(11)} ${String(t.targetRows).padStart(11)} ${(t.match ? 'match' : 'DIFFER').padStart(9)}`, width));
+      lines.push(
+        fit(
+          `  ${fit(t.table, tW).padEnd(tW)} ${String(t.sourceRows).padStart(11)} ${String(t.targetRows).padStart(11)} ${(t.match ? 'match' : 'DIFFER').padStart(9)}`,
+          width,
+        ),
+      );
     }
   }
   if (c.sequences.length) lines.push(fit(`  ${c.sequences.length} sequence(s) set on the target`, width));

@@ -49,7 +49,9 @@ export class BufferPool {
   }
 
   /** Bytes waiting to be lent. */
-  get size(): number { return this.bytes; }
+  get size(): number {
+    return this.bytes;
+  }
 }
 
 const NO_BYTES = Buffer.alloc(0);
@@ -62,7 +64,10 @@ const NO_BYTES = Buffer.alloc(0);
 export class Bytes {
   buf: Buffer;
   len = 0;
-  constructor(capacity = 1024, private readonly pool: BufferPool | null = null) {
+  constructor(
+    capacity = 1024,
+    private readonly pool: BufferPool | null = null,
+  ) {
     this.buf = pool ? pool.take(capacity) : Buffer.allocUnsafe(capacity);
   }
 
@@ -86,7 +91,10 @@ export class Bytes {
     // Byte by byte: writeInt32BE validates its arguments on every call.
     const b = this.buf;
     const o = this.len;
-    b[o] = v >>> 24; b[o + 1] = v >>> 16; b[o + 2] = v >>> 8; b[o + 3] = v;
+    b[o] = v >>> 24;
+    b[o + 1] = v >>> 16;
+    b[o + 2] = v >>> 8;
+    b[o + 3] = v;
     this.len = o + 4;
   }
 
@@ -110,7 +118,9 @@ export class Bytes {
     if (this.len + n > this.buf.length) this.grow(n);
   }
 
-  view(): Buffer { return this.buf.subarray(0, this.len); }
+  view(): Buffer {
+    return this.buf.subarray(0, this.len);
+  }
 }
 
 /**
@@ -173,14 +183,22 @@ export class ArrayParam {
   private readonly b: Bytes;
   count = 0;
   private hasNull = false;
-  constructor(pool: BufferPool | null = null, private readonly elemOid = TEXT_OID) {
+  constructor(
+    pool: BufferPool | null = null,
+    private readonly elemOid = TEXT_OID,
+  ) {
     this.b = new Bytes(512, pool);
     this.b.len = ARRAY_HEADER;
   }
 
   add(src: Buffer, start: number, len: number): void {
-    if (len < 0) { this.b.int32(-1); this.hasNull = true; }
-    else { this.b.int32(len); this.b.copyFrom(src, start, start + len); }
+    if (len < 0) {
+      this.b.int32(-1);
+      this.hasNull = true;
+    } else {
+      this.b.int32(len);
+      this.b.copyFrom(src, start, start + len);
+    }
     this.count++;
   }
 
@@ -195,5 +213,7 @@ export class ArrayParam {
   }
 
   /** See Bytes.release. */
-  release(): void { this.b.release(); }
+  release(): void {
+    this.b.release();
+  }
 }

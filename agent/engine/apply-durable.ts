@@ -26,7 +26,9 @@ export class DurablePosition {
   }
 
   /** Commits not yet known to be flushed on the target. */
-  get pending(): number { return this.notDurable.length; }
+  get pending(): number {
+    return this.notDurable.length;
+  }
 
   /**
    * A position that covers no change of ours: durable as soon as every batch

@@ -26,8 +26,19 @@ export { ArrayParam, BufferPool, Bytes, KeyHashes } from './apply-buffers';
 export { TextModeNeeded, type RelMap, type TargetColumn, type TargetTable } from './apply-target';
 
 /** One change with its values as strings (the one-change-per-statement path). */
-export interface RowChange { op: 'INSERT' | 'UPDATE' | 'DELETE'; map: RelMap; lsn: Lsn; newTuple: Tuple | null; oldTuple: Tuple | null }
-export interface TruncateChange { op: 'TRUNCATE'; maps: RelMap[]; restartIdentity: boolean; lsn: Lsn }
+export interface RowChange {
+  op: 'INSERT' | 'UPDATE' | 'DELETE';
+  map: RelMap;
+  lsn: Lsn;
+  newTuple: Tuple | null;
+  oldTuple: Tuple | null;
+}
+export interface TruncateChange {
+  op: 'TRUNCATE';
+  maps: RelMap[];
+  restartIdentity: boolean;
+  lsn: Lsn;
+}
 export type Change = RowChange | TruncateChange;
 
 /** One change, one statement. */
@@ -105,7 +116,10 @@ export class Plan {
    * `grouped`: replica mode (a lane per table); else one lane in source
    * order. `pool`: where the statement buffers come from (see `release`).
    */
-  constructor(private readonly grouped: boolean, private readonly pool: BufferPool | null = null) {}
+  constructor(
+    private readonly grouped: boolean,
+    private readonly pool: BufferPool | null = null,
+  ) {}
 
   /**
    * Hand every statement buffer back to the pool: only once the statements
@@ -144,12 +158,19 @@ export class Plan {
     const last = lane[lane.length - 1];
     let g: Group;
     if (last !== undefined && last.kind === 'group' && last.op === 'INSERT' && last.map === map) g = last;
-    else { g = newGroup('INSERT', map, insertShape(map), '', lsn); g.refs = []; lane.push(g); }
+    else {
+      g = newGroup('INSERT', map, insertShape(map), '', lsn);
+      g.refs = [];
+      lane.push(g);
+    }
     g.rows++;
     this.changes++;
     this.bytes += t.end - t.start;
     if (map.writeIdx.length === 0) return; // rows without values: only counted
-    if (g.copy) { this.copyRow(g, t, lsn); return; }
+    if (g.copy) {
+      this.copyRow(g, t, lsn);
+      return;
+    }
     g.refs!.push(t.copy()); // the parser may reuse `t` for the next change
     if (g.refs!.length >= COPY_MIN_ROWS) {
       g.copy = new Bytes(16 * 1024, this.pool);
@@ -165,7 +186,10 @@ export class Plan {
     t.scan(this.starts, this.lens);
     let mask = '';
     for (let i = 0; i < t.columns; i++) {
-      if (this.lens[i] === SCAN_UNCHANGED) { mask = maskOf(this.lens, t.columns); break; }
+      if (this.lens[i] === SCAN_UNCHANGED) {
+        mask = maskOf(this.lens, t.columns);
+        break;
+      }
     }
     const key = this.key(map, t, 'UPDATE', lsn);
     const g = this.groupFor('UPDATE', map, mask, key, lsn);
@@ -206,7 +230,8 @@ export class Plan {
     const out = g.copy!;
     if (g.map.binary && !g.copyEnded) {
       out.reserve(2);
-      out.buf[out.len++] = 0xff; out.buf[out.len++] = 0xff; // Int16 -1: end of data
+      out.buf[out.len++] = 0xff;
+      out.buf[out.len++] = 0xff; // Int16 -1: end of data
       g.copyEnded = true;
     }
     return out.view();
@@ -221,7 +246,10 @@ export class Plan {
   private lane(table: TargetTable): Step[] {
     if (!this.grouped) return this.done;
     let lane = this.lanes.get(table);
-    if (!lane) { lane = []; this.lanes.set(table, lane); }
+    if (!lane) {
+      lane = [];
+      this.lanes.set(table, lane);
+    }
     return lane;
   }
 
@@ -298,7 +326,10 @@ export class Plan {
    * carriage return and tab are the only bytes COPY text reads specially).
    */
   private copyRow(g: Group, t: TupleData, lsn: Lsn): void {
-    if (g.map.binary) { this.copyRowBinary(g, t, lsn); return; }
+    if (g.map.binary) {
+      this.copyRowBinary(g, t, lsn);
+      return;
+    }
     const out = g.copy!;
     const cols = g.shape.cols;
     // At most two bytes out per value byte, plus a tab (or \N and a tab) per column and the newline.
@@ -312,15 +343,25 @@ export class Plan {
       const kind = src[pos++];
       const len = kind === 0x74 /*t*/ ? u32At(src, pos) : 0;
       if (kind === 0x74) pos += 4;
-      if (i !== cols[k]) { pos += len; continue; } // a column the target generates
+      if (i !== cols[k]) {
+        pos += len;
+        continue;
+      } // a column the target generates
       if (k++ > 0) dst[o++] = 0x09;
-      if (kind === 0x6e /*n*/) { dst[o++] = 0x5c; dst[o++] = 0x4e; continue; } // \N
-      if (kind !== 0x74) { out.len = rowStart; throw valueMissing('INSERT', g.map, i, lsn); }
+      if (kind === 0x6e /*n*/) {
+        dst[o++] = 0x5c;
+        dst[o++] = 0x4e;
+        continue;
+      } // \N
+      if (kind !== 0x74) {
+        out.len = rowStart;
+        throw valueMissing('INSERT', g.map, i, lsn);
+      }
       for (const end = pos + len; pos < end; pos++) {
         const b = src[pos];
         if (b === 0x5c || (b < 0x0e && (b === 0x09 || b === 0x0a || b === 0x0d))) {
           dst[o++] = 0x5c;
-          dst[o++] = b === 0x5c ? 0x5c : b === 0x09 ? 0x74 /*t*/ : b === 0x0a ? 0x6e /*n*/ : 0x72 /*r*/;
+          dst[o++] = b === 0x5c ? 0x5c : b === 0x09 ? 0x74 /*t*/ : b === 0x0a ? 0x6e /*n*/ : 0x72; /*r*/
         } else {
           dst[o++] = b;
         }
@@ -344,24 +385,46 @@ export class Plan {
     const dst = out.buf;
     const rowStart = out.len;
     let o = rowStart;
-    dst[o++] = cols.length >>> 8; dst[o++] = cols.length;
+    dst[o++] = cols.length >>> 8;
+    dst[o++] = cols.length;
     let pos = t.start;
     for (let i = 0, k = 0; k < cols.length; i++) {
       const kind = src[pos++];
-      const sized = kind === KIND_BINARY || kind === 0x74 /*t*/;
+      const sized = kind === KIND_BINARY || kind === 0x74; /*t*/
       const n = sized ? 4 + u32At(src, pos) : 0; // the length word and the bytes
-      if (i !== cols[k]) { pos += n; continue; } // a column the target generates
+      if (i !== cols[k]) {
+        pos += n;
+        continue;
+      } // a column the target generates
       k++;
-      if (kind === 0x6e /*n*/) { dst[o] = 0xff; dst[o + 1] = 0xff; dst[o + 2] = 0xff; dst[o + 3] = 0xff; o += 4; continue; }
-      if (kind !== KIND_BINARY) { out.len = rowStart; throw sized ? notBinary(g.map, i) : valueMissing('INSERT', g.map, i, lsn); }
-      if (n <= 36) { for (const end = pos + n; pos < end;) dst[o++] = src[pos++]; }
-      else { src.copy(dst, o, pos, pos + n); o += n; pos += n; }
+      if (kind === 0x6e /*n*/) {
+        dst[o] = 0xff;
+        dst[o + 1] = 0xff;
+        dst[o + 2] = 0xff;
+        dst[o + 3] = 0xff;
+        o += 4;
+        continue;
+      }
+      if (kind !== KIND_BINARY) {
+        out.len = rowStart;
+        throw sized ? notBinary(g.map, i) : valueMissing('INSERT', g.map, i, lsn);
+      }
+      if (n <= 36) {
+        for (const end = pos + n; pos < end;) dst[o++] = src[pos++];
+      } else {
+        src.copy(dst, o, pos, pos + n);
+        o += n;
+        pos += n;
+      }
     }
     out.len = o;
   }
 
   private ensureScratch(n: number): void {
-    if (this.starts.length < n) { this.starts = new Int32Array(n); this.lens = new Int32Array(n); }
+    if (this.starts.length < n) {
+      this.starts = new Int32Array(n);
+      this.lens = new Int32Array(n);
+    }
   }
 }
 
@@ -390,6 +453,9 @@ function maskOf(lens: Int32Array, n: number): string {
 
 /** A value the statement needs was not sent (unchanged TOAST). */
 export function valueMissing(op: string, map: RelMap, i: number, lsn: Lsn): PgferryError {
-  return new PgferryError('APPLY_FAILED', `${op} on ${map.target.quoted} (source transaction at ${formatLsn(lsn)}): column ${qi(map.rel.columns[i].name)} is needed but its value was not sent (unchanged TOAST).`,
-    'Restart the agent; if it repeats, set REPLICA IDENTITY FULL on the source table and copy it again.');
+  return new PgferryError(
+    'APPLY_FAILED',
+    `${op} on ${map.target.quoted} (source transaction at ${formatLsn(lsn)}): column ${qi(map.rel.columns[i].name)} is needed but its value was not sent (unchanged TOAST).`,
+    'Restart the agent; if it repeats, set REPLICA IDENTITY FULL on the source table and copy it again.',
+  );
 }

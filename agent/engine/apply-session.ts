@@ -26,7 +26,9 @@ export async function prepareSession(client: pg.Client): Promise<ApplyMode> {
   // sequential scan of the WHOLE table (cost grows with table size and
   // is replanned every time); the generic plan probes the replica
   // identity index per key, as PostgreSQL's own apply worker does.
-  await client.query("SET synchronous_commit = off; SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0; SET plan_cache_mode = force_generic_plan");
+  await client.query(
+    'SET synchronous_commit = off; SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0; SET plan_cache_mode = force_generic_plan',
+  );
   try {
     await client.query('SET session_replication_role = replica');
     return 'replica';
@@ -41,12 +43,17 @@ export function logApplyMode(log: LogFn, mode: ApplyMode): void {
   if (mode === 'replica') {
     log('info', 'apply mode: replica (session_replication_role = replica; statements grouped per table within a batch)', { event: 'apply-mode', mode });
   } else {
-    log('warn', 'apply mode: ordered (the target user may not set session_replication_role: foreign keys and triggers fire on the target, statements keep the source order)',
+    log(
+      'warn',
+      'apply mode: ordered (the target user may not set session_replication_role: foreign keys and triggers fire on the target, statements keep the source order)',
       {
-        event: 'apply-mode', mode,
-        remedy: 'Run the agent with a target user allowed to SET session_replication_role'
-          + ' (superuser, or on PostgreSQL 15+: GRANT SET ON PARAMETER session_replication_role TO <user>) for faster apply.',
-      });
+        event: 'apply-mode',
+        mode,
+        remedy:
+          'Run the agent with a target user allowed to SET session_replication_role' +
+          ' (superuser, or on PostgreSQL 15+: GRANT SET ON PARAMETER session_replication_role TO <user>) for faster apply.',
+      },
+    );
   }
 }
 
@@ -87,11 +94,15 @@ export class ApplySession {
     void this.pipe?.end();
     const before = this.turn;
     let done!: () => void;
-    this.turn = new Promise<void>((resolve) => { done = resolve; });
+    this.turn = new Promise<void>((resolve) => {
+      done = resolve;
+    });
     try {
       await before;
       return await this.client.query(text, values);
-    } finally { done(); }
+    } finally {
+      done();
+    }
   }
 
   /** The prepared-statement name for `text` ('' once 2 000 are prepared: parsed every time). */

@@ -11,10 +11,12 @@ import type { RelMap, Shape } from './apply-target';
 
 export type { Shape } from './apply-target';
 
-
 function cached(map: RelMap, key: string, make: () => Shape): Shape {
   let s = map.shapes.get(key);
-  if (!s) { s = make(); map.shapes.set(key, s); }
+  if (!s) {
+    s = make();
+    map.shapes.set(key, s);
+  }
   return s;
 }
 
@@ -42,8 +44,10 @@ function copyCheck(m: RelMap): string {
   const what = ql(`pgferry: a column type of ${m.target.quoted} changed on the target since the apply session read it (binary COPY; `);
   const n = m.writeIdx.length;
   // The failing text depends on the count, so the planner cannot fold it into an error on every run.
-  return `SELECT CASE WHEN n = ${n} THEN 0 ELSE (${what} || n || ' of ${n} columns as read); applying again with the new types')::int END`
-    + ` FROM (SELECT count(*) AS n FROM pg_attribute WHERE attrelid = ${ql(m.target.quoted)}::regclass AND NOT attisdropped AND (attname, atttypid) IN (${expected})) AS c`;
+  return (
+    `SELECT CASE WHEN n = ${n} THEN 0 ELSE (${what} || n || ' of ${n} columns as read); applying again with the new types')::int END` +
+    ` FROM (SELECT count(*) AS n FROM pg_attribute WHERE attrelid = ${ql(m.target.quoted)}::regclass AND NOT attisdropped AND (attname, atttypid) IN (${expected})) AS c`
+  );
 }
 
 /**

@@ -16,7 +16,11 @@ import { valueMissing, type Group, type Plan, type RowChange, type Single, type 
 
 /** One statement of a batch: `step` is what it applies, `expectRows` the row count that must hold (null: none). */
 export interface Statement {
-  text: string; values: PipelineValue[]; step: Step; expectRows: number | null; onShort: 'fail' | 'warn';
+  text: string;
+  values: PipelineValue[];
+  step: Step;
+  expectRows: number | null;
+  onShort: 'fail' | 'warn';
   /** COPY … FROM STDIN text-format data, when the statement is a COPY. */
   copyData?: Buffer;
 }
@@ -39,7 +43,8 @@ export function batchStatements(plan: Plan, safe: boolean, onStep: (s: Step) => 
     if (!st) continue;
     if (step.kind === 'group' ? step.map.target.countsHere : step.change.op !== 'TRUNCATE' && step.change.map.target.countsHere) oneTrip = false;
     sts.push(st);
-    if (st.copyData && step.kind === 'group' && step.shape.copyCheck) sts.push({ text: step.shape.copyCheck, values: [], step, expectRows: null, onShort: 'warn' });
+    if (st.copyData && step.kind === 'group' && step.shape.copyCheck)
+      sts.push({ text: step.shape.copyCheck, values: [], step, expectRows: null, onShort: 'warn' });
   }
   return { sts, oneTrip };
 }
@@ -81,7 +86,10 @@ export function singleStatement(run: Single): Statement | null {
     const vals = m.writeIdx.map((i) => params.typed(value(c.newTuple!, i, c), col(i).castType));
     return {
       text: `INSERT INTO ${m.target.quoted} (${m.writeIdx.map(name).join(', ')})${m.overriding ? ' OVERRIDING SYSTEM VALUE' : ''} VALUES (${vals.join(', ')})`,
-      values: params.values, step: run, expectRows: 1, onShort: 'fail',
+      values: params.values,
+      step: run,
+      expectRows: 1,
+      onShort: 'fail',
     };
   }
 
@@ -94,24 +102,35 @@ export function singleStatement(run: Single): Statement | null {
     // 't', inet adds '/32', character(n) drops its padding), and comparing
     // as typed values needs an equality operator that json, xml or point lack.
     const old = c.oldTuple!;
-    const match = m.writeIdx.filter((i) => old[i] !== UNCHANGED_TOAST)
-      .map((i) => (old[i] === null ? `t.${name(i)} IS NULL` : `(t.${name(i)} IS NOT NULL AND format('%s', t.${name(i)}) = ${params.text(old[i] as string | Buffer)})`))
-      .join(' AND ') || 'true';
+    const match =
+      m.writeIdx
+        .filter((i) => old[i] !== UNCHANGED_TOAST)
+        .map((i) =>
+          old[i] === null ? `t.${name(i)} IS NULL` : `(t.${name(i)} IS NOT NULL AND format('%s', t.${name(i)}) = ${params.text(old[i] as string | Buffer)})`,
+        )
+        .join(' AND ') || 'true';
     const pick = `WITH s AS MATERIALIZED (SELECT t.tableoid AS toid, t.ctid AS tid FROM ${m.target.quoted} AS t WHERE ${match} LIMIT 1)`;
     const target = 'WHERE t.ctid = (SELECT tid FROM s) AND t.tableoid = (SELECT toid FROM s)';
-    if (run.op === 'DELETE') return { text: `${pick} DELETE FROM ${m.target.quoted} AS t ${target}`, values: params.values, step: run, expectRows: 1, onShort: 'warn' };
+    if (run.op === 'DELETE')
+      return { text: `${pick} DELETE FROM ${m.target.quoted} AS t ${target}`, values: params.values, step: run, expectRows: 1, onShort: 'warn' };
     const nu = c.newTuple!;
     const present = m.writeIdx.filter((i) => nu[i] !== UNCHANGED_TOAST);
     const set = present.filter((i) => !col(i).identityAlways);
-    const guard = present.filter((i) => col(i).identityAlways).map((i) => ` AND t.${name(i)} IS NOT DISTINCT FROM ${params.typed(value(nu, i, c), col(i).castType)}`).join('');
+    const guard = present
+      .filter((i) => col(i).identityAlways)
+      .map((i) => ` AND t.${name(i)} IS NOT DISTINCT FROM ${params.typed(value(nu, i, c), col(i).castType)}`)
+      .join('');
     if (set.length === 0) return null;
     const sets = set.map((i) => `${name(i)} = ${params.typed(value(nu, i, c), col(i).castType)}`).join(', ');
     return { text: `${pick} UPDATE ${m.target.quoted} AS t SET ${sets} ${target}${guard}`, values: params.values, step: run, expectRows: 1, onShort: 'fail' };
   }
 
   if (m.keyIdx.length === 0) {
-    throw new PgferryError('APPLY_FAILED', `${run.op} on ${m.target.quoted} (source transaction at ${formatLsn(c.lsn)}) cannot be applied: the source table has no replica identity to find the row by.`,
-      `On the source: ALTER TABLE ${m.target.quoted} REPLICA IDENTITY FULL (or add a primary key), then copy the table again.`);
+    throw new PgferryError(
+      'APPLY_FAILED',
+      `${run.op} on ${m.target.quoted} (source transaction at ${formatLsn(c.lsn)}) cannot be applied: the source table has no replica identity to find the row by.`,
+      `On the source: ALTER TABLE ${m.target.quoted} REPLICA IDENTITY FULL (or add a primary key), then copy the table again.`,
+    );
   }
   const keyCond = (tuple: Tuple) => m.keyIdx.map((i) => `t.${name(i)} = ${params.typed(value(tuple, i, c), col(i).castType)}${col(i).collate}`).join(' AND ');
 
@@ -193,4 +212,3 @@ export function stepTable(s: Step): string {
 export function stepLsn(s: Step): Lsn {
   return s.kind === 'group' ? s.firstLsn : s.change.lsn;
 }
-

@@ -58,7 +58,10 @@ export interface TargetColumn {
   binaryOk: boolean;
 }
 export interface TargetTable {
-  schema: string; name: string; quoted: string; partitioned: boolean;
+  schema: string;
+  name: string;
+  quoted: string;
+  partitioned: boolean;
   /**
    * Row counts of its statements are checked by the agent before COMMIT, not
    * by the server (checkedOnServer, apply-statements.ts): BEFORE INSERT row
@@ -99,7 +102,11 @@ export interface RelMap {
  * (the batch is rolled back and re-sent; nothing of it was committed).
  */
 export class TextModeNeeded extends Error {
-  constructor(readonly table: string, readonly column: string | null, why = `column ${column} of ${table} came as text in a binary stream`) {
+  constructor(
+    readonly table: string,
+    readonly column: string | null,
+    why = `column ${column} of ${table} came as text in a binary stream`,
+  ) {
     super(why);
     this.name = 'TextModeNeeded';
   }
@@ -113,7 +120,8 @@ export async function readTargets(session: ApplySession, keys: string[], mode: A
   // its partitions, or BEFORE INSERT row triggers that fire in this session
   // (session_replication_role replica: ENABLE REPLICA / ALWAYS ones; else
   // the ordinary ones too).
-  const r = await session.query(`
+  const r = await session.query(
+    `
     SELECT n.nspname AS schema, c.relname AS relname, c.relkind::text AS kind, a.attname AS name,
            EXISTS (SELECT 1 FROM pg_class p
                     WHERE (p.oid = c.oid OR p.oid IN (SELECT relid FROM pg_partition_tree(c.oid)))
@@ -136,13 +144,34 @@ export async function readTargets(session: ApplySession, keys: string[], mode: A
       LEFT JOIN pg_collation co ON co.oid = a.attcollation
       LEFT JOIN pg_namespace cn ON cn.oid = co.collnamespace
      WHERE c.oid IN (SELECT to_regclass(k) FROM unnest($1::text[]) AS k) AND c.relkind IN ('r', 'p')
-     ORDER BY c.oid, a.attnum`, [keys, mode === 'replica' ? ['R', 'A'] : ['O', 'A']]);
+     ORDER BY c.oid, a.attnum`,
+    [keys, mode === 'replica' ? ['R', 'A'] : ['O', 'A']],
+  );
   for (const row of r.rows) {
     const key = qn(row.schema, row.relname);
     let t = out.get(key);
-    if (!t) { t = { schema: row.schema, name: row.relname, quoted: key, partitioned: row.kind === 'p', countsHere: row.counts_here, columns: new Map<string, TargetColumn>() }; out.set(key, t); }
+    if (!t) {
+      t = {
+        schema: row.schema,
+        name: row.relname,
+        quoted: key,
+        partitioned: row.kind === 'p',
+        countsHere: row.counts_here,
+        columns: new Map<string, TargetColumn>(),
+      };
+      out.set(key, t);
+    }
     if (row.name === null) continue;
-    t.columns.set(row.name, { name: row.name, castType: row.cast_type, generated: row.generated, identityAlways: row.identity_always, collate: row.collation ? ` COLLATE ${row.collation}` : '', collatable: row.collatable, castOid: row.cast_oid, binaryOk: row.binary_ok });
+    t.columns.set(row.name, {
+      name: row.name,
+      castType: row.cast_type,
+      generated: row.generated,
+      identityAlways: row.identity_always,
+      collate: row.collation ? ` COLLATE ${row.collation}` : '',
+      collatable: row.collatable,
+      castOid: row.cast_oid,
+      binaryOk: row.binary_ok,
+    });
   }
   return out;
 }
@@ -158,13 +187,19 @@ export function missingColumn(rel: RelationMessage, target: TargetTable): Relati
  */
 export function relMap(rel: RelationMessage, key: string, target: TargetTable | undefined, syncLsn: Lsn, binary: boolean): RelMap {
   if (!target) {
-    throw new PgferryError('SCHEMA_DRIFT', `Table ${key} receives changes from the source but does not exist on the target.`,
-      `Create ${key} on the target with the source's definition, then restart the agent.`);
+    throw new PgferryError(
+      'SCHEMA_DRIFT',
+      `Table ${key} receives changes from the source but does not exist on the target.`,
+      `Create ${key} on the target with the source's definition, then restart the agent.`,
+    );
   }
   const lacking = missingColumn(rel, target);
   if (lacking) {
-    throw new PgferryError('SCHEMA_DRIFT', `Column ${qi(lacking.name)} of table ${key} exists on the source but not on the target.`,
-      `Add the column on the target (ALTER TABLE ${key} ADD COLUMN ${qi(lacking.name)} <its type on the source>), then restart the agent.`);
+    throw new PgferryError(
+      'SCHEMA_DRIFT',
+      `Column ${qi(lacking.name)} of table ${key} exists on the source but not on the target.`,
+      `Add the column on the target (ALTER TABLE ${key} ADD COLUMN ${qi(lacking.name)} <its type on the source>), then restart the agent.`,
+    );
   }
   const cols = rel.columns.map((c) => {
     const t = target.columns.get(c.name)!;
@@ -172,7 +207,10 @@ export function relMap(rel: RelationMessage, key: string, target: TargetTable | 
   });
   const writeIdx = cols.flatMap((c, i) => (c ? [i] : []));
   const map: RelMap = {
-    rel, target, cols, writeIdx,
+    rel,
+    target,
+    cols,
+    writeIdx,
     keyIdx: rel.replicaIdentity === 'f' ? [] : rel.keyIndexes,
     // No key columns: UPDATE/DELETE can only have reached us with a full old
     // tuple ('O'), e.g. a partitioned root without a key whose leaf
@@ -198,7 +236,13 @@ export function relMap(rel: RelationMessage, key: string, target: TargetTable | 
 }
 
 /** A column the source publishes, as `binaryBlocker` checks it. */
-export interface PublishedColumn { schema: string; table: string; identity: string; column: string; typeOid: number }
+export interface PublishedColumn {
+  schema: string;
+  table: string;
+  identity: string;
+  column: string;
+  typeOid: number;
+}
 
 /**
  * What keeps the stream from sending binary values (null: nothing), given

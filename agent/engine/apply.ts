@@ -87,7 +87,12 @@ interface Inflight {
  */
 const MAX_INFLIGHT = 2;
 
-interface SourceTxn { finalLsn: Lsn; commitTimeMicros: bigint; skip: boolean; changes: number }
+interface SourceTxn {
+  finalLsn: Lsn;
+  commitTimeMicros: bigint;
+  skip: boolean;
+  changes: number;
+}
 
 /**
  * Applies one stream of source changes to the target. Not reentrant: await
@@ -130,7 +135,12 @@ export class Applier {
   private batchLimit: number;
   private readonly log: LogFn;
 
-  private constructor(private readonly session: ApplySession, readonly mode: ApplyMode, private readonly opts: ApplierOptions, durableLsn: Lsn) {
+  private constructor(
+    private readonly session: ApplySession,
+    readonly mode: ApplyMode,
+    private readonly opts: ApplierOptions,
+    durableLsn: Lsn,
+  ) {
     this.appliedLsn = durableLsn;
     this.durable = new DurablePosition(durableLsn);
     this.safeThroughLsn = opts.safeThroughLsn ?? null;
@@ -153,7 +163,11 @@ export class Applier {
       // after every start, resume or reconnect).
       const known = await readTargets(a.session, [...opts.tableSyncLsn.keys()], mode);
       for (const [key, t] of known) a.targets.set(key, t);
-      a.log('info', `read the target's columns of ${known.size} of ${opts.tableSyncLsn.size} table(s)`, { event: 'target-tables', found: known.size, expected: opts.tableSyncLsn.size });
+      a.log('info', `read the target's columns of ${known.size} of ${opts.tableSyncLsn.size} table(s)`, {
+        event: 'target-tables',
+        found: known.size,
+        expected: opts.tableSyncLsn.size,
+      });
       logApplyMode(a.log, mode);
       return a;
     } catch (e) {
@@ -163,11 +177,17 @@ export class Applier {
   }
 
   /** Inside a source transaction (between Begin and Commit). */
-  get inSourceTransaction(): boolean { return this.txn !== null; }
+  get inSourceTransaction(): boolean {
+    return this.txn !== null;
+  }
   /** Changes gathered in the open batch, not yet committed. */
-  get pendingChanges(): number { return (this.batch?.changes ?? 0) + this.inflight.reduce((n, f) => n + f.changes, 0); }
+  get pendingChanges(): number {
+    return (this.batch?.changes ?? 0) + this.inflight.reduce((n, f) => n + f.changes, 0);
+  }
   /** ms the open batch has been open; null when none. */
-  batchAgeMs(nowMs = Date.now()): number | null { return this.batch ? nowMs - this.batch.openedAtMs : null; }
+  batchAgeMs(nowMs = Date.now()): number | null {
+    return this.batch ? nowMs - this.batch.openedAtMs : null;
+  }
 
   /**
    * What keeps the stream from sending binary values, given the source's
@@ -186,7 +206,12 @@ export class Applier {
   }
 
   begin(m: BeginMessage): void {
-    if (this.txn) throw new PgferryError('INTERNAL', `Begin of a source transaction at ${formatLsn(m.finalLsn)} inside the one at ${formatLsn(this.txn.finalLsn)}.`, 'Restart the agent; report this if it repeats.');
+    if (this.txn)
+      throw new PgferryError(
+        'INTERNAL',
+        `Begin of a source transaction at ${formatLsn(m.finalLsn)} inside the one at ${formatLsn(this.txn.finalLsn)}.`,
+        'Restart the agent; report this if it repeats.',
+      );
     // Guard 1 (replay after restart): a transaction whose commit record starts
     // before the applied position ended at or before it, so it is already on
     // the target. Without this, a resend would apply it twice.
@@ -254,7 +279,18 @@ export class Applier {
 
   private openBatch(txn: SourceTxn): Batch {
     if (!this.batch) {
-      this.batch = { openedAtMs: Date.now(), changes: 0, txns: 0, lastEndLsn: null, lastCommitTime: null, boundaryLsn: 0n, maxFinalLsn: txn.finalLsn, bytes: 0, targetTxnOpen: false, safe: false };
+      this.batch = {
+        openedAtMs: Date.now(),
+        changes: 0,
+        txns: 0,
+        lastEndLsn: null,
+        lastCommitTime: null,
+        boundaryLsn: 0n,
+        maxFinalLsn: txn.finalLsn,
+        bytes: 0,
+        targetTxnOpen: false,
+        safe: false,
+      };
     }
     return this.batch;
   }
@@ -283,7 +319,12 @@ export class Applier {
   commit(m: CommitMessage): boolean | Promise<boolean> {
     const txn = this.txn;
     if (!txn) throw new PgferryError('INTERNAL', `Commit at ${formatLsn(m.commitLsn)} without Begin.`, 'Restart the agent; report this if it repeats.');
-    if (m.commitLsn !== txn.finalLsn) throw new PgferryError('INTERNAL', `Commit at ${formatLsn(m.commitLsn)} does not match its Begin (${formatLsn(txn.finalLsn)}).`, 'Restart the agent; report this if it repeats.');
+    if (m.commitLsn !== txn.finalLsn)
+      throw new PgferryError(
+        'INTERNAL',
+        `Commit at ${formatLsn(m.commitLsn)} does not match its Begin (${formatLsn(txn.finalLsn)}).`,
+        'Restart the agent; report this if it repeats.',
+      );
     this.txn = null;
     if (txn.skip) return false;
     const commitTime = new Date(pgMicrosToUnixMs(m.commitTimeMicros));
@@ -304,7 +345,12 @@ export class Applier {
     // transaction: the transactions after it are grouped again, and must
     // not share a batch with the replay (see `failed`).
     const replayDone = this.batch.safe && this.safeThroughLsn !== null && txn.finalLsn >= this.safeThroughLsn;
-    if (replayDone || this.batch.changes >= this.batchLimit || this.batch.bytes + this.plan.bytes >= BATCH_BYTES || Date.now() - this.batch.openedAtMs >= this.opts.batchMs) {
+    if (
+      replayDone ||
+      this.batch.changes >= this.batchLimit ||
+      this.batch.bytes + this.plan.bytes >= BATCH_BYTES ||
+      Date.now() - this.batch.openedAtMs >= this.opts.batchMs
+    ) {
       return this.flush().then(() => true);
     }
     return false;
@@ -328,7 +374,10 @@ export class Applier {
   private idle(lsn: Lsn): void {
     const last = this.inflight[this.inflight.length - 1];
     if (last) last.idleAfter = maxLsn(last.idleAfter, lsn);
-    else { this.appliedLsn = maxLsn(this.appliedLsn, lsn); this.durable.coverIdle(lsn); }
+    else {
+      this.appliedLsn = maxLsn(this.appliedLsn, lsn);
+      this.durable.coverIdle(lsn);
+    }
   }
 
   /** Wait for the batches sent before `entry` (all in flight when it is not yet listed); throws the first one's failure. */
@@ -343,11 +392,17 @@ export class Applier {
    * Everything the source committed before this position is committed AND
    * flushed on the target: the only position ever confirmed to the source.
    */
-  get durableLsn(): Lsn { return this.durable.lsn; }
-  set durableLsn(lsn: Lsn) { this.durable.lsn = lsn; }
+  get durableLsn(): Lsn {
+    return this.durable.lsn;
+  }
+  set durableLsn(lsn: Lsn) {
+    this.durable.lsn = lsn;
+  }
 
   /** Commits not yet known to be flushed on the target. */
-  get undurableBatches(): number { return this.durable.pending; }
+  get undurableBatches(): number {
+    return this.durable.pending;
+  }
 
   /**
    * Ask the target how far its WAL is flushed (cheap; safe inside an open
@@ -380,11 +435,22 @@ export class Applier {
     this.plan = this.newPlan();
     this.batch = null;
     let markSent!: () => void;
-    const entry: Inflight = { done: Promise.resolve(), sent: new Promise<void>((resolve) => { markSent = resolve; }), changes: batch.changes, idleAfter: 0n };
+    const entry: Inflight = {
+      done: Promise.resolve(),
+      sent: new Promise<void>((resolve) => {
+        markSent = resolve;
+      }),
+      changes: batch.changes,
+      idleAfter: 0n,
+    };
     // A failed batch stays counted as pending: its changes are not on the
     // target, and nobody (the cutover's drain) may read "nothing pending".
-    entry.done = this.commitBatch(batch, plan, entry, markSent).then(() => { this.inflight.splice(this.inflight.indexOf(entry), 1); });
-    entry.done.catch((e) => { this.inflightFailure ??= { e }; }); // surfaced by settle() / throwIfFailed()
+    entry.done = this.commitBatch(batch, plan, entry, markSent).then(() => {
+      this.inflight.splice(this.inflight.indexOf(entry), 1);
+    });
+    entry.done.catch((e) => {
+      this.inflightFailure ??= { e };
+    }); // surfaced by settle() / throwIfFailed()
     this.inflight.push(entry);
   }
 
@@ -395,7 +461,9 @@ export class Applier {
   }
 
   /** A batch is committing on the target. */
-  get hasInflight(): boolean { return this.inflight.length > 0; }
+  get hasInflight(): boolean {
+    return this.inflight.length > 0;
+  }
 
   /** Rethrow the failure of a batch in flight as soon as it is known. */
   throwIfFailed(): void {
@@ -407,7 +475,9 @@ export class Applier {
     const endLsn = maxLsn(batch.lastEndLsn ?? 0n, batch.boundaryLsn);
     let step: Step | null = null;
     try {
-      const { sts, oneTrip } = batchStatements(plan, batch.safe, (s) => { step = s; });
+      const { sts, oneTrip } = batchStatements(plan, batch.safe, (s) => {
+        step = s;
+      });
       step = null;
       if (sts.length === 0 && !batch.targetTxnOpen) {
         // Nothing to write: no target transaction. Its position counts only
@@ -418,7 +488,9 @@ export class Applier {
       } else if (oneTrip) {
         // The batch in one part: its changes, checked on the server, and its commit.
         const begin = batch.targetTxnOpen ? 0 : 1;
-        const sending = this.send(batch, sts.map(checkedOnServer), true, endLsn, (s) => { step = s; });
+        const sending = this.send(batch, sts.map(checkedOnServer), true, endLsn, (s) => {
+          step = s;
+        });
         markSent(); // the part is queued (send() queues it before it first waits)
         const r = await sending;
         this.warnShort(sts, r.counts.slice(begin));
@@ -426,7 +498,9 @@ export class Applier {
         batch.targetTxnOpen = false;
       } else {
         // Row counts checked here, then COMMIT: a second round trip.
-        await this.run(batch, sts, (s) => { step = s; });
+        await this.run(batch, sts, (s) => {
+          step = s;
+        });
         step = null;
         const sending = this.send(batch, [], true, endLsn, () => undefined);
         markSent();
@@ -454,7 +528,9 @@ export class Applier {
       this.durable.coverIdle(entry.idleAfter);
     }
     if (this.safeThroughLsn !== null && this.appliedLsn > this.safeThroughLsn) {
-      this.log('info', `one-change-per-statement replay done through ${formatLsn(this.safeThroughLsn)}; back to set-based apply`, { event: 'safe-replay-done' });
+      this.log('info', `one-change-per-statement replay done through ${formatLsn(this.safeThroughLsn)}; back to set-based apply`, {
+        event: 'safe-replay-done',
+      });
       this.safeThroughLsn = null;
     }
     this.onCommitted?.();
@@ -508,9 +584,14 @@ export class Applier {
     for (const st of sts) list.push({ text: st.text, name: this.session.statementName(st.text), values: st.values, copyData: st.copyData });
     if (commit) {
       list.push(
-        { text: RECORD_APPLIED_LSN, name: this.session.statementName(RECORD_APPLIED_LSN), values: [this.opts.migrationId, formatLsn(endLsn), batch.lastCommitTime?.toISOString() ?? null] },
+        {
+          text: RECORD_APPLIED_LSN,
+          name: this.session.statementName(RECORD_APPLIED_LSN),
+          values: [this.opts.migrationId, formatLsn(endLsn), batch.lastCommitTime?.toISOString() ?? null],
+        },
         { text: 'COMMIT', name: '', values: [] },
-        { text: LOCAL_WAL_POSITIONS, name: this.session.statementName(LOCAL_WAL_POSITIONS), values: [] });
+        { text: LOCAL_WAL_POSITIONS, name: this.session.statementName(LOCAL_WAL_POSITIONS), values: [] },
+      );
     }
     batch.targetTxnOpen = true; // from here a failure must roll back
     try {
@@ -548,7 +629,10 @@ export class Applier {
   }
 
   private warnMissing(st: Statement, rows: number): void {
-    this.log('warn', `${st.step.op} on ${stepTable(st.step)} found ${rows} of ${st.expectRows} rows on the target (already gone: the target had diverged)`, { event: 'rows-missing', lsn: formatLsn(stepLsn(st.step)) });
+    this.log('warn', `${st.step.op} on ${stepTable(st.step)} found ${rows} of ${st.expectRows} rows on the target (already gone: the target had diverged)`, {
+      event: 'rows-missing',
+      lsn: formatLsn(stepLsn(st.step)),
+    });
   }
 
   /**
@@ -558,9 +642,13 @@ export class Applier {
   private async execute(batch: Batch, plan: Plan): Promise<void> {
     let step: Step | null = null;
     try {
-      const { sts } = batchStatements(plan, batch.safe, (s) => { step = s; });
+      const { sts } = batchStatements(plan, batch.safe, (s) => {
+        step = s;
+      });
       step = null;
-      await this.run(batch, sts, (s) => { step = s; });
+      await this.run(batch, sts, (s) => {
+        step = s;
+      });
       plan.release();
     } catch (e) {
       throw await this.failed(e, step, batch);
@@ -573,7 +661,11 @@ export class Applier {
    */
   private async failedBatch(e: unknown, step: Step | null, batch: Batch, entry: Inflight): Promise<unknown> {
     if (e instanceof PipelineSkipped) {
-      try { await this.afterEarlier(entry); } catch (earlier) { return earlier; }
+      try {
+        await this.afterEarlier(entry);
+      } catch (earlier) {
+        return earlier;
+      }
     }
     return this.failed(e, step, batch);
   }

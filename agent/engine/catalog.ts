@@ -58,12 +58,19 @@ export function dataColumns(t: TableInfo): ColumnInfo[] {
   return t.columns.filter((c) => !c.generated);
 }
 
-interface Pattern { text: string; schema: RegExp; name: RegExp }
+interface Pattern {
+  text: string;
+  schema: RegExp;
+  name: RegExp;
+}
 
 function partToRegExp(part: string): RegExp {
   const quoted = part.startsWith('"') && part.endsWith('"');
   const text = quoted ? part.slice(1, -1) : part.toLowerCase();
-  const body = text.split('').map((ch) => (ch === '*' ? '.*' : ch === '?' ? '.' : ch.replace(/[.+^${}()|[\]\\]/g, '\\$&'))).join('');
+  const body = text
+    .split('')
+    .map((ch) => (ch === '*' ? '.*' : ch === '?' ? '.' : ch.replace(/[.+^${}()|[\]\\]/g, '\\$&')))
+    .join('');
   return new RegExp(`^${body}$`);
 }
 
@@ -105,7 +112,10 @@ export async function selectTables(client: pg.Client, sel: { include: string[]; 
     if (t.root) {
       const root = all.find((r) => r.schema === t.root!.schema && r.name === t.root!.name);
       const rootSelected = root && include.some((p) => matches(p, root.schema, root.name)) && !exclude.some((p) => matches(p, root.schema, root.name));
-      if (!rootSelected) { orphans.push(t); continue; }
+      if (!rootSelected) {
+        orphans.push(t);
+        continue;
+      }
     }
     chosen.add(t.oid);
   }
@@ -165,17 +175,21 @@ async function listTables(client: pg.Client): Promise<TableInfo[]> {
 async function loadColumns(client: pg.Client, tables: TableInfo[]): Promise<void> {
   if (tables.length === 0) return;
   const oids = tables.map((t) => t.oid);
-  const cols = await client.query(`
+  const cols = await client.query(
+    `
     SELECT a.attrelid::int AS rel, a.attname AS name, a.attnum::int AS attnum,
            format_type(a.atttypid, a.atttypmod) AS type, a.atttypid::int AS type_oid, a.attnotnull AS not_null,
            a.attgenerated <> '' AS generated, a.attidentity AS identity,
            (CASE WHEN t.typelem <> 0 THEN t.typelem ELSE t.oid END) >= 16384 AS user_type
       FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
      WHERE a.attrelid = ANY($1::oid[]) AND a.attnum > 0 AND NOT a.attisdropped
-     ORDER BY a.attrelid, a.attnum`, [oids]);
+     ORDER BY a.attrelid, a.attnum`,
+    [oids],
+  );
   // The row identity used by UPDATE/DELETE: the replica identity index
   // (explicit USING INDEX, else the primary key).
-  const keys = await client.query(`
+  const keys = await client.query(
+    `
     SELECT i.indrelid::int AS rel, array_agg(a.attname ORDER BY k.ord) AS cols
       FROM pg_index i
       CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
@@ -183,12 +197,20 @@ async function loadColumns(client: pg.Client, tables: TableInfo[]): Promise<void
       JOIN pg_class c ON c.oid = i.indrelid
      WHERE i.indrelid = ANY($1::oid[])
        AND ((c.relreplident = 'i' AND i.indisreplident) OR (c.relreplident = 'd' AND i.indisprimary))
-     GROUP BY i.indrelid`, [oids]);
+     GROUP BY i.indrelid`,
+    [oids],
+  );
   const byRel = new Map<number, TableInfo>(tables.map((t) => [t.oid, t]));
   for (const row of cols.rows) {
     byRel.get(row.rel)?.columns.push({
-      name: row.name, attnum: row.attnum, type: row.type, typeOid: row.type_oid, notNull: row.not_null,
-      generated: row.generated, identity: row.identity, userType: row.user_type,
+      name: row.name,
+      attnum: row.attnum,
+      type: row.type,
+      typeOid: row.type_oid,
+      notNull: row.not_null,
+      generated: row.generated,
+      identity: row.identity,
+      userType: row.user_type,
     });
   }
   for (const row of keys.rows) {

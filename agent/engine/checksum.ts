@@ -11,7 +11,10 @@
 import type pg from 'pg';
 import { qi, qn } from './conn';
 
-export interface TableFingerprint { rows: number; checksum: string }
+export interface TableFingerprint {
+  rows: number;
+  checksum: string;
+}
 
 export function checksumSql(schema: string, name: string, columns: string[]): string {
   const row = `ROW(${columns.map((c) => `t.${qi(c)}`).join(', ')})::text`;

@@ -16,11 +16,17 @@ import type { Endpoint, SslMode } from './spec';
 
 export type Side = 'source' | 'target';
 
-export const SESSION_OPTIONS = '-c DateStyle=ISO,YMD -c IntervalStyle=postgres -c TimeZone=UTC -c extra_float_digits=3 -c bytea_output=hex -c client_encoding=UTF8';
+export const SESSION_OPTIONS =
+  '-c DateStyle=ISO,YMD -c IntervalStyle=postgres -c TimeZone=UTC -c extra_float_digits=3 -c bytea_output=hex -c client_encoding=UTF8';
 
 export interface ResolvedEndpoint {
-  host: string; port: number; database: string; user: string; password?: string;
-  sslMode: SslMode; sslRootCert?: string;
+  host: string;
+  port: number;
+  database: string;
+  user: string;
+  password?: string;
+  sslMode: SslMode;
+  sslRootCert?: string;
 }
 
 export function resolveEndpoint(e: Endpoint): ResolvedEndpoint {
@@ -33,11 +39,19 @@ export function resolveEndpoint(e: Endpoint): ResolvedEndpoint {
       database: String(p.database ?? e.database ?? ''),
       user: String(p.user ?? e.user ?? ''),
       password: (p.password as string | undefined) ?? e.password,
-      sslMode: ((p.sslmode as SslMode | undefined) ?? e.sslMode ?? 'prefer'),
+      sslMode: (p.sslmode as SslMode | undefined) ?? e.sslMode ?? 'prefer',
       sslRootCert: e.sslRootCert,
     };
   } else {
-    r = { host: e.host!, port: e.port ?? 5432, database: e.database!, user: e.user!, password: e.password, sslMode: e.sslMode ?? 'prefer', sslRootCert: e.sslRootCert };
+    r = {
+      host: e.host!,
+      port: e.port ?? 5432,
+      database: e.database!,
+      user: e.user!,
+      password: e.password,
+      sslMode: e.sslMode ?? 'prefer',
+      sslRootCert: e.sslRootCert,
+    };
   }
   registerSecret(r.password);
   return r;
@@ -49,11 +63,15 @@ export function describeEndpoint(e: ResolvedEndpoint): string {
 
 function sslOptions(e: ResolvedEndpoint, mode: SslMode): false | ConnectionOptions {
   switch (mode) {
-    case 'disable': return false;
+    case 'disable':
+      return false;
     case 'prefer':
-    case 'require': return { rejectUnauthorized: false };
-    case 'verify-ca': return { rejectUnauthorized: true, ca: e.sslRootCert, checkServerIdentity: () => undefined };
-    case 'verify-full': return { rejectUnauthorized: true, ca: e.sslRootCert, servername: e.host };
+    case 'require':
+      return { rejectUnauthorized: false };
+    case 'verify-ca':
+      return { rejectUnauthorized: true, ca: e.sslRootCert, checkServerIdentity: () => undefined };
+    case 'verify-full':
+      return { rejectUnauthorized: true, ca: e.sslRootCert, servername: e.host };
   }
 }
 
@@ -73,7 +91,11 @@ export async function connect(side: Side, endpoint: Endpoint | ResolvedEndpoint,
   const e = resolveEndpoint(endpoint as Endpoint);
   const attempt = async (mode: SslMode) => {
     const config: pg.ClientConfig & { replication?: string } = {
-      host: e.host, port: e.port, database: e.database, user: e.user, password: e.password,
+      host: e.host,
+      port: e.port,
+      database: e.database,
+      user: e.user,
+      password: e.password,
       ssl: sslOptions(e, mode),
       connectionTimeoutMillis: opts.connectTimeoutMs ?? 15000,
       application_name: opts.applicationName ?? 'pgferry',
@@ -91,7 +113,9 @@ export async function connect(side: Side, endpoint: Endpoint | ResolvedEndpoint,
   };
   try {
     if (e.sslMode === 'prefer') {
-      try { return await attempt('prefer'); } catch (err) {
+      try {
+        return await attempt('prefer');
+      } catch (err) {
         if (/does not support SSL/i.test(String((err as Error)?.message))) return await attempt('disable');
         throw err;
       }
@@ -116,4 +140,8 @@ export function ql(text: string): string {
 }
 
 // Keywords that must be quoted as identifiers (reserved in PostgreSQL's grammar).
-const RESERVED = new Set(('all analyse analyze and any array as asc asymmetric authorization binary both case cast check collate collation column concurrently constraint create cross current_catalog current_date current_role current_schema current_time current_timestamp current_user default deferrable desc distinct do else end except false fetch for foreign freeze from full grant group having ilike in initially inner intersect into is isnull join lateral leading left like limit localtime localtimestamp natural not notnull null offset on only or order outer overlaps placing primary references returning right select session_user similar some symmetric system_user table tablesample then to trailing true union unique user using variadic verbose when where window with').split(' '));
+const RESERVED = new Set(
+  'all analyse analyze and any array as asc asymmetric authorization binary both case cast check collate collation column concurrently constraint create cross current_catalog current_date current_role current_schema current_time current_timestamp current_user default deferrable desc distinct do else end except false fetch for foreign freeze from full grant group having ilike in initially inner intersect into is isnull join lateral leading left like limit localtime localtimestamp natural not notnull null offset on only or order outer overlaps placing primary references returning right select session_user similar some symmetric system_user table tablesample then to trailing true union unique user using variadic verbose when where window with'.split(
+    ' ',
+  ),
+);

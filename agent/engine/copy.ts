@@ -116,7 +116,10 @@ export async function planTasks(src: pg.Client, tables: TableInfo[], workers: nu
   const sorted = [...tables].sort((a, b) => b.bytes - a.bytes);
   for (const t of sorted) {
     const parts = sourceMajor >= 14 && t.bytes > splitBytes ? Math.min(Math.ceil(t.bytes / splitBytes), Math.max(workers * 4, 4), 64) : 1;
-    if (parts === 1) { tasks.push({ table: t, part: 0, parts: 1 }); continue; }
+    if (parts === 1) {
+      tasks.push({ table: t, part: 0, parts: 1 });
+      continue;
+    }
     const r = await src.query(`SELECT (pg_relation_size($1::oid) / current_setting('block_size')::int)::bigint AS blocks`, [t.oid]);
     const blocks = Number(r.rows[0].blocks);
     const step = Math.ceil(blocks / parts);
@@ -146,20 +149,22 @@ export async function runLoad(opts: LoadOptions, tasks: CopyTask[]): Promise<voi
       await tgt.query('SET session_replication_role = replica').catch(() => undefined);
     }
     await opts.onSnapshotImported();
-    await Promise.all(workers.map(async (w, i) => {
-      for (;;) {
-        if (opts.signal.aborted || failed) return;
-        const task = queue.shift();
-        if (!task) return;
-        try {
-          await copyTask(w.src, w.tgt, task, opts);
-        } catch (e) {
-          failed ??= e;
-          opts.log('error', `copy worker ${i} failed on ${tableKey(task.table)}`, { error: (e as Error).message });
-          return;
+    await Promise.all(
+      workers.map(async (w, i) => {
+        for (;;) {
+          if (opts.signal.aborted || failed) return;
+          const task = queue.shift();
+          if (!task) return;
+          try {
+            await copyTask(w.src, w.tgt, task, opts);
+          } catch (e) {
+            failed ??= e;
+            opts.log('error', `copy worker ${i} failed on ${tableKey(task.table)}`, { error: (e as Error).message });
+            return;
+          }
         }
-      }
-    }));
+      }),
+    );
     if (failed) throw failed;
     if (opts.signal.aborted) throw new PgferryError('INTERNAL', 'The load was stopped.', '');
   } catch (e) {
@@ -170,17 +175,22 @@ export async function runLoad(opts: LoadOptions, tasks: CopyTask[]): Promise<voi
     // leaves its connection mid-COPY, pg-copy-streams cannot end it, and a
     // query sent behind it would wait forever. Closing the connection ends
     // the read-only snapshot transaction just as well.
-    await Promise.all(workers.map(async (w) => {
-      await w.src.end().catch(() => undefined);
-      await w.tgt.end().catch(() => undefined);
-    }));
+    await Promise.all(
+      workers.map(async (w) => {
+        await w.src.end().catch(() => undefined);
+        await w.tgt.end().catch(() => undefined);
+      }),
+    );
   }
 }
 
 /** Every copied column of `t` has the source's type on the target (built-in types have the same OIDs everywhere). */
 async function sameTypesOnTarget(tgt: pg.Client, t: TableInfo): Promise<boolean> {
-  const r = await tgt.query(`SELECT attname AS name, atttypid::int AS type FROM pg_catalog.pg_attribute
-      WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped`, [qn(t.schema, t.name)]);
+  const r = await tgt.query(
+    `SELECT attname AS name, atttypid::int AS type FROM pg_catalog.pg_attribute
+      WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped`,
+    [qn(t.schema, t.name)],
+  );
   const types = new Map(r.rows.map((row) => [row.name as string, row.type as number]));
   return dataColumns(t).every((c) => types.get(c.name) === c.typeOid);
 }
@@ -190,15 +200,15 @@ async function copyTask(src: pg.Client, tgt: pg.Client, task: CopyTask, opts: Lo
   const key = tableKey(t);
   const prog = opts.progress.get(key)!;
   prog.phase = 'copying';
-  const cols = dataColumns(t).map((c) => qi(c.name)).join(', ');
+  const cols = dataColumns(t)
+    .map((c) => qi(c.name))
+    .join(', ');
   // Copy guard 3: binary only when every column type is built in and the target's is the same.
   const format = t.columns.some((c) => c.userType) || !(await sameTypesOnTarget(tgt, t)) ? 'text' : 'binary';
   const where: string[] = [];
   if (task.fromBlock !== undefined && task.fromBlock > 0) where.push(`ctid >= '(${task.fromBlock},0)'::tid`);
   if (task.toBlock !== undefined) where.push(`ctid < '(${task.toBlock},0)'::tid`);
-  const source = where.length
-    ? `(SELECT ${cols} FROM ONLY ${qn(t.schema, t.name)} WHERE ${where.join(' AND ')})`
-    : `${qn(t.schema, t.name)} (${cols})`;
+  const source = where.length ? `(SELECT ${cols} FROM ONLY ${qn(t.schema, t.name)} WHERE ${where.join(' AND ')})` : `${qn(t.schema, t.name)} (${cols})`;
   const started = Date.now();
   const bytesBefore = prog.bytesCopied;
   await tgt.query('BEGIN');
@@ -206,11 +216,18 @@ async function copyTask(src: pg.Client, tgt: pg.Client, task: CopyTask, opts: Lo
     const out = src.query(copyTo(`COPY ${source} TO STDOUT WITH (FORMAT ${format})`));
     const into = tgt.query(copyFrom(`COPY ${qn(t.schema, t.name)} (${cols}) FROM STDIN WITH (FORMAT ${format})`));
     // Count bytes with a listener, not a Transform: one stream hop less per chunk.
-    out.on('data', (chunk: Buffer) => { prog.bytesCopied += chunk.length; });
+    out.on('data', (chunk: Buffer) => {
+      prog.bytesCopied += chunk.length;
+    });
     await pipeline(out, into, { signal: opts.signal });
     const rows = Number((into as unknown as { rowCount?: number }).rowCount ?? 0);
     await recordCopiedPart(tgt, opts.migrationId, {
-      table: key, part: task.part, parts: task.parts, snapshotLsn: opts.snapshotLsn, rows, bytes: prog.bytesCopied - bytesBefore,
+      table: key,
+      part: task.part,
+      parts: task.parts,
+      snapshotLsn: opts.snapshotLsn,
+      rows,
+      bytes: prog.bytesCopied - bytesBefore,
     });
     await tgt.query('COMMIT');
     prog.rowsCopied += rows;
@@ -219,7 +236,10 @@ async function copyTask(src: pg.Client, tgt: pg.Client, task: CopyTask, opts: Lo
       prog.phase = 'copied';
       prog.snapshotLsn = opts.snapshotLsn;
       prog.bytesEstimated = Math.max(prog.bytesEstimated, prog.bytesCopied);
-      opts.log('info', `Copied ${key}: ${prog.rowsCopied} rows in ${((Date.now() - started) / 1000).toFixed(1)} s (last part)`, { table: key, rows: prog.rowsCopied });
+      opts.log('info', `Copied ${key}: ${prog.rowsCopied} rows in ${((Date.now() - started) / 1000).toFixed(1)} s (last part)`, {
+        table: key,
+        rows: prog.rowsCopied,
+      });
     }
   } catch (e) {
     await tgt.query('ROLLBACK').catch(() => undefined);

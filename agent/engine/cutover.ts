@@ -76,12 +76,23 @@ export interface CutoverHost {
   abandonCutover(report: CutoverReport): void;
 }
 
-
 function newReport(prev: CutoverReport | undefined, validation: Validation): CutoverReport {
   return {
-    state: 'waiting-for-lag', startedAt: new Date().toISOString(), fenceStartedAt: '', fenceEndedAt: '',
-    writeDowntimeMs: 0, validationMs: 0, fenceLsn: '', tables: [], sequences: [], warnings: [],
-    validation, validationOk: false, completedAt: '', error: '', attempts: (prev?.attempts ?? 0) + 1,
+    state: 'waiting-for-lag',
+    startedAt: new Date().toISOString(),
+    fenceStartedAt: '',
+    fenceEndedAt: '',
+    writeDowntimeMs: 0,
+    validationMs: 0,
+    fenceLsn: '',
+    tables: [],
+    sequences: [],
+    warnings: [],
+    validation,
+    validationOk: false,
+    completedAt: '',
+    error: '',
+    attempts: (prev?.attempts ?? 0) + 1,
   };
 }
 
@@ -101,14 +112,21 @@ interface Cut {
 const remaining = (c: Cut) => c.deadline - Date.now();
 
 function timedOut(c: Cut, what: string): PgferryError {
-  return new PgferryError('CUTOVER_TIMEOUT', `The cutover timed out after ${c.timeoutMs} ms while ${what}.`,
-    'Retry when the write load is lower, or raise `cutoverOptions.timeoutMs` / `maxLagBytes`.');
+  return new PgferryError(
+    'CUTOVER_TIMEOUT',
+    `The cutover timed out after ${c.timeoutMs} ms while ${what}.`,
+    'Retry when the write load is lower, or raise `cutoverOptions.timeoutMs` / `maxLagBytes`.',
+  );
 }
 
 function cancelled(c: Cut): PgferryError {
   const fenced = !!c.runner.fence.record;
   const why = typeof c.signal.reason === 'string' ? c.signal.reason : 'cancel-cutover';
-  return new PgferryError('CUTOVER_CANCELLED', `The cutover was cancelled (${why}) while ${c.report.state}${fenced ? '' : '; nothing was fenced'}.`, 'Start the cutover again when ready.');
+  return new PgferryError(
+    'CUTOVER_CANCELLED',
+    `The cutover was cancelled (${why}) while ${c.report.state}${fenced ? '' : '; nothing was fenced'}.`,
+    'Start the cutover again when ready.',
+  );
 }
 
 /** Enter a step: record it, stop if cancelled, pass its failpoint. */
@@ -158,7 +176,8 @@ async function fenceWriters(c: Cut, graceMs: number): Promise<{ fenceStart: numb
     if (w.rows[0].n === 0) break;
     await sleep(20);
   }
-  const killed = await c.src.query(`SELECT pid, pg_terminate_backend(pid) AS ok FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()
+  const killed = await c.src
+    .query(`SELECT pid, pg_terminate_backend(pid) AS ok FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()
       AND backend_type = 'client backend' AND coalesce(application_name, '') NOT LIKE 'pgferry%'`);
   const pids = killed.rows.map((r) => r.pid as number);
   while (pids.length) {
@@ -222,14 +241,24 @@ async function validateTables(c: Cut, tables: TableInfo[], validation: Validatio
       } else {
         const cols = dataColumns(t).map((col) => col.name);
         const [a, b] = await Promise.all([tableFingerprint(c.src, t.schema, t.name, cols), tableFingerprint(c.tgt, t.schema, t.name, cols)]);
-        c.report.tables.push({ table: key, sourceRows: a.rows, targetRows: b.rows, sourceChecksum: a.checksum, targetChecksum: b.checksum, match: a.rows === b.rows && a.checksum === b.checksum });
+        c.report.tables.push({
+          table: key,
+          sourceRows: a.rows,
+          targetRows: b.rows,
+          sourceChecksum: a.checksum,
+          targetChecksum: b.checksum,
+          match: a.rows === b.rows && a.checksum === b.checksum,
+        });
       }
     }
     const bad = c.report.tables.filter((x) => !x.match);
     if (bad.length) {
       c.report.validationOk = false;
-      throw new PgferryError('CUTOVER_FAILED', `Validation found ${bad.length} table(s) that differ between source and target: ${bad.map((x) => `${x.table} (source ${x.sourceRows} rows, target ${x.targetRows})`).join(', ')}.`,
-        'Something changed the target behind pgferry\'s back, or rows were lost. Inspect those tables; re-create the migration to reload them.');
+      throw new PgferryError(
+        'CUTOVER_FAILED',
+        `Validation found ${bad.length} table(s) that differ between source and target: ${bad.map((x) => `${x.table} (source ${x.sourceRows} rows, target ${x.targetRows})`).join(', ')}.`,
+        "Something changed the target behind pgferry's back, or rows were lost. Inspect those tables; re-create the migration to reload them.",
+      );
     }
   }
   c.report.validationMs = Date.now() - v0;
@@ -237,15 +266,18 @@ async function validateTables(c: Cut, tables: TableInfo[], validation: Validatio
 
 /** What the failed cutover's message says about the fence: only what was verified. */
 function fenceOutcome(runner: CutoverHost, database: string, lift: LiftResult, fenceStartedAt: string): string {
-  if (!lift.wasUp && fenceStartedAt) return 'The fence had already been lifted (verified) while the cutover ran; the source accepts writes, and the sync continues.';
+  if (!lift.wasUp && fenceStartedAt)
+    return 'The fence had already been lifted (verified) while the cutover ran; the source accepts writes, and the sync continues.';
   if (!lift.wasUp) return 'Nothing was fenced: the source accepted writes throughout, and the sync continues.';
   if (lift.lifted) {
     return `The fence was lifted and verified: database '${database}' accepts writes again${lift.sessionsEnded ? ` (${lift.sessionsEnded} session(s) opened read-only during the fence were ended so that they reconnect writable)` : ''}, and the sync continues.`;
   }
   const f = runner.fence.record;
-  return `The fence could NOT be lifted yet (${lift.error}): database '${database}' still starts every new session read-only. `
-    + `The agent keeps retrying every few seconds (pgferry status ${runner.id} shows the fence as 'lift-pending'); to lift it by hand now: `
-    + `${f ? liftStatement(f.database, f.previous) : liftStatement(database, null)} (or pgferry unfence ${runner.id}).`;
+  return (
+    `The fence could NOT be lifted yet (${lift.error}): database '${database}' still starts every new session read-only. ` +
+    `The agent keeps retrying every few seconds (pgferry status ${runner.id} shows the fence as 'lift-pending'); to lift it by hand now: ` +
+    `${f ? liftStatement(f.database, f.previous) : liftStatement(database, null)} (or pgferry unfence ${runner.id}).`
+  );
 }
 
 /**
@@ -261,29 +293,47 @@ export async function runCutover(runner: CutoverHost, opts: CutoverOptions, sign
     const lift = await runner.fence.liftOnce();
     if (!lift.lifted) {
       runner.fence.keepLifting();
-      throw new PgferryError('CUTOVER_FAILED', `An earlier cutover's fence on database '${database}' is not lifted yet (${lift.error}); nothing new was fenced.`,
-        `Wait until the agent lifts it (pgferry status ${runner.id}), or lift it by hand: ${runner.fence.status(false).liftStatement}`);
+      throw new PgferryError(
+        'CUTOVER_FAILED',
+        `An earlier cutover's fence on database '${database}' is not lifted yet (${lift.error}); nothing new was fenced.`,
+        `Wait until the agent lifts it (pgferry status ${runner.id}), or lift it by hand: ${runner.fence.status(false).liftStatement}`,
+      );
     }
   }
   const validation = opts.validation ?? 'checksums';
   const timeoutMs = opts.timeoutMs ?? 300_000;
   const report = newReport(runner.previousCutover, validation);
   const c: Cut = {
-    runner, database, report, signal, timeoutMs, deadline: Date.now() + timeoutMs,
-    src: undefined as unknown as pg.Client, tgt: undefined as unknown as pg.Client,
+    runner,
+    database,
+    report,
+    signal,
+    timeoutMs,
+    deadline: Date.now() + timeoutMs,
+    src: undefined as unknown as pg.Client,
+    tgt: undefined as unknown as pg.Client,
     log: (level, msg) => runner.log(level, msg, { migration: runner.id, step: report.state }),
   };
   runner.beginCutover(report);
   let connected = false;
   try {
-    c.src = await connect('source', runner.spec.source, { applicationName: `pgferry cutover ${runner.id}`, extraOptions: '-c default_transaction_read_only=off' });
-    c.tgt = await connect('target', runner.spec.target, { applicationName: `pgferry cutover ${runner.id}` }).catch(async (e) => { await c.src.end().catch(() => undefined); throw e; });
+    c.src = await connect('source', runner.spec.source, {
+      applicationName: `pgferry cutover ${runner.id}`,
+      extraOptions: '-c default_transaction_read_only=off',
+    });
+    c.tgt = await connect('target', runner.spec.target, { applicationName: `pgferry cutover ${runner.id}` }).catch(async (e) => {
+      await c.src.end().catch(() => undefined);
+      throw e;
+    });
     connected = true;
     await checkFencePrivileges(c.src, database);
     const prepared = await c.src.query('SELECT gid FROM pg_prepared_xacts WHERE database = current_database()');
     if (prepared.rows.length) {
-      throw new PgferryError('CUTOVER_FAILED', `The source database has ${prepared.rows.length} prepared transaction(s) (${prepared.rows.map((r) => r.gid).join(', ')}) that could commit after the fence.`,
-        'COMMIT PREPARED or ROLLBACK PREPARED them, then retry the cutover.');
+      throw new PgferryError(
+        'CUTOVER_FAILED',
+        `The source database has ${prepared.rows.length} prepared transaction(s) (${prepared.rows.map((r) => r.gid).join(', ')}) that could commit after the fence.`,
+        'COMMIT PREPARED or ROLLBACK PREPARED them, then retry the cutover.',
+      );
     }
     await waitForLag(c, opts.maxLagBytes ?? 1024 * 1024, opts.maxLagSeconds ?? 5);
     const { fenceStart, fenceLsn } = await fenceWriters(c, opts.graceMs ?? 500);
@@ -311,7 +361,9 @@ export async function runCutover(runner: CutoverHost, opts: CutoverOptions, sign
     const lift = await runner.fence.liftOnce();
     if (!lift.lifted) {
       runner.fence.keepLifting();
-      report.warnings.push(`The source database '${database}' is still read-only: the agent keeps trying to lift the fence; by hand: ${runner.fence.status(false).liftStatement}`);
+      report.warnings.push(
+        `The source database '${database}' is still read-only: the agent keeps trying to lift the fence; by hand: ${runner.fence.status(false).liftStatement}`,
+      );
     }
     const outcome = fenceOutcome(runner, database, lift, report.fenceStartedAt);
     report.error = `${err.detail} ${outcome}`;
@@ -329,18 +381,27 @@ export async function runCutover(runner: CutoverHost, opts: CutoverOptions, sign
 }
 
 async function checkFencePrivileges(src: pg.Client, database: string): Promise<void> {
-  const r = await src.query(`SELECT r.rolsuper AS su,
+  const r = await src.query(
+    `SELECT r.rolsuper AS su,
       pg_has_role(current_user, d.datdba, 'USAGE') AS owner,
       pg_has_role(current_user, 'pg_signal_backend', 'MEMBER') AS signal
-    FROM pg_roles r, pg_database d WHERE r.rolname = current_user AND d.datname = $1`, [database]);
+    FROM pg_roles r, pg_database d WHERE r.rolname = current_user AND d.datname = $1`,
+    [database],
+  );
   const row = r.rows[0];
   if (!row) return;
   if (!row.su && !row.owner) {
-    throw new PgferryError('INSUFFICIENT_PRIVILEGE', `The source role cannot fence writers: it does not own database '${database}' (ALTER DATABASE … SET default_transaction_read_only needs that).`,
-      `Connect the migration's source as the database owner or a superuser, or run ALTER DATABASE ${qi(database)} OWNER TO <source user>;`);
+    throw new PgferryError(
+      'INSUFFICIENT_PRIVILEGE',
+      `The source role cannot fence writers: it does not own database '${database}' (ALTER DATABASE … SET default_transaction_read_only needs that).`,
+      `Connect the migration's source as the database owner or a superuser, or run ALTER DATABASE ${qi(database)} OWNER TO <source user>;`,
+    );
   }
   if (!row.su && !row.signal) {
-    throw new PgferryError('INSUFFICIENT_PRIVILEGE', 'The source role cannot end the sessions still writing at the fence.',
-      'GRANT pg_signal_backend TO <source user>; (on Azure: the server admin has it).');
+    throw new PgferryError(
+      'INSUFFICIENT_PRIVILEGE',
+      'The source role cannot end the sessions still writing at the fence.',
+      'GRANT pg_signal_backend TO <source user>; (on Azure: the server admin has it).',
+    );
   }
 }

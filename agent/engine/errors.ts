@@ -94,29 +94,52 @@ export function connectError(side: 'source' | 'target', where: string, e: unknow
   const raw = err?.message ?? String(e);
   const field = `\`${side}\``;
   if (state === '28P01' || state === '28000') {
-    return new PgferryError('AUTH_FAILED', `Authentication to the ${side} ${where} failed: ${raw}.`,
-      `Check ${field}.user and ${field}.password (and pg_hba.conf on the ${side} server).`, { cause: e });
+    return new PgferryError(
+      'AUTH_FAILED',
+      `Authentication to the ${side} ${where} failed: ${raw}.`,
+      `Check ${field}.user and ${field}.password (and pg_hba.conf on the ${side} server).`,
+      { cause: e },
+    );
   }
   if (state === '3D000') {
-    return new PgferryError('DATABASE_NOT_FOUND', `The ${side} database does not exist at ${where}: ${raw}.`,
-      `Set ${field}.database to an existing database (list them with \\l in psql).`, { cause: e });
+    return new PgferryError(
+      'DATABASE_NOT_FOUND',
+      `The ${side} database does not exist at ${where}: ${raw}.`,
+      `Set ${field}.database to an existing database (list them with \\l in psql).`,
+      { cause: e },
+    );
   }
   if (state === '42501') {
-    return new PgferryError('INSUFFICIENT_PRIVILEGE', `The ${side} user lacks a privilege at ${where}: ${raw}.`,
-      `Grant the privilege to ${field}.user or connect as a role that has it.`, { cause: e });
+    return new PgferryError(
+      'INSUFFICIENT_PRIVILEGE',
+      `The ${side} user lacks a privilege at ${where}: ${raw}.`,
+      `Grant the privilege to ${field}.user or connect as a role that has it.`,
+      { cause: e },
+    );
   }
   const code = side === 'source' ? 'SOURCE_UNREACHABLE' : 'TARGET_UNREACHABLE';
   if (/does not support SSL/i.test(raw)) {
-    return new PgferryError(code, `The ${side} server at ${where} does not accept TLS connections, but ${field}.sslMode requires TLS.`,
-      `Enable ssl on the ${side} server, or set ${field}.sslMode to 'prefer' (TLS when offered) or 'disable'.`, { cause: e });
+    return new PgferryError(
+      code,
+      `The ${side} server at ${where} does not accept TLS connections, but ${field}.sslMode requires TLS.`,
+      `Enable ssl on the ${side} server, or set ${field}.sslMode to 'prefer' (TLS when offered) or 'disable'.`,
+      { cause: e },
+    );
   }
   if (/self[- ]signed|unable to verify|altname|certificate/i.test(raw)) {
-    return new PgferryError(code, `The ${side} server's TLS certificate at ${where} could not be verified: ${raw}.`,
-      `Give ${field}.sslRootCert the CA that signed it (and for verify-full use the host name in the certificate), or use sslMode 'require' to encrypt without verifying.`, { cause: e });
+    return new PgferryError(
+      code,
+      `The ${side} server's TLS certificate at ${where} could not be verified: ${raw}.`,
+      `Give ${field}.sslRootCert the CA that signed it (and for verify-full use the host name in the certificate), or use sslMode 'require' to encrypt without verifying.`,
+      { cause: e },
+    );
   }
-  return new PgferryError(code, `Cannot connect to the ${side} at ${where}: ${raw}.`,
+  return new PgferryError(
+    code,
+    `Cannot connect to the ${side} at ${where}: ${raw}.`,
     `Check ${field}.host and ${field}.port, that the server is running and that the agent's network can reach it.`,
-    { cause: e });
+    { cause: e },
+  );
 }
 
 /** Wrap anything thrown into a PgferryError, keeping codes that are already ours. */
@@ -139,8 +162,11 @@ export function isTransientError(e: unknown): boolean {
   const state = sqlState(e);
   if (state) return state.startsWith('08') || ['57P01', '57P02', '57P03', '53300', '40001', '40P01', '55006', '55P03'].includes(state);
   const code = (e as { code?: unknown })?.code;
-  if (typeof code === 'string' && ['ECONNRESET', 'ECONNREFUSED', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ECONNABORTED'].includes(code)) return true;
-  return /Connection terminated|connection timeout|Client has encountered a connection error|not queryable|Client was closed/i.test((e as Error)?.message ?? '');
+  if (typeof code === 'string' && ['ECONNRESET', 'ECONNREFUSED', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ECONNABORTED'].includes(code))
+    return true;
+  return /Connection terminated|connection timeout|Client has encountered a connection error|not queryable|Client was closed/i.test(
+    (e as Error)?.message ?? '',
+  );
 }
 
 /** A transient error, also when wrapped (COPY_FAILED around a lost connection). */

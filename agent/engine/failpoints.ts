@@ -17,7 +17,11 @@ export async function failpoint(name: string, signal?: AbortSignal): Promise<voi
   const file = process.env.PGFERRY_FAILPOINTS_FILE;
   if (!file) return;
   let conf: Record<string, { pauseMs?: number } | undefined>;
-  try { conf = JSON.parse(readFileSync(file, 'utf8')); } catch { return; }
+  try {
+    conf = JSON.parse(readFileSync(file, 'utf8'));
+  } catch {
+    return;
+  }
   const fp = conf[name];
   if (!fp) return;
   appendFileSync(`${file}.hits`, `${name}\n`);

@@ -94,8 +94,11 @@ export function liftStatement(database: string, previous: string | null): string
 
 /** The database's own `default_transaction_read_only` setting (not a role's), or null. */
 export async function readFenceSetting(c: pg.Client, database: string): Promise<string | null> {
-  const r = await c.query(`SELECT (SELECT split_part(x, '=', 2) FROM unnest(s.setconfig) x WHERE x LIKE 'default\\_transaction\\_read\\_only=%') AS v
-    FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase WHERE d.datname = $1 AND s.setrole = 0`, [database]);
+  const r = await c.query(
+    `SELECT (SELECT split_part(x, '=', 2) FROM unnest(s.setconfig) x WHERE x LIKE 'default\\_transaction\\_read\\_only=%') AS v
+    FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase WHERE d.datname = $1 AND s.setrole = 0`,
+    [database],
+  );
   return (r.rows[0]?.v as string | null | undefined) ?? null;
 }
 
@@ -108,18 +111,24 @@ export class FenceKeeper {
 
   constructor(private readonly host: FenceHost) {}
 
-  get record(): FenceRecord | undefined { return this.host.record.fence; }
+  get record(): FenceRecord | undefined {
+    return this.host.record.fence;
+  }
 
   /** A fence of this migration that is not kept on purpose. */
-  get pending(): boolean { return !!this.record && !this.record.kept; }
+  get pending(): boolean {
+    return !!this.record && !this.record.kept;
+  }
 
   status(cutoverRunning: boolean): FenceStatus {
     const f = this.record;
     if (!f) return { state: 'none', database: '', since: '', liftAttempts: 0, lastLiftError: '', liftStatement: '' };
     return {
       state: f.kept ? 'kept' : cutoverRunning ? 'up' : 'lift-pending',
-      database: f.database, since: f.raisedAt,
-      liftAttempts: f.liftAttempts ?? 0, lastLiftError: f.lastLiftError ?? '',
+      database: f.database,
+      since: f.raisedAt,
+      liftAttempts: f.liftAttempts ?? 0,
+      lastLiftError: f.lastLiftError ?? '',
       liftStatement: liftStatement(f.database, f.previous),
     };
   }
@@ -139,15 +148,21 @@ export class FenceKeeper {
   raise(src: pg.Client, database: string): Promise<FenceRecord> {
     return this.serialized(async () => {
       if (this.record) {
-        throw new PgferryError('CUTOVER_FAILED', `A fence of this migration is still recorded on database '${database}' (since ${this.record.raisedAt}).`,
-          `Lift it first: pgferry unfence ${this.host.id}.`);
+        throw new PgferryError(
+          'CUTOVER_FAILED',
+          `A fence of this migration is still recorded on database '${database}' (since ${this.record.raisedAt}).`,
+          `Lift it first: pgferry unfence ${this.host.id}.`,
+        );
       }
       const previous = await readFenceSetting(src, database);
       if (previous === 'on') {
         // Another migration's fence, or a setting of the user's: lifting ours would restore 'on' and
         // theirs would lift ours (fence rule 5 holds only within one migration).
-        throw new PgferryError('CUTOVER_FAILED', `Database '${database}' already starts every session read-only (default_transaction_read_only = on): another migration's fence, or a setting of yours. Nothing was fenced.`,
-          `Let the other migration finish its cutover or lift its fence (pgferry status lists a FENCE-UP one), or run ALTER DATABASE ${qi(database)} RESET default_transaction_read_only; if the setting is yours, then cut over again.`);
+        throw new PgferryError(
+          'CUTOVER_FAILED',
+          `Database '${database}' already starts every session read-only (default_transaction_read_only = on): another migration's fence, or a setting of yours. Nothing was fenced.`,
+          `Let the other migration finish its cutover or lift its fence (pgferry status lists a FENCE-UP one), or run ALTER DATABASE ${qi(database)} RESET default_transaction_read_only; if the setting is yours, then cut over again.`,
+        );
       }
       const serverNow = (await src.query('SELECT clock_timestamp()::text AS t')).rows[0].t as string;
       const rec: FenceRecord = { id: randomUUID(), database, previous, raisedAt: new Date().toISOString(), serverRaisedAt: serverNow };
@@ -185,7 +200,9 @@ export class FenceKeeper {
       try {
         // A fenced database starts every new session read-only, this one included.
         c = await connect('source', this.host.source, {
-          applicationName: `pgferry unfence ${this.host.id}`, connectTimeoutMs: LIFT_CONNECT_TIMEOUT_MS, queryTimeoutMs: LIFT_STATEMENT_TIMEOUT_MS + 5000,
+          applicationName: `pgferry unfence ${this.host.id}`,
+          connectTimeoutMs: LIFT_CONNECT_TIMEOUT_MS,
+          queryTimeoutMs: LIFT_STATEMENT_TIMEOUT_MS + 5000,
           extraOptions: `-c default_transaction_read_only=off -c statement_timeout=${LIFT_STATEMENT_TIMEOUT_MS}`,
         });
         await c.query(liftStatement(f.database, f.previous));
@@ -198,9 +215,12 @@ export class FenceKeeper {
         this.host.onLifted?.(new Date().toISOString());
         this.host.save();
         const sessionsEnded = f.previous === 'on' ? 0 : await this.endReadOnlySessions(c, f);
-        this.host.log('info', `fence lifted on database '${f.database}' and verified (default_transaction_read_only is ${f.previous === null ? 'unset' : f.previous} again)`
-          + `${sessionsEnded ? `; ended ${sessionsEnded} session(s) that had started read-only, so that they reconnect writable` : ''}`,
-        { migration: this.host.id, event: 'fence-lifted', attempts: f.liftAttempts });
+        this.host.log(
+          'info',
+          `fence lifted on database '${f.database}' and verified (default_transaction_read_only is ${f.previous === null ? 'unset' : f.previous} again)` +
+            `${sessionsEnded ? `; ended ${sessionsEnded} session(s) that had started read-only, so that they reconnect writable` : ''}`,
+          { migration: this.host.id, event: 'fence-lifted', attempts: f.liftAttempts },
+        );
         return { lifted: true, wasUp: true, sessionsEnded };
       } catch (e) {
         const msg = redact((e as Error)?.message ?? String(e));
@@ -209,8 +229,11 @@ export class FenceKeeper {
         const n = f.liftAttempts;
         // Log the first failures, then every 30th: the status carries the rest.
         if (n <= 3 || n % 30 === 0) {
-          this.host.log('error', `the fence on database '${f.database}' is still up: lift attempt ${n} failed (${msg}); retrying. To lift it by hand: ${liftStatement(f.database, f.previous)}`,
-            { migration: this.host.id, event: 'fence-lift-failed', attempts: n });
+          this.host.log(
+            'error',
+            `the fence on database '${f.database}' is still up: lift attempt ${n} failed (${msg}); retrying. To lift it by hand: ${liftStatement(f.database, f.previous)}`,
+            { migration: this.host.id, event: 'fence-lift-failed', attempts: n },
+          );
         }
         return { lifted: false, wasUp: true, sessionsEnded: 0, error: msg };
       } finally {
@@ -228,17 +251,30 @@ export class FenceKeeper {
   private async endReadOnlySessions(c: pg.Client, f: FenceRecord): Promise<number> {
     let ended = 0;
     try {
-      const r = await c.query(`SELECT pid FROM pg_stat_activity
+      const r = await c.query(
+        `SELECT pid FROM pg_stat_activity
         WHERE datname = $1 AND backend_type = 'client backend' AND pid <> pg_backend_pid()
           AND backend_start >= $2::timestamptz - current_setting('authentication_timeout')::interval AND backend_start < now()
-          AND coalesce(application_name, '') NOT LIKE 'pgferry%'`, [f.database, f.serverRaisedAt]);
+          AND coalesce(application_name, '') NOT LIKE 'pgferry%'`,
+        [f.database, f.serverRaisedAt],
+      );
       for (const row of r.rows) {
-        try { if ((await c.query('SELECT pg_terminate_backend($1) AS ok', [row.pid])).rows[0].ok) ended++; } catch (e) {
-          this.host.log('warn', `the fence is lifted, but session ${row.pid}, opened read-only while it was up, could not be ended (${redact((e as Error).message)}); it stays read-only until it reconnects`, { migration: this.host.id });
+        try {
+          if ((await c.query('SELECT pg_terminate_backend($1) AS ok', [row.pid])).rows[0].ok) ended++;
+        } catch (e) {
+          this.host.log(
+            'warn',
+            `the fence is lifted, but session ${row.pid}, opened read-only while it was up, could not be ended (${redact((e as Error).message)}); it stays read-only until it reconnects`,
+            { migration: this.host.id },
+          );
         }
       }
     } catch (e) {
-      this.host.log('warn', `the fence is lifted, but the sessions opened read-only while it was up could not be listed (${redact((e as Error).message)}); they stay read-only until they reconnect`, { migration: this.host.id });
+      this.host.log(
+        'warn',
+        `the fence is lifted, but the sessions opened read-only while it was up could not be listed (${redact((e as Error).message)}); they stay read-only until they reconnect`,
+        { migration: this.host.id },
+      );
     }
     return ended;
   }
@@ -259,7 +295,9 @@ export class FenceKeeper {
         if (r.lifted && this.target === id) return;
         if (!r.lifted) await sleep(wait, signal);
       }
-    })().finally(() => { this.loop = null; });
+    })().finally(() => {
+      this.loop = null;
+    });
   }
 
   /** Stop retrying (agent shutdown, delete); the record stays for the next start. */

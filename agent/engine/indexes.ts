@@ -43,36 +43,42 @@ export async function runPostData(opts: PostDataOptions): Promise<void> {
     // waiting for them: a large index takes minutes. Each statement is its
     // own transaction, so a cancelled one leaves nothing behind and is built
     // again on resume.
-    const onAbort = () => { void cancelBackends(opts.target, conns, opts.log); };
+    const onAbort = () => {
+      void cancelBackends(opts.target, conns, opts.log);
+    };
     opts.signal.addEventListener('abort', onAbort, { once: true });
     try {
       for (let i = 0; i < n; i++) {
-        conns.push(await connect('target', opts.target, {
-          applicationName: 'pgferry post-data',
-          extraOptions: '-c maintenance_work_mem=256MB -c synchronous_commit=off',
-        }));
+        conns.push(
+          await connect('target', opts.target, {
+            applicationName: 'pgferry post-data',
+            extraOptions: '-c maintenance_work_mem=256MB -c synchronous_commit=off',
+          }),
+        );
       }
       let failed: unknown;
-      await Promise.all(conns.map(async (c) => {
-        for (;;) {
-          if (failed || opts.signal.aborted) return;
-          const s = queue.shift();
-          if (!s) return;
-          try {
-            if (s.existsSql && (await c.query(s.existsSql)).rows.length > 0) {
-              opts.log('info', `Skipping ${s.kind} ${s.object}, already built on a previous run`);
-            } else {
-              const t0 = Date.now();
-              await c.query(s.sql);
-              opts.log('info', `Built ${s.kind} ${s.object} in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+      await Promise.all(
+        conns.map(async (c) => {
+          for (;;) {
+            if (failed || opts.signal.aborted) return;
+            const s = queue.shift();
+            if (!s) return;
+            try {
+              if (s.existsSql && (await c.query(s.existsSql)).rows.length > 0) {
+                opts.log('info', `Skipping ${s.kind} ${s.object}, already built on a previous run`);
+              } else {
+                const t0 = Date.now();
+                await c.query(s.sql);
+                opts.log('info', `Built ${s.kind} ${s.object} in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+              }
+              done += 1;
+              opts.onStatementDone?.(done, total);
+            } catch (e) {
+              failed ??= asPgferryError(e, 'SCHEMA_FAILED', `building ${s.kind} ${s.object} on the target (${s.sql.split('\n')[0].slice(0, 160)})`);
             }
-            done += 1;
-            opts.onStatementDone?.(done, total);
-          } catch (e) {
-            failed ??= asPgferryError(e, 'SCHEMA_FAILED', `building ${s.kind} ${s.object} on the target (${s.sql.split('\n')[0].slice(0, 160)})`);
           }
-        }
-      }));
+        }),
+      );
       if (failed) throw failed;
     } finally {
       opts.signal.removeEventListener('abort', onAbort);
@@ -87,7 +93,11 @@ async function cancelBackends(target: Endpoint, conns: pg.Client[], log: PostDat
   if (pids.length === 0) return;
   try {
     const c = await connect('target', target, { applicationName: 'pgferry post-data cancel' });
-    try { await c.query('SELECT pg_cancel_backend(pid) FROM unnest($1::int[]) AS pid', [pids]); } finally { await c.end().catch(() => undefined); }
+    try {
+      await c.query('SELECT pg_cancel_backend(pid) FROM unnest($1::int[]) AS pid', [pids]);
+    } finally {
+      await c.end().catch(() => undefined);
+    }
   } catch (e) {
     log('warn', `could not cancel the index builds in progress; the stop waits for them: ${(e as Error).message}`);
   }
@@ -108,5 +118,7 @@ export async function analyzeTables(target: Endpoint, tables: TableInfo[], signa
     }
     log('info', `Analyzed ${tables.length} table(s) on the target in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
     return true;
-  } finally { await c.end().catch(() => undefined); }
+  } finally {
+    await c.end().catch(() => undefined);
+  }
 }

@@ -17,8 +17,12 @@ export function parseLsn(text: string): Lsn {
 }
 
 export function formatLsn(lsn: Lsn): string {
-  const hi = Number(lsn >> 32n).toString(16).toUpperCase();
-  const lo = Number(lsn & 0xffffffffn).toString(16).toUpperCase();
+  const hi = Number(lsn >> 32n)
+    .toString(16)
+    .toUpperCase();
+  const lo = Number(lsn & 0xffffffffn)
+    .toString(16)
+    .toUpperCase();
   return `${hi}/${lo}`;
 }
 

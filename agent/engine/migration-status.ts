@@ -18,24 +18,43 @@ import type { CutoverReport, MigrationRecord, Phase } from './state';
 import type { SyncProgress } from './sync';
 
 export interface TableStatus {
-  schema: string; name: string; phase: 'queued' | 'copying' | 'copied' | 'synced';
-  rowsCopied: number; bytesCopied: number; rowsEstimated: number; bytesEstimated: number;
+  schema: string;
+  name: string;
+  phase: 'queued' | 'copying' | 'copied' | 'synced';
+  rowsCopied: number;
+  bytesCopied: number;
+  rowsEstimated: number;
+  bytesEstimated: number;
 }
 
 export interface MigrationStatus {
   id: string;
   phase: Phase;
-  errorCode: string; errorMessage: string; errorRemedy: string;
-  createdAt: string; updatedAt: string;
+  errorCode: string;
+  errorMessage: string;
+  errorRemedy: string;
+  createdAt: string;
+  updatedAt: string;
   tables: TableStatus[];
-  tablesTotal: number; tablesCopied: number;
-  rowsCopied: number; bytesCopied: number; bytesEstimated: number;
-  progress: number; etaSeconds: number;
-  lagBytes: number; lagSeconds: number; retainedWalBytes: number;
-  applyRate: number; appliedLsn: string; changesApplied: number;
-  slotName: string; publicationName: string; specFingerprint: string;
+  tablesTotal: number;
+  tablesCopied: number;
+  rowsCopied: number;
+  bytesCopied: number;
+  bytesEstimated: number;
+  progress: number;
+  etaSeconds: number;
+  lagBytes: number;
+  lagSeconds: number;
+  retainedWalBytes: number;
+  applyRate: number;
+  appliedLsn: string;
+  changesApplied: number;
+  slotName: string;
+  publicationName: string;
+  specFingerprint: string;
   activeEndpoint: 'source' | 'target';
-  sourceVersion: string; targetVersion: string;
+  sourceVersion: string;
+  targetVersion: string;
   cutover?: CutoverReport;
   /** An operator paused it (pgferry pause); `pausedAt` says since when. */
   paused: boolean;
@@ -62,7 +81,11 @@ export interface StatusHost {
 }
 
 /** The source's WAL insert position, and its slot's restart and confirmed positions. */
-interface SourcePositions { currentLsn: Lsn; restartLsn: Lsn | null; confirmedLsn: Lsn | null }
+interface SourcePositions {
+  currentLsn: Lsn;
+  restartLsn: Lsn | null;
+  confirmedLsn: Lsn | null;
+}
 
 /** The status of one migration, kept with what it must remember between calls. */
 export class StatusReporter {
@@ -88,21 +111,36 @@ export class StatusReporter {
     const { progress, etaSeconds } = this.progress(bytesCopied, bytesEstimated);
     const { lagBytes, lagSeconds, retainedWalBytes } = this.lag(mon, live);
     return {
-      id: rec.id, phase: rec.phase,
-      errorCode: rec.error?.code ?? '', errorMessage: rec.error?.message ?? '', errorRemedy: rec.error?.remedy ?? '',
-      createdAt: rec.createdAt, updatedAt: rec.updatedAt,
-      tables, tablesTotal: tables.length, tablesCopied,
-      rowsCopied: tables.reduce((a, t) => a + t.rowsCopied, 0), bytesCopied, bytesEstimated,
-      progress, etaSeconds,
-      lagBytes, lagSeconds, retainedWalBytes,
-      applyRate: this.host.paused ? 0 : sync?.applyRatePerSec ?? 0,
+      id: rec.id,
+      phase: rec.phase,
+      errorCode: rec.error?.code ?? '',
+      errorMessage: rec.error?.message ?? '',
+      errorRemedy: rec.error?.remedy ?? '',
+      createdAt: rec.createdAt,
+      updatedAt: rec.updatedAt,
+      tables,
+      tablesTotal: tables.length,
+      tablesCopied,
+      rowsCopied: tables.reduce((a, t) => a + t.rowsCopied, 0),
+      bytesCopied,
+      bytesEstimated,
+      progress,
+      etaSeconds,
+      lagBytes,
+      lagSeconds,
+      retainedWalBytes,
+      applyRate: this.host.paused ? 0 : (sync?.applyRatePerSec ?? 0),
       appliedLsn: sync ? formatLsn(sync.appliedLsn) : '',
       changesApplied: sync?.changesApplied ?? 0,
-      slotName: rec.slotName, publicationName: rec.publicationName, specFingerprint: rec.fingerprint,
+      slotName: rec.slotName,
+      publicationName: rec.publicationName,
+      specFingerprint: rec.fingerprint,
       activeEndpoint: rec.phase === 'completed' ? 'target' : 'source',
-      sourceVersion: rec.sourceVersion ?? '', targetVersion: rec.targetVersion ?? '',
+      sourceVersion: rec.sourceVersion ?? '',
+      targetVersion: rec.targetVersion ?? '',
       cutover: rec.cutover,
-      paused: this.host.paused, pausedAt: rec.pausedAt ?? '',
+      paused: this.host.paused,
+      pausedAt: rec.pausedAt ?? '',
       fence: fence.status(this.host.cutoverRun !== null),
     };
   }
@@ -116,10 +154,18 @@ export class StatusReporter {
   private tables(): TableStatus[] {
     const rec = this.host.rec;
     return [...this.host.copyProgress.values()].map((p) => ({
-      schema: p.schema, name: p.name,
-      phase: p.phase === 'copied' && (rec.phase === 'syncing' || rec.phase === 'cutting-over' || rec.phase === 'completed') && (this.syncCaughtUp || rec.phase === 'completed') ? 'synced' : p.phase,
-      rowsCopied: p.rowsCopied, bytesCopied: p.bytesCopied,
-      rowsEstimated: Math.max(p.rowsEstimated, p.rowsCopied), bytesEstimated: Math.max(p.bytesEstimated, p.bytesCopied),
+      schema: p.schema,
+      name: p.name,
+      phase:
+        p.phase === 'copied' &&
+        (rec.phase === 'syncing' || rec.phase === 'cutting-over' || rec.phase === 'completed') &&
+        (this.syncCaughtUp || rec.phase === 'completed')
+          ? 'synced'
+          : p.phase,
+      rowsCopied: p.rowsCopied,
+      bytesCopied: p.bytesCopied,
+      rowsEstimated: Math.max(p.rowsEstimated, p.rowsCopied),
+      bytesEstimated: Math.max(p.bytesEstimated, p.bytesCopied),
     }));
   }
 
@@ -160,7 +206,8 @@ export class StatusReporter {
       }
       const now = Date.now();
       if (lagBytes === 0 || (s && s.pendingChanges === 0 && lagBytes < 64 * 1024 && s.decodedLsn >= mon.currentLsn)) {
-        this.lastCaughtUpAt = now; this.syncCaughtUp = s !== null;
+        this.lastCaughtUpAt = now;
+        this.syncCaughtUp = s !== null;
       } else {
         lagSeconds = this.secondsBehind(now);
       }
@@ -186,12 +233,17 @@ export class StatusReporter {
     if (this.monitorCache && Date.now() - this.monitorCache.at < 1000) return this.monitorCache;
     try {
       if (!this.monitor) this.monitor = await connect('source', spec.source, { applicationName: `pgferry monitor ${rec.id}`, connectTimeoutMs: 5000 });
-      const r = await this.monitor.query(`SELECT pg_current_wal_insert_lsn()::text AS cur, s.restart_lsn::text AS restart, s.confirmed_flush_lsn::text AS confirmed
-        FROM (SELECT 1) x LEFT JOIN pg_replication_slots s ON s.slot_name = $1`, [rec.slotName]);
+      const r = await this.monitor.query(
+        `SELECT pg_current_wal_insert_lsn()::text AS cur, s.restart_lsn::text AS restart, s.confirmed_flush_lsn::text AS confirmed
+        FROM (SELECT 1) x LEFT JOIN pg_replication_slots s ON s.slot_name = $1`,
+        [rec.slotName],
+      );
       const row = r.rows[0];
       this.monitorCache = {
-        at: Date.now(), currentLsn: parseLsn(row.cur),
-        restartLsn: row.restart ? parseLsn(row.restart) : null, confirmedLsn: row.confirmed ? parseLsn(row.confirmed) : null,
+        at: Date.now(),
+        currentLsn: parseLsn(row.cur),
+        restartLsn: row.restart ? parseLsn(row.restart) : null,
+        confirmedLsn: row.confirmed ? parseLsn(row.confirmed) : null,
       };
       return this.monitorCache;
     } catch {

@@ -74,13 +74,19 @@ export class MigrationRunner {
   /** The one owner of the source's write fence. */
   readonly fence: FenceKeeper;
 
-  constructor(private store: StateStore, rec: MigrationRecord, log: LogFn) {
+  constructor(
+    private store: StateStore,
+    rec: MigrationRecord,
+    log: LogFn,
+  ) {
     this.logFn = log;
     this.rec = rec;
     this.spec = store.openSpec(rec.spec);
     upgradeFenceRecord(rec);
     this.fence = new FenceKeeper({
-      id: rec.id, record: rec, source: this.spec.source,
+      id: rec.id,
+      record: rec,
+      source: this.spec.source,
       save: () => this.save(),
       log: (level, msg, fields) => this.log(level, msg, { migration: rec.id, ...fields }),
       onLifted: (at) => {
@@ -99,15 +105,25 @@ export class MigrationRunner {
     if (this.fence.pending && !this.cutoverRun) this.fence.keepLifting();
   }
 
-  get phase(): Phase { return this.rec.phase; }
-  get id(): string { return this.rec.id; }
-  get lastError(): StoredError | undefined { return this.rec.error; }
-  get previousCutover(): CutoverReport | undefined { return this.rec.cutover; }
+  get phase(): Phase {
+    return this.rec.phase;
+  }
+  get id(): string {
+    return this.rec.id;
+  }
+  get lastError(): StoredError | undefined {
+    return this.rec.error;
+  }
+  get previousCutover(): CutoverReport | undefined {
+    return this.rec.cutover;
+  }
 
   // The cutover's view of its supervisor (cutover.ts, CutoverHost): it
   // reports; only these change the phase.
 
-  log(level: 'info' | 'warn' | 'error', msg: string, fields?: object): void { this.logFn(level, msg, fields); }
+  log(level: 'info' | 'warn' | 'error', msg: string, fields?: object): void {
+    this.logFn(level, msg, fields);
+  }
 
   beginCutover(report: CutoverReport): void {
     this.rec.cutover = report;
@@ -121,7 +137,11 @@ export class MigrationRunner {
 
   async completeCutover(report: CutoverReport): Promise<void> {
     if (!this.fence.markKept() && report.fenceStartedAt) {
-      throw new PgferryError('CUTOVER_FAILED', 'The fence was lifted while the cutover ran (pgferry unfence or delete): writes after the lift would not reach the target, so it does not complete.', 'Run the cutover again.');
+      throw new PgferryError(
+        'CUTOVER_FAILED',
+        'The fence was lifted while the cutover ran (pgferry unfence or delete): writes after the lift would not reach the target, so it does not complete.',
+        'Run the cutover again.',
+      );
     }
     this.rec.cutover = report;
     this.setPhase('completed'); // phase, report and the kept fence in one atomic write
@@ -143,7 +163,9 @@ export class MigrationRunner {
       this.save();
     }
     this.abort = new AbortController();
-    this.running = this.drive().finally(() => { this.running = null; });
+    this.running = this.drive().finally(() => {
+      this.running = null;
+    });
   }
 
   /** Stop streaming changes (after a completed cutover); the slot stays. */
@@ -152,7 +174,9 @@ export class MigrationRunner {
     await this.running?.catch(() => undefined);
   }
 
-  get paused(): boolean { return this.rec.pausedAt !== undefined; }
+  get paused(): boolean {
+    return this.rec.pausedAt !== undefined;
+  }
 
   /**
    * Pause: record it durably, then stop the background work as a shutdown
@@ -194,7 +218,9 @@ export class MigrationRunner {
     await this.fence.stop();
   }
 
-  save(): void { this.store.put(this.rec); }
+  save(): void {
+    this.store.put(this.rec);
+  }
 
   private setPhase(p: Phase): void {
     this.rec.phase = p;
@@ -224,7 +250,11 @@ export class MigrationRunner {
         if (signal.aborted) return;
         if (attempt <= TRANSIENT_RETRIES && isTransientDeep(e)) {
           const waitMs = Math.min(30_000, 1000 * 2 ** (attempt - 1));
-          this.log('warn', `phase ${this.rec.phase} hit a transient error, retrying in ${waitMs} ms (attempt ${attempt}/${TRANSIENT_RETRIES}): ${(e as Error).message}`, { migration: this.rec.id });
+          this.log(
+            'warn',
+            `phase ${this.rec.phase} hit a transient error, retrying in ${waitMs} ms (attempt ${attempt}/${TRANSIENT_RETRIES}): ${(e as Error).message}`,
+            { migration: this.rec.id },
+          );
           await sleep(waitMs, signal);
           if (signal.aborted) return;
           continue;
@@ -241,13 +271,20 @@ export class MigrationRunner {
       // the fence comes down (verified, retried until it is) and sync resumes.
       const rep = this.rec.cutover;
       if (rep && rep.state !== 'completed') {
-        rep.error = rep.error || `Interrupted by an agent restart while ${rep.state}. ${this.fence.pending
-          ? 'The restarted agent lifts the fence it raised and verifies it (the fence in the status shows when that is done).'
-          : rep.fenceStartedAt ? 'Its fence had been lifted and verified before the restart; the sync continues.'
-            : 'Nothing was fenced: the source accepted writes throughout, and the sync continues.'}`;
+        rep.error =
+          rep.error ||
+          `Interrupted by an agent restart while ${rep.state}. ${
+            this.fence.pending
+              ? 'The restarted agent lifts the fence it raised and verifies it (the fence in the status shows when that is done).'
+              : rep.fenceStartedAt
+                ? 'Its fence had been lifted and verified before the restart; the sync continues.'
+                : 'Nothing was fenced: the source accepted writes throughout, and the sync continues.'
+          }`;
         rep.state = 'failed';
       }
-      this.log('warn', `A cutover was interrupted by an agent restart; ${this.fence.pending ? 'lifting its fence, ' : ''}sync resumes`, { migration: this.rec.id });
+      this.log('warn', `A cutover was interrupted by an agent restart; ${this.fence.pending ? 'lifting its fence, ' : ''}sync resumes`, {
+        migration: this.rec.id,
+      });
       this.setPhase('syncing');
       this.resumeFenceLift();
     }
@@ -267,8 +304,15 @@ export class MigrationRunner {
       const key = tableKey(t);
       if (!this.copyProgress.has(key)) {
         this.copyProgress.set(key, {
-          schema: t.schema, name: t.name, phase: 'queued', partsDone: 0, parts: 1,
-          rowsCopied: 0, bytesCopied: 0, rowsEstimated: Math.round(t.estimatedRows), bytesEstimated: t.bytes,
+          schema: t.schema,
+          name: t.name,
+          phase: 'queued',
+          partsDone: 0,
+          parts: 1,
+          rowsCopied: 0,
+          bytesCopied: 0,
+          rowsEstimated: Math.round(t.estimatedRows),
+          bytesEstimated: t.bytes,
         });
       }
     }
@@ -319,7 +363,7 @@ export class MigrationRunner {
       const tables = await this.loadTables(src);
       const sourceMajor = Math.floor(Number((await src.query("SELECT current_setting('server_version_num') AS v")).rows[0].v) / 10000);
       await ensureTargetState(tgt);
-      if (this.rec.slotState === 'creating' && await slotExists(src, this.rec.slotName)) {
+      if (this.rec.slotState === 'creating' && (await slotExists(src, this.rec.slotName))) {
         // We died between creating the slot and recording it: nothing was
         // copied with its snapshot (that is recorded first), so start afresh.
         await dropSlot(src, this.rec.slotName);
@@ -348,7 +392,9 @@ export class MigrationRunner {
     try {
       const plan = await planLoad(load.tgt, this.rec.id, dataTables(tables), this.migrationLog);
       await this.copyInSnapshot(load, plan.todo, snap, snap.release);
-    } finally { await snap.release(); }
+    } finally {
+      await snap.release();
+    }
   }
 
   /**
@@ -365,7 +411,10 @@ export class MigrationRunner {
     if (siblings.length) {
       // Finished partitions of a tree that also has unfinished ones are
       // copied again with them: one tree, one snapshot.
-      this.migrationLog('warn', `Copying again ${siblings.length} finished partition(s) whose partitioned table was not finished: ${siblings.map(tableKey).join(', ')}`);
+      this.migrationLog(
+        'warn',
+        `Copying again ${siblings.length} finished partition(s) whose partitioned table was not finished: ${siblings.map(tableKey).join(', ')}`,
+      );
       await resetTables(load.tgt, this.rec.id, siblings);
     }
     const tmpName = `${this.rec.slotName.slice(0, 50)}_r${Date.now().toString(36)}`;
@@ -373,7 +422,9 @@ export class MigrationRunner {
     this.migrationLog('info', `Resuming the load of ${todo.length} table(s) with a fresh snapshot at ${formatLsn(snap.lsn)}`);
     try {
       await this.copyInSnapshot(load, todo, snap, async () => undefined);
-    } finally { await snap.release(); }
+    } finally {
+      await snap.release();
+    }
   }
 
   /** Split `tables` into copy tasks and run them in the snapshot `snap`. */
@@ -381,12 +432,24 @@ export class MigrationRunner {
     const { workers, splitBytes } = this.spec.copy;
     const tasks = await planTasks(load.src, tables, workers, splitBytes, load.sourceMajor);
     this.noteParts(tasks);
-    await runLoad({
-      migrationId: this.rec.id, source: this.spec.source, target: this.spec.target, tables,
-      snapshotName: snap.snapshotName, snapshotLsn: snap.lsn, onSnapshotImported,
-      workers, splitBytes, sourceMajor: load.sourceMajor,
-      progress: this.copyProgress, signal: load.signal, log: this.migrationLog,
-    }, tasks);
+    await runLoad(
+      {
+        migrationId: this.rec.id,
+        source: this.spec.source,
+        target: this.spec.target,
+        tables,
+        snapshotName: snap.snapshotName,
+        snapshotLsn: snap.lsn,
+        onSnapshotImported,
+        workers,
+        splitBytes,
+        sourceMajor: load.sourceMajor,
+        progress: this.copyProgress,
+        signal: load.signal,
+        log: this.migrationLog,
+      },
+      tasks,
+    );
   }
 
   /** Partitions of one root must share one snapshot (changes arrive as the root). */
@@ -397,14 +460,23 @@ export class MigrationRunner {
       if (t.root && roots.has(tableKey(t.root)) && !out.includes(t)) {
         out.push(t);
         done.delete(tableKey(t));
-        const p = this.copyProgress.get(tableKey(t)); if (p) { p.phase = 'queued'; p.rowsCopied = 0; p.bytesCopied = 0; p.partsDone = 0; }
+        const p = this.copyProgress.get(tableKey(t));
+        if (p) {
+          p.phase = 'queued';
+          p.rowsCopied = 0;
+          p.bytesCopied = 0;
+          p.partsDone = 0;
+        }
       }
     }
     return out;
   }
 
   private noteParts(tasks: Array<{ table: TableInfo; parts: number }>): void {
-    for (const t of tasks) { const p = this.copyProgress.get(tableKey(t.table)); if (p) p.parts = t.parts; }
+    for (const t of tasks) {
+      const p = this.copyProgress.get(tableKey(t.table));
+      if (p) p.parts = t.parts;
+    }
   }
 
   private async phaseIndexes(): Promise<void> {
@@ -416,7 +488,11 @@ export class MigrationRunner {
       if (this.spec.schemaMode === 'create') {
         const plan = await planSchema(src, tables);
         await runPostData({
-          target: this.spec.target, statements: plan.postData, tables, jobs: this.spec.copy.indexJobs, signal,
+          target: this.spec.target,
+          statements: plan.postData,
+          tables,
+          jobs: this.spec.copy.indexJobs,
+          signal,
           log: this.migrationLog,
         });
       }
@@ -431,8 +507,10 @@ export class MigrationRunner {
     for (const [table, c] of copied) {
       const p = this.copyProgress.get(table);
       if (!p) continue;
-      p.rowsCopied = c.rows; p.bytesCopied = c.bytes;
-      p.partsDone = c.partsDone; p.parts = c.parts;
+      p.rowsCopied = c.rows;
+      p.bytesCopied = c.bytes;
+      p.partsDone = c.partsDone;
+      p.parts = c.parts;
       if (c.partsDone === c.parts) p.phase = 'copied';
     }
     return copied;
@@ -453,17 +531,23 @@ export class MigrationRunner {
 
   private async phaseSync(): Promise<void> {
     const signal = this.abort.signal;
-    const map = this.syncStart ??= await this.withClients(async (src, tgt) => {
+    const map = (this.syncStart ??= await this.withClients(async (src, tgt) => {
       await this.loadTables(src);
       const copied = await this.restoreCopyProgress(tgt);
       for (const p of this.copyProgress.values()) if (p.phase !== 'copied') p.phase = 'copied';
       return this.tableSyncLsn(copied);
-    });
+    }));
     if (!this.analyzed) void this.analyzeOnce(signal);
     await runSync({
-      migrationId: this.rec.id, source: this.spec.source, target: this.spec.target,
-      slotName: this.rec.slotName, publicationName: this.rec.publicationName, tableSyncLsn: map,
-      batchChanges: this.spec.apply.batchChanges, batchMs: this.spec.apply.batchMs, signal,
+      migrationId: this.rec.id,
+      source: this.spec.source,
+      target: this.spec.target,
+      slotName: this.rec.slotName,
+      publicationName: this.rec.publicationName,
+      tableSyncLsn: map,
+      batchChanges: this.spec.apply.batchChanges,
+      batchMs: this.spec.apply.batchMs,
+      signal,
       onProgress: (p) => this.onSyncProgress(p),
       log: this.migrationLog,
     });
@@ -473,23 +557,37 @@ export class MigrationRunner {
   private async analyzeOnce(signal: AbortSignal): Promise<void> {
     try {
       const done = await this.withTarget((tgt) => getMarker(tgt, this.rec.id, 'analyzed'));
-      if (done !== undefined) { this.analyzed = true; return; }
+      if (done !== undefined) {
+        this.analyzed = true;
+        return;
+      }
       const ok = await analyzeTables(this.spec.target, this.tables, signal, this.migrationLog);
-      if (ok) { await this.withTarget((tgt) => setMarker(tgt, this.rec.id, 'analyzed', new Date().toISOString())); this.analyzed = true; }
+      if (ok) {
+        await this.withTarget((tgt) => setMarker(tgt, this.rec.id, 'analyzed', new Date().toISOString()));
+        this.analyzed = true;
+      }
     } catch (e) {
-      if (!signal.aborted) this.log('warn', `ANALYZE of the loaded tables failed (statistics will come from autovacuum): ${(e as Error).message}`, { migration: this.rec.id });
+      if (!signal.aborted)
+        this.log('warn', `ANALYZE of the loaded tables failed (statistics will come from autovacuum): ${(e as Error).message}`, { migration: this.rec.id });
     }
   }
 
   private async withTarget<T>(fn: (tgt: pg.Client) => Promise<T>): Promise<T> {
     const tgt = await connect('target', this.spec.target, { applicationName: `pgferry ${this.rec.id}` });
-    try { return await fn(tgt); } finally { await tgt.end().catch(() => undefined); }
+    try {
+      return await fn(tgt);
+    } finally {
+      await tgt.end().catch(() => undefined);
+    }
   }
 
   private onSyncProgress(p: SyncProgress): void {
     this.sync = p;
     for (let i = this.appliedWaiters.length - 1; i >= 0; i--) {
-      if (p.appliedLsn >= this.appliedWaiters[i].lsn) { this.appliedWaiters[i].resolve(); this.appliedWaiters.splice(i, 1); }
+      if (p.appliedLsn >= this.appliedWaiters[i].lsn) {
+        this.appliedWaiters[i].resolve();
+        this.appliedWaiters.splice(i, 1);
+      }
     }
   }
 
@@ -499,10 +597,14 @@ export class MigrationRunner {
     return new Promise((resolve, reject) => {
       const w = { lsn, resolve };
       this.appliedWaiters.push(w);
-      signal?.addEventListener('abort', () => {
-        this.appliedWaiters = this.appliedWaiters.filter((x) => x !== w);
-        reject(new PgferryError('CUTOVER_CANCELLED', 'Stopped waiting for the target to apply.', ''));
-      }, { once: true });
+      signal?.addEventListener(
+        'abort',
+        () => {
+          this.appliedWaiters = this.appliedWaiters.filter((x) => x !== w);
+          reject(new PgferryError('CUTOVER_CANCELLED', 'Stopped waiting for the target to apply.', ''));
+        },
+        { once: true },
+      );
     });
   }
 
@@ -524,21 +626,33 @@ export class MigrationRunner {
       const lift = await this.fence.liftOnce();
       if (!lift.lifted) {
         this.resumeFenceLift();
-        throw new PgferryError('SOURCE_UNREACHABLE', `Migration '${this.rec.id}' was not deleted: the fence its cutover raised on database '${this.fence.record?.database}' could not be lifted (${lift.error}), and the agent would forget it.`,
-          `Let the agent lift it when the source is reachable (pgferry status ${this.rec.id}), or lift it by hand (${this.fence.status(false).liftStatement}), then delete again.`);
+        throw new PgferryError(
+          'SOURCE_UNREACHABLE',
+          `Migration '${this.rec.id}' was not deleted: the fence its cutover raised on database '${this.fence.record?.database}' could not be lifted (${lift.error}), and the agent would forget it.`,
+          `Let the agent lift it when the source is reachable (pgferry status ${this.rec.id}), or lift it by hand (${this.fence.status(false).liftStatement}), then delete again.`,
+        );
       }
     }
     const dropped: string[] = [];
     // A completed cutover leaves the source database read-only by default;
     // this session must still be able to drop what pgferry created.
-    const src = await connect('source', this.spec.source, { applicationName: `pgferry delete ${this.rec.id}`, extraOptions: '-c default_transaction_read_only=off' });
+    const src = await connect('source', this.spec.source, {
+      applicationName: `pgferry delete ${this.rec.id}`,
+      extraOptions: '-c default_transaction_read_only=off',
+    });
     try {
       const r = await dropSourceObjects(src, this.rec.id, this.rec.slotName, this.rec.publicationName);
       dropped.push(...r.dropped);
-    } finally { await src.end().catch(() => undefined); }
+    } finally {
+      await src.end().catch(() => undefined);
+    }
     try {
       const tgt = await connect('target', this.spec.target, { applicationName: `pgferry delete ${this.rec.id}` });
-      try { await dropTargetState(tgt, this.rec.id); } finally { await tgt.end().catch(() => undefined); }
+      try {
+        await dropTargetState(tgt, this.rec.id);
+      } finally {
+        await tgt.end().catch(() => undefined);
+      }
     } catch (e) {
       this.log('warn', `could not remove pgferry bookkeeping rows from the target: ${(e as Error).message}`, { migration: this.rec.id });
     }
@@ -554,25 +668,45 @@ export class MigrationRunner {
  * after a completed cutover, kept) like any other.
  */
 function upgradeFenceRecord(rec: MigrationRecord): void {
-  const old = (rec.cutover as unknown as { fence?: { active?: boolean; database?: string; previous?: string | null }; fenceStartedAt?: string } | undefined);
+  const old = rec.cutover as unknown as { fence?: { active?: boolean; database?: string; previous?: string | null }; fenceStartedAt?: string } | undefined;
   if (!old?.fence) return;
   if (old.fence.active && !rec.fence && old.fence.database) {
     const at = old.fenceStartedAt || rec.updatedAt;
-    rec.fence = { id: 'legacy', database: old.fence.database, previous: old.fence.previous ?? null, raisedAt: at, serverRaisedAt: at, kept: rec.phase === 'completed' };
+    rec.fence = {
+      id: 'legacy',
+      database: old.fence.database,
+      previous: old.fence.previous ?? null,
+      raisedAt: at,
+      serverRaisedAt: at,
+      kept: rec.phase === 'completed',
+    };
   }
   delete old.fence;
 }
 
 /** Errors that say the migration cannot start at all (nothing is created). */
-export async function preflightOrThrow(spec: MigrationSpec, ctx: Parameters<typeof runPreflight>[1] = {}): Promise<{ sourceVersion: string; targetVersion: string }> {
+export async function preflightOrThrow(
+  spec: MigrationSpec,
+  ctx: Parameters<typeof runPreflight>[1] = {},
+): Promise<{ sourceVersion: string; targetVersion: string }> {
   const { report } = await runPreflight(spec, ctx);
   if (!report.ok) {
     const failed = report.checks.filter((c) => c.verdict === 'fail');
-    const code: ErrorCode = failed.find((c) => c.code)?.code
-      ?? (failed.some((c) => c.name === 'slot_name' || c.name === 'publication_name') ? 'SLOT_NAME_TAKEN'
-        : failed.some((c) => c.name.endsWith('privilege') || c.name === 'table_ownership') ? 'INSUFFICIENT_PRIVILEGE' : 'PREFLIGHT_FAILED');
-    throw new PgferryError(code, `Preflight failed:\n${summarizeFailures(report)}`, failed.map((c) => c.remedy).filter(Boolean).join(' '));
+    const code: ErrorCode =
+      failed.find((c) => c.code)?.code ??
+      (failed.some((c) => c.name === 'slot_name' || c.name === 'publication_name')
+        ? 'SLOT_NAME_TAKEN'
+        : failed.some((c) => c.name.endsWith('privilege') || c.name === 'table_ownership')
+          ? 'INSUFFICIENT_PRIVILEGE'
+          : 'PREFLIGHT_FAILED');
+    throw new PgferryError(
+      code,
+      `Preflight failed:\n${summarizeFailures(report)}`,
+      failed
+        .map((c) => c.remedy)
+        .filter(Boolean)
+        .join(' '),
+    );
   }
   return { sourceVersion: report.sourceVersion, targetVersion: report.targetVersion };
 }
-

@@ -39,7 +39,7 @@ export type Tuple = TupleValue[];
 
 /** Whether the value `TupleData.scan` placed at `start` came in binary form ('b'): its kind byte sits before its Int32 length. */
 export function isBinaryValue(buf: Buffer, start: number): boolean {
-  return buf[start - 5] === 0x62 /*b*/;
+  return buf[start - 5] === 0x62; /*b*/
 }
 
 /** Column value lengths `TupleData.scan` reports for a NULL and for an unchanged TOAST value. */
@@ -55,11 +55,19 @@ export const SCAN_UNCHANGED = -2;
  */
 export class TupleData {
   private decoded: Tuple | null = null;
-  constructor(public buf: Buffer, public start: number, public end: number, public columns: number) {}
+  constructor(
+    public buf: Buffer,
+    public start: number,
+    public end: number,
+    public columns: number,
+  ) {}
 
   /** Point this object at another row (PgoutputParser with `reuse`). */
   set(buf: Buffer, start: number, end: number, columns: number): this {
-    this.buf = buf; this.start = start; this.end = end; this.columns = columns;
+    this.buf = buf;
+    this.start = start;
+    this.end = end;
+    this.columns = columns;
     this.decoded = null;
     return this;
   }
@@ -118,8 +126,19 @@ export interface RelationColumn {
   typeMod: number;
 }
 
-export interface BeginMessage { tag: 'begin'; /** LSN of the commit record. */ finalLsn: Lsn; /** µs since the PostgreSQL epoch. */ commitTimeMicros: bigint; xid: number }
-export interface CommitMessage { tag: 'commit'; flags: number; /** LSN of the commit record. */ commitLsn: Lsn; /** End of the commit record: the position to resume after this transaction. */ endLsn: Lsn; commitTimeMicros: bigint }
+export interface BeginMessage {
+  tag: 'begin';
+  /** LSN of the commit record. */ finalLsn: Lsn;
+  /** µs since the PostgreSQL epoch. */ commitTimeMicros: bigint;
+  xid: number;
+}
+export interface CommitMessage {
+  tag: 'commit';
+  flags: number;
+  /** LSN of the commit record. */ commitLsn: Lsn;
+  /** End of the commit record: the position to resume after this transaction. */ endLsn: Lsn;
+  commitTimeMicros: bigint;
+}
 export interface RelationMessage {
   tag: 'relation';
   relationOid: number;
@@ -131,8 +150,17 @@ export interface RelationMessage {
   /** Indexes of the identity columns in `columns`. */
   keyIndexes: number[];
 }
-export interface TypeMessage { tag: 'type'; typeOid: number; schema: string; name: string }
-export interface InsertMessage { tag: 'insert'; relation: RelationMessage; newTuple: TupleData }
+export interface TypeMessage {
+  tag: 'type';
+  typeOid: number;
+  schema: string;
+  name: string;
+}
+export interface InsertMessage {
+  tag: 'insert';
+  relation: RelationMessage;
+  newTuple: TupleData;
+}
 export interface UpdateMessage {
   tag: 'update';
   relation: RelationMessage;
@@ -141,20 +169,51 @@ export interface UpdateMessage {
   oldTuple: TupleData | null;
   newTuple: TupleData;
 }
-export interface DeleteMessage { tag: 'delete'; relation: RelationMessage; oldKind: 'K' | 'O'; oldTuple: TupleData }
-export interface TruncateMessage { tag: 'truncate'; cascade: boolean; restartIdentity: boolean; relations: RelationMessage[] }
-export interface OriginMessage { tag: 'origin'; originLsn: Lsn; name: string }
-export interface LogicalMessage { tag: 'message'; transactional: boolean; lsn: Lsn; prefix: string; content: Buffer }
+export interface DeleteMessage {
+  tag: 'delete';
+  relation: RelationMessage;
+  oldKind: 'K' | 'O';
+  oldTuple: TupleData;
+}
+export interface TruncateMessage {
+  tag: 'truncate';
+  cascade: boolean;
+  restartIdentity: boolean;
+  relations: RelationMessage[];
+}
+export interface OriginMessage {
+  tag: 'origin';
+  originLsn: Lsn;
+  name: string;
+}
+export interface LogicalMessage {
+  tag: 'message';
+  transactional: boolean;
+  lsn: Lsn;
+  prefix: string;
+  content: Buffer;
+}
 
 export type PgoutputMessage =
-  | BeginMessage | CommitMessage | RelationMessage | TypeMessage | InsertMessage
-  | UpdateMessage | DeleteMessage | TruncateMessage | OriginMessage | LogicalMessage;
+  | BeginMessage
+  | CommitMessage
+  | RelationMessage
+  | TypeMessage
+  | InsertMessage
+  | UpdateMessage
+  | DeleteMessage
+  | TruncateMessage
+  | OriginMessage
+  | LogicalMessage;
 
 const REPLICA_IDENTITIES = ['d', 'n', 'f', 'i'] as const;
 
 /** A malformed or unexpected message: the stream cannot be trusted past it. */
 export class PgoutputDecodeError extends Error {
-  constructor(message: string) { super(message); this.name = 'PgoutputDecodeError'; }
+  constructor(message: string) {
+    super(message);
+    this.name = 'PgoutputDecodeError';
+  }
 }
 
 /**
@@ -179,7 +238,10 @@ export class PgoutputParser {
    * short-lived garbage; the figure is in docs/performance.md).
    */
   constructor(reuse = false) {
-    if (!reuse) { this.rows = null; return; }
+    if (!reuse) {
+      this.rows = null;
+      return;
+    }
     const none = Buffer.alloc(0);
     const rel: RelationMessage = { tag: 'relation', relationOid: 0, schema: '', name: '', replicaIdentity: 'd', columns: [], keyIndexes: [] };
     this.rows = {
@@ -217,18 +279,30 @@ export class PgoutputParser {
 
   private message(tag: number | undefined): PgoutputMessage {
     switch (tag) {
-      case 0x42 /*B*/: return this.begin();
-      case 0x43 /*C*/: return this.commit();
-      case 0x52 /*R*/: return this.relationMessage();
-      case 0x59 /*Y*/: return { tag: 'type', typeOid: this.u32(), schema: this.cstring(), name: this.cstring() };
-      case 0x49 /*I*/: return this.insert();
-      case 0x55 /*U*/: return this.update();
-      case 0x44 /*D*/: return this.delete();
-      case 0x54 /*T*/: return this.truncate();
-      case 0x4f /*O*/: return { tag: 'origin', originLsn: this.lsn(), name: this.cstring() };
-      case 0x4d /*M*/: return this.logicalMessage();
+      case 0x42 /*B*/:
+        return this.begin();
+      case 0x43 /*C*/:
+        return this.commit();
+      case 0x52 /*R*/:
+        return this.relationMessage();
+      case 0x59 /*Y*/:
+        return { tag: 'type', typeOid: this.u32(), schema: this.cstring(), name: this.cstring() };
+      case 0x49 /*I*/:
+        return this.insert();
+      case 0x55 /*U*/:
+        return this.update();
+      case 0x44 /*D*/:
+        return this.delete();
+      case 0x54 /*T*/:
+        return this.truncate();
+      case 0x4f /*O*/:
+        return { tag: 'origin', originLsn: this.lsn(), name: this.cstring() };
+      case 0x4d /*M*/:
+        return this.logicalMessage();
       default:
-        throw new PgoutputDecodeError(`unexpected pgoutput message type ${tag === undefined ? '(empty)' : `'${String.fromCharCode(tag)}' (0x${tag.toString(16)})`}`);
+        throw new PgoutputDecodeError(
+          `unexpected pgoutput message type ${tag === undefined ? '(empty)' : `'${String.fromCharCode(tag)}' (0x${tag.toString(16)})`}`,
+        );
     }
   }
 
@@ -251,7 +325,8 @@ export class PgoutputParser {
     const schema = this.cstring() || 'pg_catalog';
     const name = this.cstring();
     const ident = String.fromCharCode(this.u8());
-    if (!(REPLICA_IDENTITIES as readonly string[]).includes(ident)) throw new PgoutputDecodeError(`relation ${schema}.${name}: unknown replica identity '${ident}'`);
+    if (!(REPLICA_IDENTITIES as readonly string[]).includes(ident))
+      throw new PgoutputDecodeError(`relation ${schema}.${name}: unknown replica identity '${ident}'`);
     const n = this.u16();
     const columns: RelationColumn[] = new Array(n);
     const keyIndexes: number[] = [];
@@ -260,7 +335,15 @@ export class PgoutputParser {
       columns[i] = { name: this.cstring(), isKey: (flags & 1) !== 0, typeOid: this.u32(), typeMod: this.buf.readInt32BE(this.advance(4)) };
       if (columns[i].isKey) keyIndexes.push(i);
     }
-    const rel: RelationMessage = { tag: 'relation', relationOid, schema, name, replicaIdentity: ident as RelationMessage['replicaIdentity'], columns, keyIndexes };
+    const rel: RelationMessage = {
+      tag: 'relation',
+      relationOid,
+      schema,
+      name,
+      replicaIdentity: ident as RelationMessage['replicaIdentity'],
+      columns,
+      keyIndexes,
+    };
     this.relations.set(relationOid, rel);
     return rel;
   }
@@ -291,7 +374,9 @@ export class PgoutputParser {
     if (kind !== 0x4e /*N*/) throw new PgoutputDecodeError(`update of ${relation.schema}.${relation.name}: expected 'N', got 0x${kind.toString(16)}`);
     if (r === null) return { tag: 'update', relation, oldKind, oldTuple, newTuple: this.tuple(relation, null) };
     const m = r.update;
-    m.relation = relation; m.oldKind = oldKind; m.oldTuple = oldTuple;
+    m.relation = relation;
+    m.oldKind = oldKind;
+    m.oldTuple = oldTuple;
     this.tuple(relation, m.newTuple);
     return m;
   }
@@ -300,11 +385,13 @@ export class PgoutputParser {
   private delete(): DeleteMessage {
     const relation = this.knownRelation(this.u32());
     const kind = this.u8();
-    if (kind !== 0x4b /*K*/ && kind !== 0x4f /*O*/) throw new PgoutputDecodeError(`delete from ${relation.schema}.${relation.name}: expected 'K' or 'O', got 0x${kind.toString(16)}`);
+    if (kind !== 0x4b /*K*/ && kind !== 0x4f /*O*/)
+      throw new PgoutputDecodeError(`delete from ${relation.schema}.${relation.name}: expected 'K' or 'O', got 0x${kind.toString(16)}`);
     const r = this.rows;
     if (r === null) return { tag: 'delete', relation, oldKind: kind === 0x4b ? 'K' : 'O', oldTuple: this.tuple(relation, null) };
     const m = r.delete;
-    m.relation = relation; m.oldKind = kind === 0x4b ? 'K' : 'O';
+    m.relation = relation;
+    m.oldKind = kind === 0x4b ? 'K' : 'O';
     this.tuple(relation, m.oldTuple);
     return m;
   }
@@ -371,11 +458,21 @@ export class PgoutputParser {
     if (this.pos > this.end) throw new PgoutputDecodeError('message truncated');
     return at;
   }
-  private u8(): number { return this.buf.readUInt8(this.advance(1)); }
-  private u16(): number { return this.buf.readUInt16BE(this.advance(2)); }
-  private u32(): number { return this.buf.readUInt32BE(this.advance(4)); }
-  private i64(): bigint { return this.buf.readBigInt64BE(this.advance(8)); }
-  private lsn(): Lsn { return readLsn(this.buf, this.advance(8)); }
+  private u8(): number {
+    return this.buf.readUInt8(this.advance(1));
+  }
+  private u16(): number {
+    return this.buf.readUInt16BE(this.advance(2));
+  }
+  private u32(): number {
+    return this.buf.readUInt32BE(this.advance(4));
+  }
+  private i64(): bigint {
+    return this.buf.readBigInt64BE(this.advance(8));
+  }
+  private lsn(): Lsn {
+    return readLsn(this.buf, this.advance(8));
+  }
   private cstring(): string {
     const end = this.buf.indexOf(0, this.pos);
     if (end < 0 || end >= this.end) throw new PgoutputDecodeError('unterminated string');

@@ -47,7 +47,10 @@ export interface PartResult {
 
 /** The statement at `index` of its part failed; `cause` is the server's (or the connection's) error. */
 export class PipelineError extends Error {
-  constructor(readonly index: number, override readonly cause: unknown) {
+  constructor(
+    readonly index: number,
+    override readonly cause: unknown,
+  ) {
     super((cause as Error)?.message ?? String(cause));
   }
 }
@@ -105,13 +108,24 @@ export class Pipeline {
    * the caller's turn on the connection, so node-postgres never has to queue
    * it. If `behind` failed, it sends nothing and its parts are skipped.
    */
-  constructor(private readonly client: pg.Client, private readonly prepared: Set<string>, behind: Pipeline | null = null, startAfter?: Promise<unknown>) {
-    this.ended = new Promise((resolve) => { this.endedResolve = resolve; });
-    void (startAfter ?? behind?.ended ?? Promise.resolve()).then(() => {
-      if (behind?.failure) this.finish(new PipelineSkipped(behind.failure));
-      else if (this.syncing && this.parts.length === 0) this.finish(null); // ended before anything was sent
-      else this.submit();
-    }, (e: unknown) => this.finish(e));
+  constructor(
+    private readonly client: pg.Client,
+    private readonly prepared: Set<string>,
+    behind: Pipeline | null = null,
+    startAfter?: Promise<unknown>,
+  ) {
+    this.ended = new Promise((resolve) => {
+      this.endedResolve = resolve;
+    });
+    void (startAfter ?? behind?.ended ?? Promise.resolve()).then(
+      () => {
+        if (behind?.failure) this.finish(new PipelineSkipped(behind.failure));
+        else if (this.syncing && this.parts.length === 0)
+          this.finish(null); // ended before anything was sent
+        else this.submit();
+      },
+      (e: unknown) => this.finish(e),
+    );
   }
 
   private submit(): void {
@@ -125,18 +139,27 @@ export class Pipeline {
         if (this.syncing) connection.sync();
         s.uncork();
       },
-      handleCommandComplete: (msg: { text?: string }): void => { this.onComplete(msg?.text ?? ''); },
-      handleEmptyQuery: (): void => { this.onComplete(''); },
+      handleCommandComplete: (msg: { text?: string }): void => {
+        this.onComplete(msg?.text ?? '');
+      },
+      handleEmptyQuery: (): void => {
+        this.onComplete('');
+      },
       handleDataRow: (msg: { fields: (string | null)[] }): void => {
         const p = this.parts[0];
         if (p && p.result.rows[p.result.counts.length] === undefined) p.result.rows[p.result.counts.length] = msg.fields;
       },
-      handleReadyForQuery: (): void => { this.finish(null); },
+      handleReadyForQuery: (): void => {
+        this.finish(null);
+      },
       handleError: (err: unknown): void => {
         // node-postgres has dropped this submittable as its active query; the
         // server discards everything up to the Sync, whose ReadyForQuery then
         // frees the connection for the next query.
-        if (this.con && !this.syncing) { this.syncing = true; this.con.sync(); }
+        if (this.con && !this.syncing) {
+          this.syncing = true;
+          this.con.sync();
+        }
         this.finish(err ?? new Error('pipeline failed'));
       },
       // COPY data is sent with its statement.
@@ -148,10 +171,14 @@ export class Pipeline {
   }
 
   /** Still taking parts: not ending, not failed. */
-  get open(): boolean { return !this.syncing && !this.done; }
+  get open(): boolean {
+    return !this.syncing && !this.done;
+  }
 
   /** The error that ended this pipeline, if one did. */
-  get error(): unknown { return this.failure; }
+  get error(): unknown {
+    return this.failure;
+  }
 
   /**
    * Send `statements` as one part. Resolves with their answers once the last
@@ -162,9 +189,15 @@ export class Pipeline {
     if (!this.open) throw new Error('pipeline: send on a pipeline that is ending');
     return new Promise<PartResult>((resolve, reject) => {
       const part: Part = { statements, parses: new Set(), result: { counts: [], rows: [] }, resolve, reject };
-      if (statements.length === 0) { resolve(part.result); return; }
+      if (statements.length === 0) {
+        resolve(part.result);
+        return;
+      }
       for (const st of statements) {
-        if (st.name !== '' && !this.prepared.has(st.name)) { part.parses.add(st.name); this.prepared.add(st.name); }
+        if (st.name !== '' && !this.prepared.has(st.name)) {
+          part.parses.add(st.name);
+          this.prepared.add(st.name);
+        }
       }
       this.parts.push(part);
       if (this.con) {
@@ -231,7 +264,9 @@ export class Pipeline {
         // the failed statement's name, whose Parse may have run).
         const failedAt = p.result.counts.length;
         const first = new Map<string, number>();
-        p.statements.forEach((st, i) => { if (p.parses.has(st.name) && !first.has(st.name)) first.set(st.name, i); });
+        p.statements.forEach((st, i) => {
+          if (p.parses.has(st.name) && !first.has(st.name)) first.set(st.name, i);
+        });
         for (const [name, i] of first) if (i >= failedAt) this.prepared.delete(name);
         p.reject(new PipelineError(Math.min(failedAt, p.statements.length - 1), err));
       } else {

@@ -16,7 +16,11 @@ import { publicationNameOf, slotNameOf, type MigrationSpec } from './spec';
 export type Verdict = 'pass' | 'warn' | 'fail';
 
 export interface PreflightCheck {
-  name: string; verdict: Verdict; message: string; remedy: string; objects: string[];
+  name: string;
+  verdict: Verdict;
+  message: string;
+  remedy: string;
+  objects: string[];
   /** The error code a failed check maps to when the migration is started anyway. */
   code?: ErrorCode;
 }
@@ -37,10 +41,18 @@ export interface PreflightContext {
   resuming?: boolean;
 }
 
-export interface PreflightResult { report: PreflightReport; tables: TableInfo[] }
+export interface PreflightResult {
+  report: PreflightReport;
+  tables: TableInfo[];
+}
 
-const check = (name: string, verdict: Verdict, message: string, remedy = '', objects: string[] = []): PreflightCheck =>
-  ({ name, verdict, message, remedy, objects });
+const check = (name: string, verdict: Verdict, message: string, remedy = '', objects: string[] = []): PreflightCheck => ({
+  name,
+  verdict,
+  message,
+  remedy,
+  objects,
+});
 
 /** Tables that can take part: unlogged ones cannot be published. */
 export function migratableTables(tables: TableInfo[]): TableInfo[] {
@@ -75,15 +87,22 @@ export async function runPreflight(spec: MigrationSpec, ctx: PreflightContext = 
     if (same) {
       // Every other check would read the source's own tables as the target's
       // (and advise dropping them): this one is the whole answer.
-      checks.push(check('same_database', 'fail',
-        `The source and the target are the same database: the target connection (${describeEndpoint(resolveEndpoint(spec.target))}) reaches the very server and database that the source connection (${describeEndpoint(resolveEndpoint(spec.source))}) reaches (${same}). A migration onto itself would fence the source and copy its tables onto themselves.`,
-        'Point `target` at the new server and database (for Azure, the flexible server\'s fullyQualifiedDomainName and the database created there). Nothing was changed on either server.'));
+      checks.push(
+        check(
+          'same_database',
+          'fail',
+          `The source and the target are the same database: the target connection (${describeEndpoint(resolveEndpoint(spec.target))}) reaches the very server and database that the source connection (${describeEndpoint(resolveEndpoint(spec.source))}) reaches (${same}). A migration onto itself would fence the source and copy its tables onto themselves.`,
+          "Point `target` at the new server and database (for Azure, the flexible server's fullyQualifiedDomainName and the database created there). Nothing was changed on either server.",
+        ),
+      );
       return { report: { ok: false, checks, sourceVersion, targetVersion, tableCount: 0 }, tables: [] };
     }
     let srcMajor = 0;
     if (src) {
       const s = await sourceChecks(src, spec, ctx, checks);
-      sourceVersion = s.version; srcMajor = s.major; tables = s.tables;
+      sourceVersion = s.version;
+      srcMajor = s.major;
+      tables = s.tables;
     }
     if (tgt) {
       const t = await targetChecks(tgt, spec, ctx, tables, srcMajor, checks);
@@ -99,7 +118,9 @@ export async function runPreflight(spec: MigrationSpec, ctx: PreflightContext = 
   }
   const report: PreflightReport = {
     ok: checks.every((c) => c.verdict !== 'fail'),
-    checks, sourceVersion, targetVersion,
+    checks,
+    sourceVersion,
+    targetVersion,
     tableCount: migratableTables(tables).filter((t) => t.kind === 'r').length,
   };
   return { report, tables: migratableTables(tables) };
@@ -118,7 +139,11 @@ async function sameDatabase(src: pg.Client, tgt: pg.Client, probe: string): Prom
     const r = await c.query(`SELECT d.oid::int8::text AS db_oid, pg_postmaster_start_time()::text AS started
       FROM pg_database d WHERE d.datname = current_database()`);
     let sysid: string | null = null;
-    try { sysid = (await c.query('SELECT system_identifier::text AS s FROM pg_control_system()')).rows[0].s; } catch { /* not allowed: the session probe decides */ }
+    try {
+      sysid = (await c.query('SELECT system_identifier::text AS s FROM pg_control_system()')).rows[0].s;
+    } catch {
+      /* not allowed: the session probe decides */
+    }
     return { dbOid: r.rows[0].db_oid as string, started: r.rows[0].started as string, sysid };
   };
   const [a, b] = await Promise.all([ident(src), ident(tgt)]);
@@ -129,7 +154,8 @@ async function sameDatabase(src: pg.Client, tgt: pg.Client, probe: string): Prom
 }
 
 async function sourceChecks(src: pg.Client, spec: MigrationSpec, ctx: PreflightContext, checks: PreflightCheck[]) {
-  const info = (await src.query(`
+  const info = (
+    await src.query(`
     SELECT current_setting('server_version') AS version, current_setting('server_version_num')::int AS num,
            current_setting('wal_level') AS wal_level,
            current_setting('max_replication_slots')::int AS max_slots,
@@ -140,63 +166,136 @@ async function sourceChecks(src: pg.Client, spec: MigrationSpec, ctx: PreflightC
            current_setting('server_encoding') AS encoding,
            has_database_privilege(current_user, current_database(), 'CREATE') AS can_create,
            (SELECT count(*) FROM pg_largeobject_metadata)::bigint AS large_objects
-      FROM pg_roles r WHERE r.rolname = current_user`)).rows[0];
+      FROM pg_roles r WHERE r.rolname = current_user`)
+  ).rows[0];
   const major = Math.floor(info.num / 10000);
   if (major < 12) {
-    checks.push(check('source_version', 'fail', `The source runs PostgreSQL ${info.version}; pgferry needs 12 or newer.`, 'Upgrade the source to PostgreSQL 12+ first (pg_upgrade), or migrate with pg_dump.'));
+    checks.push(
+      check(
+        'source_version',
+        'fail',
+        `The source runs PostgreSQL ${info.version}; pgferry needs 12 or newer.`,
+        'Upgrade the source to PostgreSQL 12+ first (pg_upgrade), or migrate with pg_dump.',
+      ),
+    );
   }
-  checks.push(info.wal_level === 'logical'
-    ? check('wal_level', 'pass', 'wal_level is logical.')
-    : check('wal_level', 'fail', `wal_level is '${info.wal_level}' on the source; logical replication needs 'logical'.`,
-      "Run ALTER SYSTEM SET wal_level = logical; and restart the source (on Azure: set the server parameter wal_level to LOGICAL and restart)."));
+  checks.push(
+    info.wal_level === 'logical'
+      ? check('wal_level', 'pass', 'wal_level is logical.')
+      : check(
+          'wal_level',
+          'fail',
+          `wal_level is '${info.wal_level}' on the source; logical replication needs 'logical'.`,
+          'Run ALTER SYSTEM SET wal_level = logical; and restart the source (on Azure: set the server parameter wal_level to LOGICAL and restart).',
+        ),
+  );
   const needSlots = ctx.ownsSlot ? 1 : 2; // main slot + a temporary one when a load resumes
   const freeSlots = info.max_slots - info.used_slots + (ctx.ownsSlot ? 1 : 0);
-  checks.push(freeSlots >= needSlots
-    ? check('replication_slots', 'pass', `${freeSlots} replication slot(s) free.`)
-    : check('replication_slots', 'fail', `Only ${freeSlots} of max_replication_slots=${info.max_slots} are free; pgferry needs ${needSlots}.`,
-      `Raise max_replication_slots (ALTER SYSTEM SET max_replication_slots = ${info.max_slots + needSlots}; then restart), or drop unused slots (SELECT pg_drop_replication_slot(name)).`));
+  checks.push(
+    freeSlots >= needSlots
+      ? check('replication_slots', 'pass', `${freeSlots} replication slot(s) free.`)
+      : check(
+          'replication_slots',
+          'fail',
+          `Only ${freeSlots} of max_replication_slots=${info.max_slots} are free; pgferry needs ${needSlots}.`,
+          `Raise max_replication_slots (ALTER SYSTEM SET max_replication_slots = ${info.max_slots + needSlots}; then restart), or drop unused slots (SELECT pg_drop_replication_slot(name)).`,
+        ),
+  );
   const freeSenders = info.max_senders - info.used_senders;
-  checks.push(freeSenders >= 2
-    ? check('wal_senders', 'pass', `${freeSenders} WAL sender(s) free.`)
-    : check('wal_senders', 'fail', `Only ${freeSenders} of max_wal_senders=${info.max_senders} are free; pgferry needs 2.`,
-      `Raise max_wal_senders (ALTER SYSTEM SET max_wal_senders = ${info.max_senders + 2}; then restart).`));
-  checks.push(info.superuser || info.replication
-    ? check('replication_privilege', 'pass', `Role '${info.usr}' may replicate.`)
-    : check('replication_privilege', 'fail', `Role '${info.usr}' has neither REPLICATION nor SUPERUSER on the source.`,
-      `Run ALTER ROLE "${info.usr}" WITH REPLICATION; as a superuser (on Azure: as the server admin).`));
+  checks.push(
+    freeSenders >= 2
+      ? check('wal_senders', 'pass', `${freeSenders} WAL sender(s) free.`)
+      : check(
+          'wal_senders',
+          'fail',
+          `Only ${freeSenders} of max_wal_senders=${info.max_senders} are free; pgferry needs 2.`,
+          `Raise max_wal_senders (ALTER SYSTEM SET max_wal_senders = ${info.max_senders + 2}; then restart).`,
+        ),
+  );
+  checks.push(
+    info.superuser || info.replication
+      ? check('replication_privilege', 'pass', `Role '${info.usr}' may replicate.`)
+      : check(
+          'replication_privilege',
+          'fail',
+          `Role '${info.usr}' has neither REPLICATION nor SUPERUSER on the source.`,
+          `Run ALTER ROLE "${info.usr}" WITH REPLICATION; as a superuser (on Azure: as the server admin).`,
+        ),
+  );
   if (!info.superuser && !info.can_create) {
-    checks.push(check('create_privilege', 'fail', `Role '${info.usr}' may not create a publication in this database.`,
-      `Run GRANT CREATE ON DATABASE "${(await src.query('SELECT current_database() AS d')).rows[0].d}" TO "${info.usr}";`));
+    checks.push(
+      check(
+        'create_privilege',
+        'fail',
+        `Role '${info.usr}' may not create a publication in this database.`,
+        `Run GRANT CREATE ON DATABASE "${(await src.query('SELECT current_database() AS d')).rows[0].d}" TO "${info.usr}";`,
+      ),
+    );
   }
 
   const slotName = slotNameOf(spec);
   const pubName = publicationNameOf(spec);
   const slot = (await src.query('SELECT slot_name, database, plugin FROM pg_replication_slots WHERE slot_name = $1', [slotName])).rows[0];
   if (slot && !ctx.ownsSlot) {
-    checks.push(check('slot_name', 'fail', `A replication slot named '${slotName}' already exists on the source and was not created by this migration.`,
-      `Set \`slotName\` to another name, or drop the slot if it is unused: SELECT pg_drop_replication_slot('${slotName}');`, [slotName]));
+    checks.push(
+      check(
+        'slot_name',
+        'fail',
+        `A replication slot named '${slotName}' already exists on the source and was not created by this migration.`,
+        `Set \`slotName\` to another name, or drop the slot if it is unused: SELECT pg_drop_replication_slot('${slotName}');`,
+        [slotName],
+      ),
+    );
   } else {
     checks.push(check('slot_name', 'pass', `Slot name '${slotName}' is available.`));
   }
   const pub = (await src.query('SELECT pubname FROM pg_publication WHERE pubname = $1', [pubName])).rows[0];
   if (pub && !ctx.ownsPublication) {
-    checks.push(check('publication_name', 'fail', `A publication named '${pubName}' already exists on the source and was not created by this migration.`,
-      `Set \`publicationName\` to another name, or drop it if it is unused: DROP PUBLICATION "${pubName}";`, [pubName]));
+    checks.push(
+      check(
+        'publication_name',
+        'fail',
+        `A publication named '${pubName}' already exists on the source and was not created by this migration.`,
+        `Set \`publicationName\` to another name, or drop it if it is unused: DROP PUBLICATION "${pubName}";`,
+        [pubName],
+      ),
+    );
   }
 
   const sel = await selectTables(src, spec.tables);
   for (const p of sel.unmatched) {
-    checks.push(check('table_selection', 'fail', `The pattern '${p}' matches no table on the source.`,
-      'Correct the pattern in `tables.include` (unquoted names fold to lower case; quote mixed-case names, e.g. \'public."Orders"\') or remove it.', [p]));
+    checks.push(
+      check(
+        'table_selection',
+        'fail',
+        `The pattern '${p}' matches no table on the source.`,
+        'Correct the pattern in `tables.include` (unquoted names fold to lower case; quote mixed-case names, e.g. \'public."Orders"\') or remove it.',
+        [p],
+      ),
+    );
   }
   for (const t of sel.orphanPartitions) {
-    checks.push(check('table_selection', 'fail', `${tableKey(t)} is a partition, but its partitioned table ${qn(t.root!.schema, t.root!.name)} is not selected.`,
-      `Include ${qn(t.root!.schema, t.root!.name)} (it brings all its partitions) or exclude ${tableKey(t)}.`, [tableKey(t)]));
+    checks.push(
+      check(
+        'table_selection',
+        'fail',
+        `${tableKey(t)} is a partition, but its partitioned table ${qn(t.root!.schema, t.root!.name)} is not selected.`,
+        `Include ${qn(t.root!.schema, t.root!.name)} (it brings all its partitions) or exclude ${tableKey(t)}.`,
+        [tableKey(t)],
+      ),
+    );
   }
   const unlogged = sel.tables.filter((t) => t.persistence === 'u');
   if (unlogged.length) {
-    checks.push(check('unlogged_tables', 'warn', `${unlogged.length} unlogged table(s) cannot be replicated and will not be migrated: ${unlogged.map(tableKey).join(', ')}.`,
-      'Make them logged (ALTER TABLE ... SET LOGGED) before starting if their data must move, or exclude them to silence this warning.', unlogged.map(tableKey)));
+    checks.push(
+      check(
+        'unlogged_tables',
+        'warn',
+        `${unlogged.length} unlogged table(s) cannot be replicated and will not be migrated: ${unlogged.map(tableKey).join(', ')}.`,
+        'Make them logged (ALTER TABLE ... SET LOGGED) before starting if their data must move, or exclude them to silence this warning.',
+        unlogged.map(tableKey),
+      ),
+    );
   }
   const tables = migratableTables(sel.tables);
   const data = tables.filter((t) => t.kind === 'r');
@@ -209,75 +308,150 @@ async function sourceChecks(src: pg.Client, spec: MigrationSpec, ctx: PreflightC
   // published leaf partition without one, whatever its partitioned root has.
   const noIdentity = tables.filter((t) => t.kind === 'r' && !hasUsableIdentity(t));
   if (noIdentity.length) {
-    checks.push(check('replica_identity', 'fail',
-      `${noIdentity.length} table(s) have no primary key and no replica identity, so their UPDATEs and DELETEs cannot be replicated: ${noIdentity.map(tableKey).join(', ')}.`,
-      `Add a primary key, or run: ${noIdentity.map((t) => `ALTER TABLE ${tableKey(t)} REPLICA IDENTITY FULL;`).join(' ')}`,
-      noIdentity.map(tableKey)));
+    checks.push(
+      check(
+        'replica_identity',
+        'fail',
+        `${noIdentity.length} table(s) have no primary key and no replica identity, so their UPDATEs and DELETEs cannot be replicated: ${noIdentity.map(tableKey).join(', ')}.`,
+        `Add a primary key, or run: ${noIdentity.map((t) => `ALTER TABLE ${tableKey(t)} REPLICA IDENTITY FULL;`).join(' ')}`,
+        noIdentity.map(tableKey),
+      ),
+    );
   } else if (tables.length) {
     checks.push(check('replica_identity', 'pass', 'Every selected table has a replica identity.'));
   }
   if (major < 13 && tables.some((t) => t.kind === 'p')) {
-    checks.push(check('partitioned_tables', 'fail', 'Partitioned tables on a PostgreSQL 12 source cannot be published via their root.',
-      'Upgrade the source to 13+, or select the partitions individually and create the target tables yourself (`schemaMode: existing`).'));
+    checks.push(
+      check(
+        'partitioned_tables',
+        'fail',
+        'Partitioned tables on a PostgreSQL 12 source cannot be published via their root.',
+        'Upgrade the source to 13+, or select the partitions individually and create the target tables yourself (`schemaMode: existing`).',
+      ),
+    );
   }
   if (!info.superuser && tables.length) {
-    const owned = await src.query(`SELECT c.oid::int AS oid FROM pg_class c WHERE c.oid = ANY($1::oid[]) AND NOT pg_has_role(current_user, c.relowner, 'USAGE')`, [tables.map((t) => t.oid)]);
+    const owned = await src.query(
+      `SELECT c.oid::int AS oid FROM pg_class c WHERE c.oid = ANY($1::oid[]) AND NOT pg_has_role(current_user, c.relowner, 'USAGE')`,
+      [tables.map((t) => t.oid)],
+    );
     const notOwned = tables.filter((t) => owned.rows.some((r) => r.oid === t.oid));
     if (notOwned.length) {
-      checks.push(check('table_ownership', 'fail', `Role '${info.usr}' does not own ${notOwned.length} selected table(s), which CREATE PUBLICATION requires: ${notOwned.map(tableKey).join(', ')}.`,
-        `Connect as the tables' owner, or GRANT the owning role to "${info.usr}".`, notOwned.map(tableKey)));
+      checks.push(
+        check(
+          'table_ownership',
+          'fail',
+          `Role '${info.usr}' does not own ${notOwned.length} selected table(s), which CREATE PUBLICATION requires: ${notOwned.map(tableKey).join(', ')}.`,
+          `Connect as the tables' owner, or GRANT the owning role to "${info.usr}".`,
+          notOwned.map(tableKey),
+        ),
+      );
     }
   }
   if (tables.length) {
-    const denied = await src.query(`SELECT c.oid::int AS oid FROM pg_class c WHERE c.oid = ANY($1::oid[]) AND NOT has_table_privilege(c.oid, 'SELECT')`, [tables.map((t) => t.oid)]);
+    const denied = await src.query(`SELECT c.oid::int AS oid FROM pg_class c WHERE c.oid = ANY($1::oid[]) AND NOT has_table_privilege(c.oid, 'SELECT')`, [
+      tables.map((t) => t.oid),
+    ]);
     if (denied.rows.length) {
       const names = tables.filter((t) => denied.rows.some((r) => r.oid === t.oid)).map(tableKey);
-      checks.push(check('select_privilege', 'fail', `Role '${info.usr}' may not read ${names.join(', ')}.`, `GRANT SELECT ON ${names.join(', ')} TO "${info.usr}";`, names));
+      checks.push(
+        check(
+          'select_privilege',
+          'fail',
+          `Role '${info.usr}' may not read ${names.join(', ')}.`,
+          `GRANT SELECT ON ${names.join(', ')} TO "${info.usr}";`,
+          names,
+        ),
+      );
     }
   }
   if (Number(info.large_objects) > 0) {
-    checks.push(check('large_objects', 'warn', `The source database holds ${info.large_objects} large object(s); large objects are not replicated by logical replication and will not be migrated.`,
-      'Move them separately (e.g. lo_export/lo_import) or store them as bytea.'));
+    checks.push(
+      check(
+        'large_objects',
+        'warn',
+        `The source database holds ${info.large_objects} large object(s); large objects are not replicated by logical replication and will not be migrated.`,
+        'Move them separately (e.g. lo_export/lo_import) or store them as bytea.',
+      ),
+    );
   }
   return { version: info.version as string, major, tables, encoding: info.encoding as string };
 }
 
 async function targetChecks(tgt: pg.Client, spec: MigrationSpec, ctx: PreflightContext, tables: TableInfo[], srcMajor: number, checks: PreflightCheck[]) {
-  const info = (await tgt.query(`SELECT current_setting('server_version') AS version, current_setting('server_version_num')::int AS num,
+  const info = (
+    await tgt.query(`SELECT current_setting('server_version') AS version, current_setting('server_version_num')::int AS num,
       current_setting('server_encoding') AS encoding, current_user AS usr,
       has_database_privilege(current_user, current_database(), 'CREATE') AS can_create,
-      (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) AS superuser`)).rows[0];
+      (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) AS superuser`)
+  ).rows[0];
   const major = Math.floor(info.num / 10000);
   if (srcMajor && major < srcMajor) {
-    checks.push(check('target_version', 'fail', `The target runs PostgreSQL ${info.version}, older than the source (${srcMajor}).`,
-      'Migrate to a target of the same or a newer major version.'));
+    checks.push(
+      check(
+        'target_version',
+        'fail',
+        `The target runs PostgreSQL ${info.version}, older than the source (${srcMajor}).`,
+        'Migrate to a target of the same or a newer major version.',
+      ),
+    );
   } else {
     checks.push(check('target_version', 'pass', `Target PostgreSQL ${info.version}.`));
   }
   if (info.encoding !== 'UTF8') {
-    checks.push(check('target_encoding', 'warn', `The target database encoding is ${info.encoding}; values are transferred as UTF-8 text.`, 'Create the target database with ENCODING \'UTF8\'.'));
+    checks.push(
+      check(
+        'target_encoding',
+        'warn',
+        `The target database encoding is ${info.encoding}; values are transferred as UTF-8 text.`,
+        "Create the target database with ENCODING 'UTF8'.",
+      ),
+    );
   }
   if (!info.superuser && !info.can_create) {
-    checks.push(check('target_privilege', 'fail', `Role '${info.usr}' may not create schemas in the target database.`,
-      `Run GRANT CREATE ON DATABASE <target database> TO "${info.usr}"; or connect as the database owner.`));
+    checks.push(
+      check(
+        'target_privilege',
+        'fail',
+        `Role '${info.usr}' may not create schemas in the target database.`,
+        `Run GRANT CREATE ON DATABASE <target database> TO "${info.usr}"; or connect as the database owner.`,
+      ),
+    );
   }
   if (ctx.resuming || tables.length === 0) return { version: info.version as string };
   const data = tables.filter((t) => t.kind === 'r');
-  const existing = await tgt.query(`SELECT n.nspname AS schema, c.relname AS name, c.oid::int AS oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-     WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest($1::text[], $2::text[]))`, [data.map((t) => t.schema), data.map((t) => t.name)]);
+  const existing = await tgt.query(
+    `SELECT n.nspname AS schema, c.relname AS name, c.oid::int AS oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest($1::text[], $2::text[]))`,
+    [data.map((t) => t.schema), data.map((t) => t.name)],
+  );
   if (spec.schemaMode === 'create') {
     if (existing.rows.length) {
       const names = existing.rows.map((r) => qn(r.schema, r.name));
-      checks.push(check('target_tables', 'fail', `${names.length} selected table(s) already exist on the target: ${names.slice(0, 20).join(', ')}${names.length > 20 ? ', …' : ''}.`,
-        "Drop them on the target, or set `schemaMode: 'existing'` to load into them.", names));
+      checks.push(
+        check(
+          'target_tables',
+          'fail',
+          `${names.length} selected table(s) already exist on the target: ${names.slice(0, 20).join(', ')}${names.length > 20 ? ', …' : ''}.`,
+          "Drop them on the target, or set `schemaMode: 'existing'` to load into them.",
+          names,
+        ),
+      );
     } else {
       checks.push(check('target_tables', 'pass', 'No selected table exists on the target yet.'));
     }
   } else {
     const missing = data.filter((t) => !existing.rows.some((r) => r.schema === t.schema && r.name === t.name)).map(tableKey);
     if (missing.length) {
-      checks.push(check('target_tables', 'fail', `schemaMode is 'existing' but ${missing.length} table(s) are missing on the target: ${missing.join(', ')}.`,
-        "Create them on the target, or set `schemaMode: 'create'`.", missing));
+      checks.push(
+        check(
+          'target_tables',
+          'fail',
+          `schemaMode is 'existing' but ${missing.length} table(s) are missing on the target: ${missing.join(', ')}.`,
+          "Create them on the target, or set `schemaMode: 'create'`.",
+          missing,
+        ),
+      );
     }
     const nonEmpty: string[] = [];
     for (const r of existing.rows) {
@@ -285,18 +459,37 @@ async function targetChecks(tgt: pg.Client, spec: MigrationSpec, ctx: PreflightC
       if (has.rows[0].x) nonEmpty.push(qn(r.schema, r.name));
     }
     if (nonEmpty.length) {
-      checks.push(spec.overwriteTarget
-        ? check('target_empty', 'warn', `${nonEmpty.length} target table(s) hold rows and will be TRUNCATED before the load (overwriteTarget is true): ${nonEmpty.join(', ')}.`, '', nonEmpty)
-        : check('target_empty', 'fail', `${nonEmpty.length} target table(s) already hold rows: ${nonEmpty.join(', ')}.`,
-          'Empty them yourself, or set `overwriteTarget: true` to let pgferry truncate them before the load.', nonEmpty));
+      checks.push(
+        spec.overwriteTarget
+          ? check(
+              'target_empty',
+              'warn',
+              `${nonEmpty.length} target table(s) hold rows and will be TRUNCATED before the load (overwriteTarget is true): ${nonEmpty.join(', ')}.`,
+              '',
+              nonEmpty,
+            )
+          : check(
+              'target_empty',
+              'fail',
+              `${nonEmpty.length} target table(s) already hold rows: ${nonEmpty.join(', ')}.`,
+              'Empty them yourself, or set `overwriteTarget: true` to let pgferry truncate them before the load.',
+              nonEmpty,
+            ),
+      );
     } else if (existing.rows.length) {
       checks.push(check('target_empty', 'pass', 'The existing target tables are empty.'));
     }
     const differing = await differingColumnTypes(tgt, data);
     if (differing.length) {
-      checks.push(check('target_column_types', 'warn',
-        `${differing.length} column(s) have another type on the target than on the source: ${differing.slice(0, 20).join(', ')}${differing.length > 20 ? ', …' : ''}. Their values are converted by the target's input functions, which fail, round or truncate where a value does not fit.`,
-        'Give the target columns the source\'s types (ALTER TABLE … ALTER COLUMN … TYPE …) unless the difference is intended.', differing));
+      checks.push(
+        check(
+          'target_column_types',
+          'warn',
+          `${differing.length} column(s) have another type on the target than on the source: ${differing.slice(0, 20).join(', ')}${differing.length > 20 ? ', …' : ''}. Their values are converted by the target's input functions, which fail, round or truncate where a value does not fit.`,
+          "Give the target columns the source's types (ALTER TABLE … ALTER COLUMN … TYPE …) unless the difference is intended.",
+          differing,
+        ),
+      );
     }
   }
   return { version: info.version as string };
@@ -312,13 +505,15 @@ async function targetChecks(tgt: pg.Client, spec: MigrationSpec, ctx: PreflightC
 async function differingColumnTypes(tgt: pg.Client, tables: TableInfo[]): Promise<string[]> {
   const cols = tables.flatMap((t) => t.columns.filter((c) => !c.generated).map((c) => ({ t, c })));
   if (cols.length === 0) return [];
-  const r = await tgt.query(`SELECT want.i, format_type(a.atttypid, a.atttypmod) AS type
+  const r = await tgt.query(
+    `SELECT want.i, format_type(a.atttypid, a.atttypmod) AS type
       FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS want(schema, name, col, i)
       JOIN pg_catalog.pg_namespace n ON n.nspname = want.schema
       JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = want.name
       JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attname = want.col AND a.attnum > 0 AND NOT a.attisdropped
      ORDER BY want.i`,
-  [cols.map((x) => x.t.schema), cols.map((x) => x.t.name), cols.map((x) => x.c.name)]);
+    [cols.map((x) => x.t.schema), cols.map((x) => x.t.name), cols.map((x) => x.c.name)],
+  );
   const out: string[] = [];
   for (const row of r.rows) {
     const { t, c } = cols[Number(row.i) - 1]!;
@@ -329,5 +524,8 @@ async function differingColumnTypes(tgt: pg.Client, tables: TableInfo[]): Promis
 
 /** One line per failed check, for errors and logs. */
 export function summarizeFailures(report: PreflightReport): string {
-  return report.checks.filter((c) => c.verdict === 'fail').map((c) => `[${c.name}] ${c.message}${c.remedy ? ` Fix: ${c.remedy}` : ''}`).join('\n');
+  return report.checks
+    .filter((c) => c.verdict === 'fail')
+    .map((c) => `[${c.name}] ${c.message}${c.remedy ? ` Fix: ${c.remedy}` : ''}`)
+    .join('\n');
 }

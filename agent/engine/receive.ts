@@ -53,7 +53,8 @@ export type ReceiveEvent<T> = T | Keepalive;
 
 /** Parse a primary keepalive message ('k', 18 bytes). */
 export function parseKeepalive(buf: Buffer, offset = 0, end = buf.length): Keepalive {
-  if (end - offset < 18 || buf[offset] !== 0x6b /*k*/) throw new Error(`not a primary keepalive message (${end - offset} bytes, type 0x${(buf[offset] ?? 0).toString(16)})`);
+  if (end - offset < 18 || buf[offset] !== 0x6b /*k*/)
+    throw new Error(`not a primary keepalive message (${end - offset} bytes, type 0x${(buf[offset] ?? 0).toString(16)})`);
   return { tag: 'keepalive', walEnd: readLsn(buf, offset + 1), sendTimeMicros: buf.readBigInt64BE(offset + 9), replyRequested: buf[offset + 17] !== 0 };
 }
 
@@ -65,9 +66,9 @@ export function parseKeepalive(buf: Buffer, offset = 0, end = buf.length): Keepa
 export function encodeStandbyStatus(lsn: Lsn, nowMs: number = Date.now(), replyRequested = false): Buffer {
   const b = Buffer.alloc(34);
   b[0] = 0x72; /*r*/
-  b.writeBigUInt64BE(lsn, 1);   // last WAL byte + 1 written
-  b.writeBigUInt64BE(lsn, 9);   // ... flushed (what the slot may forget)
-  b.writeBigUInt64BE(lsn, 17);  // ... applied
+  b.writeBigUInt64BE(lsn, 1); // last WAL byte + 1 written
+  b.writeBigUInt64BE(lsn, 9); // ... flushed (what the slot may forget)
+  b.writeBigUInt64BE(lsn, 17); // ... applied
   b.writeBigInt64BE(unixMsToPgMicros(nowMs), 25);
   b[33] = replyRequested ? 1 : 0;
   return b;
@@ -115,7 +116,10 @@ export class FrameSplitter {
   /** Feed the next chunk of the stream; throws on a malformed length. */
   push(chunk: Buffer): void {
     // A header split across chunks (rare: at most once a chunk) is glued to the next chunk.
-    if (this.head5 !== null) { chunk = Buffer.concat([this.head5, chunk]); this.head5 = null; }
+    if (this.head5 !== null) {
+      chunk = Buffer.concat([this.head5, chunk]);
+      this.head5 = null;
+    }
     let pos = 0;
     const n = chunk.length;
     if (this.partial !== null) {
@@ -127,7 +131,10 @@ export class FrameSplitter {
       this.onFrame(frame, 0, frame.length);
     }
     while (pos < n) {
-      if (n - pos < 5) { this.head5 = Buffer.from(chunk.subarray(pos, n)); return; }
+      if (n - pos < 5) {
+        this.head5 = Buffer.from(chunk.subarray(pos, n));
+        return;
+      }
       const len = u32At(chunk, pos + 1);
       if (len < 4) throw new Error(`malformed protocol message (type 0x${chunk[pos].toString(16)}, length ${len})`);
       const end = pos + 1 + len;
@@ -199,7 +206,11 @@ export class ReplicationStream<T extends { tag: string }> {
   private readonly publicationName: string;
   private streaming: Promise<unknown> = Promise.resolve();
 
-  private constructor(private readonly client: pg.Client, private readonly con: Connection, opts: Omit<ReplicationStreamOptions<T>, 'startLsn'>) {
+  private constructor(
+    private readonly client: pg.Client,
+    private readonly con: Connection,
+    opts: Omit<ReplicationStreamOptions<T>, 'startLsn'>,
+  ) {
     this.highWater = opts.highWaterEvents ?? 512;
     this.highWaterBytes = opts.highWaterBytes ?? 32 * 1024 * 1024;
     this.decode = opts.decode;
@@ -254,9 +265,15 @@ export class ReplicationStream<T extends { tag: string }> {
     const started = new Promise<void>((resolve) => this.con.once('replicationStart', () => resolve()));
     this.streaming = this.client.query(plugin.startCommand(this.slotName, startLsn, binary)).then(
       () => this.fail(new Error('Connection terminated: the source ended replication')),
-      (e: unknown) => this.fail(e));
+      (e: unknown) => this.fail(e),
+    );
     try {
-      await Promise.race([started, this.streaming.then(() => { throw this.failure; })]);
+      await Promise.race([
+        started,
+        this.streaming.then(() => {
+          throw this.failure;
+        }),
+      ]);
     } catch (e) {
       this.closed = true;
       await this.client.end().catch(() => undefined);
@@ -306,9 +323,12 @@ export class ReplicationStream<T extends { tag: string }> {
       if (end - start < 25) throw new Error(`XLogData message of ${end - start} bytes (less than its 25-byte header)`);
       const j = 6 * this.slot(buf);
       const p = this.nums;
-      p[j] = start + 25; p[j + 1] = end;
-      p[j + 2] = u32At(buf, start + 1); p[j + 3] = u32At(buf, start + 5);
-      p[j + 4] = u32At(buf, start + 9); p[j + 5] = u32At(buf, start + 13);
+      p[j] = start + 25;
+      p[j + 1] = end;
+      p[j + 2] = u32At(buf, start + 1);
+      p[j + 3] = u32At(buf, start + 5);
+      p[j + 4] = u32At(buf, start + 9);
+      p[j + 5] = u32At(buf, start + 13);
       this.queuedBytes += end - start - 25;
     } else if (type === 0x6b /*k*/) {
       this.slot(parseKeepalive(buf, start, end));
@@ -334,7 +354,10 @@ export class ReplicationStream<T extends { tag: string }> {
         items[k] = this.items[from];
         nums.set(this.nums.subarray(6 * from, 6 * from + 6), 6 * k);
       }
-      this.items = items; this.nums = nums; this.cap = cap; this.head = 0;
+      this.items = items;
+      this.nums = nums;
+      this.cap = cap;
+      this.head = 0;
     }
     const i = (this.head + this.count) & (this.cap - 1);
     this.items[i] = item;
@@ -393,7 +416,12 @@ export class ReplicationStream<T extends { tag: string }> {
       const leftMs = deadline - Date.now();
       if (this.closed || signal?.aborted || leftMs <= 0) return null;
       await new Promise<void>((resolve) => {
-        const done = () => { clearTimeout(timer); signal?.removeEventListener('abort', done); this.waiter = null; resolve(); };
+        const done = () => {
+          clearTimeout(timer);
+          signal?.removeEventListener('abort', done);
+          this.waiter = null;
+          resolve();
+        };
         const timer = setTimeout(done, leftMs);
         signal?.addEventListener('abort', done, { once: true });
         this.waiter = done;
@@ -412,13 +440,19 @@ export class ReplicationStream<T extends { tag: string }> {
     let ev: ReceiveEvent<T>;
     if (item instanceof Buffer) {
       const c = this.consumed;
-      c[0] = p[j + 2]; c[1] = p[j + 3]; c[2] = p[j + 4]; c[3] = p[j + 5];
+      c[0] = p[j + 2];
+      c[1] = p[j + 3];
+      c[2] = p[j + 4];
+      c[3] = p[j + 5];
       this.queuedBytes -= p[j + 1] - p[j];
       ev = this.decode(item, p[j], p[j + 1]);
     } else {
       ev = item as Keepalive;
     }
-    if (this.paused && this.buffered <= this.highWater / 4 && this.queuedBytes <= this.highWaterBytes / 4) { this.paused = false; this.con.stream.resume(); }
+    if (this.paused && this.buffered <= this.highWater / 4 && this.queuedBytes <= this.highWaterBytes / 4) {
+      this.paused = false;
+      this.con.stream.resume();
+    }
     return ev;
   }
 
@@ -448,7 +482,9 @@ export class ReplicationStream<T extends { tag: string }> {
         if (this.paused || this.coalescing) this.con.stream.resume();
         // Drain whatever is in flight until the server's CommandComplete; bounded wait.
         await Promise.race([this.streaming, new Promise((r) => setTimeout(r, 2000).unref())]);
-      } catch { /* hanging up anyway */ }
+      } catch {
+        /* hanging up anyway */
+      }
     }
     await this.client.end().catch(() => undefined);
   }
@@ -460,17 +496,28 @@ export function replicationError(e: unknown, slotName: string): unknown {
   const state = sqlState(e);
   const msg = (e as Error)?.message ?? String(e);
   if (state === '42704' && /publication/i.test(msg)) {
-    return new PgferryError('STATE_CORRUPT', `The publication of this migration is missing on the source: ${msg}.`,
-      'Recreate the publication (starting the migration again recreates it), then restart the agent.', { cause: e });
+    return new PgferryError(
+      'STATE_CORRUPT',
+      `The publication of this migration is missing on the source: ${msg}.`,
+      'Recreate the publication (starting the migration again recreates it), then restart the agent.',
+      { cause: e },
+    );
   }
   if (state === '42704') {
-    return new PgferryError('STATE_CORRUPT', `The replication slot "${slotName}" does not exist on the source: ${msg}.`,
-      'The slot was dropped, so changes since the last applied position are gone from the source. Delete the migration and start it again (a fresh copy).', { cause: e });
+    return new PgferryError(
+      'STATE_CORRUPT',
+      `The replication slot "${slotName}" does not exist on the source: ${msg}.`,
+      'The slot was dropped, so changes since the last applied position are gone from the source. Delete the migration and start it again (a fresh copy).',
+      { cause: e },
+    );
   }
   if (state === '42501') {
-    return new PgferryError('INSUFFICIENT_PRIVILEGE', `The source user may not stream from slot "${slotName}": ${msg}.`,
-      'Grant the REPLICATION attribute to `source`.user (ALTER ROLE ... REPLICATION), or connect as a role that has it.', { cause: e });
+    return new PgferryError(
+      'INSUFFICIENT_PRIVILEGE',
+      `The source user may not stream from slot "${slotName}": ${msg}.`,
+      'Grant the REPLICATION attribute to `source`.user (ALTER ROLE ... REPLICATION), or connect as a role that has it.',
+      { cause: e },
+    );
   }
   return e;
 }
-

@@ -10,7 +10,16 @@ import { qi, qn, ql } from './conn';
 import type { ColRow, CollationRow, SeqRow, TypeGraph, TypeRow } from './schema-read';
 
 export const SCHEMA_STATEMENT_KINDS = [
-  'schema', 'type', 'sequence', 'table', 'partition', 'constraint', 'index', 'foreign-key', 'sequence-owner', 'replica-identity',
+  'schema',
+  'type',
+  'sequence',
+  'table',
+  'partition',
+  'constraint',
+  'index',
+  'foreign-key',
+  'sequence-owner',
+  'replica-identity',
 ] as const;
 export type SchemaStatementKind = (typeof SCHEMA_STATEMENT_KINDS)[number];
 
@@ -99,7 +108,9 @@ export function typeStatements(t: TypeRow, g: TypeGraph, warnings: string[]): Sc
       return [{ kind: 'type', object: name, sql: `CREATE TYPE ${name} AS RANGE (${opts.join(', ')})` }];
     }
     case 'b':
-      warnings.push(`Type ${name} is a base type defined by functions outside any extension; pgferry cannot create it: create it on the target before the schema stage runs.`);
+      warnings.push(
+        `Type ${name} is a base type defined by functions outside any extension; pgferry cannot create it: create it on the target before the schema stage runs.`,
+      );
       return [];
     default:
       return [];
@@ -126,7 +137,7 @@ export function columnDefinition(col: ColRow, identitySeq: SeqRow | undefined): 
 
 /** `CREATE COLLATION` for a user-defined collation. */
 export function collationStatement({ schema, name, j }: CollationRow): SchemaStatement {
-  const str = (k: string) => (typeof j[k] === 'string' && j[k] !== '' ? j[k] as string : null);
+  const str = (k: string) => (typeof j[k] === 'string' && j[k] !== '' ? (j[k] as string) : null);
   const opts: string[] = [];
   const provider = str('collprovider');
   if (provider === 'i' || provider === 'b') {
@@ -140,7 +151,8 @@ export function collationStatement({ schema, name, j }: CollationRow): SchemaSta
   }
   if (j.collisdeterministic === false) opts.push('DETERMINISTIC = false');
   return {
-    kind: 'type', object: qn(schema, name),
+    kind: 'type',
+    object: qn(schema, name),
     sql: `CREATE COLLATION IF NOT EXISTS ${qn(schema, name)} (${opts.join(', ')})`,
     existsSql: `SELECT 1 FROM pg_catalog.pg_collation co JOIN pg_catalog.pg_namespace n ON n.oid = co.collnamespace WHERE n.nspname = ${ql(schema)} AND co.collname = ${ql(name)}`,
   };

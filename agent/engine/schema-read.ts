@@ -32,9 +32,11 @@ const CANONICAL_SETTINGS: Array<[string, string]> = [
 export async function withCanonicalSettings<T>(client: pg.Client, fn: () => Promise<T>): Promise<T> {
   const names = CANONICAL_SETTINGS.map(([n]) => n);
   const saved = await client.query(`SELECT ${names.map((_, i) => `current_setting($${i + 1}) AS s${i}`).join(', ')}`, names);
-  const setAll = (values: string[]) => client.query(
-    `SELECT ${names.map((_, i) => `set_config($${2 * i + 1}, $${2 * i + 2}, false)`).join(', ')}`,
-    names.flatMap((n, i) => [n, values[i]]));
+  const setAll = (values: string[]) =>
+    client.query(
+      `SELECT ${names.map((_, i) => `set_config($${2 * i + 1}, $${2 * i + 2}, false)`).join(', ')}`,
+      names.flatMap((n, i) => [n, values[i]]),
+    );
   await setAll(CANONICAL_SETTINGS.map(([, v]) => v));
   try {
     return await fn();
@@ -49,13 +51,26 @@ export const BUILTIN_SCHEMAS = new Set(['pg_catalog', 'information_schema']);
 // ───────────────────────────── catalog reads ─────────────────────────────
 
 export interface RelRow {
-  oid: number; schema: string; name: string; kind: string; persistence: string; replident: string;
-  is_partition: boolean; options: string[] | null; partkey: string | null; bound: string | null;
-  parent_oid: number | null; n_parents: number; triggers: number; policies: number; rls: boolean;
+  oid: number;
+  schema: string;
+  name: string;
+  kind: string;
+  persistence: string;
+  replident: string;
+  is_partition: boolean;
+  options: string[] | null;
+  partkey: string | null;
+  bound: string | null;
+  parent_oid: number | null;
+  n_parents: number;
+  triggers: number;
+  policies: number;
+  rls: boolean;
 }
 
 export async function readRelations(c: pg.Client, oids: number[]): Promise<Map<number, RelRow>> {
-  const r = await c.query<RelRow>(`
+  const r = await c.query<RelRow>(
+    `
     SELECT c.oid::int AS oid, n.nspname AS schema, c.relname AS name, c.relkind::text AS kind,
            c.relpersistence::text AS persistence, c.relreplident::text AS replident, c.relispartition AS is_partition,
            c.reloptions AS options, c.relrowsecurity AS rls,
@@ -69,17 +84,29 @@ export async function readRelations(c: pg.Client, oids: number[]): Promise<Map<n
                AND coalesce((to_jsonb(g) ->> 'tgparentid')::oid, 0) = 0)::int AS triggers,
            (SELECT count(*) FROM pg_policy p WHERE p.polrelid = c.oid)::int AS policies
       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-     WHERE c.oid = ANY($1::oid[])`, [oids]);
+     WHERE c.oid = ANY($1::oid[])`,
+    [oids],
+  );
   return new Map(r.rows.map((row) => [row.oid, row]));
 }
 
 export interface ColRow {
-  rel: number; attnum: number; name: string; type: string; type_oid: number; not_null: boolean;
-  identity: string; generated: string; coll_schema: string | null; coll_name: string | null; default_expr: string | null;
+  rel: number;
+  attnum: number;
+  name: string;
+  type: string;
+  type_oid: number;
+  not_null: boolean;
+  identity: string;
+  generated: string;
+  coll_schema: string | null;
+  coll_name: string | null;
+  default_expr: string | null;
 }
 
 export async function readColumns(c: pg.Client, oids: number[]): Promise<Map<number, ColRow[]>> {
-  const r = await c.query<ColRow>(`
+  const r = await c.query<ColRow>(
+    `
     SELECT a.attrelid::int AS rel, a.attnum::int AS attnum, a.attname AS name,
            format_type(a.atttypid, a.atttypmod) AS type, a.atttypid::int AS type_oid, a.attnotnull AS not_null,
            a.attidentity::text AS identity, a.attgenerated::text AS generated,
@@ -92,7 +119,9 @@ export async function readColumns(c: pg.Client, oids: number[]): Promise<Map<num
       LEFT JOIN pg_namespace cn ON cn.oid = co.collnamespace
       LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
      WHERE a.attrelid = ANY($1::oid[]) AND a.attnum > 0 AND NOT a.attisdropped
-     ORDER BY a.attrelid, a.attnum`, [oids]);
+     ORDER BY a.attrelid, a.attnum`,
+    [oids],
+  );
   const out = new Map<number, ColRow[]>();
   for (const row of r.rows) {
     if (!out.has(row.rel)) out.set(row.rel, []);
@@ -102,10 +131,23 @@ export async function readColumns(c: pg.Client, oids: number[]): Promise<Map<num
 }
 
 export interface SeqRow {
-  oid: number; schema: string; name: string; persistence: string; type: string;
-  start: string; increment: string; min: string; max: string; cache: string; cycle: boolean;
-  deptype: string | null; owner_rel: number | null; owner_attnum: number | null;
-  owner_schema: string | null; owner_table: string | null; owner_column: string | null;
+  oid: number;
+  schema: string;
+  name: string;
+  persistence: string;
+  type: string;
+  start: string;
+  increment: string;
+  min: string;
+  max: string;
+  cache: string;
+  cycle: boolean;
+  deptype: string | null;
+  owner_rel: number | null;
+  owner_attnum: number | null;
+  owner_schema: string | null;
+  owner_table: string | null;
+  owner_column: string | null;
 }
 
 /**
@@ -114,7 +156,8 @@ export interface SeqRow {
  * a dependency of the default on the sequence).
  */
 export async function readSequences(c: pg.Client, oids: number[]): Promise<SeqRow[]> {
-  const r = await c.query<SeqRow>(`
+  const r = await c.query<SeqRow>(
+    `
     WITH used AS (
       SELECT d.objid AS seq FROM pg_depend d
        WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
@@ -137,21 +180,37 @@ export async function readSequences(c: pg.Client, oids: number[]): Promise<SeqRo
       LEFT JOIN pg_class own_c ON own_c.oid = o.refobjid
       LEFT JOIN pg_namespace own_n ON own_n.oid = own_c.relnamespace
       LEFT JOIN pg_attribute own_a ON own_a.attrelid = o.refobjid AND own_a.attnum = o.refobjsubid
-     ORDER BY n.nspname, c.relname`, [oids]);
+     ORDER BY n.nspname, c.relname`,
+    [oids],
+  );
   const seen = new Set<number>();
   return r.rows.filter((s) => !seen.has(s.oid) && seen.add(s.oid) !== undefined);
 }
 
 export interface TypeRow {
-  oid: number; schema: string; name: string; typtype: string; is_array: boolean; elem: number;
-  base: number; base_type: string | null; not_null: boolean; default_expr: string | null;
-  relid: number; relkind: string | null; coll_schema: string | null; coll_name: string | null;
-  ext: string | null; ext_schema: string | null; multirange_of: number | null;
+  oid: number;
+  schema: string;
+  name: string;
+  typtype: string;
+  is_array: boolean;
+  elem: number;
+  base: number;
+  base_type: string | null;
+  not_null: boolean;
+  default_expr: string | null;
+  relid: number;
+  relkind: string | null;
+  coll_schema: string | null;
+  coll_name: string | null;
+  ext: string | null;
+  ext_schema: string | null;
+  multirange_of: number | null;
   labels: string[] | null;
 }
 
 async function readTypes(c: pg.Client, oids: number[]): Promise<TypeRow[]> {
-  const r = await c.query<TypeRow>(`
+  const r = await c.query<TypeRow>(
+    `
     SELECT t.oid::int AS oid, n.nspname AS schema, t.typname AS name, t.typtype::text AS typtype,
            EXISTS (SELECT 1 FROM pg_type e WHERE e.typarray = t.oid) AS is_array, t.typelem::int AS elem,
            t.typbasetype::int AS base,
@@ -172,33 +231,76 @@ async function readTypes(c: pg.Client, oids: number[]): Promise<TypeRow[]> {
             AND xd.refclassid = 'pg_extension'::regclass AND xd.deptype = 'e'
       LEFT JOIN pg_extension x ON x.oid = xd.refobjid
       LEFT JOIN pg_namespace xn ON xn.oid = x.extnamespace
-     WHERE t.oid = ANY($1::oid[])`, [oids]);
+     WHERE t.oid = ANY($1::oid[])`,
+    [oids],
+  );
   return r.rows;
 }
 
-export interface AttrRow { relid: number; name: string; type: string; type_oid: number; coll_schema: string | null; coll_name: string | null }
-export interface DomainCheckRow { typid: number; name: string; def: string }
+export interface AttrRow {
+  relid: number;
+  name: string;
+  type: string;
+  type_oid: number;
+  coll_schema: string | null;
+  coll_name: string | null;
+}
+export interface DomainCheckRow {
+  typid: number;
+  name: string;
+  def: string;
+}
 export interface RangeRow {
-  typid: number; subtype: string; subtype_oid: number; opc_schema: string; opc_name: string; opc_default: boolean;
-  coll_schema: string | null; coll_name: string | null; canonical: string | null; subdiff: string | null;
-  mr_schema: string | null; mr_name: string | null;
+  typid: number;
+  subtype: string;
+  subtype_oid: number;
+  opc_schema: string;
+  opc_name: string;
+  opc_default: boolean;
+  coll_schema: string | null;
+  coll_name: string | null;
+  canonical: string | null;
+  subdiff: string | null;
+  mr_schema: string | null;
+  mr_name: string | null;
 }
 
 async function readTypeDetails(c: pg.Client, composites: number[], domains: number[], ranges: number[]) {
-  const attrs = composites.length === 0 ? [] : (await c.query<AttrRow>(`
+  const attrs =
+    composites.length === 0
+      ? []
+      : (
+          await c.query<AttrRow>(
+            `
     SELECT a.attrelid::int AS relid, a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type, a.atttypid::int AS type_oid,
            CASE WHEN a.attcollation <> 0 AND a.attcollation <> t.typcollation THEN cn.nspname END AS coll_schema,
            CASE WHEN a.attcollation <> 0 AND a.attcollation <> t.typcollation THEN co.collname END AS coll_name
       FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
       LEFT JOIN pg_collation co ON co.oid = a.attcollation LEFT JOIN pg_namespace cn ON cn.oid = co.collnamespace
      WHERE a.attrelid = ANY($1::oid[]) AND a.attnum > 0 AND NOT a.attisdropped
-     ORDER BY a.attrelid, a.attnum`, [composites])).rows;
+     ORDER BY a.attrelid, a.attnum`,
+            [composites],
+          )
+        ).rows;
   // Domain NOT NULL lives in typnotnull (17 also lists it as contype 'n').
-  const checks = domains.length === 0 ? [] : (await c.query<DomainCheckRow>(`
+  const checks =
+    domains.length === 0
+      ? []
+      : (
+          await c.query<DomainCheckRow>(
+            `
     SELECT k.contypid::int AS typid, k.conname AS name, pg_get_constraintdef(k.oid) AS def
       FROM pg_constraint k WHERE k.contypid = ANY($1::oid[]) AND k.contype = 'c'
-     ORDER BY k.contypid, k.conname`, [domains])).rows;
-  const rangeRows = ranges.length === 0 ? [] : (await c.query<RangeRow>(`
+     ORDER BY k.contypid, k.conname`,
+            [domains],
+          )
+        ).rows;
+  const rangeRows =
+    ranges.length === 0
+      ? []
+      : (
+          await c.query<RangeRow>(
+            `
     SELECT r.rngtypid::int AS typid, format_type(r.rngsubtype, NULL) AS subtype, r.rngsubtype::int AS subtype_oid,
            opn.nspname AS opc_schema, opc.opcname AS opc_name, opc.opcdefault AS opc_default,
            CASE WHEN r.rngcollation <> 0 AND r.rngcollation <> st.typcollation THEN cn.nspname END AS coll_schema,
@@ -212,13 +314,21 @@ async function readTypeDetails(c: pg.Client, composites: number[], domains: numb
       LEFT JOIN pg_collation co ON co.oid = r.rngcollation LEFT JOIN pg_namespace cn ON cn.oid = co.collnamespace
       LEFT JOIN pg_type mt ON mt.oid = (to_jsonb(r) ->> 'rngmultitypid')::oid
       LEFT JOIN pg_namespace mn ON mn.oid = mt.typnamespace
-     WHERE r.rngtypid = ANY($1::oid[])`, [ranges])).rows;
+     WHERE r.rngtypid = ANY($1::oid[])`,
+            [ranges],
+          )
+        ).rows;
   return { attrs, checks, ranges: rangeRows };
 }
 
 interface DepRow {
-  ref_class: string; ref_oid: number; ref_desc: string; used_by: string; ref_schema: string | null;
-  ext: string | null; ext_schema: string | null;
+  ref_class: string;
+  ref_oid: number;
+  ref_desc: string;
+  used_by: string;
+  ref_schema: string | null;
+  ext: string | null;
+  ext_schema: string | null;
 }
 
 /**
@@ -227,7 +337,8 @@ interface DepRow {
  * operator classes, with the extension that owns each (if any).
  */
 async function readDependencies(c: pg.Client, relOids: number[], typeOids: number[]): Promise<DepRow[]> {
-  const r = await c.query<DepRow>(`
+  const r = await c.query<DepRow>(
+    `
     WITH objs(classid, objid) AS (
       SELECT 'pg_class'::regclass::oid, o FROM unnest($1::oid[]) AS o
       UNION ALL SELECT 'pg_class'::regclass::oid, i.indexrelid FROM pg_index i WHERE i.indrelid = ANY($1::oid[])
@@ -257,56 +368,83 @@ async function readDependencies(c: pg.Client, relOids: number[], typeOids: numbe
       LEFT JOIN pg_depend xd ON xd.classid = r.refclassid AND xd.objid = r.refobjid
             AND xd.refclassid = 'pg_extension'::regclass AND xd.deptype = 'e'
       LEFT JOIN pg_extension x ON x.oid = xd.refobjid
-      LEFT JOIN pg_namespace xn ON xn.oid = x.extnamespace`, [relOids, typeOids]);
+      LEFT JOIN pg_namespace xn ON xn.oid = x.extnamespace`,
+    [relOids, typeOids],
+  );
   return r.rows;
 }
 
 /** `CREATE COLLATION` for a user-defined collation; columns differ across 12–17, so read as json. */
 
 /** A user-defined collation; its columns differ across 12–17, so the row comes as json (`j`). */
-export interface CollationRow { schema: string; name: string; j: Record<string, unknown> }
+export interface CollationRow {
+  schema: string;
+  name: string;
+  j: Record<string, unknown>;
+}
 
 export async function readCollations(c: pg.Client, oids: number[]): Promise<CollationRow[]> {
   if (oids.length === 0) return [];
-  const r = await c.query<CollationRow>(`
+  const r = await c.query<CollationRow>(
+    `
     SELECT n.nspname AS schema, co.collname AS name, to_jsonb(co) AS j
       FROM pg_collation co JOIN pg_namespace n ON n.oid = co.collnamespace
-     WHERE co.oid = ANY($1::oid[]) ORDER BY 1, 2`, [oids]);
+     WHERE co.oid = ANY($1::oid[]) ORDER BY 1, 2`,
+    [oids],
+  );
   return r.rows;
 }
 
 export interface ConRow {
-  oid: number; rel: number; name: string; type: string; def: string; ref_rel: number;
-  inhcount: number; parent_con: number;
+  oid: number;
+  rel: number;
+  name: string;
+  type: string;
+  def: string;
+  ref_rel: number;
+  inhcount: number;
+  parent_con: number;
 }
 
 export async function readConstraints(c: pg.Client, oids: number[]): Promise<ConRow[]> {
   // Only the kinds we recreate: 18 adds NOT NULL constraints ('n'), which
   // travel with the columns; constraint triggers ('t') are triggers.
-  const r = await c.query<ConRow>(`
+  const r = await c.query<ConRow>(
+    `
     SELECT k.oid::int AS oid, k.conrelid::int AS rel, k.conname AS name, k.contype::text AS type,
            pg_get_constraintdef(k.oid) AS def, k.confrelid::int AS ref_rel,
            k.coninhcount::int AS inhcount, k.conparentid::int AS parent_con
       FROM pg_constraint k
      WHERE k.conrelid = ANY($1::oid[]) AND k.contype IN ('p', 'u', 'c', 'x', 'f')
-     ORDER BY k.conrelid, array_position(ARRAY['p', 'u', 'c', 'x', 'f'], k.contype::text), k.conname`, [oids]);
+     ORDER BY k.conrelid, array_position(ARRAY['p', 'u', 'c', 'x', 'f'], k.contype::text), k.conname`,
+    [oids],
+  );
   return r.rows;
 }
 
 export interface IndexRow {
-  oid: number; rel: number; name: string; def: string; valid: boolean; replident: boolean;
-  is_partition: boolean; backs_constraint: boolean;
+  oid: number;
+  rel: number;
+  name: string;
+  def: string;
+  valid: boolean;
+  replident: boolean;
+  is_partition: boolean;
+  backs_constraint: boolean;
 }
 
 export async function readIndexes(c: pg.Client, oids: number[]): Promise<IndexRow[]> {
-  const r = await c.query<IndexRow>(`
+  const r = await c.query<IndexRow>(
+    `
     SELECT i.indexrelid::int AS oid, i.indrelid::int AS rel, ic.relname AS name, pg_get_indexdef(i.indexrelid) AS def,
            i.indisvalid AS valid, i.indisreplident AS replident, ic.relispartition AS is_partition,
            EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid AND k.conrelid = i.indrelid
                       AND k.contype IN ('p', 'u', 'x')) AS backs_constraint
       FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
      WHERE i.indrelid = ANY($1::oid[])
-     ORDER BY i.indrelid, ic.relname`, [oids]);
+     ORDER BY i.indrelid, ic.relname`,
+    [oids],
+  );
   return r.rows;
 }
 
@@ -340,8 +478,14 @@ export interface TypeGraph {
  */
 export async function readTypeGraph(c: pg.Client, oids: number[], columns: Map<number, ColRow[]>): Promise<TypeGraph> {
   const g: TypeGraph = {
-    types: new Map(), attrsByRel: new Map(), checksByType: new Map(), rangeByType: new Map(),
-    roots: new Set(), extensions: new Map(), collations: new Set(), foreign: new Map(),
+    types: new Map(),
+    attrsByRel: new Map(),
+    checksByType: new Map(),
+    rangeByType: new Map(),
+    roots: new Set(),
+    extensions: new Map(),
+    collations: new Set(),
+    foreign: new Map(),
   };
   for (const cols of columns.values()) for (const col of cols) g.roots.add(col.type_oid);
   const scannedTypes = new Set<number>();
@@ -352,7 +496,11 @@ export async function readTypeGraph(c: pg.Client, oids: number[], columns: Map<n
     if (relScanDone && toCreate.length === 0) break;
     const relIds = relScanDone ? [] : oids;
     const compositeRels = toCreate.filter((t) => t.typtype === 'c').map((t) => t.relid);
-    const deps = await readDependencies(c, [...relIds, ...compositeRels], toCreate.map((t) => t.oid));
+    const deps = await readDependencies(
+      c,
+      [...relIds, ...compositeRels],
+      toCreate.map((t) => t.oid),
+    );
     relScanDone = true;
     toCreate.forEach((t) => scannedTypes.add(t.oid));
     const newTypes = addDependencies(g, deps);
@@ -366,14 +514,23 @@ export async function readTypeGraph(c: pg.Client, oids: number[], columns: Map<n
 function addDependencies(g: TypeGraph, deps: DepRow[]): number {
   let newTypes = 0;
   for (const d of deps) {
-    if (d.ext) { g.extensions.set(d.ext, d.ext_schema); continue; }
+    if (d.ext) {
+      g.extensions.set(d.ext, d.ext_schema);
+      continue;
+    }
     if (d.ref_schema === null || BUILTIN_SCHEMAS.has(d.ref_schema)) continue;
     if (d.ref_class === 'pg_type') {
-      if (!g.roots.has(d.ref_oid)) { g.roots.add(d.ref_oid); newTypes++; }
+      if (!g.roots.has(d.ref_oid)) {
+        g.roots.add(d.ref_oid);
+        newTypes++;
+      }
     } else if (d.ref_class === 'pg_collation') {
       g.collations.add(d.ref_oid);
     } else {
-      g.foreign.set(d.ref_desc, `${d.ref_desc} (used by ${d.used_by}) is not created by pgferry: create it on the target before the schema stage runs, or the DDL that uses it fails.`);
+      g.foreign.set(
+        d.ref_desc,
+        `${d.ref_desc} (used by ${d.used_by}) is not created by pgferry: create it on the target before the schema stage runs, or the DDL that uses it fails.`,
+      );
     }
   }
   return newTypes;
@@ -388,11 +545,18 @@ function creatable(t: TypeRow): boolean {
 export function typeChildren(t: TypeRow, g: Pick<TypeGraph, 'attrsByRel' | 'rangeByType'>): number[] {
   if (t.is_array) return [t.elem];
   switch (t.typtype) {
-    case 'm': return t.multirange_of ? [t.multirange_of] : [];
-    case 'd': return [t.base];
-    case 'c': return (g.attrsByRel.get(t.relid) ?? []).map((a) => a.type_oid);
-    case 'r': { const r = g.rangeByType.get(t.oid); return r ? [r.subtype_oid] : []; }
-    default: return [];
+    case 'm':
+      return t.multirange_of ? [t.multirange_of] : [];
+    case 'd':
+      return [t.base];
+    case 'c':
+      return (g.attrsByRel.get(t.relid) ?? []).map((a) => a.type_oid);
+    case 'r': {
+      const r = g.rangeByType.get(t.oid);
+      return r ? [r.subtype_oid] : [];
+    }
+    default:
+      return [];
   }
 }
 
@@ -404,12 +568,20 @@ async function loadTypeClosure(c: pg.Client, start: number[], g: TypeGraph): Pro
     const rows = await readTypes(c, frontier);
     rows.forEach((t) => types.set(t.oid, t));
     const walk = rows.filter((t) => !BUILTIN_SCHEMAS.has(t.schema) && !t.ext);
-    const details = await readTypeDetails(c,
+    const details = await readTypeDetails(
+      c,
       walk.filter((t) => t.typtype === 'c' && !t.is_array).map((t) => t.relid),
       walk.filter((t) => t.typtype === 'd').map((t) => t.oid),
-      walk.filter((t) => t.typtype === 'r').map((t) => t.oid));
-    for (const a of details.attrs) { if (!attrs.has(a.relid)) attrs.set(a.relid, []); attrs.get(a.relid)!.push(a); }
-    for (const k of details.checks) { if (!checks.has(k.typid)) checks.set(k.typid, []); checks.get(k.typid)!.push(k); }
+      walk.filter((t) => t.typtype === 'r').map((t) => t.oid),
+    );
+    for (const a of details.attrs) {
+      if (!attrs.has(a.relid)) attrs.set(a.relid, []);
+      attrs.get(a.relid)!.push(a);
+    }
+    for (const k of details.checks) {
+      if (!checks.has(k.typid)) checks.set(k.typid, []);
+      checks.get(k.typid)!.push(k);
+    }
     for (const r of details.ranges) ranges.set(r.typid, r);
     const next = new Set<number>();
     for (const t of walk) for (const child of typeChildren(t, g)) if (child && !types.has(child)) next.add(child);

@@ -27,12 +27,32 @@ import type { TableInfo } from './catalog';
 import { qi, qn, ql } from './conn';
 import { PgferryError, sqlState, type PgServerError } from './errors';
 import {
-  BUILTIN_SCHEMAS, readCollations, readColumns, readConstraints, readIndexes, readRelations, readSequences, readTypeGraph,
-  typeChildren, withCanonicalSettings, type ColRow, type ConRow, type IndexRow, type RelRow, type SeqRow, type TypeGraph,
+  BUILTIN_SCHEMAS,
+  readCollations,
+  readColumns,
+  readConstraints,
+  readIndexes,
+  readRelations,
+  readSequences,
+  readTypeGraph,
+  typeChildren,
+  withCanonicalSettings,
+  type ColRow,
+  type ConRow,
+  type IndexRow,
+  type RelRow,
+  type SeqRow,
+  type TypeGraph,
 } from './schema-read';
 import {
-  collationStatement, columnDefinition, constraintExistsSql, relationExistsSql, replicaIdentityIndexExistsSql,
-  sequenceOptions, typeStatements, type SchemaStatement,
+  collationStatement,
+  columnDefinition,
+  constraintExistsSql,
+  relationExistsSql,
+  replicaIdentityIndexExistsSql,
+  sequenceOptions,
+  typeStatements,
+  type SchemaStatement,
 } from './schema-ddl';
 
 export { SCHEMA_STATEMENT_KINDS, type SchemaStatement, type SchemaStatementKind } from './schema-ddl';
@@ -85,7 +105,13 @@ async function buildPlan(c: pg.Client, tables: TableInfo[]): Promise<SchemaPlan>
   const rels = await readSelectedRelations(c, tables, oids);
   const selected = new Set(oids);
   const ctx: PlanContext = {
-    c, rels, selected, columns: await readColumns(c, oids), ordered: parentsFirst(rels, selected), schemas: new Set(), warnings: [],
+    c,
+    rels,
+    selected,
+    columns: await readColumns(c, oids),
+    ordered: parentsFirst(rels, selected),
+    schemas: new Set(),
+    warnings: [],
   };
   const sequences = await readSequences(c, oids);
   const graph = await readTypeGraph(c, oids, ctx.columns);
@@ -112,9 +138,11 @@ async function readSelectedRelations(c: pg.Client, tables: TableInfo[], oids: nu
   const rels = await readRelations(c, oids);
   const gone = tables.filter((t) => !rels.has(t.oid));
   if (gone.length > 0) {
-    throw new PgferryError('SCHEMA_FAILED',
+    throw new PgferryError(
+      'SCHEMA_FAILED',
       `Selected table(s) ${gone.map((t) => qn(t.schema, t.name)).join(', ')} no longer exist on the source.`,
-      'Start the migration again so that the table selection is read afresh.');
+      'Start the migration again so that the table selection is read afresh.',
+    );
   }
   return rels;
 }
@@ -132,8 +160,7 @@ function relName(rels: Map<number, RelRow>, oid: number): string {
 /** The relations, parents before their partitions, then by schema and name. */
 function parentsFirst(rels: Map<number, RelRow>, selected: Set<number>): RelRow[] {
   const depth = (r: RelRow): number => (partitionOfSelected(r, selected) ? 1 + depth(rels.get(r.parent_oid!)!) : 0);
-  return [...rels.values()].sort((a, b) => depth(a) - depth(b)
-    || a.schema.localeCompare(b.schema) || a.name.localeCompare(b.name));
+  return [...rels.values()].sort((a, b) => depth(a) - depth(b) || a.schema.localeCompare(b.schema) || a.name.localeCompare(b.name));
 }
 
 /** The types to create, each after the types it is built from. */
@@ -172,12 +199,14 @@ function sequenceStatements(ctx: PlanContext, sequences: SeqRow[]) {
     }
     ctx.schemas.add(s.schema);
     create.push({
-      kind: 'sequence', object: qn(s.schema, s.name),
+      kind: 'sequence',
+      object: qn(s.schema, s.name),
       sql: `CREATE ${s.persistence === 'u' ? 'UNLOGGED ' : ''}SEQUENCE ${qn(s.schema, s.name)} AS ${s.type} ${sequenceOptions(s)}`,
     });
     if (s.deptype === 'a' && ownerSelected) {
       owners.push({
-        kind: 'sequence-owner', object: qn(s.schema, s.name),
+        kind: 'sequence-owner',
+        object: qn(s.schema, s.name),
         sql: `ALTER SEQUENCE ${qn(s.schema, s.name)} OWNED BY ${qn(s.owner_schema!, s.owner_table!)}.${qi(s.owner_column!)}`,
       });
     }
@@ -196,20 +225,26 @@ function tableStatements(ctx: PlanContext, identityByColumn: Map<string, SeqRow>
     const partBy = r.kind === 'p' && r.partkey ? ` PARTITION BY ${r.partkey}` : '';
     if (partitionOfSelected(r, ctx.selected)) {
       out.push({
-        kind: 'partition', object: name, existsSql: relationExistsSql(r.schema, r.name),
+        kind: 'partition',
+        object: name,
+        existsSql: relationExistsSql(r.schema, r.name),
         sql: `CREATE ${unlogged}TABLE ${name} PARTITION OF ${relName(ctx.rels, r.parent_oid!)} ${r.bound}${partBy}${withOpts}`,
       });
       out.push(...partitionDifferences(ctx, r));
       continue;
     }
     if (r.is_partition) {
-      ctx.warnings.push(`${name} is a partition of ${r.parent_oid !== null && ctx.rels.has(r.parent_oid) ? relName(ctx.rels, r.parent_oid) : 'a table'} that is not selected: it is created as a standalone table.`);
+      ctx.warnings.push(
+        `${name} is a partition of ${r.parent_oid !== null && ctx.rels.has(r.parent_oid) ? relName(ctx.rels, r.parent_oid) : 'a table'} that is not selected: it is created as a standalone table.`,
+      );
     } else if (r.n_parents > 0) {
       ctx.warnings.push(`${name} inherits from another table: table inheritance is not recreated, it is created as a standalone table with all its columns.`);
     }
     const defs = (ctx.columns.get(r.oid) ?? []).map((col) => columnDefinition(col, identityByColumn.get(`${r.oid}:${col.attnum}`)));
     out.push({
-      kind: 'table', object: name, existsSql: relationExistsSql(r.schema, r.name),
+      kind: 'table',
+      object: name,
+      existsSql: relationExistsSql(r.schema, r.name),
       sql: `CREATE ${unlogged}TABLE ${name} (\n${defs.map((d) => `    ${d}`).join(',\n')}\n)${partBy}${withOpts}`,
     });
   }
@@ -226,7 +261,8 @@ function partitionDifferences(ctx: PlanContext, r: RelRow): SchemaStatement[] {
     if (!p || col.generated || p.generated || col.identity || p.identity) continue;
     if ((col.default_expr ?? null) !== (p.default_expr ?? null)) {
       out.push({
-        kind: 'partition', object: name,
+        kind: 'partition',
+        object: name,
         sql: `ALTER TABLE ${name} ALTER COLUMN ${qi(col.name)} ${col.default_expr ? `SET DEFAULT ${col.default_expr}` : 'DROP DEFAULT'}`,
       });
     }
@@ -258,7 +294,8 @@ async function constraintStatements(ctx: PlanContext, cons: ConRow[]) {
     if (k.parent_con !== 0 && (inPartitionTree || k.type === 'f')) continue;
     const table = qn(r.schema, r.name);
     const stmt: SchemaStatement = {
-      kind: 'constraint', object: `${table}.${qi(k.name)}`,
+      kind: 'constraint',
+      object: `${table}.${qi(k.name)}`,
       sql: `ALTER TABLE ${table} ADD CONSTRAINT ${qi(k.name)} ${k.def}`,
       existsSql: constraintExistsSql(r.schema, r.name, k.name),
     };
@@ -267,7 +304,9 @@ async function constraintStatements(ctx: PlanContext, cons: ConRow[]) {
     } else if (k.type === 'f') {
       if (!ctx.selected.has(k.ref_rel)) {
         const refName = await ctx.c.query<{ n: string }>('SELECT $1::oid::regclass::text AS n', [k.ref_rel]);
-        ctx.warnings.push(`Foreign key ${qi(k.name)} on ${table} references ${refName.rows[0]?.n ?? 'a table'}, which is not selected: the constraint is not created on the target.`);
+        ctx.warnings.push(
+          `Foreign key ${qi(k.name)} on ${table} references ${refName.rows[0]?.n ?? 'a table'}, which is not selected: the constraint is not created on the target.`,
+        );
         continue;
       }
       foreign.push({ ...stmt, kind: 'foreign-key' });
@@ -305,7 +344,8 @@ function indexStatements(ctx: PlanContext, indexes: IndexRow[]) {
       // no ordering between parallel post-data jobs is needed.
       identityDone.add(r.oid);
       statements.push({
-        kind: 'replica-identity', object: table,
+        kind: 'replica-identity',
+        object: table,
         sql: `${def.replace(/^CREATE (UNIQUE )?INDEX /, 'CREATE $1INDEX IF NOT EXISTS ')};\nALTER TABLE ${table} REPLICA IDENTITY USING INDEX ${qi(i.name)}`,
         existsSql: replicaIdentityIndexExistsSql(r.schema, r.name, i.name),
       });
@@ -327,7 +367,8 @@ function identityStatements(ctx: PlanContext, indexes: IndexRow[], identityDone:
     const table = qn(r.schema, r.name);
     if (r.replident === 'f' || r.replident === 'n') {
       out.push({
-        kind: 'replica-identity', object: table,
+        kind: 'replica-identity',
+        object: table,
         sql: `ALTER TABLE ${table} REPLICA IDENTITY ${r.replident === 'f' ? 'FULL' : 'NOTHING'}`,
         existsSql: `${relationExistsSql(r.schema, r.name)} AND c.relreplident = '${r.replident}'`,
       });
@@ -335,17 +376,20 @@ function identityStatements(ctx: PlanContext, indexes: IndexRow[], identityDone:
       const idx = indexes.find((i) => i.rel === r.oid && i.replident);
       if (!idx) continue;
       out.push({
-        kind: 'replica-identity', object: table,
+        kind: 'replica-identity',
+        object: table,
         sql: `ALTER TABLE ${table} REPLICA IDENTITY USING INDEX ${qi(idx.name)}`,
         existsSql: replicaIdentityIndexExistsSql(r.schema, r.name, idx.name),
       });
     }
     const notMigrated = [
       r.triggers > 0 ? `${r.triggers} trigger(s)` : '',
-      r.policies > 0 ? `${r.policies} row-level security polic${r.policies === 1 ? 'y' : 'ies'}` : (r.rls ? 'row-level security enabled' : ''),
+      r.policies > 0 ? `${r.policies} row-level security polic${r.policies === 1 ? 'y' : 'ies'}` : r.rls ? 'row-level security enabled' : '',
     ].filter(Boolean);
     if (notMigrated.length > 0) {
-      ctx.warnings.push(`${table} has ${notMigrated.join(' and ')} on the source; pgferry does not migrate triggers, policies, grants, ownership or comments: recreate them on the target before cutover.`);
+      ctx.warnings.push(
+        `${table} has ${notMigrated.join(' and ')} on the source; pgferry does not migrate triggers, policies, grants, ownership or comments: recreate them on the target before cutover.`,
+      );
     }
   }
   return out;
@@ -359,15 +403,23 @@ async function namespaceStatements(ctx: PlanContext, g: TypeGraph) {
     ctx.schemas.add(row.schema);
     collations.push(collationStatement(row));
   }
-  const schemas = [...ctx.schemas].filter((s) => !BUILTIN_SCHEMAS.has(s)).sort().map((s): SchemaStatement => ({
-    kind: 'schema', object: qi(s), sql: `CREATE SCHEMA IF NOT EXISTS ${qi(s)}`,
-    existsSql: `SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = ${ql(s)}`,
-  }));
-  const extensions = [...g.extensions.entries()].sort(([a], [b]) => a.localeCompare(b)).map(([ext, s]): SchemaStatement => ({
-    kind: 'type', object: qi(ext),
-    sql: `CREATE EXTENSION IF NOT EXISTS ${qi(ext)}${s && s !== 'pg_catalog' ? ` WITH SCHEMA ${qi(s)}` : ''} CASCADE`,
-    existsSql: `SELECT 1 FROM pg_catalog.pg_extension WHERE extname = ${ql(ext)}`,
-  }));
+  const schemas = [...ctx.schemas]
+    .filter((s) => !BUILTIN_SCHEMAS.has(s))
+    .sort()
+    .map((s): SchemaStatement => ({
+      kind: 'schema',
+      object: qi(s),
+      sql: `CREATE SCHEMA IF NOT EXISTS ${qi(s)}`,
+      existsSql: `SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = ${ql(s)}`,
+    }));
+  const extensions = [...g.extensions.entries()]
+    .sort(([a], [b]) => a.localeCompare(b))
+    .map(([ext, s]): SchemaStatement => ({
+      kind: 'type',
+      object: qi(ext),
+      sql: `CREATE EXTENSION IF NOT EXISTS ${qi(ext)}${s && s !== 'pg_catalog' ? ` WITH SCHEMA ${qi(s)}` : ''} CASCADE`,
+      existsSql: `SELECT 1 FROM pg_catalog.pg_extension WHERE extname = ${ql(ext)}`,
+    }));
   return { schemas, extensions, collations };
 }
 
@@ -402,11 +454,15 @@ const firstLine = (sql: string) => sql.split('\n')[0].slice(0, 200);
 function remedyFor(e: unknown, object: string): string {
   const hint = (e as PgServerError | undefined)?.hint;
   switch (sqlState(e)) {
-    case '42P07': case '42710': case '42P06':
+    case '42P07':
+    case '42710':
+    case '42P06':
       return `${object} already exists on the target: drop it, or set \`schemaMode: 'existing'\` to load into the existing schema.`;
-    case '42883': case '42704':
-      return 'Create the missing function, operator, type or collation on the target first (pgferry does not migrate functions), then retry; or create the schema yourself and set `schemaMode: \'existing\'`.';
-    case '58P01': case '0A000':
+    case '42883':
+    case '42704':
+      return "Create the missing function, operator, type or collation on the target first (pgferry does not migrate functions), then retry; or create the schema yourself and set `schemaMode: 'existing'`.";
+    case '58P01':
+    case '0A000':
       return `Install the extension on the target server (or allow-list it on a managed service), then retry.${hint ? ` ${hint}` : ''}`;
     case '42501':
       return 'Grant the target user the CREATE privilege on the target database (and on the schemas named above), or run the migration as the owner.';
@@ -430,9 +486,11 @@ export async function applyPreData(target: pg.Client, plan: SchemaPlan, opts: Ap
     existing.push(...r.rows.map((row) => row.object));
   }
   if (existing.length > 0) {
-    throw new PgferryError('SCHEMA_FAILED',
+    throw new PgferryError(
+      'SCHEMA_FAILED',
       `The target already has ${existing.length === 1 ? 'table' : 'tables'} ${existing.join(', ')}; nothing was created.`,
-      `Drop ${existing.length === 1 ? 'it' : 'them'} on the target, or set \`schemaMode: 'existing'\` to load into the existing tables.`);
+      `Drop ${existing.length === 1 ? 'it' : 'them'} on the target, or set \`schemaMode: 'existing'\` to load into the existing tables.`,
+    );
   }
   let current: SchemaStatement | undefined;
   try {
@@ -454,9 +512,12 @@ export async function applyPreData(target: pg.Client, plan: SchemaPlan, opts: Ap
     const err = e as PgServerError;
     const state = sqlState(e);
     const what = current ? `Creating ${current.kind} ${current.object} on the target failed` : 'Committing the schema on the target failed';
-    throw new PgferryError('SCHEMA_FAILED',
+    throw new PgferryError(
+      'SCHEMA_FAILED',
       `${what}: ${err?.message ?? String(e)}${state ? ` (SQLSTATE ${state})` : ''}${current ? `; statement: ${firstLine(current.sql)}` : ''}. Nothing was created.`,
-      remedyFor(e, current?.object ?? 'an object'), { cause: e });
+      remedyFor(e, current?.object ?? 'an object'),
+      { cause: e },
+    );
   }
 }
 
@@ -472,9 +533,12 @@ export async function applyPostDataStatement(target: pg.Client, s: SchemaStateme
   } catch (e) {
     const err = e as PgServerError;
     const state = sqlState(e);
-    throw new PgferryError('SCHEMA_FAILED',
+    throw new PgferryError(
+      'SCHEMA_FAILED',
       `Building ${s.kind} ${s.object} on the target failed: ${err?.message ?? String(e)}${state ? ` (SQLSTATE ${state})` : ''}; statement: ${firstLine(s.sql)}.`,
-      remedyFor(e, s.object), { cause: e });
+      remedyFor(e, s.object),
+      { cause: e },
+    );
   }
 }
 
@@ -488,9 +552,12 @@ export async function applyPostDataStatement(target: pg.Client, s: SchemaStateme
 export async function verifyExistingSchema(target: pg.Client, tables: TableInfo[]): Promise<void> {
   if (tables.length === 0) return;
   const r = await target.query<{
-    schema: string; name: string; kind: string;
+    schema: string;
+    name: string;
+    kind: string;
     columns: Array<{ name: string; generated: boolean; notNull: boolean; hasDefault: boolean; identity: boolean }>;
-  }>(`
+  }>(
+    `
     SELECT n.nspname AS schema, c.relname AS name, c.relkind::text AS kind,
            coalesce(json_agg(json_build_object('name', a.attname, 'generated', a.attgenerated <> '', 'notNull', a.attnotnull,
                                                'hasDefault', a.atthasdef, 'identity', a.attidentity <> '') ORDER BY a.attnum)
@@ -499,7 +566,9 @@ export async function verifyExistingSchema(target: pg.Client, tables: TableInfo[
       JOIN pg_catalog.pg_namespace n ON n.nspname = want.schema
       JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = want.name
       LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid
-     GROUP BY n.nspname, c.relname, c.relkind`, [tables.map((t) => t.schema), tables.map((t) => t.name)]);
+     GROUP BY n.nspname, c.relname, c.relkind`,
+    [tables.map((t) => t.schema), tables.map((t) => t.name)],
+  );
   const found = new Map(r.rows.map((row) => [`${row.schema}\u0000${row.name}`, row]));
   const missing: string[] = [];
   const problems: string[] = [];
@@ -507,8 +576,14 @@ export async function verifyExistingSchema(target: pg.Client, tables: TableInfo[
   for (const t of tables) {
     const name = qn(t.schema, t.name);
     const have = found.get(`${t.schema}\u0000${t.name}`);
-    if (!have) { missing.push(name); continue; }
-    if (have.kind !== 'r' && have.kind !== 'p') { problems.push(`${name} exists but is not a table (relkind '${have.kind}')`); continue; }
+    if (!have) {
+      missing.push(name);
+      continue;
+    }
+    if (have.kind !== 'r' && have.kind !== 'p') {
+      problems.push(`${name} exists but is not a table (relkind '${have.kind}')`);
+      continue;
+    }
     const cols = new Map(have.columns.map((col) => [col.name, col]));
     for (const col of t.columns) {
       const tc = cols.get(col.name);
@@ -530,9 +605,11 @@ export async function verifyExistingSchema(target: pg.Client, tables: TableInfo[
   if (missing.length > 0) problems.unshift(`missing ${missing.length === 1 ? 'table' : 'tables'} ${capped(missing, ', ')}`);
   if (problems.length > 0) {
     const examples = fixes.length > 0 ? ` (for example: ${capped(fixes, '; ', 10)})` : '';
-    throw new PgferryError('SCHEMA_DRIFT',
+    throw new PgferryError(
+      'SCHEMA_DRIFT',
       `The target schema does not match the selected source tables: ${capped(problems, '; ')}.`,
-      `Create what is missing on the target${examples}, or drop the target tables and set \`schemaMode: 'create'\` so that pgferry creates them.`);
+      `Create what is missing on the target${examples}, or drop the target tables and set \`schemaMode: 'create'\` so that pgferry creates them.`,
+    );
   }
 }
 

@@ -41,10 +41,15 @@ export async function createPublication(src: pg.Client, migrationId: string, nam
   const existing = await src.query(`SELECT p.pubname, obj_description(p.oid, 'pg_publication') AS comment FROM pg_publication p WHERE p.pubname = $1`, [name]);
   if (existing.rows.length) {
     if (existing.rows[0].comment === PUBLICATION_COMMENT_PREFIX + migrationId) return;
-    throw new PgferryError('SLOT_NAME_TAKEN', `A publication named '${name}' already exists on the source and is not this migration's.`,
-      `Set \`publicationName\` to another name, or drop it if unused: DROP PUBLICATION ${qi(name)};`);
+    throw new PgferryError(
+      'SLOT_NAME_TAKEN',
+      `A publication named '${name}' already exists on the source and is not this migration's.`,
+      `Set \`publicationName\` to another name, or drop it if unused: DROP PUBLICATION ${qi(name)};`,
+    );
   }
-  const list = publishedTables(tables).map((t) => qn(t.schema, t.name)).join(', ');
+  const list = publishedTables(tables)
+    .map((t) => qn(t.schema, t.name))
+    .join(', ');
   const withClause = sourceMajor >= 13 ? ' WITH (publish_via_partition_root = true)' : '';
   try {
     await src.query('BEGIN');
@@ -54,8 +59,12 @@ export async function createPublication(src: pg.Client, migrationId: string, nam
   } catch (e) {
     await src.query('ROLLBACK').catch(() => undefined);
     if (sqlState(e) === '42501') {
-      throw new PgferryError('INSUFFICIENT_PRIVILEGE', `The source role may not create publication '${name}': ${(e as Error).message}.`,
-        'Connect as the owner of the selected tables (CREATE PUBLICATION requires ownership) or a superuser.', { cause: e });
+      throw new PgferryError(
+        'INSUFFICIENT_PRIVILEGE',
+        `The source role may not create publication '${name}': ${(e as Error).message}.`,
+        'Connect as the owner of the selected tables (CREATE PUBLICATION requires ownership) or a superuser.',
+        { cause: e },
+      );
     }
     throw asPgferryError(e, 'INTERNAL', `creating publication '${name}' on the source`);
   }
@@ -74,23 +83,35 @@ export async function createSlotWithSnapshot(source: Endpoint, slotName: string,
       slotName,
       lsn: parseLsn(row.consistent_point),
       snapshotName: row.snapshot_name,
-      release: async () => { await repl.end().catch(() => undefined); },
+      release: async () => {
+        await repl.end().catch(() => undefined);
+      },
     };
   } catch (e) {
     await repl.end().catch(() => undefined);
     if (sqlState(e) === '42710') {
-      throw new PgferryError('SLOT_NAME_TAKEN', `A replication slot named '${slotName}' already exists on the source.`,
-        `Set \`slotName\` to another name, or drop the slot if it is unused: SELECT pg_drop_replication_slot('${slotName}');`, { cause: e });
+      throw new PgferryError(
+        'SLOT_NAME_TAKEN',
+        `A replication slot named '${slotName}' already exists on the source.`,
+        `Set \`slotName\` to another name, or drop the slot if it is unused: SELECT pg_drop_replication_slot('${slotName}');`,
+        { cause: e },
+      );
     }
     if (sqlState(e) === '53400') {
-      throw new PgferryError('PREFLIGHT_FAILED', `The source has no free replication slot: ${(e as Error).message}.`,
-        'Raise max_replication_slots on the source (and restart it), or drop unused slots.', { cause: e });
+      throw new PgferryError(
+        'PREFLIGHT_FAILED',
+        `The source has no free replication slot: ${(e as Error).message}.`,
+        'Raise max_replication_slots on the source (and restart it), or drop unused slots.',
+        { cause: e },
+      );
     }
     throw asPgferryError(e, 'INTERNAL', `creating replication slot '${slotName}'`);
   }
 }
 
-export interface DropResult { dropped: string[] }
+export interface DropResult {
+  dropped: string[];
+}
 
 /**
  * Drop the slot and publication this migration created on the source. Waits
@@ -127,12 +148,18 @@ export async function dropSlot(src: pg.Client, slotName: string): Promise<boolea
       await src.query('SELECT pg_drop_replication_slot($1)', [slotName]);
       return true;
     } catch (e) {
-      if (sqlState(e) === '55006' || sqlState(e) === '42704') { await sleep(100); continue; }
+      if (sqlState(e) === '55006' || sqlState(e) === '42704') {
+        await sleep(100);
+        continue;
+      }
       throw asPgferryError(e, 'INTERNAL', `dropping replication slot '${slotName}'`);
     }
   }
-  throw new PgferryError('INTERNAL', `The replication slot '${slotName}' is still in use on the source after 5 s; it was not dropped.`,
-    `Find the session holding it (SELECT active_pid FROM pg_replication_slots WHERE slot_name = '${slotName}'), end it, then retry; or drop it by hand: SELECT pg_drop_replication_slot('${slotName}');`);
+  throw new PgferryError(
+    'INTERNAL',
+    `The replication slot '${slotName}' is still in use on the source after 5 s; it was not dropped.`,
+    `Find the session holding it (SELECT active_pid FROM pg_replication_slots WHERE slot_name = '${slotName}'), end it, then retry; or drop it by hand: SELECT pg_drop_replication_slot('${slotName}');`,
+  );
 }
 
 export async function slotExists(src: pg.Client, slotName: string): Promise<boolean> {

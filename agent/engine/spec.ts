@@ -21,63 +21,81 @@ export type SchemaMode = (typeof SCHEMA_MODES)[number];
 const identifierish = /^[A-Za-z_][A-Za-z0-9_$]*$/;
 
 function build(z: typeof Zod.z) {
-  const EndpointSchema = z.object({
-    connectionString: z.string().min(1).optional(),
-    host: z.string().min(1).optional(),
-    port: z.number().int().min(1).max(65535).optional(),
-    database: z.string().min(1).optional(),
-    user: z.string().min(1).optional(),
-    password: z.string().optional(),
-    sslMode: z.enum(SSL_MODES).optional(),
-    /** PEM text of the CA that signed the server certificate (verify-ca / verify-full). */
-    sslRootCert: z.string().optional(),
-  }).strict().superRefine((e, ctx) => {
-    if (!e.connectionString) {
-      for (const f of ['host', 'database', 'user'] as const) {
-        if (!e[f]) ctx.addIssue({ code: 'custom', path: [f], message: `is required (or give \`connectionString\`)` });
+  const EndpointSchema = z
+    .object({
+      connectionString: z.string().min(1).optional(),
+      host: z.string().min(1).optional(),
+      port: z.number().int().min(1).max(65535).optional(),
+      database: z.string().min(1).optional(),
+      user: z.string().min(1).optional(),
+      password: z.string().optional(),
+      sslMode: z.enum(SSL_MODES).optional(),
+      /** PEM text of the CA that signed the server certificate (verify-ca / verify-full). */
+      sslRootCert: z.string().optional(),
+    })
+    .strict()
+    .superRefine((e, ctx) => {
+      if (!e.connectionString) {
+        for (const f of ['host', 'database', 'user'] as const) {
+          if (!e[f]) ctx.addIssue({ code: 'custom', path: [f], message: `is required (or give \`connectionString\`)` });
+        }
       }
-    }
-    if ((e.sslMode === 'verify-ca' || e.sslMode === 'verify-full') && !e.sslRootCert && !e.connectionString) {
-      ctx.addIssue({ code: 'custom', path: ['sslRootCert'], message: `is required when sslMode is '${e.sslMode}' (PEM text of the server's CA)` });
-    }
-  });
+      if ((e.sslMode === 'verify-ca' || e.sslMode === 'verify-full') && !e.sslRootCert && !e.connectionString) {
+        ctx.addIssue({ code: 'custom', path: ['sslRootCert'], message: `is required when sslMode is '${e.sslMode}' (PEM text of the server's CA)` });
+      }
+    });
 
   /** A table pattern: `schema.table`, either part may be `*`; quoted parts keep their case. */
   const tablePattern = z.string().regex(/^("[^"]+"|[^".]+)\.("[^"]+"|[^".]+)$/, {
     message: "must look like 'schema.table' (either part may be '*', e.g. 'public.*')",
   });
 
-  const MigrationSpecSchema = z.object({
-    id: z.string().regex(/^[a-z][a-z0-9_]{0,39}$/, {
-      message: 'must start with a lowercase letter and contain only a-z, 0-9 and _ (at most 40 characters)',
-    }),
-    source: EndpointSchema,
-    target: EndpointSchema,
-    tables: z.object({
-      include: z.array(tablePattern).min(1).default(['public.*']),
-      exclude: z.array(tablePattern).default([]),
-    }).strict().default({ include: ['public.*'], exclude: [] }),
-    /** `create`: pgferry creates the schema on the target; `existing`: the target tables exist already. */
-    schemaMode: z.enum(SCHEMA_MODES).default('create'),
-    /** Allow loading into target tables that already hold rows (they are truncated first). */
-    overwriteTarget: z.boolean().default(false),
-    slotName: z.string().regex(identifierish).max(63).optional(),
-    publicationName: z.string().regex(identifierish).max(63).optional(),
-    copy: z.object({
-      /** Parallel copy workers (each holds one source and one target connection). */
-      workers: z.number().int().min(1).max(32).default(2),
-      /** Tables above this size (bytes) are split into ranges shared by several workers. */
-      splitBytes: z.number().int().min(1).default(64 * 1024 * 1024),
-      /** Secondary indexes and foreign keys built at once after the load. */
-      indexJobs: z.number().int().min(1).max(16).default(2),
-    }).strict().default({ workers: 2, splitBytes: 64 * 1024 * 1024, indexJobs: 2 }),
-    apply: z.object({
-      /** Source changes gathered into one target transaction, at most. */
-      batchChanges: z.number().int().min(1).default(10000),
-      /** Longest a batch stays open before it is committed, in ms. */
-      batchMs: z.number().int().min(1).default(200),
-    }).strict().default({ batchChanges: 10000, batchMs: 200 }),
-  }).strict();
+  const MigrationSpecSchema = z
+    .object({
+      id: z.string().regex(/^[a-z][a-z0-9_]{0,39}$/, {
+        message: 'must start with a lowercase letter and contain only a-z, 0-9 and _ (at most 40 characters)',
+      }),
+      source: EndpointSchema,
+      target: EndpointSchema,
+      tables: z
+        .object({
+          include: z.array(tablePattern).min(1).default(['public.*']),
+          exclude: z.array(tablePattern).default([]),
+        })
+        .strict()
+        .default({ include: ['public.*'], exclude: [] }),
+      /** `create`: pgferry creates the schema on the target; `existing`: the target tables exist already. */
+      schemaMode: z.enum(SCHEMA_MODES).default('create'),
+      /** Allow loading into target tables that already hold rows (they are truncated first). */
+      overwriteTarget: z.boolean().default(false),
+      slotName: z.string().regex(identifierish).max(63).optional(),
+      publicationName: z.string().regex(identifierish).max(63).optional(),
+      copy: z
+        .object({
+          /** Parallel copy workers (each holds one source and one target connection). */
+          workers: z.number().int().min(1).max(32).default(2),
+          /** Tables above this size (bytes) are split into ranges shared by several workers. */
+          splitBytes: z
+            .number()
+            .int()
+            .min(1)
+            .default(64 * 1024 * 1024),
+          /** Secondary indexes and foreign keys built at once after the load. */
+          indexJobs: z.number().int().min(1).max(16).default(2),
+        })
+        .strict()
+        .default({ workers: 2, splitBytes: 64 * 1024 * 1024, indexJobs: 2 }),
+      apply: z
+        .object({
+          /** Source changes gathered into one target transaction, at most. */
+          batchChanges: z.number().int().min(1).default(10000),
+          /** Longest a batch stays open before it is committed, in ms. */
+          batchMs: z.number().int().min(1).default(200),
+        })
+        .strict()
+        .default({ batchChanges: 10000, batchMs: 200 }),
+    })
+    .strict();
 
   return { EndpointSchema, MigrationSpecSchema };
 }
@@ -94,16 +112,21 @@ export type Endpoint = Zod.infer<Schemas['EndpointSchema']>;
 export type MigrationSpecInput = Zod.input<Schemas['MigrationSpecSchema']>;
 export type MigrationSpec = Zod.output<Schemas['MigrationSpecSchema']>;
 
-export interface SpecIssue { path: string; message: string }
+export interface SpecIssue {
+  path: string;
+  message: string;
+}
 
 /** Validate a spec; throws INVALID_SPEC naming every bad field. */
 export function parseSpec(input: unknown): MigrationSpec {
   const r = schemas().MigrationSpecSchema.safeParse(input);
   if (r.success) return r.data;
   const issues = specIssues(r.error);
-  throw new PgferryError('INVALID_SPEC',
+  throw new PgferryError(
+    'INVALID_SPEC',
     `The migration spec is invalid: ${issues.map((i) => `\`${i.path}\` ${i.message}`).join('; ')}.`,
-    'Correct the fields named above.');
+    'Correct the fields named above.',
+  );
 }
 
 export function specIssues(err: Zod.ZodError): SpecIssue[] {

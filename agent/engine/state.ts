@@ -30,7 +30,14 @@ export type Phase = (typeof PHASES)[number];
 export const VALIDATIONS = ['none', 'counts', 'checksums'] as const;
 export type Validation = (typeof VALIDATIONS)[number];
 
-export interface TableValidation { table: string; sourceRows: number; targetRows: number; sourceChecksum: string; targetChecksum: string; match: boolean }
+export interface TableValidation {
+  table: string;
+  sourceRows: number;
+  targetRows: number;
+  sourceChecksum: string;
+  targetChecksum: string;
+  match: boolean;
+}
 
 /** The report of a migration's last cutover (cutover.ts writes it, the supervisor keeps it). */
 export interface CutoverReport {
@@ -51,7 +58,12 @@ export interface CutoverReport {
   attempts: number;
 }
 
-export interface StoredError { code: string; message: string; remedy: string; at: string }
+export interface StoredError {
+  code: string;
+  message: string;
+  remedy: string;
+  at: string;
+}
 
 export interface MigrationRecord {
   id: string;
@@ -93,7 +105,10 @@ export class StateStore {
 
   list(): MigrationRecord[] {
     const dir = join(this.dir, 'migrations');
-    return readdirSync(dir).filter((f) => f.endsWith('.json')).sort().map((f) => this.readFile(join(dir, f)));
+    return readdirSync(dir)
+      .filter((f) => f.endsWith('.json'))
+      .sort()
+      .map((f) => this.readFile(join(dir, f)));
   }
 
   get(id: string): MigrationRecord | undefined {
@@ -109,10 +124,16 @@ export class StateStore {
     try {
       writeFileSync(fd, JSON.stringify(rec, null, 2));
       fsyncSync(fd);
-    } finally { closeSync(fd); }
+    } finally {
+      closeSync(fd);
+    }
     renameSync(tmp, file);
     const dfd = openSync(join(this.dir, 'migrations'), 'r');
-    try { fsyncSync(dfd); } finally { closeSync(dfd); }
+    try {
+      fsyncSync(dfd);
+    } finally {
+      closeSync(dfd);
+    }
   }
 
   remove(id: string): void {
@@ -157,14 +178,23 @@ export class StateStore {
 
   private decrypt(sealed: string): string {
     const m = /^enc:v1:([^:]+):([^:]+):(.*)$/.exec(sealed);
-    if (!m) throw new PgferryError('STATE_CORRUPT', 'A stored secret is not in the expected encrypted form.', 'Restore the state directory from a backup, or delete the migration and start it again.');
+    if (!m)
+      throw new PgferryError(
+        'STATE_CORRUPT',
+        'A stored secret is not in the expected encrypted form.',
+        'Restore the state directory from a backup, or delete the migration and start it again.',
+      );
     try {
       const d = createDecipheriv('aes-256-gcm', this.key, Buffer.from(m[1], 'base64'));
       d.setAuthTag(Buffer.from(m[2], 'base64'));
       return Buffer.concat([d.update(Buffer.from(m[3], 'base64')), d.final()]).toString('utf8');
     } catch (e) {
-      throw new PgferryError('STATE_CORRUPT', 'A stored secret cannot be decrypted with the agent\'s secret key.',
-        'Start the agent with the same --state-dir (and --secret-key-file) it was started with before.', { cause: e });
+      throw new PgferryError(
+        'STATE_CORRUPT',
+        "A stored secret cannot be decrypted with the agent's secret key.",
+        'Start the agent with the same --state-dir (and --secret-key-file) it was started with before.',
+        { cause: e },
+      );
     }
   }
 
@@ -176,7 +206,12 @@ export class StateStore {
     try {
       return JSON.parse(readFileSync(file, 'utf8')) as MigrationRecord;
     } catch (e) {
-      throw new PgferryError('STATE_CORRUPT', `The state file '${file}' cannot be read.`, 'Restore it from a backup or remove it (the migration is then forgotten by the agent).', { cause: e });
+      throw new PgferryError(
+        'STATE_CORRUPT',
+        `The state file '${file}' cannot be read.`,
+        'Restore it from a backup or remove it (the migration is then forgotten by the agent).',
+        { cause: e },
+      );
     }
   }
 }
@@ -184,7 +219,12 @@ export class StateStore {
 function loadOrCreateKey(file: string): Buffer {
   if (existsSync(file)) {
     const key = Buffer.from(readFileSync(file, 'utf8').trim(), 'base64');
-    if (key.length !== 32) throw new PgferryError('STATE_CORRUPT', `The secret key file '${file}' does not hold a 32-byte base64 key.`, 'Restore the key file, or point --secret-key-file at the right one.');
+    if (key.length !== 32)
+      throw new PgferryError(
+        'STATE_CORRUPT',
+        `The secret key file '${file}' does not hold a 32-byte base64 key.`,
+        'Restore the key file, or point --secret-key-file at the right one.',
+      );
     return key;
   }
   const key = randomBytes(32);

@@ -105,12 +105,22 @@ interface SyncState {
  * ac.abort(); await done;
  */
 export async function runSync(opts: SyncOptions): Promise<void> {
-  if (!Number.isInteger(opts.batchChanges) || opts.batchChanges < 1) throw new PgferryError('INVALID_SPEC', `batchChanges must be a positive integer, got ${opts.batchChanges}.`, 'Set `apply.batchChanges` to 1 or more.');
-  if (!Number.isFinite(opts.batchMs) || opts.batchMs < 1) throw new PgferryError('INVALID_SPEC', `batchMs must be a positive number, got ${opts.batchMs}.`, 'Set `apply.batchMs` to 1 or more.');
+  if (!Number.isInteger(opts.batchChanges) || opts.batchChanges < 1)
+    throw new PgferryError('INVALID_SPEC', `batchChanges must be a positive integer, got ${opts.batchChanges}.`, 'Set `apply.batchChanges` to 1 or more.');
+  if (!Number.isFinite(opts.batchMs) || opts.batchMs < 1)
+    throw new PgferryError('INVALID_SPEC', `batchMs must be a positive number, got ${opts.batchMs}.`, 'Set `apply.batchMs` to 1 or more.');
   const log: LogFn = opts.log ?? (() => undefined);
   const state: SyncState = {
-    appliedLsn: 0n, appliedCommitTime: null, receivedLsn: 0n, decodedLsn: 0n,
-    changesApplied: 0, transactionsApplied: 0, lastBatchAt: null, safeThroughLsn: null, rateSamples: [], textOnly: false,
+    appliedLsn: 0n,
+    appliedCommitTime: null,
+    receivedLsn: 0n,
+    decodedLsn: 0n,
+    changesApplied: 0,
+    transactionsApplied: 0,
+    lastBatchAt: null,
+    safeThroughLsn: null,
+    rateSamples: [],
+    textOnly: false,
   };
   let backoffMs = BACKOFF_MIN_MS;
   while (!opts.signal.aborted) {
@@ -122,12 +132,20 @@ export async function runSync(opts: SyncOptions): Promise<void> {
       if (opts.signal.aborted && !(e instanceof PgferryError && !isTransientError(e))) return;
       if (e instanceof TextModeNeeded) {
         state.textOnly = true;
-        log('warn', `${e.message}; streaming values as text from now on (nothing of the open batch was committed)`, { event: 'text-values', table: e.table, column: e.column });
+        log('warn', `${e.message}; streaming values as text from now on (nothing of the open batch was committed)`, {
+          event: 'text-values',
+          table: e.table,
+          column: e.column,
+        });
         continue;
       }
       if (e instanceof SafeReplayNeeded) {
         state.safeThroughLsn = e.throughLsn;
-        log('warn', `set-based apply failed; re-applying through ${formatLsn(e.throughLsn)} one change per statement`, { event: 'safe-replay', throughLsn: formatLsn(e.throughLsn), cause: redact((e.cause as Error)?.message ?? String(e.cause)) });
+        log('warn', `set-based apply failed; re-applying through ${formatLsn(e.throughLsn)} one change per statement`, {
+          event: 'safe-replay',
+          throughLsn: formatLsn(e.throughLsn),
+          cause: redact((e.cause as Error)?.message ?? String(e.cause)),
+        });
         continue;
       }
       if (!isTransientError(e)) {
@@ -136,7 +154,10 @@ export async function runSync(opts: SyncOptions): Promise<void> {
         throw err;
       }
       if (state.changesApplied > appliedBefore) backoffMs = BACKOFF_MIN_MS;
-      log('warn', `sync connection lost, reconnecting in ${backoffMs} ms: ${redact((e as Error)?.message ?? String(e))}`, { event: 'reconnect', appliedLsn: formatLsn(state.appliedLsn) });
+      log('warn', `sync connection lost, reconnecting in ${backoffMs} ms: ${redact((e as Error)?.message ?? String(e))}`, {
+        event: 'reconnect',
+        appliedLsn: formatLsn(state.appliedLsn),
+      });
       await sleep(backoffMs, opts.signal);
       backoffMs = Math.min(backoffMs * 2, BACKOFF_MAX_MS);
     }
@@ -152,13 +173,19 @@ async function readSlot(stream: ReplicationStream<PgoutputMessage>, source: Endp
   const database = resolveEndpoint(source).database;
   const r = await stream.query(`SELECT confirmed_flush_lsn::text AS lsn, plugin, database FROM pg_replication_slots WHERE slot_name = ${ql(slotName)}`);
   if (r.rows.length === 0) {
-    throw new PgferryError('STATE_CORRUPT', `The replication slot "${slotName}" does not exist on the source.`,
-      'The slot was dropped, so the changes since the last applied position are gone from the source. Delete the migration and start it again (a fresh copy).');
+    throw new PgferryError(
+      'STATE_CORRUPT',
+      `The replication slot "${slotName}" does not exist on the source.`,
+      'The slot was dropped, so the changes since the last applied position are gone from the source. Delete the migration and start it again (a fresh copy).',
+    );
   }
   const row = r.rows[0];
   if (row.plugin !== 'pgoutput' || row.database !== database) {
-    throw new PgferryError('SLOT_NAME_TAKEN', `The replication slot "${slotName}" on the source is not a pgoutput slot of database "${database}" (plugin ${row.plugin}, database ${row.database}).`,
-      'Give the migration another `slotName`, or drop the other slot if it is unused.');
+    throw new PgferryError(
+      'SLOT_NAME_TAKEN',
+      `The replication slot "${slotName}" on the source is not a pgoutput slot of database "${database}" (plugin ${row.plugin}, database ${row.database}).`,
+      'Give the migration another `slotName`, or drop the other slot if it is unused.',
+    );
   }
   return row.lsn ? parseLsn(row.lsn) : 0n;
 }
@@ -179,9 +206,15 @@ type PublishedColumn = Parameters<Applier['binaryBlocker']>[0][number];
  * docs/performance.md. It needs every published column to have the same built-in type on both
  * sides (Applier.binaryBlocker).
  */
-async function openSource(opts: SyncOptions, parser: PgoutputParser, textOnly: boolean): Promise<{ stream: ReplicationStream<PgoutputMessage>; slotLsn: Lsn; published: PublishedColumn[] | string }> {
+async function openSource(
+  opts: SyncOptions,
+  parser: PgoutputParser,
+  textOnly: boolean,
+): Promise<{ stream: ReplicationStream<PgoutputMessage>; slotLsn: Lsn; published: PublishedColumn[] | string }> {
   const stream = await ReplicationStream.connect<PgoutputMessage>({
-    source: opts.source, slotName: opts.slotName, publicationName: opts.publicationName,
+    source: opts.source,
+    slotName: opts.slotName,
+    publicationName: opts.publicationName,
     decode: (buf, offset, end) => parser.parse(buf, offset, end),
     // Room for about two batches: the walsender keeps decoding while the
     // previous batch executes on the target.
@@ -211,7 +244,11 @@ async function openSource(opts: SyncOptions, parser: PgoutputParser, textOnly: b
 }
 
 /** One session's two ends, and why values travel as text when they do. */
-interface Session { applier: Applier; stream: ReplicationStream<PgoutputMessage>; textReason: string | null }
+interface Session {
+  applier: Applier;
+  stream: ReplicationStream<PgoutputMessage>;
+  textReason: string | null;
+}
 
 /** Open the source and the target at once, and start streaming from the applied position. */
 async function openSession(opts: SyncOptions, state: SyncState, log: LogFn): Promise<Session> {
@@ -222,8 +259,12 @@ async function openSession(opts: SyncOptions, state: SyncState, log: LogFn): Pro
   const [src, ap] = await Promise.allSettled([
     openSource(opts, parser, state.textOnly),
     Applier.open(opts.target, {
-      migrationId: opts.migrationId, batchChanges: opts.batchChanges, batchMs: opts.batchMs, tableSyncLsn: opts.tableSyncLsn,
-      safeThroughLsn: state.safeThroughLsn, log,
+      migrationId: opts.migrationId,
+      batchChanges: opts.batchChanges,
+      batchMs: opts.batchMs,
+      tableSyncLsn: opts.tableSyncLsn,
+      safeThroughLsn: state.safeThroughLsn,
+      log,
     }),
   ]);
   if (src.status === 'rejected' || ap.status === 'rejected') {
@@ -275,7 +316,11 @@ class SessionReporter {
    */
   midEvent = false;
 
-  constructor(private readonly opts: SyncOptions, private readonly state: SyncState, private readonly s: Session) {
+  constructor(
+    private readonly opts: SyncOptions,
+    private readonly state: SyncState,
+    private readonly s: Session,
+  ) {
     this.base = { changes: state.changesApplied, txns: state.transactionsApplied };
   }
 
@@ -308,9 +353,15 @@ class SessionReporter {
     const spanMs = nowMs - samples[0].atMs;
     const rate = spanMs > 0 ? ((state.changesApplied - samples[0].changes) * 1000) / spanMs : 0;
     this.opts.onProgress?.({
-      appliedLsn: state.appliedLsn, appliedCommitTime: state.appliedCommitTime, receivedLsn: state.receivedLsn,
-      decodedLsn: state.decodedLsn, pendingChanges: applier.pendingChanges, changesApplied: state.changesApplied,
-      transactionsApplied: state.transactionsApplied, applyRatePerSec: rate, lastBatchAt: state.lastBatchAt,
+      appliedLsn: state.appliedLsn,
+      appliedCommitTime: state.appliedCommitTime,
+      receivedLsn: state.receivedLsn,
+      decodedLsn: state.decodedLsn,
+      pendingChanges: applier.pendingChanges,
+      changesApplied: state.changesApplied,
+      transactionsApplied: state.transactionsApplied,
+      applyRatePerSec: rate,
+      lastBatchAt: state.lastBatchAt,
     });
   }
 }
@@ -325,9 +376,19 @@ async function runSession(opts: SyncOptions, state: SyncState, log: LogFn): Prom
   let durableTimer: NodeJS.Timeout | null = null;
 
   try {
-    log('info', `streaming changes from slot "${opts.slotName}" from ${formatLsn(applier.appliedLsn)}, values ${applier.binary ? 'in binary form' : `as text (${textReason})`}`,
-      { mode: applier.mode, values: applier.binary ? 'binary' : 'text', safeThroughLsn: applier.safeThroughLsn === null ? null : formatLsn(applier.safeThroughLsn) });
-    timer = setInterval(() => { sendStatus(false); report(); }, STATUS_INTERVAL_MS);
+    log(
+      'info',
+      `streaming changes from slot "${opts.slotName}" from ${formatLsn(applier.appliedLsn)}, values ${applier.binary ? 'in binary form' : `as text (${textReason})`}`,
+      {
+        mode: applier.mode,
+        values: applier.binary ? 'binary' : 'text',
+        safeThroughLsn: applier.safeThroughLsn === null ? null : formatLsn(applier.safeThroughLsn),
+      },
+    );
+    timer = setInterval(() => {
+      sendStatus(false);
+      report();
+    }, STATUS_INTERVAL_MS);
     timer.unref();
     // The target's WAL writer flushes asynchronous commits within
     // wal_writer_delay; ask for the flush position a few times a second while
@@ -338,12 +399,23 @@ async function runSession(opts: SyncOptions, state: SyncState, log: LogFn): Prom
       refreshing = true;
       // node-postgres queues this behind whatever the loop is running on the
       // same connection; a read-only function call is harmless inside a batch.
-      applier.refreshDurable().then(() => sendStatus(false), () => undefined).finally(() => { refreshing = false; });
+      applier
+        .refreshDurable()
+        .then(
+          () => sendStatus(false),
+          () => undefined,
+        )
+        .finally(() => {
+          refreshing = false;
+        });
     }, DURABLE_POLL_MS);
     durableTimer.unref();
     report();
 
-    applier.onCommitted = () => { sendStatus(false); report(); };
+    applier.onCommitted = () => {
+      sendStatus(false);
+      report();
+    };
     await streamLoop(opts, state, s, r);
   } finally {
     if (timer) clearInterval(timer);
@@ -357,75 +429,95 @@ async function runSession(opts: SyncOptions, state: SyncState, log: LogFn): Prom
 /** Take the stream's events in order and hand them to the applier until the signal aborts. */
 async function streamLoop(opts: SyncOptions, state: SyncState, s: Session, rep: SessionReporter): Promise<void> {
   const { applier, stream } = s;
-    let sinceYield = 0;
-    while (!opts.signal.aborted) {
-      applier.throwIfFailed();
-      // Drain what is buffered synchronously; await only when nothing is —
-      // and let the event loop run every YIELD_EVERY events: the batch in
-      // flight on the target advances (its next statement is sent) only from
-      // I/O callbacks, as does reading the source socket. Without it, decode
-      // and target execution would take turns instead of overlapping.
-      if (++sinceYield >= YIELD_EVERY) {
-        sinceYield = 0;
-        await yieldToIo();
-        if (opts.signal.aborted) break;
-      }
-      let ev = stream.poll();
-      if (ev === undefined) {
-        const ageMs = applier.batchAgeMs();
-        const atBoundary = !applier.inSourceTransaction;
-        let waitMs = ageMs !== null && atBoundary ? Math.max(0, opts.batchMs - ageMs) : STATUS_INTERVAL_MS;
-        // A batch in flight may fail while the stream is quiet: look again soon.
-        if (applier.hasInflight) waitMs = Math.min(waitMs, 50);
-        const got = await stream.next(waitMs, opts.signal);
-        if (opts.signal.aborted) break;
-        if (got === null) {
-          // batchMs passed with the batch open and no transaction in flight.
-          if (!applier.inSourceTransaction && (applier.batchAgeMs() ?? -1) >= opts.batchMs) {
-            await applier.flush();
-            rep.sendStatus(false);
-            rep.report();
-          }
-          continue;
-        }
-        ev = got;
-      }
-
-      switch (ev.tag) {
-        case 'keepalive': {
-          const { walEnd, replyRequested } = ev;
-          // Guard 8 (confirm only what is applied):
-          // walEnd covers every transaction committed before it only when no
-          // transaction is in flight; a keepalive sent mid-transaction must not
-          // move the position, or a crash would skip the rest of that transaction.
-          if (!applier.inSourceTransaction) {
-            state.decodedLsn = maxLsn(state.decodedLsn, walEnd);
-            applier.boundary(walEnd);
-            // Idle: nothing more buffered, commit now rather than wait for batchMs.
-            if (stream.buffered === 0) { rep.midEvent = true; await applier.flush(); rep.midEvent = false; }
-          }
-          rep.sendStatus(replyRequested);
-          rep.report();
-          break;
-        }
-        case 'begin': applier.begin(ev); break;
-        case 'commit': {
-          const r = applier.commit(ev);
-          if (r === false) break;
-          if (r !== true) { rep.midEvent = true; await r; rep.midEvent = false; }
+  let sinceYield = 0;
+  while (!opts.signal.aborted) {
+    applier.throwIfFailed();
+    // Drain what is buffered synchronously; await only when nothing is —
+    // and let the event loop run every YIELD_EVERY events: the batch in
+    // flight on the target advances (its next statement is sent) only from
+    // I/O callbacks, as does reading the source socket. Without it, decode
+    // and target execution would take turns instead of overlapping.
+    if (++sinceYield >= YIELD_EVERY) {
+      sinceYield = 0;
+      await yieldToIo();
+      if (opts.signal.aborted) break;
+    }
+    let ev = stream.poll();
+    if (ev === undefined) {
+      const ageMs = applier.batchAgeMs();
+      const atBoundary = !applier.inSourceTransaction;
+      let waitMs = ageMs !== null && atBoundary ? Math.max(0, opts.batchMs - ageMs) : STATUS_INTERVAL_MS;
+      // A batch in flight may fail while the stream is quiet: look again soon.
+      if (applier.hasInflight) waitMs = Math.min(waitMs, 50);
+      const got = await stream.next(waitMs, opts.signal);
+      if (opts.signal.aborted) break;
+      if (got === null) {
+        // batchMs passed with the batch open and no transaction in flight.
+        if (!applier.inSourceTransaction && (applier.batchAgeMs() ?? -1) >= opts.batchMs) {
+          await applier.flush();
           rep.sendStatus(false);
           rep.report();
-          break;
         }
-        case 'relation': applier.relation(ev); break;
-        case 'insert': case 'update': case 'delete': case 'truncate': {
-          const p = applier.change(ev);
-          if (p) { rep.midEvent = true; await p; rep.midEvent = false; }
-          break;
-        }
-        case 'type': case 'origin': case 'message':
-          break; // values are cast by the target's column types; origins and logical messages are not ours
+        continue;
       }
+      ev = got;
     }
-}
 
+    switch (ev.tag) {
+      case 'keepalive': {
+        const { walEnd, replyRequested } = ev;
+        // Guard 8 (confirm only what is applied):
+        // walEnd covers every transaction committed before it only when no
+        // transaction is in flight; a keepalive sent mid-transaction must not
+        // move the position, or a crash would skip the rest of that transaction.
+        if (!applier.inSourceTransaction) {
+          state.decodedLsn = maxLsn(state.decodedLsn, walEnd);
+          applier.boundary(walEnd);
+          // Idle: nothing more buffered, commit now rather than wait for batchMs.
+          if (stream.buffered === 0) {
+            rep.midEvent = true;
+            await applier.flush();
+            rep.midEvent = false;
+          }
+        }
+        rep.sendStatus(replyRequested);
+        rep.report();
+        break;
+      }
+      case 'begin':
+        applier.begin(ev);
+        break;
+      case 'commit': {
+        const r = applier.commit(ev);
+        if (r === false) break;
+        if (r !== true) {
+          rep.midEvent = true;
+          await r;
+          rep.midEvent = false;
+        }
+        rep.sendStatus(false);
+        rep.report();
+        break;
+      }
+      case 'relation':
+        applier.relation(ev);
+        break;
+      case 'insert':
+      case 'update':
+      case 'delete':
+      case 'truncate': {
+        const p = applier.change(ev);
+        if (p) {
+          rep.midEvent = true;
+          await p;
+          rep.midEvent = false;
+        }
+        break;
+      }
+      case 'type':
+      case 'origin':
+      case 'message':
+        break; // values are cast by the target's column types; origins and logical messages are not ours
+    }
+  }
+}

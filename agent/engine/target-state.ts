@@ -44,9 +44,11 @@ CREATE TABLE IF NOT EXISTS pgferry.migration_state (
 
 export async function ensureTargetState(client: pg.Client): Promise<void> {
   // Serialize concurrent creators (several workers may start at once).
-  await client.query('SELECT pg_advisory_lock(hashtext(\'pgferry.target_state\'))');
-  try { await client.query(TARGET_STATE_DDL); } finally {
-    await client.query('SELECT pg_advisory_unlock(hashtext(\'pgferry.target_state\'))');
+  await client.query("SELECT pg_advisory_lock(hashtext('pgferry.target_state'))");
+  try {
+    await client.query(TARGET_STATE_DDL);
+  } finally {
+    await client.query("SELECT pg_advisory_unlock(hashtext('pgferry.target_state'))");
   }
 }
 
@@ -81,21 +83,45 @@ export interface CopiedTable {
 
 /** Per table (`tableKey`), what the initial load of `migrationId` committed. */
 export async function readCopyState(client: pg.Client, migrationId: string): Promise<Map<string, CopiedTable>> {
-  const r = await client.query(`SELECT table_name, count(*)::int AS parts_done, max(parts)::int AS parts,
+  const r = await client.query(
+    `SELECT table_name, count(*)::int AS parts_done, max(parts)::int AS parts,
       sum(rows)::float8 AS rows, sum(bytes)::float8 AS bytes, min(snapshot_lsn)::text AS first_lsn, max(snapshot_lsn)::text AS last_lsn
-      FROM pgferry.copy_state WHERE migration_id = $1 GROUP BY table_name`, [migrationId]);
-  return new Map(r.rows.map((row) => [row.table_name as string, {
-    partsDone: row.parts_done, parts: row.parts, rows: Number(row.rows), bytes: Number(row.bytes),
-    firstSnapshotLsn: parseLsn(row.first_lsn), lastSnapshotLsn: parseLsn(row.last_lsn),
-  }]));
+      FROM pgferry.copy_state WHERE migration_id = $1 GROUP BY table_name`,
+    [migrationId],
+  );
+  return new Map(
+    r.rows.map((row) => [
+      row.table_name as string,
+      {
+        partsDone: row.parts_done,
+        parts: row.parts,
+        rows: Number(row.rows),
+        bytes: Number(row.bytes),
+        firstSnapshotLsn: parseLsn(row.first_lsn),
+        lastSnapshotLsn: parseLsn(row.last_lsn),
+      },
+    ]),
+  );
 }
 
 /** One copied part of a table; written in the transaction that commits its rows. */
-export async function recordCopiedPart(client: pg.Client, migrationId: string, p: {
-  table: string; part: number; parts: number; snapshotLsn: Lsn; rows: number; bytes: number;
-}): Promise<void> {
-  await client.query(`INSERT INTO pgferry.copy_state (migration_id, table_name, part, parts, snapshot_lsn, rows, bytes)
-    VALUES ($1, $2, $3, $4, $5::pg_lsn, $6, $7)`, [migrationId, p.table, p.part, p.parts, formatLsn(p.snapshotLsn), p.rows, p.bytes]);
+export async function recordCopiedPart(
+  client: pg.Client,
+  migrationId: string,
+  p: {
+    table: string;
+    part: number;
+    parts: number;
+    snapshotLsn: Lsn;
+    rows: number;
+    bytes: number;
+  },
+): Promise<void> {
+  await client.query(
+    `INSERT INTO pgferry.copy_state (migration_id, table_name, part, parts, snapshot_lsn, rows, bytes)
+    VALUES ($1, $2, $3, $4, $5::pg_lsn, $6, $7)`,
+    [migrationId, p.table, p.part, p.parts, formatLsn(p.snapshotLsn), p.rows, p.bytes],
+  );
 }
 
 /** Forget the copied parts of `tables` (`tableKey`s); in the transaction that empties them. */
@@ -109,8 +135,11 @@ export async function getMarker(client: pg.Client, migrationId: string, marker: 
 }
 
 export async function setMarker(client: pg.Client, migrationId: string, marker: string, value: string | null = null): Promise<void> {
-  await client.query(`INSERT INTO pgferry.migration_state (migration_id, marker, value) VALUES ($1, $2, $3)
-    ON CONFLICT (migration_id, marker) DO UPDATE SET value = excluded.value, at = now()`, [migrationId, marker, value]);
+  await client.query(
+    `INSERT INTO pgferry.migration_state (migration_id, marker, value) VALUES ($1, $2, $3)
+    ON CONFLICT (migration_id, marker) DO UPDATE SET value = excluded.value, at = now()`,
+    [migrationId, marker, value],
+  );
 }
 
 export async function dropTargetState(client: pg.Client, migrationId: string): Promise<void> {

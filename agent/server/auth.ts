@@ -40,7 +40,10 @@ const digest = (token: string): Buffer => createHash('sha256').update(token, 'ut
 
 /** Parse a token file's text: one token per line; blank lines and `#` comments are ignored. */
 export function parseTokens(text: string): string[] {
-  return text.split(/\r?\n/).map((l) => l.trim()).filter((l) => l !== '' && !l.startsWith('#'));
+  return text
+    .split(/\r?\n/)
+    .map((l) => l.trim())
+    .filter((l) => l !== '' && !l.startsWith('#'));
 }
 
 /**
@@ -53,7 +56,10 @@ export class TokenFile implements TokenSource {
   private key = '';
   private cached: Buffer[] = [];
 
-  constructor(readonly path: string, private onChange: (e: { tokens: number; shortest: number } | { problem: string }) => void = () => undefined) {
+  constructor(
+    readonly path: string,
+    private onChange: (e: { tokens: number; shortest: number } | { problem: string }) => void = () => undefined,
+  ) {
     this.description = `file ${path}`;
   }
 
@@ -66,11 +72,20 @@ export class TokenFile implements TokenSource {
     try {
       text = readFileSync(this.path, 'utf8');
     } catch (e) {
-      throw new PgferryError('INVALID_SPEC', `The token file '${this.path}' cannot be read (${(e as NodeJS.ErrnoException).code ?? 'error'}).`,
-        'Create it with one token per line (e.g. `openssl rand -hex 32 > FILE; chmod 600 FILE`), or fix --token-file.', { cause: e });
+      throw new PgferryError(
+        'INVALID_SPEC',
+        `The token file '${this.path}' cannot be read (${(e as NodeJS.ErrnoException).code ?? 'error'}).`,
+        'Create it with one token per line (e.g. `openssl rand -hex 32 > FILE; chmod 600 FILE`), or fix --token-file.',
+        { cause: e },
+      );
     }
     const n = parseTokens(text).length;
-    if (n === 0) throw new PgferryError('INVALID_SPEC', `The token file '${this.path}' holds no token.`, 'Write at least one token (one per line) into it, e.g. `openssl rand -hex 32 > FILE`.');
+    if (n === 0)
+      throw new PgferryError(
+        'INVALID_SPEC',
+        `The token file '${this.path}' holds no token.`,
+        'Write at least one token (one per line) into it, e.g. `openssl rand -hex 32 > FILE`.',
+      );
     this.digests();
     return n;
   }
@@ -101,7 +116,10 @@ export class TokenFile implements TokenSource {
 
   private problem(what: string): Buffer[] {
     const key = `problem:${what}`;
-    if (this.key !== key) { this.key = key; this.onChange({ problem: what }); }
+    if (this.key !== key) {
+      this.key = key;
+      this.onChange({ problem: what });
+    }
     this.cached = [];
     return this.cached;
   }
@@ -110,11 +128,16 @@ export class TokenFile implements TokenSource {
 /** Tokens fixed for the life of the process (from the environment). */
 export class StaticTokens implements TokenSource {
   private readonly list: Buffer[];
-  constructor(tokens: string[], readonly description: string) {
+  constructor(
+    tokens: string[],
+    readonly description: string,
+  ) {
     for (const t of tokens) registerSecret(t);
     this.list = tokens.map(digest);
   }
-  digests(): Buffer[] { return this.list; }
+  digests(): Buffer[] {
+    return this.list;
+  }
 }
 
 /**
@@ -126,7 +149,10 @@ export function tokensFromEnv(env: NodeJS.ProcessEnv = process.env): string[] | 
   const raw = env[AGENT_TOKEN_ENV];
   if (raw === undefined) return undefined;
   delete env[AGENT_TOKEN_ENV];
-  return raw.split(/[\n,]/).map((t) => t.trim()).filter(Boolean);
+  return raw
+    .split(/[\n,]/)
+    .map((t) => t.trim())
+    .filter(Boolean);
 }
 
 /** Checks the bearer token of each call against a `TokenSource` (Auth guard 2: constant-time comparison). */
@@ -154,8 +180,11 @@ export function parseListenAddress(address: string, flag: string): { host: strin
   const m = /^\[([^\]]+)\]:(\d+)$/.exec(address) ?? /^([^:\s/[\]]+):(\d+)$/.exec(address);
   const port = m ? Number(m[2]) : NaN;
   if (!m || !Number.isInteger(port) || port < 0 || port > 65535) {
-    throw new PgferryError('INVALID_SPEC', `${flag} '${address}' is not a HOST:PORT address.`,
-      `Give ${flag} as HOST:PORT, e.g. 127.0.0.1:7443, 0.0.0.0:7443 or [::1]:7443.`);
+    throw new PgferryError(
+      'INVALID_SPEC',
+      `${flag} '${address}' is not a HOST:PORT address.`,
+      `Give ${flag} as HOST:PORT, e.g. 127.0.0.1:7443, 0.0.0.0:7443 or [::1]:7443.`,
+    );
   }
   return { host: m[1], port };
 }
@@ -192,20 +221,26 @@ export function checkListenSecurity(s: ListenSecurity): string[] {
   const loopback = isLoopbackHost(host);
   const warnings: string[] = [];
   if (!loopback && !s.tls && !s.allowPlaintext) {
-    throw new PgferryError('INVALID_SPEC',
+    throw new PgferryError(
+      'INVALID_SPEC',
       `Refusing to serve plain-text gRPC on the non-loopback address ${s.listen}: tokens and database passwords would cross the network unencrypted.`,
-      'Pass --tls-cert FILE --tls-key FILE (and --tls-client-ca FILE for mutual TLS), listen on 127.0.0.1, or, on a network you trust completely, --insecure-allow-plaintext.');
+      'Pass --tls-cert FILE --tls-key FILE (and --tls-client-ca FILE for mutual TLS), listen on 127.0.0.1, or, on a network you trust completely, --insecure-allow-plaintext.',
+    );
   }
   if (!loopback && !s.token && !s.allowNoToken) {
-    throw new PgferryError('INVALID_SPEC',
+    throw new PgferryError(
+      'INVALID_SPEC',
       `Refusing to serve on the non-loopback address ${s.listen} without a bearer token: anyone who can reach it could start, cut over or delete migrations.`,
-      `Pass --token-file FILE (or set ${AGENT_TOKEN_ENV}), listen on 127.0.0.1, or, if mutual TLS alone is enough for you, --insecure-allow-no-token.`);
+      `Pass --token-file FILE (or set ${AGENT_TOKEN_ENV}), listen on 127.0.0.1, or, if mutual TLS alone is enough for you, --insecure-allow-no-token.`,
+    );
   }
   if (s.allowPlaintext && !s.tls) {
     warnings.push(`INSECURE: --insecure-allow-plaintext: gRPC on ${s.listen} is not encrypted; tokens and database passwords cross the network in clear text.`);
   }
   if (s.allowNoToken && !s.token) {
-    warnings.push(`INSECURE: --insecure-allow-no-token: calls on ${s.listen} need no bearer token${s.mutualTls ? ' (a client certificate is still required)' : '; anyone who can reach it controls the migrations'}.`);
+    warnings.push(
+      `INSECURE: --insecure-allow-no-token: calls on ${s.listen} need no bearer token${s.mutualTls ? ' (a client certificate is still required)' : '; anyone who can reach it controls the migrations'}.`,
+    );
   }
   if (loopback && !s.token && !s.allowNoToken) {
     warnings.push(`No bearer token configured: any local process can control the agent on ${s.listen}. Pass --token-file FILE to require one.`);

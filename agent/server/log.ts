@@ -42,19 +42,32 @@ export interface LoggerOptions {
  * log('info', 'phase loading', { migration: 'shop', phase: 'loading' });
  * // 12:00:01 INFO  [shop/loading] phase loading
  */
-export function createLogger(format: LogFormat = 'json', out: NodeJS.WritableStream = process.stderr, level: LogLevel | string = 'info', opts: LoggerOptions = {}): { log: LogFn; logger: pino.Logger } {
+export function createLogger(
+  format: LogFormat = 'json',
+  out: NodeJS.WritableStream = process.stderr,
+  level: LogLevel | string = 'info',
+  opts: LoggerOptions = {},
+): { log: LogFn; logger: pino.Logger } {
   const sink = new Writable({
     write(chunk: Buffer, _enc, cb) {
       const line = redact(chunk.toString('utf8'));
-      if (format === 'json') { out.write(line); cb(); return; }
+      if (format === 'json') {
+        out.write(line);
+        cb();
+        return;
+      }
       try {
         const o = JSON.parse(line) as Record<string, unknown>;
         const { level: lv, time, msg, pid: _p, hostname: _h, migration, phase, ...rest } = o;
         const t = new Date(Number(time)).toISOString().slice(11, 19);
         const where = migration ? ` [${String(migration)}${phase ? `/${String(phase)}` : ''}]` : '';
-        const extra = Object.entries(rest).map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`).join(' ');
+        const extra = Object.entries(rest)
+          .map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`)
+          .join(' ');
         out.write(`${t} ${(LEVELS[Number(lv)] ?? lv).toString().padEnd(5)}${where} ${msg}${extra ? `  ${extra}` : ''}\n`);
-      } catch { out.write(line); }
+      } catch {
+        out.write(line);
+      }
       cb();
     },
   });
@@ -65,7 +78,11 @@ export function createLogger(format: LogFormat = 'json', out: NodeJS.WritableStr
       const phase = opts.phaseOf(f.migration);
       if (phase) f = { ...f, phase };
     }
-    try { opts.onLog?.(lv, msg, f); } catch { /* an observer must never break logging */ }
+    try {
+      opts.onLog?.(lv, msg, f);
+    } catch {
+      /* an observer must never break logging */
+    }
     logger[lv](f, msg);
   };
   return { log, logger };

@@ -76,7 +76,10 @@ export class AgentMetrics {
   private readonly errors: Counter<string>;
   private readonly rpcs: Counter<string>;
 
-  constructor(private readonly source: () => Promise<MigrationStatus[]>, opts: MetricsOptions) {
+  constructor(
+    private readonly source: () => Promise<MigrationStatus[]>,
+    opts: MetricsOptions,
+  ) {
     const r = this.registry;
     const gauge = (name: MetricName, help: string, labelNames: string[] = []) => {
       this.g[name] = new Gauge({ name, help, labelNames, registers: [r] });
@@ -84,13 +87,27 @@ export class AgentMetrics {
     const fromStatus = (name: MetricName, help: string, labelNames: string[]) => {
       this.c[name] = new Counter({ name, help, labelNames, registers: [r] });
     };
-    const build = new Gauge({ name: 'pgferry_build_info', help: 'Always 1; the labels say which pgferry and Node.js run.', labelNames: ['version', 'node_version'], registers: [r] });
+    const build = new Gauge({
+      name: 'pgferry_build_info',
+      help: 'Always 1; the labels say which pgferry and Node.js run.',
+      labelNames: ['version', 'node_version'],
+      registers: [r],
+    });
     build.set({ version: opts.version, node_version: process.version }, 1);
     gauge('pgferry_migrations', 'Migrations the agent knows, by phase.', ['phase']);
     gauge('pgferry_migration_phase', '1 for the phase the migration is in, 0 for the others.', ['migration', 'phase']);
-    gauge('pgferry_migration_info', 'Always 1; the labels describe the migration.', ['migration', 'slot', 'publication', 'source_version', 'target_version', 'active_endpoint']);
+    gauge('pgferry_migration_info', 'Always 1; the labels describe the migration.', [
+      'migration',
+      'slot',
+      'publication',
+      'source_version',
+      'target_version',
+      'active_endpoint',
+    ]);
     gauge('pgferry_migration_error_info', '1 while the migration holds an error (phase failed); `code` is the error code.', ['migration', 'code']);
-    gauge('pgferry_migration_paused', '1 while an operator has paused the migration (pgferry pause): nothing is applied and the slot keeps WAL; 0 otherwise.', ['migration']);
+    gauge('pgferry_migration_paused', '1 while an operator has paused the migration (pgferry pause): nothing is applied and the slot keeps WAL; 0 otherwise.', [
+      'migration',
+    ]);
     gauge('pgferry_tables_total', 'Tables the migration copies.', ['migration']);
     gauge('pgferry_tables_copied', 'Tables whose initial copy finished.', ['migration']);
     fromStatus('pgferry_copy_rows_total', 'Rows copied by the initial load, per table (this agent process).', ['migration', 'table']);
@@ -105,14 +122,38 @@ export class AgentMetrics {
     gauge('pgferry_lag_seconds', 'How far the target is behind the source, seconds (0 when caught up).', ['migration']);
     gauge('pgferry_slot_retained_wal_bytes', "WAL the source keeps for the migration's replication slot, bytes.", ['migration', 'slot']);
     gauge('pgferry_cutover_state', '1 for the state the last cutover is in, 0 for the others (absent before a cutover).', ['migration', 'state']);
-    gauge('pgferry_cutover_write_downtime_milliseconds', 'Write downtime of the last completed cutover: fence start until the target was ready, ms.', ['migration']);
-    gauge('pgferry_source_fence_up', '1 while the write fence is up on the source database (during a cutover, lift pending, or kept after a completed one), 0 otherwise.', ['migration']);
-    gauge('pgferry_source_fence_lift_pending', '1 while a cutover that did not complete left the fence up and its lift is not verified yet (the source refuses writes; the agent keeps retrying), 0 otherwise.', ['migration']);
+    gauge('pgferry_cutover_write_downtime_milliseconds', 'Write downtime of the last completed cutover: fence start until the target was ready, ms.', [
+      'migration',
+    ]);
+    gauge(
+      'pgferry_source_fence_up',
+      '1 while the write fence is up on the source database (during a cutover, lift pending, or kept after a completed one), 0 otherwise.',
+      ['migration'],
+    );
+    gauge(
+      'pgferry_source_fence_lift_pending',
+      '1 while a cutover that did not complete left the fence up and its lift is not verified yet (the source refuses writes; the agent keeps retrying), 0 otherwise.',
+      ['migration'],
+    );
     gauge('pgferry_cutover_validation_ok', '1 when the cutover validation matched, 0 when it did not (absent until validated).', ['migration']);
-    this.errors = new Counter({ name: 'pgferry_errors_total', help: 'Errors by pgferry code: failed RPCs (origin rpc) and migration failures (origin migration).', labelNames: ['code', 'origin'], registers: [r] });
-    this.rpcs = new Counter({ name: 'pgferry_rpc_calls_total', help: 'Finished gRPC calls by method and gRPC status.', labelNames: ['method', 'status'], registers: [r] });
+    this.errors = new Counter({
+      name: 'pgferry_errors_total',
+      help: 'Errors by pgferry code: failed RPCs (origin rpc) and migration failures (origin migration).',
+      labelNames: ['code', 'origin'],
+      registers: [r],
+    });
+    this.rpcs = new Counter({
+      name: 'pgferry_rpc_calls_total',
+      help: 'Finished gRPC calls by method and gRPC status.',
+      labelNames: ['method', 'status'],
+      registers: [r],
+    });
     if (opts.tlsNotAfter) {
-      const tls = new Gauge({ name: 'pgferry_tls_certificate_expiry_timestamp_seconds', help: "When the agent's TLS certificate expires, Unix seconds (renew and restart before).", registers: [r] });
+      const tls = new Gauge({
+        name: 'pgferry_tls_certificate_expiry_timestamp_seconds',
+        help: "When the agent's TLS certificate expires, Unix seconds (renew and restart before).",
+        registers: [r],
+      });
       tls.set(Math.floor(opts.tlsNotAfter.getTime() / 1000));
     }
     if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: r });
@@ -140,10 +181,17 @@ export class AgentMetrics {
       const migration = s.id;
       byPhase.set(s.phase, (byPhase.get(s.phase) ?? 0) + 1);
       for (const p of PHASES) g.pgferry_migration_phase.set({ migration, phase: p }, s.phase === p ? 1 : 0);
-      g.pgferry_migration_info.set({
-        migration, slot: s.slotName, publication: s.publicationName,
-        source_version: s.sourceVersion, target_version: s.targetVersion, active_endpoint: s.activeEndpoint,
-      }, 1);
+      g.pgferry_migration_info.set(
+        {
+          migration,
+          slot: s.slotName,
+          publication: s.publicationName,
+          source_version: s.sourceVersion,
+          target_version: s.targetVersion,
+          active_endpoint: s.activeEndpoint,
+        },
+        1,
+      );
       if (s.errorCode) g.pgferry_migration_error_info.set({ migration, code: s.errorCode }, 1);
       g.pgferry_migration_paused.set({ migration }, s.paused ? 1 : 0);
       g.pgferry_tables_total.set({ migration }, s.tablesTotal);
@@ -168,8 +216,10 @@ export class AgentMetrics {
       const cut = s.cutover;
       if (cut?.state) {
         for (const st of CUTOVER_STATES) g.pgferry_cutover_state.set({ migration, state: st }, cut.state === st ? 1 : 0);
-        if (cut.state === 'completed' && typeof cut.writeDowntimeMs === 'number') g.pgferry_cutover_write_downtime_milliseconds.set({ migration }, cut.writeDowntimeMs);
-        if (cut.state === 'completed' && cut.validation && cut.validation !== 'none') g.pgferry_cutover_validation_ok.set({ migration }, cut.validationOk ? 1 : 0);
+        if (cut.state === 'completed' && typeof cut.writeDowntimeMs === 'number')
+          g.pgferry_cutover_write_downtime_milliseconds.set({ migration }, cut.writeDowntimeMs);
+        if (cut.state === 'completed' && cut.validation && cut.validation !== 'none')
+          g.pgferry_cutover_validation_ok.set({ migration }, cut.validationOk ? 1 : 0);
       }
     }
     for (const [phase, n] of byPhase) g.pgferry_migrations.set({ phase }, n);
@@ -187,15 +237,24 @@ export function serveMetrics(metrics: AgentMetrics, address: string, log: LogFn)
   const { host, port } = parseListenAddress(address, '--metrics-listen');
   const server: Server = createServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0];
-    if (req.method !== 'GET' && req.method !== 'HEAD') { res.writeHead(405, { allow: 'GET, HEAD' }).end(); return; }
-    if (path !== '/metrics') { res.writeHead(404, { 'content-type': 'text/plain' }).end('pgferry: metrics are at /metrics\n'); return; }
-    metrics.render().then((text) => {
-      res.writeHead(200, { 'content-type': metrics.registry.contentType });
-      res.end(req.method === 'HEAD' ? undefined : text);
-    }, (e: unknown) => {
-      log('warn', `metrics scrape failed: ${(e as Error)?.message ?? String(e)}`);
-      res.writeHead(500, { 'content-type': 'text/plain' }).end('pgferry: the metrics could not be collected; see the agent log\n');
-    });
+    if (req.method !== 'GET' && req.method !== 'HEAD') {
+      res.writeHead(405, { allow: 'GET, HEAD' }).end();
+      return;
+    }
+    if (path !== '/metrics') {
+      res.writeHead(404, { 'content-type': 'text/plain' }).end('pgferry: metrics are at /metrics\n');
+      return;
+    }
+    metrics.render().then(
+      (text) => {
+        res.writeHead(200, { 'content-type': metrics.registry.contentType });
+        res.end(req.method === 'HEAD' ? undefined : text);
+      },
+      (e: unknown) => {
+        log('warn', `metrics scrape failed: ${(e as Error)?.message ?? String(e)}`);
+        res.writeHead(500, { 'content-type': 'text/plain' }).end('pgferry: the metrics could not be collected; see the agent log\n');
+      },
+    );
   });
   return new Promise((resolve, reject) => {
     server.once('error', reject);
@@ -204,7 +263,11 @@ export function serveMetrics(metrics: AgentMetrics, address: string, log: LogFn)
       const addr = server.address();
       resolve({
         port: typeof addr === 'object' && addr ? addr.port : port,
-        close: () => new Promise((r) => { server.close(() => r()); server.closeAllConnections(); }),
+        close: () =>
+          new Promise((r) => {
+            server.close(() => r());
+            server.closeAllConnections();
+          }),
       });
     });
   });

@@ -101,7 +101,14 @@ export function registerSpecSecrets(spec: unknown): void {
     if (typeof e.password === 'string') registerSecret(e.password);
     if (typeof e.connectionString === 'string') {
       const m = /^[a-z]+:\/\/[^:/@\s]+:([^@\s]+)@/i.exec(e.connectionString);
-      if (m) { registerSecret(m[1]); try { registerSecret(decodeURIComponent(m[1])); } catch { /* not URI-encoded */ } }
+      if (m) {
+        registerSecret(m[1]);
+        try {
+          registerSecret(decodeURIComponent(m[1]));
+        } catch {
+          /* not URI-encoded */
+        }
+      }
       const kv = /(?:^|\s)password\s*=\s*('[^']*'|\S+)/i.exec(e.connectionString);
       if (kv) registerSecret(kv[1].replace(/^'|'$/g, ''));
     }
@@ -158,9 +165,14 @@ export function createServer(svc: AgentService, opts: ServerOptions = {}): grpc.
     const now = Date.now();
     if (now - windowStart >= 60_000) {
       if (suppressed) svc.log('warn', `${suppressed} more call(s) were rejected in the previous minute (not logged one by one)`, { suppressed });
-      windowStart = now; loggedInWindow = 0; suppressed = 0;
+      windowStart = now;
+      loggedInWindow = 0;
+      suppressed = 0;
     }
-    if (loggedInWindow < REJECTIONS_LOGGED_PER_MINUTE) { loggedInWindow++; svc.log('warn', msg, fields); } else suppressed++;
+    if (loggedInWindow < REJECTIONS_LOGGED_PER_MINUTE) {
+      loggedInWindow++;
+      svc.log('warn', msg, fields);
+    } else suppressed++;
   };
 
   const guard = (call: AnyCall, method: string) => {
@@ -168,13 +180,19 @@ export function createServer(svc: AgentService, opts: ServerOptions = {}): grpc.
     const verdict = auth.verify(call.metadata);
     if (!verdict.ok) {
       logRejection(`rejected ${method}: ${REASON_TEXT[verdict.reason]}`, { peer: call.getPeer(), method, reason: verdict.reason });
-      throw new PgferryError('UNAUTHENTICATED', `The call has no valid bearer token (${REASON_TEXT[verdict.reason]}).`,
-        'Send `authorization: Bearer <token>` with a token from the agent\'s --token-file (`agent.token` in Pulumi; --token-file, --token or PGFERRY_TOKEN for the CLI).');
+      throw new PgferryError(
+        'UNAUTHENTICATED',
+        `The call has no valid bearer token (${REASON_TEXT[verdict.reason]}).`,
+        "Send `authorization: Bearer <token>` with a token from the agent's --token-file (`agent.token` in Pulumi; --token-file, --token or PGFERRY_TOKEN for the CLI).",
+      );
     }
   };
 
   const finished = (method: string, e?: unknown, req?: unknown) => {
-    if (e === undefined) { opts.onCall?.(method, 'OK'); return undefined; }
+    if (e === undefined) {
+      opts.onCall?.(method, 'OK');
+      return undefined;
+    }
     const err = asPgferryError(e);
     const se = toServiceError(err);
     opts.onCall?.(method, grpcStatusName(se.code), err.code);
@@ -185,14 +203,24 @@ export function createServer(svc: AgentService, opts: ServerOptions = {}): grpc.
     return se;
   };
 
-  const unary = <Req, Res>(method: string, fn: (req: Req) => Promise<Res>) =>
+  const unary =
+    <Req, Res>(method: string, fn: (req: Req) => Promise<Res>) =>
     (call: grpc.ServerUnaryCall<Req, Res>, callback: grpc.sendUnaryData<Res>) => {
-      Promise.resolve().then(() => {
-        guard(call as AnyCall, method);
-        registerSpecSecrets((call.request as { spec?: unknown } | undefined)?.spec);
-        return fn(call.request);
-      }).then((res) => { finished(method); callback(null, res); },
-        (e) => { callback(finished(method, e, call.request) as grpc.ServiceError, null); });
+      Promise.resolve()
+        .then(() => {
+          guard(call as AnyCall, method);
+          registerSpecSecrets((call.request as { spec?: unknown } | undefined)?.spec);
+          return fn(call.request);
+        })
+        .then(
+          (res) => {
+            finished(method);
+            callback(null, res);
+          },
+          (e) => {
+            callback(finished(method, e, call.request) as grpc.ServiceError, null);
+          },
+        );
     };
 
   server.addService(loadServiceDefinition(), {
@@ -205,7 +233,9 @@ export function createServer(svc: AgentService, opts: ServerOptions = {}): grpc.
     CancelCutover: unary('CancelCutover', async (req: { id: string }) => statusToProto(await svc.cancelCutover(req.id))),
     PauseMigration: unary('PauseMigration', async (req: { id: string }) => statusToProto(await svc.pause(req.id))),
     ResumeMigration: unary('ResumeMigration', async (req: { id: string }) => statusToProto(await svc.resume(req.id))),
-    Unfence: unary('Unfence', async (req: { id: string; afterCutover?: boolean }) => statusToProto(await svc.unfence(req.id, { afterCutover: !!req.afterCutover }))),
+    Unfence: unary('Unfence', async (req: { id: string; afterCutover?: boolean }) =>
+      statusToProto(await svc.unfence(req.id, { afterCutover: !!req.afterCutover })),
+    ),
     WatchMigration: (call: grpc.ServerWritableStream<{ id: string; intervalMs: number }, unknown>) => {
       const method = 'WatchMigration';
       let timer: NodeJS.Timeout | undefined;
@@ -215,10 +245,17 @@ export function createServer(svc: AgentService, opts: ServerOptions = {}): grpc.
         ended = true;
         if (timer) clearTimeout(timer);
         const se = finished(method, e, call.request);
-        if (se) call.destroy(se as grpc.ServiceError); else call.end();
+        if (se) call.destroy(se as grpc.ServiceError);
+        else call.end();
       };
       call.on('cancelled', () => end());
-      try { guard(call as AnyCall, method); svc.get(call.request.id); } catch (e) { end(e); return; }
+      try {
+        guard(call as AnyCall, method);
+        svc.get(call.request.id);
+      } catch (e) {
+        end(e);
+        return;
+      }
       const interval = Math.max(100, call.request.intervalMs || 1000);
       let last = '';
       const tick = async () => {
@@ -226,12 +263,22 @@ export function createServer(svc: AgentService, opts: ServerOptions = {}): grpc.
         try {
           const s = await svc.status(call.request.id);
           const text = JSON.stringify(s);
-          if (text !== last) { last = text; call.write(statusToProto(s)); }
-          if (s.phase === 'completed' || s.phase === 'deleted') { end(); return; }
+          if (text !== last) {
+            last = text;
+            call.write(statusToProto(s));
+          }
+          if (s.phase === 'completed' || s.phase === 'deleted') {
+            end();
+            return;
+          }
         } catch (e) {
           const err = asPgferryError(e);
-          if (err.code === 'MIGRATION_NOT_FOUND') { end(); return; }
-          end(e); return;
+          if (err.code === 'MIGRATION_NOT_FOUND') {
+            end();
+            return;
+          }
+          end(e);
+          return;
         }
         timer = setTimeout(() => void tick(), interval);
       };

@@ -15,15 +15,23 @@ import type { MigrationRecord, StateStore } from '../engine/state';
 import { FENCE_METHODS, VALIDATIONS, runCutover, type CutoverOptions } from '../engine/cutover';
 
 export interface CutoverRequest {
-  id: string; maxLagBytes?: number; maxLagSeconds?: number; timeoutMs?: number;
-  fenceMethod?: string; skipSequences?: boolean; validation?: string;
+  id: string;
+  maxLagBytes?: number;
+  maxLagSeconds?: number;
+  timeoutMs?: number;
+  fenceMethod?: string;
+  skipSequences?: boolean;
+  validation?: string;
 }
 
 export class AgentService {
   readonly runners = new Map<string, MigrationRunner>();
   private starting = new Map<string, Promise<MigrationStatus>>();
 
-  constructor(readonly store: StateStore, readonly log: LogFn) {}
+  constructor(
+    readonly store: StateStore,
+    readonly log: LogFn,
+  ) {}
 
   /** Load every recorded migration and resume the unfinished ones. */
   init(): void {
@@ -31,11 +39,19 @@ export class AgentService {
       const runner = new MigrationRunner(this.store, rec, this.log);
       this.runners.set(rec.id, runner);
       if (runner.fence.pending) {
-        this.log('warn', `Migration ${rec.id}: a fence on database '${rec.fence!.database}' (raised ${rec.fence!.raisedAt}) was not verified lifted before the agent stopped; lifting it now`, { migration: rec.id, event: 'fence-lift-pending' });
+        this.log(
+          'warn',
+          `Migration ${rec.id}: a fence on database '${rec.fence!.database}' (raised ${rec.fence!.raisedAt}) was not verified lifted before the agent stopped; lifting it now`,
+          { migration: rec.id, event: 'fence-lift-pending' },
+        );
         runner.resumeFenceLift();
       }
       if (rec.pausedAt) {
-        this.log('info', `Migration ${rec.id} is paused (since ${rec.pausedAt}, phase ${rec.phase}); resume it with: pgferry resume ${rec.id}`, { migration: rec.id, phase: rec.phase, event: 'paused' });
+        this.log('info', `Migration ${rec.id} is paused (since ${rec.pausedAt}, phase ${rec.phase}); resume it with: pgferry resume ${rec.id}`, {
+          migration: rec.id,
+          phase: rec.phase,
+          event: 'paused',
+        });
       } else if (rec.phase !== 'completed' && rec.phase !== 'failed' && rec.phase !== 'deleted') {
         this.log('info', `Resuming migration ${rec.id} in phase ${rec.phase}`, { migration: rec.id, phase: rec.phase });
         runner.start();
@@ -74,9 +90,11 @@ export class AgentService {
     const existing = this.runners.get(spec.id);
     if (existing) {
       if (existing.rec.fingerprint !== fingerprint) {
-        throw new PgferryError('MIGRATION_EXISTS_DIFFERENT_SPEC',
+        throw new PgferryError(
+          'MIGRATION_EXISTS_DIFFERENT_SPEC',
           `Migration '${spec.id}' already exists on this agent with a different spec (source, target, tables or options differ).`,
-          `Use another \`id\` for a new migration, or delete '${spec.id}' first (pgferry delete ${spec.id}).`);
+          `Use another \`id\` for a new migration, or delete '${spec.id}' first (pgferry delete ${spec.id}).`,
+        );
       }
       // Same migration: keep the newest credentials and apply knobs (a
       // rotated password is not a new spec). A syncing migration restarts its
@@ -90,7 +108,11 @@ export class AgentService {
         const fresh = new MigrationRunner(this.store, existing.rec, this.log);
         this.runners.set(spec.id, fresh);
         fresh.resumeFenceLift();
-        this.log('info', `Migration ${spec.id}: new credentials or apply settings; ${existing.paused ? 'it stays paused and uses them when resumed' : existing.rec.phase === 'failed' ? 'resuming it with them' : 'restarting its stream'}`, { migration: spec.id });
+        this.log(
+          'info',
+          `Migration ${spec.id}: new credentials or apply settings; ${existing.paused ? 'it stays paused and uses them when resumed' : existing.rec.phase === 'failed' ? 'resuming it with them' : 'restarting its stream'}`,
+          { migration: spec.id },
+        );
         fresh.start();
         return fresh.status();
       }
@@ -100,10 +122,18 @@ export class AgentService {
     const versions = await preflightOrThrow(spec);
     const now = new Date().toISOString();
     const rec: MigrationRecord = {
-      id: spec.id, fingerprint, spec: this.store.sealSpec(spec), createdAt: now, updatedAt: now,
-      phase: 'created', slotName: slotNameOf(spec), publicationName: publicationNameOf(spec),
-      slotState: 'none', publicationCreated: false,
-      sourceVersion: versions.sourceVersion, targetVersion: versions.targetVersion,
+      id: spec.id,
+      fingerprint,
+      spec: this.store.sealSpec(spec),
+      createdAt: now,
+      updatedAt: now,
+      phase: 'created',
+      slotName: slotNameOf(spec),
+      publicationName: publicationNameOf(spec),
+      slotState: 'none',
+      publicationCreated: false,
+      sourceVersion: versions.sourceVersion,
+      targetVersion: versions.targetVersion,
     };
     this.store.put(rec);
     const runner = new MigrationRunner(this.store, rec, this.log);
@@ -116,8 +146,11 @@ export class AgentService {
   get(id: string): MigrationRunner {
     const r = this.runners.get(id);
     if (!r) {
-      throw new PgferryError('MIGRATION_NOT_FOUND', `No migration '${id}' on this agent.`,
-        'Check the id (pgferry status lists them), or that you are talking to the right agent.');
+      throw new PgferryError(
+        'MIGRATION_NOT_FOUND',
+        `No migration '${id}' on this agent.`,
+        'Check the id (pgferry status lists them), or that you are talking to the right agent.',
+      );
     }
     return r;
   }
@@ -142,17 +175,27 @@ export class AgentService {
     }
     if (!r.cutoverRun) {
       if (r.paused) {
-        throw new PgferryError('WRONG_PHASE', `Migration '${req.id}' is paused (since ${r.rec.pausedAt}); a cutover needs its changes flowing.`,
-          `Resume it first (pgferry resume ${req.id}), wait until the lag is small (pgferry status ${req.id}), then cut over.`);
+        throw new PgferryError(
+          'WRONG_PHASE',
+          `Migration '${req.id}' is paused (since ${r.rec.pausedAt}); a cutover needs its changes flowing.`,
+          `Resume it first (pgferry resume ${req.id}), wait until the lag is small (pgferry status ${req.id}), then cut over.`,
+        );
       }
       if (r.phase !== 'syncing') {
-        throw new PgferryError('WRONG_PHASE', `Migration '${req.id}' is in phase '${r.phase}'; a cutover needs it to be 'syncing'.`,
-          r.phase === 'failed' ? `Fix the failure (${r.rec.error?.message ?? 'see status'}) and start the migration again.` : 'Wait until the initial load finished and the migration is syncing (pgferry status).');
+        throw new PgferryError(
+          'WRONG_PHASE',
+          `Migration '${req.id}' is in phase '${r.phase}'; a cutover needs it to be 'syncing'.`,
+          r.phase === 'failed'
+            ? `Fix the failure (${r.rec.error?.message ?? 'see status'}) and start the migration again.`
+            : 'Wait until the initial load finished and the migration is syncing (pgferry status).',
+        );
       }
       const abort = new AbortController();
       const opts: CutoverOptions = {
-        maxLagBytes: req.maxLagBytes || undefined, maxLagSeconds: req.maxLagSeconds || undefined,
-        timeoutMs: req.timeoutMs || undefined, skipSequences: req.skipSequences,
+        maxLagBytes: req.maxLagBytes || undefined,
+        maxLagSeconds: req.maxLagSeconds || undefined,
+        timeoutMs: req.timeoutMs || undefined,
+        skipSequences: req.skipSequences,
         fenceMethod: (req.fenceMethod || undefined) as CutoverOptions['fenceMethod'],
         validation: (req.validation || undefined) as CutoverOptions['validation'],
       };
@@ -162,7 +205,9 @@ export class AgentService {
       if (opts.validation && !VALIDATIONS.includes(opts.validation)) {
         throw new PgferryError('INVALID_SPEC', `Unknown validation '${opts.validation}'.`, `Use one of: ${VALIDATIONS.join(', ')}.`);
       }
-      const promise = runCutover(r, opts, abort.signal).finally(() => { r.cutoverRun = null; });
+      const promise = runCutover(r, opts, abort.signal).finally(() => {
+        r.cutoverRun = null;
+      });
       r.cutoverRun = { promise, abort };
     }
     await r.cutoverRun!.promise;
@@ -176,7 +221,11 @@ export class AgentService {
       r.cutoverRun.abort.abort();
       await r.cutoverRun.promise.catch(() => undefined);
     } else if (r.cutoverRun) {
-      throw new PgferryError('WRONG_PHASE', `The cutover of '${id}' is past the fence (${rep?.state}); it completes or rolls back by itself.`, 'Wait for it to finish (pgferry status).');
+      throw new PgferryError(
+        'WRONG_PHASE',
+        `The cutover of '${id}' is past the fence (${rep?.state}); it completes or rolls back by itself.`,
+        'Wait for it to finish (pgferry status).',
+      );
     }
     return r.status();
   }
@@ -189,9 +238,12 @@ export class AgentService {
    */
   async unfence(id: string, opts: { afterCutover?: boolean } = {}): Promise<MigrationStatus> {
     const r = this.get(id);
-    const keptRefusal = () => new PgferryError('WRONG_PHASE',
-      `The cutover of '${id}' completed: the source database '${r.fence.record?.database}' is fenced on purpose, since writes to it would never reach the target.`,
-      `If the application must write to the old source anyway, run: pgferry unfence ${id} --after-cutover`);
+    const keptRefusal = () =>
+      new PgferryError(
+        'WRONG_PHASE',
+        `The cutover of '${id}' completed: the source database '${r.fence.record?.database}' is fenced on purpose, since writes to it would never reach the target.`,
+        `If the application must write to the old source anyway, run: pgferry unfence ${id} --after-cutover`,
+      );
     if (r.fence.record?.kept && !opts.afterCutover) throw keptRefusal();
     if (r.cutoverRun) {
       this.log('warn', `Unfence of ${id} requested during its cutover (${r.rec.cutover?.state}): cancelling the cutover`, { migration: id });
@@ -202,10 +254,18 @@ export class AgentService {
     const lift = await r.fence.liftOnce({ includeKept: opts.afterCutover });
     if (!lift.lifted) {
       r.resumeFenceLift();
-      throw new PgferryError('SOURCE_UNREACHABLE', `The fence on database '${r.fence.record?.database}' could not be lifted: ${lift.error}. The source still starts every new session read-only.`,
-        `The agent keeps retrying${r.fence.record?.kept ? ' only for a failed cutover; run pgferry unfence again' : ''}. To lift it by hand: ${r.fence.status(false).liftStatement}`);
+      throw new PgferryError(
+        'SOURCE_UNREACHABLE',
+        `The fence on database '${r.fence.record?.database}' could not be lifted: ${lift.error}. The source still starts every new session read-only.`,
+        `The agent keeps retrying${r.fence.record?.kept ? ' only for a failed cutover; run pgferry unfence again' : ''}. To lift it by hand: ${r.fence.status(false).liftStatement}`,
+      );
     }
-    if (lift.wasUp) this.log('warn', `Migration ${id}: fence lifted by pgferry unfence${opts.afterCutover ? ' after a completed cutover: the old source takes writes that will not reach the target' : ''}`, { migration: id, event: 'unfenced' });
+    if (lift.wasUp)
+      this.log(
+        'warn',
+        `Migration ${id}: fence lifted by pgferry unfence${opts.afterCutover ? ' after a completed cutover: the old source takes writes that will not reach the target' : ''}`,
+        { migration: id, event: 'unfenced' },
+      );
     return r.status();
   }
 
@@ -219,13 +279,20 @@ export class AgentService {
     const r = this.get(id);
     if (!r.paused) {
       if (r.cutoverRun || r.phase === 'cutting-over') {
-        throw new PgferryError('WRONG_PHASE', `Migration '${id}' is cutting over; it cannot be paused now.`,
-          `Cancel the cutover if it is still waiting for the lag (pgferry cancel-cutover ${id}), or let it finish (pgferry status ${id}).`);
+        throw new PgferryError(
+          'WRONG_PHASE',
+          `Migration '${id}' is cutting over; it cannot be paused now.`,
+          `Cancel the cutover if it is still waiting for the lag (pgferry cancel-cutover ${id}), or let it finish (pgferry status ${id}).`,
+        );
       }
       if (r.phase === 'completed' || r.phase === 'failed') {
-        throw new PgferryError('WRONG_PHASE', `Migration '${id}' is ${r.phase}; there is nothing running to pause.`,
-          r.phase === 'failed' ? `Fix the failure (${r.rec.error?.message ?? 'see pgferry status'}) and start it again (pgferry start), or delete it (pgferry delete ${id}).`
-            : `Nothing to do; delete it when you no longer need its report (pgferry delete ${id}).`);
+        throw new PgferryError(
+          'WRONG_PHASE',
+          `Migration '${id}' is ${r.phase}; there is nothing running to pause.`,
+          r.phase === 'failed'
+            ? `Fix the failure (${r.rec.error?.message ?? 'see pgferry status'}) and start it again (pgferry start), or delete it (pgferry delete ${id}).`
+            : `Nothing to do; delete it when you no longer need its report (pgferry delete ${id}).`,
+        );
       }
       await r.pause();
     }

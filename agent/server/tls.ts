@@ -48,12 +48,19 @@ function readPem(file: string, flag: string, what: string): string {
   try {
     text = readFileSync(file, 'utf8');
   } catch (e) {
-    throw new PgferryError('INVALID_SPEC', `${flag} '${file}' cannot be read (${(e as NodeJS.ErrnoException).code ?? 'error'}).`,
-      `Point ${flag} at a readable PEM file holding ${what}.`, { cause: e });
+    throw new PgferryError(
+      'INVALID_SPEC',
+      `${flag} '${file}' cannot be read (${(e as NodeJS.ErrnoException).code ?? 'error'}).`,
+      `Point ${flag} at a readable PEM file holding ${what}.`,
+      { cause: e },
+    );
   }
   if (!text.includes('-----BEGIN ')) {
-    throw new PgferryError('INVALID_SPEC', `${flag} '${file}' is not a PEM file (no '-----BEGIN' line).`,
-      `Give ${what} in PEM form (convert DER with \`openssl x509 -inform der -in FILE -out FILE.pem\`).`);
+    throw new PgferryError(
+      'INVALID_SPEC',
+      `${flag} '${file}' is not a PEM file (no '-----BEGIN' line).`,
+      `Give ${what} in PEM form (convert DER with \`openssl x509 -inform der -in FILE -out FILE.pem\`).`,
+    );
   }
   return text;
 }
@@ -62,8 +69,12 @@ function parseCert(pem: string, file: string, flag: string): X509Certificate {
   try {
     return new X509Certificate(pem);
   } catch (e) {
-    throw new PgferryError('INVALID_SPEC', `${flag} '${file}' does not hold a valid X.509 certificate: ${(e as Error).message}.`,
-      `Check the file with \`openssl x509 -in ${file} -noout -text\`.`, { cause: e });
+    throw new PgferryError(
+      'INVALID_SPEC',
+      `${flag} '${file}' does not hold a valid X.509 certificate: ${(e as Error).message}.`,
+      `Check the file with \`openssl x509 -in ${file} -noout -text\`.`,
+      { cause: e },
+    );
   }
 }
 
@@ -72,11 +83,16 @@ function parseKey(pem: string, file: string, flag: string): KeyObject {
     return createPrivateKey(pem);
   } catch (e) {
     const encrypted = /ENCRYPTED/.test(pem) || /passphrase/i.test((e as Error).message);
-    throw new PgferryError('INVALID_SPEC',
-      encrypted ? `${flag} '${file}' is an encrypted private key; the agent cannot prompt for a passphrase.`
+    throw new PgferryError(
+      'INVALID_SPEC',
+      encrypted
+        ? `${flag} '${file}' is an encrypted private key; the agent cannot prompt for a passphrase.`
         : `${flag} '${file}' does not hold a valid private key: ${(e as Error).message}.`,
-      encrypted ? `Decrypt it into a file only the agent's user can read: \`openssl pkey -in ${file} -out key.pem && chmod 600 key.pem\`.`
-        : 'Give the PEM private key that belongs to the certificate.', { cause: e });
+      encrypted
+        ? `Decrypt it into a file only the agent's user can read: \`openssl pkey -in ${file} -out key.pem && chmod 600 key.pem\`.`
+        : 'Give the PEM private key that belongs to the certificate.',
+      { cause: e },
+    );
   }
 }
 
@@ -93,8 +109,11 @@ function checkValidity(cert: X509Certificate, file: string, flag: string, now: D
   const notAfter = new Date(cert.validTo);
   const notBefore = new Date(cert.validFrom);
   if (notAfter.getTime() <= now.getTime()) {
-    throw new PgferryError('INVALID_SPEC', `The certificate in ${flag} '${file}' expired on ${notAfter.toISOString()}.`,
-      `Renew it and point ${flag} at the new file.`);
+    throw new PgferryError(
+      'INVALID_SPEC',
+      `The certificate in ${flag} '${file}' expired on ${notAfter.toISOString()}.`,
+      `Renew it and point ${flag} at the new file.`,
+    );
   }
   if (notBefore.getTime() > now.getTime()) {
     warnings.push(`The certificate in ${flag} '${file}' is not valid before ${notBefore.toISOString()}; clients will refuse it until then (check the clock).`);
@@ -117,20 +136,27 @@ export function loadServerTls(files: ServerTlsFiles, now = new Date()): ServerTl
   const cert = parseCert(certPem, files.certFile, '--tls-cert');
   const key = parseKey(keyPem, files.keyFile, '--tls-key');
   if (!cert.checkPrivateKey(key)) {
-    throw new PgferryError('INVALID_SPEC', `The private key in --tls-key '${files.keyFile}' does not belong to the certificate in --tls-cert '${files.certFile}'.`,
-      'Give the key the certificate was issued for (compare `openssl x509 -noout -pubkey -in CERT` with `openssl pkey -pubout -in KEY`).');
+    throw new PgferryError(
+      'INVALID_SPEC',
+      `The private key in --tls-key '${files.keyFile}' does not belong to the certificate in --tls-cert '${files.certFile}'.`,
+      'Give the key the certificate was issued for (compare `openssl x509 -noout -pubkey -in CERT` with `openssl pkey -pubout -in KEY`).',
+    );
   }
   try {
     const mode = statSync(files.keyFile).mode;
-    if (mode & 0o077) warnings.push(`--tls-key '${files.keyFile}' is readable by other users (mode ${(mode & 0o777).toString(8)}); run \`chmod 600 ${files.keyFile}\`.`);
-  } catch { /* read above; a race here is harmless */ }
+    if (mode & 0o077)
+      warnings.push(`--tls-key '${files.keyFile}' is readable by other users (mode ${(mode & 0o777).toString(8)}); run \`chmod 600 ${files.keyFile}\`.`);
+  } catch {
+    /* read above; a race here is harmless */
+  }
   const notAfter = checkValidity(cert, files.certFile, '--tls-cert', now, warnings);
   let clientCa: Buffer | null = null;
   if (files.clientCaFile) {
     const caPem = readPem(files.clientCaFile, '--tls-client-ca', 'the CA certificate(s) that sign client certificates');
     const cas = parseBundle(caPem, files.clientCaFile, '--tls-client-ca');
     for (const ca of cas) checkValidity(ca, files.clientCaFile, '--tls-client-ca', now, warnings);
-    if (!cas.some((c) => c.ca)) warnings.push(`No certificate in --tls-client-ca '${files.clientCaFile}' is marked as a CA; client certificates may fail to verify.`);
+    if (!cas.some((c) => c.ca))
+      warnings.push(`No certificate in --tls-client-ca '${files.clientCaFile}' is marked as a CA; client certificates may fail to verify.`);
     clientCa = Buffer.from(caPem);
   }
   const credentials = grpc.ServerCredentials.createSsl(clientCa, [{ private_key: Buffer.from(keyPem), cert_chain: Buffer.from(certPem) }], clientCa !== null);
@@ -146,7 +172,11 @@ export interface ClientTlsFiles {
   keyFile?: string;
 }
 
-export interface ClientTls { caCert?: string; clientCert?: string; clientKey?: string }
+export interface ClientTls {
+  caCert?: string;
+  clientCert?: string;
+  clientKey?: string;
+}
 
 /** Read and check the CLI's TLS files (PEM texts for the agent client). */
 export function loadClientTls(files: ClientTlsFiles): ClientTls {
@@ -156,7 +186,11 @@ export function loadClientTls(files: ClientTlsFiles): ClientTls {
     parseBundle(out.caCert, files.caFile, '--ca-cert');
   }
   if (!!files.certFile !== !!files.keyFile) {
-    throw new PgferryError('INVALID_SPEC', 'Only one of --client-cert and --client-key was given.', 'Give both (the client certificate and its private key), or neither.');
+    throw new PgferryError(
+      'INVALID_SPEC',
+      'Only one of --client-cert and --client-key was given.',
+      'Give both (the client certificate and its private key), or neither.',
+    );
   }
   if (files.certFile && files.keyFile) {
     out.clientCert = readPem(files.certFile, '--client-cert', 'the client certificate');
@@ -164,7 +198,11 @@ export function loadClientTls(files: ClientTlsFiles): ClientTls {
     const cert = parseCert(out.clientCert, files.certFile, '--client-cert');
     const key = parseKey(out.clientKey, files.keyFile, '--client-key');
     if (!cert.checkPrivateKey(key)) {
-      throw new PgferryError('INVALID_SPEC', `--client-key '${files.keyFile}' does not belong to --client-cert '${files.certFile}'.`, 'Give the key the client certificate was issued for.');
+      throw new PgferryError(
+        'INVALID_SPEC',
+        `--client-key '${files.keyFile}' does not belong to --client-cert '${files.certFile}'.`,
+        'Give the key the client certificate was issued for.',
+      );
     }
   }
   return out;

@@ -66,33 +66,37 @@ const database = new dbforpostgresql.Database('orders', {
 });
 
 const caCert = cfg.get('agentCaCert');
-const migration = new pgferry.Migration('orders', {
-  agent: {
-    endpoint: cfg.require('agentEndpoint'),
-    token: cfg.requireSecret('agentToken'),
-    ...(caCert ? { caCert } : {}),
-    insecure: cfg.getBoolean('agentInsecure') ?? false,
+const migration = new pgferry.Migration(
+  'orders',
+  {
+    agent: {
+      endpoint: cfg.require('agentEndpoint'),
+      token: cfg.requireSecret('agentToken'),
+      ...(caCert ? { caCert } : {}),
+      insecure: cfg.getBoolean('agentInsecure') ?? false,
+    },
+    source: {
+      host: cfg.require('sourceHost'),
+      port: cfg.getNumber('sourcePort') ?? 5432,
+      database: databaseName,
+      user: cfg.require('sourceUser'),
+      password: cfg.requireSecret('sourcePassword'),
+      sslMode: (cfg.get('sourceSslMode') as pgferry.SslMode | undefined) ?? 'require',
+    },
+    target: {
+      host: server.fullyQualifiedDomainName.apply((fqdn) => fqdn ?? ''),
+      database: database.name,
+      user: adminLogin,
+      password: adminPassword,
+      sslMode: 'require',
+    },
+    tables: { include: ['public.*'] },
+    // The cutover pull request flips this to true (`pulumi config set cutover true`, or edit the default).
+    cutover: cfg.getBoolean('cutover') ?? false,
+    cutoverOptions: { maxLagSeconds: 5, validation: 'checksums' },
   },
-  source: {
-    host: cfg.require('sourceHost'),
-    port: cfg.getNumber('sourcePort') ?? 5432,
-    database: databaseName,
-    user: cfg.require('sourceUser'),
-    password: cfg.requireSecret('sourcePassword'),
-    sslMode: (cfg.get('sourceSslMode') as pgferry.SslMode | undefined) ?? 'require',
-  },
-  target: {
-    host: server.fullyQualifiedDomainName.apply((fqdn) => fqdn ?? ''),
-    database: database.name,
-    user: adminLogin,
-    password: adminPassword,
-    sslMode: 'require',
-  },
-  tables: { include: ['public.*'] },
-  // The cutover pull request flips this to true (`pulumi config set cutover true`, or edit the default).
-  cutover: cfg.getBoolean('cutover') ?? false,
-  cutoverOptions: { maxLagSeconds: 5, validation: 'checksums' },
-}, { dependsOn: [agentFirewall, database] });
+  { dependsOn: [agentFirewall, database] },
+);
 
 // The application follows the migration: the source until the cutover completed, then the new server.
 const plan = new web.AppServicePlan('orders-plan', {

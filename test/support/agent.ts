@@ -45,7 +45,13 @@ export interface StartAgentOptions {
 
 export const CLI = join(__dirname, '..', '..', 'agent', 'cli', 'main.js');
 
-async function spawnAgent(stateDir: string, logFile: string, extraArgs: string[], env: Record<string, string>, wantMetrics: boolean): Promise<{ child: ChildProcess; port: number; metricsPort?: number }> {
+async function spawnAgent(
+  stateDir: string,
+  logFile: string,
+  extraArgs: string[],
+  env: Record<string, string>,
+  wantMetrics: boolean,
+): Promise<{ child: ChildProcess; port: number; metricsPort?: number }> {
   const child = spawn(process.execPath, [CLI, 'agent', '--listen', '127.0.0.1:0', '--state-dir', stateDir, '--log-format', 'json', ...extraArgs], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, ...env },
@@ -71,7 +77,8 @@ async function spawnAgent(stateDir: string, logFile: string, extraArgs: string[]
       settled = true;
       // stderr has ended; once the log file has it all, show its tail.
       const fail = () => reject(new Error(`agent exited with ${code} before listening; see ${logFile}:\n${readFileSync(logFile, 'utf8').slice(-2000)}`));
-      if (log.writableFinished) fail(); else log.once('finish', fail);
+      if (log.writableFinished) fail();
+      else log.once('finish', fail);
     });
   });
   return { child, ...ports };
@@ -81,7 +88,13 @@ async function spawnAgent(stateDir: string, logFile: string, extraArgs: string[]
 const agentDirs: string[] = [];
 process.once('exit', () => {
   if (process.env.PGFERRY_KEEP_AGENT_DIR) return;
-  for (const d of agentDirs) { try { rmSync(d, { recursive: true, force: true }); } catch { /* best effort */ } }
+  for (const d of agentDirs) {
+    try {
+      rmSync(d, { recursive: true, force: true });
+    } catch {
+      /* best effort */
+    }
+  }
 });
 
 export async function startAgent(opts: StartAgentOptions = {}): Promise<AgentProcess> {
@@ -121,7 +134,9 @@ export async function startAgent(opts: StartAgentOptions = {}): Promise<AgentPro
         clearTimeout(t);
       }
     },
-    kill() { child.kill('SIGKILL'); },
+    kill() {
+      child.kill('SIGKILL');
+    },
     async restart() {
       await proc.stop();
       ({ child, port, metricsPort } = await spawnAgent(stateDir, logFile, args, env, !!opts.metrics));
@@ -129,7 +144,9 @@ export async function startAgent(opts: StartAgentOptions = {}): Promise<AgentPro
       proc.pid = child.pid!;
       proc.metricsPort = metricsPort;
     },
-    logs() { return readFileSync(logFile, 'utf8'); },
+    logs() {
+      return readFileSync(logFile, 'utf8');
+    },
   };
   return proc;
 }

@@ -12,8 +12,14 @@ import { generate } from 'selfsigned';
 export interface TestCerts {
   dir: string;
   /** PEM file paths. */
-  caCert: string; serverCert: string; serverKey: string; clientCert: string; clientKey: string;
-  otherCaCert: string; otherClientCert: string; otherClientKey: string;
+  caCert: string;
+  serverCert: string;
+  serverKey: string;
+  clientCert: string;
+  clientKey: string;
+  otherCaCert: string;
+  otherClientCert: string;
+  otherClientKey: string;
   remove(): void;
 }
 
@@ -28,12 +34,24 @@ async function makeCa(cn: string) {
 
 async function makeLeaf(cn: string, ca: { private: string; cert: string }, usage: 'server' | 'client') {
   return generate([{ name: 'commonName', value: cn }], {
-    algorithm: 'sha256', keyType: 'ec', ca: { key: ca.private, cert: ca.cert },
+    algorithm: 'sha256',
+    keyType: 'ec',
+    ca: { key: ca.private, cert: ca.cert },
     extensions: [
       { name: 'basicConstraints', cA: false },
       { name: 'keyUsage', digitalSignature: true, keyEncipherment: true },
       { name: 'extKeyUsage', serverAuth: usage === 'server', clientAuth: usage === 'client' },
-      ...(usage === 'server' ? [{ name: 'subjectAltName' as const, altNames: [{ type: 2 as const, value: 'localhost' }, { type: 7 as const, ip: '127.0.0.1' }] }] : []),
+      ...(usage === 'server'
+        ? [
+            {
+              name: 'subjectAltName' as const,
+              altNames: [
+                { type: 2 as const, value: 'localhost' },
+                { type: 7 as const, ip: '127.0.0.1' },
+              ],
+            },
+          ]
+        : []),
     ],
   });
 }
@@ -45,14 +63,21 @@ export async function makeTestCerts(): Promise<TestCerts> {
   const client = await makeLeaf('pgferry-cli', ca, 'client');
   const other = await makeCa('some other CA');
   const otherClient = await makeLeaf('intruder', other, 'client');
-  const w = (name: string, text: string) => { const p = join(dir, name); writeFileSync(p, text, { mode: 0o600 }); return p; };
+  const w = (name: string, text: string) => {
+    const p = join(dir, name);
+    writeFileSync(p, text, { mode: 0o600 });
+    return p;
+  };
   return {
     dir,
     caCert: w('ca.pem', ca.cert),
-    serverCert: w('server.pem', server.cert), serverKey: w('server.key', server.private),
-    clientCert: w('client.pem', client.cert), clientKey: w('client.key', client.private),
+    serverCert: w('server.pem', server.cert),
+    serverKey: w('server.key', server.private),
+    clientCert: w('client.pem', client.cert),
+    clientKey: w('client.key', client.private),
     otherCaCert: w('other-ca.pem', other.cert),
-    otherClientCert: w('other-client.pem', otherClient.cert), otherClientKey: w('other-client.key', otherClient.private),
+    otherClientCert: w('other-client.pem', otherClient.cert),
+    otherClientKey: w('other-client.key', otherClient.private),
     remove: () => rmSync(dir, { recursive: true, force: true }),
   };
 }

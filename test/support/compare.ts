@@ -35,7 +35,8 @@ export async function assertSameData(source: Cluster, target: Cluster, database:
   try {
     return await assertSameTables(s, t);
   } finally {
-    await s.end(); await t.end();
+    await s.end();
+    await t.end();
   }
 }
 
@@ -46,7 +47,8 @@ export async function assertSameTables(s: pg.Client, t: pg.Client): Promise<stri
   const diffs: string[] = [];
   for (const tb of tables) {
     const [a, b] = await Promise.all([tableFingerprint(s, tb.schema, tb.name, tb.columns), tableFingerprint(t, tb.schema, tb.name, tb.columns)]);
-    if (a.rows !== b.rows || a.checksum !== b.checksum) diffs.push(`${tb.schema}.${tb.name}: source ${a.rows} rows/${a.checksum}, target ${b.rows} rows/${b.checksum}`);
+    if (a.rows !== b.rows || a.checksum !== b.checksum)
+      diffs.push(`${tb.schema}.${tb.name}: source ${a.rows} rows/${a.checksum}, target ${b.rows} rows/${b.checksum}`);
   }
   assert.deepEqual(diffs, [], `tables differ:\n${diffs.join('\n')}`);
   return tables.map((x) => `${x.schema}.${x.name}`);
@@ -65,7 +67,9 @@ export async function waitFor<T>(what: string, fn: () => Promise<T | undefined |
     try {
       const v = await fn();
       if (v) return v;
-    } catch (e) { last = e; }
+    } catch (e) {
+      last = e;
+    }
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`);
     await new Promise((r) => setTimeout(r, 100));
   }

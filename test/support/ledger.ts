@@ -49,14 +49,29 @@ export function ledgerWriter(connect: () => Promise<pg.Client>): LedgerWriter {
         }
       } catch {
         refused++;
-        try { await c?.end(); } catch { /* gone */ }
+        try {
+          await c?.end();
+        } catch {
+          /* gone */
+        }
         c = null;
         await new Promise((r) => setTimeout(r, 5));
       }
     }
     await c?.end().catch(() => undefined);
   })();
-  return { base, committed, inDoubt, get refused() { return refused; }, stop: async () => { running = false; await loop; } };
+  return {
+    base,
+    committed,
+    inDoubt,
+    get refused() {
+      return refused;
+    },
+    stop: async () => {
+      running = false;
+      await loop;
+    },
+  };
 }
 
 /** Every commit the writer saw succeed is in `db`'s ledger, and nothing but those and the in-doubt ones. */

@@ -4,8 +4,16 @@
  */
 import assert from 'node:assert/strict';
 
-export interface Sample { name: string; labels: Record<string, string>; value: number }
-export interface Exposition { help: Map<string, string>; type: Map<string, string>; samples: Sample[] }
+export interface Sample {
+  name: string;
+  labels: Record<string, string>;
+  value: number;
+}
+export interface Exposition {
+  help: Map<string, string>;
+  type: Map<string, string>;
+  samples: Sample[];
+}
 
 /** Parse the Prometheus text format (0.0.4); throws on any line it cannot read. */
 export function parseExposition(text: string): Exposition {
@@ -13,9 +21,15 @@ export function parseExposition(text: string): Exposition {
   for (const [i, line] of text.split('\n').entries()) {
     if (line === '') continue;
     let m = /^# HELP ([a-zA-Z_:][a-zA-Z0-9_:]*) (.*)$/.exec(line);
-    if (m) { out.help.set(m[1], m[2]); continue; }
+    if (m) {
+      out.help.set(m[1], m[2]);
+      continue;
+    }
     m = /^# TYPE ([a-zA-Z_:][a-zA-Z0-9_:]*) (counter|gauge|histogram|summary|untyped)$/.exec(line);
-    if (m) { out.type.set(m[1], m[2]); continue; }
+    if (m) {
+      out.type.set(m[1], m[2]);
+      continue;
+    }
     if (line.startsWith('#')) continue;
     m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? ([^ ]+)(?: -?\d+)?$/.exec(line);
     if (!m) throw new Error(`line ${i + 1} is not a sample: ${line}`);
@@ -52,7 +66,6 @@ export function one(e: Exposition, name: string, labels: Record<string, string> 
   return s[0].value;
 }
 export const sum = (e: Exposition, name: string, labels: Record<string, string> = {}) => pick(e, name, labels).reduce((a, s) => a + s.value, 0);
-
 
 /** GET /metrics of an agent on loopback, parsed. */
 export async function scrape(port: number): Promise<Exposition> {

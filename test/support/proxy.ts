@@ -24,27 +24,52 @@ export async function startProxy(targetPort: number, targetHost = '127.0.0.1'): 
   let dropped = 0;
   let timer: NodeJS.Timeout | undefined;
   const server: Server = createServer((client) => {
-    if (down) { dropped++; client.resetAndDestroy(); return; }
+    if (down) {
+      dropped++;
+      client.resetAndDestroy();
+      return;
+    }
     const upstream = connect(targetPort, targetHost);
-    live.add(client); live.add(upstream);
-    const end = () => { live.delete(client); live.delete(upstream); client.destroy(); upstream.destroy(); };
-    client.on('error', end); upstream.on('error', end);
-    client.on('close', end); upstream.on('close', end);
-    client.pipe(upstream); upstream.pipe(client);
+    live.add(client);
+    live.add(upstream);
+    const end = () => {
+      live.delete(client);
+      live.delete(upstream);
+      client.destroy();
+      upstream.destroy();
+    };
+    client.on('error', end);
+    upstream.on('error', end);
+    client.on('close', end);
+    upstream.on('close', end);
+    client.pipe(upstream);
+    upstream.pipe(client);
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const port = (server.address() as { port: number }).port;
   const proxy: CuttableProxy = {
     host: '127.0.0.1',
     port,
-    get dropped() { return dropped; },
-    get down() { return down; },
+    get dropped() {
+      return dropped;
+    },
+    get down() {
+      return down;
+    },
     cut(ms?: number) {
       down = true;
-      for (const s of live) { dropped++; s.resetAndDestroy(); }
+      for (const s of live) {
+        dropped++;
+        s.resetAndDestroy();
+      }
       live.clear();
       if (timer) clearTimeout(timer);
-      timer = ms === undefined ? undefined : setTimeout(() => { down = false; }, ms);
+      timer =
+        ms === undefined
+          ? undefined
+          : setTimeout(() => {
+              down = false;
+            }, ms);
     },
     restore() {
       if (timer) clearTimeout(timer);

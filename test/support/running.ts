@@ -63,8 +63,12 @@ export async function startShop(opts: StartAgentOptions & { rows?: number; caCer
     agent = await startAgent(opts);
     client = new AgentClient({ endpoint: agent.endpoint, token: opts.token, caCert: opts.caCert ? readFileSync(opts.caCert, 'utf8') : undefined });
     const spec: MigrationSpecMessage = {
-      id: 'shop', source: source.endpoint('shop'), target: target.endpoint('shop'), tables: { include: ['public.*'] },
-      copy: { workers: 2, splitBytes: 256 * 1024, indexJobs: 2 }, apply: { batchChanges: 500, batchMs: 50 },
+      id: 'shop',
+      source: source.endpoint('shop'),
+      target: target.endpoint('shop'),
+      tables: { include: ['public.*'] },
+      copy: { workers: 2, splitBytes: 256 * 1024, indexJobs: 2 },
+      apply: { batchChanges: 500, batchMs: 50 },
     };
     const c = client;
     await client.startMigration(spec);
