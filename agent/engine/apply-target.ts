@@ -190,7 +190,7 @@ export function relMap(rel: RelationMessage, key: string, target: TargetTable | 
     throw new PgferryError(
       'SCHEMA_DRIFT',
       `Table ${key} receives changes from the source but does not exist on the target.`,
-      `Create ${key} on the target with the source's definition, then restart the agent.`,
+      `Create ${key} on the target with the source's definition, then start the migration again with the same spec (pgferry start --spec FILE, or pulumi up), which resumes it.`,
     );
   }
   const lacking = missingColumn(rel, target);
@@ -198,7 +198,7 @@ export function relMap(rel: RelationMessage, key: string, target: TargetTable | 
     throw new PgferryError(
       'SCHEMA_DRIFT',
       `Column ${qi(lacking.name)} of table ${key} exists on the source but not on the target.`,
-      `Add the column on the target (ALTER TABLE ${key} ADD COLUMN ${qi(lacking.name)} <its type on the source>), then restart the agent.`,
+      `Add the column on the target (ALTER TABLE ${key} ADD COLUMN ${qi(lacking.name)} <its type on the source>), then start the migration again with the same spec (pgferry start --spec FILE, or pulumi up), which resumes it.`,
     );
   }
   const cols = rel.columns.map((c) => {
