@@ -8,22 +8,14 @@
  */
 import { randomBytes } from 'node:crypto';
 import type pg from 'pg';
-import { connect, qi, qn, describeEndpoint, resolveEndpoint } from './conn';
+import { connect, qn, describeEndpoint, resolveEndpoint } from './conn';
 import { selectTables, hasUsableIdentity, tableKey, type TableInfo } from './catalog';
-import { isPgferryError, asPgferryError, type ErrorCode } from './errors';
+import { isPgferryError, asPgferryError } from './errors';
 import { publicationNameOf, slotNameOf, type MigrationSpec } from './spec';
+import { check, type PreflightCheck, type PreflightContext } from './preflight-check';
+import { targetChecks } from './preflight-target';
 
-export type Verdict = 'pass' | 'warn' | 'fail';
-
-export interface PreflightCheck {
-  name: string;
-  verdict: Verdict;
-  message: string;
-  remedy: string;
-  objects: string[];
-  /** The error code a failed check maps to when the migration is started anyway. */
-  code?: ErrorCode;
-}
+export type { PreflightCheck, PreflightContext, Verdict } from './preflight-check';
 
 export interface PreflightReport {
   ok: boolean;
@@ -33,26 +25,10 @@ export interface PreflightReport {
   tableCount: number;
 }
 
-export interface PreflightContext {
-  /** Objects this migration created earlier (a restart is not a name clash). */
-  ownsSlot?: boolean;
-  ownsPublication?: boolean;
-  /** Skip target-content checks (the migration is already loading into it). */
-  resuming?: boolean;
-}
-
 export interface PreflightResult {
   report: PreflightReport;
   tables: TableInfo[];
 }
-
-const check = (name: string, verdict: Verdict, message: string, remedy = '', objects: string[] = []): PreflightCheck => ({
-  name,
-  verdict,
-  message,
-  remedy,
-  objects,
-});
 
 /** Tables that can take part: unlogged ones cannot be published. */
 export function migratableTables(tables: TableInfo[]): TableInfo[] {
@@ -153,9 +129,45 @@ async function sameDatabase(src: pg.Client, tgt: pg.Client, probe: string): Prom
   return [a.sysid ? `system identifier ${a.sysid}` : 'one server', `database OID ${a.dbOid}`, `server started ${a.started}`].join(', ');
 }
 
+/** The source's settings and what its connecting role may do, read in one query. */
+interface SourceInfo {
+  version: string;
+  num: number;
+  wal_level: string;
+  max_slots: number;
+  max_senders: number;
+  used_slots: number;
+  used_senders: number;
+  superuser: boolean;
+  replication: boolean;
+  usr: string;
+  encoding: string;
+  can_create: boolean;
+  /** A bigint, as text. */
+  large_objects: string;
+}
+
+/**
+ * The source-side checks, in the report's order: version and settings,
+ * privileges, the slot and publication names, the table selection, replica
+ * identities, table ownership and SELECT, large objects.
+ */
 async function sourceChecks(src: pg.Client, spec: MigrationSpec, ctx: PreflightContext, checks: PreflightCheck[]) {
-  const info = (
-    await src.query(`
+  const info = await readSourceInfo(src);
+  const major = Math.floor(info.num / 10000);
+  sourceSettingChecks(info, major, ctx, checks);
+  await replicationPrivilegeChecks(src, info, checks);
+  await nameChecks(src, spec, ctx, checks);
+  const tables = await tableSelectionChecks(src, spec, checks);
+  replicaIdentityChecks(tables, major, checks);
+  await tableAccessChecks(src, info, tables, checks);
+  largeObjectsCheck(info, checks);
+  return { version: info.version, major, tables, encoding: info.encoding };
+}
+
+async function readSourceInfo(src: pg.Client): Promise<SourceInfo> {
+  return (
+    await src.query<SourceInfo>(`
     SELECT current_setting('server_version') AS version, current_setting('server_version_num')::int AS num,
            current_setting('wal_level') AS wal_level,
            current_setting('max_replication_slots')::int AS max_slots,
@@ -168,7 +180,10 @@ async function sourceChecks(src: pg.Client, spec: MigrationSpec, ctx: PreflightC
            (SELECT count(*) FROM pg_largeobject_metadata)::bigint AS large_objects
       FROM pg_roles r WHERE r.rolname = current_user`)
   ).rows[0];
-  const major = Math.floor(info.num / 10000);
+}
+
+/** source_version, wal_level, replication_slots, wal_senders. */
+function sourceSettingChecks(info: SourceInfo, major: number, ctx: PreflightContext, checks: PreflightCheck[]): void {
   if (major < 12) {
     checks.push(
       check(
@@ -212,6 +227,10 @@ async function sourceChecks(src: pg.Client, spec: MigrationSpec, ctx: PreflightC
           `Raise max_wal_senders (ALTER SYSTEM SET max_wal_senders = ${info.max_senders + 2}; then restart).`,
         ),
   );
+}
+
+/** replication_privilege, create_privilege: the role may replicate and create the publication. */
+async function replicationPrivilegeChecks(src: pg.Client, info: SourceInfo, checks: PreflightCheck[]): Promise<void> {
   checks.push(
     info.superuser || info.replication
       ? check('replication_privilege', 'pass', `Role '${info.usr}' may replicate.`)
@@ -232,7 +251,10 @@ async function sourceChecks(src: pg.Client, spec: MigrationSpec, ctx: PreflightC
       ),
     );
   }
+}
 
+/** slot_name, publication_name: no other slot or publication holds this migration's names. */
+async function nameChecks(src: pg.Client, spec: MigrationSpec, ctx: PreflightContext, checks: PreflightCheck[]): Promise<void> {
   const slotName = slotNameOf(spec);
   const pubName = publicationNameOf(spec);
   const slot = (await src.query('SELECT slot_name, database, plugin FROM pg_replication_slots WHERE slot_name = $1', [slotName])).rows[0];
@@ -261,7 +283,13 @@ async function sourceChecks(src: pg.Client, spec: MigrationSpec, ctx: PreflightC
       ),
     );
   }
+}
 
+/**
+ * table_selection, unlogged_tables: the patterns, the partitions' roots, the
+ * unlogged tables. Returns the migratable tables.
+ */
+async function tableSelectionChecks(src: pg.Client, spec: MigrationSpec, checks: PreflightCheck[]): Promise<TableInfo[]> {
   const sel = await selectTables(src, spec.tables);
   for (const p of sel.unmatched) {
     checks.push(
@@ -304,6 +332,11 @@ async function sourceChecks(src: pg.Client, spec: MigrationSpec, ctx: PreflightC
   } else if (data.length) {
     checks.push(check('table_selection', 'pass', `${data.length} table(s) selected.`, '', data.map(tableKey)));
   }
+  return tables;
+}
+
+/** replica_identity, partitioned_tables: UPDATEs and DELETEs of every table can be published. */
+function replicaIdentityChecks(tables: TableInfo[], major: number, checks: PreflightCheck[]): void {
   // Identity is checked where rows live: the source refuses UPDATE/DELETE on a
   // published leaf partition without one, whatever its partitioned root has.
   const noIdentity = tables.filter((t) => t.kind === 'r' && !hasUsableIdentity(t));
@@ -330,6 +363,10 @@ async function sourceChecks(src: pg.Client, spec: MigrationSpec, ctx: PreflightC
       ),
     );
   }
+}
+
+/** table_ownership, select_privilege: the role may publish and read every selected table. */
+async function tableAccessChecks(src: pg.Client, info: SourceInfo, tables: TableInfo[], checks: PreflightCheck[]): Promise<void> {
   if (!info.superuser && tables.length) {
     const owned = await src.query(
       `SELECT c.oid::int AS oid FROM pg_class c WHERE c.oid = ANY($1::oid[]) AND NOT pg_has_role(current_user, c.relowner, 'USAGE')`,
@@ -365,6 +402,10 @@ async function sourceChecks(src: pg.Client, spec: MigrationSpec, ctx: PreflightC
       );
     }
   }
+}
+
+/** large_objects: a warning, as logical replication does not carry them. */
+function largeObjectsCheck(info: SourceInfo, checks: PreflightCheck[]): void {
   if (Number(info.large_objects) > 0) {
     checks.push(
       check(
@@ -375,151 +416,6 @@ async function sourceChecks(src: pg.Client, spec: MigrationSpec, ctx: PreflightC
       ),
     );
   }
-  return { version: info.version as string, major, tables, encoding: info.encoding as string };
-}
-
-async function targetChecks(tgt: pg.Client, spec: MigrationSpec, ctx: PreflightContext, tables: TableInfo[], srcMajor: number, checks: PreflightCheck[]) {
-  const info = (
-    await tgt.query(`SELECT current_setting('server_version') AS version, current_setting('server_version_num')::int AS num,
-      current_setting('server_encoding') AS encoding, current_user AS usr,
-      has_database_privilege(current_user, current_database(), 'CREATE') AS can_create,
-      (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) AS superuser`)
-  ).rows[0];
-  const major = Math.floor(info.num / 10000);
-  if (srcMajor && major < srcMajor) {
-    checks.push(
-      check(
-        'target_version',
-        'fail',
-        `The target runs PostgreSQL ${info.version}, older than the source (${srcMajor}).`,
-        'Migrate to a target of the same or a newer major version.',
-      ),
-    );
-  } else {
-    checks.push(check('target_version', 'pass', `Target PostgreSQL ${info.version}.`));
-  }
-  if (info.encoding !== 'UTF8') {
-    checks.push(
-      check(
-        'target_encoding',
-        'warn',
-        `The target database encoding is ${info.encoding}; values are transferred as UTF-8 text.`,
-        "Create the target database with ENCODING 'UTF8'.",
-      ),
-    );
-  }
-  if (!info.superuser && !info.can_create) {
-    checks.push(
-      check(
-        'target_privilege',
-        'fail',
-        `Role '${info.usr}' may not create schemas in the target database.`,
-        `Run GRANT CREATE ON DATABASE <target database> TO "${info.usr}"; or connect as the database owner.`,
-      ),
-    );
-  }
-  if (ctx.resuming || tables.length === 0) return { version: info.version as string };
-  const data = tables.filter((t) => t.kind === 'r');
-  const existing = await tgt.query(
-    `SELECT n.nspname AS schema, c.relname AS name, c.oid::int AS oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-     WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest($1::text[], $2::text[]))`,
-    [data.map((t) => t.schema), data.map((t) => t.name)],
-  );
-  if (spec.schemaMode === 'create') {
-    if (existing.rows.length) {
-      const names = existing.rows.map((r) => qn(r.schema, r.name));
-      checks.push(
-        check(
-          'target_tables',
-          'fail',
-          `${names.length} selected table(s) already exist on the target: ${names.slice(0, 20).join(', ')}${names.length > 20 ? ', …' : ''}.`,
-          "Drop them on the target, or set `schemaMode: 'existing'` to load into them.",
-          names,
-        ),
-      );
-    } else {
-      checks.push(check('target_tables', 'pass', 'No selected table exists on the target yet.'));
-    }
-  } else {
-    const missing = data.filter((t) => !existing.rows.some((r) => r.schema === t.schema && r.name === t.name)).map(tableKey);
-    if (missing.length) {
-      checks.push(
-        check(
-          'target_tables',
-          'fail',
-          `schemaMode is 'existing' but ${missing.length} table(s) are missing on the target: ${missing.join(', ')}.`,
-          "Create them on the target, or set `schemaMode: 'create'`.",
-          missing,
-        ),
-      );
-    }
-    const nonEmpty: string[] = [];
-    for (const r of existing.rows) {
-      const has = await tgt.query(`SELECT EXISTS (SELECT 1 FROM ONLY ${qn(r.schema, r.name)}) AS x`);
-      if (has.rows[0].x) nonEmpty.push(qn(r.schema, r.name));
-    }
-    if (nonEmpty.length) {
-      checks.push(
-        spec.overwriteTarget
-          ? check(
-              'target_empty',
-              'warn',
-              `${nonEmpty.length} target table(s) hold rows and will be TRUNCATED before the load (overwriteTarget is true): ${nonEmpty.join(', ')}.`,
-              '',
-              nonEmpty,
-            )
-          : check(
-              'target_empty',
-              'fail',
-              `${nonEmpty.length} target table(s) already hold rows: ${nonEmpty.join(', ')}.`,
-              'Empty them yourself, or set `overwriteTarget: true` to let pgferry truncate them before the load.',
-              nonEmpty,
-            ),
-      );
-    } else if (existing.rows.length) {
-      checks.push(check('target_empty', 'pass', 'The existing target tables are empty.'));
-    }
-    const differing = await differingColumnTypes(tgt, data);
-    if (differing.length) {
-      checks.push(
-        check(
-          'target_column_types',
-          'warn',
-          `${differing.length} column(s) have another type on the target than on the source: ${differing.slice(0, 20).join(', ')}${differing.length > 20 ? ', …' : ''}. Their values are converted by the target's input functions, which fail, round or truncate where a value does not fit.`,
-          "Give the target columns the source's types (ALTER TABLE … ALTER COLUMN … TYPE …) unless the difference is intended.",
-          differing,
-        ),
-      );
-    }
-  }
-  return { version: info.version as string };
-}
-
-/**
- * Columns of `tables` whose type on the target is not the source's, as
- * `schema.table.column (source type → target type)`; tables or columns the
- * target lacks are other checks' business. Compared as format_type text:
- * the same name means the same type (user types are created under the
- * source's names).
- */
-async function differingColumnTypes(tgt: pg.Client, tables: TableInfo[]): Promise<string[]> {
-  const cols = tables.flatMap((t) => t.columns.filter((c) => !c.generated).map((c) => ({ t, c })));
-  if (cols.length === 0) return [];
-  const r = await tgt.query(
-    `SELECT want.i, format_type(a.atttypid, a.atttypmod) AS type
-      FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS want(schema, name, col, i)
-      JOIN pg_catalog.pg_namespace n ON n.nspname = want.schema
-      JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = want.name
-      JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attname = want.col AND a.attnum > 0 AND NOT a.attisdropped
-     ORDER BY want.i`,
-    [cols.map((x) => x.t.schema), cols.map((x) => x.t.name), cols.map((x) => x.c.name)],
-  );
-  const out: string[] = [];
-  for (const row of r.rows) {
-    const { t, c } = cols[Number(row.i) - 1]!;
-    if (row.type !== c.type) out.push(`${tableKey(t)}.${qi(c.name)} (${c.type} → ${row.type})`);
-  }
-  return out;
 }
 
 /** One line per failed check, for errors and logs. */
