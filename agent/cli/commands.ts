@@ -5,7 +5,8 @@
  * terminal or `--json` for scripts.
  *
  * Input: flags, environment (`PGFERRY_AGENT`, `PGFERRY_TOKEN`,
- * `PGFERRY_TOKEN_FILE`, `PGFERRY_CA_CERT`) and spec files (docs/cli.md).
+ * `PGFERRY_TOKEN_FILE`, `PGFERRY_CA_CERT`; connection.ts) and spec files
+ * (spec-file.ts; docs/cli.md).
  * Output: stdout for results, stderr for errors, and the exit code:
  *
  *   | code | meaning                                                         |
@@ -19,248 +20,20 @@
  * environment (`--token` works too, but is visible in `ps`). Nothing here
  * prints a password or a token.
  */
-import { readFileSync } from 'node:fs';
-import { dirname, isAbsolute, resolve } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
-import {
-  AgentClient,
-  CUTOVER_VALIDATIONS,
-  isAgentError,
-  splitHostPort,
-  type AgentClientOptions,
-  type MigrationMessage,
-  type MigrationSpecMessage,
-} from '../../api/client';
-import { PgferryError, isPgferryError } from '../engine/errors';
-import { parseTokens } from '../server/auth';
-import { loadClientTls } from '../server/tls';
+import { AgentClient, CUTOVER_VALIDATIONS, isAgentError, type MigrationMessage } from '../../api/client';
+import { isPgferryError } from '../engine/errors';
+import { clientOptions, withConnection, type ConnectionFlags } from './connection';
+import { loadSpecFile } from './spec-file';
 import { DEFAULT_WIDTH, formatBytes, formatDuration, renderCutover, renderList, renderMigration, renderPreflight } from './status-view';
 import { sleep } from '../engine/sleep';
 
 /** Exit codes of the client commands. */
 export const EXIT = { ok: 0, failure: 1, usage: 2 } as const;
 
-/** The agent the commands talk to unless `--agent` or `PGFERRY_AGENT` say otherwise. */
-export const DEFAULT_AGENT = '127.0.0.1:7443';
-
-/** Environment variables the client commands read. */
-export const CLIENT_ENV = ['PGFERRY_AGENT', 'PGFERRY_TOKEN', 'PGFERRY_TOKEN_FILE', 'PGFERRY_CA_CERT'] as const;
-
-// ---------------------------------------------------------------------------
-// Connection to the agent
-// ---------------------------------------------------------------------------
-
-export interface ConnectionFlags {
-  agent?: string;
-  token?: string;
-  tokenFile?: string;
-  caCert?: string;
-  clientCert?: string;
-  clientKey?: string;
-  insecurePlaintext?: boolean;
-}
-
-/**
- * Options for the agent client from flags and environment. Throws
- * INVALID_SPEC (exit 2) for a malformed address or unreadable files.
- */
-export function clientOptions(f: ConnectionFlags, env: NodeJS.ProcessEnv = process.env): AgentClientOptions {
-  const endpoint = f.agent || env.PGFERRY_AGENT || DEFAULT_AGENT;
-  if (!splitHostPort(endpoint)) {
-    throw new PgferryError(
-      'INVALID_SPEC',
-      `The agent address '${endpoint}' is not HOST:PORT.`,
-      `Pass --agent HOST:PORT (or set PGFERRY_AGENT), e.g. --agent ${DEFAULT_AGENT}.`,
-    );
-  }
-  if (f.token !== undefined && f.tokenFile !== undefined) {
-    throw new PgferryError('INVALID_SPEC', 'Both --token and --token-file were given.', 'Give one of them (--token-file keeps the token out of `ps`).');
-  }
-  let token: string | undefined;
-  const tokenFile = f.tokenFile ?? (f.token === undefined ? env.PGFERRY_TOKEN_FILE : undefined);
-  if (f.token !== undefined) token = f.token.trim();
-  else if (tokenFile) {
-    let text: string;
-    try {
-      text = readFileSync(tokenFile, 'utf8');
-    } catch (e) {
-      throw new PgferryError(
-        'INVALID_SPEC',
-        `The token file '${tokenFile}' cannot be read (${(e as NodeJS.ErrnoException).code ?? 'error'}).`,
-        'Fix --token-file (or PGFERRY_TOKEN_FILE), or pass the token in PGFERRY_TOKEN.',
-        { cause: e },
-      );
-    }
-    token = parseTokens(text)[0];
-    if (!token) throw new PgferryError('INVALID_SPEC', `The token file '${tokenFile}' holds no token.`, 'Write the agent token into it.');
-  } else if (env.PGFERRY_TOKEN) token = env.PGFERRY_TOKEN.trim();
-  const tls = loadClientTls({ caFile: f.caCert ?? env.PGFERRY_CA_CERT, certFile: f.clientCert, keyFile: f.clientKey });
-  return {
-    endpoint,
-    token: token || undefined,
-    caCert: tls.caCert,
-    insecure: f.insecurePlaintext || undefined,
-    ...(tls.clientCert ? { clientCert: tls.clientCert, clientKey: tls.clientKey } : {}),
-  };
-}
-
-function withConnection(cmd: Command): Command {
-  return cmd
-    .option('--agent <host:port>', `the agent's gRPC address (env PGFERRY_AGENT; default ${DEFAULT_AGENT})`)
-    .option('--token-file <file>', 'file holding the agent token (env PGFERRY_TOKEN_FILE)')
-    .option('--token <token>', 'the agent token (visible to other users in `ps`; prefer --token-file or env PGFERRY_TOKEN)')
-    .option('--ca-cert <file>', "CA certificate (PEM) that signed the agent's certificate; turns on TLS (env PGFERRY_CA_CERT)")
-    .option('--client-cert <file>', 'client certificate (PEM) for an agent that requires mutual TLS')
-    .option('--client-key <file>', 'private key (PEM) of --client-cert')
-    .option('--insecure-plaintext', 'talk plain-text gRPC to a non-loopback agent (only if it runs with --insecure-allow-plaintext)');
-}
-
-// ---------------------------------------------------------------------------
-// Spec files
-// ---------------------------------------------------------------------------
-
-/** Top-level keys of the Pulumi resource that a spec file may carry and the CLI ignores. */
-export const PULUMI_ONLY_KEYS = ['agent', 'waitForSync', 'createTimeoutMinutes', 'cutover', 'cutoverOptions'] as const;
-
-type Kind = 'string' | 'number' | 'boolean' | 'strings' | Record<string, unknown>;
-const ENDPOINT_SHAPE: Record<string, Kind> = {
-  connectionString: 'string',
-  host: 'string',
-  port: 'number',
-  database: 'string',
-  user: 'string',
-  password: 'string',
-  sslMode: 'string',
-  sslRootCert: 'string',
-};
-/** The spec's shape (agent/engine/spec.ts), for the checks the wire format would otherwise hide. */
-const SPEC_SHAPE: Record<string, Kind> = {
-  id: 'string',
-  migrationId: 'string',
-  source: ENDPOINT_SHAPE,
-  target: ENDPOINT_SHAPE,
-  tables: { include: 'strings', exclude: 'strings' },
-  schemaMode: 'string',
-  overwriteTarget: 'boolean',
-  slotName: 'string',
-  publicationName: 'string',
-  copy: { workers: 'number', splitBytes: 'number', indexJobs: 'number' },
-  apply: { batchChanges: 'number', batchMs: 'number' },
-};
-const SECRET_KEYS = new Set(['password', 'connectionString']);
-
-/**
- * Read a spec file: JSON with the fields of the Pulumi resource's arguments
- * (agent/engine/spec.ts; `id` or `migrationId`). Any string value may instead be
- * `{"env": "NAME"}` (the environment variable's value) or `{"file": "path"}`
- * (the file's text without its final newline; relative to the spec file).
- * Pulumi-only keys (`agent`, `cutover`, …) are ignored.
- *
- * @example
- * { "id": "orders",
- *   "source": { "host": "10.0.0.5", "database": "shop", "user": "ferry", "password": { "env": "SRC_PW" } },
- *   "target": { "host": "db.example.com", "database": "shop", "user": "ferry", "password": { "file": "target.pw" }, "sslMode": "require" },
- *   "tables": { "include": ["public.*"] } }
- */
-export function loadSpecFile(path: string, env: NodeJS.ProcessEnv = process.env, warn: (msg: string) => void = () => undefined): MigrationSpecMessage {
-  let text: string;
-  try {
-    text = readFileSync(path, 'utf8');
-  } catch (e) {
-    throw new PgferryError('INVALID_SPEC', `The spec file '${path}' cannot be read (${(e as NodeJS.ErrnoException).code ?? 'error'}).`, 'Fix --spec.', {
-      cause: e,
-    });
-  }
-  let doc: unknown;
-  try {
-    doc = JSON.parse(text);
-  } catch (e) {
-    throw new PgferryError(
-      'INVALID_SPEC',
-      `The spec file '${path}' is not valid JSON: ${(e as Error).message}.`,
-      'Fix the JSON (a linter such as `jq . FILE` points at the spot).',
-      { cause: e },
-    );
-  }
-  if (!doc || typeof doc !== 'object' || Array.isArray(doc)) {
-    throw new PgferryError('INVALID_SPEC', `The spec file '${path}' must hold a JSON object.`, 'Write the spec as { "id": …, "source": {…}, "target": {…} }.');
-  }
-  const base = dirname(path);
-  const bad = (field: string, what: string, fix: string) => new PgferryError('INVALID_SPEC', `\`${field}\` in the spec file '${path}' ${what}.`, fix);
-  const resolveRef = (v: unknown, field: string): unknown => {
-    if (!v || typeof v !== 'object' || Array.isArray(v)) return v;
-    const keys = Object.keys(v);
-    const o = v as Record<string, unknown>;
-    if (keys.length === 1 && keys[0] === 'env') {
-      if (typeof o.env !== 'string' || !o.env) throw bad(field, 'has an `env` reference without a variable name', 'Write {"env": "VARIABLE_NAME"}.');
-      const val = env[o.env];
-      if (val === undefined || val === '')
-        throw bad(
-          field,
-          `refers to the environment variable ${o.env}, which is not set`,
-          `Set ${o.env} (e.g. \`export ${o.env}=…\` or read it from your secret store) before running pgferry.`,
-        );
-      return val;
-    }
-    if (keys.length === 1 && keys[0] === 'file') {
-      if (typeof o.file !== 'string' || !o.file) throw bad(field, 'has a `file` reference without a path', 'Write {"file": "path/to/file"}.');
-      const p = isAbsolute(o.file) ? o.file : resolve(base, o.file);
-      try {
-        return readFileSync(p, 'utf8').replace(/\r?\n$/, '');
-      } catch (e) {
-        throw bad(
-          field,
-          `refers to the file '${p}', which cannot be read (${(e as NodeJS.ErrnoException).code ?? 'error'})`,
-          'Fix the path (relative paths start at the spec file).',
-        );
-      }
-    }
-    return v;
-  };
-  const walk = (v: unknown, shape: Record<string, Kind>, prefix: string): Record<string, unknown> => {
-    const out: Record<string, unknown> = {};
-    for (const [k, raw] of Object.entries(v as Record<string, unknown>)) {
-      const field = prefix ? `${prefix}.${k}` : k;
-      if (!prefix && (PULUMI_ONLY_KEYS as readonly string[]).includes(k)) continue;
-      const kind = shape[k];
-      if (kind === undefined) {
-        throw bad(field, 'is not a spec field', `Remove it, or use one of: ${Object.keys(shape).join(', ')}.`);
-      }
-      const x = resolveRef(raw, field);
-      if (x === null || x === undefined) continue;
-      if (typeof kind === 'object') {
-        if (typeof x !== 'object' || Array.isArray(x)) throw bad(field, 'must be an object', `Write \`${field}\` as { ${Object.keys(kind).join(', ')} }.`);
-        out[k] = walk(x, kind as Record<string, Kind>, field);
-        continue;
-      }
-      const ok = kind === 'strings' ? Array.isArray(x) && x.every((s) => typeof s === 'string') : typeof x === kind;
-      if (!ok) throw bad(field, `must be ${kind === 'strings' ? 'an array of strings' : `a ${kind}`}`, `Correct \`${field}\`.`);
-      if (SECRET_KEYS.has(k) && typeof raw === 'string' && raw !== '' && (k === 'password' || /:[^:@/]+@/.test(raw))) {
-        warn(`the spec file '${path}' holds \`${field}\` in clear text; prefer {"env": "VAR"} or {"file": "path"} (docs/cli.md).`);
-      }
-      out[k] = x;
-    }
-    return out;
-  };
-  const spec = walk(doc, SPEC_SHAPE, '');
-  if (spec.migrationId !== undefined) {
-    if (spec.id !== undefined && spec.id !== spec.migrationId)
-      throw bad('migrationId', `('${String(spec.migrationId)}') differs from \`id\` ('${String(spec.id)}')`, 'Keep one of them.');
-    spec.id = spec.migrationId;
-    delete spec.migrationId;
-  }
-  for (const req of ['id', 'source', 'target'] as const) {
-    if (spec[req] === undefined)
-      throw bad(
-        req,
-        'is missing',
-        req === 'id'
-          ? 'Add "id": "a_name" (lowercase letters, digits, _).'
-          : `Add "${req}": { "host", "database", "user", "password" } or { "connectionString" }.`,
-      );
-  }
-  return spec as unknown as MigrationSpecMessage;
-}
+// The connection flags (connection.ts) and spec files (spec-file.ts), also reachable from here.
+export { CLIENT_ENV, DEFAULT_AGENT, clientOptions, type ConnectionFlags } from './connection';
+export { PULUMI_ONLY_KEYS, loadSpecFile } from './spec-file';
 
 // ---------------------------------------------------------------------------
 // Output

@@ -17,6 +17,7 @@
  * taken from the command line of the agent: tokens come from a file or the
  * environment.
  */
+import type * as grpc from '@grpc/grpc-js';
 import { Command, CommanderError, Option } from 'commander';
 import { PgferryError, isPgferryError } from '../engine/errors';
 import { LOG_FORMATS, LOG_LEVELS, createLogger, type LogFormat, type LogLevel } from '../server/log';
@@ -26,6 +27,7 @@ import { createServer, listen } from '../server/server';
 import { AGENT_TOKEN_ENV, MIN_TOKEN_LENGTH, StaticTokens, TokenAuth, TokenFile, checkListenSecurity, tokensFromEnv, type TokenSource } from '../server/auth';
 import { loadServerTls, type ServerTls } from '../server/tls';
 import type { AgentMetrics, MetricsServer } from '../server/metrics';
+import type { LogFn } from '../engine/log-fn';
 import { EXIT, registerClientCommands, reportError } from './commands';
 import type { MigrationStatus } from '../engine/migration';
 
@@ -101,6 +103,39 @@ program
   });
 
 async function runAgent(opts: AgentFlags): Promise<void> {
+  checkAgentFlags(opts);
+  const observed = agentLogger(opts);
+  const { log } = observed;
+  onWarning = (w) => log('warn', `${w.name}: ${w.message}`, w.code ? { code: w.code } : {});
+  const { source, tls } = securitySetup(opts, log);
+
+  const store = new StateStore(opts.stateDir, opts.secretKeyFile);
+  const svc = new AgentService(store, log);
+  observed.ref.svc = svc;
+  const metrics = loadMetrics(opts, svc, tls);
+  const m = metrics?.metrics;
+  observed.ref.metrics = m;
+  const server = createServer(svc, {
+    auth: source ? new TokenAuth(source) : undefined,
+    onCall: (method, status, code) => {
+      m?.recordRpc(method, status);
+      if (code) m?.recordError(code, 'rpc');
+    },
+  });
+  const port = await listen(server, opts.listen, tls?.credentials).catch((e: Error) => {
+    throw new PgferryError('INVALID_SPEC', `Cannot listen on ${opts.listen}: ${e.message}.`, 'Pick a free port and an address of this machine for --listen.', {
+      cause: e,
+    });
+  });
+  const metricsServer = await serveAgentMetrics(opts, metrics, log);
+  svc.init();
+  observed.noteFailures(false); // failures recorded by an earlier run are not this process's errors
+  announce(opts, { port, tls, source, metricsServer }, log);
+  stopOnSignals(log, server, metricsServer, svc);
+}
+
+/** Flags the agent refuses, alone or in combination (exit 2). */
+function checkAgentFlags(opts: AgentFlags): void {
   if (opts.token !== undefined) {
     throw new PgferryError(
       'INVALID_SPEC',
@@ -121,54 +156,40 @@ async function runAgent(opts: AgentFlags): Promise<void> {
   if (opts.tlsClientCa && !opts.tlsCert) {
     throw new PgferryError('INVALID_SPEC', '--tls-client-ca needs TLS.', 'Also give --tls-cert and --tls-key (mutual TLS runs over TLS).');
   }
+}
 
-  // Tokens: a file (rotatable) or the environment; never argv.
-  let svcRef: AgentService | undefined;
-  let metrics: AgentMetrics | undefined;
+/**
+ * The agent's logger. A migration failure is recorded (rec.error, with its
+ * time) before it is logged at error level: `noteFailures` counts each once
+ * in the metrics. `ref` is filled in once the service and metrics exist.
+ */
+function agentLogger(opts: AgentFlags): {
+  log: LogFn;
+  ref: { svc?: AgentService; metrics?: AgentMetrics };
+  noteFailures: (count?: boolean) => void;
+} {
+  const ref: { svc?: AgentService; metrics?: AgentMetrics } = {};
+  const seenFailures = new Map<string, string>();
+  const noteFailures = (count = true) => {
+    for (const [id, r] of ref.svc?.runners ?? []) {
+      const err = r.rec.error;
+      if (r.rec.phase !== 'failed' || !err || seenFailures.get(id) === err.at) continue;
+      seenFailures.set(id, err.at);
+      if (count) ref.metrics?.recordError(err.code, 'migration');
+    }
+  };
   const { log } = createLogger(opts.logFormat, process.stderr, opts.logLevel, {
-    phaseOf: (id) => svcRef?.runners.get(id)?.phase,
-    // A migration failure is recorded (rec.error, with its time) before it is logged at error level: count each once.
+    phaseOf: (id) => ref.svc?.runners.get(id)?.phase,
     onLog: (level) => {
       if (level === 'error') noteFailures();
     },
   });
-  const seenFailures = new Map<string, string>();
-  const noteFailures = (count = true) => {
-    for (const [id, r] of svcRef?.runners ?? []) {
-      const err = r.rec.error;
-      if (r.rec.phase !== 'failed' || !err || seenFailures.get(id) === err.at) continue;
-      seenFailures.set(id, err.at);
-      if (count) metrics?.recordError(err.code, 'migration');
-    }
-  };
-  onWarning = (w) => log('warn', `${w.name}: ${w.message}`, w.code ? { code: w.code } : {});
-  const envTokens = tokensFromEnv();
-  if (opts.tokenFile && envTokens) {
-    throw new PgferryError(
-      'INVALID_SPEC',
-      `Both --token-file and ${AGENT_TOKEN_ENV} are set.`,
-      `Use one: --token-file (rotatable without a restart) or ${AGENT_TOKEN_ENV}.`,
-    );
-  }
-  let source: TokenSource | undefined;
-  if (opts.tokenFile) {
-    const file = new TokenFile(opts.tokenFile, (e) => {
-      if ('problem' in e) log('warn', `The token file ${opts.tokenFile} ${e.problem}: every call is refused until it holds a token`);
-      else {
-        log('info', `Loaded ${e.tokens} token(s) from ${opts.tokenFile}`);
-        if (e.shortest < MIN_TOKEN_LENGTH)
-          log('warn', `A token in ${opts.tokenFile} is shorter than ${MIN_TOKEN_LENGTH} characters; use a long random one (openssl rand -hex 32)`);
-      }
-    });
-    file.loadOrThrow();
-    source = file;
-  } else if (envTokens) {
-    if (envTokens.length === 0) throw new PgferryError('INVALID_SPEC', `${AGENT_TOKEN_ENV} is set but empty.`, 'Put a token in it, or unset it.');
-    if (envTokens.some((t) => t.length < MIN_TOKEN_LENGTH))
-      log('warn', `A token in ${AGENT_TOKEN_ENV} is shorter than ${MIN_TOKEN_LENGTH} characters; use a long random one (openssl rand -hex 32)`);
-    source = new StaticTokens(envTokens, `environment ${AGENT_TOKEN_ENV}`);
-  }
+  return { log, ref, noteFailures };
+}
 
+/** Tokens (a file, rotatable, or the environment; never argv) and TLS; warns about what the listen address makes insecure. */
+function securitySetup(opts: AgentFlags, log: LogFn): { source?: TokenSource; tls?: ServerTls } {
+  const source = tokenSource(opts, log);
   let tls: ServerTls | undefined;
   if (opts.tlsCert && opts.tlsKey) tls = loadServerTls({ certFile: opts.tlsCert, keyFile: opts.tlsKey, clientCaFile: opts.tlsClientCa });
 
@@ -181,43 +202,73 @@ async function runAgent(opts: AgentFlags): Promise<void> {
     allowNoToken: !!opts.insecureAllowNoToken,
   });
   for (const w of [...warnings, ...(tls?.warnings ?? [])]) log('warn', w);
+  return { source, tls };
+}
 
-  const store = new StateStore(opts.stateDir, opts.secretKeyFile);
-  const svc = new AgentService(store, log);
-  svcRef = svc;
+/** The tokens clients must send: from --token-file or the environment; none when neither is set. */
+function tokenSource(opts: AgentFlags, log: LogFn): TokenSource | undefined {
+  const envTokens = tokensFromEnv();
+  if (opts.tokenFile && envTokens) {
+    throw new PgferryError(
+      'INVALID_SPEC',
+      `Both --token-file and ${AGENT_TOKEN_ENV} are set.`,
+      `Use one: --token-file (rotatable without a restart) or ${AGENT_TOKEN_ENV}.`,
+    );
+  }
+  if (opts.tokenFile) {
+    const file = new TokenFile(opts.tokenFile, (e) => {
+      if ('problem' in e) log('warn', `The token file ${opts.tokenFile} ${e.problem}: every call is refused until it holds a token`);
+      else {
+        log('info', `Loaded ${e.tokens} token(s) from ${opts.tokenFile}`);
+        if (e.shortest < MIN_TOKEN_LENGTH)
+          log('warn', `A token in ${opts.tokenFile} is shorter than ${MIN_TOKEN_LENGTH} characters; use a long random one (openssl rand -hex 32)`);
+      }
+    });
+    file.loadOrThrow();
+    return file;
+  }
+  if (envTokens) {
+    if (envTokens.length === 0) throw new PgferryError('INVALID_SPEC', `${AGENT_TOKEN_ENV} is set but empty.`, 'Put a token in it, or unset it.');
+    if (envTokens.some((t) => t.length < MIN_TOKEN_LENGTH))
+      log('warn', `A token in ${AGENT_TOKEN_ENV} is shorter than ${MIN_TOKEN_LENGTH} characters; use a long random one (openssl rand -hex 32)`);
+    return new StaticTokens(envTokens, `environment ${AGENT_TOKEN_ENV}`);
+  }
+  return undefined;
+}
+
+type MetricsModule = typeof import('../server/metrics');
+
+/** Metrics only when served: prom-client is loaded (and its collectors run) only then. */
+function loadMetrics(opts: AgentFlags, svc: AgentService, tls: ServerTls | undefined): { module: MetricsModule; metrics: AgentMetrics } | undefined {
+  if (!opts.metricsListen) return undefined;
+  const module = require('../server/metrics') as MetricsModule;
   const statuses = async (): Promise<MigrationStatus[]> => {
     const settled = await Promise.allSettled([...svc.runners.values()].map((r) => r.status()));
     return settled.flatMap((s) => (s.status === 'fulfilled' ? [s.value] : []));
   };
-  // Metrics only when served: prom-client is loaded (and its collectors run) only then.
-  const metricsModule = opts.metricsListen ? (require('../server/metrics') as typeof import('../server/metrics')) : undefined;
-  if (metricsModule) metrics = new metricsModule.AgentMetrics(statuses, { version: VERSION, tlsNotAfter: tls?.notAfter });
-  const m = metrics;
-  const server = createServer(svc, {
-    auth: source ? new TokenAuth(source) : undefined,
-    onCall: (method, status, code) => {
-      m?.recordRpc(method, status);
-      if (code) m?.recordError(code, 'rpc');
-    },
+  return { module, metrics: new module.AgentMetrics(statuses, { version: VERSION, tlsNotAfter: tls?.notAfter }) };
+}
+
+/** Serve the metrics on --metrics-listen, if given. */
+async function serveAgentMetrics(
+  opts: AgentFlags,
+  loaded: { module: MetricsModule; metrics: AgentMetrics } | undefined,
+  log: LogFn,
+): Promise<MetricsServer | undefined> {
+  if (!opts.metricsListen || !loaded) return undefined;
+  return loaded.module.serveMetrics(loaded.metrics, opts.metricsListen, log).catch((e: Error) => {
+    throw new PgferryError(
+      'INVALID_SPEC',
+      `Cannot serve metrics on ${opts.metricsListen}: ${e.message}.`,
+      'Pick a free port and an address of this machine for --metrics-listen.',
+      { cause: e },
+    );
   });
-  const port = await listen(server, opts.listen, tls?.credentials).catch((e: Error) => {
-    throw new PgferryError('INVALID_SPEC', `Cannot listen on ${opts.listen}: ${e.message}.`, 'Pick a free port and an address of this machine for --listen.', {
-      cause: e,
-    });
-  });
-  let metricsServer: MetricsServer | undefined;
-  if (opts.metricsListen && metricsModule && m) {
-    metricsServer = await metricsModule.serveMetrics(m, opts.metricsListen, log).catch((e: Error) => {
-      throw new PgferryError(
-        'INVALID_SPEC',
-        `Cannot serve metrics on ${opts.metricsListen}: ${e.message}.`,
-        'Pick a free port and an address of this machine for --metrics-listen.',
-        { cause: e },
-      );
-    });
-  }
-  svc.init();
-  noteFailures(false); // failures recorded by an earlier run are not this process's errors
+}
+
+/** The start line in the log, and the lines on stdout that tools (tests, demo) can wait for. */
+function announce(opts: AgentFlags, at: { port: number; tls?: ServerTls; source?: TokenSource; metricsServer?: MetricsServer }, log: LogFn): void {
+  const { port, tls, source, metricsServer } = at;
   const host = opts.listen.replace(/:\d+$/, '');
   log('info', `pgferry agent ${VERSION} listening on ${host}:${port}`, {
     stateDir: opts.stateDir,
@@ -227,9 +278,12 @@ async function runAgent(opts: AgentFlags): Promise<void> {
     auth: source ? source.description : 'none',
     ...(metricsServer ? { metrics: `http://${opts.metricsListen!.replace(/:\d+$/, '')}:${metricsServer.port}/metrics` } : {}),
   });
-  // Lines on stdout that tools (tests, demo) can wait for.
   process.stdout.write(`listening ${port}\n`);
   if (metricsServer) process.stdout.write(`metrics ${metricsServer.port}\n`);
+}
+
+/** SIGINT or SIGTERM: stop serving, close metrics and the service, exit 0. */
+function stopOnSignals(log: LogFn, server: grpc.Server, metricsServer: MetricsServer | undefined, svc: AgentService): void {
   let stopping = false;
   const shutdown = async (sig: string) => {
     if (stopping) return;

@@ -149,19 +149,21 @@ const REASON_TEXT: Record<AuthRejectReason, string> = {
   'no-tokens': 'the agent has no usable token (token file missing or empty)',
 };
 
-export function createServer(svc: AgentService, opts: ServerOptions = {}): grpc.Server {
-  const server = new grpc.Server();
-  const health = new HealthImplementation({ '': 'SERVING', [SERVICE_NAME]: 'SERVING' });
-  health.addToServer(server);
-  const auth = opts.auth;
+/** Checks a call's bearer token; throws UNAUTHENTICATED (and logs the refusal) without a valid one. */
+type Guard = (call: AnyCall, method: string) => void;
+/** Records a finished call (metrics, and a log line for failures); returns the gRPC error for a failed one. */
+type Finished = (method: string, e?: unknown, req?: unknown) => Partial<grpc.ServiceError> | undefined;
 
-  // Refused calls are logged, but at most REJECTIONS_LOGGED_PER_MINUTE a
-  // minute, so that a client hammering with bad tokens cannot fill the disk
-  // (pgferry_errors_total{code="UNAUTHENTICATED"} still counts every one).
+/**
+ * A logger of refused calls that logs at most REJECTIONS_LOGGED_PER_MINUTE a
+ * minute, so that a client hammering with bad tokens cannot fill the disk
+ * (pgferry_errors_total{code="UNAUTHENTICATED"} still counts every one).
+ */
+function rejectionLogger(svc: AgentService): (msg: string, fields: object) => void {
   let windowStart = 0;
   let loggedInWindow = 0;
   let suppressed = 0;
-  const logRejection = (msg: string, fields: object) => {
+  return (msg, fields) => {
     const now = Date.now();
     if (now - windowStart >= 60_000) {
       if (suppressed) svc.log('warn', `${suppressed} more call(s) were rejected in the previous minute (not logged one by one)`, { suppressed });
@@ -174,8 +176,10 @@ export function createServer(svc: AgentService, opts: ServerOptions = {}): grpc.
       svc.log('warn', msg, fields);
     } else suppressed++;
   };
+}
 
-  const guard = (call: AnyCall, method: string) => {
+function callGuard(auth: TokenAuth | undefined, logRejection: (msg: string, fields: object) => void): Guard {
+  return (call, method) => {
     if (!auth) return;
     const verdict = auth.verify(call.metadata);
     if (!verdict.ok) {
@@ -187,21 +191,87 @@ export function createServer(svc: AgentService, opts: ServerOptions = {}): grpc.
       );
     }
   };
+}
 
-  const finished = (method: string, e?: unknown, req?: unknown) => {
+function callFinisher(svc: AgentService, onCall: ServerOptions['onCall']): Finished {
+  return (method, e, req) => {
     if (e === undefined) {
-      opts.onCall?.(method, 'OK');
+      onCall?.(method, 'OK');
       return undefined;
     }
     const err = asPgferryError(e);
     const se = toServiceError(err);
-    opts.onCall?.(method, grpcStatusName(se.code), err.code);
+    onCall?.(method, grpcStatusName(se.code), err.code);
     const migration = migrationOf(req);
     if (se.code !== grpc.status.NOT_FOUND && se.code !== grpc.status.UNAUTHENTICATED) {
       svc.log('warn', `${method} failed: ${se.details}`, { method, code: err.code, ...(migration ? { migration } : {}) });
     }
     return se;
   };
+}
+
+/**
+ * WatchMigration: a status message whenever the status changes, checked every
+ * `intervalMs` (at least 100 ms, default 1 s), until the migration completes,
+ * is deleted or the client cancels.
+ */
+function watchMigrationHandler(svc: AgentService, guard: Guard, finished: Finished) {
+  return (call: grpc.ServerWritableStream<{ id: string; intervalMs: number }, unknown>) => {
+    const method = 'WatchMigration';
+    let timer: NodeJS.Timeout | undefined;
+    let ended = false;
+    const end = (e?: unknown) => {
+      if (ended) return;
+      ended = true;
+      if (timer) clearTimeout(timer);
+      const se = finished(method, e, call.request);
+      if (se) call.destroy(se as grpc.ServiceError);
+      else call.end();
+    };
+    call.on('cancelled', () => end());
+    try {
+      guard(call as AnyCall, method);
+      svc.get(call.request.id);
+    } catch (e) {
+      end(e);
+      return;
+    }
+    const interval = Math.max(100, call.request.intervalMs || 1000);
+    let last = '';
+    const tick = async () => {
+      if (ended) return;
+      try {
+        const s = await svc.status(call.request.id);
+        const text = JSON.stringify(s);
+        if (text !== last) {
+          last = text;
+          call.write(statusToProto(s));
+        }
+        if (s.phase === 'completed' || s.phase === 'deleted') {
+          end();
+          return;
+        }
+      } catch (e) {
+        const err = asPgferryError(e);
+        if (err.code === 'MIGRATION_NOT_FOUND') {
+          end();
+          return;
+        }
+        end(e);
+        return;
+      }
+      timer = setTimeout(() => void tick(), interval);
+    };
+    void tick();
+  };
+}
+
+export function createServer(svc: AgentService, opts: ServerOptions = {}): grpc.Server {
+  const server = new grpc.Server();
+  const health = new HealthImplementation({ '': 'SERVING', [SERVICE_NAME]: 'SERVING' });
+  health.addToServer(server);
+  const guard = callGuard(opts.auth, rejectionLogger(svc));
+  const finished = callFinisher(svc, opts.onCall);
 
   const unary =
     <Req, Res>(method: string, fn: (req: Req) => Promise<Res>) =>
@@ -236,54 +306,7 @@ export function createServer(svc: AgentService, opts: ServerOptions = {}): grpc.
     Unfence: unary('Unfence', async (req: { id: string; afterCutover?: boolean }) =>
       statusToProto(await svc.unfence(req.id, { afterCutover: !!req.afterCutover })),
     ),
-    WatchMigration: (call: grpc.ServerWritableStream<{ id: string; intervalMs: number }, unknown>) => {
-      const method = 'WatchMigration';
-      let timer: NodeJS.Timeout | undefined;
-      let ended = false;
-      const end = (e?: unknown) => {
-        if (ended) return;
-        ended = true;
-        if (timer) clearTimeout(timer);
-        const se = finished(method, e, call.request);
-        if (se) call.destroy(se as grpc.ServiceError);
-        else call.end();
-      };
-      call.on('cancelled', () => end());
-      try {
-        guard(call as AnyCall, method);
-        svc.get(call.request.id);
-      } catch (e) {
-        end(e);
-        return;
-      }
-      const interval = Math.max(100, call.request.intervalMs || 1000);
-      let last = '';
-      const tick = async () => {
-        if (ended) return;
-        try {
-          const s = await svc.status(call.request.id);
-          const text = JSON.stringify(s);
-          if (text !== last) {
-            last = text;
-            call.write(statusToProto(s));
-          }
-          if (s.phase === 'completed' || s.phase === 'deleted') {
-            end();
-            return;
-          }
-        } catch (e) {
-          const err = asPgferryError(e);
-          if (err.code === 'MIGRATION_NOT_FOUND') {
-            end();
-            return;
-          }
-          end(e);
-          return;
-        }
-        timer = setTimeout(() => void tick(), interval);
-      };
-      void tick();
-    },
+    WatchMigration: watchMigrationHandler(svc, guard, finished),
   });
   return server;
 }
