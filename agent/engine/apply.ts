@@ -12,23 +12,23 @@
  * Here: batching, pipelining batches to the target, exactly-once
  * bookkeeping. The rest of the stage: apply-plan.ts (a batch's steps),
  * apply-statements.ts and apply-shapes.ts (their SQL), apply-buffers.ts
- * (their data), apply-target.ts (the target's tables), apply-session.ts (its
- * connection), apply-durable.ts (what it has flushed), apply-diagnosis.ts
- * (failures). Design, ordering and guards: docs/architecture.md.
+ * (their data), apply-batch.ts (a batch sent, committed or rolled back),
+ * apply-target.ts (the target's tables), apply-session.ts (its connection),
+ * apply-durable.ts (what it has flushed), apply-diagnosis.ts (failures).
+ * Design, ordering and guards: docs/architecture.md.
  */
 import { connect, qn } from './conn';
 import { PgferryError } from './errors';
 import { formatLsn, maxLsn, parseLsn, pgMicrosToUnixMs, type Lsn } from './lsn';
 import { BufferPool, Plan, rowChange, singleOf, type RelMap, type Step } from './apply-plan';
 import { ApplySession, logApplyMode, prepareSession, type ApplyMode } from './apply-session';
-import { ShortRowCount, diagnose } from './apply-diagnosis';
+import { BatchWriter, type Batch, type FailedAt } from './apply-batch';
 import { DurablePosition } from './apply-durable';
-import { batchStatements, checkedOnServer, stepLsn, stepTable, type Statement } from './apply-statements';
 import { binaryBlocker, missingColumn, readTargets, relMap, type PublishedColumn, type TargetTable } from './apply-target';
 import type { BeginMessage, CommitMessage, DeleteMessage, InsertMessage, RelationMessage, TruncateMessage, UpdateMessage } from './pgoutput';
 import type { Endpoint } from './spec';
-import { LOCAL_WAL_POSITIONS, RECORD_APPLIED_LSN, ensureTargetState, readAppliedLsn } from './target-state';
-import { PipelineError, PipelineSkipped, type PartResult, type PipelineStatement } from './pipeline';
+import { ensureTargetState, readAppliedLsn } from './target-state';
+import { PipelineSkipped } from './pipeline';
 
 import type { LogFn } from './log-fn';
 
@@ -49,22 +49,6 @@ export interface ApplierOptions {
 const BATCH_BYTES = 8 * 1024 * 1024;
 /** The first batch after a (re)start closes at this many changes (see `batchLimit`). */
 const FIRST_BATCH_CHANGES = 256;
-
-interface Batch {
-  openedAtMs: number;
-  changes: number;
-  txns: number;
-  lastEndLsn: Lsn | null;
-  lastCommitTime: Date | null;
-  /** A keepalive position received at a transaction boundary inside this batch. */
-  boundaryLsn: Lsn;
-  maxFinalLsn: Lsn;
-  /** Row data bytes gathered. */
-  bytes: number;
-  targetTxnOpen: boolean;
-  /** Some of it was applied one change per statement. */
-  safe: boolean;
-}
 
 /** A batch committing on the target. */
 interface Inflight {
@@ -103,6 +87,8 @@ export class Applier {
   appliedLsn: Lsn;
   /** How far the applied position is flushed on the target (`durableLsn`). */
   private readonly durable: DurablePosition;
+  /** Sends batches and chunks to the target, and rolls back and classifies their failures. */
+  private readonly writer: BatchWriter;
   /** Batches committing on the target, oldest first (at most MAX_INFLIGHT), while the next one gathers. */
   private inflight: Inflight[] = [];
   private inflightFailure: { e: unknown } | null = null;
@@ -145,6 +131,7 @@ export class Applier {
     this.durable = new DurablePosition(durableLsn);
     this.safeThroughLsn = opts.safeThroughLsn ?? null;
     this.log = opts.log ?? (() => undefined);
+    this.writer = new BatchWriter(session, opts.migrationId, this.durable, this, this.log);
     this.plan = this.newPlan();
     this.batchLimit = Math.min(opts.batchChanges, FIRST_BATCH_CHANGES);
   }
@@ -179,6 +166,10 @@ export class Applier {
   /** Inside a source transaction (between Begin and Commit). */
   get inSourceTransaction(): boolean {
     return this.txn !== null;
+  }
+  /** The final LSN of the source transaction open in the stream (0 when none). */
+  get openTxnLsn(): Lsn {
+    return this.txn?.finalLsn ?? 0n;
   }
   /** Changes gathered in the open batch, not yet committed. */
   get pendingChanges(): number {
@@ -312,7 +303,7 @@ export class Applier {
     const plan = this.plan;
     this.plan = this.newPlan();
     batch.bytes += plan.bytes;
-    await this.execute(batch, plan);
+    await this.writer.execute(batch, plan);
   }
 
   /** Commit of a source transaction. Returns true when a target transaction was committed. */
@@ -343,7 +334,7 @@ export class Applier {
     // transaction boundary, with the end LSN of that transaction.
     // A one-change-per-statement replay ends its batch at its last
     // transaction: the transactions after it are grouped again, and must
-    // not share a batch with the replay (see `failed`).
+    // not share a batch with the replay (see `BatchWriter.failed`).
     const replayDone = this.batch.safe && this.safeThroughLsn !== null && txn.finalLsn >= this.safeThroughLsn;
     if (
       replayDone ||
@@ -473,42 +464,17 @@ export class Applier {
 
   private async commitBatch(batch: Batch, plan: Plan, entry: Inflight, markSent: () => void): Promise<void> {
     const endLsn = maxLsn(batch.lastEndLsn ?? 0n, batch.boundaryLsn);
-    let step: Step | null = null;
+    const at: FailedAt = { step: null };
     try {
-      const { sts, oneTrip } = batchStatements(plan, batch.safe, (s) => {
-        step = s;
-      });
-      step = null;
-      if (sts.length === 0 && !batch.targetTxnOpen) {
+      if (!(await this.writer.commit(batch, plan, endLsn, markSent, at))) {
         // Nothing to write: no target transaction. Its position counts only
         // once the batches before it have committed (their answers keep the
         // order of the others).
         await this.afterEarlier(entry);
         this.durable.coverIdle(endLsn);
-      } else if (oneTrip) {
-        // The batch in one part: its changes, checked on the server, and its commit.
-        const begin = batch.targetTxnOpen ? 0 : 1;
-        const sending = this.send(batch, sts.map(checkedOnServer), true, endLsn, (s) => {
-          step = s;
-        });
-        markSent(); // the part is queued (send() queues it before it first waits)
-        const r = await sending;
-        this.warnShort(sts, r.counts.slice(begin));
-        this.durable.committed(endLsn, r);
-        batch.targetTxnOpen = false;
-      } else {
-        // Row counts checked here, then COMMIT: a second round trip.
-        await this.run(batch, sts, (s) => {
-          step = s;
-        });
-        step = null;
-        const sending = this.send(batch, [], true, endLsn, () => undefined);
-        markSent();
-        this.durable.committed(endLsn, await sending);
-        batch.targetTxnOpen = false;
       }
     } catch (e) {
-      const err = await this.failedBatch(e, step, batch, entry);
+      const err = await this.failedBatch(e, at.step, batch, entry);
       // Known before `sent` settles, so a flush waiting on it sends nothing after this batch.
       this.inflightFailure ??= { e: err };
       throw err;
@@ -534,6 +500,21 @@ export class Applier {
       this.safeThroughLsn = null;
     }
     this.onCommitted?.();
+  }
+
+  /**
+   * A batch failed. A batch that did not run because one sent before it
+   * failed (PipelineSkipped) fails with that one's error.
+   */
+  private async failedBatch(e: unknown, step: Step | null, batch: Batch, entry: Inflight): Promise<unknown> {
+    if (e instanceof PipelineSkipped) {
+      try {
+        await this.afterEarlier(entry);
+      } catch (earlier) {
+        return earlier;
+      }
+    }
+    return this.writer.failed(e, step, batch);
   }
 
   /** Roll back whatever is open and disconnect. Uncommitted changes are re-sent after a restart. */
@@ -568,121 +549,5 @@ export class Applier {
     const map = relMap(rel, key, target, this.opts.tableSyncLsn.get(key) ?? 0n, this.binary);
     this.maps.set(rel.relationOid, map);
     return map;
-  }
-
-  // ---- execution -----------------------------------------------------------
-
-  /**
-   * Send `sts` as one pipeline part, opening the target transaction first if
-   * this batch has not yet, and with `commit` the applied position, COMMIT
-   * and the target's WAL positions behind them. A failed statement's error
-   * is rethrown as the server's, after `onStep` is told its step.
-   */
-  private async send(batch: Batch, sts: Statement[], commit: boolean, endLsn: Lsn, onStep: (s: Step) => void): Promise<PartResult> {
-    const begin = batch.targetTxnOpen ? 0 : 1;
-    const list: PipelineStatement[] = begin ? [{ text: 'BEGIN', name: '', values: [] }] : [];
-    for (const st of sts) list.push({ text: st.text, name: this.session.statementName(st.text), values: st.values, copyData: st.copyData });
-    if (commit) {
-      list.push(
-        {
-          text: RECORD_APPLIED_LSN,
-          name: this.session.statementName(RECORD_APPLIED_LSN),
-          values: [this.opts.migrationId, formatLsn(endLsn), batch.lastCommitTime?.toISOString() ?? null],
-        },
-        { text: 'COMMIT', name: '', values: [] },
-        { text: LOCAL_WAL_POSITIONS, name: this.session.statementName(LOCAL_WAL_POSITIONS), values: [] },
-      );
-    }
-    batch.targetTxnOpen = true; // from here a failure must roll back
-    try {
-      return await this.session.pipeline().send(list);
-    } catch (e) {
-      if (!(e instanceof PipelineError)) throw e;
-      this.session.forget(list[e.index]!);
-      const k = e.index - begin;
-      if (k >= 0 && k < sts.length) onStep(sts[k]!.step);
-      throw e.cause;
-    }
-  }
-
-  /** Send `sts` inside the batch's target transaction and check their row counts here; a short count throws ShortRowCount. */
-  private async run(batch: Batch, sts: Statement[], onStep: (s: Step) => void): Promise<void> {
-    if (sts.length === 0) return;
-    const begin = batch.targetTxnOpen ? 0 : 1;
-    const { counts } = await this.send(batch, sts, false, 0n, onStep);
-    for (let k = 0; k < sts.length; k++) {
-      const st = sts[k]!;
-      const rows = counts[k + begin] ?? 0;
-      if (st.expectRows !== null && rows < st.expectRows) {
-        onStep(st.step);
-        if (st.onShort === 'fail') throw new ShortRowCount(`${st.step.op} on ${stepTable(st.step)} matched ${rows} of ${st.expectRows} rows`);
-        this.warnMissing(st, rows);
-      }
-    }
-  }
-
-  /** After a one-part commit: the counts of statements that were not checked on the server (`onShort: 'warn'`). */
-  private warnShort(sts: Statement[], counts: (number | null)[]): void {
-    sts.forEach((st, k) => {
-      if (st.onShort === 'warn' && st.expectRows !== null && (counts[k] ?? 0) < st.expectRows) this.warnMissing(st, counts[k] ?? 0);
-    });
-  }
-
-  private warnMissing(st: Statement, rows: number): void {
-    this.log('warn', `${st.step.op} on ${stepTable(st.step)} found ${rows} of ${st.expectRows} rows on the target (already gone: the target had diverged)`, {
-      event: 'rows-missing',
-      lsn: formatLsn(stepLsn(st.step)),
-    });
-  }
-
-  /**
-   * Execute a chunk of a large source transaction inside the batch's target
-   * transaction (it commits with the batch), row counts checked here.
-   */
-  private async execute(batch: Batch, plan: Plan): Promise<void> {
-    let step: Step | null = null;
-    try {
-      const { sts } = batchStatements(plan, batch.safe, (s) => {
-        step = s;
-      });
-      step = null;
-      await this.run(batch, sts, (s) => {
-        step = s;
-      });
-      plan.release();
-    } catch (e) {
-      throw await this.failed(e, step, batch);
-    }
-  }
-
-  /**
-   * A batch failed. A batch that did not run because one sent before it
-   * failed (PipelineSkipped) fails with that one's error.
-   */
-  private async failedBatch(e: unknown, step: Step | null, batch: Batch, entry: Inflight): Promise<unknown> {
-    if (e instanceof PipelineSkipped) {
-      try {
-        await this.afterEarlier(entry);
-      } catch (earlier) {
-        return earlier;
-      }
-    }
-    return this.failed(e, step, batch);
-  }
-
-  /** Roll back and classify a failure (apply-diagnosis.ts, `diagnose`). */
-  private async failed(e: unknown, step: Step | null, batch: Batch): Promise<unknown> {
-    // Not run because the pipeline before it failed (e.g. the connection was
-    // lost after its last answer, before its Sync's): the cause is the failure.
-    if (e instanceof PipelineSkipped) e = e.cause;
-    // Whatever failed, even in the agent (a statement it could not build),
-    // the batch's target transaction ends here: left open, the next batch's
-    // COMMIT would commit it (the chunks of a large transaction already run
-    // in it) under that batch's position.
-    if (batch?.targetTxnOpen) {
-      await this.session.query('ROLLBACK').catch(() => undefined);
-      batch.targetTxnOpen = false;
-    }
-    return diagnose(this.session, e, step, batch, this.txn?.finalLsn ?? 0n, this.appliedLsn);
   }
 }

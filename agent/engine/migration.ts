@@ -12,57 +12,38 @@
  * (state.ts), the copied tables and the applied position in the target
  * (target-state.ts), in the same transactions as the data they describe.
  *
- * Its status (progress, ETA, lag) is computed by migration-status.ts.
+ * The work of each phase is in migration-phases.ts; its status (progress,
+ * ETA, lag) is computed by migration-status.ts.
  */
-import type pg from 'pg';
 import { connect } from './conn';
-import { dataTables, selectTables, tableKey, type TableInfo } from './catalog';
 import { PgferryError, asPgferryError, isTransientDeep, type ErrorCode } from './errors';
-import { formatLsn, type Lsn } from './lsn';
-import { migratableTables, runPreflight, summarizeFailures } from './preflight';
-import { createPublication, createSlotWithSnapshot, dropSlot, dropSourceObjects, slotExists, type ExportedSnapshot } from './snapshot';
-import { planLoad, planTasks, resetTables, runLoad, type TableCopyProgress } from './copy';
-import { analyzeTables, runPostData } from './indexes';
-import { applyPreData, planSchema, verifyExistingSchema } from './schema';
-import { runSync, type SyncProgress } from './sync';
-import { ensureTargetState, getMarker, setMarker, dropTargetState, readCopyState, type CopiedTable } from './target-state';
+import type { Lsn } from './lsn';
+import { runPreflight, summarizeFailures } from './preflight';
+import { dropSourceObjects } from './snapshot';
+import type { TableCopyProgress } from './copy';
+import type { SyncProgress } from './sync';
+import { dropTargetState } from './target-state';
 import type { CutoverReport, MigrationRecord, Phase, StateStore, StoredError } from './state';
 import { FenceKeeper } from './fence';
 import type { MigrationSpec } from './spec';
 import type { LogFn } from './log-fn';
 import { sleep } from './sleep';
 import { StatusReporter, TERMINAL, type MigrationStatus } from './migration-status';
+import { MigrationPhases } from './migration-phases';
 
 export type { MigrationStatus, TableStatus } from './migration-status';
 
 /** Transient failures retried per phase before the migration is marked failed. */
 const TRANSIENT_RETRIES = 8;
 
-/** The connections and settings one run of the load works with. */
-interface LoadContext {
-  src: pg.Client;
-  tgt: pg.Client;
-  sourceMajor: number;
-  signal: AbortSignal;
-}
-
 export class MigrationRunner {
   rec: MigrationRecord;
   readonly spec: MigrationSpec;
   private abort = new AbortController();
   private running: Promise<void> | null = null;
-  private tables: TableInfo[] = [];
-  readonly copyProgress = new Map<string, TableCopyProgress>();
   sync: SyncProgress | null = null;
-  /**
-   * Per table, the source position its copy is valid from: read from the
-   * target once per process when the sync first starts (it is fixed once the
-   * load finished), so a resume goes straight to the stream.
-   */
-  private syncStart: Map<string, Lsn> | null = null;
-  private analyzed = false;
-  /** When this process began the load (ms since the epoch), 0 if it did not. */
-  copyStartedAt = 0;
+  /** The work of the phases (this supervisor changes the phase around it). */
+  private readonly phases: MigrationPhases;
   private readonly statusReporter = new StatusReporter(this);
   /** Waiters for "applied past LSN X" (cutover drain). */
   private appliedWaiters: Array<{ lsn: Lsn; resolve: () => void }> = [];
@@ -83,6 +64,13 @@ export class MigrationRunner {
     this.rec = rec;
     this.spec = store.openSpec(rec.spec);
     upgradeFenceRecord(rec);
+    this.phases = new MigrationPhases({
+      rec,
+      spec: this.spec,
+      save: () => this.save(),
+      log: this.migrationLog,
+      onSyncProgress: (p) => this.onSyncProgress(p),
+    });
     this.fence = new FenceKeeper({
       id: rec.id,
       record: rec,
@@ -116,6 +104,13 @@ export class MigrationRunner {
   }
   get previousCutover(): CutoverReport | undefined {
     return this.rec.cutover;
+  }
+  get copyProgress(): ReadonlyMap<string, TableCopyProgress> {
+    return this.phases.copyProgress;
+  }
+  /** When this process began the load (ms since the epoch), 0 if it did not. */
+  get copyStartedAt(): number {
+    return this.phases.copyStartedAt;
   }
 
   // The cutover's view of its supervisor (cutover.ts, CutoverHost): it
@@ -288,297 +283,23 @@ export class MigrationRunner {
       this.setPhase('syncing');
       this.resumeFenceLift();
     }
-    if (this.rec.phase === 'created' || this.rec.phase === 'schema') await this.phaseSchema();
+    if (this.rec.phase === 'created' || this.rec.phase === 'schema') {
+      this.setPhase('schema');
+      await this.phases.schema();
+      this.setPhase('loading');
+    }
     if (signal.aborted) return;
-    if (this.rec.phase === 'loading') await this.phaseLoad();
+    if (this.rec.phase === 'loading') {
+      await this.phases.load(signal);
+      if (!signal.aborted) this.setPhase('indexing');
+    }
     if (signal.aborted) return;
-    if (this.rec.phase === 'indexing') await this.phaseIndexes();
+    if (this.rec.phase === 'indexing') {
+      await this.phases.indexes(signal);
+      if (!signal.aborted) this.setPhase('syncing');
+    }
     if (signal.aborted) return;
-    if (this.rec.phase === 'syncing' || this.rec.phase === 'cutting-over') await this.phaseSync();
-  }
-
-  private async loadTables(src: pg.Client): Promise<TableInfo[]> {
-    const sel = await selectTables(src, this.spec.tables);
-    this.tables = migratableTables(sel.tables);
-    for (const t of dataTables(this.tables)) {
-      const key = tableKey(t);
-      if (!this.copyProgress.has(key)) {
-        this.copyProgress.set(key, {
-          schema: t.schema,
-          name: t.name,
-          phase: 'queued',
-          partsDone: 0,
-          parts: 1,
-          rowsCopied: 0,
-          bytesCopied: 0,
-          rowsEstimated: Math.round(t.estimatedRows),
-          bytesEstimated: t.bytes,
-        });
-      }
-    }
-    return this.tables;
-  }
-
-  private async withClients<T>(fn: (src: pg.Client, tgt: pg.Client) => Promise<T>): Promise<T> {
-    // Both at once (a resume starts that much sooner); a source error wins, as it would one after the other.
-    const [s, t] = await Promise.allSettled([
-      connect('source', this.spec.source, { applicationName: `pgferry ${this.rec.id}` }),
-      connect('target', this.spec.target, { applicationName: `pgferry ${this.rec.id}` }),
-    ]);
-    try {
-      if (s.status === 'rejected') throw s.reason;
-      if (t.status === 'rejected') throw t.reason;
-      return await fn(s.value, t.value);
-    } finally {
-      if (s.status === 'fulfilled') await s.value.end().catch(() => undefined);
-      if (t.status === 'fulfilled') await t.value.end().catch(() => undefined);
-    }
-  }
-
-  private async phaseSchema(): Promise<void> {
-    this.setPhase('schema');
-    await this.withClients(async (src, tgt) => {
-      const tables = await this.loadTables(src);
-      await ensureTargetState(tgt);
-      if ((await getMarker(tgt, this.rec.id, 'pre-data')) !== undefined) {
-        this.log('info', 'Skipping the schema, already created on a previous run', { migration: this.rec.id });
-      } else if (this.spec.schemaMode === 'existing') {
-        await verifyExistingSchema(tgt, tables);
-        if (this.spec.overwriteTarget) {
-          for (const t of dataTables(tables)) await tgt.query(`TRUNCATE ONLY ${tableKey(t)}`);
-        }
-        await setMarker(tgt, this.rec.id, 'pre-data', 'existing');
-      } else {
-        const plan = await planSchema(src, tables);
-        for (const w of plan.warnings) this.log('warn', w, { migration: this.rec.id });
-        await applyPreData(tgt, plan, { beforeCommit: (c) => setMarker(c, this.rec.id, 'pre-data', 'created') });
-      }
-    });
-    this.setPhase('loading');
-  }
-
-  private async phaseLoad(): Promise<void> {
-    const signal = this.abort.signal;
-    await this.withClients(async (src, tgt) => {
-      const tables = await this.loadTables(src);
-      const sourceMajor = Math.floor(Number((await src.query("SELECT current_setting('server_version_num') AS v")).rows[0].v) / 10000);
-      await ensureTargetState(tgt);
-      if (this.rec.slotState === 'creating' && (await slotExists(src, this.rec.slotName))) {
-        // We died between creating the slot and recording it: nothing was
-        // copied with its snapshot (that is recorded first), so start afresh.
-        await dropSlot(src, this.rec.slotName);
-        this.rec.slotState = 'none';
-        this.save();
-      }
-      this.copyStartedAt = Date.now();
-      const load: LoadContext = { src, tgt, sourceMajor, signal };
-      if (this.rec.slotState !== 'created') await this.loadInNewSlot(load, tables);
-      else await this.resumeLoad(load, dataTables(tables));
-    });
-    if (!signal.aborted) this.setPhase('indexing');
-  }
-
-  /** Create the publication and the slot, and copy the tables in the slot's snapshot. */
-  private async loadInNewSlot(load: LoadContext, tables: TableInfo[]): Promise<void> {
-    await createPublication(load.src, this.rec.id, this.rec.publicationName, tables, load.sourceMajor);
-    this.rec.publicationCreated = true;
-    this.rec.slotState = 'creating';
-    this.save();
-    const snap = await createSlotWithSnapshot(this.spec.source, this.rec.slotName);
-    this.rec.slotState = 'created';
-    this.rec.snapshotLsn = formatLsn(snap.lsn);
-    this.save();
-    this.migrationLog('info', `Created slot ${this.rec.slotName} at ${formatLsn(snap.lsn)} with snapshot ${snap.snapshotName}`);
-    try {
-      const plan = await planLoad(load.tgt, this.rec.id, dataTables(tables), this.migrationLog);
-      await this.copyInSnapshot(load, plan.todo, snap, snap.release);
-    } finally {
-      await snap.release();
-    }
-  }
-
-  /**
-   * After a restart: copy the tables the previous runs did not finish. Their
-   * exported snapshot died with the previous run: a temporary slot gives a
-   * new one, and those tables record its LSN.
-   */
-  private async resumeLoad(load: LoadContext, data: TableInfo[]): Promise<void> {
-    const plan = await planLoad(load.tgt, this.rec.id, data, this.migrationLog);
-    await this.restoreCopyProgress(load.tgt);
-    const todo = this.widenToWholePartitionTrees(plan.todo, data, plan.done);
-    if (!todo.length) return;
-    const siblings = todo.filter((t) => !plan.todo.includes(t));
-    if (siblings.length) {
-      // Finished partitions of a tree that also has unfinished ones are
-      // copied again with them: one tree, one snapshot.
-      this.migrationLog(
-        'warn',
-        `Copying again ${siblings.length} finished partition(s) whose partitioned table was not finished: ${siblings.map(tableKey).join(', ')}`,
-      );
-      await resetTables(load.tgt, this.rec.id, siblings);
-    }
-    const tmpName = `${this.rec.slotName.slice(0, 50)}_r${Date.now().toString(36)}`;
-    const snap = await createSlotWithSnapshot(this.spec.source, tmpName, true);
-    this.migrationLog('info', `Resuming the load of ${todo.length} table(s) with a fresh snapshot at ${formatLsn(snap.lsn)}`);
-    try {
-      await this.copyInSnapshot(load, todo, snap, async () => undefined);
-    } finally {
-      await snap.release();
-    }
-  }
-
-  /** Split `tables` into copy tasks and run them in the snapshot `snap`. */
-  private async copyInSnapshot(load: LoadContext, tables: TableInfo[], snap: ExportedSnapshot, onSnapshotImported: () => Promise<void>): Promise<void> {
-    const { workers, splitBytes } = this.spec.copy;
-    const tasks = await planTasks(load.src, tables, workers, splitBytes, load.sourceMajor);
-    this.noteParts(tasks);
-    await runLoad(
-      {
-        migrationId: this.rec.id,
-        source: this.spec.source,
-        target: this.spec.target,
-        tables,
-        snapshotName: snap.snapshotName,
-        snapshotLsn: snap.lsn,
-        onSnapshotImported,
-        workers,
-        splitBytes,
-        sourceMajor: load.sourceMajor,
-        progress: this.copyProgress,
-        signal: load.signal,
-        log: this.migrationLog,
-      },
-      tasks,
-    );
-  }
-
-  /** Partitions of one root must share one snapshot (changes arrive as the root). */
-  private widenToWholePartitionTrees(todo: TableInfo[], data: TableInfo[], done: Map<string, Lsn>): TableInfo[] {
-    const roots = new Set(todo.filter((t) => t.root).map((t) => tableKey(t.root!)));
-    const out = [...todo];
-    for (const t of data) {
-      if (t.root && roots.has(tableKey(t.root)) && !out.includes(t)) {
-        out.push(t);
-        done.delete(tableKey(t));
-        const p = this.copyProgress.get(tableKey(t));
-        if (p) {
-          p.phase = 'queued';
-          p.rowsCopied = 0;
-          p.bytesCopied = 0;
-          p.partsDone = 0;
-        }
-      }
-    }
-    return out;
-  }
-
-  private noteParts(tasks: Array<{ table: TableInfo; parts: number }>): void {
-    for (const t of tasks) {
-      const p = this.copyProgress.get(tableKey(t.table));
-      if (p) p.parts = t.parts;
-    }
-  }
-
-  private async phaseIndexes(): Promise<void> {
-    const signal = this.abort.signal;
-    await this.withClients(async (src, tgt) => {
-      const tables = await this.loadTables(src);
-      await this.restoreCopyProgress(tgt);
-      if ((await getMarker(tgt, this.rec.id, 'post-data')) !== undefined) return;
-      if (this.spec.schemaMode === 'create') {
-        const plan = await planSchema(src, tables);
-        await runPostData({
-          target: this.spec.target,
-          statements: plan.postData,
-          tables,
-          jobs: this.spec.copy.indexJobs,
-          signal,
-          log: this.migrationLog,
-        });
-      }
-      if (!signal.aborted) await setMarker(tgt, this.rec.id, 'post-data', new Date().toISOString());
-    });
-    if (!signal.aborted) this.setPhase('syncing');
-  }
-
-  /** Restore per-table copy figures from the target's records (after a restart); returns those records. */
-  private async restoreCopyProgress(tgt: pg.Client): Promise<Map<string, CopiedTable>> {
-    const copied = await readCopyState(tgt, this.rec.id);
-    for (const [table, c] of copied) {
-      const p = this.copyProgress.get(table);
-      if (!p) continue;
-      p.rowsCopied = c.rows;
-      p.bytesCopied = c.bytes;
-      p.partsDone = c.partsDone;
-      p.parts = c.parts;
-      if (c.partsDone === c.parts) p.phase = 'copied';
-    }
-    return copied;
-  }
-
-  /** Which source LSN each table's copy is valid from (root name for partitions). */
-  private tableSyncLsn(copied: Map<string, CopiedTable>): Map<string, Lsn> {
-    const out = new Map<string, Lsn>();
-    for (const t of dataTables(this.tables)) {
-      const lsn = copied.get(tableKey(t))?.lastSnapshotLsn;
-      if (lsn === undefined) continue;
-      const key = t.root ? tableKey(t.root) : tableKey(t);
-      const prev = out.get(key);
-      out.set(key, prev === undefined || lsn > prev ? lsn : prev);
-    }
-    return out;
-  }
-
-  private async phaseSync(): Promise<void> {
-    const signal = this.abort.signal;
-    const map = (this.syncStart ??= await this.withClients(async (src, tgt) => {
-      await this.loadTables(src);
-      const copied = await this.restoreCopyProgress(tgt);
-      for (const p of this.copyProgress.values()) if (p.phase !== 'copied') p.phase = 'copied';
-      return this.tableSyncLsn(copied);
-    }));
-    if (!this.analyzed) void this.analyzeOnce(signal);
-    await runSync({
-      migrationId: this.rec.id,
-      source: this.spec.source,
-      target: this.spec.target,
-      slotName: this.rec.slotName,
-      publicationName: this.rec.publicationName,
-      tableSyncLsn: map,
-      batchChanges: this.spec.apply.batchChanges,
-      batchMs: this.spec.apply.batchMs,
-      signal,
-      onProgress: (p) => this.onSyncProgress(p),
-      log: this.migrationLog,
-    });
-  }
-
-  /** Fresh planner statistics for the loaded tables, once, in the background. */
-  private async analyzeOnce(signal: AbortSignal): Promise<void> {
-    try {
-      const done = await this.withTarget((tgt) => getMarker(tgt, this.rec.id, 'analyzed'));
-      if (done !== undefined) {
-        this.analyzed = true;
-        return;
-      }
-      const ok = await analyzeTables(this.spec.target, this.tables, signal, this.migrationLog);
-      if (ok) {
-        await this.withTarget((tgt) => setMarker(tgt, this.rec.id, 'analyzed', new Date().toISOString()));
-        this.analyzed = true;
-      }
-    } catch (e) {
-      if (!signal.aborted)
-        this.log('warn', `ANALYZE of the loaded tables failed (statistics will come from autovacuum): ${(e as Error).message}`, { migration: this.rec.id });
-    }
-  }
-
-  private async withTarget<T>(fn: (tgt: pg.Client) => Promise<T>): Promise<T> {
-    const tgt = await connect('target', this.spec.target, { applicationName: `pgferry ${this.rec.id}` });
-    try {
-      return await fn(tgt);
-    } finally {
-      await tgt.end().catch(() => undefined);
-    }
+    if (this.rec.phase === 'syncing' || this.rec.phase === 'cutting-over') await this.phases.sync(signal);
   }
 
   private onSyncProgress(p: SyncProgress): void {
