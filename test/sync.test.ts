@@ -8,7 +8,7 @@
  * so tables start empty. We wait until the sync's appliedLsn passes the
  * source's WAL insert position taken after the writes, then compare every table.
  */
-import { assertSameTables } from './support/compare';
+import { assertSameTables, waitFor } from './support/compare';
 import assert from 'node:assert/strict';
 import pg from 'pg';
 import { SESSION_OPTIONS } from '../agent/engine/conn';
@@ -32,6 +32,8 @@ class SyncRun {
   readonly ac = new AbortController();
   readonly done: Promise<void>;
   progress: SyncProgress | null = null;
+  /** Every report, in order. */
+  readonly reports: SyncProgress[] = [];
   error: unknown = null;
   readonly logs: LogEntry[] = [];
   private waiters: { lsn: Lsn; resolve: () => void; reject: (e: unknown) => void }[] = [];
@@ -42,6 +44,7 @@ class SyncRun {
       signal: this.ac.signal,
       onProgress: (p) => {
         this.progress = p;
+        this.reports.push(p);
         this.waiters = this.waiters.filter((w) => (p.appliedLsn >= w.lsn ? (w.resolve(), false) : true));
       },
       log: (level, msg, fields) => {
@@ -482,6 +485,17 @@ for (const pair of PAIRS) {
         { a: 2, n: 2 },
         { a: 3, n: 1 },
       ]);
+      await run.stop();
+    });
+
+    it('reports a committed batch as no longer pending in the very report that counts it applied (the cutover drain waits for that report)', async function () {
+      const env = await setup('CREATE TABLE q (id int PRIMARY KEY, v text);');
+      const run = env.start({ batchChanges: 1000, batchMs: 50 });
+      await env.s.query("INSERT INTO q SELECT g, 'x' FROM generate_series(1, 10) g");
+      await waitFor('the batch applied', async () => (run.progress?.changesApplied ?? 0) >= 10, 60_000);
+      const first = run.reports.find((p) => p.changesApplied >= 10)!;
+      // Before, the batch stayed counted as pending until the stream's next event, up to 10 s later, with the source fenced.
+      assert.equal(first.pendingChanges, 0);
       await run.stop();
     });
 

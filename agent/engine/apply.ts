@@ -436,9 +436,7 @@ export class Applier {
     };
     // A failed batch stays counted as pending: its changes are not on the
     // target, and nobody (the cutover's drain) may read "nothing pending".
-    entry.done = this.commitBatch(batch, plan, entry, markSent).then(() => {
-      this.inflight.splice(this.inflight.indexOf(entry), 1);
-    });
+    entry.done = this.commitBatch(batch, plan, entry, markSent).then(() => this.forgetInflight(entry));
     entry.done.catch((e) => {
       this.inflightFailure ??= { e };
     }); // surfaced by settle() / throwIfFailed()
@@ -499,7 +497,17 @@ export class Applier {
       });
       this.safeThroughLsn = null;
     }
+    // Not pending any more before anyone hears of the commit: the report that
+    // onCommitted triggers is the one the cutover's drain waits for (it would
+    // otherwise see this batch pending until the stream's next event, up to
+    // STATUS_INTERVAL_MS later, with the source fenced all along).
+    this.forgetInflight(entry);
     this.onCommitted?.();
+  }
+
+  private forgetInflight(entry: Inflight): void {
+    const i = this.inflight.indexOf(entry);
+    if (i >= 0) this.inflight.splice(i, 1);
   }
 
   /**
