@@ -246,6 +246,52 @@ describe('fence: a cutover interrupted at every step by every fault (PostgreSQL 
     await client.deleteMigration(id);
   });
 
+  it('a source path that drops packets mid-cutover: the cutover gives up within its timeout, the lift stays pending while the path is dead, and is verified once it returns', async function () {
+    const { id, db } = await newMigration();
+    const w = ledgerWriter(() => source.client(db));
+    try {
+      await waitFor('writes flowing', async () => w.committed.size > 30);
+      holdAt('sequences');
+      let early: unknown;
+      const p = client.cutover({ id, validation: 'counts', timeoutMs: 8000, maxLagBytes: 64 << 20, maxLagSeconds: 600 });
+      p.catch((e) => {
+        early = e;
+      });
+      await waitFor(
+        'the cutover to reach its sequences',
+        async () => {
+          if (early) throw new Error(`the cutover failed before its sequences: ${String(early)}`);
+          return reached('sequences');
+        },
+        60_000,
+      );
+      srcProxy.stall(); // nothing crosses, and no reset ever arrives
+      let err: unknown;
+      try {
+        await p;
+      } catch (e) {
+        err = e;
+      }
+      holdAt(null);
+      // Without a bound on its queries the cutover would wait for TCP to give up, minutes later, fenced all along.
+      assert.ok(isAgentError(err), String(err));
+      assert.match(err.message, /could NOT be lifted yet/);
+      const m = await client.getMigration(id);
+      assert.equal(m.fence?.state, 'lift-pending');
+      assert.equal(await sourceWritable(db), false, 'still fenced while the agent cannot reach the source');
+      srcProxy.restore();
+      await waitFor('the fence lifted once the path carries traffic again', async () => (await client.getMigration(id)).fence?.state === 'none', 60_000);
+      assert.ok(await sourceWritable(db));
+      const before = w.committed.size;
+      await waitFor('the writer commits on the source again', async () => w.committed.size > before + 10, 30_000);
+    } finally {
+      holdAt(null);
+      srcProxy.restore();
+      await w.stop();
+    }
+    await client.deleteMigration(id);
+  });
+
   it('pgferry unfence: nothing to do on an unfenced source; lifts a pending fence; refuses the fence a completed cutover keeps unless --after-cutover', async function () {
     const { id, db } = await newMigration();
     const conn = ['--agent', agent.endpoint, '--insecure-plaintext'];

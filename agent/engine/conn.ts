@@ -145,3 +145,21 @@ const RESERVED = new Set(
     ' ',
   ),
 );
+
+/**
+ * End a client without waiting on a dead path: `end()` waits for the server
+ * to close its side, which never happens where the network drops packets.
+ * After `ms` the socket is destroyed.
+ */
+export async function closeQuietly(client: pg.Client | null | undefined, ms = 1000): Promise<void> {
+  if (!client) return;
+  let timer: NodeJS.Timeout | undefined;
+  const ended = client.end().catch(() => undefined);
+  const late = new Promise<'late'>((resolve) => {
+    timer = setTimeout(() => resolve('late'), ms);
+  });
+  if ((await Promise.race([ended, late])) === 'late') {
+    (client as unknown as { connection?: { stream?: { destroy(): void } } }).connection?.stream?.destroy();
+  }
+  clearTimeout(timer);
+}

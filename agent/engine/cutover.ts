@@ -15,7 +15,7 @@
  * and the fence".
  */
 import type pg from 'pg';
-import { connect, qi, qn, resolveEndpoint } from './conn';
+import { closeQuietly, connect, qi, qn, resolveEndpoint } from './conn';
 import { PgferryError, asPgferryError, isPgferryError } from './errors';
 import { formatLsn, parseLsn, type Lsn } from './lsn';
 import { dataColumns, dataTables, selectTables, tableKey, type TableInfo } from './catalog';
@@ -95,6 +95,9 @@ function newReport(prev: CutoverReport | undefined, validation: Validation): Cut
     attempts: (prev?.attempts ?? 0) + 1,
   };
 }
+
+/** How much longer than the whole cutover one of its queries may take before it is abandoned. */
+const QUERY_TIMEOUT_MARGIN_MS = 2000;
 
 /** One cutover in progress: its runner, connections, options, report and clock. */
 interface Cut {
@@ -317,12 +320,17 @@ export async function runCutover(runner: CutoverHost, opts: CutoverOptions, sign
   runner.beginCutover(report);
   let connected = false;
   try {
+    // No query may outlive the cutover: a path that drops packets (rather than
+    // resetting the connection) would otherwise hold the fence up until TCP
+    // gives up, minutes later. The catch below then lifts it on a fresh connection.
+    const queryTimeoutMs = timeoutMs + QUERY_TIMEOUT_MARGIN_MS;
     c.src = await connect('source', runner.spec.source, {
       applicationName: `pgferry cutover ${runner.id}`,
       extraOptions: '-c default_transaction_read_only=off',
+      queryTimeoutMs,
     });
-    c.tgt = await connect('target', runner.spec.target, { applicationName: `pgferry cutover ${runner.id}` }).catch(async (e) => {
-      await c.src.end().catch(() => undefined);
+    c.tgt = await connect('target', runner.spec.target, { applicationName: `pgferry cutover ${runner.id}`, queryTimeoutMs }).catch(async (e) => {
+      await closeQuietly(c.src);
       throw e;
     });
     connected = true;
@@ -374,8 +382,8 @@ export async function runCutover(runner: CutoverHost, opts: CutoverOptions, sign
     throw new PgferryError(code, `${message} ${outcome}`, err.remedy || 'Fix the cause and run the cutover again.', { cause: e });
   } finally {
     if (connected) {
-      await c.src.end().catch(() => undefined);
-      await c.tgt.end().catch(() => undefined);
+      await closeQuietly(c.src);
+      await closeQuietly(c.tgt);
     }
   }
 }

@@ -15,7 +15,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
-import { connect, qi } from './conn';
+import { closeQuietly, connect, qi } from './conn';
 import { PgferryError, redact } from './errors';
 import type { Endpoint } from './spec';
 import { sleep } from './sleep';
@@ -237,7 +237,7 @@ export class FenceKeeper {
         }
         return { lifted: false, wasUp: true, sessionsEnded: 0, error: msg };
       } finally {
-        await c?.end().catch(() => undefined);
+        await closeQuietly(c);
       }
     });
   }

@@ -9,13 +9,17 @@
  * Output: a `MigrationStatus`.
  */
 import type pg from 'pg';
-import { connect } from './conn';
+import { closeQuietly, connect } from './conn';
 import type { TableCopyProgress } from './copy';
 import type { FenceKeeper, FenceStatus } from './fence';
 import { formatLsn, parseLsn, type Lsn } from './lsn';
 import type { MigrationSpec } from './spec';
 import type { CutoverReport, MigrationRecord, Phase } from './state';
 import type { SyncProgress } from './sync';
+
+/** How long status waits for the source, and how long it then leaves it alone. */
+const MONITOR_TIMEOUT_MS = 3000;
+const MONITOR_RETRY_MS = 5000;
 
 export interface TableStatus {
   schema: string;
@@ -91,6 +95,7 @@ interface SourcePositions {
 export class StatusReporter {
   private monitor: pg.Client | null = null;
   private monitorCache: (SourcePositions & { at: number }) | null = null;
+  private monitorDownUntil = 0;
   /** The sync has caught up in this process: the copied tables show as synced. */
   private syncCaughtUp = false;
   private lastCaughtUpAt = 0;
@@ -147,8 +152,9 @@ export class StatusReporter {
 
   /** Close the connection to the source (the next status opens another). */
   async close(): Promise<void> {
-    await this.monitor?.end().catch(() => undefined);
+    const m = this.monitor;
     this.monitor = null;
+    await closeQuietly(m);
   }
 
   private tables(): TableStatus[] {
@@ -231,8 +237,17 @@ export class StatusReporter {
   private async sourcePositions(): Promise<SourcePositions | null> {
     const { rec, spec } = this.host;
     if (this.monitorCache && Date.now() - this.monitorCache.at < 1000) return this.monitorCache;
+    // A source that did not answer is asked again only after a while: status
+    // must answer promptly (the lag it reports then is the last one known).
+    if (Date.now() < this.monitorDownUntil) return null;
     try {
-      if (!this.monitor) this.monitor = await connect('source', spec.source, { applicationName: `pgferry monitor ${rec.id}`, connectTimeoutMs: 5000 });
+      if (!this.monitor) {
+        this.monitor = await connect('source', spec.source, {
+          applicationName: `pgferry monitor ${rec.id}`,
+          connectTimeoutMs: MONITOR_TIMEOUT_MS,
+          queryTimeoutMs: MONITOR_TIMEOUT_MS,
+        });
+      }
       const r = await this.monitor.query(
         `SELECT pg_current_wal_insert_lsn()::text AS cur, s.restart_lsn::text AS restart, s.confirmed_flush_lsn::text AS confirmed
         FROM (SELECT 1) x LEFT JOIN pg_replication_slots s ON s.slot_name = $1`,
@@ -247,6 +262,7 @@ export class StatusReporter {
       };
       return this.monitorCache;
     } catch {
+      this.monitorDownUntil = Date.now() + MONITOR_RETRY_MS;
       await this.close();
       return null;
     }
