@@ -13,7 +13,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'no
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { startCluster, type Cluster } from '../dev/testbed';
-import { AgentClient, isAgentError, type MigrationMessage } from '../api/client';
+import { AgentClient, isAgentError, type CutoverRequestMessage, type MigrationMessage } from '../api/client';
 import { startAgent, type AgentProcess } from './support/agent';
 import { waitFor } from './support/compare';
 import { LEDGER_SCHEMA, assertLedgerHolds, ledgerWriter } from './support/ledger';
@@ -42,6 +42,30 @@ describe('fence: a cutover interrupted at every step by every fault (PostgreSQL 
     rmSync(`${failpoints}.hits`, { force: true });
   };
   const reached = (step: string) => existsSync(`${failpoints}.hits`) && readFileSync(`${failpoints}.hits`, 'utf8').includes(`cutover.${step}\n`);
+
+  /**
+   * Start a cutover that the failpoint holds at `step`, and resolve once it is
+   * there (a cutover that fails before says so instead of timing out).
+   * `done` is the cutover's own promise, already guarded against an
+   * unhandled rejection.
+   */
+  async function cutoverHeldAt(step: string, req: Omit<CutoverRequestMessage, 'maxLagBytes' | 'maxLagSeconds'>): Promise<{ done: Promise<MigrationMessage> }> {
+    holdAt(step);
+    let early: unknown;
+    const p = client.cutover({ maxLagBytes: 64 << 20, maxLagSeconds: 600, ...req });
+    p.catch((e) => {
+      early = e;
+    });
+    await waitFor(
+      `the cutover to reach ${step}`,
+      async () => {
+        if (early) throw new Error(`the cutover failed before ${step}: ${String(early)}`);
+        return reached(step);
+      },
+      60_000,
+    );
+    return { done: p };
+  }
 
   /** A fresh database and a migration of it, through the proxies, syncing. */
   async function newMigration(): Promise<{ id: string; db: string }> {
@@ -196,10 +220,7 @@ describe('fence: a cutover interrupted at every step by every fault (PostgreSQL 
     const w = ledgerWriter(() => source.client(db));
     try {
       await waitFor('writes flowing', async () => w.committed.size > 30);
-      holdAt('draining');
-      const p = client.cutover({ id, validation: 'checksums', timeoutMs: 5000, maxLagBytes: 64 << 20, maxLagSeconds: 600 });
-      p.catch(() => undefined);
-      await waitFor('the cutover to drain', async () => reached('draining'), 60_000);
+      const { done: p } = await cutoverHeldAt('draining', { id, validation: 'checksums', timeoutMs: 5000 });
       srcProxy.cut(); // down until restored
       const downAt = Date.now();
       let err: unknown;
@@ -251,20 +272,7 @@ describe('fence: a cutover interrupted at every step by every fault (PostgreSQL 
     const w = ledgerWriter(() => source.client(db));
     try {
       await waitFor('writes flowing', async () => w.committed.size > 30);
-      holdAt('sequences');
-      let early: unknown;
-      const p = client.cutover({ id, validation: 'counts', timeoutMs: 8000, maxLagBytes: 64 << 20, maxLagSeconds: 600 });
-      p.catch((e) => {
-        early = e;
-      });
-      await waitFor(
-        'the cutover to reach its sequences',
-        async () => {
-          if (early) throw new Error(`the cutover failed before its sequences: ${String(early)}`);
-          return reached('sequences');
-        },
-        60_000,
-      );
+      const { done: p } = await cutoverHeldAt('sequences', { id, validation: 'counts', timeoutMs: 8000 });
       srcProxy.stall(); // nothing crosses, and no reset ever arrives
       let err: unknown;
       try {
@@ -301,10 +309,7 @@ describe('fence: a cutover interrupted at every step by every fault (PostgreSQL 
     assert.ok(await sourceWritable(db));
 
     // A fence left pending: the agent cannot reach the source when the cutover fails.
-    holdAt('draining');
-    const p = client.cutover({ id, timeoutMs: 3000, maxLagBytes: 64 << 20, maxLagSeconds: 600 });
-    p.catch(() => undefined);
-    await waitFor('the cutover to drain', async () => reached('draining'), 60_000);
+    const { done: p } = await cutoverHeldAt('draining', { id, timeoutMs: 3000 });
     srcProxy.cut();
     await p.catch(() => undefined);
     holdAt(null);
