@@ -18,7 +18,12 @@ import { migratableTables } from './preflight';
 import { createPublication, createSlotWithSnapshot, dropSlot, slotExists, type ExportedSnapshot } from './snapshot';
 import { planLoad, planTasks, resetTables, runLoad, type TableCopyProgress } from './copy';
 import { analyzeTables, runPostData } from './indexes';
-import { applyPreData, planSchema, verifyExistingSchema } from './schema';
+import { applyFinish, applyPreData, NO_ROLE_MAPPING, planSchema, verifyExistingSchema, type PlanOptions } from './schema';
+import { selectSchemas } from './schema-objects-read';
+import type { RoleMapping } from './schema-privileges';
+
+// TODO(roles argument, landing with the spec change): read spec.roles directly.
+const rolesOf = (spec: object): RoleMapping | undefined => (spec as { roles?: RoleMapping }).roles;
 import { runSync, type SyncProgress } from './sync';
 import { ensureTargetState, getMarker, setMarker, readCopyState, type CopiedTable } from './target-state';
 import type { MigrationRecord } from './state';
@@ -110,6 +115,11 @@ export class MigrationPhases {
     }
   }
 
+  /** What the schema plan covers beyond the tables: every migrated schema, through the role mapping. */
+  private async planOptions(src: pg.Client): Promise<PlanOptions> {
+    return { schemas: await selectSchemas(src, this.spec.tables), roles: rolesOf(this.spec) ?? NO_ROLE_MAPPING };
+  }
+
   /** Schema (pre-data): the target's tables and everything they need, or a check of the ones there (`schemaMode: existing`). */
   async schema(): Promise<void> {
     await this.withClients(async (src, tgt) => {
@@ -124,7 +134,7 @@ export class MigrationPhases {
         }
         await setMarker(tgt, this.rec.id, 'pre-data', 'existing');
       } else {
-        const plan = await planSchema(src, tables);
+        const plan = await planSchema(src, tables, await this.planOptions(src));
         for (const w of plan.warnings) this.log('warn', w);
         await applyPreData(tgt, plan, { beforeCommit: (c) => setMarker(c, this.rec.id, 'pre-data', 'created') });
       }
@@ -256,7 +266,7 @@ export class MigrationPhases {
       await this.restoreCopyProgress(tgt);
       if ((await getMarker(tgt, this.rec.id, 'post-data')) !== undefined) return;
       if (this.spec.schemaMode === 'create') {
-        const plan = await planSchema(src, tables);
+        const plan = await planSchema(src, tables, await this.planOptions(src));
         await runPostData({
           target: this.spec.target,
           statements: plan.postData,
@@ -265,6 +275,16 @@ export class MigrationPhases {
           signal,
           log: this.log,
         });
+        // The finish: what must not act during the load and the sync (triggers and rules, created disabled),
+        // and owners and grants (set last: creating needs pgferry's own rights). One transaction, once.
+        if (!signal.aborted && (await getMarker(tgt, this.rec.id, 'finish')) === undefined) {
+          const warnings = await applyFinish(tgt, plan, {
+            missingRoles: rolesOf(this.spec)?.missing ?? 'fail',
+            log: (m) => this.log('info', m),
+            beforeCommit: (c) => setMarker(c, this.rec.id, 'finish', new Date().toISOString()),
+          });
+          for (const w of warnings) this.log('warn', w);
+        }
       }
       if (!signal.aborted) await setMarker(tgt, this.rec.id, 'post-data', new Date().toISOString());
     });

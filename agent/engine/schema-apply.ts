@@ -83,6 +83,8 @@ export async function applyPreData(target: pg.Client, plan: PreDataPlan, opts: A
     // Every name in the plan is qualified; pg_catalog alone keeps a target
     // session's search_path from resolving a built-in name to a user object.
     await target.query('SET LOCAL search_path = pg_catalog');
+    // A classic function body may name tables created after it (pg_dump does the same).
+    await target.query('SET LOCAL check_function_bodies = off');
     for (const s of plan.preData) {
       current = s;
       if (s.existsSql && s.kind !== 'table' && s.kind !== 'partition' && (await target.query(s.existsSql)).rows.length > 0) continue;
@@ -101,6 +103,75 @@ export async function applyPreData(target: pg.Client, plan: PreDataPlan, opts: A
       'SCHEMA_FAILED',
       `${what}: ${err?.message ?? String(e)}${state ? ` (SQLSTATE ${state})` : ''}${current ? `; statement: ${firstLine(current.sql)}` : ''}. Nothing was created.`,
       remedyFor(e, current?.object ?? 'an object'),
+      { cause: e },
+    );
+  }
+}
+
+/** The part of a `SchemaPlan` that `applyFinish()` runs. */
+export interface FinishPlan {
+  finish: SchemaStatement[];
+  matviews: Array<{ name: string; concurrent: boolean }>;
+}
+
+/**
+ * Run the finish (after the load and the post-data) in ONE target
+ * transaction: statistics, triggers and rules (created disabled), policies,
+ * comments, owners, grants and default privileges; then every materialized
+ * view refreshed (in dependency order). With `missing: 'skip'`, a statement
+ * that names a role the target lacks is skipped (or, for a policy, created
+ * without that role) and said in a warning; otherwise the statement fails
+ * with the role named. Returns the warnings.
+ */
+export async function applyFinish(
+  target: pg.Client,
+  plan: FinishPlan,
+  opts: ApplyPreDataOptions & { missingRoles: 'fail' | 'skip'; log?: (msg: string) => void },
+): Promise<string[]> {
+  const warnings: string[] = [];
+  const named = [...new Set(plan.finish.flatMap((s) => s.roles ?? []))];
+  const present = new Set(
+    (await target.query<{ r: string }>('SELECT rolname AS r FROM pg_catalog.pg_roles WHERE rolname = ANY($1::text[])', [named])).rows.map((x) => x.r),
+  );
+  const missing = new Set(named.filter((r) => !present.has(r)));
+  let current: SchemaStatement | undefined;
+  try {
+    await target.query('BEGIN');
+    await target.query('SET LOCAL search_path = pg_catalog');
+    for (const s of plan.finish) {
+      current = s;
+      let sql: string | null = s.sql;
+      const lacking = (s.roles ?? []).filter((r) => missing.has(r));
+      if (lacking.length > 0 && opts.missingRoles === 'skip') {
+        sql = s.sqlWithout ? s.sqlWithout(missing) : null;
+        warnings.push(
+          `${s.kind} of ${s.object}: role ${lacking.map((r) => qi(r)).join(', ')} does not exist on the target (roles.missing: 'skip'): ${sql ? 'created without it' : 'skipped'}.`,
+        );
+      }
+      if (sql !== null) await target.query(sql);
+    }
+    for (const m of plan.matviews) {
+      current = { kind: 'refresh', object: m.name, sql: `REFRESH MATERIALIZED VIEW ${m.name}` };
+      const t0 = Date.now();
+      await target.query(current.sql);
+      opts.log?.(`Refreshed materialized view ${m.name} in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+    }
+    current = undefined;
+    await opts.beforeCommit?.(target);
+    await target.query('COMMIT');
+    return warnings;
+  } catch (e) {
+    await target.query('ROLLBACK').catch(() => undefined);
+    if (e instanceof PgferryError) throw e;
+    const err = e as PgServerError;
+    const state = sqlState(e);
+    const what = current ? `${current.kind} of ${current.object} on the target failed` : 'Committing the finish of the schema on the target failed';
+    throw new PgferryError(
+      'SCHEMA_FAILED',
+      `${what}: ${err?.message ?? String(e)}${state ? ` (SQLSTATE ${state})` : ''}${current ? `; statement: ${firstLine(current.sql)}` : ''}. Nothing of this step was kept (it runs in one transaction).`,
+      state === '42704' && current?.roles?.length
+        ? `Create the role on the target (CREATE ROLE ${qi(current.roles[0])} NOLOGIN;), map it with \`roles: { map: { <source role>: '<target role>' } }\`, or set \`roles: { missing: 'skip' }\`; then retry.`
+        : remedyFor(e, current?.object ?? 'an object'),
       { cause: e },
     );
   }

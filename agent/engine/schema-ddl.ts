@@ -20,6 +20,23 @@ export const SCHEMA_STATEMENT_KINDS = [
   'foreign-key',
   'sequence-owner',
   'replica-identity',
+  'extension',
+  'function',
+  'operator',
+  'cast',
+  'text-search',
+  'view',
+  'materialized-view',
+  'column-option',
+  'statistics',
+  'trigger',
+  'rule',
+  'policy',
+  'comment',
+  'owner',
+  'grant',
+  'refresh',
+  'handover',
 ] as const;
 export type SchemaStatementKind = (typeof SCHEMA_STATEMENT_KINDS)[number];
 
@@ -39,6 +56,14 @@ export interface SchemaStatement {
    * collations (skipped when they exist).
    */
   existsSql?: string;
+  /**
+   * Target roles the statement names (owners, grantees, policy roles). With
+   * `roles.missing: 'skip'` a statement naming a role the target lacks is
+   * skipped (with a warning); `sqlWithout` gives the statement without those
+   * roles when that keeps its meaning (a policy's role list).
+   */
+  roles?: string[];
+  sqlWithout?: (missing: Set<string>) => string | null;
 }
 
 export function relationExistsSql(schema: string, name: string): string {

@@ -155,7 +155,7 @@ export interface SeqRow {
  * 'a'; identity: 'i'), or referenced by a column default (nextval() records
  * a dependency of the default on the sequence).
  */
-export async function readSequences(c: pg.Client, oids: number[]): Promise<SeqRow[]> {
+export async function readSequences(c: pg.Client, oids: number[], schemas: string[] = []): Promise<SeqRow[]> {
   const r = await c.query<SeqRow>(
     `
     WITH used AS (
@@ -165,6 +165,11 @@ export async function readSequences(c: pg.Client, oids: number[]): Promise<SeqRo
       UNION
       SELECT d.refobjid FROM pg_depend d JOIN pg_attrdef ad ON ad.oid = d.objid
        WHERE d.classid = 'pg_attrdef'::regclass AND d.refclassid = 'pg_class'::regclass AND ad.adrelid = ANY($1::oid[])
+      UNION
+      -- Every other sequence of the migrated schemas (a function's nextval, say); not an extension's, nor the identity of a table not migrated.
+      SELECT s.oid FROM pg_class s JOIN pg_namespace sn ON sn.oid = s.relnamespace WHERE s.relkind = 'S' AND sn.nspname = ANY($2::text[])
+         AND NOT EXISTS (SELECT 1 FROM pg_depend xd WHERE xd.classid = 'pg_class'::regclass AND xd.objid = s.oid
+                            AND (xd.deptype = 'e' OR (xd.deptype = 'i' AND xd.refobjid <> ALL($1::oid[]))))
     )
     SELECT c.oid::int AS oid, n.nspname AS schema, c.relname AS name, c.relpersistence::text AS persistence,
            format_type(s.seqtypid, NULL) AS type, s.seqstart::text AS start, s.seqincrement::text AS increment,
@@ -181,7 +186,7 @@ export async function readSequences(c: pg.Client, oids: number[]): Promise<SeqRo
       LEFT JOIN pg_namespace own_n ON own_n.oid = own_c.relnamespace
       LEFT JOIN pg_attribute own_a ON own_a.attrelid = o.refobjid AND own_a.attnum = o.refobjsubid
      ORDER BY n.nspname, c.relname`,
-    [oids],
+    [oids, schemas],
   );
   const seen = new Set<number>();
   return r.rows.filter((s) => !seen.has(s.oid) && seen.add(s.oid) !== undefined);
@@ -374,8 +379,6 @@ async function readDependencies(c: pg.Client, relOids: number[], typeOids: numbe
   return r.rows;
 }
 
-/** `CREATE COLLATION` for a user-defined collation; columns differ across 12–17, so read as json. */
-
 /** A user-defined collation; its columns differ across 12–17, so the row comes as json (`j`). */
 export interface CollationRow {
   schema: string;
@@ -476,7 +479,12 @@ export interface TypeGraph {
  * load the closure of the types found so far, then read what the relations
  * (once) and the types to create depend on, which may name more types.
  */
-export async function readTypeGraph(c: pg.Client, oids: number[], columns: Map<number, ColRow[]>): Promise<TypeGraph> {
+export async function readTypeGraph(
+  c: pg.Client,
+  oids: number[],
+  columns: Map<number, ColRow[]>,
+  whole: { types: number[]; schemas: Set<string> } = { types: [], schemas: new Set() },
+): Promise<TypeGraph> {
   const g: TypeGraph = {
     types: new Map(),
     attrsByRel: new Map(),
@@ -488,6 +496,7 @@ export async function readTypeGraph(c: pg.Client, oids: number[], columns: Map<n
     foreign: new Map(),
   };
   for (const cols of columns.values()) for (const col of cols) g.roots.add(col.type_oid);
+  for (const t of whole.types) g.roots.add(t);
   const scannedTypes = new Set<number>();
   let relScanDone = false;
   for (;;) {
@@ -503,7 +512,7 @@ export async function readTypeGraph(c: pg.Client, oids: number[], columns: Map<n
     );
     relScanDone = true;
     toCreate.forEach((t) => scannedTypes.add(t.oid));
-    const newTypes = addDependencies(g, deps);
+    const newTypes = addDependencies(g, deps, whole.schemas);
     if (newTypes === 0 && toCreate.length === 0) break;
   }
   for (const t of g.types.values()) if (t.ext) g.extensions.set(t.ext, t.ext_schema);
@@ -511,7 +520,7 @@ export async function readTypeGraph(c: pg.Client, oids: number[], columns: Map<n
 }
 
 /** Sort what the DDL refers to into `g`; returns how many of it are types not seen before. */
-function addDependencies(g: TypeGraph, deps: DepRow[]): number {
+function addDependencies(g: TypeGraph, deps: DepRow[], migrated: Set<string>): number {
   let newTypes = 0;
   for (const d of deps) {
     if (d.ext) {
@@ -526,7 +535,8 @@ function addDependencies(g: TypeGraph, deps: DepRow[]): number {
       }
     } else if (d.ref_class === 'pg_collation') {
       g.collations.add(d.ref_oid);
-    } else {
+    } else if (!migrated.has(d.ref_schema)) {
+      // Functions and operators of the migrated schemas are created with them (schema-objects-plan.ts).
       g.foreign.set(
         d.ref_desc,
         `${d.ref_desc} (used by ${d.used_by}) is not created by pgferry: create it on the target before the schema stage runs, or the DDL that uses it fails.`,

@@ -55,8 +55,14 @@ import {
   type SchemaStatement,
 } from './schema-ddl';
 
+import { readSchemaOids, readSchemaTypes } from './schema-objects-read';
+import { planObjects, type MatviewRef } from './schema-objects-plan';
+import { NO_ROLE_MAPPING, type RoleMapping } from './schema-privileges';
+
+export type { MatviewRef } from './schema-objects-plan';
+export { NO_ROLE_MAPPING, type RoleMapping } from './schema-privileges';
 export { SCHEMA_STATEMENT_KINDS, type SchemaStatement, type SchemaStatementKind } from './schema-ddl';
-export { applyPostDataStatement, applyPreData, verifyExistingSchema, type ApplyPreDataOptions } from './schema-apply';
+export { applyFinish, applyPostDataStatement, applyPreData, verifyExistingSchema, type ApplyPreDataOptions } from './schema-apply';
 
 export interface SequenceRef {
   schema: string;
@@ -66,10 +72,32 @@ export interface SequenceRef {
 }
 
 export interface SchemaPlan {
+  /** Before the load, in one transaction, in dependency order. */
   preData: SchemaStatement[];
+  /** After the load: indexes, constraints, foreign keys (parallel waves). */
   postData: SchemaStatement[];
+  /**
+   * After the post-data, in one transaction: statistics, materialized views
+   * refreshed, triggers and rules (disabled), policies, comments, owners,
+   * grants and default privileges.
+   */
+  finish: SchemaStatement[];
+  /** At the cutover, after the drain: triggers, rules and row security as on the source. */
+  handover: SchemaStatement[];
+  /** Materialized views, refreshed in the finish and again after the handover. */
+  matviews: MatviewRef[];
+  /** Target roles the plan names (after the mapping). */
+  roles: string[];
+  /** Extensions the plan creates, at the source's version. */
+  extensions: Array<{ name: string; version: string; schema: string }>;
   sequences: SequenceRef[];
   warnings: string[];
+}
+
+export interface PlanOptions {
+  /** The migrated schemas (default: those of the selected tables). */
+  schemas?: string[];
+  roles?: RoleMapping;
 }
 
 // ───────────────────────────── the plan ─────────────────────────────
@@ -83,8 +111,8 @@ export interface SchemaPlan {
  *   const plan = await planSchema(source, tables);
  *   await applyPreData(target, plan);      // then load, then plan.postData
  */
-export async function planSchema(source: pg.Client, tables: TableInfo[]): Promise<SchemaPlan> {
-  return withCanonicalSettings(source, () => buildPlan(source, tables));
+export async function planSchema(source: pg.Client, tables: TableInfo[], opts: PlanOptions = {}): Promise<SchemaPlan> {
+  return withCanonicalSettings(source, () => buildPlan(source, tables, opts));
 }
 
 /** What the steps of the plan share: the selected relations and their columns, and what the steps add to. */
@@ -101,22 +129,25 @@ interface PlanContext {
   warnings: string[];
 }
 
-async function buildPlan(c: pg.Client, tables: TableInfo[]): Promise<SchemaPlan> {
+async function buildPlan(c: pg.Client, tables: TableInfo[], opts: PlanOptions): Promise<SchemaPlan> {
   const oids = [...new Set(tables.map((t) => t.oid))];
   const rels = await readSelectedRelations(c, tables, oids);
   const selected = new Set(oids);
+  const schemaNames = [...new Set([...(opts.schemas ?? []), ...tables.map((t) => t.schema)])].sort();
+  const schemaOids = await readSchemaOids(c, schemaNames);
+  const sourceMajor = Math.floor(Number((await c.query("SELECT current_setting('server_version_num') AS v")).rows[0].v) / 10000);
   const ctx: PlanContext = {
     c,
     rels,
     selected,
     columns: await readColumns(c, oids),
     ordered: parentsFirst(rels, selected),
-    schemas: new Set(),
+    schemas: new Set(schemaNames),
     warnings: [],
   };
-  const sequences = await readSequences(c, oids);
-  const graph = await readTypeGraph(c, oids, ctx.columns);
-  const preTypes = typeStatementsInOrder(ctx, graph);
+  const sequences = await readSequences(c, oids, schemaNames);
+  const graph = await readTypeGraph(c, oids, ctx.columns, { types: await readSchemaTypes(c, [...schemaOids.values()]), schemas: new Set(schemaNames) });
+  const types = typeStatementsInOrder(ctx, graph);
   const seq = sequenceStatements(ctx, sequences);
   const preTables = tableStatements(ctx, seq.identityByColumn);
   const cons = await readConstraints(c, oids);
@@ -124,11 +155,30 @@ async function buildPlan(c: pg.Client, tables: TableInfo[]): Promise<SchemaPlan>
   const con = await constraintStatements(ctx, cons);
   const idx = indexStatements(ctx, indexes);
   const postIdentity = identityStatements(ctx, indexes, idx.identityDone);
+  const roles = opts.roles ?? NO_ROLE_MAPPING;
+  const objects = await planObjects({
+    c,
+    sourceMajor,
+    schemas: schemaOids,
+    createdSchemas: new Set(schemaNames.filter((s) => s !== 'public')),
+    tables: new Map([...rels.values()].map((r) => [r.oid, r.kind])),
+    sequences: sequences.map((s) => ({ oid: s.oid, followsTable: s.owner_rel !== null && selected.has(s.owner_rel) })),
+    types,
+    tableBlock: [...seq.create, ...preTables, ...con.pre, ...seq.owners],
+    extensions: graph.extensions,
+    roles,
+  });
+  for (const x of objects.extensions) ctx.schemas.add(x.schema);
   const ns = await namespaceStatements(ctx, graph);
-  ctx.warnings.push(...graph.foreign.values());
+  ctx.warnings.push(...graph.foreign.values(), ...objects.warnings);
   return {
-    preData: [...ns.schemas, ...ns.extensions, ...ns.collations, ...seq.create, ...preTypes, ...preTables, ...con.pre, ...seq.owners],
+    preData: [...ns.schemas, ...ns.collations, ...objects.preData],
     postData: [...idx.statements, ...con.exclude, ...postIdentity, ...con.foreign],
+    finish: objects.finish,
+    handover: objects.handover,
+    matviews: objects.matviews,
+    roles: [...objects.roles].sort(),
+    extensions: objects.extensions,
     sequences: sequences.map(sequenceRef),
     warnings: ctx.warnings,
   };
@@ -164,9 +214,9 @@ function parentsFirst(rels: Map<number, RelRow>, selected: Set<number>): RelRow[
   return [...rels.values()].sort((a, b) => depth(a) - depth(b) || a.schema.localeCompare(b.schema) || a.name.localeCompare(b.name));
 }
 
-/** The types to create, each after the types it is built from. */
-function typeStatementsInOrder(ctx: PlanContext, g: TypeGraph): SchemaStatement[] {
-  const out: SchemaStatement[] = [];
+/** The types to create, each after the types it is built from, with their statements. */
+function typeStatementsInOrder(ctx: PlanContext, g: TypeGraph): Array<{ oid: number; statements: SchemaStatement[] }> {
+  const out: Array<{ oid: number; statements: SchemaStatement[] }> = [];
   const visited = new Set<number>();
   const visit = (oid: number) => {
     if (visited.has(oid)) return;
@@ -177,7 +227,7 @@ function typeStatementsInOrder(ctx: PlanContext, g: TypeGraph): SchemaStatement[
     if (t.is_array || t.typtype === 'm' || t.typtype === 'p') return;
     const stmts = typeStatements(t, g, ctx.warnings);
     if (stmts.length > 0) ctx.schemas.add(t.schema);
-    out.push(...stmts);
+    if (stmts.length > 0) out.push({ oid: t.oid, statements: stmts });
   };
   [...g.roots].sort((a, b) => a - b).forEach(visit);
   return out;
@@ -383,20 +433,11 @@ function identityStatements(ctx: PlanContext, indexes: IndexRow[], identityDone:
         existsSql: replicaIdentityIndexExistsSql(r.schema, r.name, idx.name),
       });
     }
-    const notMigrated = [
-      r.triggers > 0 ? `${r.triggers} trigger(s)` : '',
-      r.policies > 0 ? `${r.policies} row-level security polic${r.policies === 1 ? 'y' : 'ies'}` : r.rls ? 'row-level security enabled' : '',
-    ].filter(Boolean);
-    if (notMigrated.length > 0) {
-      ctx.warnings.push(
-        `${table} has ${notMigrated.join(' and ')} on the source; pgferry does not migrate triggers, policies, grants, ownership or comments: recreate them on the target before cutover.`,
-      );
-    }
   }
   return out;
 }
 
-/** CREATE SCHEMA, CREATE EXTENSION and CREATE COLLATION for what the plan's objects need. */
+/** CREATE SCHEMA and CREATE COLLATION for what the plan's objects need (extensions: schema-objects-plan.ts). */
 async function namespaceStatements(ctx: PlanContext, g: TypeGraph) {
   for (const [, s] of g.extensions) if (s) ctx.schemas.add(s);
   const collations: SchemaStatement[] = [];
@@ -413,15 +454,7 @@ async function namespaceStatements(ctx: PlanContext, g: TypeGraph) {
       sql: `CREATE SCHEMA IF NOT EXISTS ${qi(s)}`,
       existsSql: `SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = ${ql(s)}`,
     }));
-  const extensions = [...g.extensions.entries()]
-    .sort(([a], [b]) => a.localeCompare(b))
-    .map(([ext, s]): SchemaStatement => ({
-      kind: 'type',
-      object: qi(ext),
-      sql: `CREATE EXTENSION IF NOT EXISTS ${qi(ext)}${s && s !== 'pg_catalog' ? ` WITH SCHEMA ${qi(s)}` : ''} CASCADE`,
-      existsSql: `SELECT 1 FROM pg_catalog.pg_extension WHERE extname = ${ql(ext)}`,
-    }));
-  return { schemas, extensions, collations };
+  return { schemas, collations };
 }
 
 function sequenceRef(s: SeqRow): SequenceRef {
