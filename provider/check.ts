@@ -25,6 +25,7 @@ import {
   UNKNOWN,
 } from './args';
 import type { PreflightReportMessage } from '../api/client';
+import { tablePatternError } from '../agent/engine/table-pattern';
 
 export interface CheckFailure {
   property: string;
@@ -36,8 +37,6 @@ const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'obj
 const present = (v: unknown): boolean => v !== undefined && v !== null;
 const show = (v: unknown): string => (typeof v === 'string' ? `'${v.length > 60 ? `${v.slice(0, 57)}...` : v}'` : JSON.stringify(v));
 
-/** `schema.table`, either part `*` or quoted (agent/engine/spec.ts tablePattern). */
-const TABLE_PATTERN = /^("[^"]+"|[^".]+)\.("[^"]+"|[^".]+)$/;
 /** Slot and publication names (agent/engine/spec.ts identifierish, at most 63 bytes). */
 const IDENTIFIER = /^[A-Za-z_][A-Za-z0-9_$]*$/;
 /** `host:port` or `[v6]:port`, optionally `dns:` prefixed, or `unix:/path`. */
@@ -221,12 +220,13 @@ function validateStringList(f: Failures, path: string, v: unknown, nonEmpty: boo
     f.add(path, `\`${path}\` must name at least one pattern, e.g. ['public.*'] (leave it out to migrate every table of schema public).`);
   v.forEach((p, i) => {
     if (isUnknown(p)) return;
-    if (typeof p !== 'string' || !TABLE_PATTERN.test(p)) {
-      f.add(
-        `${path}[${i}]`,
-        `\`${path}[${i}]\` must look like 'schema.table' (either part may be '*', quote mixed-case names: '"Sales"."Orders"'), got ${show(p)}.`,
-      );
+    if (typeof p !== 'string') {
+      f.add(`${path}[${i}]`, `\`${path}[${i}]\` must be a 'schema.table' pattern (a string, e.g. 'public.*'), got ${show(p)}.`);
+      return;
     }
+    // The agent's own grammar (agent/engine/table-pattern.ts: pure, no driver), so Check accepts exactly what the agent does.
+    const bad = tablePatternError(p);
+    if (bad) f.add(`${path}[${i}]`, `\`${path}[${i}]\` ${show(p)} ${bad.problem}. ${bad.fix}`);
   });
 }
 

@@ -9,6 +9,7 @@ import { readFileSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import type { MigrationSpecMessage } from '../../api/client';
 import { PgferryError } from '../engine/errors';
+import { tablePatternError } from '../engine/table-pattern';
 
 /** Top-level keys of the Pulumi resource that a spec file may carry and the CLI ignores. */
 export const PULUMI_ONLY_KEYS = ['agent', 'waitForSync', 'createTimeoutMinutes', 'cutover', 'cutoverOptions'] as const;
@@ -128,6 +129,12 @@ export function loadSpecFile(path: string, env: NodeJS.ProcessEnv = process.env,
       if (!ok) throw bad(field, `must be ${kind === 'strings' ? 'an array of strings' : `a ${kind}`}`, `Correct \`${field}\`.`);
       if (SECRET_KEYS.has(k) && typeof raw === 'string' && raw !== '' && (k === 'password' || /:[^:@/]+@/.test(raw))) {
         warn(`the spec file '${path}' holds \`${field}\` in clear text; prefer {"env": "VAR"} or {"file": "path"} (docs/cli.md).`);
+      }
+      if (prefix === 'tables') {
+        (x as string[]).forEach((p, i) => {
+          const e = tablePatternError(p);
+          if (e) throw bad(`${field}[${i}]`, `('${p}') ${e.problem}`, e.fix);
+        });
       }
       out[k] = x;
     }

@@ -5,13 +5,13 @@
  * Input: a source connection and the spec's table selection.
  * Output: `TableInfo[]` in a stable order, plus the patterns that matched nothing.
  *
- * Selection semantics (PostgreSQL's own): an unquoted pattern part folds to
- * lower case, a quoted one keeps its case; `*` matches any run of characters
- * and `?` one. A partitioned table brings all its partitions; data is copied
+ * Selection semantics: table-pattern.ts (PostgreSQL's identifier rules, with
+ * `*` and `?` outside quotes). A partitioned table brings all its partitions; data is copied
  * per leaf partition, and changes arrive as the root (publish_via_partition_root).
  */
 import type pg from 'pg';
 import { qn } from './conn';
+import { parseTablePattern, type NameMatcher } from './table-pattern';
 
 export interface ColumnInfo {
   name: string;
@@ -60,29 +60,14 @@ export function dataColumns(t: TableInfo): ColumnInfo[] {
 
 interface Pattern {
   text: string;
-  schema: RegExp;
-  name: RegExp;
+  schema: NameMatcher;
+  name: NameMatcher;
 }
 
-function partToRegExp(part: string): RegExp {
-  const quoted = part.startsWith('"') && part.endsWith('"');
-  const text = quoted ? part.slice(1, -1) : part.toLowerCase();
-  const body = text
-    .split('')
-    .map((ch) => (ch === '*' ? '.*' : ch === '?' ? '.' : ch.replace(/[.+^${}()|[\]\\]/g, '\\$&')))
-    .join('');
-  return new RegExp(`^${body}$`);
-}
-
-function splitPattern(p: string): [string, string] {
-  const m = /^("[^"]+"|[^".]+)\.("[^"]+"|[^".]+)$/.exec(p);
-  if (!m) throw new Error(`bad table pattern '${p}'`);
-  return [m[1], m[2]];
-}
-
+/** A pattern in its parsed form (table-pattern.ts); throws TablePatternError on a bad one (the spec has rejected it already). */
 export function compilePattern(p: string): Pattern {
-  const [s, n] = splitPattern(p);
-  return { text: p, schema: partToRegExp(s), name: partToRegExp(n) };
+  const parsed = parseTablePattern(p);
+  return { text: p, schema: parsed.schema, name: parsed.table };
 }
 
 const matches = (p: Pattern, schema: string, name: string) => p.schema.test(schema) && p.name.test(name);

@@ -10,6 +10,7 @@
 import { createHash } from 'node:crypto';
 import type * as Zod from 'zod';
 import { PgferryError } from './errors';
+import { tablePatternProblem } from './table-pattern';
 import stableStringify from 'safe-stable-stringify';
 
 export const SSL_MODES = ['disable', 'prefer', 'require', 'verify-ca', 'verify-full'] as const;
@@ -45,9 +46,10 @@ function build(z: typeof Zod.z) {
       }
     });
 
-  /** A table pattern: `schema.table`, either part may be `*`; quoted parts keep their case. */
-  const tablePattern = z.string().regex(/^("[^"]+"|[^".]+)\.("[^"]+"|[^".]+)$/, {
-    message: "must look like 'schema.table' (either part may be '*', e.g. 'public.*')",
+  /** A table pattern: `schema.table` in table-pattern.ts's grammar (PostgreSQL's identifier rules, `*` and `?` wildcards). */
+  const tablePattern = z.string().superRefine((p, ctx) => {
+    const problem = tablePatternProblem(p);
+    if (problem) ctx.addIssue({ code: 'custom', message: problem });
   });
 
   const MigrationSpecSchema = z
