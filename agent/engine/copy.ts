@@ -208,13 +208,18 @@ async function copyTask(src: pg.Client, tgt: pg.Client, task: CopyTask, opts: Lo
   const where: string[] = [];
   if (task.fromBlock !== undefined && task.fromBlock > 0) where.push(`ctid >= '(${task.fromBlock},0)'::tid`);
   if (task.toBlock !== undefined) where.push(`ctid < '(${task.toBlock},0)'::tid`);
-  const source = where.length ? `(SELECT ${cols} FROM ONLY ${qn(t.schema, t.name)} WHERE ${where.join(' AND ')})` : `${qn(t.schema, t.name)} (${cols})`;
+  // A table without data columns (none declared, all dropped or generated) still has rows: it is
+  // copied as a query (`SELECT FROM`, no column), into COPY's default list, its non-generated columns: none.
+  const source =
+    where.length || !cols
+      ? `(SELECT ${cols} FROM ONLY ${qn(t.schema, t.name)}${where.length ? ` WHERE ${where.join(' AND ')}` : ''})`
+      : `${qn(t.schema, t.name)} (${cols})`;
   const started = Date.now();
   const bytesBefore = prog.bytesCopied;
   await tgt.query('BEGIN');
   try {
     const out = src.query(copyTo(`COPY ${source} TO STDOUT WITH (FORMAT ${format})`));
-    const into = tgt.query(copyFrom(`COPY ${qn(t.schema, t.name)} (${cols}) FROM STDIN WITH (FORMAT ${format})`));
+    const into = tgt.query(copyFrom(`COPY ${qn(t.schema, t.name)}${cols ? ` (${cols})` : ''} FROM STDIN WITH (FORMAT ${format})`));
     // Count bytes with a listener, not a Transform: one stream hop less per chunk.
     out.on('data', (chunk: Buffer) => {
       prog.bytesCopied += chunk.length;
