@@ -10,7 +10,7 @@
  * per leaf partition, and changes arrive as the root (publish_via_partition_root).
  */
 import type pg from 'pg';
-import { qn } from './conn';
+import { qi, qn } from './conn';
 import { parseTablePattern, type NameMatcher } from './table-pattern';
 
 export interface ColumnInfo {
@@ -43,6 +43,8 @@ export interface TableInfo {
   hasPrimaryKey: boolean;
   /** Columns that identify a row for UPDATE/DELETE; empty when REPLICA IDENTITY FULL or none. */
   keyColumns: string[];
+  /** Unique indexes that cannot be a replica identity (on an expression, or partial). */
+  unusableUniqueIndexes?: string[];
   columns: ColumnInfo[];
   estimatedRows: number;
   bytes: number;
@@ -128,6 +130,8 @@ async function listTables(client: pg.Client): Promise<TableInfo[]> {
            greatest(c.reltuples, 0)::float8 AS est_rows, c.relpages::int AS pages,
            CASE WHEN c.relkind = 'r' THEN pg_table_size(c.oid) ELSE 0 END::float8 AS bytes,
            EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conrelid = c.oid AND k.contype = 'p') AS has_pk,
+           (SELECT coalesce(array_agg(ic.relname::text ORDER BY ic.relname), '{}') FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+             WHERE i.indrelid = c.oid AND i.indisunique AND (i.indexprs IS NOT NULL OR i.indpred IS NOT NULL)) AS unusable_unique,
            (SELECT json_build_object('schema', rn.nspname, 'name', rc.relname) FROM anc a JOIN pg_class rc ON rc.oid = a.parent
               JOIN pg_namespace rn ON rn.oid = rc.relnamespace
              WHERE a.rel = c.oid ORDER BY a.depth DESC LIMIT 1) AS root,
@@ -150,6 +154,7 @@ async function listTables(client: pg.Client): Promise<TableInfo[]> {
     replicaIdentity: row.replident,
     hasPrimaryKey: row.has_pk,
     keyColumns: [],
+    unusableUniqueIndexes: row.unusable_unique,
     columns: [],
     estimatedRows: Number(row.est_rows),
     bytes: Number(row.bytes),
@@ -175,7 +180,7 @@ async function loadColumns(client: pg.Client, tables: TableInfo[]): Promise<void
   // (explicit USING INDEX, else the primary key).
   const keys = await client.query(
     `
-    SELECT i.indrelid::int AS rel, array_agg(a.attname ORDER BY k.ord) AS cols
+    SELECT i.indrelid::int AS rel, array_agg(a.attname::text ORDER BY k.ord) AS cols
       FROM pg_index i
       CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
       JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
@@ -217,10 +222,23 @@ export function publishedTables(tables: TableInfo[]): TableInfo[] {
 
 /**
  * Can UPDATE/DELETE on this table be replicated? A table needs a primary key,
- * REPLICA IDENTITY USING INDEX, or REPLICA IDENTITY FULL.
+ * REPLICA IDENTITY USING INDEX, or REPLICA IDENTITY FULL; and a key on a
+ * generated column does not count, as logical replication never sends one.
  */
 export function hasUsableIdentity(t: TableInfo): boolean {
-  if (t.replicaIdentity === 'f') return true;
-  if (t.replicaIdentity === 'n') return false;
-  return t.keyColumns.length > 0;
+  return identityProblem(t) === null;
+}
+
+/** Why UPDATE/DELETE on this table cannot be replicated (for the preflight's message), or null when they can. */
+export function identityProblem(t: TableInfo): string | null {
+  if (t.replicaIdentity === 'f') return null;
+  if (t.replicaIdentity === 'n') return 'REPLICA IDENTITY NOTHING';
+  if (dataColumns(t).length === 0) return t.columns.length ? 'only generated columns, which replication does not send' : 'no columns, so no key';
+  const generated = t.keyColumns.filter((k) => t.columns.find((c) => c.name === k)?.generated);
+  if (generated.length) return `its key holds generated column(s) ${generated.map((k) => qi(k)).join(', ')}, which replication does not send`;
+  if (t.keyColumns.length > 0) return null;
+  const unusable = t.unusableUniqueIndexes ?? [];
+  if (unusable.length)
+    return `no primary key; its unique index(es) ${unusable.map((i) => qi(i)).join(', ')} are on an expression or partial, which cannot identify rows`;
+  return 'no primary key and no replica identity';
 }

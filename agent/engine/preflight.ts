@@ -9,7 +9,7 @@
 import { randomBytes } from 'node:crypto';
 import type pg from 'pg';
 import { connect, qn, describeEndpoint, resolveEndpoint } from './conn';
-import { selectTables, hasUsableIdentity, tableKey, type TableInfo } from './catalog';
+import { selectTables, hasUsableIdentity, identityProblem, tableKey, type TableInfo } from './catalog';
 import { isPgferryError, asPgferryError } from './errors';
 import { publicationNameOf, slotNameOf, type MigrationSpec } from './spec';
 import { check, type PreflightCheck, type PreflightContext } from './preflight-check';
@@ -345,7 +345,7 @@ function replicaIdentityChecks(tables: TableInfo[], major: number, checks: Prefl
       check(
         'replica_identity',
         'fail',
-        `${noIdentity.length} table(s) have no primary key and no replica identity, so their UPDATEs and DELETEs cannot be replicated: ${noIdentity.map(tableKey).join(', ')}.`,
+        `${noIdentity.length} table(s) have no usable key, so their UPDATEs and DELETEs cannot be replicated: ${noIdentity.map((t) => `${tableKey(t)} (${identityProblem(t)})`).join(', ')}.`,
         `Add a primary key, or run: ${noIdentity.map((t) => `ALTER TABLE ${tableKey(t)} REPLICA IDENTITY FULL;`).join(' ')}`,
         noIdentity.map(tableKey),
       ),

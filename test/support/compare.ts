@@ -17,12 +17,12 @@ export async function sessionClient(c: Cluster, database: string): Promise<pg.Cl
   return client;
 }
 
-/** Data tables (ordinary + leaf partitions) outside system/pgferry schemas. */
+/** Data tables (ordinary + leaf partitions) outside system/pgferry schemas, tables without columns included. */
 export async function listDataTables(c: pg.Client): Promise<Array<{ schema: string; name: string; columns: string[] }>> {
   const r = await c.query(`SELECT n.nspname AS schema, c.relname AS name,
-      array_agg(a.attname::text ORDER BY a.attnum) FILTER (WHERE a.attgenerated = '') AS columns
+      coalesce(array_agg(a.attname::text ORDER BY a.attnum) FILTER (WHERE a.attgenerated = ''), '{}') AS columns
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-    JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+    LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
     WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgferry') AND n.nspname NOT LIKE 'pg\\_%'
     GROUP BY 1, 2 ORDER BY 1, 2`);
   return r.rows;
