@@ -16,6 +16,7 @@
 import type { CheckResult, DiffResult, CreateResult, ReadResult, UpdateResult } from '@pulumi/pulumi/dynamic';
 import {
   DEFAULTS,
+  PREFLIGHT_ARGS,
   REPLACE_ON_CHANGE,
   UNKNOWN,
   containsUnknown,
@@ -73,6 +74,12 @@ function endpointIdentity(e: EndpointArgs | undefined): unknown {
   const echo = echoEndpoint(e);
   if (echo.connectionString !== undefined) return echo;
   return { ...echo, port: echo.port ?? DEFAULTS.port, sslMode: echo.sslMode ?? DEFAULTS.sslMode };
+}
+
+/** `roles` with its defaults, so that an absent value equals the default one. */
+function rolesIdentity(r: MigrationInputs['roles'] | undefined): unknown {
+  if (containsUnknown(r) && typeof r !== 'object') return r;
+  return { map: r?.map ?? DEFAULTS.roles.map, missing: r?.missing ?? DEFAULTS.roles.missing };
 }
 
 function tablesIdentity(t: { include?: string[]; exclude?: string[] } | undefined): unknown {
@@ -204,6 +211,7 @@ function fromState(props: Props): { echo: ReturnType<typeof echoArgs>; secrets: 
     publicationName: props.publicationName as string | undefined,
     copy: props.copy as MigrationInputs['copy'],
     apply: props.apply as MigrationInputs['apply'],
+    roles: props.roles as MigrationInputs['roles'],
     waitForSync: (props.waitForSync as boolean | undefined) ?? DEFAULTS.waitForSync,
     createTimeoutMinutes: (props.createTimeoutMinutes as number | undefined) ?? DEFAULTS.createTimeoutMinutes,
     cutover: (props.cutover as boolean | undefined) ?? DEFAULTS.cutover,
@@ -261,7 +269,7 @@ export async function check(olds: Props, news: Props): Promise<CheckResult> {
   const creating = isEmpty(olds);
   const replacing = !creating && REPLACE_ON_CHANGE.some((f) => !same(replaceKey(f, olds), replaceKey(f, news)));
   if (!creating && !replacing) return { inputs: news, failures };
-  const needed = ['agent', 'source', 'target', 'tables', 'schemaMode', 'overwriteTarget', 'migrationId', 'slotName', 'publicationName', 'copy', 'apply'];
+  const needed = PREFLIGHT_ARGS;
   if (!agentKnown || needed.some((k) => containsUnknown(news[k]))) return { inputs: news, failures };
 
   const inputs = news as unknown as MigrationInputs;
@@ -334,6 +342,7 @@ export async function diff(_id: string, olds: Props, news: Props): Promise<DiffR
       [olds.overwriteTarget ?? DEFAULTS.overwriteTarget, n.overwriteTarget ?? DEFAULTS.overwriteTarget],
       [olds.copy, n.copy],
       [olds.apply, n.apply],
+      [rolesIdentity(olds.roles as MigrationInputs['roles']), rolesIdentity(n.roles)],
       [olds.waitForSync ?? DEFAULTS.waitForSync, n.waitForSync ?? DEFAULTS.waitForSync],
       [olds.createTimeoutMinutes ?? DEFAULTS.createTimeoutMinutes, n.createTimeoutMinutes ?? DEFAULTS.createTimeoutMinutes],
       [olds.cutover ?? DEFAULTS.cutover, n.cutover ?? DEFAULTS.cutover],
@@ -478,8 +487,8 @@ export async function read(id: string, props: Props): Promise<ReadResult> {
  * completed (or throws the agent's reason; the source stays writable);
  * rotated passwords and `apply` knobs are handed to the agent (StartMigration
  * with the same spec stores the newest credentials; the agent's running
- * migration picks them up when the agent restarts); `copy` and
- * `overwriteTarget` apply to the next start; the agent connection changes
+ * migration picks them up when the agent restarts); `copy`,
+ * `overwriteTarget` and `roles` apply to the next start; the agent connection changes
  * nothing on the agent. `cutover` true → false after completion fails.
  */
 export async function update(id: string, olds: Props, news: Props): Promise<UpdateResult> {
@@ -511,8 +520,13 @@ export async function update(id: string, olds: Props, news: Props): Promise<Upda
     const secretsChanged = typeof olds.secretsDigest !== 'string' || secretsDigest(a) !== olds.secretsDigest;
     const applyChanged = !same(olds.apply, a.apply);
     if ((secretsChanged || applyChanged) && m.phase !== 'completed') {
-      // Same spec as started (copy and overwriteTarget as they were), newest credentials and apply knobs.
-      const spec = toSpec({ ...a, copy: olds.copy as MigrationInputs['copy'], overwriteTarget: olds.overwriteTarget as boolean | undefined });
+      // Same spec as started (copy, overwriteTarget and roles as they were), newest credentials and apply knobs.
+      const spec = toSpec({
+        ...a,
+        copy: olds.copy as MigrationInputs['copy'],
+        overwriteTarget: olds.overwriteTarget as boolean | undefined,
+        roles: olds.roles as MigrationInputs['roles'],
+      });
       try {
         m = await client.startMigration(spec);
       } catch (e) {
@@ -525,6 +539,11 @@ export async function update(id: string, olds: Props, news: Props): Promise<Upda
     if (!same(olds.copy, a.copy) || (olds.overwriteTarget ?? false) !== (a.overwriteTarget ?? false)) {
       notes.push(
         `\`copy\` / \`overwriteTarget\` changed: they apply the next time a migration starts; the running migration '${id}' keeps the settings it started with.`,
+      );
+    }
+    if (!same(rolesIdentity(olds.roles as MigrationInputs['roles']), rolesIdentity(a.roles))) {
+      notes.push(
+        `\`roles\` changed: it applies the next time a migration starts; the running migration '${id}' keeps the mapping it started with (its owners and grants are set once, after the indexes are built); adjust owners and grants on the target by hand if they must differ.`,
       );
     }
 

@@ -150,9 +150,12 @@ describe('cli: spec files', () => {
         source: { host: 'h', database: 'd', user: 'u', password: { env: 'SRC_PW' } },
         target: { connectionString: { file: 'pw' } },
         copy: { workers: 3 },
+        // A role named `env` is a role, not a reference.
+        roles: { map: { env: 'app', app_owner: 'tgt_owner' }, missing: 'skip' },
       }),
     );
     const spec = loadSpecFile(f, { SRC_PW: 'from-the-env' });
+    assert.deepEqual(spec.roles, { map: { env: 'app', app_owner: 'tgt_owner' }, missing: 'skip' });
     assert.equal(spec.id, 'orders');
     assert.equal(spec.source.password, 'from-the-env');
     assert.equal(spec.target.connectionString, 'from-a-file');
@@ -167,6 +170,8 @@ describe('cli: spec files', () => {
       { id: 'a', source: { host: 'h', port: '5432' }, target: {} },
       { id: 'a', source: {}, target: {}, tables: { include: 'public.*' } },
       { id: 'a', source: {} },
+      { id: 'a', source: {}, target: {}, roles: { map: { app_owner: 7 } } },
+      { id: 'a', source: {}, target: {}, roles: { mapping: {} } },
     ];
     for (const [i, c] of cases.entries()) {
       const f = join(dir, `bad${i}.json`);

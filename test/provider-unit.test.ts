@@ -7,8 +7,17 @@
 import assert from 'node:assert/strict';
 import { createServer, type Server } from 'node:net';
 import { freePort } from '../dev/testbed';
-import { schemas, SCHEMA_MODES as AGENT_SCHEMA_MODES, SSL_MODES as AGENT_SSL_MODES } from '../agent/engine/spec';
-import { MIGRATION_ID_PATTERN, SCHEMA_MODES, SECRET_OUTPUTS, SSL_MODES, UNKNOWN, deriveMigrationId, type MigrationInputs } from '../provider/args';
+import { schemas, ROLE_MISSING as AGENT_ROLE_MISSING, SCHEMA_MODES as AGENT_SCHEMA_MODES, SSL_MODES as AGENT_SSL_MODES } from '../agent/engine/spec';
+import {
+  MIGRATION_ID_PATTERN,
+  ROLE_MISSING,
+  SCHEMA_MODES,
+  SECRET_OUTPUTS,
+  SSL_MODES,
+  UNKNOWN,
+  deriveMigrationId,
+  type MigrationInputs,
+} from '../provider/args';
 import { AgentClient, isAgentError } from '../api/client';
 import { buildOutputs, echoArgs, redactConnectionString, resolveConnection, secretPartsFromInputs } from '../provider/outputs';
 import type { MigrationMessage } from '../api/client';
@@ -131,6 +140,7 @@ describe('provider without an agent: declaration, Check, Diff through the real h
   it("keeps its allowed values equal to the agent's spec", function () {
     assert.deepEqual([...SSL_MODES], [...AGENT_SSL_MODES]);
     assert.deepEqual([...SCHEMA_MODES], [...AGENT_SCHEMA_MODES]);
+    assert.deepEqual([...ROLE_MISSING], [...AGENT_ROLE_MISSING]);
   });
 
   it('Configure answers acceptSecrets false, so the engine unwraps secrets', async function () {
@@ -192,6 +202,26 @@ describe('provider without an agent: declaration, Check, Diff through the real h
     assert.match(hostFailure.reason, /connectionString/);
   });
 
+  it('Check names each bad `roles` field, in backticks, with its fix', async function () {
+    const bad: Props = {
+      ...clone(news),
+      roles: { map: { '': 'app', app_owner: '', reporting: 'r'.repeat(64), auditor: 7 }, missing: 'ignore', strict: true },
+    };
+    const { failures } = await host.check(urn, {}, bad);
+    assert.deepEqual(
+      failures.map((f) => f.property).sort(),
+      ['roles.map', 'roles.map.app_owner', 'roles.map.auditor', 'roles.map.reporting', 'roles.missing', 'roles.strict'].sort(),
+    );
+    for (const f of failures) assert.ok(f.reason.includes(`\`${f.property}\``), `reason of ${f.property} does not name it: ${f.reason}`);
+    assert.deepEqual(
+      (await host.check(urn, {}, { ...clone(news), roles: 'app' })).failures.map((f) => f.property),
+      ['roles'],
+    );
+    // Role names are any text of up to 63 bytes, as PostgreSQL allows; unknown values (preview) are not checked.
+    const good = { ...clone(news), roles: { map: { 'App Owner': 'app', reporting: UNKNOWN }, missing: 'skip' } };
+    assert.ok(!(await host.check(urn, clone(news), good)).failures.some((f) => f.property.startsWith('roles')));
+  });
+
   it('Check with all values known and the agent down fails on `agent.endpoint` with how to fix it', async function () {
     const { failures } = await host.check(urn, {}, clone(news));
     assert.equal(failures.length, 1);
@@ -241,6 +271,13 @@ describe('provider without an agent: declaration, Check, Diff through the real h
         ).changes,
         'none',
       );
+    });
+
+    it('reports no change when `roles` is given as its default', async function () {
+      const n = edit((x) => {
+        x.roles = { map: {}, missing: 'fail' };
+      });
+      assert.equal((await diff(n)).changes, 'none');
     });
 
     for (const [what, change, field] of [
@@ -343,6 +380,12 @@ describe('provider without an agent: declaration, Check, Diff through the real h
         },
       ],
       [
+        'the role mapping changes (it applies to the next start)',
+        (n: Props) => {
+          n.roles = { map: { app_owner: 'app' } };
+        },
+      ],
+      [
         'cutover options change',
         (n: Props) => {
           n.cutoverOptions = { validation: 'counts' };
@@ -379,6 +422,8 @@ describe('provider without an agent: declaration, Check, Diff through the real h
         completedAt: '2026-01-01T00:00:00Z',
         error: '',
         attempts: 1,
+        largeObjects: null,
+        schemaCheck: null,
       },
     });
     const olds = oldOutputs({ ...clone(news), cutover: true }, done);
