@@ -52,7 +52,9 @@ export const notExtensionMember = (catalog: string, oid: string): string =>
  * (r = true), grantors dropped. Relative to the default because the
  * default itself differs across versions (17 gives owners MAINTAIN), and
  * because an ACL that was never touched is NULL on one side and spelled out
- * on the other after a GRANT and REVOKE.
+ * on the other after a GRANT and REVOKE. Not normalized: `GRANT ALL`
+ * typed on 17 includes MAINTAIN, which 16 and older do not have (a target
+ * given the source's own privileges compares equal).
  */
 export const aclJson = (acl: string, base: string): string => `(
   SELECT coalesce(jsonb_agg(jsonb_build_object('g', CASE WHEN x.grantee = 0 THEN NULL ELSE pg_get_userbyid(x.grantee) END,
@@ -69,6 +71,12 @@ async function rows(c: pg.Client, sql: string, params: unknown[]): Promise<Descr
   return (await c.query<DescribedRow>(sql, params)).rows;
 }
 
+/**
+ * Schemas and the extensions installed in them. The schema `public` of a
+ * database created by 15+ is owned by pg_database_owner and grants no
+ * CREATE to PUBLIC; from a 13 or 14 source both show as differences, on
+ * purpose: they change who may create objects there.
+ */
 export async function readSchemasAndExtensions(c: pg.Client, schemas: string[]): Promise<DescribedRow[]> {
   const own = await rows(
     c,
