@@ -20,7 +20,9 @@ import type { Endpoint__Output } from './generated/pgferry/agent/v1/Endpoint';
 import type { TableSelection__Output } from './generated/pgferry/agent/v1/TableSelection';
 import type { CopyOptions__Output } from './generated/pgferry/agent/v1/CopyOptions';
 import type { ApplyOptions__Output } from './generated/pgferry/agent/v1/ApplyOptions';
+import type { RoleOptions__Output } from './generated/pgferry/agent/v1/RoleOptions';
 import type { MigrationSpec__Output } from './generated/pgferry/agent/v1/MigrationSpec';
+import type { SchemaDiffResponse__Output } from './generated/pgferry/agent/v1/SchemaDiffResponse';
 import type { PreflightCheck__Output } from './generated/pgferry/agent/v1/PreflightCheck';
 import type { PreflightReport__Output } from './generated/pgferry/agent/v1/PreflightReport';
 import type { TableStatus__Output } from './generated/pgferry/agent/v1/TableStatus';
@@ -45,15 +47,17 @@ export type EndpointMessage = Partial<Endpoint__Output>;
 export type TableSelectionMessage = Partial<TableSelection__Output>;
 export type CopyOptionsMessage = Partial<CopyOptions__Output>;
 export type ApplyOptionsMessage = Partial<ApplyOptions__Output>;
+export type RoleOptionsMessage = Partial<RoleOptions__Output>;
 
 /** What a migration is (`pgferry.agent.v1.MigrationSpec`); mirrors agent/engine/spec.ts. */
-export type MigrationSpecMessage = Partial<Omit<MigrationSpec__Output, 'id' | 'source' | 'target' | 'tables' | 'copy' | 'apply'>> & {
+export type MigrationSpecMessage = Partial<Omit<MigrationSpec__Output, 'id' | 'source' | 'target' | 'tables' | 'copy' | 'apply' | 'roles'>> & {
   id: string;
   source: EndpointMessage;
   target: EndpointMessage;
   tables?: TableSelectionMessage;
   copy?: CopyOptionsMessage;
   apply?: ApplyOptionsMessage;
+  roles?: RoleOptionsMessage;
 };
 
 export type PreflightCheckMessage = PreflightCheck__Output;
@@ -67,6 +71,8 @@ export type FenceStatusMessage = FenceStatus__Output;
 /** A migration's status (`pgferry.agent.v1.Migration`); `cutover` and `fence` are null when absent. */
 export type MigrationMessage = Migration__Output;
 export type DeleteMigrationResponseMessage = DeleteMigrationResponse__Output;
+/** The comparison of the target's schema with the source's (`pgferry.agent.v1.SchemaDiffResponse`). */
+export type SchemaDiffMessage = SchemaDiffResponse__Output;
 
 /** The fence states (`FenceStatus.state`). */
 export const FENCE_STATES = ['none', 'up', 'lift-pending', 'kept'] as const;
@@ -138,7 +144,7 @@ export function toAgentError(e: unknown, method: string, endpoint: string): Agen
   };
   let details = (se?.details || se?.message || String(e)).trim();
   const agentCode = first('pgferry-code');
-  const agentRemedy = first('pgferry-remedy');
+  const agentRemedy = first('pgferry-remedy-bin') ?? first('pgferry-remedy');
   // The agent's details may already end with "Fix: <remedy>": keep the fact and the remedy apart.
   if (agentRemedy && details.endsWith(`Fix: ${agentRemedy}`)) details = details.slice(0, -`Fix: ${agentRemedy}`.length).trim();
   if (agentCode) {
@@ -444,6 +450,11 @@ export class AgentClient {
    */
   unfence(id: string, opts: CallOptions & { afterCutover?: boolean } = {}): Promise<MigrationMessage> {
     return this.unary('Unfence', { id, afterCutover: !!opts.afterCutover }, opts) as Promise<MigrationMessage>;
+  }
+
+  /** Compare the target's schema with the source's now (read-only on both). */
+  schemaDiff(id: string, opts?: CallOptions): Promise<SchemaDiffMessage> {
+    return this.unary('SchemaDiff', { id }, opts) as Promise<SchemaDiffMessage>;
   }
 
   /** The agent's serving status from the standard health service (`service` '' = the whole agent). */

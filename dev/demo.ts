@@ -9,7 +9,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startCluster, type Cluster, type PgMajor } from './testbed';
-import { seedShop, startWriter } from './sample';
+import { SHOP_APP_ROLE_SQL, SHOP_APP_SQL, seedShop, startWriter } from './sample';
 import { AgentClient, type MigrationMessage } from '../api/client';
 import { ProviderHost, declareMigration, urnOf, type Props } from '../provider/host-driver';
 import type { MigrationArgs } from '../provider/index';
@@ -100,8 +100,11 @@ async function startClusters(opts: DemoOptions, started: Started): Promise<{ sou
   await target.createDatabase('shop');
   const seed = await source.client('shop');
   await seedShop(seed, opts.rows);
+  for (const c of [source, target]) await c.query(SHOP_APP_ROLE_SQL);
+  await seed.query(SHOP_APP_SQL);
   await seed.end();
   say(`• seeded "shop": ${opts.rows} orders with items, customers, products, partitioned events, an audit log`);
+  say('  and what the application keeps beside its tables: a view over a function, a trigger, grants to its role shop_app (created on both servers)');
   return { source, target };
 }
 
@@ -188,7 +191,13 @@ async function cutOver(
   for (const t of rep.tables)
     say(`  ${t.table.padEnd(30)} ${String(t.sourceRows).padStart(11)}  ${String(t.targetRows).padStart(11)}  ${t.match ? 'match' : 'DIFFER'}`);
   for (const s of rep.sequences) say(`  sequence ${s.sequence} set to ${s.value}`);
-  return { outputs, validationOk: rep.validationOk };
+  if (rep.schemaCheck) {
+    say(
+      `  schema: ${rep.schemaCheck.ok ? 'the target matches the source' : 'DIFFERS'} (${rep.schemaCheck.objects} objects compared: tables, view, functions, trigger, grants…; ${rep.schemaCheck.ms} ms inside the fence)`,
+    );
+    if (!rep.schemaCheck.ok) for (const d of rep.schemaCheck.differences) say(`    ${d}`);
+  }
+  return { outputs, validationOk: rep.validationOk && (rep.schemaCheck?.ok ?? true) };
 }
 
 /** PR 3: destroy (Delete drops the slot and publication); shows what is left on either side. */

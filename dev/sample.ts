@@ -59,6 +59,29 @@ ALTER TABLE audit_log REPLICA IDENTITY FULL;
 CREATE TABLE "Mixed Case" ("Id" int PRIMARY KEY, "Value" text);
 `;
 
+/** The application's role: it logs in, and is granted only what the application uses (cluster-wide: run on source AND target). */
+export const SHOP_APP_ROLE_SQL = `DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'shop_app') THEN CREATE ROLE shop_app LOGIN; END IF; END $$`;
+
+/**
+ * What an application keeps beside its tables (the demo adds it to the
+ * shop): a view over a function, a trigger that keeps a column right, and
+ * the application role's grants. Needs SHOP_APP_ROLE_SQL first.
+ */
+export const SHOP_APP_SQL = `
+CREATE FUNCTION order_value(order_id bigint) RETURNS numeric LANGUAGE sql STABLE AS $$
+  SELECT coalesce(sum(oi.qty * p.price), 0) FROM order_items oi JOIN products p ON p.id = oi.product_id WHERE oi.order_id = $1
+$$;
+CREATE VIEW order_summary AS
+  SELECT o.id, o.status, c.email, o.total, order_value(o.id) AS items_value FROM orders o JOIN customers c ON c.id = o.customer_id;
+COMMENT ON VIEW order_summary IS 'One line per order, for the support desk.';
+CREATE FUNCTION tidy_note() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN NEW.note := nullif(btrim(NEW.note), ''); RETURN NEW; END $$;
+CREATE TRIGGER orders_tidy_note BEFORE INSERT OR UPDATE OF note ON orders FOR EACH ROW EXECUTE FUNCTION tidy_note();
+GRANT SELECT ON order_summary, customers, products TO shop_app;
+GRANT SELECT, INSERT, UPDATE ON orders, order_items TO shop_app;
+GRANT USAGE ON SEQUENCE orders_id_seq, order_no_seq TO shop_app;
+`;
+
 /** Seed `rows` orders (and proportional customers, items, events). */
 export async function seedShop(c: pg.Client, rows: number): Promise<void> {
   await c.query(SHOP_SCHEMA);

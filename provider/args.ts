@@ -8,7 +8,15 @@
  * allowed-value tuples are copies of the agent's, kept equal by a unit test,
  * so that the provider needs neither zod nor the agent's modules at run time.
  */
-import type { AgentClientOptions, ApplyOptionsMessage, CopyOptionsMessage, CutoverRequestMessage, EndpointMessage, TableSelectionMessage } from '../api/client';
+import type {
+  AgentClientOptions,
+  ApplyOptionsMessage,
+  CopyOptionsMessage,
+  CutoverRequestMessage,
+  EndpointMessage,
+  RoleOptionsMessage,
+  TableSelectionMessage,
+} from '../api/client';
 
 /** The value the Pulumi engine sends during preview for a value not known yet. */
 export const UNKNOWN = '04da6b54-80e4-46f7-96ec-b56ff0331ba9';
@@ -18,6 +26,10 @@ export type SslMode = (typeof SSL_MODES)[number];
 
 export const SCHEMA_MODES = ['create', 'existing'] as const;
 export type SchemaMode = (typeof SCHEMA_MODES)[number];
+
+/** What to do with a role the target lacks (`roles.missing`). */
+export const ROLE_MISSING = ['fail', 'skip'] as const;
+export type RoleMissing = (typeof ROLE_MISSING)[number];
 
 export const CUTOVER_VALIDATIONS = ['none', 'counts', 'checksums'] as const;
 export type CutoverValidation = (typeof CUTOVER_VALIDATIONS)[number];
@@ -40,6 +52,7 @@ export const DEFAULTS = {
   tables: { include: ['public.*'], exclude: [] as string[] },
   schemaMode: 'create' as SchemaMode,
   overwriteTarget: false,
+  roles: { map: {} as Record<string, string>, missing: 'fail' as RoleMissing },
   waitForSync: false,
   createTimeoutMinutes: 30,
   cutover: false,
@@ -68,6 +81,14 @@ export type CopyArgs = CopyOptionsMessage;
 /** Change-apply knobs (the API's `ApplyOptions`). */
 export type ApplyArgs = ApplyOptionsMessage;
 
+/**
+ * How the source's roles are named on the target (the API's `RoleOptions`):
+ * `map` names a target role for a source role (a role not named keeps its
+ * name); `missing` says what a role the target lacks does: `fail` the
+ * preflight (default) or `skip` the owners and grants that need it.
+ */
+export type RolesArgs = Omit<RoleOptionsMessage, 'missing'> & { missing?: RoleMissing };
+
 /** How to cut over (the API's `CutoverRequest` but the id and the fence method). */
 export type CutoverOptionsArgs = Omit<CutoverRequestMessage, 'id' | 'fenceMethod'>;
 
@@ -84,6 +105,7 @@ export interface MigrationInputs {
   publicationName?: string;
   copy?: CopyArgs;
   apply?: ApplyArgs;
+  roles?: RolesArgs;
   waitForSync?: boolean;
   createTimeoutMinutes?: number;
   cutover?: boolean;
@@ -103,6 +125,7 @@ export const ARG_NAMES = [
   'publicationName',
   'copy',
   'apply',
+  'roles',
   'waitForSync',
   'createTimeoutMinutes',
   'cutover',
@@ -121,7 +144,31 @@ export const ENDPOINT_FIELDS = fieldsOf<EndpointArgs>()(['connectionString', 'ho
 export const TABLES_FIELDS = fieldsOf<TablesArgs>()(['include', 'exclude']);
 export const COPY_FIELDS = fieldsOf<CopyArgs>()(['workers', 'splitBytes', 'indexJobs']);
 export const APPLY_FIELDS = fieldsOf<ApplyArgs>()(['batchChanges', 'batchMs']);
-export const CUTOVER_OPTION_FIELDS = fieldsOf<CutoverOptionsArgs>()(['maxLagBytes', 'maxLagSeconds', 'timeoutMs', 'validation', 'skipSequences']);
+export const ROLES_FIELDS = fieldsOf<RolesArgs>()(['map', 'missing']);
+export const CUTOVER_OPTION_FIELDS = fieldsOf<CutoverOptionsArgs>()([
+  'maxLagBytes',
+  'maxLagSeconds',
+  'timeoutMs',
+  'validation',
+  'skipSequences',
+  'acceptSchemaDifferences',
+]);
+
+/** The arguments the preflight needs known (Check skips it otherwise): the agent and what the spec is built from. */
+export const PREFLIGHT_ARGS = [
+  'agent',
+  'source',
+  'target',
+  'tables',
+  'schemaMode',
+  'overwriteTarget',
+  'migrationId',
+  'slotName',
+  'publicationName',
+  'copy',
+  'apply',
+  'roles',
+] as const satisfies readonly (typeof ARG_NAMES)[number][];
 
 /** Arguments whose change means a different migration: the resource is replaced (delete first). */
 export const REPLACE_ON_CHANGE = ['migrationId', 'source', 'target', 'tables', 'schemaMode', 'slotName', 'publicationName'] as const;
@@ -156,6 +203,7 @@ export interface MigrationOutputs {
   publicationName?: string;
   copy?: CopyArgs;
   apply?: ApplyArgs;
+  roles?: RolesArgs;
   waitForSync: boolean;
   createTimeoutMinutes: number;
   /** `true` once a requested cutover completed (or is requested and the resource is up to date). */
@@ -196,6 +244,10 @@ export interface MigrationOutputs {
   fenceLsn?: string;
   cutoverCompletedAt?: string;
   cutoverWarnings?: string[];
+  /** The cutover's comparison of the target's schema with the source's: true when they matched. */
+  schemaCheckOk?: boolean;
+  /** What differed, one line each, when the comparison failed the cutover. */
+  schemaDifferences?: string[];
 
   /** `source` until the cutover completed, then `target`. */
   activeEndpoint: ActiveEndpoint;

@@ -19,6 +19,8 @@ import {
   CUTOVER_VALIDATIONS,
   ENDPOINT_FIELDS,
   MIGRATION_ID_PATTERN,
+  ROLE_MISSING,
+  ROLES_FIELDS,
   SCHEMA_MODES,
   SSL_MODES,
   TABLES_FIELDS,
@@ -230,6 +232,40 @@ function validateStringList(f: Failures, path: string, v: unknown, nonEmpty: boo
   });
 }
 
+/** What is wrong with a role name (1 to 63 bytes of any text, as PostgreSQL allows), or null. */
+function roleNameProblem(r: string): string | null {
+  if (r.length === 0) return 'is empty';
+  if (Buffer.byteLength(r, 'utf8') > 63) return 'is longer than 63 bytes, the most PostgreSQL keeps of a role name';
+  return null;
+}
+
+/** `roles`: `map` from source role names to target role names, `missing` one of ROLE_MISSING. */
+function validateRoles(f: Failures, v: unknown): void {
+  if (!checkObject(f, 'roles', v, false, "`{ map: { app_owner: 'app' }, missing: 'fail' }`")) return;
+  unknownFields(f, 'roles', v, ROLES_FIELDS);
+  checkOneOf(f, 'roles.missing', v.missing, ROLE_MISSING);
+  if (!checkObject(f, 'roles.map', v.map, false, "`{ app_owner: 'app' }` (source role → target role)")) return;
+  for (const [from, to] of Object.entries(v.map)) {
+    const path = `roles.map.${from}`;
+    const keyProblem = roleNameProblem(from);
+    if (keyProblem) {
+      f.add('roles.map', `\`roles.map\` has a source role name that ${keyProblem} (${show(from)}). Name the role as it is on the source.`);
+    }
+    if (isUnknown(to)) continue;
+    if (typeof to !== 'string') {
+      f.add(path, `\`${path}\` must be the name of a target role (a string), got ${show(to)}.`);
+      continue;
+    }
+    const valueProblem = roleNameProblem(to);
+    if (valueProblem) {
+      f.add(
+        path,
+        `\`${path}\` ${valueProblem}. Give the target role that takes over what '${from}' owns and is granted, or leave '${from}' out to keep its name (the target then needs a role named '${from}').`,
+      );
+    }
+  }
+}
+
 /**
  * Validate a Migration's arguments; every problem names its field and its fix.
  * Unknown values (the preview sentinel) are not checked.
@@ -280,6 +316,7 @@ export function validateInputs(news: Record<string, unknown>): CheckFailure[] {
     checkInt(f, 'apply.batchChanges', a.batchChanges, 1, 4294967295, 'Give the most changes per target transaction, e.g. 10000.');
     checkInt(f, 'apply.batchMs', a.batchMs, 1, 4294967295, 'Give the longest a batch stays open in ms, e.g. 200.');
   }
+  validateRoles(f, news.roles);
 
   checkBoolean(f, 'waitForSync', news.waitForSync);
   checkNumber(f, 'createTimeoutMinutes', news.createTimeoutMinutes, 0, 'Give the minutes Create may wait for the migration to be in sync, e.g. 30.');
@@ -292,6 +329,13 @@ export function validateInputs(news: Record<string, unknown>): CheckFailure[] {
     checkInt(f, 'cutoverOptions.timeoutMs', o.timeoutMs, 1000, 4294967295, 'Give the longest the whole cutover may take in ms, e.g. 300000.');
     checkOneOf(f, 'cutoverOptions.validation', o.validation, CUTOVER_VALIDATIONS);
     checkBoolean(f, 'cutoverOptions.skipSequences', o.skipSequences);
+    const accept = o.acceptSchemaDifferences;
+    if (accept !== undefined && !(Array.isArray(accept) && accept.every((x) => typeof x === 'string' && x.trim() !== ''))) {
+      f.add(
+        'cutoverOptions.acceptSchemaDifferences',
+        `\`cutoverOptions.acceptSchemaDifferences\` must be a list of objects as \`pgferry schema diff\` names them, e.g. ['function rental.f(integer)'], got ${show(accept)}.`,
+      );
+    }
   }
   return f.list;
 }
@@ -322,6 +366,12 @@ export const PREFLIGHT_PROPERTY: Readonly<Record<string, string>> = {
   target_tables: 'schemaMode',
   target_empty: 'overwriteTarget',
   target_column_types: 'schemaMode',
+  // The schema stage's checks (agent/engine/preflight-schema.ts).
+  schema_roles: 'roles',
+  schema_role_membership: 'roles',
+  schema_extensions: 'target',
+  schema_not_migrated: 'tables',
+  schema_objects: 'tables',
 };
 
 /** The argument a preflight check is about (by name, then by prefix; `source` otherwise). */

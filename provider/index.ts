@@ -21,11 +21,34 @@ import {
   type CopyArgs,
   type CutoverOptionsArgs,
   type EndpointArgs,
+  type RoleMissing,
   type SchemaMode,
 } from './args';
 
-export { ACTIVE_ENDPOINTS, CUTOVER_VALIDATIONS, DEFAULTS, PHASES, SCHEMA_MODES, SECRET_OUTPUTS, SSL_MODES, UNKNOWN, deriveMigrationId } from './args';
-export type { ActiveEndpoint, ConnectionOutput, CutoverValidation, MigrationInputs, MigrationOutputs, Phase, SchemaMode, SslMode } from './args';
+export {
+  ACTIVE_ENDPOINTS,
+  CUTOVER_VALIDATIONS,
+  DEFAULTS,
+  PHASES,
+  ROLE_MISSING,
+  SCHEMA_MODES,
+  SECRET_OUTPUTS,
+  SSL_MODES,
+  UNKNOWN,
+  deriveMigrationId,
+} from './args';
+export type {
+  ActiveEndpoint,
+  ConnectionOutput,
+  CutoverValidation,
+  MigrationInputs,
+  MigrationOutputs,
+  Phase,
+  RoleMissing,
+  RolesArgs,
+  SchemaMode,
+  SslMode,
+} from './args';
 export { AgentClient, AgentError, isAgentError } from '../api/client';
 export type { AgentClientOptions, MigrationMessage, MigrationSpecMessage, PreflightReportMessage, CutoverRequestMessage } from '../api/client';
 
@@ -109,6 +132,18 @@ export interface MigrationArgs {
   copy?: pulumi.Input<Inputs<CopyArgs>>;
   /** Change-apply knobs. Defaults: 10000 changes, 200 ms per batch. */
   apply?: pulumi.Input<Inputs<ApplyArgs>>;
+  /**
+   * How the source's roles are named on the target, for the owners, grants,
+   * policies and default privileges the schema stage creates (roles are
+   * cluster objects: pgferry does not create them). `map`: source role →
+   * existing target role; a role not named keeps its name. `missing`: a role
+   * the target lacks fails the preflight (`'fail'`), or the owners and grants
+   * that need it are skipped with a warning each (`'skip'`). A change applies
+   * the next time a migration starts. Default: `{ map: {}, missing: 'fail' }`.
+   *
+   * @example roles: { map: { app_owner: 'app', reporting: 'analyst' } }
+   */
+  roles?: pulumi.Input<{ map?: pulumi.Input<Record<string, pulumi.Input<string>>>; missing?: pulumi.Input<RoleMissing> }>;
   /** Create returns only once the migration is in sync (phase `syncing`). Default: `false` (return once durably started). */
   waitForSync?: pulumi.Input<boolean>;
   /** Longest Create waits for sync, in minutes. Default: 30. */
@@ -145,6 +180,8 @@ const OUTPUT_NAMES = [
   'fenceLsn',
   'cutoverCompletedAt',
   'cutoverWarnings',
+  'schemaCheckOk',
+  'schemaDifferences',
   'activeEndpoint',
   'notes',
   'activeConnection',
@@ -241,6 +278,10 @@ export class Migration extends pulumi.dynamic.Resource {
   declare readonly fenceLsn: pulumi.Output<string | undefined>;
   declare readonly cutoverCompletedAt: pulumi.Output<string | undefined>;
   declare readonly cutoverWarnings: pulumi.Output<string[] | undefined>;
+  /** The cutover compared the target's schema with the source's before the handover: true when they matched. */
+  declare readonly schemaCheckOk: pulumi.Output<boolean | undefined>;
+  /** What differed, one line each (also: pgferry schema diff <id>). */
+  declare readonly schemaDifferences: pulumi.Output<string[] | undefined>;
   /** `source` until the cutover completed, then `target`. */
   declare readonly activeEndpoint: pulumi.Output<ActiveEndpoint>;
   /** The connection the application should use (secret): the source, then the target. */

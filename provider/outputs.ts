@@ -123,6 +123,7 @@ export function toSpec(a: MigrationInputs): MigrationSpecMessage {
     publicationName: a.publicationName,
     copy: a.copy ? compact({ ...a.copy }) : undefined,
     apply: a.apply ? compact({ ...a.apply }) : undefined,
+    roles: a.roles ? compact({ map: a.roles.map ? { ...a.roles.map } : undefined, missing: a.roles.missing }) : undefined,
   });
 }
 
@@ -136,6 +137,7 @@ export function toCutoverRequest(a: MigrationInputs): CutoverRequestMessage {
     timeoutMs: o.timeoutMs,
     validation: o.validation,
     skipSequences: o.skipSequences,
+    acceptSchemaDifferences: o.acceptSchemaDifferences,
   });
 }
 
@@ -172,6 +174,7 @@ export function echoArgs(
   | 'publicationName'
   | 'copy'
   | 'apply'
+  | 'roles'
   | 'waitForSync'
   | 'createTimeoutMinutes'
   | 'cutover'
@@ -192,6 +195,7 @@ export function echoArgs(
     publicationName: a.publicationName,
     copy: a.copy,
     apply: a.apply,
+    roles: a.roles,
     waitForSync: a.waitForSync ?? DEFAULTS.waitForSync,
     createTimeoutMinutes: a.createTimeoutMinutes ?? DEFAULTS.createTimeoutMinutes,
     cutover: a.cutover ?? DEFAULTS.cutover,
@@ -250,6 +254,8 @@ export function liveOutputs(m: MigrationMessage): Partial<MigrationOutputs> {
     fenceLsn: c?.fenceLsn || undefined,
     cutoverCompletedAt: c?.completedAt || undefined,
     cutoverWarnings: c?.warnings?.length ? c.warnings : undefined,
+    schemaCheckOk: c?.schemaCheck && c.schemaCheck.objects > 0 ? c.schemaCheck.ok : undefined,
+    schemaDifferences: c?.schemaCheck?.differences?.length && !c.schemaCheck.ok ? c.schemaCheck.differences : undefined,
     activeEndpoint: activeEndpointOf(m),
   });
 }

@@ -202,6 +202,7 @@ export function registerClientCommands(program: Command, io: Io = { out: process
   registerInspectCommands(program, io, run);
   registerCutoverCommands(program, io, run);
   registerLifecycleCommands(program, io, run);
+  registerSchemaCommands(program, io, run);
 }
 
 /** status, preflight, start. */
@@ -279,6 +280,16 @@ function registerInspectCommands(program: Command, io: Io, run: Run): void {
   );
 }
 
+type CutoverFlags = ConnectionFlags & {
+  maxLagBytes?: number;
+  maxLagSeconds?: number;
+  timeoutMs?: number;
+  validation?: (typeof CUTOVER_VALIDATIONS)[number];
+  skipSequences?: boolean;
+  acceptSchemaDifference?: string[];
+  json?: boolean;
+};
+
 /** cutover, cancel-cutover, unfence. */
 function registerCutoverCommands(program: Command, io: Io, run: Run): void {
   withConnection(
@@ -293,64 +304,55 @@ function registerCutoverCommands(program: Command, io: Io, run: Run): void {
       .addOption(new Option('--timeout-ms <ms>', 'the whole cutover (agent default 300000)').argParser(intArg('--timeout-ms', 1)))
       .addOption(new Option('--validation <kind>', 'validation before completing (agent default checksums)').choices(CUTOVER_VALIDATIONS))
       .option('--skip-sequences', 'do not set the target sequences at the fence')
+      .option('--accept-schema-difference <object...>', 'a schema difference (object as `pgferry schema diff` names it) that does not fail the cutover')
       .option('--json', 'print the resulting status message as JSON'),
-  ).action(
-    (
-      id: string,
-      o: ConnectionFlags & {
-        maxLagBytes?: number;
-        maxLagSeconds?: number;
-        timeoutMs?: number;
-        validation?: (typeof CUTOVER_VALIDATIONS)[number];
-        skipSequences?: boolean;
-        json?: boolean;
-      },
-    ) =>
-      run(async () => {
-        return withClient(io, o, async (client) => {
-          if (!o.json) io.err.write(`pgferry: cutting over ${id}…\n`);
-          // On a terminal, narrate the cutover's states while the call runs.
-          const narrate = !o.json && io.err.isTTY;
-          const stopNarrating = new AbortController();
-          let narrating: Promise<void> | undefined;
-          if (narrate) {
-            const attempts = (await client.getMigration(id)).cutover?.attempts ?? 0;
-            let shown = '';
-            narrating = client
-              .watchMigration(
-                id,
-                250,
-                (x) => {
-                  const c = x.cutover;
-                  if (!c || c.attempts <= attempts || c.state === shown) return;
-                  shown = c.state;
-                  io.err.write(
-                    `  ${new Date().toISOString().slice(11, 19)} ${c.state}${c.state === 'waiting-for-lag' ? ` (lag ${formatBytes(x.lagBytes)}, ${formatDuration(x.lagSeconds)})` : ''}\n`,
-                  );
-                },
-                stopNarrating.signal,
-              )
-              .catch(() => undefined);
-          }
-          let m: MigrationMessage;
-          try {
-            m = await client.cutover({
+  ).action((id: string, o: CutoverFlags) =>
+    run(async () => {
+      return withClient(io, o, async (client) => {
+        if (!o.json) io.err.write(`pgferry: cutting over ${id}…\n`);
+        // On a terminal, narrate the cutover's states while the call runs.
+        const narrate = !o.json && io.err.isTTY;
+        const stopNarrating = new AbortController();
+        let narrating: Promise<void> | undefined;
+        if (narrate) {
+          const attempts = (await client.getMigration(id)).cutover?.attempts ?? 0;
+          let shown = '';
+          narrating = client
+            .watchMigration(
               id,
-              maxLagBytes: o.maxLagBytes,
-              maxLagSeconds: o.maxLagSeconds,
-              timeoutMs: o.timeoutMs,
-              validation: o.validation,
-              skipSequences: o.skipSequences,
-            });
-          } finally {
-            stopNarrating.abort();
-            await narrating;
-          }
-          if (o.json) printJson(io, m);
-          else print(io, renderCutover(m, { width: termWidth(io) }));
-          return m.phase === 'completed' && m.cutover?.state === 'completed' ? EXIT.ok : EXIT.failure;
-        });
-      })(),
+              250,
+              (x) => {
+                const c = x.cutover;
+                if (!c || c.attempts <= attempts || c.state === shown) return;
+                shown = c.state;
+                io.err.write(
+                  `  ${new Date().toISOString().slice(11, 19)} ${c.state}${c.state === 'waiting-for-lag' ? ` (lag ${formatBytes(x.lagBytes)}, ${formatDuration(x.lagSeconds)})` : ''}\n`,
+                );
+              },
+              stopNarrating.signal,
+            )
+            .catch(() => undefined);
+        }
+        let m: MigrationMessage;
+        try {
+          m = await client.cutover({
+            id,
+            maxLagBytes: o.maxLagBytes,
+            maxLagSeconds: o.maxLagSeconds,
+            timeoutMs: o.timeoutMs,
+            validation: o.validation,
+            skipSequences: o.skipSequences,
+            acceptSchemaDifferences: o.acceptSchemaDifference ?? [],
+          });
+        } finally {
+          stopNarrating.abort();
+          await narrating;
+        }
+        if (o.json) printJson(io, m);
+        else print(io, renderCutover(m, { width: termWidth(io) }));
+        return m.phase === 'completed' && m.cutover?.state === 'completed' ? EXIT.ok : EXIT.failure;
+      });
+    })(),
   );
 
   withConnection(
@@ -449,5 +451,28 @@ function registerLifecycleCommands(program: Command, io: Io, run: Run): void {
           print(io, [`Deleted migration ${r.id}; dropped on the source: ${r.dropped.length ? r.dropped.join(', ') : 'nothing'}. The target keeps its data.`]);
       });
     })(),
+  );
+}
+
+/** schema diff. */
+function registerSchemaCommands(program: Command, io: Io, run: Run): void {
+  const schema = program.command('schema').description("The target's schema compared with the source's.");
+  withConnection(
+    schema
+      .command('diff')
+      .argument('<id>', 'the migration id')
+      .description(
+        "Compare the target's schema with the source's now, for every object the schema stage carries (what the cutover checks before the handover). Exit 1 when they differ.",
+      )
+      .option('--json', 'print the comparison as JSON'),
+  ).action((id: string, o: ConnectionFlags & { json?: boolean }) =>
+    run(async () =>
+      withClient(io, o, async (client) => {
+        const d = await client.schemaDiff(id);
+        if (o.json) printJson(io, d);
+        else print(io, d.text.split('\n'));
+        return d.equal ? EXIT.ok : EXIT.failure;
+      }),
+    )(),
   );
 }

@@ -14,7 +14,8 @@ import { tablePatternError } from '../engine/table-pattern';
 /** Top-level keys of the Pulumi resource that a spec file may carry and the CLI ignores. */
 export const PULUMI_ONLY_KEYS = ['agent', 'waitForSync', 'createTimeoutMinutes', 'cutover', 'cutoverOptions'] as const;
 
-type Kind = 'string' | 'number' | 'boolean' | 'strings' | Record<string, unknown>;
+/** `stringMap`: an object of string values under any keys (`roles.map`: source role → target role). */
+type Kind = 'string' | 'number' | 'boolean' | 'strings' | 'stringMap' | Record<string, unknown>;
 const ENDPOINT_SHAPE: Record<string, Kind> = {
   connectionString: 'string',
   host: 'string',
@@ -38,6 +39,7 @@ const SPEC_SHAPE: Record<string, Kind> = {
   publicationName: 'string',
   copy: { workers: 'number', splitBytes: 'number', indexJobs: 'number' },
   apply: { batchChanges: 'number', batchMs: 'number' },
+  roles: { map: 'stringMap', missing: 'string' },
 };
 const SECRET_KEYS = new Set(['password', 'connectionString']);
 
@@ -118,8 +120,15 @@ export function loadSpecFile(path: string, env: NodeJS.ProcessEnv = process.env,
       if (kind === undefined) {
         throw bad(field, 'is not a spec field', `Remove it, or use one of: ${Object.keys(shape).join(', ')}.`);
       }
-      const x = resolveRef(raw, field);
+      // A role map's keys are role names: one named `env` or `file` is not a reference.
+      const x = kind === 'stringMap' ? raw : resolveRef(raw, field);
       if (x === null || x === undefined) continue;
+      if (kind === 'stringMap') {
+        if (typeof x !== 'object' || Array.isArray(x) || !Object.values(x).every((r) => typeof r === 'string'))
+          throw bad(field, 'must be an object of role names', `Write \`${field}\` as { "source_role": "target_role", … }.`);
+        out[k] = { ...x };
+        continue;
+      }
       if (typeof kind === 'object') {
         if (typeof x !== 'object' || Array.isArray(x)) throw bad(field, 'must be an object', `Write \`${field}\` as { ${Object.keys(kind).join(', ')} }.`);
         out[k] = walk(x, kind as Record<string, Kind>, field);

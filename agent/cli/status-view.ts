@@ -286,6 +286,22 @@ export function renderCutover(m: MigrationMessage, opts: ViewOptions = {}): stri
     );
   }
   if (c.error) lines.push(...wrap(c.error, width, '  error: ', '         '));
+  if (c.schemaCheck && c.schemaCheck.objects > 0) {
+    const s = c.schemaCheck;
+    lines.push(
+      fit(`  schema: ${s.ok ? 'matches the source' : 'DIFFERS'} (${s.objects} objects compared, handover and check ${s.ms} ms inside the fence)`, width),
+    );
+    for (const d of s.differences.filter((x) => !x.startsWith('The target'))) lines.push(fit(`    ${d}`, width));
+  }
+  if (c.largeObjects && c.largeObjects.objects > 0) {
+    const l = c.largeObjects;
+    lines.push(
+      fit(
+        `  large objects: ${l.objects} (${l.created} new, ${l.updated} changed, ${l.unlinked} unlinked in the last pass, ${l.ms} ms inside the fence)`,
+        width,
+      ),
+    );
+  }
   if (c.tables.length) {
     const tW = Math.max(10, width - 2 - 12 - 12 - 11);
     lines.push(

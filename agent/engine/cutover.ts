@@ -21,6 +21,7 @@ import { formatLsn, parseLsn, type Lsn } from './lsn';
 import { dataColumns, dataTables, selectTables, tableKey, type TableInfo } from './catalog';
 import { migratableTables } from './preflight';
 import { listSequences } from './schema';
+import { selectSchemas } from './schema-objects-read';
 import { tableFingerprint, tableRowCount } from './checksum';
 import { setMarker } from './target-state';
 import { failpoint } from './failpoints';
@@ -29,6 +30,8 @@ import type { CutoverReport, Phase, StoredError, Validation } from './state';
 import type { MigrationSpec } from './spec';
 import type { SyncProgress } from './sync';
 import { sleep } from './sleep';
+import { handOver, largeObjectPass, refreshAfterHandover, undoHandover } from './cutover-schema';
+import type { SchemaPlan } from './schema';
 
 export { VALIDATIONS, type CutoverReport, type TableValidation, type Validation } from './state';
 
@@ -47,6 +50,8 @@ export interface CutoverOptions {
   skipSequences?: boolean;
   /** Default `checksums` (row counts + checksums). */
   validation?: Validation;
+  /** Schema differences the user accepts (objects as `pgferry schema diff` names them): they do not fail the cutover. */
+  acceptSchemaDifferences?: string[];
 }
 
 /**
@@ -222,7 +227,9 @@ async function drainToFence(c: Cut, fenceLsn: Lsn): Promise<void> {
 /** 4. Sequences: after the last change, so the first insert on the target cannot collide. */
 async function syncSequences(c: Cut, tables: TableInfo[]): Promise<void> {
   await step(c, 'sequences');
-  for (const sq of await listSequences(c.src, tables)) {
+  // With the schema pgferry created, every sequence of the migrated schemas; with the user's, those the tables use.
+  const schemas = c.runner.spec.schemaMode === 'create' ? await selectSchemas(c.src, c.runner.spec.tables) : [];
+  for (const sq of await listSequences(c.src, tables, schemas)) {
     const v = await c.src.query(`SELECT last_value::text AS v, is_called FROM ${qn(sq.schema, sq.name)}`);
     const value = v.rows[0].v as string;
     await c.tgt.query('SELECT setval($1::regclass, $2::bigint, $3)', [qn(sq.schema, sq.name), value, v.rows[0].is_called]);
@@ -319,6 +326,8 @@ export async function runCutover(runner: CutoverHost, opts: CutoverOptions, sign
   };
   runner.beginCutover(report);
   let connected = false;
+  /** Set once the handover committed: a later failure switches it off again. */
+  let handedOver: SchemaPlan | undefined;
   try {
     // No query may outlive the cutover: a path that drops packets (rather than
     // resetting the connection) would otherwise hold the fence up until TCP
@@ -349,6 +358,14 @@ export async function runCutover(runner: CutoverHost, opts: CutoverOptions, sign
     const tables = migratableTables((await selectTables(c.src, runner.spec.tables)).tables);
     if (!opts.skipSequences) await syncSequences(c, tables);
     else await step(c, 'sequences');
+    await step(c, 'large-objects');
+    report.largeObjects = await largeObjectPass(c.src, c.tgt, runner.id, runner.spec);
+    if (runner.spec.schemaMode === 'create') {
+      await step(c, 'schema');
+      const h = await handOver(c.src, c.tgt, runner.spec, tables, opts.acceptSchemaDifferences ?? []);
+      handedOver = h.plan;
+      report.schemaCheck = h.check;
+    }
     const ready = Date.now();
     report.writeDowntimeMs = ready - fenceStart;
     await validateTables(c, tables, validation);
@@ -360,11 +377,19 @@ export async function runCutover(runner: CutoverHost, opts: CutoverOptions, sign
     report.state = 'completed';
     await runner.completeCutover(report);
     c.log('info', `cutover completed: write downtime ${report.writeDowntimeMs} ms, fence LSN ${report.fenceLsn}`);
+    if (handedOver) void refreshAfterHandover(runner.spec, handedOver.matviews, (level, msg) => c.log(level, msg));
     return report;
   } catch (e) {
     const err = isPgferryError(e) ? e : asPgferryError(e, 'CUTOVER_FAILED', `cutover step '${report.state}'`);
     const failedStep = report.state;
     report.state = 'failed';
+    if (handedOver) {
+      const undo = await undoHandover(runner.spec, handedOver);
+      if (undo)
+        report.warnings.push(
+          `The target's triggers, rules and row security were switched on and could not be switched off again (${undo}): they may act on the rows the sync applies.`,
+        );
+    }
     // Never the connection that may have failed: a fresh one, verified (fence.ts).
     const lift = await runner.fence.liftOnce();
     if (!lift.lifted) {

@@ -18,12 +18,14 @@ import { migratableTables } from './preflight';
 import { createPublication, createSlotWithSnapshot, dropSlot, slotExists, type ExportedSnapshot } from './snapshot';
 import { planLoad, planTasks, resetTables, runLoad, type TableCopyProgress } from './copy';
 import { analyzeTables, runPostData } from './indexes';
-import { applyFinish, applyPreData, NO_ROLE_MAPPING, planSchema, verifyExistingSchema, type PlanOptions } from './schema';
+import { applyFinish, applyPreData, planSchema, verifyExistingSchema, type PlanOptions } from './schema';
 import { selectSchemas } from './schema-objects-read';
-import type { RoleMapping } from './schema-privileges';
+import { largeObjectPass } from './cutover-schema';
 
-// TODO(roles argument, landing with the spec change): read spec.roles directly.
-const rolesOf = (spec: object): RoleMapping | undefined => (spec as { roles?: RoleMapping }).roles;
+import { sleep } from './sleep';
+
+/** How often the sync passes over the large objects (env PGFERRY_LARGE_OBJECT_PASS_MS, for tests). */
+const LARGE_OBJECT_PASS_MS = Number(process.env.PGFERRY_LARGE_OBJECT_PASS_MS) || 60_000;
 import { runSync, type SyncProgress } from './sync';
 import { ensureTargetState, getMarker, setMarker, readCopyState, type CopiedTable } from './target-state';
 import type { MigrationRecord } from './state';
@@ -64,6 +66,7 @@ export class MigrationPhases {
    */
   private syncStart: Map<string, Lsn> | null = null;
   private analyzed = false;
+  private keepingLargeObjects = false;
   private readonly log: LogFn;
 
   constructor(private readonly host: PhaseHost) {
@@ -117,7 +120,7 @@ export class MigrationPhases {
 
   /** What the schema plan covers beyond the tables: every migrated schema, through the role mapping. */
   private async planOptions(src: pg.Client): Promise<PlanOptions> {
-    return { schemas: await selectSchemas(src, this.spec.tables), roles: rolesOf(this.spec) ?? NO_ROLE_MAPPING };
+    return { schemas: await selectSchemas(src, this.spec.tables), roles: this.spec.roles };
   }
 
   /** Schema (pre-data): the target's tables and everything they need, or a check of the ones there (`schemaMode: existing`). */
@@ -158,6 +161,11 @@ export class MigrationPhases {
       const load: LoadContext = { src, tgt, sourceMajor, signal };
       if (this.rec.slotState !== 'created') await this.loadInNewSlot(load, tables);
       else await this.resumeLoad(load, dataTables(tables));
+      if (signal.aborted) return;
+      // Large objects: logical replication does not carry them; copied now, kept in step during the sync, a last pass inside the fence.
+      const lo = await largeObjectPass(src, tgt, this.rec.id, this.spec, signal);
+      if (lo.objects > 0)
+        this.log('info', `Copied ${lo.created + lo.updated} of ${lo.objects} large object(s) (${lo.bytes} bytes) in ${(lo.ms / 1000).toFixed(1)} s`);
     });
   }
 
@@ -279,7 +287,7 @@ export class MigrationPhases {
         // and owners and grants (set last: creating needs pgferry's own rights). One transaction, once.
         if (!signal.aborted && (await getMarker(tgt, this.rec.id, 'finish')) === undefined) {
           const warnings = await applyFinish(tgt, plan, {
-            missingRoles: rolesOf(this.spec)?.missing ?? 'fail',
+            missingRoles: this.spec.roles.missing,
             log: (m) => this.log('info', m),
             beforeCommit: (c) => setMarker(c, this.rec.id, 'finish', new Date().toISOString()),
           });
@@ -327,6 +335,7 @@ export class MigrationPhases {
       return this.tableSyncLsn(copied);
     }));
     if (!this.analyzed) void this.analyzeOnce(signal);
+    if (!this.keepingLargeObjects) void this.keepLargeObjects(signal);
     await runSync({
       migrationId: this.rec.id,
       source: this.spec.source,
@@ -340,6 +349,32 @@ export class MigrationPhases {
       onProgress: (p) => this.host.onSyncProgress(p),
       log: this.log,
     });
+  }
+
+  /**
+   * During the sync, a pass over the large objects every LARGE_OBJECT_PASS_MS
+   * (a pass reads every object's digest on the source: its cost grows with
+   * their total size), so that the cutover's pass inside the fence finds
+   * little to do. A failed pass is logged and retried at the next interval.
+   */
+  private async keepLargeObjects(signal: AbortSignal): Promise<void> {
+    this.keepingLargeObjects = true;
+    try {
+      while (!signal.aborted) {
+        await sleep(LARGE_OBJECT_PASS_MS, signal).catch(() => undefined);
+        if (signal.aborted) break;
+        try {
+          const lo = await this.withClients((src, tgt) => largeObjectPass(src, tgt, this.rec.id, this.spec, signal));
+          if (lo.created + lo.updated + lo.unlinked > 0) {
+            this.log('info', `Large objects: ${lo.created} new, ${lo.updated} changed, ${lo.unlinked} unlinked on the target (${lo.bytes} bytes, ${lo.ms} ms)`);
+          }
+        } catch (e) {
+          if (!signal.aborted) this.log('warn', `A pass over the large objects failed (retried in ${LARGE_OBJECT_PASS_MS / 1000} s): ${(e as Error).message}`);
+        }
+      }
+    } finally {
+      this.keepingLargeObjects = false;
+    }
   }
 
   /** Fresh planner statistics for the loaded tables, once, in the background. */

@@ -23,6 +23,7 @@ import { dropSourceObjects } from './snapshot';
 import type { TableCopyProgress } from './copy';
 import type { SyncProgress } from './sync';
 import { dropTargetState } from './target-state';
+import { dropLargeObjectState } from './large-objects';
 import type { CutoverReport, MigrationRecord, Phase, StateStore, StoredError } from './state';
 import { FenceKeeper } from './fence';
 import type { MigrationSpec } from './spec';
@@ -371,6 +372,7 @@ export class MigrationRunner {
       const tgt = await connect('target', this.spec.target, { applicationName: `pgferry delete ${this.rec.id}` });
       try {
         await dropTargetState(tgt, this.rec.id);
+        await dropLargeObjectState(tgt, this.rec.id);
       } finally {
         await tgt.end().catch(() => undefined);
       }

@@ -12,8 +12,10 @@ import { connect, qn, describeEndpoint, resolveEndpoint } from './conn';
 import { selectTables, hasUsableIdentity, identityProblem, tableKey, type TableInfo } from './catalog';
 import { isPgferryError, asPgferryError } from './errors';
 import { publicationNameOf, slotNameOf, type MigrationSpec } from './spec';
+import { selectSchemas } from './schema-objects-read';
 import { check, type PreflightCheck, type PreflightContext } from './preflight-check';
 import { targetChecks } from './preflight-target';
+import { schemaChecks } from './preflight-schema';
 
 export type { PreflightCheck, PreflightContext, Verdict } from './preflight-check';
 
@@ -83,6 +85,10 @@ export async function runPreflight(spec: MigrationSpec, ctx: PreflightContext = 
     if (tgt) {
       const t = await targetChecks(tgt, spec, ctx, tables, srcMajor, checks);
       targetVersion = t.version;
+    }
+    // What the schema stage needs of the target (roles, extensions) and what it does not carry.
+    if (src && tgt && spec.schemaMode === 'create' && migratableTables(tables).length > 0) {
+      await schemaChecks(src, tgt, spec, migratableTables(tables), checks);
     }
   } catch (e) {
     if (!isPgferryError(e) && !(e as { code?: string })?.code) throw e;
@@ -291,7 +297,17 @@ async function nameChecks(src: pg.Client, spec: MigrationSpec, ctx: PreflightCon
  */
 async function tableSelectionChecks(src: pg.Client, spec: MigrationSpec, checks: PreflightCheck[]): Promise<TableInfo[]> {
   const sel = await selectTables(src, spec.tables);
+  // A pattern `schema.*` naming a schema without tables (views and functions only) selects that schema's objects.
+  const schemas = spec.schemaMode === 'create' ? await selectSchemas(src, { include: sel.unmatched, exclude: spec.tables.exclude }) : [];
   for (const p of sel.unmatched) {
+    if (schemas.length > 0 && (await selectSchemas(src, { include: [p], exclude: spec.tables.exclude })).length > 0 && /\.\*$/.test(p)) {
+      checks.push(
+        check('table_selection', 'pass', `The pattern '${p}' matches no table; it selects the other objects of its schema(s) (views, functions, types).`, '', [
+          p,
+        ]),
+      );
+      continue;
+    }
     checks.push(
       check(
         'table_selection',

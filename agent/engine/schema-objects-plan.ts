@@ -258,6 +258,14 @@ async function finishStatements(
   const handover: SchemaStatement[] = [];
   const flags = await readRelFlags(c, tableOids);
   for (const t of flags) out.push(...columnOptionStatements(t));
+  // Materialized views' indexes (before the refresh that fills them).
+  const mvIndexes = await c.query<{ name: string; def: string }>(
+    `SELECT quote_ident(n.nspname) || '.' || quote_ident(ic.relname) AS name, pg_get_indexdef(i.indexrelid) AS def
+       FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid JOIN pg_namespace n ON n.oid = ic.relnamespace
+      WHERE i.indrelid = ANY($1::oid[]) ORDER BY 1`,
+    [objs.views.filter((v) => v.kind === 'm').map((v) => v.oid)],
+  );
+  for (const x of mvIndexes.rows) out.push({ kind: 'index', object: x.name, sql: x.def });
   for (const s of await readStatistics(c, tableOids)) {
     out.push({ kind: 'statistics', object: qn(s.schema, s.name), sql: s.def }, ownerStatement('STATISTICS', qn(s.schema, s.name), s.owner, m));
   }
@@ -326,11 +334,13 @@ async function privilegeStatements(
     inp.c,
     [...inp.createdSchemas].map((s) => inp.schemas.get(s)!).filter((o) => o !== undefined),
     inp.types.map((t) => t.oid),
-    inp.sequences.filter((s) => !s.followsTable).map((s) => s.oid),
+    inp.sequences.map((s) => s.oid),
   );
+  // A sequence owned by a migrated table follows that table's owner (ALTER SEQUENCE … OWNER TO is refused for it).
+  const followers = new Set(inp.sequences.filter((s) => s.followsTable).map((s) => s.oid));
   for (const o of owned) {
     const alter = o.kind === 'schema' ? 'SCHEMA' : o.kind === 'domain' ? 'DOMAIN' : o.kind === 'sequence' ? 'SEQUENCE' : 'TYPE';
-    owners.push(ownerStatement(alter, o.name, o.owner, m));
+    if (!(o.kind === 'sequence' && followers.has(o.oid))) owners.push(ownerStatement(alter, o.name, o.owner, m));
     const grantKind = o.kind === 'schema' ? 'SCHEMA' : o.kind === 'sequence' ? 'SEQUENCE' : 'TYPE';
     grants.push(...grantStatements({ grantKind, name: o.name, owner: o.owner, acl: o.acl }, m, sourceMajor));
   }

@@ -218,8 +218,9 @@ export async function readViews(c: pg.Client, schemas: number[], tableOids: numb
               FROM pg_rewrite w JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = w.oid
              WHERE w.ev_class = c.oid AND d.refclassid = 'pg_class'::regclass AND d.refobjid <> c.oid
                AND d.refobjid NOT IN (SELECT oid FROM views) AND d.refobjid <> ALL($2::oid[])
-               AND (SELECT rn.nspname FROM pg_class rc JOIN pg_namespace rn ON rn.oid = rc.relnamespace WHERE rc.oid = d.refobjid)
-                   NOT IN ('pg_catalog', 'information_schema')), '{}') AS missing,
+               -- relations that hold rows (a composite type's or a sequence's pg_class entry is created with its type or sequence)
+               AND (SELECT rc.relkind IN ('r', 'p', 'v', 'm', 'f') AND rn.nspname NOT IN ('pg_catalog', 'information_schema')
+                      FROM pg_class rc JOIN pg_namespace rn ON rn.oid = rc.relnamespace WHERE rc.oid = d.refobjid)), '{}') AS missing,
            EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisunique AND i.indpred IS NULL
                       AND i.indexprs IS NULL AND i.indisvalid) AS concurrent_ok
       FROM views v JOIN pg_class c ON c.oid = v.oid JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -414,9 +415,7 @@ export async function readOwnedObjects(c: pg.Client, schemas: number[], typeOids
       FROM pg_type t WHERE t.oid = ANY($2::oid[])
     UNION ALL
     SELECT 'pg_class'::regclass::oid::int, s.oid::int, 'sequence', s.oid::regclass::text, pg_get_userbyid(s.relowner), ${aclJson('s.relacl')}
-      FROM pg_class s WHERE s.oid = ANY($3::oid[])
-       -- An identity sequence follows its table's owner.
-       AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = s.oid AND d.deptype = 'i')`,
+      FROM pg_class s WHERE s.oid = ANY($3::oid[])`,
     [schemas, typeOids, seqOids],
   );
   return r.rows;

@@ -465,9 +465,9 @@ function sequenceRef(s: SeqRow): SequenceRef {
 
 /**
  * All sequences the selected tables use — owned by their columns (serial,
- * identity) or referenced by a column default via nextval() — for the cutover
- * to set. Each is listed once, ordered by schema and name.
+ * identity) or referenced by a column default via nextval() — and every other
+ * sequence of the migrated `schemas`, for the cutover to set. Each is listed once, ordered by schema and name.
  */
-export async function listSequences(source: pg.Client, tables: TableInfo[]): Promise<SequenceRef[]> {
-  return (await readSequences(source, [...new Set(tables.map((t) => t.oid))])).map(sequenceRef);
+export async function listSequences(source: pg.Client, tables: TableInfo[], schemas: string[] = []): Promise<SequenceRef[]> {
+  return (await readSequences(source, [...new Set(tables.map((t) => t.oid))], schemas)).map(sequenceRef);
 }

@@ -19,6 +19,13 @@ export type SslMode = (typeof SSL_MODES)[number];
 export const SCHEMA_MODES = ['create', 'existing'] as const;
 export type SchemaMode = (typeof SCHEMA_MODES)[number];
 
+/** What to do with a role the target lacks (`roles.missing`). */
+export const ROLE_MISSING = ['fail', 'skip'] as const;
+export type RoleMissing = (typeof ROLE_MISSING)[number];
+
+/** `roles` when the spec leaves it out (and in specs stored before it existed). */
+export const DEFAULT_ROLES: Readonly<{ map: Record<string, string>; missing: RoleMissing }> = Object.freeze({ map: {}, missing: 'fail' });
+
 const identifierish = /^[A-Za-z_][A-Za-z0-9_$]*$/;
 
 function build(z: typeof Zod.z) {
@@ -51,6 +58,29 @@ function build(z: typeof Zod.z) {
     const problem = tablePatternProblem(p);
     if (problem) ctx.addIssue({ code: 'custom', message: problem });
   });
+
+  /** What is wrong with a role name (any text of 1 to 63 bytes: NAMEDATALEN - 1), or null. */
+  const roleNameProblem = (r: string): string | null =>
+    r.length === 0 ? 'is empty' : Buffer.byteLength(r, 'utf8') > 63 ? 'is longer than 63 bytes (PostgreSQL truncates longer role names)' : null;
+  const roleMap = z.record(z.string(), z.string()).superRefine((m, ctx) => {
+    for (const [from, to] of Object.entries(m)) {
+      const keyProblem = roleNameProblem(from);
+      if (keyProblem)
+        ctx.addIssue({ code: 'custom', path: [], message: `has a source role name that ${keyProblem} ('${from}'): give the role's name as on the source` });
+      const valueProblem = roleNameProblem(to);
+      if (valueProblem)
+        ctx.addIssue({ code: 'custom', path: [from], message: `maps to a target role name that ${valueProblem}: give an existing target role` });
+    }
+  });
+
+  const RoleOptionsSchema = z
+    .object({
+      /** Source role → target role; a role not named keeps its name on the target. */
+      map: roleMap.default({}),
+      /** A role the target lacks: `fail` the preflight, or `skip` what needs it (a warning each). */
+      missing: z.enum(ROLE_MISSING, { message: `must be one of ${ROLE_MISSING.map((m) => `'${m}'`).join(', ')}` }).default('fail'),
+    })
+    .strict();
 
   const MigrationSpecSchema = z
     .object({
@@ -96,6 +126,8 @@ function build(z: typeof Zod.z) {
         })
         .strict()
         .default({ batchChanges: 10000, batchMs: 200 }),
+      /** How the source's roles are named on the target (owners, grants, policies, default privileges). */
+      roles: RoleOptionsSchema.default({ map: {}, missing: 'fail' }),
     })
     .strict();
 
@@ -148,8 +180,23 @@ export function publicationNameOf(spec: MigrationSpec): string {
  */
 export function specFingerprint(spec: MigrationSpec): string {
   const strip = (e: Endpoint) => ({ ...e, password: undefined, connectionString: e.connectionString?.replace(/:[^:@/]*@/, '@') });
-  const canon = { ...spec, source: strip(spec.source), target: strip(spec.target), apply: undefined };
+  // The default `roles` is left out, so specs stored before `roles` existed keep their fingerprint.
+  const roles = isDefaultRoles(spec.roles) ? undefined : spec.roles;
+  const canon = { ...spec, source: strip(spec.source), target: strip(spec.target), apply: undefined, roles };
   return createHash('sha256').update(stableJson(canon)).digest('hex').slice(0, 16);
+}
+
+function isDefaultRoles(r: MigrationSpec['roles'] | undefined): boolean {
+  return !r || ((r.missing ?? 'fail') === 'fail' && Object.keys(r.map ?? {}).length === 0);
+}
+
+/**
+ * A stored spec with the defaults of fields added since it was stored (a
+ * migration started before `roles` existed has none).
+ */
+export function withSpecDefaults(spec: MigrationSpec): MigrationSpec {
+  const roles = (spec as Partial<MigrationSpec>).roles;
+  return { ...spec, roles: { map: { ...(roles?.map ?? {}) }, missing: roles?.missing ?? DEFAULT_ROLES.missing } };
 }
 
 /**

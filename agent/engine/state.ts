@@ -21,7 +21,7 @@ import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
 import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, readdirSync, renameSync, unlinkSync, writeFileSync, chmodSync } from 'node:fs';
 import { join } from 'node:path';
 import { PgferryError, registerSecret } from './errors';
-import type { Endpoint, MigrationSpec } from './spec';
+import { withSpecDefaults, type Endpoint, type MigrationSpec } from './spec';
 import type { FenceRecord } from './fence';
 
 export const PHASES = ['created', 'schema', 'loading', 'indexing', 'syncing', 'cutting-over', 'completed', 'failed', 'deleted'] as const;
@@ -40,8 +40,28 @@ export interface TableValidation {
 }
 
 /** The report of a migration's last cutover (cutover.ts writes it, the supervisor keeps it). */
+/** The handover's comparison of the two catalogs (cutover-schema.ts). */
+export interface SchemaCheckReport {
+  ok: boolean;
+  /** Objects compared (source side). */
+  objects: number;
+  /** One line per difference, accepted ones marked. */
+  differences: string[];
+  ms: number;
+}
+
+/** The large objects' last pass inside the fence (cutover-schema.ts). */
+export interface LargeObjectsReport {
+  objects: number;
+  created: number;
+  updated: number;
+  unlinked: number;
+  bytes: number;
+  ms: number;
+}
+
 export interface CutoverReport {
-  state: 'waiting-for-lag' | 'fencing' | 'draining' | 'sequences' | 'validating' | 'completed' | 'failed';
+  state: 'waiting-for-lag' | 'fencing' | 'draining' | 'sequences' | 'large-objects' | 'schema' | 'validating' | 'completed' | 'failed';
   startedAt: string;
   fenceStartedAt: string;
   fenceEndedAt: string;
@@ -56,6 +76,10 @@ export interface CutoverReport {
   completedAt: string;
   error: string;
   attempts: number;
+  /** The large objects' last pass, inside the fence (cutover-schema.ts). */
+  largeObjects?: LargeObjectsReport;
+  /** The handover's comparison of the two catalogs. */
+  schemaCheck?: SchemaCheckReport;
 }
 
 export interface StoredError {
@@ -146,9 +170,9 @@ export class StateStore {
     return { ...spec, source: this.sealEndpoint(spec.source), target: this.sealEndpoint(spec.target) };
   }
 
-  /** Decrypt the secrets of a stored spec (in memory only). */
+  /** Decrypt the secrets of a stored spec (in memory only), with the defaults of fields added since it was stored. */
   openSpec(spec: MigrationSpec): MigrationSpec {
-    return { ...spec, source: this.openEndpoint(spec.source), target: this.openEndpoint(spec.target) };
+    return withSpecDefaults({ ...spec, source: this.openEndpoint(spec.source), target: this.openEndpoint(spec.target) });
   }
 
   private sealEndpoint(e: Endpoint): Endpoint {

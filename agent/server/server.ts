@@ -59,7 +59,13 @@ export function toServiceError(e: unknown): Partial<grpc.ServiceError> {
   const err = asPgferryError(e);
   const md = new grpc.Metadata();
   md.set('pgferry-code', err.code);
-  if (err.remedy) md.set('pgferry-remedy', redact(err.remedy).replace(/[\r\n]+/g, ' '));
+  if (err.remedy) {
+    const remedy = redact(err.remedy).replace(/[\r\n]+/g, ' ');
+    // An ASCII metadata value may hold only printable ASCII (grpc-js throws otherwise, and that
+    // would end the agent): the exact text travels UTF-8 encoded in the binary header.
+    md.set('pgferry-remedy-bin', Buffer.from(remedy, 'utf8'));
+    md.set('pgferry-remedy', remedy.replace(/[^\x20-\x7e]/g, '?'));
+  }
   return { code: GRPC_STATUS_BY_CODE[err.code] ?? grpc.status.INTERNAL, details: redact(err.detail), metadata: md };
 }
 
@@ -80,8 +86,17 @@ function clean(v: unknown): unknown {
   return v;
 }
 
+/**
+ * The spec from its proto message. `roles.map` is a proto map: its keys and
+ * values are role names, kept as they came (an empty one is for the spec's
+ * validation to name, not for `clean` to drop); an empty `roles.missing`
+ * means unset.
+ */
 export function specFromProto(msg: unknown): unknown {
-  return clean(msg) ?? {};
+  const spec = (clean(msg) ?? {}) as Record<string, unknown>;
+  const map = (msg as { roles?: { map?: Record<string, string> } } | null | undefined)?.roles?.map;
+  if (map && Object.keys(map).length > 0) spec.roles = { ...(spec.roles as object | undefined), map: { ...map } };
+  return spec;
 }
 
 /**
@@ -90,7 +105,8 @@ export function specFromProto(msg: unknown): unknown {
  * with another type) fails the build.
  */
 export function statusToProto(s: MigrationStatus): Migration__Output {
-  return { ...s, cutover: s.cutover ?? null };
+  const c = s.cutover;
+  return { ...s, cutover: c ? { ...c, largeObjects: c.largeObjects ?? null, schemaCheck: c.schemaCheck ?? null } : null };
 }
 
 /** Remember the passwords of an incoming spec so that `redact()` scrubs them from anything that leaves the agent. */
@@ -306,6 +322,23 @@ export function createServer(svc: AgentService, opts: ServerOptions = {}): grpc.
     Unfence: unary('Unfence', async (req: { id: string; afterCutover?: boolean }) =>
       statusToProto(await svc.unfence(req.id, { afterCutover: !!req.afterCutover })),
     ),
+    SchemaDiff: unary('SchemaDiff', async (req: { id: string }) => {
+      const d = await svc.schemaDiff(req.id);
+      return {
+        id: d.id,
+        equal: d.equal,
+        objects: d.objects,
+        differences: d.differences.map((x) => ({
+          object: x.identity,
+          kind: x.kind,
+          what: x.what,
+          source: x.source ?? '',
+          target: x.target ?? '',
+          accepted: x.accepted,
+        })),
+        text: d.text,
+      };
+    }),
     WatchMigration: watchMigrationHandler(svc, guard, finished),
   });
   return server;

@@ -9,6 +9,7 @@
 import { PgferryError } from '../engine/errors';
 import { MigrationRunner, preflightOrThrow, type MigrationStatus } from '../engine/migration';
 import type { LogFn } from '../engine/log-fn';
+import { schemaDiffNow, type SchemaDiffResult } from '../engine/cutover-schema';
 import { runPreflight, type PreflightReport } from '../engine/preflight';
 import { parseSpec, publicationNameOf, slotNameOf, specFingerprint, stableJson } from '../engine/spec';
 import type { MigrationRecord, StateStore } from '../engine/state';
@@ -22,6 +23,7 @@ export interface CutoverRequest {
   fenceMethod?: string;
   skipSequences?: boolean;
   validation?: string;
+  acceptSchemaDifferences?: string[];
 }
 
 export class AgentService {
@@ -198,6 +200,7 @@ export class AgentService {
         skipSequences: req.skipSequences,
         fenceMethod: (req.fenceMethod || undefined) as CutoverOptions['fenceMethod'],
         validation: (req.validation || undefined) as CutoverOptions['validation'],
+        acceptSchemaDifferences: req.acceptSchemaDifferences ?? [],
       };
       if (opts.fenceMethod && !FENCE_METHODS.includes(opts.fenceMethod)) {
         throw new PgferryError('INVALID_SPEC', `Unknown fence method '${opts.fenceMethod}'.`, `Use one of: ${FENCE_METHODS.join(', ')}.`);
@@ -228,6 +231,12 @@ export class AgentService {
       );
     }
     return r.status();
+  }
+
+  /** Compare the target's schema with the source's now (read-only): what the cutover checks before the handover. */
+  async schemaDiff(id: string): Promise<SchemaDiffResult & { id: string }> {
+    const r = this.get(id);
+    return { id, ...(await schemaDiffNow(r.spec)) };
   }
 
   /**
