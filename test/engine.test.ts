@@ -223,6 +223,8 @@ for (const pair of PAIRS) {
       await source.createDatabase('rot');
       await target.createDatabase('rot');
       await source.query("CREATE ROLE mover LOGIN REPLICATION PASSWORD 'first-pass-111'", [], 'rot').catch(() => undefined);
+      // mover owns the table: the owner must exist on the target too (the preflight says so otherwise).
+      await target.query('CREATE ROLE mover NOLOGIN', [], 'rot').catch(() => undefined);
       await source.query(
         `GRANT CREATE ON DATABASE rot TO mover; CREATE TABLE r (id int PRIMARY KEY, v text); ALTER TABLE r OWNER TO mover;
         INSERT INTO r SELECT g, 'v' || g FROM generate_series(1, 100) g`,

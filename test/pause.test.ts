@@ -218,16 +218,17 @@ describe('pause and resume: PostgreSQL 14 → 17', function () {
   it('pauses during the index builds by cancelling the one in flight, and builds it on resume', async function () {
     await source.createDatabase('idx');
     await target.createDatabase('idx');
-    // The index's function is not migrated (functions never are): the target's own
-    // version sleeps per row, so the build is still running when the pause comes.
+    // The index's function sleeps per row where the database says so: only on the
+    // target, so the build there is still running when the pause comes.
     await source.query(
-      `CREATE FUNCTION slow_key(int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT $1';
+      `CREATE FUNCTION slow_key(int) RETURNS int LANGUAGE sql IMMUTABLE
+         AS $$SELECT $1 FROM pg_sleep(coalesce(nullif(current_setting('pgferry_test.sleep', true), ''), '0')::float8)$$;
       CREATE TABLE s (id int PRIMARY KEY, v text); INSERT INTO s SELECT g, md5(g::text) FROM generate_series(1, 3000) g;
       CREATE INDEX s_slow ON s (slow_key(id));`,
       [],
       'idx',
     );
-    await target.query("CREATE FUNCTION slow_key(int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT $1 FROM pg_sleep(0.005)'", [], 'idx');
+    await target.query("ALTER DATABASE idx SET pgferry_test.sleep = '0.005'", [], 'idx');
     await client.startMigration(specFor('idx', 'idx'));
     const building = "SELECT pid FROM pg_stat_activity WHERE datname = 'idx' AND state = 'active' AND query LIKE 'CREATE INDEX%slow_key%'";
     await waitFor(

@@ -119,6 +119,13 @@ for (const sourceVersion of [13, 14] as PgMajor[]) {
           DB,
         );
         assert.equal(t.rows[0].live, 0, 'no trigger of a table is enabled on the target during the sync');
+        // The comparison before the cutover: nothing missing; the switched-off triggers and row security are accepted.
+        const early = await client.schemaDiff(id);
+        assert.equal(early.equal, true, early.text);
+        assert.ok(
+          early.differences.some((d) => d.what === 'enabled' && d.accepted),
+          early.text,
+        );
         done = await client.cutover({ id, timeoutMs: 120_000 });
       } finally {
         await w.stop();

@@ -60,7 +60,8 @@ function aggregateSql(f: FunctionRow): string {
 }
 
 export function functionStatement(f: FunctionRow): SchemaStatement {
-  return { kind: 'function', object: functionName(f), sql: f.kind === 'a' ? aggregateSql(f) : f.def!.trimEnd() };
+  // Plain CREATE, not the deparser's CREATE OR REPLACE: a function the target already has is the user's, never replaced silently.
+  return { kind: 'function', object: functionName(f), sql: f.kind === 'a' ? aggregateSql(f) : f.def!.trimEnd().replace(/^CREATE OR REPLACE /, 'CREATE ') };
 }
 
 export function operatorName(o: Pick<OperatorRow, 'schema' | 'name' | 'left' | 'right'>): string {

@@ -236,7 +236,7 @@ export class AgentService {
   /** Compare the target's schema with the source's now (read-only): what the cutover checks before the handover. */
   async schemaDiff(id: string): Promise<SchemaDiffResult & { id: string }> {
     const r = this.get(id);
-    return { id, ...(await schemaDiffNow(r.spec)) };
+    return { id, ...(await schemaDiffNow(r.spec, { beforeHandover: r.phase !== 'completed' })) };
   }
 
   /**

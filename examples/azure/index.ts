@@ -91,6 +91,10 @@ const migration = new pgferry.Migration(
       sslMode: 'require',
     },
     tables: { include: ['public.*'] },
+    // The objects' owners and grantees must exist on the target. Azure's admin is not a superuser and the
+    // source's owner (often `postgres`) does not exist there: map it to the admin (the preflight in
+    // `pulumi preview` names every role the target lacks, with its CREATE ROLE, before anything starts).
+    roles: { map: { [cfg.get('sourceOwnerRole') ?? 'postgres']: adminLogin } },
     // The cutover pull request flips this to true (`pulumi config set cutover true`, or edit the default).
     cutover: cfg.getBoolean('cutover') ?? false,
     cutoverOptions: { maxLagSeconds: 5, validation: 'checksums' },
