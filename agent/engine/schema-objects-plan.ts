@@ -234,22 +234,21 @@ function orderByDependencies(
   return out;
 }
 
+/** The objects of the migrated schemas the plan read (besides tables and types). */
+interface ObjectsRead {
+  functions: Awaited<ReturnType<typeof readFunctions>>;
+  operators: Awaited<ReturnType<typeof readOperators>>;
+  ts: Awaited<ReturnType<typeof readTextSearch>>;
+  views: Awaited<ReturnType<typeof readViews>>;
+}
+
 interface Finish {
   statements: SchemaStatement[];
   handover: SchemaStatement[];
 }
 
 /** The statements of the finish and the handover: everything that must not act during the load and the sync, and the privileges. */
-async function finishStatements(
-  inp: ObjectsInput,
-  ids: ClassIds,
-  objs: {
-    functions: Awaited<ReturnType<typeof readFunctions>>;
-    operators: Awaited<ReturnType<typeof readOperators>>;
-    ts: Awaited<ReturnType<typeof readTextSearch>>;
-    views: Awaited<ReturnType<typeof readViews>>;
-  },
-): Promise<Finish> {
+async function finishStatements(inp: ObjectsInput, ids: ClassIds, objs: ObjectsRead): Promise<Finish> {
   const { c, roles: m, sourceMajor } = inp;
   const tableOids = [...inp.tables.keys()];
   const relOids = [...tableOids, ...objs.views.map((v) => v.oid)];
@@ -318,12 +317,7 @@ async function finishStatements(
 /** Owners, then grants: an ALTER OWNER moves the old owner's grants to the new one. */
 async function privilegeStatements(
   inp: ObjectsInput,
-  objs: {
-    functions: Awaited<ReturnType<typeof readFunctions>>;
-    operators: Awaited<ReturnType<typeof readOperators>>;
-    ts: Awaited<ReturnType<typeof readTextSearch>>;
-    views: Awaited<ReturnType<typeof readViews>>;
-  },
+  objs: ObjectsRead,
   flags: Awaited<ReturnType<typeof readRelFlags>>,
   m: RoleMapping,
   sourceMajor: number,
