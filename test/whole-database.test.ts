@@ -126,7 +126,20 @@ for (const sourceVersion of [13, 14] as PgMajor[]) {
           early.differences.some((d) => d.what === 'enabled' && d.accepted),
           early.text,
         );
-        done = await client.cutover({ id, timeoutMs: 120_000 });
+        // A difference nobody accepted fails the cutover, names the object, lifts the fence, and switches nothing on.
+        await target.query('COMMENT ON TABLE rental.customer IS NULL', [], DB);
+        await assert.rejects(client.cutover({ id, timeoutMs: 120_000 }), (e: unknown) => {
+          assert.ok(isAgentError(e), String(e));
+          assert.equal(e.code, 'CUTOVER_FAILED');
+          assert.match(e.message, /table rental\.customer: comment differs/);
+          assert.match(e.message, /The fence was lifted and verified/);
+          assert.match(e.remedy, /pgferry schema diff .*acceptSchemaDifferences/);
+          return true;
+        });
+        const still = await target.query(`SELECT tgenabled::text AS e FROM pg_trigger WHERE tgname = 'customer_touch'`, [], DB);
+        assert.equal(still.rows[0].e, 'D', 'the failed handover switched nothing on');
+        // Accepted, the same difference lets the cutover complete (and the report says it was accepted).
+        done = await client.cutover({ id, timeoutMs: 120_000, acceptSchemaDifferences: ['table rental.customer'] });
       } finally {
         await w.stop();
       }
@@ -149,7 +162,18 @@ for (const sourceVersion of [13, 14] as PgMajor[]) {
         await s.end();
         await t.end();
       }
-      const diff = await client.schemaDiff(id);
+      assert.ok(
+        rep.schemaCheck!.differences.some((d) => /table rental\.customer: comment differs.*\[accepted\]/.test(d)),
+        rep.schemaCheck!.differences.join('\n'),
+      );
+      let diff = await client.schemaDiff(id);
+      assert.deepEqual(
+        diff.differences.map((d) => `${d.object} ${d.what}`),
+        ['table rental.customer comment'],
+      );
+      const comment = (await source.query(`SELECT obj_description('rental.customer'::regclass, 'pg_class') AS c`, [], DB)).rows[0].c as string;
+      await target.query(`COMMENT ON TABLE rental.customer IS '${comment.replace(/'/g, "''")}'`, [], DB);
+      diff = await client.schemaDiff(id);
       assert.equal(diff.equal, true, diff.text);
 
       // The application's statements, as the application role: same answers on both sides.
