@@ -112,7 +112,12 @@ export interface MigrationArgs {
   source: pulumi.Input<EndpointInput>;
   /** The database to migrate to (a change replaces the migration). */
   target: pulumi.Input<EndpointInput>;
-  /** Which tables: `schema.table` patterns. Default: `{ include: ["public.*"], exclude: [] }`. */
+  /**
+   * What to migrate: `schema.table` patterns, PostgreSQL's identifier rules (unquoted names fold to lower
+   * case, `"Quoted"` ones are exact with `""` for a quote; `*` and `?` are wildcards outside quotes).
+   * The schemas the include patterns name are migrated whole: their tables and every other object
+   * (views, functions, types, triggers, policies, grants…). Default: `{ include: ["public.*"], exclude: [] }`.
+   */
   tables?: pulumi.Input<{ include?: pulumi.Input<pulumi.Input<string>[]>; exclude?: pulumi.Input<pulumi.Input<string>[]> }>; // Inputs<TablesArgs>, with inputs inside the lists
   /** `create`: pgferry creates the tables on the target; `existing`: they exist already. Default: `create`. */
   schemaMode?: pulumi.Input<SchemaMode>;
