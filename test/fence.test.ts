@@ -22,7 +22,7 @@ import { runCli } from './support/cli';
 import { scrape, one } from './support/metrics-text';
 
 /** Where the cutover is held while the fault strikes (failpoint `cutover.<step>`; `fenced` is right after the ALTER). */
-const STEPS = ['waiting-for-lag', 'fenced', 'draining', 'sequences', 'validating', 'completing'] as const;
+const STEPS = ['waiting-for-lag', 'fenced', 'draining', 'sequences', 'large-objects', 'schema', 'validating', 'completing'] as const;
 const FAULTS = ['source-cut', 'target-cut', 'source-restart', 'target-restart', 'agent-kill'] as const;
 type Fault = (typeof FAULTS)[number];
 
