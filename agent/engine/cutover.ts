@@ -23,7 +23,7 @@ import { migratableTables } from './preflight';
 import { listSequences } from './schema';
 import { selectSchemas } from './schema-objects-read';
 import { tableFingerprint, tableRowCount } from './checksum';
-import { setMarker } from './target-state';
+import { getMarker, setMarker } from './target-state';
 import { failpoint } from './failpoints';
 import { liftStatement, type FenceKeeper, type LiftResult } from './fence';
 import type { CutoverReport, Phase, StoredError, Validation } from './state';
@@ -274,6 +274,28 @@ async function validateTables(c: Cut, tables: TableInfo[], validation: Validatio
   c.report.validationMs = Date.now() - v0;
 }
 
+/**
+ * 4b. The schema handover and its check (cutover-schema.ts), when pgferry
+ * created the schema; returns the plan handed over (a later failure switches
+ * it off again).
+ */
+async function handOverSchema(c: Cut, tables: TableInfo[], accept: string[]): Promise<SchemaPlan | undefined> {
+  const spec = c.runner.spec;
+  if (spec.schemaMode !== 'create') return undefined;
+  if ((await getMarker(c.tgt, c.runner.id, 'finish')) === undefined) {
+    // Started by an agent older than the whole-database schema stage: its target has the tables only,
+    // so there is nothing to hand over, and comparing would fail on what was never created.
+    c.report.warnings.push(
+      'This migration was started before pgferry carried the whole schema (views, functions, triggers, grants…): the target has its tables only, and the schema was not compared. Recreate the rest on the target, or start the migration again to have it carried.',
+    );
+    return undefined;
+  }
+  await step(c, 'schema');
+  const h = await handOver(c.src, c.tgt, spec, tables, accept);
+  c.report.schemaCheck = h.check;
+  return h.plan;
+}
+
 /** What the failed cutover's message says about the fence: only what was verified. */
 function fenceOutcome(runner: CutoverHost, database: string, lift: LiftResult, fenceStartedAt: string): string {
   if (!lift.wasUp && fenceStartedAt)
@@ -360,12 +382,7 @@ export async function runCutover(runner: CutoverHost, opts: CutoverOptions, sign
     else await step(c, 'sequences');
     await step(c, 'large-objects');
     report.largeObjects = await largeObjectPass(c.src, c.tgt, runner.id, runner.spec);
-    if (runner.spec.schemaMode === 'create') {
-      await step(c, 'schema');
-      const h = await handOver(c.src, c.tgt, runner.spec, tables, opts.acceptSchemaDifferences ?? []);
-      handedOver = h.plan;
-      report.schemaCheck = h.check;
-    }
+    handedOver = await handOverSchema(c, tables, opts.acceptSchemaDifferences ?? []);
     const ready = Date.now();
     report.writeDowntimeMs = ready - fenceStart;
     await validateTables(c, tables, validation);
