@@ -19,7 +19,7 @@
  *     the cutover (CONCURRENTLY where a unique index allows), outside the fence.
  */
 import type pg from 'pg';
-import { closeQuietly, connect, qn } from './conn';
+import { closeQuietly, connect, qi, qn } from './conn';
 import { PgferryError } from './errors';
 import { selectTables, type TableInfo } from './catalog';
 import { migratableTables } from './preflight';
@@ -83,10 +83,14 @@ export async function compareSchemas(
     // What names a role the target lacks was skipped on purpose (and said then).
     const present = new Set((await tgt.query<{ r: string }>('SELECT rolname AS r FROM pg_catalog.pg_roles')).rows.map((x) => x.r));
     const sourceRoles = (await src.query<{ r: string }>('SELECT rolname AS r FROM pg_catalog.pg_roles')).rows.map((x) => roles.map[x.r] ?? x.r);
-    const missing = sourceRoles.filter((r) => !present.has(r));
-    differences = differences.map((d) =>
-      (d.what === 'owner' || d.what === 'acl') && missing.some((r) => `${d.source ?? ''}`.includes(r)) ? { ...d, accepted: true } : d,
-    );
+    const missing = new Set(sourceRoles.filter((r) => !present.has(r)).flatMap((r) => [r, qi(r)]));
+    // Exactly those roles: an owner that is one, or ACL entries (`GRANT p TO role`, `; `-separated) all naming one.
+    const grantee = (entry: string) => /^(?:GRANT|REVOKE) \S+ (?:TO|FROM) (.+?)(?: WITH GRANT OPTION)?$/.exec(entry)?.[1];
+    const skipped = (d: SchemaDifference) =>
+      d.what === 'owner'
+        ? missing.has(d.source ?? '')
+        : d.what === 'acl' && !d.target && !!d.source && d.source.split('; ').every((e) => missing.has(grantee(e) ?? ''));
+    differences = differences.map((d) => (!d.accepted && skipped(d) ? { ...d, accepted: true } : d));
   }
   return { differences, objects: a.length };
 }
@@ -133,7 +137,7 @@ export async function handOver(
       throw new PgferryError(
         'CUTOVER_FAILED',
         `The target's schema differs from the source's in ${bad.length} place(s): ${formatSchemaDiff(bad.slice(0, 10))}${bad.length > 10 ? ` … and ${bad.length - 10} more` : ''}`,
-        `See all of it with: pgferry schema diff ${spec.id}. Fix the target (or the source) so they match, or accept a difference with cutoverOptions.acceptSchemaDifferences: ['<object>'] — then cut over again.`,
+        `See all of it with: pgferry schema diff ${spec.id}. Fix the target (or the source) so they match, or accept a difference: \`cutoverOptions.acceptSchemaDifferences: ['<object>']\` in Pulumi, \`--accept-schema-difference '<object>'\` with pgferry cutover. Then cut over again.`,
       );
     }
     await tgt.query('COMMIT');
