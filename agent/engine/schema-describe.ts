@@ -18,8 +18,9 @@
  * the parent), and large objects (data, not schema).
  */
 import type pg from 'pg';
-import { qi } from './conn';
+import { qi, ql } from './conn';
 import { withCanonicalSettings } from './schema-read';
+import { GUARD_TRIGGER } from './verify-guard';
 import {
   aclJson,
   notExtensionMember,
@@ -411,7 +412,8 @@ async function readTableParts(c: pg.Client, scope: number[]): Promise<DescribedR
        FROM pg_constraint k WHERE k.conrelid = ANY($1::oid[]) AND k.contype NOT IN ('n', 't') AND k.conparentid = 0`,
     `SELECT 'trigger' AS kind, format('trigger %I on %s', g.tgname, g.tgrelid::regclass) AS identity,
             pg_get_triggerdef(g.oid, false) AS definition, g.tgenabled::text AS enabled, obj_description(g.oid, 'pg_trigger') AS comment
-       FROM pg_trigger g WHERE g.tgrelid = ANY($1::oid[]) AND NOT g.tgisinternal AND coalesce((to_jsonb(g) ->> 'tgparentid')::oid, 0) = 0`,
+       FROM pg_trigger g WHERE g.tgrelid = ANY($1::oid[]) AND NOT g.tgisinternal AND coalesce((to_jsonb(g) ->> 'tgparentid')::oid, 0) = 0
+        AND g.tgname <> ${ql(GUARD_TRIGGER)}`,
     `SELECT 'rule' AS kind, format('rule %I on %s', r.rulename, r.ev_class::regclass) AS identity,
             pg_get_ruledef(r.oid, true) AS definition, r.ev_enabled::text AS enabled, obj_description(r.oid, 'pg_rewrite') AS comment
        FROM pg_rewrite r WHERE r.ev_class = ANY($1::oid[]) AND r.rulename <> '_RETURN'`,

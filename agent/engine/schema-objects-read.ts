@@ -16,6 +16,7 @@
  */
 import type pg from 'pg';
 import { compilePattern } from './catalog';
+import { GUARD_TRIGGER } from './verify-guard';
 
 /** An object of the catalog, as pg_depend names it. */
 export interface ObjRef {
@@ -248,9 +249,9 @@ export async function readTriggers(c: pg.Client, relOids: number[]): Promise<Rel
     SELECT g.oid::int AS oid, g.tgrelid::int AS rel, n.nspname AS rel_schema, c.relname AS rel_name, g.tgname AS name,
            pg_get_triggerdef(g.oid) AS def, g.tgenabled::text AS enabled
       FROM pg_trigger g JOIN pg_class c ON c.oid = g.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-     WHERE g.tgrelid = ANY($1::oid[]) AND NOT g.tgisinternal AND coalesce((to_jsonb(g) ->> 'tgparentid')::oid, 0) = 0
+     WHERE g.tgrelid = ANY($1::oid[]) AND NOT g.tgisinternal AND coalesce((to_jsonb(g) ->> 'tgparentid')::oid, 0) = 0 AND g.tgname <> $2
      ORDER BY n.nspname, c.relname, g.tgname`,
-    [relOids],
+    [relOids, GUARD_TRIGGER],
   );
   return r.rows;
 }
