@@ -66,6 +66,7 @@ function loadingMigration(): MigrationMessage {
     paused: false,
     pausedAt: '',
     fence: null,
+    verification: null,
     tables: [
       table('billing_and_accounting_schema', 'invoice_line_items_with_a_very_long_name', 'copying', 98_765_432, 150_000_000),
       table('public', 'orders', 'copied', 3_000_000, 3_000_000),

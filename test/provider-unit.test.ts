@@ -65,6 +65,7 @@ function status(over: Partial<MigrationMessage> = {}): MigrationMessage {
     paused: false,
     pausedAt: '',
     fence: null,
+    verification: null,
     ...over,
   };
 }
@@ -423,6 +424,8 @@ describe('provider without an agent: declaration, Check, Diff through the real h
         error: '',
         attempts: 1,
         largeObjects: null,
+        outageMs: 120,
+        outageParts: [],
         schemaCheck: null,
       },
     });

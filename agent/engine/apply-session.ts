@@ -27,7 +27,8 @@ export async function prepareSession(client: pg.Client): Promise<ApplyMode> {
   // is replanned every time); the generic plan probes the replica
   // identity index per key, as PostgreSQL's own apply worker does.
   await client.query(
-    'SET synchronous_commit = off; SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0; SET plan_cache_mode = force_generic_plan',
+    // pgferry.applying: the target's write guard (verify-guard.ts) does not count the agent's own writes.
+    "SET synchronous_commit = off; SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0; SET plan_cache_mode = force_generic_plan; SET pgferry.applying = 'on'",
   );
   try {
     await client.query('SET session_replication_role = replica');

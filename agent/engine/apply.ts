@@ -31,6 +31,7 @@ import { ensureTargetState, readAppliedLsn } from './target-state';
 import { PipelineSkipped } from './pipeline';
 
 import type { LogFn } from './log-fn';
+import type { ChangeTracker } from './verify-changes';
 
 export interface ApplierOptions {
   migrationId: string;
@@ -42,6 +43,8 @@ export interface ApplierOptions {
   tableSyncLsn: Map<string, Lsn>;
   /** Re-apply source transactions committed at or before this LSN one change per statement. Default: none. */
   safeThroughLsn?: Lsn | null;
+  /** Told of each row change before it is batched (verify-changes.ts); may ask to wait for its flag. */
+  tracker?: ChangeTracker;
   log?: LogFn;
 }
 
@@ -225,6 +228,14 @@ export class Applier {
     if (!map) return this.mapFor(m.relation).then(() => this.change(m));
     const lsn = txn.finalLsn;
     if (lsn < map.syncLsn) return undefined; // Guard 2 (per-table start): the table's copy already holds what committed before its snapshot.
+    const noted = this.opts.tracker?.note(map.target.quoted, map, m);
+    if (noted) return noted.then(() => this.batchChange(m, map, txn));
+    return this.batchChange(m, map, txn);
+  }
+
+  /** The change into the open batch's plan (its table mapped, its key noted). */
+  private batchChange(m: InsertMessage | UpdateMessage | DeleteMessage, map: RelMap, txn: SourceTxn): Promise<void> | undefined {
+    const lsn = txn.finalLsn;
     const batch = this.openBatch(txn);
     const plan = this.plan;
     if (this.inReplay(lsn)) {
@@ -252,6 +263,7 @@ export class Applier {
       if (txn.finalLsn >= map.syncLsn && !maps.some((x) => x.target === map.target)) maps.push(map);
     }
     if (maps.length === 0) return;
+    for (const map of maps) await this.opts.tracker?.noteWhole(map.target.quoted);
     const batch = this.openBatch(txn);
     const safe = this.inReplay(txn.finalLsn);
     this.plan.addBarrier(singleOf({ op: 'TRUNCATE', maps, restartIdentity: m.restartIdentity, lsn: txn.finalLsn }, safe));

@@ -1,7 +1,8 @@
 /**
  * cutover — the short, fenced, verified switch from source to target.
  *
- *   waiting-for-lag → fencing → draining → sequences → validating → completed
+ *   waiting-for-lag → waiting-for-verification → fencing → draining →
+ *   sequences → large-objects → schema → validating → completed
  *
  * Input: a migration in phase `syncing`, through its supervisor
  * (`CutoverHost`), and the caller's options.
@@ -18,15 +19,17 @@ import type pg from 'pg';
 import { closeQuietly, connect, qi, qn, resolveEndpoint } from './conn';
 import { PgferryError, asPgferryError, isPgferryError } from './errors';
 import { formatLsn, parseLsn, type Lsn } from './lsn';
-import { dataColumns, dataTables, selectTables, tableKey, type TableInfo } from './catalog';
+import { selectTables, type TableInfo } from './catalog';
 import { migratableTables } from './preflight';
 import { listSequences } from './schema';
 import { selectSchemas } from './schema-objects-read';
-import { tableFingerprint, tableRowCount } from './checksum';
+import { checkRowsAtFence } from './cutover-verify';
+import { dropGuards } from './verify-guard';
+import type { Verifier } from './verify';
 import { getMarker, setMarker } from './target-state';
 import { failpoint } from './failpoints';
 import { liftStatement, type FenceKeeper, type LiftResult } from './fence';
-import type { CutoverReport, Phase, StoredError, Validation } from './state';
+import type { CutoverReport, OutagePart, Phase, StoredError, Validation } from './state';
 import type { MigrationSpec } from './spec';
 import type { SyncProgress } from './sync';
 import { sleep } from './sleep';
@@ -48,7 +51,7 @@ export interface CutoverOptions {
   /** Grace for transactions in flight at the fence, in ms (default 500). */
   graceMs?: number;
   skipSequences?: boolean;
-  /** Default `checksums` (row counts + checksums). */
+  /** Default `changes`: the rows applied since the continuous verification (cutover-verify.ts). */
   validation?: Validation;
   /** Schema differences the user accepts (objects as `pgferry schema diff` names them): they do not fail the cutover. */
   acceptSchemaDifferences?: string[];
@@ -69,6 +72,8 @@ export interface CutoverHost {
   readonly fence: FenceKeeper;
   /** The report of the cutover before this one, if any. */
   readonly previousCutover: CutoverReport | undefined;
+  /** The continuous verification (verify.ts), when it runs in this process. */
+  readonly verifier: Verifier | null;
   status(): Promise<{ lagBytes: number; lagSeconds: number }>;
   log(level: 'info' | 'warn' | 'error', msg: string, fields?: object): void;
   /** Phase `cutting-over`, the report kept. */
@@ -115,6 +120,16 @@ interface Cut {
   deadline: number;
   timeoutMs: number;
   log: (level: 'info' | 'warn' | 'error', msg: string) => void;
+  /** The outage's parts so far, and when the last one ended. */
+  parts: OutagePart[];
+  partEnd: number;
+}
+
+/** The part of the outage that ends now. */
+function endPart(c: Cut, part: OutagePart['part']): void {
+  const now = Date.now();
+  c.parts.push({ part, ms: now - c.partEnd });
+  c.partEnd = now;
 }
 
 const remaining = (c: Cut) => c.deadline - Date.now();
@@ -172,6 +187,7 @@ async function waitForLag(c: Cut, maxLagBytes: number, maxLagSeconds: number): P
 async function fenceWriters(c: Cut, graceMs: number): Promise<{ fenceStart: number; fenceLsn: Lsn }> {
   await step(c, 'fencing');
   const fenceStart = Date.now();
+  c.partEnd = fenceStart;
   await c.runner.fence.raise(c.src, c.database);
   c.report.fenceStartedAt = new Date(fenceStart).toISOString();
   await failpoint('cutover.fenced');
@@ -184,6 +200,7 @@ async function fenceWriters(c: Cut, graceMs: number): Promise<{ fenceStart: numb
     if (w.rows[0].n === 0) break;
     await sleep(20);
   }
+  endPart(c, 'grace');
   const killed = await c.src
     .query(`SELECT pid, pg_terminate_backend(pid) AS ok FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()
       AND backend_type = 'client backend' AND coalesce(application_name, '') NOT LIKE 'pgferry%'`);
@@ -198,6 +215,7 @@ async function fenceWriters(c: Cut, graceMs: number): Promise<{ fenceStart: numb
   // synchronous_commit=off an acknowledged commit can sit above the latter.
   const fenceLsn: Lsn = parseLsn((await c.src.query('SELECT pg_current_wal_insert_lsn()::text AS l')).rows[0].l);
   c.report.fenceLsn = formatLsn(fenceLsn);
+  endPart(c, 'terminate');
   c.log('info', `cutover: fenced at ${c.report.fenceLsn}; ended ${pids.length} session(s)`);
   return { fenceStart, fenceLsn };
 }
@@ -222,6 +240,7 @@ async function drainToFence(c: Cut, fenceLsn: Lsn): Promise<void> {
   // before the target takes over (a synchronous commit flushes all WAL before it).
   await c.tgt.query('SET synchronous_commit = on');
   await setMarker(c.tgt, c.runner.id, 'cutover-drained', c.report.fenceLsn);
+  endPart(c, 'drain');
 }
 
 /** 4. Sequences: after the last change, so the first insert on the target cannot collide. */
@@ -237,41 +256,57 @@ async function syncSequences(c: Cut, tables: TableInfo[]): Promise<void> {
   }
 }
 
-/** 5. Validation (source still fenced, so both sides are still). */
+/** 5. The rows' check (source still fenced, so both sides are still): cutover-verify.ts. */
 async function validateTables(c: Cut, tables: TableInfo[], validation: Validation): Promise<void> {
   await step(c, 'validating');
   const v0 = Date.now();
+  const check = await checkRowsAtFence(c.src, c.tgt, tables, validation, c.runner.verifier);
+  c.report.tables.push(...check.tables);
+  c.report.warnings.push(...check.warnings);
   c.report.validationOk = true;
-  if (validation !== 'none') {
-    for (const t of dataTables(tables)) {
-      const key = tableKey(t);
-      if (validation === 'counts') {
-        const [a, b] = await Promise.all([tableRowCount(c.src, t.schema, t.name), tableRowCount(c.tgt, t.schema, t.name)]);
-        c.report.tables.push({ table: key, sourceRows: a, targetRows: b, sourceChecksum: '', targetChecksum: '', match: a === b });
-      } else {
-        const cols = dataColumns(t).map((col) => col.name);
-        const [a, b] = await Promise.all([tableFingerprint(c.src, t.schema, t.name, cols), tableFingerprint(c.tgt, t.schema, t.name, cols)]);
-        c.report.tables.push({
-          table: key,
-          sourceRows: a.rows,
-          targetRows: b.rows,
-          sourceChecksum: a.checksum,
-          targetChecksum: b.checksum,
-          match: a.rows === b.rows && a.checksum === b.checksum,
-        });
-      }
-    }
-    const bad = c.report.tables.filter((x) => !x.match);
-    if (bad.length) {
-      c.report.validationOk = false;
-      throw new PgferryError(
-        'CUTOVER_FAILED',
-        `Validation found ${bad.length} table(s) that differ between source and target: ${bad.map((x) => `${x.table} (source ${x.sourceRows} rows, target ${x.targetRows})`).join(', ')}.`,
-        "Something changed the target behind pgferry's back, or rows were lost. Inspect those tables; re-create the migration to reload them.",
-      );
-    }
+  const bad = c.report.tables.filter((x) => !x.match);
+  if (bad.length) {
+    c.report.validationOk = false;
+    const what = (x: (typeof bad)[number]) => check.details.get(x.table) ?? `source ${x.sourceRows} rows, target ${x.targetRows}`;
+    throw new PgferryError(
+      'CUTOVER_FAILED',
+      `Validation found ${bad.length} table(s) that differ between source and target: ${bad.map((x) => `${x.table} (${what(x)})`).join(', ')}.`,
+      "Something changed the target behind pgferry's back, or rows were lost. Inspect those tables (pgferry status shows what the verification repaired); re-create the migration to reload them.",
+    );
   }
   c.report.validationMs = Date.now() - v0;
+  endPart(c, 'verification');
+}
+
+/**
+ * 1b. The continuous verification has checked every table at least once
+ * (nothing fenced yet, cancellable, like the wait for lag); then its rounds
+ * stop, so that nothing pauses the apply while it drains.
+ */
+async function waitForVerification(c: Cut, validation: Validation): Promise<void> {
+  const v = c.runner.verifier;
+  if (validation !== 'changes' || !v) return;
+  await step(c, 'waiting-for-verification');
+  let said = '';
+  for (;;) {
+    if (c.signal.aborted) throw cancelled(c);
+    const failed = syncFailed(c, 'while waiting for the verification');
+    if (failed) throw failed;
+    const r = v.readiness();
+    if (r.ready) break;
+    if (r.waitingFor !== said) {
+      said = r.waitingFor;
+      c.log('info', `cutover: waiting for the verification: ${said}`);
+    }
+    if (remaining(c) <= 0)
+      throw new PgferryError(
+        'CUTOVER_TIMEOUT',
+        `The cutover timed out after ${c.timeoutMs} ms waiting for the continuous verification (nothing was fenced): ${r.waitingFor}.`,
+        'Run the cutover again later (pgferry status shows how much is verified), raise `cutoverOptions.timeoutMs` or `verification.rowsPerSecond`, or use `validation: "full"` to check every row inside the fence instead.',
+      );
+    await sleep(200);
+  }
+  await v.halt();
 }
 
 /**
@@ -345,11 +380,15 @@ export async function runCutover(runner: CutoverHost, opts: CutoverOptions, sign
     src: undefined as unknown as pg.Client,
     tgt: undefined as unknown as pg.Client,
     log: (level, msg) => runner.log(level, msg, { migration: runner.id, step: report.state }),
+    parts: [],
+    partEnd: 0,
   };
   runner.beginCutover(report);
   let connected = false;
   /** Set once the handover committed: a later failure switches it off again. */
   let handedOver: SchemaPlan | undefined;
+  /** Set once the write guards may be gone: a later failure has the verification start over. */
+  let guardsDropped = false;
   try {
     // No query may outlive the cutover: a path that drops packets (rather than
     // resetting the connection) would otherwise hold the fence up until TCP
@@ -375,59 +414,84 @@ export async function runCutover(runner: CutoverHost, opts: CutoverOptions, sign
       );
     }
     await waitForLag(c, opts.maxLagBytes ?? 1024 * 1024, opts.maxLagSeconds ?? 5);
+    await waitForVerification(c, validation);
     const { fenceStart, fenceLsn } = await fenceWriters(c, opts.graceMs ?? 500);
     await drainToFence(c, fenceLsn);
     const tables = migratableTables((await selectTables(c.src, runner.spec.tables)).tables);
     if (!opts.skipSequences) await syncSequences(c, tables);
     else await step(c, 'sequences');
+    endPart(c, 'sequences');
     await step(c, 'large-objects');
     report.largeObjects = await largeObjectPass(c.src, c.tgt, runner.id, runner.spec);
+    endPart(c, 'large-objects');
     handedOver = await handOverSchema(c, tables, opts.acceptSchemaDifferences ?? []);
-    const ready = Date.now();
-    report.writeDowntimeMs = ready - fenceStart;
+    endPart(c, 'schema');
     await validateTables(c, tables, validation);
 
-    // 6. Completed: the fence is kept, streaming stops; the slot stays until the migration is deleted.
+    // 6. Completed: the write guards off the target's tables, the fence kept, streaming stopped; the slot stays until the migration is deleted.
     await step(c, 'completing');
-    report.fenceEndedAt = new Date(ready).toISOString();
-    report.completedAt = new Date().toISOString();
+    guardsDropped = true;
+    await dropGuards(c.tgt, tables);
     report.state = 'completed';
+    report.completedAt = new Date().toISOString();
+    report.fenceEndedAt = report.completedAt;
     await runner.completeCutover(report);
-    c.log('info', `cutover completed: write downtime ${report.writeDowntimeMs} ms, fence LSN ${report.fenceLsn}`);
+    // The application's outage ends here: the completed cutover is recorded, `activeConnection` says target.
+    endPart(c, 'completing');
+    report.outageParts = c.parts;
+    report.outageMs = c.partEnd - fenceStart;
+    report.writeDowntimeMs = report.outageMs;
+    runner.recordCutover(report);
+    c.log(
+      'info',
+      `cutover completed: application outage ${report.outageMs} ms (${c.parts.map((p) => `${p.part} ${p.ms}`).join(', ')}), fence LSN ${report.fenceLsn}`,
+    );
     if (handedOver) void refreshAfterHandover(runner.spec, handedOver.matviews, (level, msg) => c.log(level, msg));
     return report;
   } catch (e) {
-    const err = isPgferryError(e) ? e : asPgferryError(e, 'CUTOVER_FAILED', `cutover step '${report.state}'`);
-    const failedStep = report.state;
-    report.state = 'failed';
-    if (handedOver) {
-      const undo = await undoHandover(runner.spec, handedOver);
-      if (undo)
-        report.warnings.push(
-          `The target's triggers, rules and row security were switched on and could not be switched off again (${undo}): they may act on the rows the sync applies.`,
-        );
-    }
-    // Never the connection that may have failed: a fresh one, verified (fence.ts).
-    const lift = await runner.fence.liftOnce();
-    if (!lift.lifted) {
-      runner.fence.keepLifting();
-      report.warnings.push(
-        `The source database '${database}' is still read-only: the agent keeps trying to lift the fence; by hand: ${runner.fence.status(false).liftStatement}`,
-      );
-    }
-    const outcome = fenceOutcome(runner, database, lift, report.fenceStartedAt);
-    report.error = `${err.detail} ${outcome}`;
-    runner.abandonCutover(report);
-    c.log(lift.lifted ? 'warn' : 'error', `cutover failed while ${failedStep}: ${err.message} ${outcome}`);
-    const code = err.code === 'CUTOVER_TIMEOUT' || err.code === 'CUTOVER_CANCELLED' ? err.code : 'CUTOVER_FAILED';
-    const message = code === 'CUTOVER_FAILED' && err.code !== 'CUTOVER_FAILED' ? `The cutover failed while ${failedStep}: ${err.message}` : err.message;
-    throw new PgferryError(code, `${message} ${outcome}`, err.remedy || 'Fix the cause and run the cutover again.', { cause: e });
+    throw await failCutover(c, e, handedOver, guardsDropped);
   } finally {
     if (connected) {
       await closeQuietly(c.src);
       await closeQuietly(c.tgt);
     }
   }
+}
+
+/**
+ * A cutover that failed: the handover switched off again, the fence lifted
+ * (verified, or left to the background retry and said so), the sync and its
+ * verification going on; returns the error to throw.
+ */
+async function failCutover(c: Cut, e: unknown, handedOver: SchemaPlan | undefined, guardsDropped: boolean): Promise<PgferryError> {
+  const { runner, report, database } = c;
+  const err = isPgferryError(e) ? e : asPgferryError(e, 'CUTOVER_FAILED', `cutover step '${report.state}'`);
+  const failedStep = report.state;
+  report.state = 'failed';
+  if (handedOver) {
+    const undo = await undoHandover(runner.spec, handedOver);
+    if (undo)
+      report.warnings.push(
+        `The target's triggers, rules and row security were switched on and could not be switched off again (${undo}): they may act on the rows the sync applies.`,
+      );
+  }
+  // Never the connection that may have failed: a fresh one, verified (fence.ts).
+  const lift = await runner.fence.liftOnce();
+  if (!lift.lifted) {
+    runner.fence.keepLifting();
+    report.warnings.push(
+      `The source database '${database}' is still read-only: the agent keeps trying to lift the fence; by hand: ${runner.fence.status(false).liftStatement}`,
+    );
+  }
+  const outcome = fenceOutcome(runner, database, lift, report.fenceStartedAt);
+  // The sync goes on: so does its verification.
+  runner.verifier?.resume(guardsDropped);
+  report.error = `${err.detail} ${outcome}`;
+  runner.abandonCutover(report);
+  c.log(lift.lifted ? 'warn' : 'error', `cutover failed while ${failedStep}: ${err.message} ${outcome}`);
+  const code = err.code === 'CUTOVER_TIMEOUT' || err.code === 'CUTOVER_CANCELLED' ? err.code : 'CUTOVER_FAILED';
+  const message = code === 'CUTOVER_FAILED' && err.code !== 'CUTOVER_FAILED' ? `The cutover failed while ${failedStep}: ${err.message}` : err.message;
+  return new PgferryError(code, `${message} ${outcome}`, err.remedy || 'Fix the cause and run the cutover again.', { cause: e });
 }
 
 async function checkFencePrivileges(src: pg.Client, database: string): Promise<void> {

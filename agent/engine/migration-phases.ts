@@ -21,6 +21,7 @@ import { analyzeTables, runPostData } from './indexes';
 import { applyFinish, applyPreData, planSchema, verifyExistingSchema, type PlanOptions } from './schema';
 import { selectSchemas } from './schema-objects-read';
 import { largeObjectPass } from './cutover-schema';
+import { Verifier } from './verify';
 
 import { sleep } from './sleep';
 
@@ -67,6 +68,8 @@ export class MigrationPhases {
   private syncStart: Map<string, Lsn> | null = null;
   private analyzed = false;
   private keepingLargeObjects = false;
+  /** The continuous verification, from the first sync in this process (null when the spec switches it off). */
+  verifier: Verifier | null = null;
   private readonly log: LogFn;
 
   constructor(private readonly host: PhaseHost) {
@@ -336,6 +339,7 @@ export class MigrationPhases {
     }));
     if (!this.analyzed) void this.analyzeOnce(signal);
     if (!this.keepingLargeObjects) void this.keepLargeObjects(signal);
+    const verifier = await this.startVerifier(signal);
     await runSync({
       migrationId: this.rec.id,
       source: this.spec.source,
@@ -348,7 +352,32 @@ export class MigrationPhases {
       signal,
       onProgress: (p) => this.host.onSyncProgress(p),
       log: this.log,
+      barrier: verifier?.barrier,
+      tracker: verifier?.tracker,
     });
+  }
+
+  /**
+   * The continuous verification (verify.ts), prepared before the sync
+   * applies anything (its record of what changed must see every change).
+   * When the target refuses what it needs (the write guards), the sync goes
+   * on without it: the cutover then checks every table in full, and the
+   * status says why.
+   */
+  private async startVerifier(signal: AbortSignal): Promise<Verifier | null> {
+    if (this.spec.verification.disabled) return null;
+    const v = (this.verifier ??= new Verifier(this.rec.id, this.spec, this.tables, this.log));
+    try {
+      await v.prepare();
+    } catch (e) {
+      this.log('warn', `The continuous verification cannot start (the cutover will check every table in full): ${(e as Error).message}`, {
+        event: 'verify-off',
+      });
+      v.noteError((e as Error).message);
+      return null;
+    }
+    v.start(signal);
+    return v;
   }
 
   /**

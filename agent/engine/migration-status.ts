@@ -14,7 +14,7 @@ import type { TableCopyProgress } from './copy';
 import type { FenceKeeper, FenceStatus } from './fence';
 import { formatLsn, parseLsn, type Lsn } from './lsn';
 import type { MigrationSpec } from './spec';
-import type { CutoverReport, MigrationRecord, Phase } from './state';
+import type { CutoverReport, MigrationRecord, Phase, VerificationStatus } from './state';
 import type { SyncProgress } from './sync';
 
 /** How long status waits for the source, and how long it then leaves it alone. */
@@ -65,6 +65,8 @@ export interface MigrationStatus {
   pausedAt: string;
   /** The write fence on the source (fence.ts). */
   fence: FenceStatus;
+  /** The continuous verification (verify.ts); null before the sync (or by an agent without it). */
+  verification: VerificationStatus | null;
 }
 
 /** Phases a migration does not leave. */
@@ -82,6 +84,8 @@ export interface StatusHost {
   readonly fence: FenceKeeper;
   /** The cutover in progress, if any. */
   readonly cutoverRun: object | null;
+  /** The continuous verification's progress, when it runs in this process. */
+  verificationStatus(): VerificationStatus | null;
 }
 
 /** The source's WAL insert position, and its slot's restart and confirmed positions. */
@@ -147,6 +151,7 @@ export class StatusReporter {
       paused: this.host.paused,
       pausedAt: rec.pausedAt ?? '',
       fence: fence.status(this.host.cutoverRun !== null),
+      verification: this.host.verificationStatus(),
     };
   }
 

@@ -24,13 +24,16 @@ import type { TableCopyProgress } from './copy';
 import type { SyncProgress } from './sync';
 import { dropTargetState } from './target-state';
 import { dropLargeObjectState } from './large-objects';
-import type { CutoverReport, MigrationRecord, Phase, StateStore, StoredError } from './state';
+import type { CutoverReport, MigrationRecord, Phase, StateStore, StoredError, VerificationStatus } from './state';
 import { FenceKeeper } from './fence';
 import type { MigrationSpec } from './spec';
 import type { LogFn } from './log-fn';
 import { sleep } from './sleep';
 import { StatusReporter, TERMINAL, type MigrationStatus } from './migration-status';
 import { MigrationPhases } from './migration-phases';
+import { verificationOff, type Verifier } from './verify';
+import { dropGuards } from './verify-guard';
+import { selectTables } from './catalog';
 
 export type { MigrationStatus, TableStatus } from './migration-status';
 
@@ -105,6 +108,13 @@ export class MigrationRunner {
   }
   get previousCutover(): CutoverReport | undefined {
     return this.rec.cutover;
+  }
+  verificationStatus(): VerificationStatus | null {
+    return this.phases.verifier?.status() ?? (this.spec.verification.disabled && this.rec.phase === 'syncing' ? verificationOff() : null);
+  }
+  /** The continuous verification, for the cutover (null when it does not run in this process). */
+  get verifier(): Verifier | null {
+    return this.phases.verifier;
   }
   get copyProgress(): ReadonlyMap<string, TableCopyProgress> {
     return this.phases.copyProgress;
@@ -205,6 +215,7 @@ export class MigrationRunner {
   async stop(): Promise<void> {
     this.abort.abort();
     await this.running?.catch(() => undefined);
+    await this.phases.verifier?.close();
     await this.statusReporter.close();
   }
 
@@ -371,6 +382,8 @@ export class MigrationRunner {
     try {
       const tgt = await connect('target', this.spec.target, { applicationName: `pgferry delete ${this.rec.id}` });
       try {
+        // The write guards the verification put on the target's tables (the target's own catalog names them).
+        await dropGuards(tgt, (await selectTables(tgt, this.spec.tables)).tables);
         await dropTargetState(tgt, this.rec.id);
         await dropLargeObjectState(tgt, this.rec.id);
       } finally {

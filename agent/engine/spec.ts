@@ -23,6 +23,13 @@ export type SchemaMode = (typeof SCHEMA_MODES)[number];
 export const ROLE_MISSING = ['fail', 'skip'] as const;
 export type RoleMissing = (typeof ROLE_MISSING)[number];
 
+/** `verification` when the spec leaves it out (and in specs stored before it existed). */
+export const DEFAULT_VERIFICATION: Readonly<{ rowsPerSecond: number; rangeRows: number; disabled: boolean }> = Object.freeze({
+  rowsPerSecond: 100_000,
+  rangeRows: 50_000,
+  disabled: false,
+});
+
 /** `roles` when the spec leaves it out (and in specs stored before it existed). */
 export const DEFAULT_ROLES: Readonly<{ map: Record<string, string>; missing: RoleMissing }> = Object.freeze({ map: {}, missing: 'fail' });
 
@@ -128,6 +135,18 @@ function build(z: typeof Zod.z) {
         .default({ batchChanges: 10000, batchMs: 200 }),
       /** How the source's roles are named on the target (owners, grants, policies, default privileges). */
       roles: RoleOptionsSchema.default({ map: {}, missing: 'fail' }),
+      /** The continuous verification before the cutover (verify.ts). */
+      verification: z
+        .object({
+          /** Rows read per second on each side, at most (the source's share of the work). */
+          rowsPerSecond: z.number().int().min(1000).default(DEFAULT_VERIFICATION.rowsPerSecond),
+          /** Rows per key range: the unit compared, re-checked and repaired. */
+          rangeRows: z.number().int().min(100).max(1_000_000).default(DEFAULT_VERIFICATION.rangeRows),
+          /** Off: the cutover then checks every table in full inside the fence. */
+          disabled: z.boolean().default(false),
+        })
+        .strict()
+        .default({ ...DEFAULT_VERIFICATION }),
     })
     .strict();
 
@@ -182,7 +201,8 @@ export function specFingerprint(spec: MigrationSpec): string {
   const strip = (e: Endpoint) => ({ ...e, password: undefined, connectionString: e.connectionString?.replace(/:[^:@/]*@/, '@') });
   // The default `roles` is left out, so specs stored before `roles` existed keep their fingerprint.
   const roles = isDefaultRoles(spec.roles) ? undefined : spec.roles;
-  const canon = { ...spec, source: strip(spec.source), target: strip(spec.target), apply: undefined, roles };
+  // `apply` and `verification` are knobs a running migration takes up (service.ts): not its identity.
+  const canon = { ...spec, source: strip(spec.source), target: strip(spec.target), apply: undefined, verification: undefined, roles };
   return createHash('sha256').update(stableJson(canon)).digest('hex').slice(0, 16);
 }
 
@@ -196,7 +216,8 @@ function isDefaultRoles(r: MigrationSpec['roles'] | undefined): boolean {
  */
 export function withSpecDefaults(spec: MigrationSpec): MigrationSpec {
   const roles = (spec as Partial<MigrationSpec>).roles;
-  return { ...spec, roles: { map: { ...(roles?.map ?? {}) }, missing: roles?.missing ?? DEFAULT_ROLES.missing } };
+  const verification = { ...DEFAULT_VERIFICATION, ...(spec as Partial<MigrationSpec>).verification };
+  return { ...spec, roles: { map: { ...(roles?.map ?? {}) }, missing: roles?.missing ?? DEFAULT_ROLES.missing }, verification };
 }
 
 /**

@@ -27,8 +27,17 @@ import type { FenceRecord } from './fence';
 export const PHASES = ['created', 'schema', 'loading', 'indexing', 'syncing', 'cutting-over', 'completed', 'failed', 'deleted'] as const;
 export type Phase = (typeof PHASES)[number];
 
-export const VALIDATIONS = ['none', 'counts', 'checksums'] as const;
+/**
+ * What the cutover checks inside the fence: `changes` (the default) the rows
+ * applied since the continuous verification checked each table, and every
+ * table it has not verified in full; `full` every row of every table
+ * (`checksums` is its older name); `counts` row counts; `none` nothing.
+ */
+export const VALIDATIONS = ['changes', 'full', 'checksums', 'counts', 'none'] as const;
 export type Validation = (typeof VALIDATIONS)[number];
+
+/** How one table was checked inside the fence (cutover-verify.ts). */
+export type TableCheckMode = 'unchanged' | 'changes' | 'full' | 'counts';
 
 export interface TableValidation {
   table: string;
@@ -37,6 +46,16 @@ export interface TableValidation {
   sourceChecksum: string;
   targetChecksum: string;
   match: boolean;
+  /** How it was checked (reports written before modes existed have none: they were `full` or `counts`). */
+  mode?: TableCheckMode;
+  /** Rows read on each side inside the fence. */
+  rowsChecked?: number;
+}
+
+/** One part of the application's outage (CutoverReport.outageParts). */
+export interface OutagePart {
+  part: 'grace' | 'terminate' | 'drain' | 'sequences' | 'large-objects' | 'schema' | 'verification' | 'completing';
+  ms: number;
 }
 
 /** The report of a migration's last cutover (cutover.ts writes it, the supervisor keeps it). */
@@ -61,7 +80,8 @@ export interface LargeObjectsReport {
 }
 
 export interface CutoverReport {
-  state: 'waiting-for-lag' | 'fencing' | 'draining' | 'sequences' | 'large-objects' | 'schema' | 'validating' | 'completed' | 'failed';
+  state:
+    'waiting-for-lag' | 'waiting-for-verification' | 'fencing' | 'draining' | 'sequences' | 'large-objects' | 'schema' | 'validating' | 'completed' | 'failed';
   startedAt: string;
   fenceStartedAt: string;
   fenceEndedAt: string;
@@ -80,6 +100,31 @@ export interface CutoverReport {
   largeObjects?: LargeObjectsReport;
   /** The handover's comparison of the two catalogs. */
   schemaCheck?: SchemaCheckReport;
+  /**
+   * The application's outage: from the fence until the target was ready for
+   * the application (handover done, rows verified), everything inside counted.
+   * `writeDowntimeMs` is the same figure (kept for its readers).
+   */
+  outageMs?: number;
+  /** The outage's parts, in order; they add up to `outageMs`. */
+  outageParts?: OutagePart[];
+}
+
+/** The continuous verification's progress (verify.ts `status()`; the API's VerificationStatus). */
+export interface VerificationStatus {
+  state: 'off' | 'waiting' | 'verifying' | 'verified' | 'paused';
+  tablesTotal: number;
+  tablesVerified: number;
+  rowsVerified: number;
+  rowsEstimated: number;
+  lastVerifiedAt: string;
+  oldestVerifiedAt: string;
+  tablesChanged: number;
+  keysChanged: number;
+  rangesRepaired: number;
+  rowsRepaired: number;
+  repairs: string[];
+  lastError: string;
 }
 
 export interface StoredError {

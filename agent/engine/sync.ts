@@ -25,6 +25,8 @@ import { PgoutputParser, type PgoutputMessage } from './pgoutput';
 import { ReplicationStream } from './receive';
 import type { Endpoint } from './spec';
 import { sleep } from './sleep';
+import type { ApplyBarrier } from './verify-barrier';
+import type { ChangeTracker } from './verify-changes';
 
 export { encodeStandbyStatus, parseKeepalive, type Keepalive } from './receive';
 
@@ -44,6 +46,10 @@ export interface SyncOptions {
   signal: AbortSignal;
   onProgress?: (p: SyncProgress) => void;
   log?: LogFn;
+  /** Where the continuous verification pauses the apply at an exact point (verify-barrier.ts). */
+  barrier?: ApplyBarrier;
+  /** Told of every row change applied (the verification's record of what changed since it checked). */
+  tracker?: ChangeTracker;
 }
 
 export interface SyncProgress {
@@ -264,6 +270,7 @@ async function openSession(opts: SyncOptions, state: SyncState, log: LogFn): Pro
       batchMs: opts.batchMs,
       tableSyncLsn: opts.tableSyncLsn,
       safeThroughLsn: state.safeThroughLsn,
+      tracker: opts.tracker,
       log,
     }),
   ]);
@@ -479,12 +486,14 @@ async function streamLoop(opts: SyncOptions, state: SyncState, s: Session, rep: 
             await applier.flush();
             rep.midEvent = false;
           }
+          if (opts.barrier?.due(walEnd)) await pauseAt(opts, s, rep, walEnd);
         }
         rep.sendStatus(replyRequested);
         rep.report();
         break;
       }
       case 'begin':
+        if (opts.barrier?.due(ev.finalLsn)) await pauseAt(opts, s, rep, ev.finalLsn);
         applier.begin(ev);
         break;
       case 'commit': {
@@ -520,4 +529,28 @@ async function streamLoop(opts: SyncOptions, state: SyncState, s: Session, rep: 
         break; // values are cast by the target's column types; origins and logical messages are not ours
     }
   }
+}
+
+/**
+ * The verification's pause (verify-barrier.ts): every source transaction
+ * committed before `lsn` is committed on the target and nothing after it;
+ * the apply waits here until the verifier lets it go (or the sync stops).
+ */
+async function pauseAt(opts: SyncOptions, s: Session, rep: SessionReporter, lsn: Lsn): Promise<void> {
+  rep.midEvent = true;
+  await s.applier.flush();
+  await s.applier.settle();
+  rep.report();
+  const barrier = opts.barrier!;
+  let onAbort: (() => void) | undefined;
+  await Promise.race([
+    barrier.arrive(lsn),
+    new Promise<void>((resolve) => {
+      onAbort = resolve;
+      opts.signal.addEventListener('abort', onAbort, { once: true });
+    }),
+  ]);
+  if (onAbort) opts.signal.removeEventListener('abort', onAbort);
+  if (opts.signal.aborted) barrier.release();
+  rep.midEvent = false;
 }

@@ -9,11 +9,14 @@
  *     initial load, with the LSN of the snapshot it was copied in; committed
  *     with the copied rows.
  *   - `pgferry.migration_state`: stage markers (e.g. 'pre-data' done).
+ *   - `pgferry.verify_state`: the continuous verification's progress per
+ *     table (verify-state.ts holds its queries).
  * `dropTargetState()` removes a migration's rows. Every query on these
  * tables is in this file.
  */
 import type pg from 'pg';
 import { formatLsn, parseLsn, type Lsn } from './lsn';
+import { ql } from './conn';
 
 export const TARGET_STATE_DDL = `
 CREATE SCHEMA IF NOT EXISTS pgferry;
@@ -40,6 +43,23 @@ CREATE TABLE IF NOT EXISTS pgferry.migration_state (
   value text,
   at timestamptz NOT NULL DEFAULT now(),
   PRIMARY KEY (migration_id, marker)
+);
+CREATE TABLE IF NOT EXISTS pgferry.verify_state (
+  migration_id text NOT NULL,
+  table_name text NOT NULL,
+  pass_lsn pg_lsn,
+  pass_snapshot text,
+  pass_after text,
+  pass_rows bigint NOT NULL DEFAULT 0,
+  pass_started_at timestamptz,
+  pass_changed boolean NOT NULL DEFAULT false,
+  verified_lsn pg_lsn,
+  verified_snapshot text,
+  verified_at timestamptz,
+  verified_rows bigint NOT NULL DEFAULT 0,
+  verified_changed boolean NOT NULL DEFAULT false,
+  repaired_rows bigint NOT NULL DEFAULT 0,
+  PRIMARY KEY (migration_id, table_name)
 );`;
 
 export async function ensureTargetState(client: pg.Client): Promise<void> {
@@ -145,7 +165,10 @@ export async function setMarker(client: pg.Client, migrationId: string, marker: 
 export async function dropTargetState(client: pg.Client, migrationId: string): Promise<void> {
   const exists = await client.query("SELECT 1 FROM pg_namespace WHERE nspname = 'pgferry'");
   if (!exists.rows.length) return;
-  for (const t of ['apply_state', 'copy_state', 'migration_state']) {
-    await client.query(`DELETE FROM pgferry.${t} WHERE migration_id = $1`, [migrationId]);
+  for (const t of ['apply_state', 'copy_state', 'migration_state', 'verify_state']) {
+    // verify_state is missing on a target an older agent set up and nobody resumed since.
+    await client.query(
+      `DO $$ BEGIN IF to_regclass('pgferry.${t}') IS NOT NULL THEN DELETE FROM pgferry.${t} WHERE migration_id = ${ql(migrationId)}; END IF; END $$`,
+    );
   }
 }

@@ -106,7 +106,17 @@ export function specFromProto(msg: unknown): unknown {
  */
 export function statusToProto(s: MigrationStatus): Migration__Output {
   const c = s.cutover;
-  return { ...s, cutover: c ? { ...c, largeObjects: c.largeObjects ?? null, schemaCheck: c.schemaCheck ?? null } : null };
+  const cutover = c
+    ? {
+        ...c,
+        tables: c.tables.map((t) => ({ ...t, mode: t.mode ?? '', rowsChecked: t.rowsChecked ?? 0 })),
+        largeObjects: c.largeObjects ?? null,
+        schemaCheck: c.schemaCheck ?? null,
+        outageMs: c.outageMs ?? c.writeDowntimeMs,
+        outageParts: c.outageParts ?? [],
+      }
+    : null;
+  return { ...s, cutover };
 }
 
 /** Remember the passwords of an incoming spec so that `redact()` scrubs them from anything that leaves the agent. */

@@ -1,0 +1,448 @@
+/**
+ * verify — the continuous verification: while the sync runs, every migrated
+ * table is compared with the source, in key ranges, at pairs of snapshots
+ * that mean the same state (verify-round.ts), so that the cutover checks
+ * inside its fence only what changed since (cutover-verify.ts).
+ *
+ * Input: the migration's spec (endpoints, `verification` knobs) and tables,
+ * the apply's barrier and change tracker (sync.ts feeds both).
+ * Output: per table, a completed pass (`pgferry.verify_state` on the target,
+ * verify-state.ts), the keys applied since (verify-changes.ts), repairs of
+ * ranges that still differed when compared again, and `status()`.
+ *
+ * Order of work, each round: a range that differed (re-checked, repaired);
+ * the pass in progress; tables never verified; tables written by someone
+ * else since (the target's write guard, verify-guard.ts) or whose changes
+ * could not be kept key by key; tables changed since their pass, once it is
+ * a minute old; any table once its pass is an hour old. Reads are limited to
+ * `verification.rowsPerSecond` per side.
+ *
+ * Faults: a round that fails is logged, shown in `status().lastError` and
+ * tried again after a pause; nothing is recorded for a range that was not
+ * compared equal. The sync never waits for the verification, except for the
+ * round trip of a pause (or a repair's comparison of one range).
+ */
+import type pg from 'pg';
+import { closeQuietly, connect } from './conn';
+import { dataTables, tableKey, type TableInfo } from './catalog';
+import type { LogFn } from './log-fn';
+import type { MigrationSpec } from './spec';
+import { sleep } from './sleep';
+import { ApplyBarrier } from './verify-barrier';
+import { ChangeTracker } from './verify-changes';
+import { foreignWritesAfter, installGuards } from './verify-guard';
+import { keyId, parseKeyId, type KeyRange, type KeyValues } from './verify-ranges';
+import { runRound, type RoundItem, type RoundLinks, type RoundSink } from './verify-round';
+import { readVerifyState, recordChanged, recordPassAbandoned, recordPassComplete, recordPassProgress, recordPassStart, recordRepair } from './verify-state';
+import type { VerificationStatus } from './state';
+
+const IDLE_MS = 1000;
+const RETRY_MS = 5000;
+/** A changed table is verified again once its pass is this old (its re-check at the fence then stays small). */
+const REVERIFY_CHANGED_MS = Number(process.env.PGFERRY_REVERIFY_CHANGED_MS) || 60_000;
+/** Any table is verified again once its pass is this old. */
+const REVERIFY_ANY_MS = 3_600_000;
+/** The latest repairs kept for the status. */
+const REPAIRS_KEPT = 20;
+
+interface TableState {
+  info: TableInfo;
+  key: string;
+  verified: { at: Date; rows: number; snapshot: string } | null;
+  pass: { after: KeyValues | null; rows: number; snapshot: string } | null;
+  recheck: KeyRange | null;
+  /** Written by someone else since its verification (as last seen). */
+  foreign: boolean;
+  /** A table without a key that differs: needs a person. */
+  unrepairable: boolean;
+}
+
+/** The status of a migration whose spec switches the verification off. */
+export function verificationOff(): VerificationStatus {
+  return {
+    state: 'off',
+    tablesTotal: 0,
+    tablesVerified: 0,
+    rowsVerified: 0,
+    rowsEstimated: 0,
+    lastVerifiedAt: '',
+    oldestVerifiedAt: '',
+    tablesChanged: 0,
+    keysChanged: 0,
+    rangesRepaired: 0,
+    rowsRepaired: 0,
+    repairs: [],
+    lastError: '',
+  };
+}
+
+export class Verifier {
+  readonly barrier = new ApplyBarrier();
+  readonly tracker: ChangeTracker;
+  private readonly tables = new Map<string, TableState>();
+  private state: pg.Client | null = null;
+  private flags: pg.Client | null = null;
+  private links: Omit<RoundLinks, 'signal'> | null = null;
+  private prepared = false;
+  private loop: { ac: AbortController; done: Promise<void> } | null = null;
+  private lastError = '';
+  private lastSignal: AbortSignal | null = null;
+  private rangesRepaired = 0;
+  private rowsRepaired = 0;
+  private readonly repairs: string[] = [];
+  private rowsRead = 0;
+
+  constructor(
+    private readonly id: string,
+    private readonly spec: MigrationSpec,
+    private readonly allTables: TableInfo[],
+    private readonly log: LogFn,
+  ) {
+    this.tracker = new ChangeTracker({ persistFlag: (table) => this.persistFlag(table) });
+    for (const t of dataTables(allTables)) {
+      const key = tableKey(t);
+      this.tables.set(key, { info: t, key, verified: null, pass: null, recheck: null, foreign: false, unrepairable: false });
+      this.tracker.track(key, t.keyColumns, t.root ? tableKey(t.root) : null);
+    }
+  }
+
+  /**
+   * Before the sync applies anything: the write guards on the target, and
+   * what earlier runs verified (the tracker must know it before the first
+   * change is applied). Idempotent; throws when the target refuses.
+   */
+  async prepare(): Promise<void> {
+    if (this.prepared) return;
+    const tgt = await this.stateClient();
+    await installGuards(tgt, this.allTables);
+    for (const [key, row] of await readVerifyState(tgt, this.id)) {
+      const t = this.tables.get(key);
+      if (!t) continue;
+      if (row.verified) {
+        t.verified = { at: row.verified.at, rows: row.verified.rows, snapshot: row.verified.snapshot };
+        this.tracker.restore(key, true, row.verified.changed);
+      }
+      if (row.pass && !row.pass.changed) {
+        t.pass = { after: row.pass.after ? parseKeyId(row.pass.after) : null, rows: row.pass.rows, snapshot: row.pass.snapshot };
+        this.tracker.resumePass(key);
+      } else if (row.pass) {
+        await recordPassAbandoned(tgt, this.id, key); // changed since it started, keys unknown: from the start again
+      }
+    }
+    this.prepared = true;
+  }
+
+  /**
+   * Run the rounds again after `halt()` (a cutover that failed), under the
+   * signal of the last `start`. `guardsLost`: the cutover had taken the write
+   * guards off already, so writes by others may have gone unseen: every
+   * table is verified again (with new guards).
+   */
+  resume(guardsLost = false): void {
+    if (guardsLost) {
+      this.prepared = false;
+      for (const t of this.tables.values()) {
+        t.verified = null;
+        t.pass = null;
+        this.tracker.invalidate(t.key);
+        this.tracker.abandonPass(t.key);
+      }
+      void this.stateClient()
+        .then((tgt) => installGuards(tgt, this.allTables))
+        .then(
+          () => {
+            this.prepared = true;
+            if (this.lastSignal) this.start(this.lastSignal);
+          },
+          (e) => this.noteError(`the write guards could not be put back: ${(e as Error).message}`),
+        );
+      return;
+    }
+    if (this.lastSignal) this.start(this.lastSignal);
+  }
+
+  /** Run the rounds until `signal` aborts or `halt()`. */
+  start(signal: AbortSignal): void {
+    this.lastSignal = signal;
+    if (this.loop || signal.aborted) return;
+    const ac = new AbortController();
+    const stop = () => ac.abort();
+    signal.addEventListener('abort', stop, { once: true });
+    const done = this.run(ac.signal).finally(() => {
+      signal.removeEventListener('abort', stop);
+      this.barrier.release();
+      if (this.loop?.ac === ac) this.loop = null;
+    });
+    this.loop = { ac, done };
+  }
+
+  /** Stop the rounds (the cutover, before its fence): resolves once no round runs and the apply is not held. */
+  async halt(): Promise<void> {
+    const l = this.loop;
+    if (!l) return;
+    l.ac.abort();
+    this.barrier.release();
+    await l.done;
+  }
+
+  /** Say why it does not run (shown in the status). */
+  noteError(message: string): void {
+    this.lastError = message;
+  }
+
+  get running(): boolean {
+    return this.loop !== null;
+  }
+
+  async close(): Promise<void> {
+    await this.halt();
+    await this.closeLinks();
+    await closeQuietly(this.state);
+    await closeQuietly(this.flags);
+    this.state = this.flags = null;
+  }
+
+  private async run(signal: AbortSignal): Promise<void> {
+    while (!signal.aborted) {
+      try {
+        await this.refreshForeign();
+        const items = this.pickWork();
+        if (!items.length) {
+          await sleep(IDLE_MS, signal).catch(() => undefined);
+          continue;
+        }
+        const links = await this.openLinks();
+        const v = this.spec.verification;
+        const outcome = await runRound(
+          { ...links, signal },
+          items,
+          { rangeRows: v.rangeRows, rowsPerSecond: v.rowsPerSecond, budgetRows: v.rowsPerSecond * 5 },
+          this.sink(),
+        );
+        if (outcome !== 'done') await sleep(outcome === 'missed' ? 200 : RETRY_MS, signal).catch(() => undefined);
+        this.lastError = '';
+      } catch (e) {
+        if (signal.aborted) break;
+        this.lastError = (e as Error).message;
+        this.log('warn', `verification: a round failed, retried in ${RETRY_MS / 1000} s: ${this.lastError}`, { event: 'verify-failed' });
+        await this.closeLinks();
+        await sleep(RETRY_MS, signal).catch(() => undefined);
+      }
+    }
+  }
+
+  /** The round's work, most urgent first (see the header), about five seconds' worth of rows. */
+  private pickWork(): RoundItem[] {
+    const all = [...this.tables.values()].filter((t) => !t.unrepairable);
+    const again = all.find((t) => t.recheck);
+    if (again) return [{ table: again.info, key: again.key, newPass: false, after: again.pass?.after ?? null, recheck: again.recheck! }];
+    const now = Date.now();
+    const changed = (t: TableState) => {
+      const c = this.tracker.changedCount(t.key);
+      return c === 'whole' ? Infinity : (c ?? 0);
+    };
+    const urgency = (t: TableState): number => {
+      if (t.pass) return 0;
+      if (!t.verified) return 1;
+      if (t.foreign || changed(t) === Infinity) return 2;
+      const age = now - t.verified.at.getTime();
+      if (changed(t) > 0 && age >= REVERIFY_CHANGED_MS) return 3;
+      if (age >= REVERIFY_ANY_MS) return 4;
+      return 9;
+    };
+    const ranked = all
+      .map((t) => ({ t, u: urgency(t) }))
+      .filter((x) => x.u < 9)
+      .sort((a, b) => a.u - b.u);
+    const budget = this.spec.verification.rowsPerSecond * 5;
+    const out: RoundItem[] = [];
+    let rows = 0;
+    for (const { t } of ranked) {
+      if (out.length && rows >= budget) break;
+      out.push({ table: t.info, key: t.key, newPass: !t.pass, after: t.pass?.after ?? null });
+      rows += Math.max(1, t.info.estimatedRows - (t.pass?.rows ?? 0));
+    }
+    return out;
+  }
+
+  private sink(): RoundSink {
+    return {
+      passStarts: async (items, _lsn, snapshot) => {
+        const tgt = await this.stateClient();
+        for (const i of items) {
+          await recordPassStart(tgt, this.id, i.key, _lsn, snapshot);
+          this.tracker.startPass(i.key);
+          this.tables.get(i.key)!.pass = { after: null, rows: 0, snapshot };
+        }
+      },
+      rangeDone: async (item, upTo, rows) => {
+        const t = this.tables.get(item.key)!;
+        if (!t.pass) return;
+        t.recheck = null;
+        t.pass.rows += rows;
+        const tgt = await this.stateClient();
+        if (upTo === null) {
+          await recordPassComplete(tgt, this.id, t.key, t.pass.rows);
+          this.tracker.completePass(t.key);
+          t.verified = { at: new Date(), rows: t.pass.rows, snapshot: t.pass.snapshot };
+          t.pass = null;
+          t.foreign = false;
+          this.log('info', `verification: ${t.key} verified (${t.verified.rows} rows)`, { event: 'verified', table: t.key, rows: t.verified.rows });
+        } else {
+          t.pass.after = upTo;
+          await recordPassProgress(tgt, this.id, t.key, keyId(upTo), t.pass.rows);
+        }
+      },
+      rangeDiffers: (item, range) => {
+        this.tables.get(item.key)!.recheck = range;
+        this.log('info', `verification: a range of ${item.key} differs; comparing it again row by row with the apply paused`, {
+          event: 'verify-differs',
+          table: item.key,
+        });
+      },
+      repaired: async (item, range, keys, tx) => {
+        await recordRepair(tx, this.id, item.key, keys.length);
+        this.rangesRepaired++;
+        this.rowsRepaired += keys.length;
+        const sample = keys
+          .slice(0, 3)
+          .map((k) => `(${k.join(', ')})`)
+          .join(', ');
+        const line = `${new Date().toISOString()} ${item.key}: ${keys.length} row(s) rewritten from the source, key ${sample}${keys.length > 3 ? ', …' : ''}`;
+        this.repairs.push(line);
+        if (this.repairs.length > REPAIRS_KEPT) this.repairs.shift();
+        this.log('warn', `verification: ${item.key} differed from the source in ${keys.length} row(s) (key ${sample}); rewritten from the source`, {
+          event: 'verify-repaired',
+          table: item.key,
+          rows: keys.length,
+        });
+      },
+      unrepairable: (item) => {
+        const t = this.tables.get(item.key)!;
+        t.unrepairable = true;
+        t.recheck = null;
+        t.pass = null;
+        this.tracker.abandonPass(item.key);
+        this.lastError = `${item.key} differs from the source and has no key to repair it row by row; the cutover will fail on it. Give it a primary key (and REPLICA IDENTITY), or copy it again.`;
+        this.log('error', `verification: ${this.lastError}`, { event: 'verify-unrepairable', table: item.key });
+      },
+      rowsRead: (n) => {
+        this.rowsRead += n;
+      },
+    };
+  }
+
+  /** Which verified tables someone else wrote since their verification (the guard's notes). */
+  private async refreshForeign(): Promise<void> {
+    const since = new Map<string, string>();
+    for (const t of this.tables.values()) if (t.verified) since.set(t.key, t.verified.snapshot);
+    if (!since.size) return;
+    const found = await foreignWritesAfter(await this.stateClient(), this.allTables, since);
+    for (const t of this.tables.values()) {
+      const was = t.foreign;
+      t.foreign = found.has(t.key);
+      if (t.foreign && !was) {
+        const f = found.get(t.key)!;
+        this.log(
+          'warn',
+          `verification: ${t.key} was written on the target by someone other than pgferry (${f.ops.join(', ')}, last at ${f.lastAt}); verifying it again`,
+          {
+            event: 'foreign-write',
+            table: t.key,
+          },
+        );
+      }
+    }
+  }
+
+  /** Whether the fence may rely on the verification now, and what it waits for. */
+  readiness(): { ready: boolean; waitingFor: string } {
+    const all = [...this.tables.values()];
+    const bad = all.filter((t) => t.unrepairable);
+    if (bad.length) return { ready: false, waitingFor: `tables that differ and cannot be repaired: ${bad.map((t) => t.key).join(', ')}` };
+    const unverified = all.filter((t) => !t.verified || t.recheck || t.foreign);
+    if (!unverified.length) return { ready: true, waitingFor: '' };
+    const rows = unverified.reduce((n, t) => n + Math.max(0, t.info.estimatedRows - (t.pass?.rows ?? 0)), 0);
+    return {
+      ready: false,
+      waitingFor: `${unverified.length} table(s) not verified yet (about ${rows} rows to read at up to ${this.spec.verification.rowsPerSecond} rows/s): ${unverified
+        .slice(0, 5)
+        .map((t) => t.key)
+        .join(', ')}${unverified.length > 5 ? ', …' : ''}`,
+    };
+  }
+
+  /** Each verified table's target snapshot (for the fence's look at the guard's notes). */
+  verifiedSnapshots(): Map<string, string> {
+    const out = new Map<string, string>();
+    for (const t of this.tables.values()) if (t.verified) out.set(t.key, t.verified.snapshot);
+    return out;
+  }
+
+  status(): VerificationStatus {
+    const all = [...this.tables.values()];
+    const verified = all.filter((t) => t.verified && !t.foreign);
+    const times = verified.map((t) => t.verified!.at.getTime());
+    const s = this.tracker.summary();
+    return {
+      state: this.spec.verification.disabled ? 'off' : !this.running ? 'paused' : verified.length === all.length ? 'verified' : 'verifying',
+      tablesTotal: all.length,
+      tablesVerified: verified.length,
+      rowsVerified: verified.reduce((n, t) => n + t.verified!.rows, 0),
+      rowsEstimated: all.reduce((n, t) => n + Math.max(0, t.info.estimatedRows), 0),
+      lastVerifiedAt: times.length ? new Date(Math.max(...times)).toISOString() : '',
+      oldestVerifiedAt: times.length && verified.length === all.length ? new Date(Math.min(...times)).toISOString() : '',
+      tablesChanged: s.changedTables,
+      keysChanged: s.keys,
+      rangesRepaired: this.rangesRepaired,
+      rowsRepaired: this.rowsRepaired,
+      repairs: [...this.repairs],
+      lastError: this.lastError,
+    };
+  }
+
+  private async persistFlag(table: string): Promise<void> {
+    try {
+      this.flags ??= await connect('target', this.spec.target, { applicationName: `pgferry verify ${this.id}` });
+      await recordChanged(this.flags, this.id, table);
+    } catch (e) {
+      await closeQuietly(this.flags);
+      this.flags = null;
+      throw e;
+    }
+  }
+
+  private async stateClient(): Promise<pg.Client> {
+    if (this.state) return this.state;
+    const c = await connect('target', this.spec.target, { applicationName: `pgferry verify ${this.id}` });
+    c.on('error', () => {
+      if (this.state === c) this.state = null;
+    });
+    this.state = c;
+    return c;
+  }
+
+  private async openLinks(): Promise<Omit<RoundLinks, 'signal'>> {
+    if (this.links) return this.links;
+    const app = { applicationName: `pgferry verify ${this.id}` };
+    const src = await connect('source', this.spec.source, app);
+    const tgt = await connect('target', this.spec.target, app).catch(async (e) => {
+      await closeQuietly(src);
+      throw e;
+    });
+    const repair = await connect('target', this.spec.target, app).catch(async (e) => {
+      await closeQuietly(src);
+      await closeQuietly(tgt);
+      throw e;
+    });
+    for (const c of [src, tgt, repair]) c.on('error', () => void this.closeLinks());
+    this.links = { source: this.spec.source, slotName: `pgferry_v_${this.id}`.slice(0, 63), src, tgt, repair, barrier: this.barrier };
+    return this.links;
+  }
+
+  private async closeLinks(): Promise<void> {
+    const l = this.links;
+    this.links = null;
+    if (l) for (const c of [l.src, l.tgt, l.repair]) await closeQuietly(c);
+  }
+}
