@@ -79,7 +79,7 @@ export const FENCE_STATES = ['none', 'up', 'lift-pending', 'kept'] as const;
 export type FenceStateName = (typeof FENCE_STATES)[number];
 
 /** The validation a cutover runs before it completes. */
-export const CUTOVER_VALIDATIONS = ['none', 'counts', 'checksums'] as const;
+export const CUTOVER_VALIDATIONS = ['changes', 'full', 'checksums', 'counts', 'none'] as const;
 export type CutoverValidation = (typeof CUTOVER_VALIDATIONS)[number];
 
 /** A cutover request (`pgferry.agent.v1.CutoverRequest`): the agent's defaults for what is left out. */

@@ -73,7 +73,7 @@ export async function runDemo(opts: DemoOptions): Promise<void> {
       tables: { include: ['public.*'] },
       waitForSync: false,
       cutover,
-      cutoverOptions: { validation: 'checksums' as const, timeoutMs: 120_000 },
+      cutoverOptions: { timeoutMs: 120_000 },
     });
     const host = (started.host = await ProviderHost.start());
     await host.configure();
@@ -184,12 +184,15 @@ async function cutOver(
   const done = await client.getMigration('shop');
   const rep = done.cutover!;
   const conn = outputs.activeConnection as { host: string; port: number };
-  say(`  ~ shop updated: phase ${outputs.phase}, write downtime ${outputs.writeDowntimeMs} ms, validation ${outputs.validationOk ? 'ok' : 'FAILED'}`);
+  say(`  ~ shop updated: phase ${outputs.phase}, application outage ${rep.outageMs} ms, validation ${outputs.validationOk ? 'ok' : 'FAILED'}`);
+  say(`    inside the outage: ${rep.outageParts.map((p) => `${p.part} ${p.ms} ms`).join(', ')}`);
   say(`    activeConnection → ${conn.host}:${conn.port} (the target; the app's settings that use it follow in this same run)`);
   say(`  writer: ${stats.commits} commits; ${stats.failures} refused while the source was fenced (fence LSN ${rep.fenceLsn})`);
-  say('  table                          source rows  target rows  checksums');
+  const v = done.verification;
+  if (v) say(`  verified before the fence: ${v.tablesVerified}/${v.tablesTotal} tables, ${v.rowsVerified} rows; ${v.rowsRepaired} row(s) repaired`);
+  say('  table                          checked inside the fence      rows read  result');
   for (const t of rep.tables)
-    say(`  ${t.table.padEnd(30)} ${String(t.sourceRows).padStart(11)}  ${String(t.targetRows).padStart(11)}  ${t.match ? 'match' : 'DIFFER'}`);
+    say(`  ${t.table.padEnd(30)} ${(t.mode || 'full').padEnd(28)} ${String(t.rowsChecked).padStart(10)}  ${t.match ? 'match' : 'DIFFER'}`);
   for (const s of rep.sequences) say(`  sequence ${s.sequence} set to ${s.value}`);
   if (rep.schemaCheck) {
     say(

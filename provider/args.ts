@@ -31,7 +31,7 @@ export type SchemaMode = (typeof SCHEMA_MODES)[number];
 export const ROLE_MISSING = ['fail', 'skip'] as const;
 export type RoleMissing = (typeof ROLE_MISSING)[number];
 
-export const CUTOVER_VALIDATIONS = ['none', 'counts', 'checksums'] as const;
+export const CUTOVER_VALIDATIONS = ['changes', 'full', 'checksums', 'counts', 'none'] as const;
 export type CutoverValidation = (typeof CUTOVER_VALIDATIONS)[number];
 
 /** The phases the agent reports (Migration.phase). */
@@ -56,7 +56,7 @@ export const DEFAULTS = {
   waitForSync: false,
   createTimeoutMinutes: 30,
   cutover: false,
-  cutoverOptions: { maxLagBytes: 1024 * 1024, maxLagSeconds: 5, timeoutMs: 300_000, validation: 'checksums' as CutoverValidation, skipSequences: false },
+  cutoverOptions: { maxLagBytes: 1024 * 1024, maxLagSeconds: 5, timeoutMs: 300_000, validation: 'changes' as CutoverValidation, skipSequences: false },
 } as const;
 
 /**

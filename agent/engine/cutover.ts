@@ -285,7 +285,11 @@ async function validateTables(c: Cut, tables: TableInfo[], validation: Validatio
  */
 async function waitForVerification(c: Cut, validation: Validation): Promise<void> {
   const v = c.runner.verifier;
-  if (validation !== 'changes' || !v) return;
+  if (!v) return;
+  if (validation !== 'changes') {
+    await v.halt();
+    return;
+  }
   await step(c, 'waiting-for-verification');
   let said = '';
   for (;;) {
@@ -367,7 +371,7 @@ export async function runCutover(runner: CutoverHost, opts: CutoverOptions, sign
       );
     }
   }
-  const validation = opts.validation ?? 'checksums';
+  const validation = opts.validation ?? 'changes';
   const timeoutMs = opts.timeoutMs ?? 300_000;
   const report = newReport(runner.previousCutover, validation);
   const c: Cut = {

@@ -182,6 +182,8 @@ export class Verifier {
     if (!l) return;
     l.ac.abort();
     this.barrier.release();
+    // A query in flight (a range's checksum) ends with its connections.
+    await this.closeLinks();
     await l.done;
   }
 
