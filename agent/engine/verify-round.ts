@@ -39,6 +39,7 @@ import {
 import { dataColumns } from './catalog';
 import { tableFingerprint } from './checksum';
 import { sleep } from './sleep';
+import { failpoint } from './failpoints';
 
 /** The longest the apply may wait for the source slot to be created before the round goes on without the pause. */
 const PROVISIONAL_PAUSE_MS = 2000;
@@ -139,6 +140,7 @@ export async function runRound(l: RoundLinks, items: RoundItem[], lim: RoundLimi
         snapshot,
       );
       for (const item of items) if (item.recheck) await recheck(l, item, item.recheck, sink);
+      await failpoint('verify.paused', l.signal).catch(() => undefined);
     } finally {
       barrier.release();
     }
@@ -174,7 +176,9 @@ async function compareRanges(l: RoundLinks, items: RoundItem[], lim: RoundLimits
         sink.rangeDiffers(item, range);
         break;
       }
+      await failpoint('verify.range-compared', l.signal).catch(() => undefined);
       await sink.rangeDone(item, upTo, a.rows);
+      await failpoint('verify.range-recorded', l.signal).catch(() => undefined);
       if (upTo === null) break;
       after = upTo;
       // The rate limit: never more than rowsPerSecond per side on average over the round.
@@ -228,6 +232,7 @@ async function recheck(l: RoundLinks, item: RoundItem, range: KeyRange, sink: Ro
     if (keys.length) {
       await copyKeys(l.src, tx, item.table, keys);
       await sink.repaired(item, range, keys, tx);
+      await failpoint('verify.repair-before-commit', l.signal).catch(() => undefined);
     }
     await tx.query('COMMIT');
   } catch (e) {
