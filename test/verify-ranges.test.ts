@@ -162,6 +162,11 @@ for (const pair of PAIRS) {
       assert.equal((await rangeRowHashes(src, empty, whole)).size, 0);
     });
 
+    it("a key's INCLUDE columns are not part of it (the stream's old key does not carry them)", async function () {
+      const { table } = await fresh('CREATE TABLE incl (a int, b text, c int, PRIMARY KEY (a, c) INCLUDE (b))');
+      assert.deepEqual(table('incl').keyColumns, ['a', 'c']);
+    });
+
     it('a composite key of mixed types and a uuid key round-trip through their text form', async function () {
       const { src, tgt, table } = await fresh(ODD_DDL, ODD_ROWS, [LABELS]);
       await src.query('INSERT INTO uuids SELECT gen_random_uuid(), i FROM generate_series(1, 100) i');

@@ -177,7 +177,8 @@ async function loadColumns(client: pg.Client, tables: TableInfo[]): Promise<void
     [oids],
   );
   // The row identity used by UPDATE/DELETE: the replica identity index
-  // (explicit USING INDEX, else the primary key).
+  // (explicit USING INDEX, else the primary key), its key columns only (not
+  // an INCLUDE column: the stream's old key does not carry those).
   const keys = await client.query(
     `
     SELECT i.indrelid::int AS rel, array_agg(a.attname::text ORDER BY k.ord) AS cols
@@ -185,7 +186,7 @@ async function loadColumns(client: pg.Client, tables: TableInfo[]): Promise<void
       CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
       JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
       JOIN pg_class c ON c.oid = i.indrelid
-     WHERE i.indrelid = ANY($1::oid[])
+     WHERE i.indrelid = ANY($1::oid[]) AND k.ord <= i.indnkeyatts
        AND ((c.relreplident = 'i' AND i.indisreplident) OR (c.relreplident = 'd' AND i.indisprimary))
      GROUP BY i.indrelid`,
     [oids],
