@@ -87,6 +87,8 @@ export class Verifier {
   private loop: { ac: AbortController; done: Promise<void> } | null = null;
   private lastError = '';
   private lastSignal: AbortSignal | null = null;
+  /** Rounds in a row that could not pair the snapshots. */
+  private misses = 0;
   private rangesRepaired = 0;
   private rowsRepaired = 0;
   private readonly repairs: string[] = [];
@@ -221,8 +223,20 @@ export class Verifier {
           { rangeRows: v.rangeRows, rowsPerSecond: v.rowsPerSecond, budgetRows: v.rowsPerSecond * 5 },
           this.sink(),
         );
-        if (outcome !== 'done') await sleep(outcome === 'missed' ? 200 : RETRY_MS, signal).catch(() => undefined);
-        this.lastError = '';
+        if (outcome === 'done') {
+          this.misses = 0;
+          this.lastError = '';
+          continue;
+        }
+        // Missed: the apply went past the snapshot's point before it could be held — the slot took long to
+        // create (a long transaction on the source delays it). Back off, so the provisional pauses stay rare.
+        this.misses++;
+        if (this.misses >= 3)
+          this.lastError =
+            outcome === 'missed'
+              ? `could not pair the two sides' snapshots ${this.misses} times in a row (creating the verification's temporary slot on the source waits for the transactions running then: a long one delays it)`
+              : 'the apply did not reach the verification snapshot in time (is the sync running?)';
+        await sleep(Math.min(RETRY_MS * 6, 200 * 2 ** Math.min(this.misses, 8)), signal).catch(() => undefined);
       } catch (e) {
         if (signal.aborted) break;
         this.lastError = (e as Error).message;
@@ -364,13 +378,14 @@ export class Verifier {
     if (bad.length) return { ready: false, waitingFor: `tables that differ and cannot be repaired: ${bad.map((t) => t.key).join(', ')}` };
     const unverified = all.filter((t) => !t.verified || t.recheck || t.foreign);
     if (!unverified.length) return { ready: true, waitingFor: '' };
+    const failing = this.lastError ? ` (its last round failed: ${this.lastError})` : '';
     const rows = unverified.reduce((n, t) => n + Math.max(0, t.info.estimatedRows - (t.pass?.rows ?? 0)), 0);
     return {
       ready: false,
       waitingFor: `${unverified.length} table(s) not verified yet (about ${rows} rows to read at up to ${this.spec.verification.rowsPerSecond} rows/s): ${unverified
         .slice(0, 5)
         .map((t) => t.key)
-        .join(', ')}${unverified.length > 5 ? ', …' : ''}`,
+        .join(', ')}${unverified.length > 5 ? ', …' : ''}${failing}`,
     };
   }
 
