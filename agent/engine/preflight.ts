@@ -210,7 +210,7 @@ function sourceSettingChecks(info: SourceInfo, major: number, ctx: PreflightCont
           'Run ALTER SYSTEM SET wal_level = logical; and restart the source (on Azure: set the server parameter wal_level to LOGICAL and restart).',
         ),
   );
-  const needSlots = ctx.ownsSlot ? 1 : 2; // main slot + a temporary one when a load resumes
+  const needSlots = ctx.ownsSlot ? 1 : 2; // main slot + a temporary one (a load that resumes; each round of the continuous verification)
   const freeSlots = info.max_slots - info.used_slots + (ctx.ownsSlot ? 1 : 0);
   checks.push(
     freeSlots >= needSlots
