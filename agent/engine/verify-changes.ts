@@ -285,7 +285,8 @@ function keyOf(tuple: TupleData | null, idx: number[], map: RelMap): KeyValues |
  * A key value the stream sent in binary form, as text PostgreSQL reads back
  * as the same value; null for the types not decoded here (the table then
  * counts as changed "whole"). Only the usual key types: integers, text-like,
- * uuid, bool, oid. Hand-rolled: node-postgres's binary parsers give
+ * uuid, bool, oid, date and timestamps (binary timestamps are 64-bit
+ * microseconds, the only format since PostgreSQL 10). Hand-rolled: node-postgres's binary parsers give
  * JavaScript values (a bigint would lose precision), not PostgreSQL's text.
  */
 export function binaryKeyText(typeOid: number, b: Buffer): string | null {
@@ -311,7 +312,42 @@ export function binaryKeyText(typeOid: number, b: Buffer): string | null {
       const h = b.toString('hex');
       return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
     }
+    case 1082: // date: days since 2000-01-01
+      return b.length === 4 ? dateText(b.readInt32BE(0)) : null;
+    case 1114: // timestamp
+    case 1184: // timestamptz (UTC)
+      return b.length === 8 ? timestampText(b.readBigInt64BE(0), typeOid === 1184) : null;
     default:
       return null;
   }
+}
+
+const EPOCH_2000_MS = Date.UTC(2000, 0, 1);
+const pad = (n: number, w = 2) => String(n).padStart(w, '0');
+
+/** A date as ISO text; null outside years 1–9999 (then the table counts as changed "whole"). */
+function dateText(days: number): string | null {
+  if (days === 0x7fffffff) return 'infinity';
+  if (days === -0x80000000) return '-infinity';
+  const d = new Date(EPOCH_2000_MS + days * 86_400_000);
+  const y = d.getUTCFullYear();
+  if (y < 1 || y > 9999) return null;
+  return `${pad(y, 4)}-${pad(d.getUTCMonth() + 1)}-${pad(d.getUTCDate())}`;
+}
+
+/** Microseconds since 2000-01-01 as ISO text (with +00 for timestamptz); null outside years 1–9999. */
+function timestampText(us: bigint, tz: boolean): string | null {
+  if (us === 0x7fffffffffffffffn) return 'infinity';
+  if (us === -0x8000000000000000n) return '-infinity';
+  let sec = us / 1_000_000n;
+  let frac = us % 1_000_000n;
+  if (frac < 0n) {
+    frac += 1_000_000n;
+    sec -= 1n;
+  }
+  const d = new Date(EPOCH_2000_MS + Number(sec) * 1000);
+  const y = d.getUTCFullYear();
+  if (!Number.isFinite(y) || y < 1 || y > 9999) return null;
+  const text = `${pad(y, 4)}-${pad(d.getUTCMonth() + 1)}-${pad(d.getUTCDate())} ${pad(d.getUTCHours())}:${pad(d.getUTCMinutes())}:${pad(d.getUTCSeconds())}.${pad(Number(frac), 6)}`;
+  return tz ? `${text}+00` : text;
 }
