@@ -7,11 +7,14 @@
  *   --small-tables CxR  C small tables of R rows each (30x20000)
  *   --version V         PostgreSQL major version of both clusters: 13, 14 or 17 (17)
  *   --only LIST         load | apply | cutover, comma-separated (all three)
- *   --runs N            cutover repetitions, each on a fresh migration (5)
+ *   --runs N            cutover repetitions at each size, each on a fresh migration (5)
+ *   --baseline-runs N   cutover runs of the baseline (`validation: 'full'`) at each size (1)
  *   --rounds N          rounds of the load and apply contenders, interleaved (1)
  *   --apply-txns N      backlog transactions of the apply scenario
  *                       (20 000 at 3 M rows, scaled with --rows, at least 4 000)
- *   --shop-rows N       orders in the cutover's sample database (rows / 30, 10 000–100 000)
+ *   --shop-rows N       orders in the cutover's sample database, the smaller of its
+ *                       two sizes (rows / 30, 10 000–100 000)
+ *   --shop-scale N      the cutover's larger size, as a multiple of --shop-rows (10)
  *   --native-binary     the apply's native subscription WITH (binary = true)
  *                       (PostgreSQL's default, off, is the goal's baseline)
  */
@@ -27,9 +30,13 @@ export interface BenchOptions {
   version: PgMajor;
   only: Scenario[];
   runs: number;
+  /** Cutover runs of the baseline (`validation: 'full'`) at each size. */
+  baselineRuns: number;
   rounds: number;
   applyTxns: number;
   shopRows: number;
+  /** The cutover's larger size is `shopRows × shopScale` orders. */
+  shopScale: number;
   /** The apply's native subscription receives values in binary form (not the goal's baseline). */
   nativeBinary: boolean;
 }
@@ -38,7 +45,8 @@ export const ANCHOR_ROWS = 3_000_000;
 export const ANCHOR_APPLY_TXNS = 20_000;
 
 const USAGE = `usage: npm run bench -- [--rows N] [--small-tables CxR] [--version 13|14|17]
-                       [--only load,apply,cutover] [--runs N] [--rounds N] [--apply-txns N] [--shop-rows N] [--native-binary]
+                       [--only load,apply,cutover] [--runs N] [--baseline-runs N] [--rounds N]
+                       [--apply-txns N] [--shop-rows N] [--shop-scale N] [--native-binary]
 (each also as an environment variable: PGFERRY_BENCH_ROWS, PGFERRY_BENCH_SMALL_TABLES, …)`;
 
 class UsageError extends Error {}
@@ -62,7 +70,7 @@ function onOff(flag: string, text: string): boolean {
 /** Parse argv (without node and the script) and the environment. Throws a usage message on bad input. */
 export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.env): BenchOptions {
   const given = new Map<string, string>();
-  const flags = ['rows', 'small-tables', 'version', 'only', 'runs', 'rounds', 'apply-txns', 'shop-rows'];
+  const flags = ['rows', 'small-tables', 'version', 'only', 'runs', 'baseline-runs', 'rounds', 'apply-txns', 'shop-rows', 'shop-scale'];
   const switches = ['native-binary'];
   for (const f of [...flags, ...switches]) {
     const v = env[envName(f)];
@@ -109,9 +117,11 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
     version,
     only: only as Scenario[],
     runs: given.has('runs') ? positiveInt('runs', given.get('runs')!) : 5,
+    baselineRuns: given.has('baseline-runs') ? positiveInt('baseline-runs', given.get('baseline-runs')!) : 1,
     rounds: given.has('rounds') ? positiveInt('rounds', given.get('rounds')!) : 1,
     applyTxns,
     shopRows,
+    shopScale: given.has('shop-scale') ? positiveInt('shop-scale', given.get('shop-scale')!) : 10,
     nativeBinary: onOff('native-binary', given.get('native-binary') ?? 'false'),
   };
 }

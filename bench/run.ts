@@ -8,7 +8,8 @@
  *   (a) load     initial load vs native CREATE SUBSCRIPTION and the raw
  *                COPY|COPY pipe (load.ts, dataset.ts)
  *   (b) apply    change-apply throughput vs the native subscriber (apply.ts)
- *   (c) cutover  write downtime of the Cutover RPC under write load (cutover.ts)
+ *   (c) cutover  the application's outage at the cutover under write load, at
+ *                two database sizes, vs validation 'full' inside the fence (cutover.ts)
  *
  * and prints one table per scenario and a summary of the goals (report.ts).
  * Knobs (argv or PGFERRY_BENCH_* env, see options.ts):
@@ -78,7 +79,7 @@ async function main(): Promise<number> {
       .map((x) => x.toFixed(2))
       .join(' ')}`,
     `  scenarios: ${opts.only.join(', ')}; load: ${opts.rows.toLocaleString('en-US')} rows + ${opts.smallTables} × ${opts.smallRows.toLocaleString('en-US')}; ` +
-      `apply backlog: ${opts.applyTxns.toLocaleString('en-US')} txns; cutover: ${opts.runs} run(s) on ${opts.shopRows.toLocaleString('en-US')} orders; rounds: ${opts.rounds}`,
+      `apply backlog: ${opts.applyTxns.toLocaleString('en-US')} txns; cutover: ${opts.runs} run(s) + ${opts.baselineRuns} baseline at ${opts.shopRows.toLocaleString('en-US')} and ${(opts.shopRows * opts.shopScale).toLocaleString('en-US')} orders; rounds: ${opts.rounds}`,
   ];
   log(header.join('\n'));
   log('starting source and target clusters …');
@@ -117,11 +118,19 @@ async function main(): Promise<number> {
     failures += runs.filter((x) => x.error).length;
   }
   if (opts.only.includes('cutover')) {
-    const runs = await runCutoverScenario({ source: src.cluster, target: tgt.cluster, shopRows: opts.shopRows, runs: opts.runs, log });
-    const r = cutoverReport(runs);
+    const result = await runCutoverScenario({
+      source: src.cluster,
+      target: tgt.cluster,
+      shopRows: opts.shopRows,
+      shopScale: opts.shopScale,
+      runs: opts.runs,
+      baselineRuns: opts.baselineRuns,
+      log,
+    });
+    const r = cutoverReport(result);
     sections.push(r.text);
     goals.push(...r.goals);
-    failures += runs.filter((x) => x.error).length;
+    failures += result.runs.filter((x) => x.error).length;
   }
   if (failures) process.stderr.write(`${serverLogs()}\n`);
 
