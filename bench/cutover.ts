@@ -32,6 +32,7 @@
  *
  * A failed cutover is reported with the agent's error verbatim.
  */
+import { loadavg } from 'node:os';
 import type pg from 'pg';
 import type { Cluster } from '../dev/testbed';
 import { seedShop, startWriter } from '../dev/sample';
@@ -66,6 +67,8 @@ export interface CutoverRun {
   checkedTables?: string[];
   /** Commits per second of both writers while in sync, before the cutover. */
   writerCommitsPerSec?: number;
+  /** The machine's 1-minute load average when the cutover returned (other processes add noise). */
+  loadAvg?: number;
   validationOk?: boolean;
   /** The cutover itself failed (verbatim). */
   error?: string;
@@ -272,6 +275,7 @@ async function oneCutover(ctx: CutoverContext, agent: BenchAgent, id: string, ru
       throw fatal(`Cutover RPC failed: ${isAgentError(e) ? `${e.code}: ${e.detail}` : (e as Error).message}`);
     }
     run.cutoverRpcMs = nowMs() - r0;
+    run.loadAvg = loadavg()[0];
     const rep = m.cutover;
     if (!rep || rep.state !== 'completed') {
       throw fatal(`Cutover did not complete: phase ${m.phase}, state ${rep?.state ?? '(no report)'}: ${rep?.error || m.errorMessage || '(no error given)'}`);

@@ -207,6 +207,7 @@ function cutoverRows(runs: CutoverRun[]): string[][] {
     r.modes ? ['unchanged', 'changes', 'full', 'counts'].map((m) => String(r.modes![m] ?? 0)).join(' / ') : '–',
     fmt(r.rowsChecked),
     fmt(r.writerCommitsPerSec),
+    fmt(r.loadAvg, 1),
     r.validationOk === undefined ? '–' : r.validationOk ? 'ok' : 'MISMATCH',
     r.error ? 'cutover failed' : r.notes.length ? `${r.notes.length} note(s)` : '',
   ]);
@@ -284,7 +285,7 @@ export function cutoverReport(result: CutoverResult): { text: string; goals: Goa
     "    outage = the agent's report (outageMs): fence raised → completed cutover recorded, every step inside counted (its parts below);",
     "    writer gap = the tight writer's last commit on the source → its first on the target: adds the RPC's return to the client and the reconnect;",
     '    judged = the larger of the two, per run. Left out of both: the wait before the fence (lag, and with the default the continuous verification: nothing is fenced then),',
-    "    shown as 'before fence s'; and an application's own reconnect pool, DNS or configuration change.",
+    "    shown as 'before fence s'; and an application's own reconnect pool, DNS or configuration change. load = the machine's 1-minute load average at the cutover.",
     renderTable(
       [
         'orders',
@@ -298,6 +299,7 @@ export function cutoverReport(result: CutoverResult): { text: string; goals: Goa
         'tables unchanged / changes / full / counts',
         'rows read',
         'commits/s',
+        'load',
         'check',
         'after',
       ],
