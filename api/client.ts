@@ -21,6 +21,9 @@ import type { TableSelection__Output } from './generated/pgferry/agent/v1/TableS
 import type { CopyOptions__Output } from './generated/pgferry/agent/v1/CopyOptions';
 import type { ApplyOptions__Output } from './generated/pgferry/agent/v1/ApplyOptions';
 import type { RoleOptions__Output } from './generated/pgferry/agent/v1/RoleOptions';
+import type { VerificationOptions__Output } from './generated/pgferry/agent/v1/VerificationOptions';
+import type { VerificationStatus__Output } from './generated/pgferry/agent/v1/VerificationStatus';
+import type { OutagePart__Output } from './generated/pgferry/agent/v1/OutagePart';
 import type { MigrationSpec__Output } from './generated/pgferry/agent/v1/MigrationSpec';
 import type { SchemaDiffResponse__Output } from './generated/pgferry/agent/v1/SchemaDiffResponse';
 import type { PreflightCheck__Output } from './generated/pgferry/agent/v1/PreflightCheck';
@@ -48,9 +51,11 @@ export type TableSelectionMessage = Partial<TableSelection__Output>;
 export type CopyOptionsMessage = Partial<CopyOptions__Output>;
 export type ApplyOptionsMessage = Partial<ApplyOptions__Output>;
 export type RoleOptionsMessage = Partial<RoleOptions__Output>;
+/** The continuous verification's knobs (`pgferry.agent.v1.VerificationOptions`); 0 / absent means the default. */
+export type VerificationOptionsMessage = Partial<VerificationOptions__Output>;
 
 /** What a migration is (`pgferry.agent.v1.MigrationSpec`); mirrors agent/engine/spec.ts. */
-export type MigrationSpecMessage = Partial<Omit<MigrationSpec__Output, 'id' | 'source' | 'target' | 'tables' | 'copy' | 'apply' | 'roles'>> & {
+export type MigrationSpecMessage = Partial<Omit<MigrationSpec__Output, 'id' | 'source' | 'target' | 'tables' | 'copy' | 'apply' | 'roles' | 'verification'>> & {
   id: string;
   source: EndpointMessage;
   target: EndpointMessage;
@@ -58,6 +63,7 @@ export type MigrationSpecMessage = Partial<Omit<MigrationSpec__Output, 'id' | 's
   copy?: CopyOptionsMessage;
   apply?: ApplyOptionsMessage;
   roles?: RoleOptionsMessage;
+  verification?: VerificationOptionsMessage;
 };
 
 export type PreflightCheckMessage = PreflightCheck__Output;
@@ -66,6 +72,10 @@ export type TableStatusMessage = TableStatus__Output;
 export type TableValidationMessage = TableValidation__Output;
 export type SequenceSetMessage = SequenceSet__Output;
 export type CutoverReportMessage = CutoverReport__Output;
+/** One part of a cutover's application outage (`pgferry.agent.v1.OutagePart`). */
+export type OutagePartMessage = OutagePart__Output;
+/** The continuous verification's progress (`pgferry.agent.v1.VerificationStatus`); null in a status while it does not run. */
+export type VerificationStatusMessage = VerificationStatus__Output;
 /** The write fence on the source database (`pgferry.agent.v1.FenceStatus`). */
 export type FenceStatusMessage = FenceStatus__Output;
 /** A migration's status (`pgferry.agent.v1.Migration`); `cutover` and `fence` are null when absent. */
@@ -78,14 +88,20 @@ export type SchemaDiffMessage = SchemaDiffResponse__Output;
 export const FENCE_STATES = ['none', 'up', 'lift-pending', 'kept'] as const;
 export type FenceStateName = (typeof FENCE_STATES)[number];
 
-/** The validation a cutover runs before it completes. */
+/**
+ * What a cutover checks of the rows inside the fence: `changes` (the
+ * agent's default: only the rows applied since the continuous verification
+ * checked their table, and every table it has not verified), `full` (every
+ * row of every table; `checksums` is its older name), `counts` (row counts
+ * only) or `none`.
+ */
 export const CUTOVER_VALIDATIONS = ['changes', 'full', 'checksums', 'counts', 'none'] as const;
 export type CutoverValidation = (typeof CUTOVER_VALIDATIONS)[number];
 
 /** A cutover request (`pgferry.agent.v1.CutoverRequest`): the agent's defaults for what is left out. */
 export type CutoverRequestMessage = Partial<Omit<CutoverRequest__Output, 'id' | 'validation'>> & {
   id: string;
-  /** none | counts | checksums (agent default checksums). */
+  /** One of CUTOVER_VALIDATIONS (agent default `changes`). */
   validation?: CutoverValidation | '';
 };
 
