@@ -16,6 +16,7 @@ import type {
   EndpointMessage,
   RoleOptionsMessage,
   TableSelectionMessage,
+  VerificationOptionsMessage,
 } from '../api/client';
 
 /** The value the Pulumi engine sends during preview for a value not known yet. */
@@ -31,8 +32,20 @@ export type SchemaMode = (typeof SCHEMA_MODES)[number];
 export const ROLE_MISSING = ['fail', 'skip'] as const;
 export type RoleMissing = (typeof ROLE_MISSING)[number];
 
+/**
+ * What the cutover checks of the rows inside the fence (`cutoverOptions.validation`):
+ * `changes` (default) the rows applied since the continuous verification checked
+ * their table, plus every table it has not verified; `full` every row of every
+ * table (`checksums` is its older name); `counts` row counts; `none` nothing.
+ */
 export const CUTOVER_VALIDATIONS = ['changes', 'full', 'checksums', 'counts', 'none'] as const;
 export type CutoverValidation = (typeof CUTOVER_VALIDATIONS)[number];
+
+/** The bounds of `verification`'s knobs (the agent's, agent/engine/spec.ts; a unit test keeps them equal). */
+export const VERIFICATION_LIMITS = {
+  rowsPerSecond: { min: 1000, max: 4294967295 },
+  rangeRows: { min: 100, max: 1_000_000 },
+} as const;
 
 /** The phases the agent reports (Migration.phase). */
 export const PHASES = ['preflight', 'schema', 'loading', 'indexing', 'syncing', 'cutting-over', 'completed', 'failed', 'deleted'] as const;
@@ -53,6 +66,7 @@ export const DEFAULTS = {
   schemaMode: 'create' as SchemaMode,
   overwriteTarget: false,
   roles: { map: {} as Record<string, string>, missing: 'fail' as RoleMissing },
+  verification: { rowsPerSecond: 100_000, rangeRows: 50_000, disabled: false },
   waitForSync: false,
   createTimeoutMinutes: 30,
   cutover: false,
@@ -82,6 +96,15 @@ export type CopyArgs = CopyOptionsMessage;
 export type ApplyArgs = ApplyOptionsMessage;
 
 /**
+ * The continuous verification before the cutover (the API's
+ * `VerificationOptions`): `rowsPerSecond` read on each side at most (default
+ * 100000, at least 1000), `rangeRows` per key range compared (default 50000,
+ * 100..1000000), `disabled` (default false; the cutover then checks every row
+ * inside the fence).
+ */
+export type VerificationArgs = VerificationOptionsMessage;
+
+/**
  * How the source's roles are named on the target (the API's `RoleOptions`):
  * `map` names a target role for a source role (a role not named keeps its
  * name); `missing` says what a role the target lacks does: `fail` the
@@ -106,6 +129,7 @@ export interface MigrationInputs {
   copy?: CopyArgs;
   apply?: ApplyArgs;
   roles?: RolesArgs;
+  verification?: VerificationArgs;
   waitForSync?: boolean;
   createTimeoutMinutes?: number;
   cutover?: boolean;
@@ -126,6 +150,7 @@ export const ARG_NAMES = [
   'copy',
   'apply',
   'roles',
+  'verification',
   'waitForSync',
   'createTimeoutMinutes',
   'cutover',
@@ -145,6 +170,7 @@ export const TABLES_FIELDS = fieldsOf<TablesArgs>()(['include', 'exclude']);
 export const COPY_FIELDS = fieldsOf<CopyArgs>()(['workers', 'splitBytes', 'indexJobs']);
 export const APPLY_FIELDS = fieldsOf<ApplyArgs>()(['batchChanges', 'batchMs']);
 export const ROLES_FIELDS = fieldsOf<RolesArgs>()(['map', 'missing']);
+export const VERIFICATION_FIELDS = fieldsOf<VerificationArgs>()(['rowsPerSecond', 'rangeRows', 'disabled']);
 export const CUTOVER_OPTION_FIELDS = fieldsOf<CutoverOptionsArgs>()([
   'maxLagBytes',
   'maxLagSeconds',
@@ -168,6 +194,7 @@ export const PREFLIGHT_ARGS = [
   'copy',
   'apply',
   'roles',
+  'verification',
 ] as const satisfies readonly (typeof ARG_NAMES)[number][];
 
 /** Arguments whose change means a different migration: the resource is replaced (delete first). */
@@ -204,6 +231,7 @@ export interface MigrationOutputs {
   copy?: CopyArgs;
   apply?: ApplyArgs;
   roles?: RolesArgs;
+  verification?: VerificationArgs;
   waitForSync: boolean;
   createTimeoutMinutes: number;
   /** `true` once a requested cutover completed (or is requested and the resource is up to date). */
@@ -236,8 +264,33 @@ export interface MigrationOutputs {
   /** While the fence is lift-pending: since when, the attempts, the last error and the statement that lifts it by hand. */
   sourceFenceDetail?: string;
 
+  // The continuous verification (absent while it does not run: before the sync, after the cutover).
+  /** off | waiting | verifying | verified | paused */
+  verificationState?: string;
+  /** Tables the verification covers (the migrated tables that hold data). */
+  verificationTablesTotal?: number;
+  /** Tables verified at least once whose verification still holds. */
+  tablesVerified?: number;
+  /** Rows of the verified tables, as of their last pass. */
+  rowsVerified?: number;
+  /** When the last range was verified (ISO 8601). */
+  lastVerifiedAt?: string;
+  /** The least recently verified table's time: every table was verified since (ISO 8601; absent until all were). */
+  oldestVerifiedAt?: string;
+  /** Rows the verification found different and copied again. */
+  rowsRepaired?: number;
+  /** The latest repairs, one line each. */
+  verificationRepairs?: string[];
+  /** The verification's last error (it retries by itself). */
+  verificationError?: string;
+
   // The cutover report.
   cutoverState?: string;
+  /** The application's outage: from the fence until the target was ready for it, ms. */
+  outageMs?: number;
+  /** The outage's parts, in order, part → ms (they add up to `outageMs`). */
+  outageParts?: Record<string, number>;
+  /** The same figure as `outageMs` (its older name). */
   writeDowntimeMs?: number;
   validationOk?: boolean;
   validation?: string;

@@ -25,6 +25,8 @@ import {
   SSL_MODES,
   TABLES_FIELDS,
   UNKNOWN,
+  VERIFICATION_FIELDS,
+  VERIFICATION_LIMITS,
 } from './args';
 import type { PreflightReportMessage } from '../api/client';
 import { tablePatternError } from '../agent/engine/table-pattern';
@@ -98,10 +100,10 @@ function checkNumber(f: Failures, path: string, v: unknown, min: number, hint: s
   if (typeof v !== 'number' || !Number.isFinite(v) || v <= min) f.add(path, `\`${path}\` must be a number above ${min}, got ${show(v)}. ${hint}`);
 }
 
-function checkOneOf(f: Failures, path: string, v: unknown, allowed: readonly string[]): void {
+function checkOneOf(f: Failures, path: string, v: unknown, allowed: readonly string[], hint = ''): void {
   if (isUnknown(v) || !present(v)) return;
   if (typeof v !== 'string' || !allowed.includes(v)) {
-    f.add(path, `\`${path}\` must be one of ${allowed.map((a) => `'${a}'`).join(', ')}, got ${show(v)}.`);
+    f.add(path, `\`${path}\` must be one of ${allowed.map((a) => `'${a}'`).join(', ')}, got ${show(v)}.${hint ? ` ${hint}` : ''}`);
   }
 }
 
@@ -266,6 +268,30 @@ function validateRoles(f: Failures, v: unknown): void {
   }
 }
 
+/** `verification`: the continuous verification's read rate, range size, and the switch that turns it off. */
+function validateVerification(f: Failures, v: unknown): void {
+  if (!checkObject(f, 'verification', v, false, '`{ rowsPerSecond: 100000, rangeRows: 50000 }`')) return;
+  unknownFields(f, 'verification', v, VERIFICATION_FIELDS);
+  const { rowsPerSecond: rate, rangeRows: range } = VERIFICATION_LIMITS;
+  checkInt(
+    f,
+    'verification.rowsPerSecond',
+    v.rowsPerSecond,
+    rate.min,
+    rate.max,
+    'Give the most rows the verification reads per second on each side, e.g. 100000 (the default); lower it to spare a busy source, or set `verification.disabled` to turn the verification off.',
+  );
+  checkInt(
+    f,
+    'verification.rangeRows',
+    v.rangeRows,
+    range.min,
+    range.max,
+    'Give the rows per key range the verification compares (and re-copies when it differs), e.g. 50000 (the default).',
+  );
+  checkBoolean(f, 'verification.disabled', v.disabled);
+}
+
 /**
  * Validate a Migration's arguments; every problem names its field and its fix.
  * Unknown values (the preview sentinel) are not checked.
@@ -317,17 +343,24 @@ export function validateInputs(news: Record<string, unknown>): CheckFailure[] {
     checkInt(f, 'apply.batchMs', a.batchMs, 1, 4294967295, 'Give the longest a batch stays open in ms, e.g. 200.');
   }
   validateRoles(f, news.roles);
+  validateVerification(f, news.verification);
 
   checkBoolean(f, 'waitForSync', news.waitForSync);
   checkNumber(f, 'createTimeoutMinutes', news.createTimeoutMinutes, 0, 'Give the minutes Create may wait for the migration to be in sync, e.g. 30.');
   checkBoolean(f, 'cutover', news.cutover);
-  if (checkObject(f, 'cutoverOptions', news.cutoverOptions, false, "`{ maxLagSeconds: 5, validation: 'checksums' }`")) {
+  if (checkObject(f, 'cutoverOptions', news.cutoverOptions, false, "`{ maxLagSeconds: 5, validation: 'changes' }`")) {
     const o = news.cutoverOptions as Record<string, unknown>;
     unknownFields(f, 'cutoverOptions', o, CUTOVER_OPTION_FIELDS);
     checkInt(f, 'cutoverOptions.maxLagBytes', o.maxLagBytes, 0, Number.MAX_SAFE_INTEGER, 'Give the lag in bytes below which writes are fenced, e.g. 1048576.');
     checkNumber(f, 'cutoverOptions.maxLagSeconds', o.maxLagSeconds, 0, 'Give the lag in seconds below which writes are fenced, e.g. 5.');
     checkInt(f, 'cutoverOptions.timeoutMs', o.timeoutMs, 1000, 4294967295, 'Give the longest the whole cutover may take in ms, e.g. 300000.');
-    checkOneOf(f, 'cutoverOptions.validation', o.validation, CUTOVER_VALIDATIONS);
+    checkOneOf(
+      f,
+      'cutoverOptions.validation',
+      o.validation,
+      CUTOVER_VALIDATIONS,
+      "'changes' (default) checks inside the fence only the rows applied since the continuous verification; 'full' every row ('checksums' is its older name); 'counts' row counts; 'none' nothing.",
+    );
     checkBoolean(f, 'cutoverOptions.skipSequences', o.skipSequences);
     const accept = o.acceptSchemaDifferences;
     if (accept !== undefined && !(Array.isArray(accept) && accept.every((x) => typeof x === 'string' && x.trim() !== ''))) {

@@ -23,6 +23,7 @@ import {
   type EndpointArgs,
   type RoleMissing,
   type SchemaMode,
+  type VerificationArgs,
 } from './args';
 
 export {
@@ -35,6 +36,7 @@ export {
   SECRET_OUTPUTS,
   SSL_MODES,
   UNKNOWN,
+  VERIFICATION_LIMITS,
   deriveMigrationId,
 } from './args';
 export type {
@@ -48,6 +50,7 @@ export type {
   RolesArgs,
   SchemaMode,
   SslMode,
+  VerificationArgs,
 } from './args';
 export { AgentClient, AgentError, isAgentError } from '../api/client';
 export type { AgentClientOptions, MigrationMessage, MigrationSpecMessage, PreflightReportMessage, CutoverRequestMessage } from '../api/client';
@@ -149,13 +152,39 @@ export interface MigrationArgs {
    * @example roles: { map: { app_owner: 'app', reporting: 'analyst' } }
    */
   roles?: pulumi.Input<{ map?: pulumi.Input<Record<string, pulumi.Input<string>>>; missing?: pulumi.Input<RoleMissing> }>;
+  /**
+   * The continuous verification: while the sync runs, the agent compares each
+   * table with the source in key ranges at matching points of the stream,
+   * re-copies a range that still differs, and the cutover then checks inside
+   * the fence only what changed since. `rowsPerSecond`: rows read per second
+   * on each side, at most (default 100000, at least 1000; the source's cost).
+   * `rangeRows`: rows per key range, the unit compared and repaired (default
+   * 50000, 100..1000000). `disabled`: turn it off (default `false`; the
+   * cutover then checks every row inside the fence, so the outage grows with
+   * the database). A change is taken up by the running migration.
+   *
+   * @example verification: { rowsPerSecond: 20000 }   // spare a busy source
+   */
+  verification?: pulumi.Input<Inputs<VerificationArgs>>;
   /** Create returns only once the migration is in sync (phase `syncing`). Default: `false` (return once durably started). */
   waitForSync?: pulumi.Input<boolean>;
   /** Longest Create waits for sync, in minutes. Default: 30. */
   createTimeoutMinutes?: pulumi.Input<number>;
   /** Cut over: fence writes on the source, drain, sync sequences, validate, switch. Flip to `true` in a later change. Default: `false`. */
   cutover?: pulumi.Input<boolean>;
-  /** How to cut over. Defaults: 1 MiB / 5 s of lag, 300000 ms, `checksums` validation, sequences set. */
+  /**
+   * How to cut over. Defaults: 1 MiB / 5 s of lag, 300000 ms, `changes` validation, sequences set.
+   *
+   * `validation`, what is checked of the rows inside the fence:
+   * - `changes` (default): the cutover first waits (nothing fenced, within
+   *   `timeoutMs`) until the continuous verification has verified every
+   *   table, then checks inside the fence only the rows applied since (a table
+   *   nobody wrote to since costs nothing), plus any table it could not
+   *   verify; the outage grows with the changes, not with the database.
+   * - `full`: every row of every table, inside the fence (`checksums` is its
+   *   older name); the outage grows with the database.
+   * - `counts`: row counts only. `none`: no check of the rows.
+   */
   cutoverOptions?: pulumi.Input<Inputs<CutoverOptionsArgs>>;
 }
 
@@ -178,7 +207,18 @@ const OUTPUT_NAMES = [
   'pausedAt',
   'sourceFence',
   'sourceFenceDetail',
+  'verificationState',
+  'verificationTablesTotal',
+  'tablesVerified',
+  'rowsVerified',
+  'lastVerifiedAt',
+  'oldestVerifiedAt',
+  'rowsRepaired',
+  'verificationRepairs',
+  'verificationError',
   'cutoverState',
+  'outageMs',
+  'outageParts',
   'writeDowntimeMs',
   'validationOk',
   'validation',
@@ -272,12 +312,51 @@ export class Migration extends pulumi.dynamic.Resource {
   declare readonly sourceFence: pulumi.Output<string | undefined>;
   /** While `sourceFence` is `lift-pending`: since when, attempts, last error, and the statement that lifts it by hand. */
   declare readonly sourceFenceDetail: pulumi.Output<string | undefined>;
-  /** The cutover's state (waiting-for-lag … completed | failed), once one was requested. */
+  /**
+   * The continuous verification: `off`, `waiting` (not syncing yet),
+   * `verifying`, `verified` (every table verified, and still valid) or
+   * `paused`. It and the verification outputs below are absent while it does
+   * not run (before the sync, after the cutover).
+   */
+  declare readonly verificationState: pulumi.Output<string | undefined>;
+  /** Tables the verification covers (the migrated tables that hold data). */
+  declare readonly verificationTablesTotal: pulumi.Output<number | undefined>;
+  /** Of those, the tables verified against the source whose verification still holds. */
+  declare readonly tablesVerified: pulumi.Output<number | undefined>;
+  /** Rows of the verified tables, as of their last pass. */
+  declare readonly rowsVerified: pulumi.Output<number | undefined>;
+  /** When the verification last confirmed a range (ISO 8601): how recently it worked. */
+  declare readonly lastVerifiedAt: pulumi.Output<string | undefined>;
+  /** Every table was verified at or after this time (ISO 8601); absent until all were. */
+  declare readonly oldestVerifiedAt: pulumi.Output<string | undefined>;
+  /** Rows the verification found different on the target and copied again from the source. */
+  declare readonly rowsRepaired: pulumi.Output<number | undefined>;
+  /** The latest repairs, one line each (table, key range, rows). */
+  declare readonly verificationRepairs: pulumi.Output<string[] | undefined>;
+  /** The verification's last error, if any (it retries by itself; the sync is not affected). */
+  declare readonly verificationError: pulumi.Output<string | undefined>;
+  /** The cutover's state (waiting-for-lag, waiting-for-verification, fencing … completed | failed), once one was requested. */
   declare readonly cutoverState: pulumi.Output<string | undefined>;
-  /** How long writes were fenced during the cutover, in ms. */
+  /**
+   * The cutover's application outage, in ms: from the moment writes were
+   * fenced on the source until the target was ready for the application
+   * (every step inside the fence counted, the row check included).
+   */
+  declare readonly outageMs: pulumi.Output<number | undefined>;
+  /**
+   * The outage's parts, in the order they happened, as part → ms (they add up
+   * to `outageMs`): `grace`, `terminate`, `drain`, `sequences`,
+   * `large-objects`, `schema`, `verification` (the row check inside the
+   * fence), `completing`.
+   *
+   * @example migration.outageParts.apply((p) => p?.verification)   // ms the row check held the fence
+   */
+  declare readonly outageParts: pulumi.Output<Record<string, number> | undefined>;
+  /** The same figure as `outageMs` (its older name, kept for existing programs). */
   declare readonly writeDowntimeMs: pulumi.Output<number | undefined>;
-  /** Whether the cutover's validation (counts or checksums) matched. */
+  /** Whether the cutover's check of the rows (`cutoverOptions.validation`) matched. */
   declare readonly validationOk: pulumi.Output<boolean | undefined>;
+  /** The validation the cutover ran (changes | full | checksums | counts | none). */
   declare readonly validation: pulumi.Output<string | undefined>;
   /** The source LSN at the fence. */
   declare readonly fenceLsn: pulumi.Output<string | undefined>;

@@ -21,14 +21,13 @@ import {
   UNKNOWN,
   containsUnknown,
   type AgentArgs,
-  type ConnectionOutput,
   type EndpointArgs,
   type MigrationInputs,
   type MigrationOutputs,
 } from './args';
 import { failuresFromAgentError, failuresFromPreflight, validateInputs, type CheckFailure } from './check';
 import { AgentClient, isAgentError, type AgentError, type MigrationMessage } from '../api/client';
-import { buildOutputs, compact, echoArgs, echoEndpoint, secretPartsFromInputs, secretsDigest, toCutoverRequest, toSpec, type SecretParts } from './outputs';
+import { buildOutputs, compact, echoArgs, echoEndpoint, fromState, secretPartsFromInputs, secretsDigest, toCutoverRequest, toSpec } from './outputs';
 import stableStringify from 'safe-stable-stringify';
 
 type Props = Record<string, unknown>;
@@ -180,53 +179,6 @@ async function waitForSync(client: AgentClient, id: string, deadline: number): P
   return last;
 }
 
-/** Old outputs, or arguments given to `Migration.get`, as echo + secret parts. */
-function fromState(props: Props): { echo: ReturnType<typeof echoArgs>; secrets: SecretParts; agent: AgentArgs | undefined } {
-  const agentOut = props.agent as AgentArgs | undefined;
-  const agent = agentOut?.endpoint
-    ? compact({
-        endpoint: agentOut.endpoint,
-        caCert: agentOut.caCert,
-        clientCert: agentOut.clientCert,
-        insecure: agentOut.insecure,
-        token: (props.agentToken as string | undefined) ?? agentOut.token,
-        clientKey: (props.agentClientKey as string | undefined) ?? agentOut.clientKey,
-      })
-    : undefined;
-  if (typeof props.secretsDigest !== 'string' && props.source && props.target && agent) {
-    // Arguments (Migration.get): they still hold the secrets.
-    const inputs = props as unknown as MigrationInputs;
-    return { echo: echoArgs(inputs), secrets: secretPartsFromInputs(inputs), agent };
-  }
-  const empty: ConnectionOutput = { host: '', port: DEFAULTS.port, database: '', user: '', sslMode: DEFAULTS.sslMode, connectionString: '' };
-  const echo = compact({
-    agent: compact({ endpoint: agentOut?.endpoint ?? '', caCert: agentOut?.caCert, clientCert: agentOut?.clientCert, insecure: agentOut?.insecure }),
-    source: echoEndpoint(props.source as EndpointArgs | undefined),
-    target: echoEndpoint(props.target as EndpointArgs | undefined),
-    tables: tablesIdentity(props.tables as MigrationInputs['tables']) as { include: string[]; exclude: string[] },
-    schemaMode: (props.schemaMode as MigrationInputs['schemaMode']) ?? DEFAULTS.schemaMode,
-    overwriteTarget: (props.overwriteTarget as boolean | undefined) ?? DEFAULTS.overwriteTarget,
-    migrationId: String(props.migrationId ?? ''),
-    slotName: props.slotName as string | undefined,
-    publicationName: props.publicationName as string | undefined,
-    copy: props.copy as MigrationInputs['copy'],
-    apply: props.apply as MigrationInputs['apply'],
-    roles: props.roles as MigrationInputs['roles'],
-    waitForSync: (props.waitForSync as boolean | undefined) ?? DEFAULTS.waitForSync,
-    createTimeoutMinutes: (props.createTimeoutMinutes as number | undefined) ?? DEFAULTS.createTimeoutMinutes,
-    cutover: (props.cutover as boolean | undefined) ?? DEFAULTS.cutover,
-    cutoverOptions: props.cutoverOptions as MigrationInputs['cutoverOptions'],
-  });
-  const secrets: SecretParts = {
-    sourceConnection: (props.sourceConnection as ConnectionOutput | undefined) ?? empty,
-    targetConnection: (props.targetConnection as ConnectionOutput | undefined) ?? empty,
-    agentToken: agent?.token,
-    agentClientKey: agent?.clientKey,
-    secretsDigest: String(props.secretsDigest ?? ''),
-  };
-  return { echo, secrets, agent };
-}
-
 function cutoverBackError(id: string, when: string | undefined): Error {
   return userError(
     `\`cutover\` cannot go back to \`false\`: migration '${id}' completed its cutover${when ? ` at ${when}` : ''}; the target is the active database and writes to the source are fenced.`,
@@ -342,6 +294,7 @@ export async function diff(_id: string, olds: Props, news: Props): Promise<DiffR
       [olds.overwriteTarget ?? DEFAULTS.overwriteTarget, n.overwriteTarget ?? DEFAULTS.overwriteTarget],
       [olds.copy, n.copy],
       [olds.apply, n.apply],
+      [olds.verification, n.verification],
       [rolesIdentity(olds.roles as MigrationInputs['roles']), rolesIdentity(n.roles)],
       [olds.waitForSync ?? DEFAULTS.waitForSync, n.waitForSync ?? DEFAULTS.waitForSync],
       [olds.createTimeoutMinutes ?? DEFAULTS.createTimeoutMinutes, n.createTimeoutMinutes ?? DEFAULTS.createTimeoutMinutes],
@@ -485,11 +438,12 @@ export async function read(id: string, props: Props): Promise<ReadResult> {
 /**
  * In-place changes: `cutover` false → true cuts over and returns when it
  * completed (or throws the agent's reason; the source stays writable);
- * rotated passwords and `apply` knobs are handed to the agent (StartMigration
- * with the same spec stores the newest credentials; the agent's running
- * migration picks them up when the agent restarts); `copy`,
- * `overwriteTarget` and `roles` apply to the next start; the agent connection changes
- * nothing on the agent. `cutover` true → false after completion fails.
+ * rotated passwords and the `apply` and `verification` knobs are handed to
+ * the agent (StartMigration with the same spec stores them; a syncing
+ * migration restarts its stream to use them, an earlier phase uses them when
+ * it next resumes); `copy`, `overwriteTarget` and `roles` apply to the next
+ * start; the agent connection changes nothing on the agent. `cutover` true →
+ * false after completion fails.
  */
 export async function update(id: string, olds: Props, news: Props): Promise<UpdateResult> {
   const a = news as unknown as MigrationInputs;
@@ -518,9 +472,9 @@ export async function update(id: string, olds: Props, news: Props): Promise<Upda
     }
 
     const secretsChanged = typeof olds.secretsDigest !== 'string' || secretsDigest(a) !== olds.secretsDigest;
-    const applyChanged = !same(olds.apply, a.apply);
-    if ((secretsChanged || applyChanged) && m.phase !== 'completed') {
-      // Same spec as started (copy, overwriteTarget and roles as they were), newest credentials and apply knobs.
+    const knobsChanged = (['apply', 'verification'] as const).filter((k) => !same(olds[k], a[k]));
+    if ((secretsChanged || knobsChanged.length > 0) && m.phase !== 'completed') {
+      // Same spec as started (copy, overwriteTarget and roles as they were), newest credentials, apply and verification knobs.
       const spec = toSpec({
         ...a,
         copy: olds.copy as MigrationInputs['copy'],
@@ -530,11 +484,15 @@ export async function update(id: string, olds: Props, news: Props): Promise<Upda
       try {
         m = await client.startMigration(spec);
       } catch (e) {
-        throw stepError('Handing the new credentials to the agent', id, e, a.agent.endpoint);
+        throw stepError('Handing the new credentials and knobs to the agent', id, e, a.agent.endpoint);
       }
-      if (secretsChanged)
-        notes.push('Rotated credentials were handed to the agent, which stores them; the running migration uses them once the agent restarts.');
-      if (applyChanged) notes.push('`apply` changed: the agent stored it; the running migration uses it once the agent restarts.');
+      const restarted = m.phase === 'syncing' && !m.paused;
+      const use = (it: string) =>
+        restarted
+          ? `the sync restarted its stream to use ${it}`
+          : `migration '${id}' (phase '${m.phase}'${m.paused ? ', paused' : ''}) uses ${it} when it next resumes`;
+      if (secretsChanged) notes.push(`Rotated credentials were handed to the agent, which stores them; ${use('them')}.`);
+      for (const k of knobsChanged) notes.push(`\`${k}\` changed: the agent stored it; ${use('it')}.`);
     }
     if (!same(olds.copy, a.copy) || (olds.overwriteTarget ?? false) !== (a.overwriteTarget ?? false)) {
       notes.push(

@@ -9,14 +9,16 @@
  * (`SECRET_OUTPUTS`), and `activeConnection` follows the cutover.
  *
  * Also here: the migration spec sent to the agent, connection-string parsing
- * and redaction, and the digest that lets diff() see a rotated secret
- * without keeping the secret itself in a plain output.
+ * and redaction, the digest that lets diff() see a rotated secret without
+ * keeping the secret itself in a plain output, and the way back from old
+ * outputs to the echo and secret parts (Read, Delete).
  */
 import { scryptSync } from 'node:crypto';
 import {
   DEFAULTS,
   SSL_MODES,
   type ActiveEndpoint,
+  type AgentArgs,
   type ConnectionOutput,
   type EndpointArgs,
   type EndpointEcho,
@@ -24,7 +26,7 @@ import {
   type MigrationOutputs,
   type SslMode,
 } from './args';
-import type { CutoverRequestMessage, MigrationMessage, MigrationSpecMessage } from '../api/client';
+import type { CutoverReportMessage, CutoverRequestMessage, MigrationMessage, MigrationSpecMessage, VerificationStatusMessage } from '../api/client';
 
 /** Drop `undefined` (and, with `dropNull`, `null`) deeply: a protobuf Struct holds neither. */
 export function compact<T>(v: T, dropNull = true): T {
@@ -124,6 +126,7 @@ export function toSpec(a: MigrationInputs): MigrationSpecMessage {
     copy: a.copy ? compact({ ...a.copy }) : undefined,
     apply: a.apply ? compact({ ...a.apply }) : undefined,
     roles: a.roles ? compact({ map: a.roles.map ? { ...a.roles.map } : undefined, missing: a.roles.missing }) : undefined,
+    verification: a.verification ? compact({ ...a.verification }) : undefined,
   });
 }
 
@@ -175,6 +178,7 @@ export function echoArgs(
   | 'copy'
   | 'apply'
   | 'roles'
+  | 'verification'
   | 'waitForSync'
   | 'createTimeoutMinutes'
   | 'cutover'
@@ -196,6 +200,7 @@ export function echoArgs(
     copy: a.copy,
     apply: a.apply,
     roles: a.roles,
+    verification: a.verification,
     waitForSync: a.waitForSync ?? DEFAULTS.waitForSync,
     createTimeoutMinutes: a.createTimeoutMinutes ?? DEFAULTS.createTimeoutMinutes,
     cutover: a.cutover ?? DEFAULTS.cutover,
@@ -219,6 +224,87 @@ export function secretPartsFromInputs(a: MigrationInputs): SecretParts {
     agentToken: a.agent.token || undefined,
     agentClientKey: a.agent.clientKey || undefined,
     secretsDigest: secretsDigest(a),
+  };
+}
+
+/** Old outputs, or arguments given to `Migration.get`, as echo + secret parts. */
+export function fromState(props: Record<string, unknown>): { echo: ReturnType<typeof echoArgs>; secrets: SecretParts; agent: AgentArgs | undefined } {
+  const agentOut = props.agent as AgentArgs | undefined;
+  const agent = agentOut?.endpoint
+    ? compact({
+        endpoint: agentOut.endpoint,
+        caCert: agentOut.caCert,
+        clientCert: agentOut.clientCert,
+        insecure: agentOut.insecure,
+        token: (props.agentToken as string | undefined) ?? agentOut.token,
+        clientKey: (props.agentClientKey as string | undefined) ?? agentOut.clientKey,
+      })
+    : undefined;
+  if (typeof props.secretsDigest !== 'string' && props.source && props.target && agent) {
+    // Arguments (Migration.get): they still hold the secrets.
+    const inputs = props as unknown as MigrationInputs;
+    return { echo: echoArgs(inputs), secrets: secretPartsFromInputs(inputs), agent };
+  }
+  const empty: ConnectionOutput = { host: '', port: DEFAULTS.port, database: '', user: '', sslMode: DEFAULTS.sslMode, connectionString: '' };
+  const echo = compact({
+    agent: compact({ endpoint: agentOut?.endpoint ?? '', caCert: agentOut?.caCert, clientCert: agentOut?.clientCert, insecure: agentOut?.insecure }),
+    source: echoEndpoint(props.source as EndpointArgs | undefined),
+    target: echoEndpoint(props.target as EndpointArgs | undefined),
+    tables: {
+      include: (props.tables as MigrationInputs['tables'])?.include ?? [...DEFAULTS.tables.include],
+      exclude: (props.tables as MigrationInputs['tables'])?.exclude ?? [...DEFAULTS.tables.exclude],
+    },
+    schemaMode: (props.schemaMode as MigrationInputs['schemaMode']) ?? DEFAULTS.schemaMode,
+    overwriteTarget: (props.overwriteTarget as boolean | undefined) ?? DEFAULTS.overwriteTarget,
+    migrationId: String(props.migrationId ?? ''),
+    slotName: props.slotName as string | undefined,
+    publicationName: props.publicationName as string | undefined,
+    copy: props.copy as MigrationInputs['copy'],
+    apply: props.apply as MigrationInputs['apply'],
+    roles: props.roles as MigrationInputs['roles'],
+    verification: props.verification as MigrationInputs['verification'],
+    waitForSync: (props.waitForSync as boolean | undefined) ?? DEFAULTS.waitForSync,
+    createTimeoutMinutes: (props.createTimeoutMinutes as number | undefined) ?? DEFAULTS.createTimeoutMinutes,
+    cutover: (props.cutover as boolean | undefined) ?? DEFAULTS.cutover,
+    cutoverOptions: props.cutoverOptions as MigrationInputs['cutoverOptions'],
+  });
+  const secrets: SecretParts = {
+    sourceConnection: (props.sourceConnection as ConnectionOutput | undefined) ?? empty,
+    targetConnection: (props.targetConnection as ConnectionOutput | undefined) ?? empty,
+    agentToken: agent?.token,
+    agentClientKey: agent?.clientKey,
+    secretsDigest: String(props.secretsDigest ?? ''),
+  };
+  return { echo, secrets, agent };
+}
+
+/** The continuous verification's progress as outputs (none while it does not run). */
+function verificationOutputs(v: VerificationStatusMessage | null): Partial<MigrationOutputs> {
+  if (!v || !v.state) return {};
+  return {
+    verificationState: v.state,
+    verificationTablesTotal: v.tablesTotal,
+    tablesVerified: v.tablesVerified,
+    rowsVerified: v.rowsVerified,
+    lastVerifiedAt: v.lastVerifiedAt || undefined,
+    oldestVerifiedAt: v.oldestVerifiedAt || undefined,
+    rowsRepaired: v.rowsRepaired,
+    verificationRepairs: v.repairs?.length ? v.repairs : undefined,
+    verificationError: v.lastError || undefined,
+  };
+}
+
+/** The cutover's outage and its parts (part → ms, in order), once the fence went up. */
+function outageOutputs(c: CutoverReportMessage | null): Pick<MigrationOutputs, 'outageMs' | 'outageParts' | 'writeDowntimeMs'> {
+  if (!c || !(c.state === 'completed' || c.writeDowntimeMs > 0 || c.outageMs > 0)) return {};
+  const outageMs = c.outageMs || c.writeDowntimeMs;
+  // A part that came twice (it cannot today) is summed, so the parts still add up to the outage.
+  const parts: Record<string, number> = {};
+  for (const p of c.outageParts ?? []) parts[p.part] = (parts[p.part] ?? 0) + p.ms;
+  return {
+    outageMs,
+    outageParts: Object.keys(parts).length ? parts : undefined,
+    writeDowntimeMs: c.writeDowntimeMs || outageMs,
   };
 }
 
@@ -247,8 +333,10 @@ export function liveOutputs(m: MigrationMessage): Partial<MigrationOutputs> {
       m.fence?.state === 'lift-pending'
         ? `lift pending on database '${m.fence.database}' since ${m.fence.since} (${m.fence.liftAttempts} attempt(s)${m.fence.lastLiftError ? `, last: ${m.fence.lastLiftError}` : ''}); the agent keeps retrying. By hand: ${m.fence.liftStatement}`
         : undefined,
+    // After the cutover the target is the database of record: nothing is left to verify.
+    ...(m.phase === 'completed' || m.phase === 'deleted' ? {} : verificationOutputs(m.verification)),
     cutoverState: c?.state || undefined,
-    writeDowntimeMs: c && (c.state === 'completed' || c.writeDowntimeMs > 0) ? c.writeDowntimeMs : undefined,
+    ...outageOutputs(c),
     validationOk: c && c.state === 'completed' ? c.validationOk : undefined,
     validation: c?.validation || undefined,
     fenceLsn: c?.fenceLsn || undefined,

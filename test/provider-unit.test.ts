@@ -7,19 +7,29 @@
 import assert from 'node:assert/strict';
 import { createServer, type Server } from 'node:net';
 import { freePort } from '../dev/testbed';
-import { schemas, ROLE_MISSING as AGENT_ROLE_MISSING, SCHEMA_MODES as AGENT_SCHEMA_MODES, SSL_MODES as AGENT_SSL_MODES } from '../agent/engine/spec';
 import {
+  schemas,
+  DEFAULT_VERIFICATION,
+  ROLE_MISSING as AGENT_ROLE_MISSING,
+  SCHEMA_MODES as AGENT_SCHEMA_MODES,
+  SSL_MODES as AGENT_SSL_MODES,
+} from '../agent/engine/spec';
+import { VALIDATIONS as AGENT_VALIDATIONS } from '../agent/engine/state';
+import {
+  CUTOVER_VALIDATIONS,
+  DEFAULTS,
   MIGRATION_ID_PATTERN,
   ROLE_MISSING,
   SCHEMA_MODES,
   SECRET_OUTPUTS,
   SSL_MODES,
   UNKNOWN,
+  VERIFICATION_LIMITS,
   deriveMigrationId,
   type MigrationInputs,
 } from '../provider/args';
 import { AgentClient, isAgentError } from '../api/client';
-import { buildOutputs, echoArgs, redactConnectionString, resolveConnection, secretPartsFromInputs } from '../provider/outputs';
+import { buildOutputs, echoArgs, redactConnectionString, resolveConnection, secretPartsFromInputs, toSpec } from '../provider/outputs';
 import type { MigrationMessage } from '../api/client';
 import { ProviderHost, declareMigration, pathsContaining, secretPaths, urnOf, MIGRATION_TYPE, type Declared, type Props } from './support/provider-host';
 
@@ -142,6 +152,21 @@ describe('provider without an agent: declaration, Check, Diff through the real h
     assert.deepEqual([...SSL_MODES], [...AGENT_SSL_MODES]);
     assert.deepEqual([...SCHEMA_MODES], [...AGENT_SCHEMA_MODES]);
     assert.deepEqual([...ROLE_MISSING], [...AGENT_ROLE_MISSING]);
+    assert.deepEqual([...CUTOVER_VALIDATIONS], [...AGENT_VALIDATIONS]);
+    assert.deepEqual(DEFAULTS.verification, { ...DEFAULT_VERIFICATION });
+    // The bounds Check enforces are exactly the agent's: the edges pass, one past them fails.
+    const verification = (v: Record<string, unknown>) =>
+      schemas().MigrationSpecSchema.safeParse({
+        id: 'x',
+        source: { connectionString: 'postgresql://h/d' },
+        target: { connectionString: 'postgresql://h/d' },
+        verification: v,
+      }).success;
+    for (const [field, { min, max }] of Object.entries(VERIFICATION_LIMITS)) {
+      assert.ok(verification({ [field]: min }) && verification({ [field]: max }), `${field} ${min}..${max} passes the agent`);
+      assert.ok(!verification({ [field]: min - 1 }), `${field} ${min - 1} fails the agent`);
+      if (max < 4294967295) assert.ok(!verification({ [field]: max + 1 }), `${field} ${max + 1} fails the agent`);
+    }
   });
 
   it('Configure answers acceptSecrets false, so the engine unwraps secrets', async function () {
@@ -223,6 +248,54 @@ describe('provider without an agent: declaration, Check, Diff through the real h
     assert.ok(!(await host.check(urn, clone(news), good)).failures.some((f) => f.property.startsWith('roles')));
   });
 
+  it('Check names each bad `verification` field, in backticks, with its fix', async function () {
+    const bad: Props = { ...clone(news), verification: { rowsPerSecond: 500, rangeRows: 2_000_000, disabled: 'yes', rowsPerSec: 1 } };
+    const { failures } = await host.check(urn, {}, bad);
+    assert.deepEqual(
+      failures.map((f) => f.property).sort(),
+      ['verification.disabled', 'verification.rangeRows', 'verification.rowsPerSecond', 'verification.rowsPerSec'].sort(),
+    );
+    for (const f of failures) assert.ok(f.reason.includes(`\`${f.property}\``), `reason of ${f.property} does not name it: ${f.reason}`);
+    const reason = (p: string) => failures.find((f) => f.property === p)!.reason;
+    assert.match(reason('verification.rowsPerSecond'), /from 1000 to 4294967295, got 500\. .*e\.g\. 100000/);
+    assert.match(reason('verification.rangeRows'), /from 100 to 1000000, got 2000000\. .*e\.g\. 50000/);
+    assert.match(reason('verification.rowsPerSec'), /Did you mean `verification\.rowsPerSecond`\?/);
+    assert.match(
+      (await host.check(urn, {}, { ...clone(news), verification: { rangeRows: 1000.5 } })).failures.map((f) => f.reason).join(' '),
+      /`verification\.rangeRows` must be an integer/,
+    );
+    assert.deepEqual(
+      (await host.check(urn, {}, { ...clone(news), verification: 'fast' })).failures.map((f) => f.property),
+      ['verification'],
+    );
+    // Good values and unknown ones (preview) pass; `verification` unknown also skips the preflight, like `apply`.
+    const good = { ...clone(news), verification: { rowsPerSecond: 20_000, rangeRows: UNKNOWN, disabled: false } };
+    assert.ok(!(await host.check(urn, clone(news), good)).failures.some((f) => f.property.startsWith('verification')));
+    assert.deepEqual((await host.check(urn, {}, { ...clone(news), verification: UNKNOWN })).failures, []);
+  });
+
+  it('Check takes every `cutoverOptions.validation` the agent does, and names them when refused', async function () {
+    for (const validation of CUTOVER_VALIDATIONS) {
+      const n = { ...clone(news), cutoverOptions: { validation } };
+      assert.ok(!(await host.check(urn, clone(news), n)).failures.some((f) => f.property.startsWith('cutoverOptions')), validation);
+    }
+    const { failures } = await host.check(urn, clone(news), { ...clone(news), cutoverOptions: { validation: 'checksum' } });
+    assert.equal(failures.length, 1);
+    assert.match(
+      failures[0]!.reason,
+      /`cutoverOptions\.validation` must be one of 'changes', 'full', 'checksums', 'counts', 'none', got 'checksum'\. 'changes' \(default\)/,
+    );
+  });
+
+  it('sends `verification` to the agent in the spec, which the agent accepts as given', function () {
+    const a = { ...clone(news), verification: { rowsPerSecond: 20_000, disabled: true } } as unknown as MigrationInputs;
+    const spec = toSpec(a);
+    assert.deepEqual(spec.verification, { rowsPerSecond: 20_000, disabled: true });
+    const parsed = schemas().MigrationSpecSchema.parse(spec);
+    assert.deepEqual(parsed.verification, { rowsPerSecond: 20_000, rangeRows: DEFAULT_VERIFICATION.rangeRows, disabled: true });
+    assert.equal(toSpec(clone(news) as unknown as MigrationInputs).verification, undefined, 'absent: the agent default');
+  });
+
   it('Check with all values known and the agent down fails on `agent.endpoint` with how to fix it', async function () {
     const { failures } = await host.check(urn, {}, clone(news));
     assert.equal(failures.length, 1);
@@ -272,6 +345,10 @@ describe('provider without an agent: declaration, Check, Diff through the real h
         ).changes,
         'none',
       );
+    });
+
+    it('reports no change when `verification` is given empty', async function () {
+      assert.equal((await diff(edit((x) => void (x.verification = {})))).changes, 'none');
     });
 
     it('reports no change when `roles` is given as its default', async function () {
@@ -381,6 +458,18 @@ describe('provider without an agent: declaration, Check, Diff through the real h
         },
       ],
       [
+        'verification knobs change (the running migration takes them up)',
+        (n: Props) => {
+          n.verification = { rowsPerSecond: 20_000 };
+        },
+      ],
+      [
+        'the verification is switched off',
+        (n: Props) => {
+          n.verification = { disabled: true };
+        },
+      ],
+      [
         'the role mapping changes (it applies to the next start)',
         (n: Props) => {
           n.roles = { map: { app_owner: 'app' } };
@@ -473,6 +562,91 @@ describe('provider without an agent: declaration, Check, Diff through the real h
     assert.equal(before.pausedAt, undefined, 'no pausedAt while it runs');
     const paused = buildOutputs(echoArgs(a), secretPartsFromInputs(a), status({ paused: true, pausedAt: '2026-11-29T10:00:00.000Z' }));
     assert.equal(paused.pausedAt, '2026-11-29T10:00:00.000Z');
+  });
+
+  it('outputs show how much is verified and how recently, and the cutover outage with its parts', function () {
+    const a = clone(news) as unknown as MigrationInputs;
+    const verification = {
+      state: 'verifying',
+      tablesTotal: 5,
+      tablesVerified: 4,
+      rowsVerified: 1_200_000,
+      rowsEstimated: 1_500_000,
+      lastVerifiedAt: '2026-12-01T10:00:05.000Z',
+      oldestVerifiedAt: '',
+      tablesChanged: 2,
+      keysChanged: 120,
+      rangesRepaired: 1,
+      rowsRepaired: 2,
+      repairs: ['2026-12-01T09:59:00.000Z public.orders: 2 row(s) rewritten from the source, key (17), (42)'],
+      lastError: '',
+    };
+    const syncing = buildOutputs(echoArgs(a), secretPartsFromInputs(a), status({ verification }));
+    assert.deepEqual(
+      {
+        verificationState: syncing.verificationState,
+        verificationTablesTotal: syncing.verificationTablesTotal,
+        tablesVerified: syncing.tablesVerified,
+        rowsVerified: syncing.rowsVerified,
+        lastVerifiedAt: syncing.lastVerifiedAt,
+        oldestVerifiedAt: syncing.oldestVerifiedAt,
+        rowsRepaired: syncing.rowsRepaired,
+        verificationRepairs: syncing.verificationRepairs,
+        verificationError: syncing.verificationError,
+      },
+      {
+        verificationState: 'verifying',
+        verificationTablesTotal: 5,
+        tablesVerified: 4,
+        rowsVerified: 1_200_000,
+        lastVerifiedAt: '2026-12-01T10:00:05.000Z',
+        oldestVerifiedAt: undefined,
+        rowsRepaired: 2,
+        verificationRepairs: verification.repairs,
+        verificationError: undefined,
+      },
+    );
+    assert.equal(buildOutputs(echoArgs(a), secretPartsFromInputs(a), status()).verificationState, undefined, 'absent while it does not run');
+    const parts = [
+      { part: 'grace', ms: 100 },
+      { part: 'drain', ms: 30 },
+      { part: 'sequences', ms: 5 },
+      { part: 'verification', ms: 12 },
+      { part: 'completing', ms: 3 },
+    ];
+    const cutover = {
+      state: 'completed',
+      fenceStartedAt: '',
+      fenceEndedAt: '',
+      writeDowntimeMs: 150,
+      fenceLsn: '0/3000060',
+      tables: [],
+      sequences: [],
+      warnings: [],
+      validation: 'changes',
+      validationOk: true,
+      completedAt: '2026-12-01T10:01:00.000Z',
+      error: '',
+      attempts: 1,
+      largeObjects: null,
+      outageMs: 150,
+      outageParts: parts,
+      schemaCheck: null,
+    };
+    const done = buildOutputs(
+      echoArgs(a),
+      secretPartsFromInputs(a),
+      status({ phase: 'completed', activeEndpoint: 'target', cutover, verification: { ...verification, state: 'paused' } }),
+    );
+    assert.equal(done.verificationState, undefined, 'nothing to verify once the target is the database of record');
+    assert.equal(done.outageMs, 150);
+    assert.deepEqual(done.outageParts, { grace: 100, drain: 30, sequences: 5, verification: 12, completing: 3 });
+    assert.deepEqual(Object.keys(done.outageParts!), ['grace', 'drain', 'sequences', 'verification', 'completing'], 'in the order they happened');
+    assert.equal(done.writeDowntimeMs, done.outageMs, 'the older name of the same figure');
+    // A report from an agent before the outage existed: its write downtime stands in for the outage.
+    const older = buildOutputs(echoArgs(a), secretPartsFromInputs(a), status({ cutover: { ...cutover, outageMs: 0, outageParts: [] } }));
+    assert.equal(older.outageMs, 150);
+    assert.equal(older.outageParts, undefined);
   });
 
   it('parses and redacts connection strings in both password forms', function () {
