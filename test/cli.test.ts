@@ -10,12 +10,12 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { freePort } from '../dev/testbed';
-import { renderList, renderMigration, renderPreflight } from '../agent/cli/status-view';
+import { renderCutover, renderList, renderMigration, renderPreflight } from '../agent/cli/status-view';
 import { loadSpecFile } from '../agent/cli/commands';
 import type { MigrationMessage } from '../api/client';
 import { CLI } from './support/agent';
 import { haveTerminalRunner, runCli, runCliInTerminal } from './support/cli';
-import { startShop, type RunningShop } from './support/running';
+import { pollUntil, startShop, type RunningShop } from './support/running';
 
 const WIDTH = 80;
 
@@ -132,6 +132,142 @@ describe('cli: rendering fits an 80-column terminal', () => {
   });
 });
 
+/** A completed cutover's report, as an agent with the continuous verification gives it. */
+function completedCutover(m: MigrationMessage): MigrationMessage {
+  const check = (table: string, mode: string, rowsChecked: number, rows: number, match = true) => ({
+    table,
+    sourceRows: rows,
+    targetRows: rows,
+    sourceChecksum: '',
+    targetChecksum: '',
+    match,
+    mode,
+    rowsChecked,
+  });
+  return {
+    ...m,
+    phase: 'completed',
+    activeEndpoint: 'target',
+    verification: null,
+    cutover: {
+      state: 'completed',
+      fenceStartedAt: '2026-12-01T10:00:00.100Z',
+      fenceEndedAt: '2026-12-01T10:00:00.520Z',
+      writeDowntimeMs: 420,
+      fenceLsn: '1A/2B3C4D5E',
+      tables: [
+        check('billing_and_accounting_schema.invoice_line_items_with_a_very_long_name', 'changes', 1_250, 1_249),
+        check('public.orders', 'unchanged', 0, 0),
+        check('public.audit', 'full', 3_000_000, 3_000_000),
+      ],
+      sequences: [{ sequence: 'public.orders_id_seq', value: 3_000_001 }],
+      warnings: [],
+      validation: 'changes',
+      validationOk: true,
+      completedAt: '2026-12-01T10:00:00.520Z',
+      error: '',
+      attempts: 1,
+      largeObjects: null,
+      schemaCheck: null,
+      outageMs: 420,
+      outageParts: [
+        { part: 'grace', ms: 250 },
+        { part: 'terminate', ms: 2 },
+        { part: 'drain', ms: 40 },
+        { part: 'sequences', ms: 8 },
+        { part: 'large-objects', ms: 3 },
+        { part: 'schema', ms: 90 },
+        { part: 'verification', ms: 22 },
+        { part: 'completing', ms: 5 },
+      ],
+    },
+  };
+}
+
+describe('cli: the verification and the cutover outage', () => {
+  const now = Date.parse('2026-12-01T10:05:00.000Z');
+  const verification = {
+    state: 'verifying',
+    tablesTotal: 40,
+    tablesVerified: 38,
+    rowsVerified: 1_234_567,
+    rowsEstimated: 1_500_000,
+    lastVerifiedAt: '2026-12-01T10:04:57.000Z',
+    oldestVerifiedAt: '',
+    tablesChanged: 4,
+    keysChanged: 120,
+    rangesRepaired: 1,
+    rowsRepaired: 2,
+    repairs: [
+      '2026-12-01T09:00:00.000Z public.old: 1 row(s) rewritten from the source, key (1)',
+      '2026-12-01T10:00:00.000Z billing_and_accounting_schema.invoice_line_items_with_a_very_long_name: 2 row(s) rewritten from the source, key (17), (42)',
+    ],
+    lastError: 'the target closed the connection (57P01); the next round tries again in 5 s',
+  };
+  const syncing = (v: Partial<typeof verification> = {}): MigrationMessage => ({
+    ...loadingMigration(),
+    phase: 'syncing',
+    progress: 1,
+    verification: { ...verification, ...v },
+  });
+
+  it('status shows how much is verified and how recently, what changed since, the repairs and the last error', () => {
+    const lines = renderMigration(syncing(), { width: WIDTH, now });
+    assertFits(lines);
+    const text = lines.join('\n');
+    const flat = text.replace(/\s+/g, ' ');
+    assert.match(text, /^Verify {3}verifying: 38\/40 tables · 1\.2M of ~1\.5M rows · last 3s ago$/m);
+    assert.match(flat, /120 row\(s\) in 4 table\(s\) changed since verified \(checked again at the fence\)/);
+    assert.match(flat, /repaired 2 row\(s\) in 1 range\(s\)/);
+    assert.ok(
+      text.replace(/\s+/g, '').includes('invoice_line_items_with_a_very_long_name:2row(s)rewrittenfromthesource,key(17),(42)'),
+      'the latest repair, wrapped, not cut',
+    );
+    assert.match(flat, /error \(retrying\): the target closed the connection \(57P01\); the next round tries again in 5 s/);
+    assertFits(renderMigration(syncing(), { width: 60, now }), 60);
+
+    const verified = renderMigration(syncing({ state: 'verified', tablesVerified: 40, oldestVerifiedAt: '2026-12-01T09:25:00.000Z', lastError: '' }), {
+      width: WIDTH,
+      now,
+    });
+    assert.match(verified.join(' ').replace(/\s+/g, ' '), /verified: 40\/40 tables · .* · every table within 40m 00s/);
+    const off = renderMigration(syncing({ state: 'off' }), { width: WIDTH, now }).join('\n');
+    assert.match(off, /^Verify {3}off \(verification\.disabled\): the cutover checks every row in full$/m);
+  });
+
+  it('the cutover report gives the application outage with its parts, and per table how it was checked and the rows read', () => {
+    const m = completedCutover(loadingMigration());
+    const report = renderCutover(m, { width: WIDTH });
+    assertFits(report);
+    const text = report.join('\n');
+    assert.match(text, /application outage 420 ms · fence LSN 1A\/2B3C4D5E/);
+    assert.match(
+      text.replace(/\s+/g, ' '),
+      /in ms: grace 250 · terminate 2 · drain 40 · sequences 8 · large-objects 3 · schema 90 · verification 22 · completing 5/,
+    );
+    assert.match(text, /table +checked +rows read +source rows +target rows result/);
+    assert.match(text, /public\.orders +unchanged +0 +- +- match/);
+    assert.match(text, /public\.audit +full +3000000 +3000000 +3000000 match/);
+    assert.match(text, /billing_and_accounting_sc… changes +1250 +1249 +1249 match/);
+    assert.match(text, /changes: source\/target rows are the changed keys found on each side/);
+    const summary = renderMigration(m, { width: WIDTH }).join('\n');
+    assert.match(summary.replace(/\s+/g, ' '), /completed · application outage 420 ms · fence 1A\/2B3C4D5E · changes match/);
+    assert.match(summary.replace(/\s+/g, ' '), /grace 250 · .* · completing 5 \(ms\)/);
+    // A report from an agent before the verification: no mode, the write downtime as the outage.
+    const older = completedCutover(loadingMigration());
+    older.cutover = {
+      ...older.cutover!,
+      outageMs: 0,
+      outageParts: [],
+      validation: 'checksums',
+      tables: older.cutover!.tables.map((t) => ({ ...t, mode: '' })),
+    };
+    const olderText = renderCutover(older, { width: WIDTH }).join('\n');
+    assert.match(olderText, /application outage 420 ms/);
+    assert.match(olderText, /public\.orders +full/);
+  });
+});
+
 describe('cli: spec files', () => {
   let dir: string;
   before(() => {
@@ -153,6 +289,7 @@ describe('cli: spec files', () => {
         copy: { workers: 3 },
         // A role named `env` is a role, not a reference.
         roles: { map: { env: 'app', app_owner: 'tgt_owner' }, missing: 'skip' },
+        verification: { rowsPerSecond: 20000, disabled: false },
       }),
     );
     const spec = loadSpecFile(f, { SRC_PW: 'from-the-env' });
@@ -162,6 +299,27 @@ describe('cli: spec files', () => {
     assert.equal(spec.target.connectionString, 'from-a-file');
     assert.equal((spec as unknown as Record<string, unknown>).agent, undefined);
     assert.equal(spec.copy?.workers, 3);
+    assert.deepEqual(spec.verification, { rowsPerSecond: 20000, disabled: false });
+  });
+
+  it('refuses a bad `verification` naming the field and the fix', () => {
+    const cases: Array<[unknown, RegExp]> = [
+      [{ rowsPerSecond: 500 }, /`verification\.rowsPerSecond` .* must be a whole number from 1000 to 4294967295, got 500[\s\S]*e\.g\. 100000/],
+      [{ rangeRows: 2_000_000 }, /`verification\.rangeRows` .* from 100 to 1000000, got 2000000[\s\S]*e\.g\. 50000/],
+      [{ rangeRows: 1000.5 }, /`verification\.rangeRows` .* must be a whole number/],
+      [{ disabled: 'yes' }, /`verification\.disabled` .* must be a boolean/],
+      [{ rowsPerSec: 1 }, /`verification\.rowsPerSec` .* is not a spec field[\s\S]*rowsPerSecond, rangeRows, disabled/],
+      ['fast', /`verification` .* must be an object/],
+    ];
+    for (const [i, [verification, expected]] of cases.entries()) {
+      const f = join(dir, `verification${i}.json`);
+      writeFileSync(f, JSON.stringify({ id: 'a', source: { host: 'h' }, target: { host: 'h' }, verification }));
+      assert.throws(
+        () => loadSpecFile(f, {}),
+        (e: { code?: string; message: string; remedy: string }) => e.code === 'INVALID_SPEC' && expected.test(`${e.message} ${e.remedy}`),
+        JSON.stringify(verification),
+      );
+    }
   });
 
   it('rejects unset variables, unknown fields and wrong types with INVALID_SPEC', () => {
@@ -222,7 +380,7 @@ describe('cli: against a running migration (PostgreSQL 14 → 17)', function () 
     );
   });
 
-  it('status for people fits 80 columns and shows the phase, lag and slot', async () => {
+  it('status for people fits 80 columns and shows the phase, lag, slot and verification', async () => {
     for (const args of [['status', 'shop'], ['status', 'shop', '--tables'], ['status']]) {
       const r = await runCli([...args, ...conn]);
       assert.equal(r.code, 0, r.stderr);
@@ -232,6 +390,9 @@ describe('cli: against a running migration (PostgreSQL 14 → 17)', function () 
     }
     const one = await runCli(['status', 'shop', ...conn]);
     assert.ok(one.stdout.includes('pgferry_shop'), 'names the slot');
+    await pollUntil('every table verified', async () => ((await shop.client.getMigration('shop')).verification?.state === 'verified' ? true : undefined));
+    const verified = await runCli(['status', 'shop', ...conn]);
+    assert.match(verified.stdout, /^Verify {3}verified: (\d+)\/\1 tables · .* · last .* ago/m, 'how much is verified and how recently');
   });
 
   it('status on a terminal fits its width (80 by default, 60 when narrower)', async function () {
@@ -344,6 +505,9 @@ describe('cli: against a running migration (PostgreSQL 14 → 17)', function () 
     const r = haveTerminalRunner() ? await runCliInTerminal(args, { timeoutMs: 180_000 }) : await runCli(args, { timeoutMs: 180_000 });
     assert.equal(r.code, 0, r.stderr + r.stdout);
     assert.match(r.stdout, /COMPLETED/);
+    assert.match(r.stdout, /application outage \d+ ms · fence LSN/);
+    assert.match(r.stdout, /table +checked +rows read/);
+    assert.match(r.stdout, /public\.orders +counts /, 'each table says how it was checked');
     assertFits(r.stdout.replace(/\n$/, '').split('\n'));
     const after = await shop.client.getMigration('shop');
     assert.equal(after.phase, 'completed');

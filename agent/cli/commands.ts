@@ -211,7 +211,9 @@ function registerInspectCommands(program: Command, io: Io, run: Run): void {
     program
       .command('status')
       .argument('[id]', 'a migration id (default: all migrations)')
-      .description('Show one migration (phase, per-table progress while copying, lag, apply rate, ETA, WAL kept by the slot) or all of them.')
+      .description(
+        'Show one migration (phase, per-table progress while copying, lag, apply rate, ETA, WAL kept by the slot, the continuous verification, the cutover and its outage) or all of them.',
+      )
       .option('--json', 'print the status message(s) as JSON (one object per line with --watch)')
       .option('--watch', 'keep refreshing (in place on a terminal) until Ctrl-C')
       .addOption(new Option('--interval-ms <ms>', 'refresh interval for --watch').argParser(intArg('--interval-ms', 100)).default(1000))
@@ -280,6 +282,15 @@ function registerInspectCommands(program: Command, io: Io, run: Run): void {
   );
 }
 
+/** What a cutover waits for, said beside its state. */
+function narration(m: MigrationMessage): string {
+  const c = m.cutover;
+  if (c?.state === 'waiting-for-lag') return ` (lag ${formatBytes(m.lagBytes)}, ${formatDuration(m.lagSeconds)})`;
+  const v = m.verification;
+  if (c?.state === 'waiting-for-verification' && v) return ` (${v.tablesVerified}/${v.tablesTotal} tables verified; nothing is fenced yet)`;
+  return '';
+}
+
 type CutoverFlags = ConnectionFlags & {
   maxLagBytes?: number;
   maxLagSeconds?: number;
@@ -296,13 +307,20 @@ function registerCutoverCommands(program: Command, io: Io, run: Run): void {
     program
       .command('cutover')
       .argument('<id>', 'the migration id')
-      .description('Fence writers on the source, drain, set sequences, validate and switch to the target (exit 1 unless it completed).')
+      .description(
+        'Wait for a small lag (and, with --validation changes, for every table to be verified), fence writers on the source, drain, set sequences, check the rows and switch to the target (exit 1 unless it completed).',
+      )
       .addOption(
         new Option('--max-lag-bytes <n>', 'fence only once the lag is at most this many bytes (agent default 1 MiB)').argParser(intArg('--max-lag-bytes')),
       )
       .addOption(new Option('--max-lag-seconds <s>', '…and at most this many seconds (agent default 5)').argParser(numArg('--max-lag-seconds')))
       .addOption(new Option('--timeout-ms <ms>', 'the whole cutover (agent default 300000)').argParser(intArg('--timeout-ms', 1)))
-      .addOption(new Option('--validation <kind>', 'validation before completing (agent default checksums)').choices(CUTOVER_VALIDATIONS))
+      .addOption(
+        new Option(
+          '--validation <kind>',
+          'what to check of the rows inside the fence: changes (agent default: only the rows applied since the continuous verification, after waiting until every table is verified), full (every row; checksums is its older name), counts (row counts), none',
+        ).choices(CUTOVER_VALIDATIONS),
+      )
       .option('--skip-sequences', 'do not set the target sequences at the fence')
       .option('--accept-schema-difference <object...>', 'a schema difference (object as `pgferry schema diff` names it) that does not fail the cutover')
       .option('--json', 'print the resulting status message as JSON'),
@@ -323,11 +341,11 @@ function registerCutoverCommands(program: Command, io: Io, run: Run): void {
               250,
               (x) => {
                 const c = x.cutover;
-                if (!c || c.attempts <= attempts || c.state === shown) return;
-                shown = c.state;
-                io.err.write(
-                  `  ${new Date().toISOString().slice(11, 19)} ${c.state}${c.state === 'waiting-for-lag' ? ` (lag ${formatBytes(x.lagBytes)}, ${formatDuration(x.lagSeconds)})` : ''}\n`,
-                );
+                // A new state, or (while waiting for it) the verification's progress.
+                const now = c ? `${c.state}${c.state === 'waiting-for-verification' ? ` ${x.verification?.tablesVerified}` : ''}` : '';
+                if (!c || c.attempts <= attempts || now === shown) return;
+                shown = now;
+                io.err.write(`  ${new Date().toISOString().slice(11, 19)} ${c.state}${narration(x)}\n`);
               },
               stopNarrating.signal,
             )

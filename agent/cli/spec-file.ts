@@ -10,6 +10,7 @@ import { dirname, isAbsolute, resolve } from 'node:path';
 import type { MigrationSpecMessage } from '../../api/client';
 import { PgferryError } from '../engine/errors';
 import { tablePatternError } from '../engine/table-pattern';
+import { DEFAULTS, VERIFICATION_LIMITS } from '../../provider/args';
 
 /** Top-level keys of the Pulumi resource that a spec file may carry and the CLI ignores. */
 export const PULUMI_ONLY_KEYS = ['agent', 'waitForSync', 'createTimeoutMinutes', 'cutover', 'cutoverOptions'] as const;
@@ -40,8 +41,20 @@ const SPEC_SHAPE: Record<string, Kind> = {
   copy: { workers: 'number', splitBytes: 'number', indexJobs: 'number' },
   apply: { batchChanges: 'number', batchMs: 'number' },
   roles: { map: 'stringMap', missing: 'string' },
+  verification: { rowsPerSecond: 'number', rangeRows: 'number', disabled: 'boolean' },
 };
 const SECRET_KEYS = new Set(['password', 'connectionString']);
+/** Whole-number knobs checked here, so that the message names the fix (the agent checks them all again). */
+const INTEGER_RANGES: Record<string, { min: number; max: number; fix: string }> = {
+  'verification.rowsPerSecond': {
+    ...VERIFICATION_LIMITS.rowsPerSecond,
+    fix: `Give the most rows the verification reads per second on each side, e.g. ${DEFAULTS.verification.rowsPerSecond} (the default); lower it to spare a busy source, or set "disabled": true to turn the verification off.`,
+  },
+  'verification.rangeRows': {
+    ...VERIFICATION_LIMITS.rangeRows,
+    fix: `Give the rows per key range the verification compares and repairs, e.g. ${DEFAULTS.verification.rangeRows} (the default).`,
+  },
+};
 
 /**
  * Read a spec file: JSON with the fields of the Pulumi resource's arguments
@@ -136,6 +149,9 @@ export function loadSpecFile(path: string, env: NodeJS.ProcessEnv = process.env,
       }
       const ok = kind === 'strings' ? Array.isArray(x) && x.every((s) => typeof s === 'string') : typeof x === kind;
       if (!ok) throw bad(field, `must be ${kind === 'strings' ? 'an array of strings' : `a ${kind}`}`, `Correct \`${field}\`.`);
+      const range = INTEGER_RANGES[field];
+      if (range && (!Number.isInteger(x) || (x as number) < range.min || (x as number) > range.max))
+        throw bad(field, `must be a whole number from ${range.min} to ${range.max}, got ${String(x)}`, range.fix);
       if (SECRET_KEYS.has(k) && typeof raw === 'string' && raw !== '' && (k === 'password' || /:[^:@/]+@/.test(raw))) {
         warn(`the spec file '${path}' holds \`${field}\` in clear text; prefer {"env": "VAR"} or {"file": "path"} (docs/cli.md).`);
       }

@@ -9,7 +9,14 @@
  * them in place (`pgferry status --watch`). No colour and no wide glyphs
  * beyond the block characters of the bars, which are one column each.
  */
-import type { CutoverReportMessage, MigrationMessage, PreflightReportMessage, TableStatusMessage } from '../../api/client';
+import type {
+  CutoverReportMessage,
+  MigrationMessage,
+  PreflightReportMessage,
+  TableStatusMessage,
+  TableValidationMessage,
+  VerificationStatusMessage,
+} from '../../api/client';
 
 /** The width used when the output is not a terminal. */
 export const DEFAULT_WIDTH = 80;
@@ -24,6 +31,8 @@ export interface ViewOptions {
   allTables?: boolean;
   /** Most table lines shown (the rest are summarised). Default: 20. */
   maxTables?: number;
+  /** The time "ago" is counted from, ms since the epoch. Default: now. */
+  now?: number;
 }
 
 const IEC = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
@@ -82,30 +91,31 @@ export function fit(text: string, width: number): string {
   return text.length <= width ? text : `${text.slice(0, Math.max(0, width - 1))}…`;
 }
 
-/** Wrap `text` into lines of at most `width` columns; continuation lines get `indent`. */
+/** Wrap `text` into lines of at most `width` columns; continuation lines get `indent`; a word longer than a line is cut across lines. */
 export function wrap(text: string, width: number, first = '', indent = ''): string[] {
   const out: string[] = [];
   let line = first;
   let empty = true;
   for (const word of text.replace(/\s+/g, ' ').trim().split(' ')) {
     const sep = empty ? '' : ' ';
-    if (line.length + sep.length + word.length <= width || empty) {
-      if (line.length + sep.length + word.length > width) {
-        // A single word longer than the line: hard-cut it.
-        let w = word;
-        while (line.length + w.length > width) {
-          const room = width - line.length;
-          out.push(line + w.slice(0, room));
-          line = indent;
-          w = w.slice(room);
-        }
-        line += w;
-      } else line += sep + word;
+    if (line.length + sep.length + word.length <= width) {
+      line += sep + word;
       empty = false;
-    } else {
-      out.push(line);
-      line = indent + word;
+      continue;
     }
+    if (!empty) {
+      out.push(line);
+      line = indent;
+    }
+    let w = word;
+    while (line.length + w.length > width) {
+      const room = Math.max(1, width - line.length);
+      out.push(line + w.slice(0, room));
+      line = indent;
+      w = w.slice(room);
+    }
+    line += w;
+    empty = false;
   }
   out.push(line);
   return out;
@@ -179,6 +189,7 @@ export function renderMigration(m: MigrationMessage, opts: ViewOptions = {}): st
     );
   }
   if (m.slotName) lines.push(`${label('Slot')}${m.slotName} retains ${formatBytes(m.retainedWalBytes)} of WAL`);
+  if (m.verification?.state && !done) lines.push(...verificationLines(m.verification, width, label, opts.now ?? Date.now()));
   if (m.errorCode || m.errorMessage) {
     lines.push(...wrap(`${m.errorCode}: ${m.errorMessage}`, width, label('Error'), label('')));
     if (m.errorRemedy) lines.push(...wrap(m.errorRemedy, width, label('Fix'), label('')));
@@ -216,12 +227,61 @@ function fenceLines(m: MigrationMessage, width: number, label: (l: string) => st
   ];
 }
 
+/** `2026-…Z` → `12s ago` (from `now`); '' for no time. */
+function ago(iso: string, now: number): string {
+  const t = Date.parse(iso);
+  return iso && Number.isFinite(t) ? `${formatDuration(Math.max(0, now - t) / 1000)} ago` : '';
+}
+
+/** The latest repairs shown in the status (the agent keeps more: pgferry status --json). */
+const REPAIRS_SHOWN = 3;
+
+/** The continuous verification: how much is verified and how recently, what changed since, repairs, the last error. */
+function verificationLines(v: VerificationStatusMessage, width: number, label: (l: string) => string, now: number): string[] {
+  const head = label('Verify');
+  if (v.state === 'off') return wrap('off (verification.disabled): the cutover checks every row in full', width, head, label(''));
+  const last = ago(v.lastVerifiedAt, now);
+  const all = ago(v.oldestVerifiedAt, now);
+  const facts = [
+    `${v.state}: ${v.tablesVerified}/${v.tablesTotal} tables`,
+    `${formatCount(v.rowsVerified)} of ~${formatCount(Math.max(v.rowsEstimated, v.rowsVerified))} rows`,
+    last ? `last ${last}` : 'none yet',
+    all ? `every table within ${all.replace(/ ago$/, '')}` : '',
+  ];
+  const lines = wrap(facts.filter(Boolean).join(' · '), width, head, label(''));
+  if (v.keysChanged > 0 || v.tablesChanged > 0) {
+    lines.push(
+      ...wrap(
+        `${formatCount(v.keysChanged)} row(s) in ${v.tablesChanged} table(s) changed since verified (checked again at the fence)`,
+        width,
+        label(''),
+        label(''),
+      ),
+    );
+  }
+  if (v.rowsRepaired > 0 || v.rangesRepaired > 0) {
+    lines.push(`${label('')}repaired ${formatCount(v.rowsRepaired)} row(s) in ${v.rangesRepaired} range(s) since the sync started here`);
+    for (const r of v.repairs.slice(-REPAIRS_SHOWN)) lines.push(...wrap(r, width, `${label('')}  `, `${label('')}    `));
+  }
+  if (v.lastError) lines.push(...wrap(`error (retrying): ${v.lastError}`, width, label(''), label('')));
+  return lines;
+}
+
+/** `grace 120 · drain 40 · …`: the outage's parts. */
+function outageParts(c: CutoverReportMessage): string {
+  return (c.outageParts ?? []).map((p) => `${p.part} ${p.ms}`).join(' · ');
+}
+
+/** The outage of a cutover (the older report's write downtime when the agent gave no outage). */
+const outageOf = (c: CutoverReportMessage): number => c.outageMs || c.writeDowntimeMs;
+
 function cutoverSummary(c: CutoverReportMessage, width: number, label: (l: string) => string): string[] {
   const parts = [c.state];
-  if (c.state === 'completed') parts.push(`write downtime ${c.writeDowntimeMs} ms`);
+  if (c.state === 'completed') parts.push(`application outage ${outageOf(c)} ms`);
   if (c.fenceLsn) parts.push(`fence ${c.fenceLsn}`);
   if (c.validation && c.validation !== 'none' && c.state === 'completed') parts.push(`${c.validation} ${c.validationOk ? 'match' : 'DIFFER'}`);
   const lines = wrap(parts.join(' · '), width, label('Cutover'), label(''));
+  if (c.state === 'completed' && c.outageParts?.length) lines.push(...wrap(`${outageParts(c)} (ms)`, width, label(''), label('')));
   if (c.error) lines.push(...wrap(c.error, width, label(''), label('')));
   for (const w of c.warnings ?? []) lines.push(...wrap(`warning: ${w}`, width, label(''), label('')));
   return lines;
@@ -270,6 +330,36 @@ export function renderPreflight(r: PreflightReportMessage, opts: ViewOptions = {
   return lines;
 }
 
+/** How a table was checked inside the fence; a report from before the verification has no mode. */
+function checkMode(c: CutoverReportMessage, t: TableValidationMessage): string {
+  return t.mode || (c.validation === 'counts' ? 'counts' : 'full');
+}
+
+/**
+ * The rows' check inside the fence, per table: how (`unchanged`: verified
+ * before the fence and not written since, nothing read; `changes`: only the
+ * rows applied since; `full`; `counts`), the rows read on each side, the rows
+ * found on each side (for `changes`, of the changed keys) and the verdict.
+ */
+function tableChecks(c: CutoverReportMessage, width: number): string[] {
+  const num = (n: number, w: number) => String(n).padStart(w);
+  const tW = Math.max(10, width - 2 - 10 - 11 - 12 - 12 - 7);
+  const lines = [
+    fit(
+      `  ${'table'.padEnd(tW)} ${'checked'.padEnd(9)} ${'rows read'.padStart(10)} ${'source rows'.padStart(11)} ${'target rows'.padStart(11)} ${'result'}`,
+      width,
+    ),
+  ];
+  for (const t of c.tables) {
+    const mode = checkMode(c, t);
+    const rows = mode === 'unchanged' ? `${'-'.padStart(11)} ${'-'.padStart(11)}` : `${num(t.sourceRows, 11)} ${num(t.targetRows, 11)}`;
+    lines.push(fit(`  ${fit(t.table, tW).padEnd(tW)} ${mode.padEnd(9)} ${num(t.rowsChecked, 10)} ${rows} ${t.match ? 'match' : 'DIFFER'}`, width));
+  }
+  const modes = new Set(c.tables.map((t) => checkMode(c, t)));
+  if (modes.has('changes')) lines.push(fit('  (changes: source/target rows are the changed keys found on each side)', width));
+  return lines;
+}
+
 /** The full cutover report (after `pgferry cutover`). */
 export function renderCutover(m: MigrationMessage, opts: ViewOptions = {}): string[] {
   const width = opts.width ?? DEFAULT_WIDTH;
@@ -280,7 +370,8 @@ export function renderCutover(m: MigrationMessage, opts: ViewOptions = {}): stri
   ];
   const clock = (iso: string) => (iso ? `${iso.slice(11, 23)}Z` : '?');
   if (c.state === 'completed') {
-    lines.push(fit(`  write downtime ${c.writeDowntimeMs} ms · fence LSN ${c.fenceLsn}`, width));
+    lines.push(fit(`  application outage ${outageOf(c)} ms · fence LSN ${c.fenceLsn}`, width));
+    if (c.outageParts?.length) lines.push(...wrap(outageParts(c), width, '    in ms: ', '           '));
     lines.push(
       fit(`  fenced ${c.fenceStartedAt.slice(0, 10)} ${clock(c.fenceStartedAt)} → ${clock(c.fenceEndedAt)} · completed ${clock(c.completedAt)}`, width),
     );
@@ -302,23 +393,7 @@ export function renderCutover(m: MigrationMessage, opts: ViewOptions = {}): stri
       ),
     );
   }
-  if (c.tables.length) {
-    const tW = Math.max(10, width - 2 - 12 - 12 - 11);
-    lines.push(
-      fit(
-        `  ${'table'.padEnd(tW)} ${'source rows'.padStart(11)} ${'target rows'.padStart(11)} ${c.validation === 'checksums' ? ' checksum' : '    count'}`,
-        width,
-      ),
-    );
-    for (const t of c.tables) {
-      lines.push(
-        fit(
-          `  ${fit(t.table, tW).padEnd(tW)} ${String(t.sourceRows).padStart(11)} ${String(t.targetRows).padStart(11)} ${(t.match ? 'match' : 'DIFFER').padStart(9)}`,
-          width,
-        ),
-      );
-    }
-  }
+  if (c.tables.length) lines.push(...tableChecks(c, width));
   if (c.sequences.length) lines.push(fit(`  ${c.sequences.length} sequence(s) set on the target`, width));
   for (const w of c.warnings) lines.push(...wrap(w, width, '  warning: ', '           '));
   return lines;
