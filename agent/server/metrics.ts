@@ -15,13 +15,31 @@
  */
 import { createServer, type Server } from 'node:http';
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
-import { PHASES } from '../engine/state';
+import { PHASES, type CutoverReport, type VerificationStatus } from '../engine/state';
 import { parseListenAddress } from './auth';
 import type { LogFn } from '../engine/log-fn';
 import type { MigrationStatus } from '../engine/migration';
 
 /** The states a cutover report goes through (agent/engine/cutover.ts). */
-export const CUTOVER_STATES = ['waiting-for-lag', 'fencing', 'draining', 'sequences', 'validating', 'completed', 'failed'] as const;
+export const CUTOVER_STATES = [
+  'waiting-for-lag',
+  'waiting-for-verification',
+  'fencing',
+  'draining',
+  'sequences',
+  'large-objects',
+  'schema',
+  'validating',
+  'completed',
+  'failed',
+] as const satisfies readonly CutoverReport['state'][];
+
+/** The continuous verification's states (agent/engine/verify.ts). */
+export const VERIFICATION_STATES = ['off', 'waiting', 'verifying', 'verified', 'paused'] as const satisfies readonly VerificationStatus['state'][];
+
+// Both lists are complete (a state the engine gains and the list lacks fails the build).
+const _everyCutoverState: [Exclude<CutoverReport['state'], (typeof CUTOVER_STATES)[number]>] extends [never] ? true : never = true;
+const _everyVerificationState: [Exclude<VerificationStatus['state'], (typeof VERIFICATION_STATES)[number]>] extends [never] ? true : never = true;
 
 /** Where an error counted in `pgferry_errors_total` came from. */
 export const ERROR_ORIGINS = ['rpc', 'migration'] as const;
@@ -48,7 +66,16 @@ export const METRIC_NAMES = [
   'pgferry_lag_bytes',
   'pgferry_lag_seconds',
   'pgferry_slot_retained_wal_bytes',
+  'pgferry_verification_state',
+  'pgferry_verification_tables_total',
+  'pgferry_verification_tables_verified',
+  'pgferry_verification_rows_verified',
+  'pgferry_verification_keys_changed',
+  'pgferry_verification_rows_repaired_total',
+  'pgferry_verification_oldest_verified_timestamp_seconds',
   'pgferry_cutover_state',
+  'pgferry_cutover_outage_milliseconds',
+  'pgferry_cutover_outage_part_milliseconds',
   'pgferry_cutover_write_downtime_milliseconds',
   'pgferry_cutover_validation_ok',
   'pgferry_source_fence_up',
@@ -121,10 +148,37 @@ export class AgentMetrics {
     gauge('pgferry_lag_bytes', "WAL of the migration's database not yet applied to the target, bytes.", ['migration']);
     gauge('pgferry_lag_seconds', 'How far the target is behind the source, seconds (0 when caught up).', ['migration']);
     gauge('pgferry_slot_retained_wal_bytes', "WAL the source keeps for the migration's replication slot, bytes.", ['migration', 'slot']);
-    gauge('pgferry_cutover_state', '1 for the state the last cutover is in, 0 for the others (absent before a cutover).', ['migration', 'state']);
-    gauge('pgferry_cutover_write_downtime_milliseconds', 'Write downtime of the last completed cutover: fence start until the target was ready, ms.', [
+    gauge('pgferry_verification_state', '1 for the state the continuous verification is in, 0 for the others (absent while it does not run).', [
+      'migration',
+      'state',
+    ]);
+    gauge('pgferry_verification_tables_total', 'Tables the continuous verification covers (the migrated tables that hold data).', ['migration']);
+    gauge('pgferry_verification_tables_verified', 'Tables verified against the source whose verification still holds.', ['migration']);
+    gauge('pgferry_verification_rows_verified', 'Rows of the verified tables, as of their last pass.', ['migration']);
+    gauge('pgferry_verification_keys_changed', "Rows applied since their table's verification: what the cutover checks again inside the fence.", ['migration']);
+    fromStatus('pgferry_verification_rows_repaired_total', 'Rows the verification found different on the target and copied again (this run of the sync).', [
       'migration',
     ]);
+    gauge(
+      'pgferry_verification_oldest_verified_timestamp_seconds',
+      'Every table was verified at or after this time, Unix seconds (absent until every table was).',
+      ['migration'],
+    );
+    gauge('pgferry_cutover_state', '1 for the state the last cutover is in, 0 for the others (absent before a cutover).', ['migration', 'state']);
+    gauge(
+      'pgferry_cutover_outage_milliseconds',
+      'Application outage of the last completed cutover: from the fence until the target was ready for the application, ms.',
+      ['migration'],
+    );
+    gauge('pgferry_cutover_outage_part_milliseconds', "The parts of the last completed cutover's outage, ms (they add up to the outage).", [
+      'migration',
+      'part',
+    ]);
+    gauge(
+      'pgferry_cutover_write_downtime_milliseconds',
+      'Write downtime of the last completed cutover, ms: the same figure as pgferry_cutover_outage_milliseconds (its older name).',
+      ['migration'],
+    );
     gauge(
       'pgferry_source_fence_up',
       '1 while the write fence is up on the source database (during a cutover, lift pending, or kept after a completed one), 0 otherwise.',
@@ -213,17 +267,36 @@ export class AgentMetrics {
       const fence = s.fence?.state ?? 'none';
       g.pgferry_source_fence_up.set({ migration }, fence === 'none' ? 0 : 1);
       g.pgferry_source_fence_lift_pending.set({ migration }, fence === 'lift-pending' ? 1 : 0);
-      const cut = s.cutover;
-      if (cut?.state) {
-        for (const st of CUTOVER_STATES) g.pgferry_cutover_state.set({ migration, state: st }, cut.state === st ? 1 : 0);
-        if (cut.state === 'completed' && typeof cut.writeDowntimeMs === 'number')
-          g.pgferry_cutover_write_downtime_milliseconds.set({ migration }, cut.writeDowntimeMs);
-        if (cut.state === 'completed' && cut.validation && cut.validation !== 'none')
-          g.pgferry_cutover_validation_ok.set({ migration }, cut.validationOk ? 1 : 0);
-      }
+      // After the cutover the target is the database of record: nothing is left to verify.
+      if (s.verification && s.phase !== 'completed' && s.phase !== 'deleted') this.renderVerification(migration, s.verification);
+      if (s.cutover?.state) this.renderCutover(migration, s.cutover);
     }
     for (const [phase, n] of byPhase) g.pgferry_migrations.set({ phase }, n);
     return this.registry.metrics();
+  }
+
+  private renderVerification(migration: string, v: VerificationStatus): void {
+    const g = this.g;
+    for (const st of VERIFICATION_STATES) g.pgferry_verification_state.set({ migration, state: st }, v.state === st ? 1 : 0);
+    g.pgferry_verification_tables_total.set({ migration }, v.tablesTotal);
+    g.pgferry_verification_tables_verified.set({ migration }, v.tablesVerified);
+    g.pgferry_verification_rows_verified.set({ migration }, v.rowsVerified);
+    g.pgferry_verification_keys_changed.set({ migration }, v.keysChanged);
+    this.c.pgferry_verification_rows_repaired_total.inc({ migration }, v.rowsRepaired);
+    const oldest = Date.parse(v.oldestVerifiedAt);
+    if (v.oldestVerifiedAt && Number.isFinite(oldest)) g.pgferry_verification_oldest_verified_timestamp_seconds.set({ migration }, oldest / 1000);
+  }
+
+  private renderCutover(migration: string, cut: CutoverReport): void {
+    const g = this.g;
+    for (const st of CUTOVER_STATES) g.pgferry_cutover_state.set({ migration, state: st }, cut.state === st ? 1 : 0);
+    if (cut.state !== 'completed') return;
+    // A report written before the outage existed has only the write downtime (the same span then).
+    const outageMs = cut.outageMs ?? cut.writeDowntimeMs;
+    if (typeof outageMs === 'number') g.pgferry_cutover_outage_milliseconds.set({ migration }, outageMs);
+    for (const p of cut.outageParts ?? []) g.pgferry_cutover_outage_part_milliseconds.inc({ migration, part: p.part }, p.ms);
+    if (typeof cut.writeDowntimeMs === 'number') g.pgferry_cutover_write_downtime_milliseconds.set({ migration }, cut.writeDowntimeMs);
+    if (cut.validation && cut.validation !== 'none') g.pgferry_cutover_validation_ok.set({ migration }, cut.validationOk ? 1 : 0);
   }
 }
 
