@@ -5,7 +5,7 @@
  * cut over, verify and print the report, then remove everything.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, openSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startCluster, type Cluster, type PgMajor } from './testbed';
@@ -113,7 +113,8 @@ async function startAgent(started: Started): Promise<number> {
   const agent = spawn(
     process.execPath,
     [join(__dirname, '..', 'agent', 'cli', 'main.js'), 'agent', '--listen', '127.0.0.1:0', '--state-dir', join(started.work, 'agent'), '--log-format', 'json'],
-    { stdio: ['ignore', 'pipe', 'ignore'] },
+    // PGFERRY_DEMO_AGENT_LOG=<file>: the agent's log (JSON lines) goes there.
+    { stdio: ['ignore', 'pipe', process.env.PGFERRY_DEMO_AGENT_LOG ? openSync(process.env.PGFERRY_DEMO_AGENT_LOG, 'a') : 'ignore'] },
   );
   started.agent = agent;
   const port = await new Promise<number>((resolve, reject) => {

@@ -283,7 +283,7 @@ async function validateTables(c: Cut, tables: TableInfo[], validation: Validatio
  * (nothing fenced yet, cancellable, like the wait for lag); then its rounds
  * stop, so that nothing pauses the apply while it drains.
  */
-async function waitForVerification(c: Cut, validation: Validation): Promise<void> {
+async function waitForVerification(c: Cut, validation: Validation, maxLagBytes: number, maxLagSeconds: number): Promise<void> {
   const v = c.runner.verifier;
   if (!v) return;
   if (validation !== 'changes') {
@@ -291,13 +291,19 @@ async function waitForVerification(c: Cut, validation: Validation): Promise<void
     return;
   }
   await step(c, 'waiting-for-verification');
+  v.wantFence();
   let said = '';
   for (;;) {
     if (c.signal.aborted) throw cancelled(c);
     const failed = syncFailed(c, 'while waiting for the verification');
     if (failed) throw failed;
     const r = v.readiness();
-    if (r.ready) break;
+    if (r.ready) {
+      // The lag may have grown while the verification ran: what the fence would have to drain.
+      const s = await c.runner.status();
+      if (s.lagBytes <= maxLagBytes && s.lagSeconds <= maxLagSeconds) break;
+      r.waitingFor = `the lag to come down again (now ${s.lagBytes} bytes, ${s.lagSeconds.toFixed(1)} s)`;
+    }
     if (r.waitingFor !== said) {
       said = r.waitingFor;
       c.log('info', `cutover: waiting for the verification: ${said}`);
@@ -417,8 +423,10 @@ export async function runCutover(runner: CutoverHost, opts: CutoverOptions, sign
         'COMMIT PREPARED or ROLLBACK PREPARED them, then retry the cutover.',
       );
     }
-    await waitForLag(c, opts.maxLagBytes ?? 1024 * 1024, opts.maxLagSeconds ?? 5);
-    await waitForVerification(c, validation);
+    const maxLagBytes = opts.maxLagBytes ?? 1024 * 1024;
+    const maxLagSeconds = opts.maxLagSeconds ?? 5;
+    await waitForLag(c, maxLagBytes, maxLagSeconds);
+    await waitForVerification(c, validation, maxLagBytes, maxLagSeconds);
     const { fenceStart, fenceLsn } = await fenceWriters(c, opts.graceMs ?? 500);
     await drainToFence(c, fenceLsn);
     const tables = migratableTables((await selectTables(c.src, runner.spec.tables)).tables);

@@ -114,7 +114,8 @@ export class MigrationRunner {
   }
   /** The continuous verification, for the cutover (null when it does not run in this process). */
   get verifier(): Verifier | null {
-    return this.phases.verifier;
+    const v = this.phases.verifier;
+    return v?.usable ? v : null;
   }
   get copyProgress(): ReadonlyMap<string, TableCopyProgress> {
     return this.phases.copyProgress;

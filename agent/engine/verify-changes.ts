@@ -138,6 +138,28 @@ export class ChangeTracker {
     t.verifiedWhole = false;
   }
 
+  /**
+   * A key round (verify.ts) takes the keys changed since the table's
+   * verification, while the apply is paused: the changes after the pause
+   * gather anew. Null when there is nothing to take (not verified, no keys,
+   * or "whole").
+   */
+  takeKeys(table: string): string[] | null {
+    const t = this.tables.get(table);
+    if (!t || !t.verified || t.verifiedWhole || t.verified.size === 0) return null;
+    const keys = [...t.verified];
+    this.drop(t.verified);
+    t.verified = new Set();
+    return keys;
+  }
+
+  /** Keys a key round could not clear (they differed, or the round failed): changed since verification again. */
+  returnKeys(table: string, keys: string[]): void {
+    const t = this.tables.get(table);
+    if (!t || !t.verified) return;
+    for (const k of keys) this.add(t, k, 'verified');
+  }
+
   /** What the fence must re-check for `table`: null (never verified), 'whole', or the keys changed since. */
   changedSinceVerified(table: string): null | 'whole' | KeyValues[] {
     const t = this.tables.get(table);
@@ -211,8 +233,8 @@ export class ChangeTracker {
     }
   }
 
-  private add(t: TableChanges, key: string): void {
-    for (const which of ['verified', 'pass'] as const) {
+  private add(t: TableChanges, key: string, only?: 'verified'): void {
+    for (const which of only ? [only] : (['verified', 'pass'] as const)) {
       const set = t[which];
       const whole = which === 'verified' ? t.verifiedWhole : t.passWhole;
       if (!set || whole || set.has(key)) continue;

@@ -30,6 +30,7 @@ import {
   differingKeys,
   hasRangeKey,
   keysRowHashes,
+  parseKeyId,
   rangeEnd,
   rangeFingerprint,
   rangeRowHashes,
@@ -69,11 +70,23 @@ export interface RoundItem {
   after: KeyValues | null;
   /** A range that differed earlier: compared again row by row while paused, and repaired. */
   recheck?: KeyRange;
+  /**
+   * A key round's item: the keys the apply changed since the table was
+   * verified, taken by the sink while the apply is paused (`atPause`), then
+   * compared in the pair of snapshots. `settled` once their outcome is told.
+   */
+  keys?: { taken: string[] | null; settled: boolean };
+  /** Keys that differed in a key round: compared again while paused, and repaired. */
+  recheckKeys?: KeyValues[];
 }
 
 export interface RoundSink {
-  /** While the apply is paused at the pair's point: the passes that start here begin (state written, tracker told). */
-  passStarts(items: RoundItem[], lsn: Lsn, targetSnapshot: string): Promise<void>;
+  /** While the apply is paused at the pair's point: the passes that start here begin (state written, tracker told), key items take their keys. */
+  atPause(items: RoundItem[], lsn: Lsn, targetSnapshot: string): Promise<void>;
+  /** A key item compared: these of its keys differ (re-check them while paused). */
+  keysCompared(item: RoundItem, differ: KeyValues[]): void;
+  /** Keys that differed were compared again while paused (and rewritten where they still differed). */
+  keysRechecked(item: RoundItem): void;
   /** A range compared equal (or was repaired): the pass goes on after `upTo` (null: the table is done). */
   rangeDone(item: RoundItem, upTo: KeyValues | null, rows: number): Promise<void>;
   /** A range differed: re-check it in a later round. */
@@ -134,19 +147,19 @@ export async function runRound(l: RoundLinks, items: RoundItem[], lim: RoundLimi
       await tgt.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
       tgtOpen = true;
       const snapshot = await guardSnapshot(tgt); // the first query fixes the snapshot
-      await sink.passStarts(
-        items.filter((i) => i.newPass),
-        lsn,
-        snapshot,
-      );
-      for (const item of items) if (item.recheck) await recheck(l, item, item.recheck, sink);
+      await sink.atPause(items, lsn, snapshot);
+      for (const item of items) {
+        if (item.recheck) await recheck(l, item, item.recheck, sink);
+        if (item.recheckKeys) await recheckKeys(l, item, item.recheckKeys, sink);
+      }
       await failpoint('verify.paused', l.signal).catch(() => undefined);
     } finally {
       barrier.release();
     }
+    for (const item of items) if (item.keys?.taken) await compareKeys(l, item, sink);
     await compareRanges(
       l,
-      items.filter((i) => !i.recheck),
+      items.filter((i) => !i.recheck && !i.recheckKeys && !i.keys),
       lim,
       sink,
     );
@@ -198,6 +211,48 @@ function fingerprint(c: pg.Client, t: TableInfo, r: KeyRange): Promise<{ rows: n
   );
 }
 
+/** A key item's keys, compared in the pair of snapshots (by exact key, both sides at once). */
+async function compareKeys(l: RoundLinks, item: RoundItem, sink: RoundSink): Promise<void> {
+  const keys = item.keys!.taken!.map(parseKeyId);
+  const [a, b] = await Promise.all([keysRowHashes(l.src, item.table, keys), keysRowHashes(l.tgt, item.table, keys)]);
+  sink.rowsRead(keys.length);
+  sink.keysCompared(item, differingKeys(a, b));
+}
+
+/** Keys that differed in a key round, compared again while paused, and rewritten from the source where they still differ. */
+async function recheckKeys(l: RoundLinks, item: RoundItem, keys: KeyValues[], sink: RoundSink): Promise<void> {
+  const tx = l.repair;
+  await tx.query('BEGIN');
+  try {
+    await repairSession(tx);
+    const [a, b] = await Promise.all([keysRowHashes(l.src, item.table, keys), keysRowHashes(tx, item.table, keys)]);
+    const still = differingKeys(a, b);
+    if (still.length) {
+      await copyKeys(l.src, tx, item.table, still);
+      await sink.repaired(item, { after: null, upTo: null }, still, tx);
+      await failpoint('verify.repair-before-commit', l.signal).catch(() => undefined);
+    }
+    await tx.query('COMMIT');
+  } catch (e) {
+    await tx.query('ROLLBACK').catch(() => undefined);
+    throw e;
+  }
+  sink.keysRechecked(item);
+}
+
+/** The repair transaction's settings: the write guard does not count it, triggers and keys stay quiet where allowed. */
+async function repairSession(tx: pg.Client): Promise<void> {
+  await tx.query(APPLYING_SETTING_SQL.replace(/^SET /, 'SET LOCAL '));
+  await tx.query('SAVEPOINT replica_role');
+  try {
+    await tx.query('SET LOCAL session_replication_role = replica');
+    await tx.query('RELEASE SAVEPOINT replica_role');
+  } catch {
+    // Not allowed to this role: the repair's rows go in with triggers and keys checked.
+    await tx.query('ROLLBACK TO SAVEPOINT replica_role');
+  }
+}
+
 /**
  * A range that differed, compared again row by row while the apply is
  * paused (the target holds exactly the source snapshot's state), and the
@@ -216,11 +271,7 @@ async function recheck(l: RoundLinks, item: RoundItem, range: KeyRange, sink: Ro
   const tx = l.repair;
   await tx.query('BEGIN');
   try {
-    await tx.query(APPLYING_SETTING_SQL.replace(/^SET /, 'SET LOCAL '));
-    await tx.query('SET LOCAL session_replication_role = replica').catch(async () => {
-      // Not allowed to this role: the repair's rows go in with triggers and keys checked (the transaction is still good).
-      await tx.query('SELECT 1');
-    });
+    await repairSession(tx);
     const [a, b] = await Promise.all([rangeRowHashes(l.src, item.table, range), rangeRowHashes(tx, item.table, range)]);
     sink.rowsRead(Math.max(a.size, b.size));
     let keys = differingKeys(a, b);

@@ -38,8 +38,12 @@ import type { VerificationStatus } from './state';
 
 const IDLE_MS = 1000;
 const RETRY_MS = 5000;
-/** A changed table is verified again once its pass is this old (its re-check at the fence then stays small). */
-const REVERIFY_CHANGED_MS = Number(process.env.PGFERRY_REVERIFY_CHANGED_MS) || 60_000;
+/**
+ * How often a key round compares the rows the apply changed since their
+ * table's verification (so that the fence finds only the last seconds'
+ * changes to check). Back to back while a cutover waits.
+ */
+const KEY_ROUND_MS = Number(process.env.PGFERRY_KEY_ROUND_MS) || 2000;
 /** Any table is verified again once its pass is this old. */
 const REVERIFY_ANY_MS = 3_600_000;
 /** The latest repairs kept for the status. */
@@ -51,6 +55,8 @@ interface TableState {
   verified: { at: Date; rows: number; snapshot: string } | null;
   pass: { after: KeyValues | null; rows: number; snapshot: string } | null;
   recheck: KeyRange | null;
+  /** Keys that differed in a key round: compared again (and repaired) with the apply paused. */
+  recheckKeys: KeyValues[] | null;
   /** Written by someone else since its verification (as last seen). */
   foreign: boolean;
   /** A table without a key that differs: needs a person. */
@@ -89,6 +95,12 @@ export class Verifier {
   private lastSignal: AbortSignal | null = null;
   /** Rounds in a row that could not pair the snapshots. */
   private misses = 0;
+  /** When the last key round took its keys (ms). */
+  private lastKeyRoundAt = 0;
+  /** When the last pass completed (ms). */
+  private lastPassAt = 0;
+  /** When a waiting cutover asked for the fence (ms), 0 when none waits. */
+  private fenceWantedAt = 0;
   private rangesRepaired = 0;
   private rowsRepaired = 0;
   private readonly repairs: string[] = [];
@@ -103,7 +115,7 @@ export class Verifier {
     this.tracker = new ChangeTracker({ persistFlag: (table) => this.persistFlag(table) });
     for (const t of dataTables(allTables)) {
       const key = tableKey(t);
-      this.tables.set(key, { info: t, key, verified: null, pass: null, recheck: null, foreign: false, unrepairable: false });
+      this.tables.set(key, { info: t, key, verified: null, pass: null, recheck: null, recheckKeys: null, foreign: false, unrepairable: false });
       this.tracker.track(key, t.keyColumns, t.root ? tableKey(t.root) : null);
     }
   }
@@ -141,6 +153,7 @@ export class Verifier {
    * table is verified again (with new guards).
    */
   resume(guardsLost = false): void {
+    this.fenceWantedAt = 0;
     if (guardsLost) {
       this.prepared = false;
       for (const t of this.tables.values()) {
@@ -180,6 +193,7 @@ export class Verifier {
 
   /** Stop the rounds (the cutover, before its fence): resolves once no round runs and the apply is not held. */
   async halt(): Promise<void> {
+    this.fenceWantedAt = 0;
     const l = this.loop;
     if (!l) return;
     l.ac.abort();
@@ -192,6 +206,11 @@ export class Verifier {
   /** Say why it does not run (shown in the status). */
   noteError(message: string): void {
     this.lastError = message;
+  }
+
+  /** Prepared (guards up, state read): the cutover may rely on it. */
+  get usable(): boolean {
+    return this.prepared;
   }
 
   get running(): boolean {
@@ -222,7 +241,7 @@ export class Verifier {
           items,
           { rangeRows: v.rangeRows, rowsPerSecond: v.rowsPerSecond, budgetRows: v.rowsPerSecond * 5 },
           this.sink(),
-        );
+        ).finally(() => this.unsettled(items));
         if (outcome === 'done') {
           this.misses = 0;
           this.lastError = '';
@@ -250,26 +269,39 @@ export class Verifier {
   /** The round's work, most urgent first (see the header), about five seconds' worth of rows. */
   private pickWork(): RoundItem[] {
     const all = [...this.tables.values()].filter((t) => !t.unrepairable);
-    const again = all.find((t) => t.recheck);
-    if (again) return [{ table: again.info, key: again.key, newPass: false, after: again.pass?.after ?? null, recheck: again.recheck! }];
+    const again = all.find((t) => t.recheck || t.recheckKeys);
+    if (again)
+      return [
+        {
+          table: again.info,
+          key: again.key,
+          newPass: false,
+          after: again.pass?.after ?? null,
+          recheck: again.recheck ?? undefined,
+          recheckKeys: again.recheckKeys ?? undefined,
+        },
+      ];
     const now = Date.now();
-    const changed = (t: TableState) => {
-      const c = this.tracker.changedCount(t.key);
-      return c === 'whole' ? Infinity : (c ?? 0);
-    };
+    const keyed = all.filter((t) => {
+      const n = this.tracker.changedCount(t.key);
+      return t.verified && !t.foreign && typeof n === 'number' && n > 0;
+    });
+    const keyRound = () => keyed.map((t): RoundItem => ({ table: t.info, key: t.key, newPass: false, after: null, keys: { taken: null, settled: false } }));
+    // Every KEY_ROUND_MS between passes; back to back only while a cutover waits and no pass is left (else passes would starve).
+    if (keyed.length && now - this.lastKeyRoundAt >= KEY_ROUND_MS) return keyRound();
     const urgency = (t: TableState): number => {
       if (t.pass) return 0;
       if (!t.verified) return 1;
-      if (t.foreign || changed(t) === Infinity) return 2;
-      const age = now - t.verified.at.getTime();
-      if (changed(t) > 0 && age >= REVERIFY_CHANGED_MS) return 3;
-      if (age >= REVERIFY_ANY_MS) return 4;
+      // A table without a key counts "whole" at every change: verifying it again would not help the fence.
+      if (t.foreign || (this.tracker.changedCount(t.key) === 'whole' && t.info.keyColumns.length > 0)) return 2;
+      if (now - t.verified.at.getTime() >= REVERIFY_ANY_MS) return 4;
       return 9;
     };
     const ranked = all
       .map((t) => ({ t, u: urgency(t) }))
       .filter((x) => x.u < 9)
       .sort((a, b) => a.u - b.u);
+    if (!ranked.length) return keyed.length && this.fenceWantedAt > 0 ? keyRound() : [];
     const budget = this.spec.verification.rowsPerSecond * 5;
     const out: RoundItem[] = [];
     let rows = 0;
@@ -283,13 +315,31 @@ export class Verifier {
 
   private sink(): RoundSink {
     return {
-      passStarts: async (items, _lsn, snapshot) => {
+      atPause: async (items, lsn, snapshot) => {
         const tgt = await this.stateClient();
         for (const i of items) {
-          await recordPassStart(tgt, this.id, i.key, _lsn, snapshot);
+          if (i.keys) {
+            i.keys.taken = this.tracker.takeKeys(i.key);
+            this.lastKeyRoundAt = Date.now();
+          }
+          if (!i.newPass) continue;
+          await recordPassStart(tgt, this.id, i.key, lsn, snapshot);
           this.tracker.startPass(i.key);
           this.tables.get(i.key)!.pass = { after: null, rows: 0, snapshot };
         }
+      },
+      keysCompared: (item, differ) => {
+        item.keys!.settled = true;
+        if (!differ.length) return;
+        this.tracker.returnKeys(item.key, differ.map(keyId));
+        this.tables.get(item.key)!.recheckKeys = differ;
+        this.log('info', `verification: ${differ.length} changed row(s) of ${item.key} differ; comparing them again with the apply paused`, {
+          event: 'verify-differs',
+          table: item.key,
+        });
+      },
+      keysRechecked: (item) => {
+        this.tables.get(item.key)!.recheckKeys = null;
       },
       rangeDone: async (item, upTo, rows) => {
         const t = this.tables.get(item.key)!;
@@ -300,6 +350,7 @@ export class Verifier {
         if (upTo === null) {
           await recordPassComplete(tgt, this.id, t.key, t.pass.rows);
           this.tracker.completePass(t.key);
+          this.lastPassAt = Date.now();
           t.verified = { at: new Date(), rows: t.pass.rows, snapshot: t.pass.snapshot };
           t.pass = null;
           t.foreign = false;
@@ -348,6 +399,20 @@ export class Verifier {
     };
   }
 
+  /** Keys a key round took but did not compare (it failed or stopped): changed since verification again. */
+  private unsettled(items: RoundItem[]): void {
+    for (const i of items) if (i.keys?.taken && !i.keys.settled) this.tracker.returnKeys(i.key, i.keys.taken);
+  }
+
+  /**
+   * The cutover waits to fence: key rounds run back to back, and `readiness`
+   * wants one that began after this call (so the fence finds only the
+   * changes of its last moments).
+   */
+  wantFence(): void {
+    this.fenceWantedAt = Date.now();
+  }
+
   /** Which verified tables someone else wrote since their verification (the guard's notes). */
   private async refreshForeign(): Promise<void> {
     const since = new Map<string, string>();
@@ -376,8 +441,13 @@ export class Verifier {
     const all = [...this.tables.values()];
     const bad = all.filter((t) => t.unrepairable);
     if (bad.length) return { ready: false, waitingFor: `tables that differ and cannot be repaired: ${bad.map((t) => t.key).join(', ')}` };
-    const unverified = all.filter((t) => !t.verified || t.recheck || t.foreign);
-    if (!unverified.length) return { ready: true, waitingFor: '' };
+    const unverified = all.filter((t) => !t.verified || t.recheck || t.recheckKeys || t.foreign);
+    if (!unverified.length) {
+      const keys = all.some((t) => typeof this.tracker.changedCount(t.key) === 'number' && (this.tracker.changedCount(t.key) as number) > 0);
+      // A key round that took its keys after the cutover asked, and after the last pass completed (a pass gathers its table's changes from its start).
+      if (!keys || this.lastKeyRoundAt >= Math.max(this.fenceWantedAt, this.lastPassAt)) return { ready: true, waitingFor: '' };
+      return { ready: false, waitingFor: 'a last comparison of the rows changed since each table was verified' };
+    }
     const failing = this.lastError ? ` (its last round failed: ${this.lastError})` : '';
     const rows = unverified.reduce((n, t) => n + Math.max(0, t.info.estimatedRows - (t.pass?.rows ?? 0)), 0);
     return {

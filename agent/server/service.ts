@@ -220,7 +220,8 @@ export class AgentService {
   async cancelCutover(id: string): Promise<MigrationStatus> {
     const r = this.get(id);
     const rep = r.rec.cutover;
-    if (r.cutoverRun && rep?.state === 'waiting-for-lag') {
+    // Before the fence (waiting for lag or for the verification) nothing is fenced: cancelling is safe.
+    if (r.cutoverRun && (rep?.state === 'waiting-for-lag' || rep?.state === 'waiting-for-verification')) {
       r.cutoverRun.abort.abort();
       await r.cutoverRun.promise.catch(() => undefined);
     } else if (r.cutoverRun) {
