@@ -107,7 +107,11 @@ describe('cutover: PostgreSQL 14 → 17', function () {
       await waitFor('writes flowing', async () => w.committed.size > 50);
       // Let lag be small, then freeze the target's apply right before the fence.
       await lock.query('BEGIN; LOCK TABLE ledger IN ACCESS EXCLUSIVE MODE');
-      await expectCutoverFailure(client.cutover({ id: 'ledger', maxLagBytes: 64 << 20, maxLagSeconds: 600, timeoutMs: 4000 }), ['CUTOVER_TIMEOUT']);
+      // 'full': the default would time out before the fence, waiting for a verification the locked apply cannot pair.
+      await expectCutoverFailure(client.cutover({ id: 'ledger', maxLagBytes: 64 << 20, maxLagSeconds: 600, timeoutMs: 4000, validation: 'full' }), [
+        'CUTOVER_TIMEOUT',
+      ]);
+      assert.ok((await client.getMigration('ledger')).cutover?.fenceStartedAt, 'it timed out inside the fence');
       const m = await client.getMigration('ledger');
       assert.equal(m.phase, 'syncing');
       assert.equal(m.cutover?.state, 'failed');
@@ -128,7 +132,13 @@ describe('cutover: PostgreSQL 14 → 17', function () {
   });
 
   it("fails validation when a row was changed on the target behind pgferry's back, and lifts the fence", async function () {
-    await target.query("UPDATE ledger SET note = 'tampered' WHERE id = (SELECT min(id) FROM ledger)", [], DB);
+    // In replica mode, as another replication into the same table would: the write guard does not see it, so the
+    // continuous verification does not repair it first (test/verify.test.ts covers what it sees); the full check does.
+    await target.query(
+      "BEGIN; SET LOCAL session_replication_role = replica; UPDATE ledger SET note = 'tampered' WHERE id = (SELECT min(id) FROM ledger); COMMIT",
+      [],
+      DB,
+    );
     await expectCutoverFailure(client.cutover({ id: 'ledger', validation: 'checksums' }), ['CUTOVER_FAILED']);
     const m = await client.getMigration('ledger');
     assert.equal(m.phase, 'syncing');
@@ -145,7 +155,8 @@ describe('cutover: PostgreSQL 14 → 17', function () {
     const lock = await target.client(DB);
     await lock.query('BEGIN; LOCK TABLE ledger IN ACCESS EXCLUSIVE MODE');
     await source.query("INSERT INTO ledger (client_seq, note) VALUES (-99999, 'pending at the fence')", [], DB);
-    const p = client.cutover({ id: 'ledger', maxLagBytes: 64 << 20, maxLagSeconds: 600, timeoutMs: 120_000 });
+    // 'full': with the apply locked out, the default would wait before the fence for a verification that cannot pair its snapshots.
+    const p = client.cutover({ id: 'ledger', maxLagBytes: 64 << 20, maxLagSeconds: 600, timeoutMs: 120_000, validation: 'full' });
     p.catch(() => undefined); // the agent dies under it
     try {
       await waitFor('the cutover to drain', async () => (await client.getMigration('ledger')).cutover?.state === 'draining');

@@ -25,7 +25,7 @@ import { selectTables, type TableInfo } from './catalog';
 import { migratableTables } from './preflight';
 import { NO_ROLE_MAPPING, planSchema, type MatviewRef, type SchemaPlan } from './schema';
 import { selectSchemas } from './schema-objects-read';
-import { describeSchema } from './schema-describe';
+import { describeSchema, type SchemaObject } from './schema-describe';
 import { diffSchemas, formatSchemaDiff, type SchemaDifference } from './schema-diff';
 import { syncLargeObjects, type LargeObjectSyncStats } from './large-objects';
 import type { MigrationSpec } from './spec';
@@ -73,9 +73,10 @@ export async function compareSchemas(
   schemas: string[],
   tables: TableInfo[],
   accept: string[] = [],
+  sourceObjects?: SchemaObject[],
 ): Promise<{ differences: SchemaDifference[]; objects: number }> {
   const which = { schemas, tables: tables.map((t) => ({ schema: t.schema, name: t.name })) };
-  const [a, b] = await Promise.all([describeSchema(src, which), describeSchema(tgt, which)]);
+  const [a, b] = await Promise.all([sourceObjects ?? describeSchema(src, which), describeSchema(tgt, which)]);
   const roles = rolesOf(spec);
   const migrated = new Set(tables.map((t) => qn(t.schema, t.name)));
   let differences = diffSchemas(a, b, { roleMap: roles.map, accept }).map((d) => (d.accepted || !expected(d, migrated) ? d : { ...d, accepted: true }));
@@ -123,14 +124,17 @@ export async function handOver(
   spec: MigrationSpec,
   tables: TableInfo[],
   accept: string[],
+  prepared?: PreparedHandover,
 ): Promise<{ check: SchemaCheckReport; plan: SchemaPlan }> {
   const t0 = Date.now();
-  const { plan, schemas } = await currentPlan(src, spec, tables);
+  // `prepared`: read before the fence, and the caller has seen the catalog's signature unchanged since (the fence stops DDL).
+  const ready = prepared;
+  const { plan, schemas } = ready ?? (await currentPlan(src, spec, tables));
   await tgt.query('BEGIN');
   try {
     await tgt.query('SET LOCAL search_path = pg_catalog');
     for (const s of plan.handover) await tgt.query(s.sql);
-    const { differences, objects } = await compareSchemas(src, tgt, spec, schemas, tables, accept);
+    const { differences, objects } = await compareSchemas(src, tgt, spec, schemas, tables, accept, ready?.source);
     const bad = differences.filter((d) => !d.accepted);
     const check: SchemaCheckReport = { ok: bad.length === 0, objects, differences: formatSchemaDiff(differences, objects).split('\n').filter(Boolean), ms: 0 };
     if (bad.length > 0) {
@@ -147,6 +151,67 @@ export async function handOver(
     await tgt.query('ROLLBACK').catch(() => undefined);
     throw e;
   }
+}
+
+/** The source's side of the handover, read before the fence (its plan and its catalog's description). */
+export interface PreparedHandover {
+  plan: SchemaPlan;
+  schemas: string[];
+  source: SchemaObject[];
+  /** `catalogSignature()` when it was read. */
+  signature: string;
+}
+
+/**
+ * Read the source's side of the handover before the fence, so that inside
+ * it only a signature of the catalog is read again (`handOver` falls back to
+ * reading it all when the signature changed).
+ */
+export async function prepareHandover(src: pg.Client, spec: MigrationSpec, tables: TableInfo[]): Promise<PreparedHandover> {
+  const signature = await catalogSignature(src);
+  const { plan, schemas } = await currentPlan(src, spec, tables);
+  const source = await describeSchema(src, { schemas, tables: tables.map((t) => ({ schema: t.schema, name: t.name })) });
+  return { plan, schemas, source, signature };
+}
+
+/** The catalogs a schema's description reads (DDL, GRANT and COMMENT all write some of them). */
+const SIGNED_CATALOGS = [
+  'pg_namespace',
+  'pg_class',
+  'pg_attribute',
+  'pg_attrdef',
+  'pg_constraint',
+  'pg_index',
+  'pg_type',
+  'pg_proc',
+  'pg_aggregate',
+  'pg_operator',
+  'pg_cast',
+  'pg_collation',
+  'pg_trigger',
+  'pg_rewrite',
+  'pg_policy',
+  'pg_description',
+  'pg_depend',
+  'pg_default_acl',
+  'pg_extension',
+  'pg_sequence',
+  'pg_statistic_ext',
+  'pg_ts_config',
+  'pg_ts_dict',
+  'pg_inherits',
+  'pg_event_trigger',
+];
+
+/**
+ * A signature of the database's catalog: each catalog's row count and the
+ * sum of its rows' xmin. Any DDL, GRANT or COMMENT inserts, updates or
+ * deletes a catalog row, so it changes (a few milliseconds to read).
+ */
+export async function catalogSignature(src: pg.Client): Promise<string> {
+  const parts = SIGNED_CATALOGS.map((c) => `SELECT '${c}' AS c, count(*) AS n, coalesce(sum(xmin::text::bigint), 0) AS x FROM pg_catalog.${c}`);
+  const r = await src.query(parts.join(' UNION ALL '));
+  return r.rows.map((x) => `${x.c}:${x.n}:${x.x}`).join(' ');
 }
 
 /** The inverse of each handover statement: what a failed cutover switches off again. */

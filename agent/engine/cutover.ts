@@ -16,7 +16,7 @@
  * and the fence".
  */
 import type pg from 'pg';
-import { closeQuietly, connect, qi, qn, resolveEndpoint } from './conn';
+import { closeQuietly, connect, qi, ql, qn, resolveEndpoint } from './conn';
 import { PgferryError, asPgferryError, isPgferryError } from './errors';
 import { formatLsn, parseLsn, type Lsn } from './lsn';
 import { selectTables, type TableInfo } from './catalog';
@@ -33,7 +33,7 @@ import type { CutoverReport, OutagePart, Phase, StoredError, Validation } from '
 import type { MigrationSpec } from './spec';
 import type { SyncProgress } from './sync';
 import { sleep } from './sleep';
-import { handOver, largeObjectPass, refreshAfterHandover, undoHandover } from './cutover-schema';
+import { catalogSignature, handOver, largeObjectPass, prepareHandover, refreshAfterHandover, undoHandover, type PreparedHandover } from './cutover-schema';
 import type { SchemaPlan } from './schema';
 
 export { VALIDATIONS, type CutoverReport, type TableValidation, type Validation } from './state';
@@ -243,17 +243,16 @@ async function drainToFence(c: Cut, fenceLsn: Lsn): Promise<void> {
   endPart(c, 'drain');
 }
 
-/** 4. Sequences: after the last change, so the first insert on the target cannot collide. */
-async function syncSequences(c: Cut, tables: TableInfo[]): Promise<void> {
+/** 4. Sequences: after the last change, so the first insert on the target cannot collide. All read in one query, all set in one. */
+async function syncSequences(c: Cut, sequences: Array<{ schema: string; name: string }>): Promise<void> {
   await step(c, 'sequences');
-  // With the schema pgferry created, every sequence of the migrated schemas; with the user's, those the tables use.
-  const schemas = c.runner.spec.schemaMode === 'create' ? await selectSchemas(c.src, c.runner.spec.tables) : [];
-  for (const sq of await listSequences(c.src, tables, schemas)) {
-    const v = await c.src.query(`SELECT last_value::text AS v, is_called FROM ${qn(sq.schema, sq.name)}`);
-    const value = v.rows[0].v as string;
-    await c.tgt.query('SELECT setval($1::regclass, $2::bigint, $3)', [qn(sq.schema, sq.name), value, v.rows[0].is_called]);
-    c.report.sequences.push({ sequence: qn(sq.schema, sq.name), value: Number(value) });
-  }
+  if (!sequences.length) return;
+  const names = sequences.map((sq) => qn(sq.schema, sq.name));
+  const read = names.map((n, i) => `SELECT ${i} AS i, last_value::text AS v, is_called FROM ${n}`).join(' UNION ALL ');
+  const rows = (await c.src.query(read)).rows.sort((a, b) => a.i - b.i);
+  const set = rows.map((r) => `SELECT setval(${ql(names[r.i])}::regclass, ${ql(r.v)}::bigint, ${r.is_called ? 'true' : 'false'})`).join('; ');
+  await c.tgt.query(set);
+  for (const r of rows) c.report.sequences.push({ sequence: names[r.i], value: Number(r.v) });
 }
 
 /** 5. The rows' check (source still fenced, so both sides are still): cutover-verify.ts. */
@@ -324,10 +323,10 @@ async function waitForVerification(c: Cut, validation: Validation, maxLagBytes: 
  * created the schema; returns the plan handed over (a later failure switches
  * it off again).
  */
-async function handOverSchema(c: Cut, tables: TableInfo[], accept: string[]): Promise<SchemaPlan | undefined> {
+async function handOverSchema(c: Cut, tables: TableInfo[], accept: string[], pre: BeforeFence): Promise<SchemaPlan | undefined> {
   const spec = c.runner.spec;
   if (spec.schemaMode !== 'create') return undefined;
-  if ((await getMarker(c.tgt, c.runner.id, 'finish')) === undefined) {
+  if (!pre.finished) {
     // Started by an agent older than the whole-database schema stage: its target has the tables only,
     // so there is nothing to hand over, and comparing would fail on what was never created.
     c.report.warnings.push(
@@ -336,9 +335,47 @@ async function handOverSchema(c: Cut, tables: TableInfo[], accept: string[]): Pr
     return undefined;
   }
   await step(c, 'schema');
-  const h = await handOver(c.src, c.tgt, spec, tables, accept);
+  const h = await handOver(c.src, c.tgt, spec, tables, accept, pre.handover);
   c.report.schemaCheck = h.check;
   return h.plan;
+}
+
+/** What the cutover reads before the fence, so that the fence does not wait for it. */
+interface BeforeFence {
+  tables: TableInfo[];
+  /** The schema stage's finish marker is on the target (the handover has something to switch on). */
+  finished: boolean;
+  /** The source's side of the handover (cutover-schema.ts), when there is one. */
+  handover?: PreparedHandover;
+  /** The sequences to set at the fence: with the schema pgferry created, every one of the migrated schemas; with the user's, those the tables use. */
+  sequences: Array<{ schema: string; name: string }>;
+  signature: string;
+}
+
+/** 1a. The source's tables, and its side of the schema handover, read before the fence (nothing is fenced yet). */
+async function readBeforeFence(c: Cut): Promise<BeforeFence> {
+  const spec = c.runner.spec;
+  const signature = await catalogSignature(c.src);
+  const tables = migratableTables((await selectTables(c.src, spec.tables)).tables);
+  const finished = spec.schemaMode === 'create' && (await getMarker(c.tgt, c.runner.id, 'finish')) !== undefined;
+  const handover = finished ? await prepareHandover(c.src, spec, tables) : undefined;
+  return { tables, finished, handover, signature, sequences: await sequencesOf(c, tables) };
+}
+
+async function sequencesOf(c: Cut, tables: TableInfo[]): Promise<Array<{ schema: string; name: string }>> {
+  const schemas = c.runner.spec.schemaMode === 'create' ? await selectSchemas(c.src, c.runner.spec.tables) : [];
+  return listSequences(c.src, tables, schemas);
+}
+
+/**
+ * Inside the fence: what was read before it still holds when the source's
+ * catalog did not change since (DDL then is refused); else read again.
+ */
+async function stillBeforeFence(c: Cut, pre: BeforeFence): Promise<BeforeFence> {
+  if ((await catalogSignature(c.src)) === pre.signature) return pre;
+  c.log('info', "cutover: the source's catalog changed before the fence; reading its tables and schema again");
+  const tables = migratableTables((await selectTables(c.src, c.runner.spec.tables)).tables);
+  return { tables, finished: pre.finished, handover: undefined, signature: '', sequences: await sequencesOf(c, tables) };
 }
 
 /** What the failed cutover's message says about the fence: only what was verified. */
@@ -426,17 +463,19 @@ export async function runCutover(runner: CutoverHost, opts: CutoverOptions, sign
     const maxLagBytes = opts.maxLagBytes ?? 1024 * 1024;
     const maxLagSeconds = opts.maxLagSeconds ?? 5;
     await waitForLag(c, maxLagBytes, maxLagSeconds);
+    const before = await readBeforeFence(c);
     await waitForVerification(c, validation, maxLagBytes, maxLagSeconds);
     const { fenceStart, fenceLsn } = await fenceWriters(c, opts.graceMs ?? 500);
     await drainToFence(c, fenceLsn);
-    const tables = migratableTables((await selectTables(c.src, runner.spec.tables)).tables);
-    if (!opts.skipSequences) await syncSequences(c, tables);
+    const pre = await stillBeforeFence(c, before);
+    const tables = pre.tables;
+    if (!opts.skipSequences) await syncSequences(c, pre.sequences);
     else await step(c, 'sequences');
     endPart(c, 'sequences');
     await step(c, 'large-objects');
     report.largeObjects = await largeObjectPass(c.src, c.tgt, runner.id, runner.spec);
     endPart(c, 'large-objects');
-    handedOver = await handOverSchema(c, tables, opts.acceptSchemaDifferences ?? []);
+    handedOver = await handOverSchema(c, tables, opts.acceptSchemaDifferences ?? [], pre);
     endPart(c, 'schema');
     await validateTables(c, tables, validation);
 
