@@ -300,7 +300,15 @@ async function waitForVerification(c: Cut, validation: Validation, maxLagBytes: 
     if (r.ready) {
       // The lag may have grown while the verification ran: what the fence would have to drain.
       const s = await c.runner.status();
-      if (s.lagBytes <= maxLagBytes && s.lagSeconds <= maxLagSeconds) break;
+      if (s.lagBytes <= maxLagBytes && s.lagSeconds <= maxLagSeconds) {
+        // Stopped, then asked again: a round that ended meanwhile (a pass completing brings its table's
+        // changes since its start) must not slip in between the answer and the fence.
+        await v.halt();
+        if (v.readiness().ready) break;
+        v.resume();
+        v.wantFence();
+        continue;
+      }
       r.waitingFor = `the lag to come down again (now ${s.lagBytes} bytes, ${s.lagSeconds.toFixed(1)} s)`;
     }
     if (r.waitingFor !== said) {
@@ -315,7 +323,7 @@ async function waitForVerification(c: Cut, validation: Validation, maxLagBytes: 
       );
     await sleep(200);
   }
-  await v.halt();
+  c.log('info', `cutover: verified; rows to re-check inside the fence: ${v.tracker.summary().keys}`);
 }
 
 /**
