@@ -124,7 +124,7 @@ describe('verify units: ApplyBarrier', function () {
     assert.equal(await waiting, null);
   });
 
-  // BUG (verify-barrier.ts `arrive`): when the provisional hold is released (its 2 s timer in verify-round.ts)
+  // Regression (found in review, fixed: verify-barrier.ts `arrive`): when the provisional hold is released (its 2 s timer in verify-round.ts)
   // after `due(b)` said "pause" but before `arrive(b)`, the apply goes through b without `passed` ever
   // recording it; a final hold at a point <= b is then accepted, and the target's snapshot includes the
   // transaction committed at b, which the source's snapshot does not. Fix: in `arrive`, on the early
@@ -313,7 +313,7 @@ function keyTests(x: Streams): void {
     assert.deepEqual(truncated.flags, ['items']);
   });
 
-  // BUG (verify-changes.ts `add`): a key changed while a new pass runs is counted once for the verified set
+  // Regression (found in review, fixed: verify-changes.ts `add`): a key changed while a new pass runs is counted once for the verified set
   // and once for the pass's, so `summary().keys` (the status' `keysChanged`, "rows applied since their
   // table's verification") doubles during every re-verification, and `maxKeys` is reached at half the keys.
   it("counts each changed key once in the status' keysChanged, also while a new pass runs", async function () {

@@ -6,8 +6,6 @@
  * on the target during the fence fails the cutover and lifts the fence; a
  * kill -9 in the middle of a verification loses no recorded progress and
  * invents none. PostgreSQL 14 → 17, a real agent process, a live writer.
- *
- * Tests marked BUG fail on the engine as committed; each says why and where.
  */
 import assert from 'node:assert/strict';
 import { startCluster, type Cluster } from '../dev/testbed';
@@ -240,7 +238,7 @@ function repairs(h: Harness): void {
     await h.client.deleteMigration(id);
   });
 
-  // BUG (verify.ts sink `rangeDone` via verify-round.ts `recheck`): a range that differed is re-checked and
+  // Regression (found in review, fixed: verify.ts sink `rangeDone` via verify-round.ts `recheck`): a range that differed is re-checked and
   // repaired, then recorded with 0 rows, and the range's rows were never counted when it first differed: the
   // status' `rowsVerified` (and verify_state's `verified_rows`) lose a range per repair. Count the range's rows
   // (the source's count in the re-check) when it is recorded.
@@ -414,7 +412,7 @@ function fullChecks(h: Harness): void {
 }
 
 function cutoverNotHeld(h: Harness): void {
-  // BUG (verify.ts `halt`): a round that creates its source slot waits for every transaction open on the
+  // Regression (found in review, fixed: verify.ts `halt`): a round that creates its source slot waits for every transaction open on the
   // source then (logical decoding's consistent point); `halt()` closes the round's other connections but not
   // that one, and awaits the round. The cutover calls `halt()` before its fence, outside its own timeout and
   // cancellation, so one idle-in-transaction session on the source holds the cutover until it ends (here a
@@ -494,7 +492,7 @@ function killDuringVerification(h: Harness): void {
       await assertLedgerOnTarget(h, id, w);
       await assertSameData(h.source, h.target, id);
       await h.client.deleteMigration(id);
-      // BUG (verify.ts sink `repaired`): the `verify-repaired` line, the status' `repairs` and its counters are
+      // Regression (found in review, fixed: verify.ts sink `repaired`): the `verify-repaired` line, the status' `repairs` and its counters are
       // written inside the repair's transaction, before its COMMIT: a repair that never committed (the kill
       // here, or a COMMIT that fails) is logged and counted as made. Log and count once the COMMIT succeeded.
       const logged = logEvents(h, id, 'verify-repaired').length;

@@ -74,9 +74,13 @@ export async function createPublication(src: pg.Client, migrationId: string, nam
  * Create the main slot with an exported snapshot. `temporary` slots vanish
  * with their connection (used when a load resumes).
  */
-export async function createSlotWithSnapshot(source: Endpoint, slotName: string, temporary = false): Promise<ExportedSnapshot> {
+export async function createSlotWithSnapshot(source: Endpoint, slotName: string, temporary = false, signal?: AbortSignal): Promise<ExportedSnapshot> {
   const repl = await connect('source', source, { replication: true, applicationName: `pgferry snapshot ${slotName}` });
+  // Aborted (the verification stopped): the creation may be waiting for the source's open transactions; end it.
+  const onAbort = () => void repl.end().catch(() => undefined);
+  signal?.addEventListener('abort', onAbort, { once: true });
   try {
+    if (signal?.aborted) throw new Error('aborted before the slot was created');
     const r = await repl.query(`CREATE_REPLICATION_SLOT ${qi(slotName)}${temporary ? ' TEMPORARY' : ''} LOGICAL pgoutput EXPORT_SNAPSHOT`);
     const row = r.rows[0];
     return {
@@ -84,10 +88,12 @@ export async function createSlotWithSnapshot(source: Endpoint, slotName: string,
       lsn: parseLsn(row.consistent_point),
       snapshotName: row.snapshot_name,
       release: async () => {
+        signal?.removeEventListener('abort', onAbort);
         await repl.end().catch(() => undefined);
       },
     };
   } catch (e) {
+    signal?.removeEventListener('abort', onAbort);
     await repl.end().catch(() => undefined);
     if (sqlState(e) === '42710') {
       throw new PgferryError(

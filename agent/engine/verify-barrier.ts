@@ -49,7 +49,11 @@ export class ApplyBarrier {
 
   /** sync.ts: the apply is paused at `lsn`, everything before it committed on the target. Resolves when released. */
   arrive(lsn: Lsn): Promise<void> {
-    if (!this.want || lsn < this.want.lsn) return Promise.resolve(); // released meanwhile
+    if (!this.want || lsn < this.want.lsn) {
+      // Released meanwhile: the apply goes through this boundary, so a later hold at or below it cannot be exact.
+      if (lsn > this.passed) this.passed = lsn;
+      return Promise.resolve();
+    }
     this.pausedAt = lsn;
     const done = new Promise<void>((resolve) => {
       this.resume = resolve;
@@ -79,6 +83,7 @@ export class ApplyBarrier {
   /** The verifier: wait until the apply pauses at the point held (its boundary), or `ms` pass (null). */
   arrived(ms: number, signal?: AbortSignal): Promise<Lsn | null> {
     if (this.pausedAt !== null && this.want && this.pausedAt >= this.want.lsn) return Promise.resolve(this.pausedAt);
+    if (signal?.aborted) return Promise.resolve(null);
     return new Promise((resolve) => {
       const done = (v: Lsn | null) => {
         clearTimeout(timer);

@@ -178,8 +178,13 @@ export class ChangeTracker {
   /** Verified tables changed since (and how many keys they hold). */
   summary(): { changedTables: number; keys: number } {
     let changedTables = 0;
-    for (const t of this.tables.values()) if (t.verified && (t.verifiedWhole || t.verified.size > 0)) changedTables++;
-    return { changedTables, keys: this.keys };
+    let keys = 0;
+    for (const t of this.tables.values()) {
+      if (t.verified && (t.verifiedWhole || t.verified.size > 0)) changedTables++;
+      keys += t.verified?.size ?? 0;
+    }
+    // Keys since verification (a key also held by a pass in progress counts once; `this.keys`, the memory bound, counts both).
+    return { changedTables, keys };
   }
 
   /**

@@ -93,6 +93,8 @@ export interface RoundSink {
   rangeDiffers(item: RoundItem, range: KeyRange): void;
   /** Rows rewritten from the source in a re-check (in the repair's transaction). */
   repaired(item: RoundItem, range: KeyRange, keys: KeyValues[], repairTx: pg.Client): Promise<void>;
+  /** …and that transaction committed: log it, count it. */
+  repairCommitted(item: RoundItem, keys: KeyValues[]): void;
   /** A table without a key still differs when compared again: it cannot be repaired row by row. */
   unrepairable(item: RoundItem): void;
   /** Rows read so far, for the rate limit. */
@@ -120,7 +122,7 @@ export async function runRound(l: RoundLinks, items: RoundItem[], lim: RoundLimi
   const provisional = setTimeout(() => barrier.release(), PROVISIONAL_PAUSE_MS);
   let lsn: Lsn;
   try {
-    const snap = await createSlotWithSnapshot(l.source, l.slotName, true);
+    const snap = await createSlotWithSnapshot(l.source, l.slotName, true, l.signal);
     try {
       lsn = snap.lsn;
       await src.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
@@ -233,6 +235,7 @@ async function recheckKeys(l: RoundLinks, item: RoundItem, keys: KeyValues[], si
       await failpoint('verify.repair-before-commit', l.signal).catch(() => undefined);
     }
     await tx.query('COMMIT');
+    if (still.length) sink.repairCommitted(item, still);
   } catch (e) {
     await tx.query('ROLLBACK').catch(() => undefined);
     throw e;
@@ -269,12 +272,15 @@ async function recheck(l: RoundLinks, item: RoundItem, range: KeyRange, sink: Ro
     return;
   }
   const tx = l.repair;
+  let keys: KeyValues[];
+  let rows: number;
   await tx.query('BEGIN');
   try {
     await repairSession(tx);
     const [a, b] = await Promise.all([rangeRowHashes(l.src, item.table, range), rangeRowHashes(tx, item.table, range)]);
     sink.rowsRead(Math.max(a.size, b.size));
-    let keys = differingKeys(a, b);
+    rows = a.size;
+    keys = differingKeys(a, b);
     if (keys.length) {
       // Compared by exact key (range bounds may order text differently on the two sides).
       const [ka, kb] = await Promise.all([keysRowHashes(l.src, item.table, keys), keysRowHashes(tx, item.table, keys)]);
@@ -290,5 +296,6 @@ async function recheck(l: RoundLinks, item: RoundItem, range: KeyRange, sink: Ro
     await tx.query('ROLLBACK').catch(() => undefined);
     throw e;
   }
-  await sink.rangeDone(item, range.upTo, 0);
+  if (keys.length) sink.repairCommitted(item, keys);
+  await sink.rangeDone(item, range.upTo, rows);
 }

@@ -113,3 +113,13 @@ export async function recordChanged(tgt: pg.Client, migrationId: string, table: 
 export async function recordRepair(tgt: pg.Client, migrationId: string, table: string, rows: number): Promise<void> {
   await tgt.query('UPDATE pgferry.verify_state SET repaired_rows = repaired_rows + $3 WHERE migration_id = $1 AND table_name = $2', [migrationId, table, rows]);
 }
+
+/** Nothing of this migration counts as verified any more (the write guards were off for a while): every table is verified again. */
+export async function forgetVerification(tgt: pg.Client, migrationId: string): Promise<void> {
+  await tgt.query(
+    `UPDATE pgferry.verify_state SET verified_lsn = NULL, verified_snapshot = NULL, verified_at = NULL, verified_rows = 0, verified_changed = false,
+       pass_lsn = NULL, pass_snapshot = NULL, pass_after = NULL, pass_rows = 0, pass_started_at = NULL, pass_changed = false
+     WHERE migration_id = $1`,
+    [migrationId],
+  );
+}

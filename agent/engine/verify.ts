@@ -33,7 +33,16 @@ import { ChangeTracker } from './verify-changes';
 import { foreignWritesAfter, installGuards } from './verify-guard';
 import { keyId, parseKeyId, type KeyRange, type KeyValues } from './verify-ranges';
 import { runRound, type RoundItem, type RoundLinks, type RoundSink } from './verify-round';
-import { readVerifyState, recordChanged, recordPassAbandoned, recordPassComplete, recordPassProgress, recordPassStart, recordRepair } from './verify-state';
+import {
+  forgetVerification,
+  readVerifyState,
+  recordChanged,
+  recordPassAbandoned,
+  recordPassComplete,
+  recordPassProgress,
+  recordPassStart,
+  recordRepair,
+} from './verify-state';
 import type { VerificationStatus } from './state';
 
 const IDLE_MS = 1000;
@@ -132,6 +141,7 @@ export class Verifier {
     for (const [key, row] of await readVerifyState(tgt, this.id)) {
       const t = this.tables.get(key);
       if (!t) continue;
+      this.rowsRepaired += row.repairedRows; // what earlier runs repaired (the repairs' lines are in their logs)
       if (row.verified) {
         t.verified = { at: row.verified.at, rows: row.verified.rows, snapshot: row.verified.snapshot };
         this.tracker.restore(key, true, row.verified.changed);
@@ -163,7 +173,11 @@ export class Verifier {
         this.tracker.abandonPass(t.key);
       }
       void this.stateClient()
-        .then((tgt) => installGuards(tgt, this.allTables))
+        .then(async (tgt) => {
+          // Persisted too: a restart must not trust what was verified while the guards were down.
+          await forgetVerification(tgt, this.id);
+          await installGuards(tgt, this.allTables);
+        })
         .then(
           () => {
             this.prepared = true;
@@ -197,9 +211,10 @@ export class Verifier {
     const l = this.loop;
     if (!l) return;
     l.ac.abort();
-    this.barrier.release();
-    // A query in flight (a range's checksum) ends with its connections.
+    // A query in flight (a range's checksum) ends with its connections, and so does a repair's
+    // transaction (rolled back) — before the apply goes on, which must not meet it half done.
     await this.closeLinks();
+    this.barrier.release();
     await l.done;
   }
 
@@ -367,8 +382,10 @@ export class Verifier {
           table: item.key,
         });
       },
-      repaired: async (item, range, keys, tx) => {
+      repaired: async (item, _range, keys, tx) => {
         await recordRepair(tx, this.id, item.key, keys.length);
+      },
+      repairCommitted: (item, keys) => {
         this.rangesRepaired++;
         this.rowsRepaired += keys.length;
         const sample = keys
@@ -472,7 +489,7 @@ export class Verifier {
     const times = verified.map((t) => t.verified!.at.getTime());
     const s = this.tracker.summary();
     return {
-      state: this.spec.verification.disabled ? 'off' : !this.running ? 'paused' : verified.length === all.length ? 'verified' : 'verifying',
+      state: this.spec.verification.disabled || !this.prepared ? 'off' : !this.running ? 'paused' : verified.length === all.length ? 'verified' : 'verifying',
       tablesTotal: all.length,
       tablesVerified: verified.length,
       rowsVerified: verified.reduce((n, t) => n + t.verified!.rows, 0),
