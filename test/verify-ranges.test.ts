@@ -18,6 +18,7 @@ import {
   hasRangeKey,
   keyId,
   keysRowHashes,
+  lastKey,
   parseKeyId,
   rangeEnd,
   rangeFingerprint,
@@ -160,6 +161,18 @@ for (const pair of PAIRS) {
       assert.deepEqual(await walk(src, empty, 1000), [whole]);
       assert.deepEqual(await rangeFingerprint(tgt, empty, whole), { rows: 0, checksum: '0' });
       assert.equal((await rangeRowHashes(src, empty, whole)).size, 0);
+    });
+
+    it('counts ranges up to a given last key (a pass ends at the last key it found, however fast the table grows)', async function () {
+      const { src, table } = await fresh(ITEMS_DDL, ITEMS_ROWS);
+      const items = table('items');
+      const last = await lastKey(src, items);
+      assert.ok(last);
+      const firstOf = await rangeEnd(src, items, null, 1);
+      assert.deepEqual(await rangeEnd(src, items, null, 1, last), firstOf);
+      // Rows above the last key do not count: fewer than `rows` remain up to it.
+      assert.equal(await rangeEnd(src, items, firstOf, 1_000_000_000, last), null);
+      assert.equal(await lastKey(src, table('empty')), null);
     });
 
     it("a key's INCLUDE columns are not part of it (the stream's old key does not carry them)", async function () {

@@ -60,7 +60,8 @@ CREATE TABLE IF NOT EXISTS pgferry.verify_state (
   verified_changed boolean NOT NULL DEFAULT false,
   repaired_rows bigint NOT NULL DEFAULT 0,
   PRIMARY KEY (migration_id, table_name)
-);`;
+);
+ALTER TABLE pgferry.verify_state ADD COLUMN IF NOT EXISTS pass_end text;`;
 
 export async function ensureTargetState(client: pg.Client): Promise<void> {
   // Serialize concurrent creators (several workers may start at once).

@@ -64,12 +64,27 @@ export function hasRangeKey(t: TableInfo): boolean {
  * let after = null;
  * do { const upTo = await rangeEnd(src, t, after, 50_000); ranges.push({ after, upTo }); after = upTo; } while (after);
  */
-export async function rangeEnd(client: pg.Client, t: TableInfo, after: KeyValues | null, rows: number): Promise<KeyValues | null> {
+export async function rangeEnd(
+  client: pg.Client,
+  t: TableInfo,
+  after: KeyValues | null,
+  rows: number,
+  within: KeyValues | null = null,
+): Promise<KeyValues | null> {
   if (!Number.isInteger(rows) || rows < 1) throw new Error(`rangeEnd: rows must be a positive integer, got ${rows}`);
   const q = new Sql(t);
-  const where = q.range({ after, upTo: null });
+  // `within`: only rows up to that key count (null when fewer than `rows` remain up to it).
+  const where = q.range({ after, upTo: within });
   const keys = q.keys.map((c) => `t.${qi(c.name)}`).join(', ');
   const r = await q.run(client, `SELECT ${keys} FROM ONLY ${qn(t.schema, t.name)} AS t WHERE ${where} ORDER BY ${keys} LIMIT 1 OFFSET ${rows - 1}`);
+  return r.length ? (r[0] as KeyValues) : null;
+}
+
+/** The last key in key order, or null for an empty table. */
+export async function lastKey(client: pg.Client, t: TableInfo): Promise<KeyValues | null> {
+  const q = new Sql(t);
+  const keys = q.keys.map((c) => `t.${qi(c.name)}`);
+  const r = await q.run(client, `SELECT ${keys.join(', ')} FROM ONLY ${qn(t.schema, t.name)} AS t ORDER BY ${keys.map((k) => `${k} DESC`).join(', ')} LIMIT 1`);
   return r.length ? (r[0] as KeyValues) : null;
 }
 

@@ -30,6 +30,7 @@ import {
   differingKeys,
   hasRangeKey,
   keysRowHashes,
+  lastKey,
   parseKeyId,
   rangeEnd,
   rangeFingerprint,
@@ -68,6 +69,8 @@ export interface RoundItem {
   newPass: boolean;
   /** Continue from this key (null: from the first row). */
   after: KeyValues | null;
+  /** Where the pass ends (its table's last key when first read; null: it was empty); undefined until read. */
+  end?: KeyValues | null;
   /** A range that differed earlier: compared again row by row while paused, and repaired. */
   recheck?: KeyRange;
   /**
@@ -87,6 +90,8 @@ export interface RoundSink {
   keysCompared(item: RoundItem, differ: KeyValues[]): void;
   /** Keys that differed were compared again while paused (and rewritten where they still differed). */
   keysRechecked(item: RoundItem): void;
+  /** A pass's end, read in the snapshot of its first compared range. */
+  passEnd(item: RoundItem, end: KeyValues | null): Promise<void>;
   /** A range compared equal (or was repaired): the pass goes on after `upTo` (null: the table is done). */
   rangeDone(item: RoundItem, upTo: KeyValues | null, rows: number): Promise<void>;
   /** A range differed: re-check it in a later round. */
@@ -181,8 +186,16 @@ async function compareRanges(l: RoundLinks, items: RoundItem[], lim: RoundLimits
     for (;;) {
       if (l.signal.aborted || read >= lim.budgetRows) return;
       const keyed = hasRangeKey(item.table);
-      // A table without a key is one range: the whole table.
-      const upTo = keyed ? await rangeEnd(l.src, item.table, after, lim.rangeRows) : null;
+      if (keyed && item.end === undefined) {
+        // The pass's ranges are counted up to the last key it finds now: rows inserted later are its changes (checked by
+        // key) and fall in its last range, so a table that grows faster than the verification reads still gets verified.
+        item.end = await lastKey(l.src, item.table);
+        await sink.passEnd(item, item.end);
+      }
+      // Ranges are counted up to the end; the last one is open (rows only on the target, above the source's
+      // last key, must be compared too). A table without a key is one range: the whole table.
+      const upTo = keyed ? await rangeEnd(l.src, item.table, after, lim.rangeRows, item.end ?? null) : null;
+      const last = upTo === null;
       const range: KeyRange = { after, upTo };
       const [a, b] = await Promise.all([fingerprint(l.src, item.table, range), fingerprint(l.tgt, item.table, range)]);
       read += Math.max(a.rows, b.rows);
@@ -194,7 +207,7 @@ async function compareRanges(l: RoundLinks, items: RoundItem[], lim: RoundLimits
       await failpoint('verify.range-compared', l.signal).catch(() => undefined);
       await sink.rangeDone(item, upTo, a.rows);
       await failpoint('verify.range-recorded', l.signal).catch(() => undefined);
-      if (upTo === null) break;
+      if (last) break;
       after = upTo;
       // The rate limit: never more than rowsPerSecond per side on average over the round.
       const aheadMs = (read * 1000) / lim.rowsPerSecond - (Date.now() - started);

@@ -6,6 +6,8 @@
  * A pass checks a table range by range from a first barrier on:
  *   pass_lsn / pass_snapshot   the source point and target snapshot it started at
  *   pass_after, pass_rows      the key after which the next range starts, rows checked so far
+ *   pass_end                   the table's last key when the pass began: it ends there (rows
+ *                              inserted since are the pass's changes, checked by key)
  *                              (written only once a range compared equal, or was repaired)
  *   pass_changed               the apply changed the table since the pass started
  * and its last completed pass:
@@ -23,14 +25,14 @@ import { formatLsn, parseLsn, type Lsn } from './lsn';
 
 export interface VerifyRow {
   table: string;
-  pass: null | { lsn: Lsn; snapshot: string; after: string | null; rows: number; startedAt: Date; changed: boolean };
+  pass: null | { lsn: Lsn; snapshot: string; after: string | null; end: string | null; rows: number; startedAt: Date; changed: boolean };
   verified: null | { lsn: Lsn; snapshot: string; at: Date; rows: number; changed: boolean };
   repairedRows: number;
 }
 
 export async function readVerifyState(tgt: pg.Client, migrationId: string): Promise<Map<string, VerifyRow>> {
   const r = await tgt.query(
-    `SELECT table_name, pass_lsn::text AS pass_lsn, pass_snapshot, pass_after, pass_rows, pass_started_at, pass_changed,
+    `SELECT table_name, pass_lsn::text AS pass_lsn, pass_snapshot, pass_after, pass_end, pass_rows, pass_started_at, pass_changed,
             verified_lsn::text AS verified_lsn, verified_snapshot, verified_at, verified_rows, verified_changed, repaired_rows
        FROM pgferry.verify_state WHERE migration_id = $1`,
     [migrationId],
@@ -44,6 +46,7 @@ export async function readVerifyState(tgt: pg.Client, migrationId: string): Prom
             lsn: parseLsn(x.pass_lsn),
             snapshot: x.pass_snapshot,
             after: x.pass_after,
+            end: x.pass_end,
             rows: Number(x.pass_rows),
             startedAt: x.pass_started_at,
             changed: x.pass_changed,
@@ -64,7 +67,7 @@ export async function recordPassStart(tgt: pg.Client, migrationId: string, table
     `INSERT INTO pgferry.verify_state AS v (migration_id, table_name, pass_lsn, pass_snapshot, pass_after, pass_rows, pass_started_at, pass_changed)
      VALUES ($1, $2, $3::pg_lsn, $4, NULL, 0, now(), false)
      ON CONFLICT (migration_id, table_name) DO UPDATE SET pass_lsn = excluded.pass_lsn, pass_snapshot = excluded.pass_snapshot,
-       pass_after = NULL, pass_rows = 0, pass_started_at = now(), pass_changed = false`,
+       pass_after = NULL, pass_end = NULL, pass_rows = 0, pass_started_at = now(), pass_changed = false`,
     [migrationId, table, formatLsn(lsn), snapshot],
   );
 }
@@ -76,6 +79,15 @@ export async function recordPassProgress(tgt: pg.Client, migrationId: string, ta
     table,
     after,
     rows,
+  ]);
+}
+
+/** Where the pass ends: the table's last key in the snapshot its first range was compared in (`keyText`; null: the table was empty). */
+export async function recordPassEnd(tgt: pg.Client, migrationId: string, table: string, end: string | null): Promise<void> {
+  await tgt.query('UPDATE pgferry.verify_state SET pass_end = $3 WHERE migration_id = $1 AND table_name = $2 AND pass_lsn IS NOT NULL', [
+    migrationId,
+    table,
+    end,
   ]);
 }
 

@@ -39,6 +39,7 @@ import {
   recordChanged,
   recordPassAbandoned,
   recordPassComplete,
+  recordPassEnd,
   recordPassProgress,
   recordPassStart,
   recordRepair,
@@ -62,7 +63,7 @@ interface TableState {
   info: TableInfo;
   key: string;
   verified: { at: Date; rows: number; snapshot: string } | null;
-  pass: { after: KeyValues | null; rows: number; snapshot: string } | null;
+  pass: { after: KeyValues | null; end?: KeyValues | null; rows: number; snapshot: string } | null;
   recheck: KeyRange | null;
   /** Keys that differed in a key round: compared again (and repaired) with the apply paused. */
   recheckKeys: KeyValues[] | null;
@@ -147,7 +148,12 @@ export class Verifier {
         this.tracker.restore(key, true, row.verified.changed);
       }
       if (row.pass && !row.pass.changed) {
-        t.pass = { after: row.pass.after ? parseKeyId(row.pass.after) : null, rows: row.pass.rows, snapshot: row.pass.snapshot };
+        t.pass = {
+          after: row.pass.after ? parseKeyId(row.pass.after) : null,
+          end: row.pass.end ? parseKeyId(row.pass.end) : undefined,
+          rows: row.pass.rows,
+          snapshot: row.pass.snapshot,
+        };
         this.tracker.resumePass(key);
       } else if (row.pass) {
         await recordPassAbandoned(tgt, this.id, key); // changed since it started, keys unknown: from the start again
@@ -322,7 +328,7 @@ export class Verifier {
     let rows = 0;
     for (const { t } of ranked) {
       if (out.length && rows >= budget) break;
-      out.push({ table: t.info, key: t.key, newPass: !t.pass, after: t.pass?.after ?? null });
+      out.push({ table: t.info, key: t.key, newPass: !t.pass, after: t.pass?.after ?? null, end: t.pass?.end });
       rows += Math.max(1, t.info.estimatedRows - (t.pass?.rows ?? 0));
     }
     return out;
@@ -342,6 +348,11 @@ export class Verifier {
           this.tracker.startPass(i.key);
           this.tables.get(i.key)!.pass = { after: null, rows: 0, snapshot };
         }
+      },
+      passEnd: async (item, end) => {
+        const t = this.tables.get(item.key)!;
+        if (t.pass) t.pass.end = end;
+        await recordPassEnd(await this.stateClient(), this.id, item.key, end === null ? null : keyId(end));
       },
       keysCompared: (item, differ) => {
         item.keys!.settled = true;
