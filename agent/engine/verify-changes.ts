@@ -160,6 +160,17 @@ export class ChangeTracker {
     for (const k of keys) this.add(t, k, 'verified');
   }
 
+  /**
+   * Keys compared equal (or rewritten) while the apply is paused: verified at
+   * that point, so no longer changed since verification (a change after the
+   * pause is noted again).
+   */
+  forgetKeys(table: string, keys: string[]): void {
+    const t = this.tables.get(table);
+    if (!t || !t.verified || t.verifiedWhole) return;
+    for (const k of keys) if (t.verified.delete(k)) this.keys--;
+  }
+
   /** What the fence must re-check for `table`: null (never verified), 'whole', or the keys changed since. */
   changedSinceVerified(table: string): null | 'whole' | KeyValues[] {
     const t = this.tables.get(table);

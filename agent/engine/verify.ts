@@ -365,7 +365,10 @@ export class Verifier {
         });
       },
       keysRechecked: (item) => {
-        this.tables.get(item.key)!.recheckKeys = null;
+        // Compared again (and rewritten where they differed) with the apply paused: verified now.
+        const t = this.tables.get(item.key)!;
+        if (t.recheckKeys) this.tracker.forgetKeys(item.key, t.recheckKeys.map(keyId));
+        t.recheckKeys = null;
       },
       rangeDone: async (item, upTo, rows) => {
         const t = this.tables.get(item.key)!;
