@@ -218,7 +218,7 @@ describe('cli: the verification and the cutover outage', () => {
     const flat = text.replace(/\s+/g, ' ');
     assert.match(text, /^Verify {3}verifying: 38\/40 tables · 1\.2M of ~1\.5M rows · last 3s ago$/m);
     assert.match(flat, /120 row\(s\) in 4 table\(s\) changed since verified \(checked again at the fence\)/);
-    assert.match(flat, /repaired 2 row\(s\) in 1 range\(s\)/);
+    assert.match(flat, /repaired 2 row\(s\) in all \(1 repair\(s\) since the agent started\)/);
     assert.ok(
       text.replace(/\s+/g, '').includes('invoice_line_items_with_a_very_long_name:2row(s)rewrittenfromthesource,key(17),(42)'),
       'the latest repair, wrapped, not cut',

@@ -260,7 +260,7 @@ function verificationLines(v: VerificationStatusMessage, width: number, label: (
     );
   }
   if (v.rowsRepaired > 0 || v.rangesRepaired > 0) {
-    lines.push(`${label('')}repaired ${formatCount(v.rowsRepaired)} row(s) in ${v.rangesRepaired} range(s) since the sync started here`);
+    lines.push(`${label('')}repaired ${formatCount(v.rowsRepaired)} row(s) in all (${v.rangesRepaired} repair(s) since the agent started)`);
     for (const r of v.repairs.slice(-REPAIRS_SHOWN)) lines.push(...wrap(r, width, `${label('')}  `, `${label('')}    `));
   }
   if (v.lastError) lines.push(...wrap(`error (retrying): ${v.lastError}`, width, label(''), label('')));
