@@ -111,10 +111,12 @@ for (const sourceVersion of [13, 14] as PgMajor[]) {
           return m.phase === 'syncing' ? m : undefined;
         });
         await waitFor('writes flowing', async () => w.payments.length > 40);
-        // During the sync: the target's triggers and rules are off and row security is not on yet.
+        // During the sync: the target's triggers and rules are off and row security is not on yet (pgferry's own
+        // write guard, verify-guard.ts, is on: it only notes writes by others, and leaves with the cutover).
         const t = await target.query(
           `SELECT count(*) FILTER (WHERE g.tgenabled <> 'D')::int AS live FROM pg_trigger g JOIN pg_class c ON c.oid = g.tgrelid
-            JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'rental' AND NOT g.tgisinternal AND c.relkind IN ('r', 'p')`,
+            JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'rental' AND NOT g.tgisinternal AND c.relkind IN ('r', 'p')
+              AND g.tgname <> 'pgferry_write_guard'`,
           [],
           DB,
         );
@@ -146,6 +148,8 @@ for (const sourceVersion of [13, 14] as PgMajor[]) {
       assert.equal(done!.phase, 'completed', done!.cutover?.error);
       const rep = done!.cutover!;
       assert.equal(rep.validationOk, true);
+      const guards = await target.query(`SELECT count(*)::int AS n FROM pg_trigger WHERE tgname = 'pgferry_write_guard'`, [], DB);
+      assert.equal(guards.rows[0].n, 0, "pgferry's write guards left with the cutover");
       assert.ok(rep.schemaCheck?.ok, `schema check: ${rep.schemaCheck?.differences.join('\n')}`);
       assert.ok((rep.schemaCheck?.objects ?? 0) > 100, `objects compared: ${rep.schemaCheck?.objects}`);
       assert.ok(rep.largeObjects && rep.largeObjects.objects > 0, 'the large objects had their last pass inside the fence');
