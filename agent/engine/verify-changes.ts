@@ -22,7 +22,7 @@
  */
 import { SCAN_NULL, SCAN_UNCHANGED, isBinaryValue, type DeleteMessage, type InsertMessage, type TupleData, type UpdateMessage } from './pgoutput';
 import type { RelMap } from './apply-target';
-import type { KeyValues } from './verify-ranges';
+import { keyId, parseKeyId, type KeyValues } from './verify-ranges';
 
 interface TableChanges {
   /** The key columns' names in the order verify-ranges.ts uses (the key's index order). */
@@ -43,9 +43,6 @@ export interface ChangeTrackerOptions {
   /** Commit the table's "changed since verified" flag on the target (verify-state.ts). */
   persistFlag: (table: string) => Promise<void>;
 }
-
-/** A key's text form as the tracker keeps it (JSON of its column values). */
-export const keyText = (k: KeyValues): string => JSON.stringify(k);
 
 export class ChangeTracker {
   private readonly tables = new Map<string, TableChanges>();
@@ -176,7 +173,7 @@ export class ChangeTracker {
     const t = this.tables.get(table);
     if (!t || !t.verified) return null;
     if (t.verifiedWhole) return 'whole';
-    return [...t.verified].map((k) => JSON.parse(k) as KeyValues);
+    return [...t.verified].map(parseKeyId);
   }
 
   /** How many keys changed since the table's verification: 'whole', a count, or null (not verified). */
@@ -286,7 +283,7 @@ export class ChangeTracker {
     for (const tuple of tuples) {
       const k = keyOf(tuple, idx, map);
       if (k === null) return null;
-      out.push(keyText(k));
+      out.push(keyId(k));
     }
     return out;
   }

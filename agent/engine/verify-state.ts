@@ -72,7 +72,7 @@ export async function recordPassStart(tgt: pg.Client, migrationId: string, table
   );
 }
 
-/** Ranges up to `after` (a key's text, verify-changes.ts `keyText`) compared equal; `rows` in the pass so far. */
+/** Ranges up to `after` (a key's text, verify-ranges.ts `keyId`) compared equal; `rows` in the pass so far. */
 export async function recordPassProgress(tgt: pg.Client, migrationId: string, table: string, after: string, rows: number): Promise<void> {
   await tgt.query('UPDATE pgferry.verify_state SET pass_after = $3, pass_rows = $4 WHERE migration_id = $1 AND table_name = $2 AND pass_lsn IS NOT NULL', [
     migrationId,
@@ -82,7 +82,7 @@ export async function recordPassProgress(tgt: pg.Client, migrationId: string, ta
   ]);
 }
 
-/** Where the pass ends: the table's last key in the snapshot its first range was compared in (`keyText`; null: the table was empty). */
+/** Where the pass ends: the table's last key in the snapshot its first range was compared in (`keyId`; null: the table was empty). */
 export async function recordPassEnd(tgt: pg.Client, migrationId: string, table: string, end: string | null): Promise<void> {
   await tgt.query('UPDATE pgferry.verify_state SET pass_end = $3 WHERE migration_id = $1 AND table_name = $2 AND pass_lsn IS NOT NULL', [
     migrationId,
