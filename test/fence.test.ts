@@ -41,7 +41,11 @@ describe('fence: a cutover interrupted at every step by every fault (PostgreSQL 
     writeFileSync(failpoints, JSON.stringify(step ? { [`cutover.${step}`]: { pauseMs: 1500 } } : {}));
     rmSync(`${failpoints}.hits`, { force: true });
   };
-  const reached = (step: string) => existsSync(`${failpoints}.hits`) && readFileSync(`${failpoints}.hits`, 'utf8').includes(`cutover.${step}\n`);
+  const reached = (step: string) =>
+    existsSync(`${failpoints}.hits`) &&
+    readFileSync(`${failpoints}.hits`, 'utf8')
+      .split('\n')
+      .some((l) => l === `cutover.${step}` || l === `cutover.${step} paused`);
 
   /**
    * Start a cutover that the failpoint holds at `step`, and resolve once it is

@@ -4,8 +4,9 @@
  *
  * Input: that file, JSON `{ "<name>": { "pauseMs": N } }`, read at every hit
  * so a test can change it between scenarios. Output: each hit of a configured
- * point appends its name to `<file>.hits` (the test waits for it, then injects
- * its fault while the agent pauses there).
+ * point appends its name to `<file>.hits`, followed by ` paused` when the hit
+ * pauses (the test waits for that line, then injects its fault while the agent
+ * is known to be held there).
  *
  * Hand-rolled: a failpoint library for Node.js would bring more than these
  * twenty lines, and the names must stay the pipeline's own.
@@ -24,6 +25,7 @@ export async function failpoint(name: string, signal?: AbortSignal): Promise<voi
   }
   const fp = conf[name];
   if (!fp) return;
-  appendFileSync(`${file}.hits`, `${name}\n`);
-  if ((fp.pauseMs ?? 0) > 0) await sleep(fp.pauseMs!, signal);
+  const pauses = (fp.pauseMs ?? 0) > 0;
+  appendFileSync(`${file}.hits`, pauses ? `${name} paused\n` : `${name}\n`);
+  if (pauses) await sleep(fp.pauseMs!, signal);
 }

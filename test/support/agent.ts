@@ -26,6 +26,8 @@ export interface AgentProcess {
   metricsPort?: number;
   stop(): Promise<void>;
   kill(): void;
+  /** The process has not exited. */
+  alive(): boolean;
   restart(): Promise<void>;
   logs(): string;
 }
@@ -136,6 +138,9 @@ export async function startAgent(opts: StartAgentOptions = {}): Promise<AgentPro
     },
     kill() {
       child.kill('SIGKILL');
+    },
+    alive() {
+      return child.exitCode === null && child.signalCode === null;
     },
     async restart() {
       await proc.stop();

@@ -14,12 +14,18 @@ export interface Failpoints {
   set(pauses: Record<string, number>, keepHits?: boolean): void;
   /** Times `name` was hit since the last `set` that forgot them. */
   hits(name: string): number;
+  /**
+   * Of those hits, the ones that paused: a test that changes a point from counting to pausing waits for
+   * this, not for one more hit (a hit may land between reading the count and the agent reading the file).
+   */
+  paused(name: string): number;
   /** Remove the file and its directory. */
   remove(): void;
 }
 
 export function failpointsFile(): Failpoints {
   const path = join(mkdtempSync(join(tmpdir(), 'pgferry-failpoints-')), 'failpoints.json');
+  const lines = (): string[] => (existsSync(`${path}.hits`) ? readFileSync(`${path}.hits`, 'utf8').split('\n') : []);
   const fp: Failpoints = {
     path,
     set(pauses, keepHits = false) {
@@ -27,10 +33,10 @@ export function failpointsFile(): Failpoints {
       if (!keepHits) rmSync(`${path}.hits`, { force: true });
     },
     hits(name) {
-      if (!existsSync(`${path}.hits`)) return 0;
-      return readFileSync(`${path}.hits`, 'utf8')
-        .split('\n')
-        .filter((l) => l === name).length;
+      return lines().filter((l) => l === name || l === `${name} paused`).length;
+    },
+    paused(name) {
+      return lines().filter((l) => l === `${name} paused`).length;
     },
     remove() {
       rmSync(dirname(path), { recursive: true, force: true });
