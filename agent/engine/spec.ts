@@ -30,6 +30,10 @@ export const DEFAULT_VERIFICATION: Readonly<{ rowsPerSecond: number; rangeRows: 
   disabled: false,
 });
 
+/** What the sync does when the source's schema changes: follow it on the target, or stop with SCHEMA_DRIFT (schema-follow.ts). */
+export const SCHEMA_CHANGES = ['follow', 'stop'] as const;
+export type SchemaChanges = (typeof SCHEMA_CHANGES)[number];
+
 /** `roles` when the spec leaves it out (and in specs stored before it existed). */
 export const DEFAULT_ROLES: Readonly<{ map: Record<string, string>; missing: RoleMissing }> = Object.freeze({ map: {}, missing: 'fail' });
 
@@ -147,6 +151,11 @@ function build(z: typeof Zod.z) {
         })
         .strict()
         .default({ ...DEFAULT_VERIFICATION }),
+      /**
+       * Schema changes on the source during the sync: `follow` applies them on the target (columns in stream
+       * order, new tables copied, other objects reconciled); `stop` stops the sync with SCHEMA_DRIFT.
+       */
+      schemaChanges: z.enum(SCHEMA_CHANGES).default('follow'),
     })
     .strict();
 
@@ -201,8 +210,16 @@ export function specFingerprint(spec: MigrationSpec): string {
   const strip = (e: Endpoint) => ({ ...e, password: undefined, connectionString: e.connectionString?.replace(/:[^:@/]*@/, '@') });
   // The default `roles` is left out, so specs stored before `roles` existed keep their fingerprint.
   const roles = isDefaultRoles(spec.roles) ? undefined : spec.roles;
-  // `apply` and `verification` are knobs a running migration takes up (service.ts): not its identity.
-  const canon = { ...spec, source: strip(spec.source), target: strip(spec.target), apply: undefined, verification: undefined, roles };
+  // `apply`, `verification` and `schemaChanges` are knobs a running migration takes up (service.ts): not its identity.
+  const canon = {
+    ...spec,
+    source: strip(spec.source),
+    target: strip(spec.target),
+    apply: undefined,
+    verification: undefined,
+    schemaChanges: undefined,
+    roles,
+  };
   return createHash('sha256').update(stableJson(canon)).digest('hex').slice(0, 16);
 }
 
@@ -217,7 +234,9 @@ function isDefaultRoles(r: MigrationSpec['roles'] | undefined): boolean {
 export function withSpecDefaults(spec: MigrationSpec): MigrationSpec {
   const roles = (spec as Partial<MigrationSpec>).roles;
   const verification = { ...DEFAULT_VERIFICATION, ...(spec as Partial<MigrationSpec>).verification };
-  return { ...spec, roles: { map: { ...(roles?.map ?? {}) }, missing: roles?.missing ?? DEFAULT_ROLES.missing }, verification };
+  // A migration stored before `schemaChanges` existed stopped at every change: it keeps doing so.
+  const schemaChanges = (spec as Partial<MigrationSpec>).schemaChanges ?? 'stop';
+  return { ...spec, roles: { map: { ...(roles?.map ?? {}) }, missing: roles?.missing ?? DEFAULT_ROLES.missing }, verification, schemaChanges };
 }
 
 /**

@@ -127,6 +127,36 @@ export interface VerificationStatus {
   lastError: string;
 }
 
+/** One schema change applied on the target during the sync (schema-follow.ts; `pgferry.schema_changes` on the target). */
+export interface SchemaChangeEntry {
+  /** When it was applied (ISO). */
+  at: string;
+  /** The object, quoted: `public.orders`, `public.orders.note`, `index public.orders_note_idx`. */
+  object: string;
+  /** What happened, in a few words: `column added`, `column renamed from x`, `type changed to bigint`, `table created and copied`, `index created`, `enum value added`. */
+  change: string;
+  /** The statement run on the target. */
+  statement: string;
+}
+
+/** Schema changes followed during the sync (the API's SchemaChangesStatus). */
+export interface SchemaChangesStatus {
+  /** The spec's `schemaChanges`. */
+  mode: 'follow' | 'stop';
+  /** Changes applied on the target since the migration started (survives restarts). */
+  applied: number;
+  /** ISO time of the last one, '' when none. */
+  lastAppliedAt: string;
+  /** The most recent ones (at most 20), oldest first. */
+  recent: SchemaChangeEntry[];
+  /** Tables dropped on the source during the sync; their target copies are kept (pgferry never drops data). */
+  keptTables: string[];
+  /** ISO time the source's catalog was last compared with the target's, '' when never. */
+  lastReconciledAt: string;
+  /** Why the last comparison could not apply something (it is tried again), '' when nothing. */
+  lastError: string;
+}
+
 export interface StoredError {
   code: string;
   message: string;

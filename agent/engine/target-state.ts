@@ -61,7 +61,22 @@ CREATE TABLE IF NOT EXISTS pgferry.verify_state (
   repaired_rows bigint NOT NULL DEFAULT 0,
   PRIMARY KEY (migration_id, table_name)
 );
-ALTER TABLE pgferry.verify_state ADD COLUMN IF NOT EXISTS pass_end text;`;
+ALTER TABLE pgferry.verify_state ADD COLUMN IF NOT EXISTS pass_end text;
+CREATE TABLE IF NOT EXISTS pgferry.follow_columns (
+  migration_id text NOT NULL,
+  table_name text NOT NULL,
+  attnums jsonb NOT NULL,
+  PRIMARY KEY (migration_id, table_name)
+);
+CREATE TABLE IF NOT EXISTS pgferry.schema_changes (
+  migration_id text NOT NULL,
+  seq bigserial,
+  at timestamptz NOT NULL DEFAULT clock_timestamp(),
+  object text NOT NULL,
+  change text NOT NULL,
+  statement text NOT NULL,
+  PRIMARY KEY (migration_id, seq)
+);`;
 
 export async function ensureTargetState(client: pg.Client): Promise<void> {
   // Serialize concurrent creators (several workers may start at once).
@@ -166,7 +181,7 @@ export async function setMarker(client: pg.Client, migrationId: string, marker: 
 export async function dropTargetState(client: pg.Client, migrationId: string): Promise<void> {
   const exists = await client.query("SELECT 1 FROM pg_namespace WHERE nspname = 'pgferry'");
   if (!exists.rows.length) return;
-  for (const t of ['apply_state', 'copy_state', 'migration_state', 'verify_state']) {
+  for (const t of ['apply_state', 'copy_state', 'migration_state', 'verify_state', 'follow_columns', 'schema_changes']) {
     // verify_state is missing on a target an older agent set up and nobody resumed since.
     await client.query(
       `DO $$ BEGIN IF to_regclass('pgferry.${t}') IS NOT NULL THEN DELETE FROM pgferry.${t} WHERE migration_id = ${ql(migrationId)}; END IF; END $$`,
