@@ -67,6 +67,7 @@ function loadingMigration(): MigrationMessage {
     pausedAt: '',
     fence: null,
     verification: null,
+    schemaChanges: null,
     tables: [
       table('billing_and_accounting_schema', 'invoice_line_items_with_a_very_long_name', 'copying', 98_765_432, 150_000_000),
       table('public', 'orders', 'copied', 3_000_000, 3_000_000),
@@ -149,6 +150,7 @@ function completedCutover(m: MigrationMessage): MigrationMessage {
     phase: 'completed',
     activeEndpoint: 'target',
     verification: null,
+    schemaChanges: null,
     cutover: {
       state: 'completed',
       fenceStartedAt: '2026-12-01T10:00:00.100Z',

@@ -76,6 +76,7 @@ function status(over: Partial<MigrationMessage> = {}): MigrationMessage {
     pausedAt: '',
     fence: null,
     verification: null,
+    schemaChanges: null,
     ...over,
   };
 }

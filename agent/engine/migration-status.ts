@@ -14,7 +14,7 @@ import type { TableCopyProgress } from './copy';
 import type { FenceKeeper, FenceStatus } from './fence';
 import { formatLsn, parseLsn, type Lsn } from './lsn';
 import type { MigrationSpec } from './spec';
-import type { CutoverReport, MigrationRecord, Phase, VerificationStatus } from './state';
+import type { CutoverReport, MigrationRecord, Phase, SchemaChangesStatus, VerificationStatus } from './state';
 import type { SyncProgress } from './sync';
 
 /** How long status waits for the source, and how long it then leaves it alone. */
@@ -67,6 +67,7 @@ export interface MigrationStatus {
   fence: FenceStatus;
   /** The continuous verification (verify.ts); null before the sync (or by an agent without it). */
   verification: VerificationStatus | null;
+  schemaChanges: SchemaChangesStatus | null;
 }
 
 /** Phases a migration does not leave. */
@@ -152,6 +153,7 @@ export class StatusReporter {
       pausedAt: rec.pausedAt ?? '',
       fence: fence.status(this.host.cutoverRun !== null),
       verification: this.host.verificationStatus(),
+      schemaChanges: null,
     };
   }
 
