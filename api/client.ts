@@ -23,6 +23,8 @@ import type { ApplyOptions__Output } from './generated/pgferry/agent/v1/ApplyOpt
 import type { RoleOptions__Output } from './generated/pgferry/agent/v1/RoleOptions';
 import type { VerificationOptions__Output } from './generated/pgferry/agent/v1/VerificationOptions';
 import type { VerificationStatus__Output } from './generated/pgferry/agent/v1/VerificationStatus';
+import type { SchemaChange__Output } from './generated/pgferry/agent/v1/SchemaChange';
+import type { SchemaChangesStatus__Output } from './generated/pgferry/agent/v1/SchemaChangesStatus';
 import type { OutagePart__Output } from './generated/pgferry/agent/v1/OutagePart';
 import type { MigrationSpec__Output } from './generated/pgferry/agent/v1/MigrationSpec';
 import type { SchemaDiffResponse__Output } from './generated/pgferry/agent/v1/SchemaDiffResponse';
@@ -54,8 +56,14 @@ export type RoleOptionsMessage = Partial<RoleOptions__Output>;
 /** The continuous verification's knobs (`pgferry.agent.v1.VerificationOptions`); 0 / absent means the default. */
 export type VerificationOptionsMessage = Partial<VerificationOptions__Output>;
 
+/** What the sync does with the source's schema changes (`MigrationSpec.schema_changes`; agent default `follow`). */
+export const SCHEMA_CHANGES = ['follow', 'stop'] as const;
+export type SchemaChangesMode = (typeof SCHEMA_CHANGES)[number];
+
 /** What a migration is (`pgferry.agent.v1.MigrationSpec`); mirrors agent/engine/spec.ts. */
-export type MigrationSpecMessage = Partial<Omit<MigrationSpec__Output, 'id' | 'source' | 'target' | 'tables' | 'copy' | 'apply' | 'roles' | 'verification'>> & {
+export type MigrationSpecMessage = Partial<
+  Omit<MigrationSpec__Output, 'id' | 'source' | 'target' | 'tables' | 'copy' | 'apply' | 'roles' | 'verification' | 'schemaChanges'>
+> & {
   id: string;
   source: EndpointMessage;
   target: EndpointMessage;
@@ -64,6 +72,8 @@ export type MigrationSpecMessage = Partial<Omit<MigrationSpec__Output, 'id' | 's
   apply?: ApplyOptionsMessage;
   roles?: RoleOptionsMessage;
   verification?: VerificationOptionsMessage;
+  /** One of SCHEMA_CHANGES; '' or absent: the agent's default (`follow`). */
+  schemaChanges?: SchemaChangesMode | '';
 };
 
 export type PreflightCheckMessage = PreflightCheck__Output;
@@ -76,6 +86,10 @@ export type CutoverReportMessage = CutoverReport__Output;
 export type OutagePartMessage = OutagePart__Output;
 /** The continuous verification's progress (`pgferry.agent.v1.VerificationStatus`); null in a status while it does not run. */
 export type VerificationStatusMessage = VerificationStatus__Output;
+/** One schema change applied on the target during the sync (`pgferry.agent.v1.SchemaChange`). */
+export type SchemaChangeMessage = SchemaChange__Output;
+/** The schema changes followed during the sync (`pgferry.agent.v1.SchemaChangesStatus`); null in a status before the sync. */
+export type SchemaChangesStatusMessage = SchemaChangesStatus__Output;
 /** The write fence on the source database (`pgferry.agent.v1.FenceStatus`). */
 export type FenceStatusMessage = FenceStatus__Output;
 /** A migration's status (`pgferry.agent.v1.Migration`); `cutover` and `fence` are null when absent. */

@@ -33,6 +33,14 @@ export const ROLE_MISSING = ['fail', 'skip'] as const;
 export type RoleMissing = (typeof ROLE_MISSING)[number];
 
 /**
+ * What the sync does when the source's schema changes (`schemaChanges`):
+ * `follow` (default) applies the change on the target; `stop` stops the sync
+ * with SCHEMA_DRIFT.
+ */
+export const SCHEMA_CHANGES = ['follow', 'stop'] as const;
+export type SchemaChanges = (typeof SCHEMA_CHANGES)[number];
+
+/**
  * What the cutover checks of the rows inside the fence (`cutoverOptions.validation`):
  * `changes` (default) the rows applied since the continuous verification checked
  * their table, plus every table it has not verified; `full` every row of every
@@ -67,6 +75,7 @@ export const DEFAULTS = {
   overwriteTarget: false,
   roles: { map: {} as Record<string, string>, missing: 'fail' as RoleMissing },
   verification: { rowsPerSecond: 100_000, rangeRows: 50_000, disabled: false },
+  schemaChanges: 'follow' as SchemaChanges,
   waitForSync: false,
   createTimeoutMinutes: 30,
   cutover: false,
@@ -130,6 +139,7 @@ export interface MigrationInputs {
   apply?: ApplyArgs;
   roles?: RolesArgs;
   verification?: VerificationArgs;
+  schemaChanges?: SchemaChanges;
   waitForSync?: boolean;
   createTimeoutMinutes?: number;
   cutover?: boolean;
@@ -151,6 +161,7 @@ export const ARG_NAMES = [
   'apply',
   'roles',
   'verification',
+  'schemaChanges',
   'waitForSync',
   'createTimeoutMinutes',
   'cutover',
@@ -195,6 +206,7 @@ export const PREFLIGHT_ARGS = [
   'apply',
   'roles',
   'verification',
+  'schemaChanges',
 ] as const satisfies readonly (typeof ARG_NAMES)[number][];
 
 /** Arguments whose change means a different migration: the resource is replaced (delete first). */
@@ -216,6 +228,18 @@ export interface ConnectionOutput {
 /** An endpoint as echoed in outputs: no password, the connection string redacted. */
 export type EndpointEcho = Omit<EndpointArgs, 'password'>;
 
+/** One schema change applied on the target during the sync (the API's `SchemaChange`). */
+export interface SchemaChangeOutput {
+  /** When (ISO 8601). */
+  at: string;
+  /** The object, e.g. `public.orders.note`. */
+  object: string;
+  /** What happened, e.g. `column added`. */
+  change: string;
+  /** The statement run on the target. */
+  statement: string;
+}
+
 /** The resource's outputs (what the provider returns and the state holds). */
 export interface MigrationOutputs {
   // The arguments, echoed without secrets (diff() receives the old outputs).
@@ -232,6 +256,7 @@ export interface MigrationOutputs {
   apply?: ApplyArgs;
   roles?: RolesArgs;
   verification?: VerificationArgs;
+  schemaChanges?: SchemaChanges;
   waitForSync: boolean;
   createTimeoutMinutes: number;
   /** `true` once a requested cutover completed (or is requested and the resource is up to date). */
@@ -283,6 +308,16 @@ export interface MigrationOutputs {
   verificationRepairs?: string[];
   /** The verification's last error (it retries by itself). */
   verificationError?: string;
+
+  // The source's schema changes followed during the sync (absent before the sync).
+  /** Changes applied on the target since the migration started (survives agent restarts). */
+  schemaChangesApplied?: number;
+  /** When the last one was applied (ISO 8601; absent when none). */
+  lastSchemaChangeAt?: string;
+  /** The most recent ones (at most 20), oldest first, each with the statement run on the target. */
+  recentSchemaChanges?: SchemaChangeOutput[];
+  /** Tables dropped on the source during the sync whose target copies were kept. */
+  keptTables?: string[];
 
   // The cutover report.
   cutoverState?: string;

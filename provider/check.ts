@@ -21,6 +21,7 @@ import {
   MIGRATION_ID_PATTERN,
   ROLE_MISSING,
   ROLES_FIELDS,
+  SCHEMA_CHANGES,
   SCHEMA_MODES,
   SSL_MODES,
   TABLES_FIELDS,
@@ -344,6 +345,13 @@ export function validateInputs(news: Record<string, unknown>): CheckFailure[] {
   }
   validateRoles(f, news.roles);
   validateVerification(f, news.verification);
+  checkOneOf(
+    f,
+    'schemaChanges',
+    news.schemaChanges,
+    SCHEMA_CHANGES,
+    "'follow' (default) applies the source's schema changes on the target during the sync; 'stop' stops the sync with SCHEMA_DRIFT.",
+  );
 
   checkBoolean(f, 'waitForSync', news.waitForSync);
   checkNumber(f, 'createTimeoutMinutes', news.createTimeoutMinutes, 0, 'Give the minutes Create may wait for the migration to be in sync, e.g. 30.');

@@ -22,6 +22,8 @@ import {
   type CutoverOptionsArgs,
   type EndpointArgs,
   type RoleMissing,
+  type SchemaChangeOutput,
+  type SchemaChanges,
   type SchemaMode,
   type VerificationArgs,
 } from './args';
@@ -32,6 +34,7 @@ export {
   DEFAULTS,
   PHASES,
   ROLE_MISSING,
+  SCHEMA_CHANGES,
   SCHEMA_MODES,
   SECRET_OUTPUTS,
   SSL_MODES,
@@ -48,6 +51,8 @@ export type {
   Phase,
   RoleMissing,
   RolesArgs,
+  SchemaChangeOutput,
+  SchemaChanges,
   SchemaMode,
   SslMode,
   VerificationArgs,
@@ -166,6 +171,16 @@ export interface MigrationArgs {
    * @example verification: { rowsPerSecond: 20000 }   // spare a busy source
    */
   verification?: pulumi.Input<Inputs<VerificationArgs>>;
+  /**
+   * The source's schema changes during the sync: `follow` (default) applies
+   * them on the target (columns added, dropped, retyped or renamed in stream
+   * order; new tables copied; other objects reconciled; dropped tables kept),
+   * `stop` stops the sync with SCHEMA_DRIFT. A change is taken up by the
+   * running migration.
+   *
+   * @example schemaChanges: 'stop'   // review every schema change by hand
+   */
+  schemaChanges?: pulumi.Input<SchemaChanges>;
   /** Create returns only once the migration is in sync (phase `syncing`). Default: `false` (return once durably started). */
   waitForSync?: pulumi.Input<boolean>;
   /** Longest Create waits for sync, in minutes. Default: 30. */
@@ -216,6 +231,10 @@ const OUTPUT_NAMES = [
   'rowsRepaired',
   'verificationRepairs',
   'verificationError',
+  'schemaChangesApplied',
+  'lastSchemaChangeAt',
+  'recentSchemaChanges',
+  'keptTables',
   'cutoverState',
   'outageMs',
   'outageParts',
@@ -335,6 +354,14 @@ export class Migration extends pulumi.dynamic.Resource {
   declare readonly verificationRepairs: pulumi.Output<string[] | undefined>;
   /** The verification's last error, if any (it retries by itself; the sync is not affected). */
   declare readonly verificationError: pulumi.Output<string | undefined>;
+  /** Schema changes applied on the target during the sync (survives agent restarts); absent before the sync. */
+  declare readonly schemaChangesApplied: pulumi.Output<number | undefined>;
+  /** When the last schema change was applied on the target (ISO 8601); absent when none. */
+  declare readonly lastSchemaChangeAt: pulumi.Output<string | undefined>;
+  /** The most recent schema changes applied (at most 20, oldest first): time, object, change and the statement run. */
+  declare readonly recentSchemaChanges: pulumi.Output<SchemaChangeOutput[] | undefined>;
+  /** Tables dropped on the source during the sync whose target copies were kept (pgferry never drops data). */
+  declare readonly keptTables: pulumi.Output<string[] | undefined>;
   /** The cutover's state (waiting-for-lag, waiting-for-verification, fencing … completed | failed), once one was requested. */
   declare readonly cutoverState: pulumi.Output<string | undefined>;
   /**

@@ -295,6 +295,7 @@ export async function diff(_id: string, olds: Props, news: Props): Promise<DiffR
       [olds.copy, n.copy],
       [olds.apply, n.apply],
       [olds.verification, n.verification],
+      [olds.schemaChanges, n.schemaChanges],
       [rolesIdentity(olds.roles as MigrationInputs['roles']), rolesIdentity(n.roles)],
       [olds.waitForSync ?? DEFAULTS.waitForSync, n.waitForSync ?? DEFAULTS.waitForSync],
       [olds.createTimeoutMinutes ?? DEFAULTS.createTimeoutMinutes, n.createTimeoutMinutes ?? DEFAULTS.createTimeoutMinutes],
@@ -438,7 +439,7 @@ export async function read(id: string, props: Props): Promise<ReadResult> {
 /**
  * In-place changes: `cutover` false → true cuts over and returns when it
  * completed (or throws the agent's reason; the source stays writable);
- * rotated passwords and the `apply` and `verification` knobs are handed to
+ * rotated passwords and the `apply`, `verification` and `schemaChanges` knobs are handed to
  * the agent (StartMigration with the same spec stores them; a syncing
  * migration restarts its stream to use them, an earlier phase uses them when
  * it next resumes); `copy`, `overwriteTarget` and `roles` apply to the next
@@ -472,9 +473,9 @@ export async function update(id: string, olds: Props, news: Props): Promise<Upda
     }
 
     const secretsChanged = typeof olds.secretsDigest !== 'string' || secretsDigest(a) !== olds.secretsDigest;
-    const knobsChanged = (['apply', 'verification'] as const).filter((k) => !same(olds[k], a[k]));
+    const knobsChanged = (['apply', 'verification', 'schemaChanges'] as const).filter((k) => !same(olds[k], a[k]));
     if ((secretsChanged || knobsChanged.length > 0) && m.phase !== 'completed') {
-      // Same spec as started (copy, overwriteTarget and roles as they were), newest credentials, apply and verification knobs.
+      // Same spec as started (copy, overwriteTarget and roles as they were), newest credentials, apply, verification and schemaChanges knobs.
       const spec = toSpec({
         ...a,
         copy: olds.copy as MigrationInputs['copy'],

@@ -26,7 +26,14 @@ import {
   type MigrationOutputs,
   type SslMode,
 } from './args';
-import type { CutoverReportMessage, CutoverRequestMessage, MigrationMessage, MigrationSpecMessage, VerificationStatusMessage } from '../api/client';
+import type {
+  CutoverReportMessage,
+  CutoverRequestMessage,
+  MigrationMessage,
+  MigrationSpecMessage,
+  SchemaChangesStatusMessage,
+  VerificationStatusMessage,
+} from '../api/client';
 
 /** Drop `undefined` (and, with `dropNull`, `null`) deeply: a protobuf Struct holds neither. */
 export function compact<T>(v: T, dropNull = true): T {
@@ -127,6 +134,7 @@ export function toSpec(a: MigrationInputs): MigrationSpecMessage {
     apply: a.apply ? compact({ ...a.apply }) : undefined,
     roles: a.roles ? compact({ map: a.roles.map ? { ...a.roles.map } : undefined, missing: a.roles.missing }) : undefined,
     verification: a.verification ? compact({ ...a.verification }) : undefined,
+    schemaChanges: a.schemaChanges,
   });
 }
 
@@ -179,6 +187,7 @@ export function echoArgs(
   | 'apply'
   | 'roles'
   | 'verification'
+  | 'schemaChanges'
   | 'waitForSync'
   | 'createTimeoutMinutes'
   | 'cutover'
@@ -201,6 +210,7 @@ export function echoArgs(
     apply: a.apply,
     roles: a.roles,
     verification: a.verification,
+    schemaChanges: a.schemaChanges,
     waitForSync: a.waitForSync ?? DEFAULTS.waitForSync,
     createTimeoutMinutes: a.createTimeoutMinutes ?? DEFAULTS.createTimeoutMinutes,
     cutover: a.cutover ?? DEFAULTS.cutover,
@@ -263,6 +273,7 @@ export function fromState(props: Record<string, unknown>): { echo: ReturnType<ty
     apply: props.apply as MigrationInputs['apply'],
     roles: props.roles as MigrationInputs['roles'],
     verification: props.verification as MigrationInputs['verification'],
+    schemaChanges: props.schemaChanges as MigrationInputs['schemaChanges'],
     waitForSync: (props.waitForSync as boolean | undefined) ?? DEFAULTS.waitForSync,
     createTimeoutMinutes: (props.createTimeoutMinutes as number | undefined) ?? DEFAULTS.createTimeoutMinutes,
     cutover: (props.cutover as boolean | undefined) ?? DEFAULTS.cutover,
@@ -291,6 +302,17 @@ function verificationOutputs(v: VerificationStatusMessage | null): Partial<Migra
     rowsRepaired: v.rowsRepaired,
     verificationRepairs: v.repairs?.length ? v.repairs : undefined,
     verificationError: v.lastError || undefined,
+  };
+}
+
+/** The schema changes followed during the sync as outputs (none before the sync). */
+function schemaChangesOutputs(c: SchemaChangesStatusMessage | null): Partial<MigrationOutputs> {
+  if (!c || !c.mode) return {};
+  return {
+    schemaChangesApplied: c.applied,
+    lastSchemaChangeAt: c.lastAppliedAt || undefined,
+    recentSchemaChanges: c.recent?.length ? c.recent.map(({ at, object, change, statement }) => ({ at, object, change, statement })) : undefined,
+    keptTables: c.keptTables?.length ? [...c.keptTables] : undefined,
   };
 }
 
@@ -335,6 +357,7 @@ export function liveOutputs(m: MigrationMessage): Partial<MigrationOutputs> {
         : undefined,
     // After the cutover the target is the database of record: nothing is left to verify.
     ...(m.phase === 'completed' || m.phase === 'deleted' ? {} : verificationOutputs(m.verification)),
+    ...schemaChangesOutputs(m.schemaChanges),
     cutoverState: c?.state || undefined,
     ...outageOutputs(c),
     validationOk: c && c.state === 'completed' ? c.validationOk : undefined,

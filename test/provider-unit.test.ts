@@ -11,6 +11,7 @@ import {
   schemas,
   DEFAULT_VERIFICATION,
   ROLE_MISSING as AGENT_ROLE_MISSING,
+  SCHEMA_CHANGES as AGENT_SCHEMA_CHANGES,
   SCHEMA_MODES as AGENT_SCHEMA_MODES,
   SSL_MODES as AGENT_SSL_MODES,
 } from '../agent/engine/spec';
@@ -20,6 +21,7 @@ import {
   DEFAULTS,
   MIGRATION_ID_PATTERN,
   ROLE_MISSING,
+  SCHEMA_CHANGES,
   SCHEMA_MODES,
   SECRET_OUTPUTS,
   SSL_MODES,
@@ -155,6 +157,9 @@ describe('provider without an agent: declaration, Check, Diff through the real h
     assert.deepEqual([...ROLE_MISSING], [...AGENT_ROLE_MISSING]);
     assert.deepEqual([...CUTOVER_VALIDATIONS], [...AGENT_VALIDATIONS]);
     assert.deepEqual(DEFAULTS.verification, { ...DEFAULT_VERIFICATION });
+    assert.deepEqual([...SCHEMA_CHANGES], [...AGENT_SCHEMA_CHANGES]);
+    const bare = { id: 'x', source: { connectionString: 'postgresql://h/d' }, target: { connectionString: 'postgresql://h/d' } };
+    assert.equal(schemas().MigrationSpecSchema.parse(bare).schemaChanges, DEFAULTS.schemaChanges);
     // The bounds Check enforces are exactly the agent's: the edges pass, one past them fails.
     const verification = (v: Record<string, unknown>) =>
       schemas().MigrationSpecSchema.safeParse({
@@ -286,6 +291,21 @@ describe('provider without an agent: declaration, Check, Diff through the real h
       failures[0]!.reason,
       /`cutoverOptions\.validation` must be one of 'changes', 'full', 'checksums', 'counts', 'none', got 'checksum'\. 'changes' \(default\)/,
     );
+  });
+
+  it('Check refuses a `schemaChanges` other than follow or stop, naming the allowed values; the agent gets a good one as given', async function () {
+    const { failures } = await host.check(urn, clone(news), { ...clone(news), schemaChanges: 'ignore' });
+    assert.deepEqual(
+      failures.map((f) => f.property),
+      ['schemaChanges'],
+    );
+    assert.match(failures[0]!.reason, /`schemaChanges` must be one of 'follow', 'stop', got 'ignore'\. 'follow' \(default\)/);
+    for (const schemaChanges of [...SCHEMA_CHANGES, UNKNOWN]) {
+      assert.deepEqual((await host.check(urn, clone(news), { ...clone(news), schemaChanges })).failures, [], schemaChanges);
+    }
+    const spec = toSpec({ ...clone(news), schemaChanges: 'stop' } as unknown as MigrationInputs);
+    assert.equal(schemas().MigrationSpecSchema.parse(spec).schemaChanges, 'stop');
+    assert.equal(toSpec(clone(news) as unknown as MigrationInputs).schemaChanges, undefined, 'absent: the agent default');
   });
 
   it('sends `verification` to the agent in the spec, which the agent accepts as given', function () {
@@ -471,6 +491,12 @@ describe('provider without an agent: declaration, Check, Diff through the real h
         },
       ],
       [
+        '`schemaChanges` changes (the running migration takes it up)',
+        (n: Props) => {
+          n.schemaChanges = 'stop';
+        },
+      ],
+      [
         'the role mapping changes (it applies to the next start)',
         (n: Props) => {
           n.roles = { map: { app_owner: 'app' } };
@@ -648,6 +674,35 @@ describe('provider without an agent: declaration, Check, Diff through the real h
     const older = buildOutputs(echoArgs(a), secretPartsFromInputs(a), status({ cutover: { ...cutover, outageMs: 0, outageParts: [] } }));
     assert.equal(older.outageMs, 150);
     assert.equal(older.outageParts, undefined);
+  });
+
+  it('outputs carry the schema changes followed: how many, the last, the recent ones and the kept tables', function () {
+    const a = clone(news) as unknown as MigrationInputs;
+    const recent = [
+      { at: '2026-12-01T10:00:01.000Z', object: 'public.orders.note', change: 'column added', statement: 'ALTER TABLE public.orders ADD COLUMN note text' },
+      { at: '2026-12-01T10:00:02.000Z', object: 'public.audit', change: 'table dropped on the source, kept', statement: '' },
+    ];
+    const schemaChanges = {
+      mode: 'follow',
+      applied: 7,
+      lastAppliedAt: '2026-12-01T10:00:02.000Z',
+      recent,
+      keptTables: ['public.audit'],
+      lastReconciledAt: '2026-12-01T10:00:30.000Z',
+      lastError: '',
+    };
+    const out = buildOutputs(echoArgs({ ...a, schemaChanges: 'follow' }), secretPartsFromInputs(a), status({ schemaChanges }));
+    assert.deepEqual(
+      [out.schemaChanges, out.schemaChangesApplied, out.lastSchemaChangeAt, out.recentSchemaChanges, out.keptTables],
+      ['follow', 7, '2026-12-01T10:00:02.000Z', recent, ['public.audit']],
+    );
+    const none = buildOutputs(
+      echoArgs(a),
+      secretPartsFromInputs(a),
+      status({ schemaChanges: { ...schemaChanges, applied: 0, lastAppliedAt: '', recent: [], keptTables: [] } }),
+    );
+    assert.deepEqual([none.schemaChangesApplied, none.lastSchemaChangeAt, none.recentSchemaChanges, none.keptTables], [0, undefined, undefined, undefined]);
+    assert.equal(buildOutputs(echoArgs(a), secretPartsFromInputs(a), status()).schemaChangesApplied, undefined, 'absent before the sync');
   });
 
   it('parses and redacts connection strings in both password forms', function () {
