@@ -8,7 +8,8 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { METRIC_NAMES } from '../agent/server/metrics';
+import { AgentMetrics, METRIC_NAMES } from '../agent/server/metrics';
+import type { MigrationStatus } from '../agent/engine/migration';
 import { isAgentError } from '../api/client';
 import { makeTestCerts, type TestCerts } from './support/certs';
 import { pollUntil, startShop, type RunningShop } from './support/running';
@@ -183,5 +184,53 @@ describe('metrics: the Prometheus endpoint (PostgreSQL 14 → 17)', function () 
     const used = new Set(exprs.match(/pgferry_[a-z_]+/g) ?? []);
     for (const n of used) assert.ok((METRIC_NAMES as readonly string[]).includes(n), `the dashboard's ${n} is a real metric`);
     for (const n of METRIC_NAMES) assert.ok(used.has(n), `the dashboard shows ${n}`);
+  });
+});
+
+describe('metrics: the schema changes followed, as the status gives them', function () {
+  /** A syncing migration's status with only what the metrics read filled in. */
+  const status = (id: string, schemaChanges: MigrationStatus['schemaChanges']): MigrationStatus =>
+    ({
+      id,
+      phase: 'syncing',
+      slotName: `pgferry_${id}`,
+      publicationName: `pgferry_${id}`,
+      sourceVersion: '14.0',
+      targetVersion: '17.0',
+      activeEndpoint: 'source',
+      errorCode: '',
+      paused: false,
+      tables: [],
+      tablesTotal: 0,
+      tablesCopied: 0,
+      progress: 1,
+      etaSeconds: -1,
+      changesApplied: 0,
+      applyRate: 0,
+      lagBytes: 0,
+      lagSeconds: 0,
+      retainedWalBytes: 0,
+      fence: null,
+      verification: null,
+      schemaChanges,
+    }) as unknown as MigrationStatus;
+
+  it('counts the changes applied since the migration started and the tables kept, absent before the sync', async () => {
+    const followed = {
+      mode: 'follow' as const,
+      applied: 7,
+      lastAppliedAt: '2026-12-01T10:00:02.000Z',
+      recent: [],
+      keptTables: ['public.audit', 'public."Old Log"'],
+      lastReconciledAt: '',
+      lastError: '',
+    };
+    const metrics = new AgentMetrics(async () => [status('shop', followed), status('early', null)], { version: '0.0.0', defaultMetrics: false });
+    const e = parseExposition(await metrics.render());
+    assert.equal(e.type.get('pgferry_schema_changes_applied_total'), 'counter');
+    assert.equal(one(e, 'pgferry_schema_changes_applied_total', { migration: 'shop' }), 7, "the status's count, which survives restarts");
+    assert.equal(one(e, 'pgferry_schema_changes_kept_tables', { migration: 'shop' }), 2);
+    assert.equal(pick(e, 'pgferry_schema_changes_applied_total', { migration: 'early' }).length, 0, 'no series before the sync');
+    assert.equal(pick(e, 'pgferry_schema_changes_kept_tables', { migration: 'early' }).length, 0);
   });
 });

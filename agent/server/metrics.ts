@@ -73,6 +73,8 @@ export const METRIC_NAMES = [
   'pgferry_verification_keys_changed',
   'pgferry_verification_rows_repaired_total',
   'pgferry_verification_oldest_verified_timestamp_seconds',
+  'pgferry_schema_changes_applied_total',
+  'pgferry_schema_changes_kept_tables',
   'pgferry_cutover_state',
   'pgferry_cutover_outage_milliseconds',
   'pgferry_cutover_outage_part_milliseconds',
@@ -162,6 +164,16 @@ export class AgentMetrics {
     gauge(
       'pgferry_verification_oldest_verified_timestamp_seconds',
       'Every table was verified at or after this time, Unix seconds (absent until every table was).',
+      ['migration'],
+    );
+    fromStatus(
+      'pgferry_schema_changes_applied_total',
+      'Source schema changes applied on the target during the sync (since the migration started: the count survives restarts; absent before the sync).',
+      ['migration'],
+    );
+    gauge(
+      'pgferry_schema_changes_kept_tables',
+      'Tables dropped on the source during the sync whose target copies were kept (drop them by hand once unneeded).',
       ['migration'],
     );
     gauge('pgferry_cutover_state', '1 for the state the last cutover is in, 0 for the others (absent before a cutover).', ['migration', 'state']);
@@ -269,6 +281,10 @@ export class AgentMetrics {
       g.pgferry_source_fence_lift_pending.set({ migration }, fence === 'lift-pending' ? 1 : 0);
       // After the cutover the target is the database of record: nothing is left to verify.
       if (s.verification && s.phase !== 'completed' && s.phase !== 'deleted') this.renderVerification(migration, s.verification);
+      if (s.schemaChanges) {
+        c.pgferry_schema_changes_applied_total.inc({ migration }, s.schemaChanges.applied);
+        g.pgferry_schema_changes_kept_tables.set({ migration }, s.schemaChanges.keptTables.length);
+      }
       if (s.cutover?.state) this.renderCutover(migration, s.cutover);
     }
     for (const [phase, n] of byPhase) g.pgferry_migrations.set({ phase }, n);
