@@ -270,6 +270,57 @@ describe('cli: the verification and the cutover outage', () => {
   });
 });
 
+describe('cli: the schema changes followed', () => {
+  const now = Date.parse('2026-12-01T10:05:00.000Z');
+  const schemaChanges = {
+    mode: 'follow',
+    applied: 12,
+    lastAppliedAt: '2026-12-01T10:04:50.000Z',
+    recent: [
+      { at: '2026-12-01T10:01:00.000Z', object: 'public.orders.old', change: 'column dropped', statement: 'ALTER TABLE public.orders DROP COLUMN old' },
+      { at: '2026-12-01T10:02:00.000Z', object: 'public.audit', change: 'table dropped on the source, kept', statement: '' },
+      {
+        at: '2026-12-01T10:03:00.000Z',
+        object: 'billing_and_accounting_schema.invoice_line_items_with_a_very_long_name.amount',
+        change: 'type changed to numeric(12,2)',
+        statement: 'ALTER TABLE … ALTER COLUMN amount TYPE numeric(12,2)',
+      },
+      { at: '2026-12-01T10:04:50.000Z', object: 'public.orders.note', change: 'column added', statement: 'ALTER TABLE public.orders ADD COLUMN note text' },
+    ],
+    keptTables: ['public.audit'],
+    lastReconciledAt: '2026-12-01T10:04:30.000Z',
+    lastError: 'index public.orders_note_idx: could not create (53100); the next reconciliation tries again',
+  };
+  const syncing = (c: Partial<typeof schemaChanges> | null = {}): MigrationMessage => ({
+    ...loadingMigration(),
+    phase: 'syncing',
+    progress: 1,
+    schemaChanges: c ? { ...schemaChanges, ...c } : null,
+  });
+
+  it('status shows the mode, how many changes and when, the latest ones, the tables kept and the last error', () => {
+    const lines = renderMigration(syncing(), { width: WIDTH, now });
+    assertFits(lines);
+    assertFits(renderMigration(syncing(), { width: 60, now }), 60);
+    const text = lines.join('\n');
+    const flat = text.replace(/\s+/g, ' ');
+    assert.match(text, /^Schema {3}follow · 12 change\(s\) applied · last 10s ago · reconciled 30s ago$/m);
+    assert.doesNotMatch(text, /public\.orders\.old/, 'only the last three');
+    assert.match(text, /^ {11}10:02:00Z {2}public\.audit: table dropped on the source, kept$/m);
+    assert.ok(
+      text.replace(/\s+/g, '').includes('invoice_line_items_with_a_very_long_name.amount:typechangedtonumeric(12,2)'),
+      'a long object wrapped, not cut',
+    );
+    assert.match(text, /^ {11}10:04:50Z {2}public\.orders\.note: column added$/m);
+    assert.match(flat, /kept on the target, dropped on the source: public\.audit/);
+    assert.match(flat, /error \(retrying\): index public\.orders_note_idx: could not create \(53100\)/);
+
+    const stop = renderMigration(syncing({ mode: 'stop', applied: 0, lastAppliedAt: '', recent: [], keptTables: [] }), { width: WIDTH, now }).join('\n');
+    assert.match(stop, /^Schema {3}stop: a schema change on the source stops the sync \(SCHEMA_DRIFT\)$/m);
+    assert.doesNotMatch(renderMigration(syncing(null), { width: WIDTH, now }).join('\n'), /^Schema/m, 'no block before the sync');
+  });
+});
+
 describe('cli: spec files', () => {
   let dir: string;
   before(() => {
@@ -322,6 +373,19 @@ describe('cli: spec files', () => {
         JSON.stringify(verification),
       );
     }
+  });
+
+  it('takes `schemaChanges` as given and refuses another value, naming follow and stop', () => {
+    const f = join(dir, 'schema-changes.json');
+    writeFileSync(f, JSON.stringify({ id: 'a', source: { host: 'h' }, target: { host: 'h' }, schemaChanges: 'stop' }));
+    assert.equal(loadSpecFile(f, {}).schemaChanges, 'stop');
+    writeFileSync(f, JSON.stringify({ id: 'a', source: { host: 'h' }, target: { host: 'h' }, schemaChanges: 'ignore' }));
+    assert.throws(
+      () => loadSpecFile(f, {}),
+      (e: { code?: string; message: string; remedy: string }) =>
+        e.code === 'INVALID_SPEC' &&
+        /`schemaChanges` .* must be one of 'follow', 'stop', got 'ignore'[\s\S]*"follow" \(the default/.test(`${e.message} ${e.remedy}`),
+    );
   });
 
   it('rejects unset variables, unknown fields and wrong types with INVALID_SPEC', () => {

@@ -212,7 +212,7 @@ function registerInspectCommands(program: Command, io: Io, run: Run): void {
       .command('status')
       .argument('[id]', 'a migration id (default: all migrations)')
       .description(
-        'Show one migration (phase, per-table progress while copying, lag, apply rate, ETA, WAL kept by the slot, the continuous verification, the cutover and its outage) or all of them.',
+        'Show one migration (phase, per-table progress while copying, lag, apply rate, ETA, WAL kept by the slot, the continuous verification, the schema changes followed, the cutover and its outage) or all of them.',
       )
       .option('--json', 'print the status message(s) as JSON (one object per line with --watch)')
       .option('--watch', 'keep refreshing (in place on a terminal) until Ctrl-C')

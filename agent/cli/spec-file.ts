@@ -10,7 +10,7 @@ import { dirname, isAbsolute, resolve } from 'node:path';
 import type { MigrationSpecMessage } from '../../api/client';
 import { PgferryError } from '../engine/errors';
 import { tablePatternError } from '../engine/table-pattern';
-import { DEFAULTS, VERIFICATION_LIMITS } from '../../provider/args';
+import { DEFAULTS, SCHEMA_CHANGES, VERIFICATION_LIMITS } from '../../provider/args';
 
 /** Top-level keys of the Pulumi resource that a spec file may carry and the CLI ignores. */
 export const PULUMI_ONLY_KEYS = ['agent', 'waitForSync', 'createTimeoutMinutes', 'cutover', 'cutoverOptions'] as const;
@@ -42,6 +42,7 @@ const SPEC_SHAPE: Record<string, Kind> = {
   apply: { batchChanges: 'number', batchMs: 'number' },
   roles: { map: 'stringMap', missing: 'string' },
   verification: { rowsPerSecond: 'number', rangeRows: 'number', disabled: 'boolean' },
+  schemaChanges: 'string',
 };
 const SECRET_KEYS = new Set(['password', 'connectionString']);
 /** Whole-number knobs checked here, so that the message names the fix (the agent checks them all again). */
@@ -53,6 +54,14 @@ const INTEGER_RANGES: Record<string, { min: number; max: number; fix: string }> 
   'verification.rangeRows': {
     ...VERIFICATION_LIMITS.rangeRows,
     fix: `Give the rows per key range the verification compares and repairs, e.g. ${DEFAULTS.verification.rangeRows} (the default).`,
+  },
+};
+
+/** Fields with a few allowed values checked here, so that the message names them (the agent checks them all again). */
+const ONE_OF: Record<string, { allowed: readonly string[]; fix: string }> = {
+  schemaChanges: {
+    allowed: SCHEMA_CHANGES,
+    fix: `Write "schemaChanges": "${DEFAULTS.schemaChanges}" (the default: the target follows the source's schema changes during the sync) or "stop" (the sync stops with SCHEMA_DRIFT).`,
   },
 };
 
@@ -152,6 +161,9 @@ export function loadSpecFile(path: string, env: NodeJS.ProcessEnv = process.env,
       const range = INTEGER_RANGES[field];
       if (range && (!Number.isInteger(x) || (x as number) < range.min || (x as number) > range.max))
         throw bad(field, `must be a whole number from ${range.min} to ${range.max}, got ${String(x)}`, range.fix);
+      const oneOf = ONE_OF[field];
+      if (oneOf && !oneOf.allowed.includes(x as string))
+        throw bad(field, `must be one of ${oneOf.allowed.map((a) => `'${a}'`).join(', ')}, got '${String(x)}'`, oneOf.fix);
       if (SECRET_KEYS.has(k) && typeof raw === 'string' && raw !== '' && (k === 'password' || /:[^:@/]+@/.test(raw))) {
         warn(`the spec file '${path}' holds \`${field}\` in clear text; prefer {"env": "VAR"} or {"file": "path"} (docs/cli.md).`);
       }

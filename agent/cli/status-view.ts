@@ -13,6 +13,7 @@ import type {
   CutoverReportMessage,
   MigrationMessage,
   PreflightReportMessage,
+  SchemaChangesStatusMessage,
   TableStatusMessage,
   TableValidationMessage,
   VerificationStatusMessage,
@@ -190,6 +191,7 @@ export function renderMigration(m: MigrationMessage, opts: ViewOptions = {}): st
   }
   if (m.slotName) lines.push(`${label('Slot')}${m.slotName} retains ${formatBytes(m.retainedWalBytes)} of WAL`);
   if (m.verification?.state && !done) lines.push(...verificationLines(m.verification, width, label, opts.now ?? Date.now()));
+  if (m.schemaChanges?.mode) lines.push(...schemaLines(m.schemaChanges, width, label, opts.now ?? Date.now()));
   if (m.errorCode || m.errorMessage) {
     lines.push(...wrap(`${m.errorCode}: ${m.errorMessage}`, width, label('Error'), label('')));
     if (m.errorRemedy) lines.push(...wrap(m.errorRemedy, width, label('Fix'), label('')));
@@ -264,6 +266,28 @@ function verificationLines(v: VerificationStatusMessage, width: number, label: (
     for (const r of v.repairs.slice(-REPAIRS_SHOWN)) lines.push(...wrap(r, width, `${label('')}  `, `${label('')}    `));
   }
   if (v.lastError) lines.push(...wrap(`error (retrying): ${v.lastError}`, width, label(''), label('')));
+  return lines;
+}
+
+/** The latest schema changes shown in the status (the agent keeps 20: pgferry status --json). */
+const SCHEMA_CHANGES_SHOWN = 3;
+
+/** The source's schema changes followed: mode, how many and when, the latest ones, the tables kept, the last error. */
+function schemaLines(c: SchemaChangesStatusMessage, width: number, label: (l: string) => string, now: number): string[] {
+  const head = label('Schema');
+  if (c.mode === 'stop' && c.applied === 0 && !c.keptTables.length) {
+    return wrap('stop: a schema change on the source stops the sync (SCHEMA_DRIFT)', width, head, label(''));
+  }
+  const last = ago(c.lastAppliedAt, now);
+  const reconciled = ago(c.lastReconciledAt, now);
+  const facts = [c.mode, `${formatCount(c.applied)} change(s) applied`, last ? `last ${last}` : '', reconciled ? `reconciled ${reconciled}` : ''];
+  const lines = wrap(facts.filter(Boolean).join(' · '), width, head, label(''));
+  for (const e of c.recent.slice(-SCHEMA_CHANGES_SHOWN)) {
+    const first = `${label('')}  ${e.at ? `${e.at.slice(11, 19)}Z` : '?'}  `;
+    lines.push(...wrap(`${e.object}: ${e.change}`, width, first, ' '.repeat(first.length)));
+  }
+  if (c.keptTables.length) lines.push(...wrap(`kept on the target, dropped on the source: ${c.keptTables.join(', ')}`, width, label(''), label('')));
+  if (c.lastError) lines.push(...wrap(`error (retrying): ${c.lastError}`, width, label(''), label('')));
   return lines;
 }
 
