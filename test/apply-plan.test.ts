@@ -59,6 +59,8 @@ function relMap(name: string, columns: string[], key: number[], castType = 'text
     collate: '',
     collatable: castType === 'text',
     castOid: 25,
+    typeOid: 25,
+    typmod: -1,
     binaryOk: true,
   }));
   for (const c of cols) target.columns.set(c.name, c);

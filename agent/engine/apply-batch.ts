@@ -18,6 +18,7 @@ import { formatLsn, type Lsn } from './lsn';
 import { LOCAL_WAL_POSITIONS, RECORD_APPLIED_LSN } from './target-state';
 import { PipelineError, PipelineSkipped, type PartResult, type PipelineStatement } from './pipeline';
 import type { LogFn } from './log-fn';
+import type { ShapeChange } from './schema-follow-columns';
 
 /** The changes of many whole source transactions, gathered to commit as one target transaction. */
 export interface Batch {
@@ -34,6 +35,8 @@ export interface Batch {
   targetTxnOpen: boolean;
   /** Some of it was applied one change per statement. */
   safe: boolean;
+  /** Column changes followed inside it (schema-follow-columns.ts): reported once it commits. */
+  followed?: ShapeChange[];
 }
 
 /** Where a batch failed: the step whose statement failed (null: its COMMIT, or no statement's). */

@@ -49,6 +49,9 @@ export interface TargetColumn {
   collatable: boolean;
   /** OID of `castType`: the element type of its binary array parameters. */
   castOid: number;
+  /** The column's own type OID and modifier (schema-follow-columns.ts compares built-in ones with the stream's). */
+  typeOid: number;
+  typmod: number;
   /**
    * Values may travel in binary form (RelMap.binary): a built-in base type
    * (no user-type OIDs inside its binary form, the same OID on every server)
@@ -131,6 +134,7 @@ export async function readTargets(session: ApplySession, keys: string[], mode: A
                            WHEN 'bit'::regtype THEN 'bit varying' WHEN '_bit'::regtype THEN 'bit varying[]'
                            ELSE format_type(a.atttypid, NULL) END AS cast_type,
            CASE a.atttypid WHEN 'bit'::regtype THEN 'varbit'::regtype ELSE a.atttypid END::int AS cast_oid,
+           a.atttypid::int AS type_oid, a.atttypmod AS typmod,
            -- RelMap.binary: a built-in base type, not an array, with binary send and receive
            -- (not the reg* types: their binary form is the object's OID, which names another object, or none, on the target)
            -- (nor bit, whose values are cast to bit varying)
@@ -170,6 +174,8 @@ export async function readTargets(session: ApplySession, keys: string[], mode: A
       collate: row.collation ? ` COLLATE ${row.collation}` : '',
       collatable: row.collatable,
       castOid: row.cast_oid,
+      typeOid: row.type_oid,
+      typmod: row.typmod,
       binaryOk: row.binary_ok,
     });
   }

@@ -24,7 +24,7 @@ import { BufferPool, Plan, rowChange, singleOf, type RelMap, type Step } from '.
 import { ApplySession, logApplyMode, prepareSession, type ApplyMode } from './apply-session';
 import { BatchWriter, type Batch, type FailedAt } from './apply-batch';
 import { DurablePosition } from './apply-durable';
-import { binaryBlocker, missingColumn, readTargets, relMap, type PublishedColumn, type TargetTable } from './apply-target';
+import { binaryBlocker, readTargets, type PublishedColumn } from './apply-target';
 import type { BeginMessage, CommitMessage, DeleteMessage, InsertMessage, RelationMessage, TruncateMessage, UpdateMessage } from './pgoutput';
 import type { Endpoint } from './spec';
 import { ensureTargetState, readAppliedLsn } from './target-state';
@@ -32,6 +32,8 @@ import { PipelineSkipped } from './pipeline';
 
 import type { LogFn } from './log-fn';
 import type { ChangeTracker } from './verify-changes';
+import type { ShapeChange } from './schema-follow-columns';
+import { TableMapper, type DdlTransaction, type GateLookup } from './apply-mapping';
 
 export interface ApplierOptions {
   migrationId: string;
@@ -45,6 +47,13 @@ export interface ApplierOptions {
   safeThroughLsn?: Lsn | null;
   /** Told of each row change before it is batched (verify-changes.ts); may ask to wait for its flag. */
   tracker?: ChangeTracker;
+  /**
+   * Follow the source's column changes in stream order (schemaChanges 'follow', schema-follow-columns.ts):
+   * `onChanges` hears of those a committed batch made. Absent: a column the target lacks stops the sync (SCHEMA_DRIFT).
+   */
+  follow?: { source: Endpoint; typesFromTarget: boolean; onChanges: (changes: ShapeChange[]) => void };
+  /** Tables being added (their copy in progress): a change before the copy's point is skipped, one after it waits for the copy. */
+  gates?: GateLookup;
   log?: LogFn;
 }
 
@@ -112,8 +121,6 @@ export class Applier {
   private txn: SourceTxn | null = null;
   private batch: Batch | null = null;
   private plan: Plan;
-  private readonly maps = new Map<number, RelMap>();
-  private readonly targets = new Map<string, TargetTable>();
   /** Statement buffers lent from one batch to the next (see BufferPool). */
   private readonly pool = new BufferPool(2 * BATCH_BYTES);
   /**
@@ -123,6 +130,8 @@ export class Applier {
    */
   private batchLimit: number;
   private readonly log: LogFn;
+  /** Source relations mapped onto target tables, and the column changes followed on the way. */
+  private readonly mapper: TableMapper;
 
   private constructor(
     private readonly session: ApplySession,
@@ -137,6 +146,7 @@ export class Applier {
     this.writer = new BatchWriter(session, opts.migrationId, this.durable, this, this.log);
     this.plan = this.newPlan();
     this.batchLimit = Math.min(opts.batchChanges, FIRST_BATCH_CHANGES);
+    this.mapper = new TableMapper(session, mode, opts);
   }
 
   /** Connect to the target, prepare the session and read the applied position. */
@@ -152,7 +162,7 @@ export class Applier {
       // first change waits for a read of its own (a round trip per table
       // after every start, resume or reconnect).
       const known = await readTargets(a.session, [...opts.tableSyncLsn.keys()], mode);
-      for (const [key, t] of known) a.targets.set(key, t);
+      await a.mapper.init(known);
       a.log('info', `read the target's columns of ${known.size} of ${opts.tableSyncLsn.size} table(s)`, {
         event: 'target-tables',
         found: known.size,
@@ -189,14 +199,15 @@ export class Applier {
    * Reads the target tables not read yet.
    */
   async binaryBlocker(columns: PublishedColumn[]): Promise<string | null> {
-    const unread = [...new Set(columns.map((c) => qn(c.schema, c.table)))].filter((k) => !this.targets.has(k));
-    if (unread.length) for (const [key, t] of await readTargets(this.session, unread, this.mode)) this.targets.set(key, t);
-    return binaryBlocker(this.targets, columns);
+    const targets = this.mapper.targets;
+    const unread = [...new Set(columns.map((c) => qn(c.schema, c.table)))].filter((k) => !targets.has(k));
+    if (unread.length) for (const [key, t] of await readTargets(this.session, unread, this.mode)) targets.set(key, t);
+    return binaryBlocker(targets, columns);
   }
 
   /** A Relation message: forget the mapping for that OID (the source table may have changed). */
   relation(m: RelationMessage): void {
-    this.maps.delete(m.relationOid);
+    this.mapper.forget(m.relationOid);
   }
 
   begin(m: BeginMessage): void {
@@ -224,8 +235,8 @@ export class Applier {
     if (!txn) throw new PgferryError('INTERNAL', `A ${m.tag} arrived outside a source transaction.`, 'Restart the agent; report this if it repeats.');
     if (txn.skip) return undefined;
     if (m.tag === 'truncate') return this.truncate(m, txn);
-    const map = this.knownMap(m.relation);
-    if (!map) return this.mapFor(m.relation).then(() => this.change(m));
+    const map = this.mapper.known(m.relation);
+    if (!map) return this.mapInTxn(m.relation, txn).then((mapped) => (mapped ? this.change(m) : undefined));
     const lsn = txn.finalLsn;
     if (lsn < map.syncLsn) return undefined; // Guard 2 (per-table start): the table's copy already holds what committed before its snapshot.
     const noted = this.opts.tracker?.note(map.target.quoted, map, m);
@@ -258,7 +269,8 @@ export class Applier {
   private async truncate(m: TruncateMessage, txn: SourceTxn): Promise<void> {
     const maps: RelMap[] = [];
     for (const rel of m.relations) {
-      const map = await this.mapFor(rel);
+      if (!(await this.mapInTxn(rel, txn))) continue;
+      const map = this.mapper.known(rel)!;
       // Guard 2 (per-table start), as above.
       if (txn.finalLsn >= map.syncLsn && !maps.some((x) => x.target === map.target)) maps.push(map);
     }
@@ -492,6 +504,7 @@ export class Applier {
       markSent();
     }
     plan.release(); // answered: the server has read every byte of it
+    if (batch.followed) this.opts.follow?.onChanges(batch.followed);
     this.appliedLsn = maxLsn(this.appliedLsn, endLsn);
     if (batch.lastCommitTime) this.appliedCommitTime = batch.lastCommitTime;
     this.changesApplied += batch.changes;
@@ -545,29 +558,36 @@ export class Applier {
     this.batch = null;
     this.plan = this.newPlan();
     this.txn = null;
+    await this.mapper.close();
     await this.session.end();
   }
 
-  // ---- mapping -------------------------------------------------------------
+  // ---- mapping (apply-mapping.ts) ---------------------------------------------
 
-  /** The mapping of `rel` when it is known (no catalog read needed). */
-  private knownMap(rel: RelationMessage): RelMap | undefined {
-    const cached = this.maps.get(rel.relationOid);
-    return cached && cached.rel === rel ? cached : undefined;
+  /** Map `rel` for a change of `txn`; false: the change is skipped (see `TableMapper.map`). */
+  private mapInTxn(rel: RelationMessage, txn: SourceTxn): Promise<boolean> {
+    return this.mapper.map(rel, txn.finalLsn, this.binary, () => this.ddlTransaction(txn));
   }
 
-  private async mapFor(rel: RelationMessage): Promise<RelMap> {
-    const cached = this.knownMap(rel);
-    if (cached) return cached;
-    const key = qn(rel.schema, rel.name);
-    let target = this.targets.get(key);
-    if (!target || missingColumn(rel, target)) {
-      // Read (again: the user may have fixed drift) from the target catalog.
-      target = (await readTargets(this.session, [key], this.mode)).get(key);
-      if (target) this.targets.set(key, target);
+  /**
+   * The batch's target transaction, open, with everything before this point
+   * of the stream in it: a column change followed there commits with the
+   * position it belongs to (a restart replays both).
+   */
+  private async ddlTransaction(txn: SourceTxn): Promise<DdlTransaction> {
+    const batch = this.openBatch(txn);
+    await this.executeChunk(batch);
+    if (!batch.targetTxnOpen) {
+      await this.session.query('BEGIN');
+      batch.targetTxnOpen = true;
     }
-    const map = relMap(rel, key, target, this.opts.tableSyncLsn.get(key) ?? 0n, this.binary);
-    this.maps.set(rel.relationOid, map);
-    return map;
+    return {
+      run: (text, values) => this.session.query(text, values),
+      followed: (changes) => (batch.followed ??= []).push(...changes),
+      rollback: async () => {
+        await this.session.query('ROLLBACK').catch(() => undefined);
+        batch.targetTxnOpen = false;
+      },
+    };
   }
 }

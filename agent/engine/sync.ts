@@ -14,12 +14,12 @@
  * has applied and flushed (Guard 8, Guard 9): docs/architecture.md, "The
  * stream: receive → decode → apply" and "The guards".
  */
-import { Applier } from './apply';
+import { Applier, type ApplierOptions } from './apply';
 import { SafeReplayNeeded } from './apply-diagnosis';
 import type { LogFn } from './log-fn';
 import { TextModeNeeded } from './apply-target';
 import { ql, resolveEndpoint } from './conn';
-import { asPgferryError, isTransientError, PgferryError, redact } from './errors';
+import { asPgferryError, isTransientError, PgferryError, redact, sqlState } from './errors';
 import { formatLsn, maxLsn, parseLsn, type Lsn } from './lsn';
 import { PgoutputParser, type PgoutputMessage } from './pgoutput';
 import { ReplicationStream } from './receive';
@@ -50,6 +50,16 @@ export interface SyncOptions {
   barrier?: ApplyBarrier;
   /** Told of every row change applied (the verification's record of what changed since it checked). */
   tracker?: ChangeTracker;
+  /** Follow the source's column changes in stream order (schemaChanges 'follow'; apply-mapping.ts). */
+  follow?: ApplierOptions['follow'];
+  /** Tables being added during the sync (schema-follow-tables.ts). */
+  gates?: ApplierOptions['gates'];
+  /**
+   * The target's schema may be behind the stream (an enum value, a type, added on the source since the last
+   * reconciliation): bring it up now. Called once per applied position when a change fails for such a reason;
+   * resolves to the number of changes made (0: the failure stands).
+   */
+  catchUpSchema?: () => Promise<number>;
 }
 
 export interface SyncProgress {
@@ -94,6 +104,8 @@ interface SyncState {
   rateSamples: { atMs: number; changes: number }[];
   /** A binary stream met a value it could not take: stream text from now on. */
   textOnly: boolean;
+  /** The applied position at which the target's schema was last brought up after a failure (`catchUpSchema`). */
+  caughtUpAt: Lsn | null;
 }
 
 /**
@@ -127,6 +139,7 @@ export async function runSync(opts: SyncOptions): Promise<void> {
     safeThroughLsn: null,
     rateSamples: [],
     textOnly: false,
+    caughtUpAt: null,
   };
   let backoffMs = BACKOFF_MIN_MS;
   while (!opts.signal.aborted) {
@@ -154,6 +167,17 @@ export async function runSync(opts: SyncOptions): Promise<void> {
         });
         continue;
       }
+      if (opts.catchUpSchema && schemaBehind(e) && state.caughtUpAt !== state.appliedLsn) {
+        state.caughtUpAt = state.appliedLsn;
+        const made = await opts.catchUpSchema().catch(() => 0);
+        if (made > 0) {
+          log('warn', `a change failed because the target's schema was behind the source's; made ${made} schema change(s) on the target, applying again`, {
+            event: 'schema-caught-up',
+            cause: redact((e as Error).message),
+          });
+          continue;
+        }
+      }
       if (!isTransientError(e)) {
         const err = asPgferryError(e, 'INTERNAL', 'continuous sync');
         log('error', err.message, { code: err.code, remedy: err.remedy });
@@ -168,6 +192,17 @@ export async function runSync(opts: SyncOptions): Promise<void> {
       backoffMs = Math.min(backoffMs * 2, BACKOFF_MAX_MS);
     }
   }
+}
+
+/**
+ * A change failed the way it does when the target's schema is behind the
+ * stream: a value the target's type does not take (an enum value added on
+ * the source: 22P02), a type or object it lacks (42704).
+ */
+function schemaBehind(e: unknown): boolean {
+  const cause = e instanceof PgferryError ? (e.cause as unknown) : e;
+  const state = sqlState(cause);
+  return state === '22P02' || state === '42704';
 }
 
 /**
@@ -271,6 +306,8 @@ async function openSession(opts: SyncOptions, state: SyncState, log: LogFn): Pro
       tableSyncLsn: opts.tableSyncLsn,
       safeThroughLsn: state.safeThroughLsn,
       tracker: opts.tracker,
+      follow: opts.follow,
+      gates: opts.gates,
       log,
     }),
   ]);
