@@ -170,6 +170,15 @@ export async function getMarker(client: pg.Client, migrationId: string, marker: 
   return r.rows.length ? r.rows[0].value : undefined;
 }
 
+/** The markers of `migrationId` whose name starts with `prefix`, by name (schema-follow-tables.ts keeps one per followed table). */
+export async function readMarkers(client: pg.Client, migrationId: string, prefix: string): Promise<Map<string, string | null>> {
+  const r = await client.query('SELECT marker, value FROM pgferry.migration_state WHERE migration_id = $1 AND left(marker, length($2)) = $2', [
+    migrationId,
+    prefix,
+  ]);
+  return new Map(r.rows.map((row) => [row.marker as string, row.value as string | null]));
+}
+
 export async function setMarker(client: pg.Client, migrationId: string, marker: string, value: string | null = null): Promise<void> {
   await client.query(
     `INSERT INTO pgferry.migration_state (migration_id, marker, value) VALUES ($1, $2, $3)
