@@ -176,6 +176,23 @@ describe('schema follow: objects besides tables and columns, PostgreSQL 14 → 1
     await tgt.query(`ALTER TABLE shop.customers DROP COLUMN target_col; DROP TABLE shop.target_only`);
   });
 
+  it('leaves what hangs off a table the target does not have yet to the table, and follows it once the table is there', async function () {
+    const table = `CREATE TABLE shop.returns (id integer PRIMARY KEY, order_id bigint, reason text)`;
+    await src.query(`${table}; CREATE INDEX returns_order_idx ON shop.returns (order_id);
+      CREATE TRIGGER returns_touch BEFORE INSERT ON shop.returns FOR EACH ROW EXECUTE FUNCTION shop.touch()`);
+    const withReturns = { ...opts, tables: migratableTables((await selectTables(src, SELECTION)).tables) };
+    assert.deepEqual(await reconcileObjects(src, tgt, withReturns), { applied: [], failed: [], unsupported: [] });
+    await tgt.query(table); // as the copy of a new table makes it
+    const r = await reconcileObjects(src, tgt, withReturns);
+    assert.deepEqual(r.failed, []);
+    assert.deepEqual(r.applied.map((a) => `${a.object}: ${a.change}`).sort(), [
+      'index shop.returns_order_idx: index created',
+      'trigger returns_touch on shop.returns: trigger created',
+    ]);
+    await src.query('DROP TABLE shop.returns');
+    await tgt.query('DROP TABLE shop.returns');
+  });
+
   it('reconcileTypes creates new types and adds enum values, and nothing else', async function () {
     await src.query(`CREATE TYPE shop.color AS ENUM ('red', 'blue'); ALTER TYPE shop.color ADD VALUE 'green' BEFORE 'blue';
       ALTER TYPE shop.size ADD VALUE 'xs' BEFORE 's'; CREATE INDEX orders_total_idx ON shop.orders (total)`);

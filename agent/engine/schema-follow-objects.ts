@@ -280,6 +280,8 @@ function plannedChanges(diffs: SchemaDifference[], ddl: SourceDdl, d: Described,
   const out: Change[] = [];
   const bySide = (objs: SchemaObject[]) => new Map(objs.map((o) => [o.identity, o]));
   const [src, tgt] = [bySide(d.source), bySide(d.target)];
+  // Tables the target does not have yet: what hangs off them comes with them (another part of the sync copies them).
+  const absent = new Set(d.source.filter((o) => o.kind === 'table' && !tgt.has(o.identity)).map((o) => nameOf(o.identity)));
   const ownerDiffers = new Set(diffs.filter((x) => x.what === 'owner').map((x) => x.identity));
   const unsupported = (x: SchemaDifference, why: string) => result.unsupported.push({ object: x.identity, difference: `${x.what}: ${why}` });
   for (const x of diffs) {
@@ -290,7 +292,7 @@ function plannedChanges(diffs: SchemaDifference[], ddl: SourceDdl, d: Described,
       if (sql === null) unsupported(x, 'pgferry does not change the privileges of this kind of object');
       else if (sql.length > 0) out.push({ object: x.identity, change: 'privileges changed', sql, mode: 'each', phase: 5, order: 0 });
     } else if (x.what === 'missing-on-target') {
-      const c = creation(x, plan, src.get(x.identity), d.missingRoles);
+      const c = creation(x, plan, src.get(x.identity), d.missingRoles, absent);
       if (typeof c === 'string') {
         if (c) unsupported(x, c);
       } else out.push(c);
@@ -317,18 +319,28 @@ function plannedChanges(diffs: SchemaDifference[], ddl: SourceDdl, d: Described,
 }
 
 /** How to create an object the target lacks (or why not: '' when it is not this file's, or the plan leaves it out on purpose). */
-function creation(x: SchemaDifference, plan: DdlEntry | undefined, s: SchemaObject | undefined, missingRoles: Set<string>): Change | string {
+function creation(
+  x: SchemaDifference,
+  plan: DdlEntry | undefined,
+  s: SchemaObject | undefined,
+  missingRoles: Set<string>,
+  absent: Set<string>,
+): Change | string {
   if (x.kind === 'table' || x.kind === 'column') return '';
   if (x.kind === 'sequence' && / OWNED BY /.test(s?.definition ?? '')) return ''; // comes with its column
+  const sql = (plan?.statements ?? [])
+    .map((p) => (p.roles?.some((r) => missingRoles.has(r)) && p.sqlWithout ? p.sqlWithout(missingRoles) : p.sql))
+    .filter((q): q is string => q !== null);
+  const on = /^(?:constraint|trigger|rule|policy) /.test(x.identity)
+    ? onRelation(nameOf(x.identity)).rel
+    : / (?:ON(?: ONLY)?|FROM) (\S+)/.exec(sql[0] ?? '')?.[1];
+  if (on && absent.has(on)) return '';
   if (x.kind === 'constraint' && /^PRIMARY KEY/.test(s?.definition ?? '')) return 'a primary key is not added during the sync';
   if (!plan) {
     // A foreign key to a table that is not migrated, or a view that reads one: the schema stage said so.
     if ((x.kind === 'constraint' && /^FOREIGN KEY/.test(s?.definition ?? '')) || x.kind === 'view' || x.kind === 'materialized-view') return '';
     return 'the schema plan has no statement for it';
   }
-  const sql = plan.statements
-    .map((p) => (p.roles?.some((r) => missingRoles.has(r)) && p.sqlWithout ? p.sqlWithout(missingRoles) : p.sql))
-    .filter((q): q is string => q !== null);
   const base = { object: x.identity, change: `${kindLabel(x.kind)} created`, phase: x.kind === 'type' || x.kind === 'domain' ? 0 : 2, order: plan.order };
   if (x.kind === 'index') return { ...base, sql, mode: 'index' };
   if (x.kind === 'constraint') return { ...base, ...constraintAdd(sql[0]) };
@@ -348,11 +360,7 @@ function constraintAdd(sql: string): Pick<Change, 'sql' | 'mode' | 'fallback'> {
 }
 
 /** The identity without its kind: `index public.x` → `public.x`, `trigger t on public.x` → `t on public.x`. */
-function nameOf(identity: string): string {
-  if (identity.startsWith('foreign table ')) return identity.slice('foreign table '.length);
-  for (const label of Object.values(LABEL)) if (identity.startsWith(`${label} `)) return identity.slice(label.length + 1);
-  return identity.slice(identity.indexOf(' ') + 1);
-}
+const nameOf = (identity: string): string => identity.replace(/^(?:foreign table|materialized view|text search \w+|default privileges|\S+) /, '');
 
 /** `t on public.x` → the name and the relation. */
 const onRelation = (rest: string) => (([, name, rel]) => ({ name, rel }))(/^("(?:[^"]|"")*"|\S+) on (.+)$/.exec(rest)!);
@@ -426,13 +434,7 @@ function replacement(x: SchemaDifference, plan: DdlEntry | undefined, t: SchemaO
 const stripOwned = (def: string | undefined) => (def ?? '').replace(/ OWNED BY .*$/, '');
 
 /** The schema check's kind → its label in an identity, where the two differ. */
-const LABEL: Record<string, string> = {
-  'materialized-view': 'materialized view',
-  'text-search-dictionary': 'text search dictionary',
-  'text-search-config': 'text search configuration',
-  'default-privileges': 'default privileges',
-};
-const kindLabel = (kind: string): string => LABEL[kind] ?? kind;
+const kindLabel = (kind: string): string => (kind === 'text-search-config' ? 'text search configuration' : kind.replace(/-/g, ' '));
 
 /** How GRANT names a kind (ALTER names it by its label). */
 const grantKind = (kind: string): string | undefined =>
