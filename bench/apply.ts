@@ -3,9 +3,10 @@
  * replayed by each contender whose consumer was stopped while it was written.
  *
  * Each contender gets its own source database, built identically
- * (`apply_native`, `apply_pgferry`: acct with 100 000 rows, ledger with
- * 100 000 rows, both with primary keys), so both replay exactly the same
- * backlog and neither decodes the other's WAL:
+ * (`apply_native`, `apply_pgferry`, `apply_pgferry_stop`,
+ * `apply_pgferry_restart`: acct with 100 000 rows, ledger with 100 000 rows,
+ * both with primary keys), so all replay exactly the same backlog and none
+ * decodes another's WAL:
  *
  *   T transactions (default 20 000), each 10 UPDATEs of acct + 10 INSERTs
  *   into ledger = 20·T row changes, written by two sessions on disjoint
@@ -25,7 +26,13 @@
  *             are gone, write the backlog, then time from ResumeMigration:
  *             the same thing as the native DISABLE/ENABLE (a consumer stopped
  *             and started again inside a server that keeps running). This is
- *             the goal's measure.
+ *             the goal's measure. The spec leaves `schemaChanges` to the
+ *             agent's default, 'follow': the stream's Relation messages
+ *             checked against the target's shape, the gated tables looked
+ *             at, the source's catalog watched in the background.
+ *  - pgferry-stop  exactly `pgferry`, but the migration is started with
+ *             `schemaChanges: 'stop'` (none of the above). pgferry / pgferry-stop
+ *             is what following the source's schema costs the apply.
  *  - pgferry-restart  the same, but the agent process is SIGTERMed instead
  *             of paused and the clock starts when a new process is spawned
  *             on the same state dir (Node's start-up, module loading and the
@@ -44,18 +51,20 @@
  *
  * Where the time goes: the CPU seconds of every process of each contender,
  * all started for this replay (so their totals are the replay's cost):
- * native = the apply worker (target) + its walsender (source); pgferry = the
- * agent process (pgferry: the CPU it used from the resume on) + its apply
+ * native = the apply worker (target) + its walsender (source); each pgferry
+ * contender = the agent process (pgferry: the CPU it used from the resume on) + its apply
  * session's backend (target) + its walsender (source). Read from /proc when
  * caught up (this machine runs all of them).
  */
 import type pg from 'pg';
+import type { SchemaChangesMode } from '../api/client';
 import type { Cluster } from '../dev/testbed';
 import { BenchAgent, benchSpec } from './agent';
 import { assertSameData } from './compare';
 import { RssSampler, cpuSeconds, fatal, nowMs, pollUntil, sleep } from './measure';
 
-export const APPLY_CONTENDERS = ['native', 'pgferry', 'pgferry-restart'] as const;
+/** pgferry-stop next to pgferry: the two whose ratio is taken run back to back (in both orders over the rounds). */
+export const APPLY_CONTENDERS = ['native', 'pgferry', 'pgferry-stop', 'pgferry-restart'] as const;
 export type ApplyContender = (typeof APPLY_CONTENDERS)[number];
 
 export interface ApplyRun {
@@ -75,8 +84,8 @@ export interface ApplyRun {
   hwmRssMb?: number;
   /** CPU seconds per process of the contender (see the module comment). */
   cpu?: { label: string; seconds: number }[];
-  /** pgferry's status when caught up. */
-  status?: { appliedLsn: string; lagBytes: number; changesApplied: number; backlogEndLsn: string };
+  /** pgferry's status when caught up (`schemaChanges`: the mode its status reports, '' when it reports none). */
+  status?: { appliedLsn: string; lagBytes: number; changesApplied: number; backlogEndLsn: string; schemaChanges: string };
   error?: string;
 }
 
@@ -113,7 +122,7 @@ export async function runApplyScenario(ctx: ApplyContext): Promise<ApplyRun[]> {
         await seedSource(ctx.source, db);
         await ctx.target.createDatabase(db);
         if (contender === 'native') await applyNative(ctx, db, run);
-        else await applyPgferry(ctx, db, run, round, contender === 'pgferry' ? 'resume' : 'restart');
+        else await applyPgferry(ctx, db, run, round, contender === 'pgferry-restart' ? 'restart' : 'resume', contender === 'pgferry-stop' ? 'stop' : undefined);
         ctx.log(`  ${contender}: ${(run.elapsedMs! / 1000).toFixed(2)} s, ${Math.round(run.changes / (run.elapsedMs! / 1000))} changes/s, data equal`);
       } catch (e) {
         run.error = (e as Error).message;
@@ -302,13 +311,23 @@ async function applyNative(ctx: ApplyContext, db: string, run: ApplyRun): Promis
   }
 }
 
-/** `how`: 'resume' = pause and resume the migration in the running agent; 'restart' = stop and spawn the agent process. */
-async function applyPgferry(ctx: ApplyContext, db: string, run: ApplyRun, round: number, how: 'resume' | 'restart'): Promise<void> {
+/**
+ * `how`: 'resume' = pause and resume the migration in the running agent; 'restart' = stop and spawn the agent process.
+ * `schemaChanges`: the spec's, when given (absent: the agent's default, 'follow').
+ */
+async function applyPgferry(
+  ctx: ApplyContext,
+  db: string,
+  run: ApplyRun,
+  round: number,
+  how: 'resume' | 'restart',
+  schemaChanges?: SchemaChangesMode,
+): Promise<void> {
   const agent = await BenchAgent.start();
-  const id = `bench_apply_${how}_${round}`;
+  const id = `bench_apply_${how}${schemaChanges ? `_${schemaChanges}` : ''}_${round}`;
   let rss: RssSampler | undefined;
   try {
-    await agent.client.startMigration(benchSpec(id, ctx.source, db, ctx.target, db));
+    await agent.client.startMigration({ ...benchSpec(id, ctx.source, db, ctx.target, db), ...(schemaChanges ? { schemaChanges } : {}) });
     await agent.waitPhase(id, 'syncing');
     await pollUntil(
       'pgferry to be caught up before the backlog',
@@ -373,7 +392,13 @@ async function applyPgferry(ctx: ApplyContext, db: string, run: ApplyRun, round:
     run.hwmRssMb = rss.hwmMb();
     run.peakRssMb = rss.stop().peakRssMb;
     const m = await agent.client.getMigration(id);
-    run.status = { appliedLsn: m.appliedLsn, lagBytes: m.lagBytes, changesApplied: m.changesApplied, backlogEndLsn: backlog.endLsn };
+    run.status = {
+      appliedLsn: m.appliedLsn,
+      lagBytes: m.lagBytes,
+      changesApplied: m.changesApplied,
+      backlogEndLsn: backlog.endLsn,
+      schemaChanges: m.schemaChanges?.mode ?? '',
+    };
     await assertSameData(ctx.source, ctx.target, db);
   } catch (e) {
     const tail = agent.logTail(8);

@@ -120,6 +120,7 @@ export function loadReport(runs: LoadRun[], ds: LoadDataset, facts: SourceFacts)
 const APPLY_LABELS: Record<ApplyRun['contender'], string> = {
   native: 'native subscriber (baseline)',
   pgferry: 'pgferry agent (resume)',
+  'pgferry-stop': "pgferry agent (resume, schemaChanges 'stop')",
   'pgferry-restart': 'pgferry agent (restart)',
 };
 
@@ -149,6 +150,12 @@ export function applyReport(runs: ApplyRun[], nativeBinary = false): { text: str
   const ratio = native && ferry ? ferry / native : undefined;
   const restart = rate('pgferry-restart');
   const restartRatio = native && restart ? restart / native : undefined;
+  const stop = rate('pgferry-stop');
+  const followRatio = ferry && stop ? ferry / stop : undefined;
+  const followPerRound = [...new Set(runs.map((r) => r.round))].map((round) => {
+    const [f, s] = (['pgferry', 'pgferry-stop'] as const).map((c) => runs.find((r) => r.round === round && r.contender === c)?.elapsedMs);
+    return f && s ? `${fmt(s / f, 2)}×` : '–';
+  });
   const cpuLines = runs
     .filter((r) => r.cpu?.length)
     .map(
@@ -162,14 +169,18 @@ export function applyReport(runs: ApplyRun[], nativeBinary = false): { text: str
     .filter((r) => r.status)
     .map(
       (r) =>
-        `    pgferry status when caught up (round ${r.round}): appliedLsn ${r.status!.appliedLsn || '–'} (backlog ended at ${r.status!.backlogEndLsn}), lagBytes ${fmt(r.status!.lagBytes)}, changesApplied ${fmt(r.status!.changesApplied)}`,
+        `    ${r.contender} status when caught up (round ${r.round}): schemaChanges ${r.status!.schemaChanges || 'not reported'}, appliedLsn ${r.status!.appliedLsn || '–'} (backlog ended at ${r.status!.backlogEndLsn}), lagBytes ${fmt(r.status!.lagBytes)}, changesApplied ${fmt(r.status!.changesApplied)}`,
     );
   const lines = [
     '(b) Change apply — committed backlog of T transactions × (10 UPDATE + 10 INSERT), consumer stopped while written, timed until the last row is on the target; data then compared (count + checksum) ✓',
     `    native${nativeBinary ? " WITH (binary = true), not the goal's baseline" : ''}: from ALTER SUBSCRIPTION … ENABLE (after DISABLE);  pgferry: from ResumeMigration (after PauseMigration) in the running agent;`,
     '    pgferry after a restart: from spawning a new agent process (its start-up included; not the goal\'s measure);  "first change": when the first backlog row was visible',
+    "    pgferry (schemaChanges 'stop'): the same as pgferry (the default, 'follow'), but its migration started with schemaChanges 'stop'",
     renderTable(['contender', 'round', 'txns / changes / WAL', 'elapsed s', 'changes/s', 'txns/s', 'peak RSS MB', 'note'], rows),
     `    pgferry / native changes/s: ${ratio ? `${fmt(ratio, 2)}×` : '–'}   (goal ≥ ${GOALS.applyRatioVsNative}×);  after an agent restart: ${restartRatio ? `${fmt(restartRatio, 2)}×` : '–'}`,
+    `    pgferry (follow) / pgferry (schemaChanges stop) changes/s: ${followRatio ? `${fmt(followRatio, 2)}×` : '–'}` +
+      `${followPerRound.length > 1 ? ` (per round ${followPerRound.join(', ')})` : ''}` +
+      "   (below 1.00×: what following the source's schema costs the apply — Relation checks, gated tables, the catalog watch)",
     ...cpuLines,
     ...statusLines,
     ...runs.filter((r) => r.error).map((r) => `    ${r.contender} round ${r.round} error: ${r.error}`),
