@@ -33,6 +33,7 @@ import type { CutoverReport, OutagePart, Phase, StoredError, Validation } from '
 import type { MigrationSpec } from './spec';
 import type { SyncProgress } from './sync';
 import { sleep } from './sleep';
+import type { SchemaKeeper } from './schema-follow';
 import { catalogSignature, handOver, largeObjectPass, prepareHandover, refreshAfterHandover, undoHandover, type PreparedHandover } from './cutover-schema';
 import type { SchemaPlan } from './schema';
 
@@ -74,6 +75,8 @@ export interface CutoverHost {
   readonly previousCutover: CutoverReport | undefined;
   /** The continuous verification (verify.ts), when it runs in this process. */
   readonly verifier: Verifier | null;
+  /** The source's schema kept on the target (schema-follow.ts), with schemaChanges 'follow' once the sync ran in this process. */
+  readonly schemaKeeper: SchemaKeeper | null;
   status(): Promise<{ lagBytes: number; lagSeconds: number }>;
   log(level: 'info' | 'warn' | 'error', msg: string, fields?: object): void;
   /** Phase `cutting-over`, the report kept. */
@@ -348,6 +351,19 @@ async function handOverSchema(c: Cut, tables: TableInfo[], accept: string[], pre
   return h.plan;
 }
 
+/**
+ * 4a. The source's schema changes the stream did not bring (columns of a
+ * table no row changed since, NOT NULL, defaults) and the objects changed
+ * since the read before the fence: catalog queries, and DDL only for what
+ * changed. Counted in the outage's `schema` part.
+ */
+async function followAtFence(c: Cut, tables: TableInfo[]): Promise<void> {
+  const keeper = c.runner.schemaKeeper;
+  if (!keeper) return;
+  const made = await keeper.atFence(c.src, c.tgt, tables);
+  if (made) c.log('info', `cutover: ${made} schema change(s) of the source followed on the target inside the fence`);
+}
+
 /** What the cutover reads before the fence, so that the fence does not wait for it. */
 interface BeforeFence {
   tables: TableInfo[];
@@ -363,6 +379,9 @@ interface BeforeFence {
 /** 1a. The source's tables, and its side of the schema handover, read before the fence (nothing is fenced yet). */
 async function readBeforeFence(c: Cut): Promise<BeforeFence> {
   const spec = c.runner.spec;
+  // The source's schema changes followed once more, so that the reconciliation inside the fence finds (nearly) nothing.
+  const followed = await c.runner.schemaKeeper?.beforeFence(c.src, c.tgt);
+  if (followed) c.log('info', `cutover: ${followed} schema change(s) of the source followed on the target before the fence`);
   const signature = await catalogSignature(c.src);
   const tables = migratableTables((await selectTables(c.src, spec.tables)).tables);
   const finished = spec.schemaMode === 'create' && (await getMarker(c.tgt, c.runner.id, 'finish')) !== undefined;
@@ -483,6 +502,7 @@ export async function runCutover(runner: CutoverHost, opts: CutoverOptions, sign
     await step(c, 'large-objects');
     report.largeObjects = await largeObjectPass(c.src, c.tgt, runner.id, runner.spec);
     endPart(c, 'large-objects');
+    await followAtFence(c, tables);
     handedOver = await handOverSchema(c, tables, opts.acceptSchemaDifferences ?? [], pre);
     endPart(c, 'schema');
     await validateTables(c, tables, validation);

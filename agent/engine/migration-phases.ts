@@ -22,6 +22,7 @@ import { applyFinish, applyPreData, planSchema, verifyExistingSchema, type PlanO
 import { selectSchemas } from './schema-objects-read';
 import { largeObjectPass } from './cutover-schema';
 import { Verifier } from './verify';
+import { SchemaKeeper } from './schema-follow';
 
 import { sleep } from './sleep';
 
@@ -70,6 +71,8 @@ export class MigrationPhases {
   private keepingLargeObjects = false;
   /** The continuous verification, from the first sync in this process (null when the spec switches it off). */
   verifier: Verifier | null = null;
+  /** The source's schema changes followed (schema-follow.ts), from the first sync in this process (null with schemaChanges 'stop'). */
+  schemaKeeper: SchemaKeeper | null = null;
   private readonly log: LogFn;
 
   constructor(private readonly host: PhaseHost) {
@@ -340,6 +343,7 @@ export class MigrationPhases {
     if (!this.analyzed) void this.analyzeOnce(signal);
     if (!this.keepingLargeObjects) void this.keepLargeObjects(signal);
     const verifier = await this.startVerifier(signal);
+    const keeper = await this.startSchemaKeeper(map, signal);
     await runSync({
       migrationId: this.rec.id,
       source: this.spec.source,
@@ -354,7 +358,46 @@ export class MigrationPhases {
       log: this.log,
       barrier: verifier?.barrier,
       tracker: verifier?.tracker,
+      follow: keeper
+        ? { source: this.spec.source, typesFromTarget: this.spec.schemaMode === 'create', onChanges: (c) => keeper.onColumnChanges(c) }
+        : undefined,
+      gates: keeper?.gates,
+      catchUpSchema: keeper ? () => keeper.catchUp() : undefined,
     });
+  }
+
+  /**
+   * With `schemaChanges: 'follow'`: the keeper of the source's schema on the
+   * target (schema-follow.ts), prepared before the sync applies anything (a
+   * table whose copy a restart cut short must be gated before its first
+   * change), then looking at the source in the background.
+   */
+  private async startSchemaKeeper(tableSyncLsn: Map<string, Lsn>, signal: AbortSignal): Promise<SchemaKeeper | null> {
+    if (this.spec.schemaChanges !== 'follow') return null;
+    const keeper = (this.schemaKeeper ??= new SchemaKeeper({
+      id: this.rec.id,
+      spec: this.spec,
+      publicationName: this.rec.publicationName,
+      slotName: this.rec.slotName,
+      log: this.log,
+      tables: () => this.tables,
+      tablesChanged: () => this.tablesChanged(),
+      tableSyncLsn,
+      progress: this.copyProgress,
+    }));
+    await this.withTarget((tgt) => keeper.prepare(tgt));
+    keeper.start(signal);
+    return keeper;
+  }
+
+  /** The source's tables changed (added, dropped, or of another shape): read them again; the verification takes them up. */
+  private async tablesChanged(): Promise<void> {
+    await this.withClients(async (src) => {
+      await this.loadTables(src);
+    });
+    // Only tables the stream applies (a new one once its copy is in): the others are not on the target yet.
+    const start = this.syncStart;
+    await this.verifier?.updateTables(this.tables.filter((t) => start?.has(t.root ? tableKey(t.root) : tableKey(t))));
   }
 
   /**

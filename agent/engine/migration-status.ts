@@ -87,6 +87,8 @@ export interface StatusHost {
   readonly cutoverRun: object | null;
   /** The continuous verification's progress, when it runs in this process. */
   verificationStatus(): VerificationStatus | null;
+  /** The schema changes followed (schema-follow.ts); null before the sync. */
+  schemaChangesStatus(): SchemaChangesStatus | null;
 }
 
 /** The source's WAL insert position, and its slot's restart and confirmed positions. */
@@ -153,7 +155,7 @@ export class StatusReporter {
       pausedAt: rec.pausedAt ?? '',
       fence: fence.status(this.host.cutoverRun !== null),
       verification: this.host.verificationStatus(),
-      schemaChanges: null,
+      schemaChanges: this.host.schemaChangesStatus(),
     };
   }
 

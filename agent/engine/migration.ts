@@ -24,7 +24,8 @@ import type { TableCopyProgress } from './copy';
 import type { SyncProgress } from './sync';
 import { dropTargetState } from './target-state';
 import { dropLargeObjectState } from './large-objects';
-import type { CutoverReport, MigrationRecord, Phase, StateStore, StoredError, VerificationStatus } from './state';
+import type { CutoverReport, MigrationRecord, Phase, SchemaChangesStatus, StateStore, StoredError, VerificationStatus } from './state';
+import type { SchemaKeeper } from './schema-follow';
 import { FenceKeeper } from './fence';
 import type { MigrationSpec } from './spec';
 import type { LogFn } from './log-fn';
@@ -111,6 +112,16 @@ export class MigrationRunner {
   }
   verificationStatus(): VerificationStatus | null {
     return this.phases.verifier?.status() ?? (this.spec.verification.disabled && this.rec.phase === 'syncing' ? verificationOff() : null);
+  }
+  schemaChangesStatus(): SchemaChangesStatus | null {
+    const k = this.phases.schemaKeeper;
+    if (k) return k.status();
+    if (this.rec.phase !== 'syncing') return null;
+    return { mode: this.spec.schemaChanges, applied: 0, lastAppliedAt: '', recent: [], keptTables: [], lastReconciledAt: '', lastError: '' };
+  }
+  /** The source's schema kept on the target (for the cutover; null with schemaChanges 'stop' or before the sync in this process). */
+  get schemaKeeper(): SchemaKeeper | null {
+    return this.phases.schemaKeeper;
   }
   /** The continuous verification, for the cutover (null when it does not run in this process). */
   get verifier(): Verifier | null {

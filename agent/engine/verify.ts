@@ -119,7 +119,7 @@ export class Verifier {
   constructor(
     private readonly id: string,
     private readonly spec: MigrationSpec,
-    private readonly allTables: TableInfo[],
+    private allTables: TableInfo[],
     private readonly log: LogFn,
   ) {
     this.tracker = new ChangeTracker({ persistFlag: (table) => this.persistFlag(table) });
@@ -160,6 +160,32 @@ export class Verifier {
       }
     }
     this.prepared = true;
+  }
+
+  /**
+   * The migration's tables after a schema change (schema-follow.ts): new ones
+   * tracked and guarded, dropped ones forgotten, the others' columns taken
+   * up (a pass over a table of another shape starts again; the apply counted
+   * its rows changed whole).
+   */
+  async updateTables(all: TableInfo[]): Promise<void> {
+    const next = new Map(dataTables(all).map((t) => [tableKey(t), t]));
+    const added: TableInfo[] = [];
+    for (const [key, t] of next) {
+      const s = this.tables.get(key);
+      if (s) {
+        if (JSON.stringify(s.info.columns) !== JSON.stringify(t.columns)) Object.assign(s, { pass: null, recheck: null, recheckKeys: null });
+        if (JSON.stringify(s.info.columns) !== JSON.stringify(t.columns)) this.tracker.abandonPass(key);
+        s.info = t;
+        continue;
+      }
+      this.tables.set(key, { info: t, key, verified: null, pass: null, recheck: null, recheckKeys: null, foreign: false, unrepairable: false });
+      this.tracker.track(key, t.keyColumns, t.root ? tableKey(t.root) : null);
+      added.push(t);
+    }
+    for (const key of [...this.tables.keys()]) if (!next.has(key)) this.tables.delete(key);
+    this.allTables = all;
+    if (added.length && this.prepared) await installGuards(await this.stateClient(), added);
   }
 
   /**
