@@ -249,6 +249,29 @@ describe('schema follow: tables created during the sync (PostgreSQL 14 → 17)',
     assert.deepEqual([once.copied, once.applied], [1000, 25]);
   });
 
+  it('builds no index or foreign key while another table is gated (the apply may wait there holding locks), then at the next check', async () => {
+    const s = await syncing();
+    await s.src.query(`CREATE TABLE fresh (id int PRIMARY KEY, base_id int REFERENCES base); CREATE INDEX fresh_base ON fresh (base_id);
+      INSERT INTO fresh SELECT g, g FROM generate_series(1, 50) g`);
+    const ctx = s.ctx();
+    ctx.gates.close('public.other');
+    const res = await followNewTables(ctx);
+    assert.deepEqual(
+      res.added.map((a) => [tableKey(a.table), a.rows, ctx.tableSyncLsn.get('public.fresh') === a.lsn]),
+      [['public.fresh', 50, true]],
+    );
+    assert.equal(ctx.gates.get('public.fresh'), undefined, 'its own gate is open');
+    const built = async () =>
+      (
+        await s.tgt.query(`SELECT count(*)::int AS n FROM pg_class WHERE relname IN ('fresh_base', 'fresh_base_id_fkey') UNION ALL
+        SELECT count(*)::int FROM pg_constraint WHERE conname = 'fresh_base_id_fkey'`)
+      ).rows.map((r) => r.n);
+    assert.deepEqual(await built(), [0, 0]);
+    ctx.gates.open('public.other');
+    assert.deepEqual(await followNewTables(ctx), { added: [], skipped: [] });
+    assert.deepEqual(await built(), [1, 1]);
+  });
+
   it('skips what it cannot follow, with the reason, and never empties a table it did not create', async () => {
     const s = await syncing();
     await s.src.query(`CREATE TABLE nokey (v text); INSERT INTO nokey VALUES ('x');

@@ -11,8 +11,7 @@
  * post-data built or not), their start LSN in `tableSyncLsn`, their gate
  * opened.
  *
- * Per table, in this order (the gates: docs/architecture.md, "Tables created
- * during the sync"):
+ * Per table, in this order:
  *  1. the table on the target, with its marker, in one transaction;
  *  2. its gate closed (lsn null: the apply holds every change of it);
  *  3. ALTER PUBLICATION … ADD TABLE (commits at P): from P its changes are streamed;
@@ -21,10 +20,15 @@
  *  5. the copy in that snapshot, its copy state committed with its rows;
  *  6. tableSyncLsn = L, the gate opened: changes at or after L apply;
  *  7. its indexes and foreign keys (foreign keys NOT VALID, then validated).
+ * Follow guards: (1) a table is emptied for a new copy only when its marker
+ * says pgferry created it (an adopted one is loaded in one transaction, so
+ * it is never left half copied); (2) a gate closed again keeps its `ready`
+ * (an apply waiting on it is released by the copy that follows); (3) no
+ * post-data while any gate is closed (an apply waiting on a gate inside a
+ * batch holds the locks a foreign key needs on the tables it wrote).
  * A restart between any two steps: `unfinishedFollowedTables` closes the gates
  * of the tables with a marker and no complete copy before the sync applies
- * anything; `recopyTables` empties them (only tables pgferry created, or
- * adopted empty) and runs steps 3 to 7 again.
+ * anything; `recopyTables` empties them and runs steps 3 to 7 again.
  */
 import type pg from 'pg';
 import { connect, qi, qn } from './conn';
@@ -35,7 +39,7 @@ import { formatLsn, type Lsn } from './lsn';
 import { planTasks, resetTables, runLoad, type TableCopyProgress } from './copy';
 import { createSlotWithSnapshot } from './snapshot';
 import { applyPostDataStatement, planSchema, verifyExistingSchema, type SchemaStatement } from './schema';
-import { ensureTargetState, forgetCopiedTables, readCopyState, readMarkers, setMarker, type CopiedTable } from './target-state';
+import { forgetCopiedTables, readCopyState, readMarkers, setMarker, type CopiedTable } from './target-state';
 import type { MigrationSpec } from './spec';
 import type { LogFn } from './log-fn';
 
@@ -194,10 +198,11 @@ export async function followNewTables(ctx: FollowTablesContext): Promise<FollowR
       }
       const followed = await copyAndOpen(ctx, c, t, prepared.record);
       followed.statements.unshift(...prepared.statements);
-      followed.statements.push(...(await buildPostData(ctx, c, t, selected.tables)));
       out.added.push(followed);
     }
-    await finishPendingPostData(ctx, c, selected.tables, records);
+    for (const f of out.added) f.statements.push(...(await buildPostData(ctx, c, f.table, selected.tables)));
+    const pending = [...(await readRecords(c.tgt, ctx.migrationId))].filter(([key]) => !out.added.some((f) => tableKey(f.table) === key));
+    await finishPendingPostData(ctx, c, selected.tables, new Map(pending));
     return out;
   });
 }
@@ -250,10 +255,9 @@ export async function recopyTables(ctx: FollowTablesContext, tables: TableInfo[]
       ctx.gates.close(key);
       const record = records.get(key) ?? { origin: 'adopted', indexed: false };
       await emptyForRecopy(ctx, c, t, record);
-      const followed = await copyAndOpen(ctx, c, t, record);
-      followed.statements.push(...(await buildPostData(ctx, c, t, selected)));
-      out.push(followed);
+      out.push(await copyAndOpen(ctx, c, t, record));
     }
+    for (const f of out) f.statements.push(...(await buildPostData(ctx, c, f.table, selected)));
     return out;
   });
 }
@@ -467,7 +471,8 @@ async function addToPublication(src: pg.Client, publication: string, t: TableInf
  * point, is retried at the next call); then its marker says so.
  */
 async function buildPostData(ctx: FollowTablesContext, c: Conns, t: TableInfo, selected: TableInfo[]): Promise<string[]> {
-  if (ctx.signal.aborted) return [];
+  // Follow guard 3: while a gate is closed, the apply may wait on it inside a batch holding locks a foreign key needs.
+  if (ctx.signal.aborted || ctx.gates.size > 0) return [];
   const key = tableKey(t);
   const refs = await c.src.query<{ oid: number }>(`SELECT DISTINCT confrelid::int AS oid FROM pg_constraint WHERE conrelid = $1 AND contype = 'f'`, [t.oid]);
   const refOids = new Set(refs.rows.map((r) => r.oid));
@@ -529,7 +534,6 @@ async function withConns<T>(ctx: FollowTablesContext, fn: (c: Conns) => Promise<
   try {
     if (s.status === 'rejected') throw s.reason;
     if (t.status === 'rejected') throw t.reason;
-    await ensureTargetState(t.value);
     const v = await s.value.query("SELECT current_setting('server_version_num')::int AS v");
     return await fn({ src: s.value, tgt: t.value, sourceMajor: Math.floor(v.rows[0].v / 10000) });
   } finally {
