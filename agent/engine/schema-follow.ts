@@ -155,7 +155,8 @@ export class SchemaKeeper {
         this.host.log('warn', `Could not follow ${res.failed.length} schema change(s) yet: ${this.lastError}`, { event: 'schema-follow-failed' });
         return;
       }
-      if (added.added.length === 0) this.signature = sig;
+      // A table added or skipped (its fix may be on the target, which the source's signature does not see): look again next time.
+      if (added.added.length === 0 && added.skipped.length === 0) this.signature = sig;
     });
   }
 
