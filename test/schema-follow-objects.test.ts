@@ -66,6 +66,10 @@ CREATE MATERIALIZED VIEW shop.totals AS SELECT customer_id, sum(total) AS total 
 CREATE UNIQUE INDEX totals_customer ON shop.totals (customer_id);
 CREATE SEQUENCE shop.ticket_seq START 100;
 ALTER TABLE shop.orders ADD CONSTRAINT orders_total_check CHECK (total >= 0);
+ALTER DEFAULT PRIVILEGES IN SCHEMA shop GRANT SELECT ON TABLES TO app_reader;
+CREATE STATISTICS shop.orders_stats (dependencies) ON customer_id, status FROM shop.orders;
+CREATE RULE orders_keep_paid AS ON DELETE TO shop.orders WHERE OLD.status = 'paid' DO INSTEAD NOTHING;
+ALTER TABLE shop.orders OWNER TO app_reader;
 `;
 
 const SELECTION = { include: ['shop.*'], exclude: [] };
@@ -134,9 +138,9 @@ describe('schema follow: objects besides tables and columns, PostgreSQL 14 → 1
     // The enum's values in the source's order (one added in the middle with BEFORE).
     const labels = await tgt.query(`SELECT array_agg(enumlabel::text ORDER BY enumsortorder) AS l FROM pg_enum WHERE enumtypid = 'shop.mood'::regtype`);
     assert.deepEqual(labels.rows[0].l, ['sad', 'ok', 'meh', 'happy', 'ecstatic']);
-    // A trigger created during the sync is off until the handover.
-    const trg = await tgt.query(`SELECT tgenabled FROM pg_trigger WHERE tgname = 'orders_note'`);
-    assert.equal(trg.rows[0].tgenabled, 'D');
+    const quiet = await tgt.query(`SELECT (SELECT tgenabled FROM pg_trigger WHERE tgname = 'orders_note') AS trigger,
+      (SELECT ev_enabled FROM pg_rewrite WHERE rulename = 'orders_keep_paid') AS rule`);
+    assert.deepEqual(quiet.rows[0], { trigger: 'D', rule: 'D' }, 'a trigger and a rule created during the sync stay off until the handover');
     const mv = await tgt.query(`SELECT relispopulated FROM pg_class WHERE oid = 'shop.totals'::regclass`);
     assert.equal(mv.rows[0].relispopulated, true, 'the materialized view is refreshed');
     assert.deepEqual(await reconcileObjects(src, tgt, opts), { applied: [], failed: [], unsupported: [] });
@@ -238,11 +242,13 @@ describe('schema follow: the rental database, PostgreSQL 14 → 17', function ()
     const tables = migratableTables((await selectTables(src, { include: ['rental.*', 'reporting.*'], exclude: [] })).tables);
     const opts: ReconcileOptions = { tables, schemas: ['rental', 'reporting'], roles: NO_ROLE_MAPPING };
     await schemaStage(src, tgt, tables, opts.schemas);
-    const t0 = process.hrtime.bigint();
-    const idle = await reconcileObjects(src, tgt, opts);
-    const ms = Number(process.hrtime.bigint() - t0) / 1e6;
-    assert.deepEqual(idle, { applied: [], failed: [], unsupported: [] });
-    console.log(`      (one call with nothing to do on the rental database: ${ms.toFixed(0)} ms)`);
+    const ms: number[] = [];
+    for (let i = 0; i < 5; i++) {
+      const t0 = process.hrtime.bigint();
+      assert.deepEqual(await reconcileObjects(src, tgt, opts), { applied: [], failed: [], unsupported: [] });
+      ms.push(Number(process.hrtime.bigint() - t0) / 1e6);
+    }
+    console.log(`      (a call with nothing to do on the rental database: ${ms.map((x) => x.toFixed(0)).join(', ')} ms)`);
     await src.query(`SET ROLE ${RENTAL_OWNER}; CREATE INDEX film_title_lower ON rental.film (lower(title));
       CREATE VIEW rental.short_films AS SELECT film_id, title FROM rental.film WHERE length_minutes < 60; RESET ROLE`);
     const r = await reconcileObjects(src, tgt, opts);
