@@ -176,8 +176,36 @@ export class SchemaKeeper {
     });
   }
 
-  /** Before the fence: everything but the columns reconciled once more (failures are left to the check inside the fence). */
-  async beforeFence(src: pg.Client, tgt: pg.Client): Promise<number> {
+  /**
+   * Before the fence: everything but the columns reconciled once more, on
+   * connections of its own, for at most `ms` (a lock held on a target table
+   * must not keep the cutover from its fence: what is left is reconciled
+   * inside it). Failures are logged and left to the check inside the fence.
+   */
+  async beforeFence(ms: number): Promise<number> {
+    const work = this.withClients(async (src, tgt) => {
+      await tgt.query("SET lock_timeout = '2s'");
+      return this.reconcileNow(src, tgt);
+    });
+    work.catch(() => undefined);
+    const timer = sleep(ms).then(() => -1);
+    try {
+      const made = await Promise.race([work, timer]);
+      if (made < 0)
+        this.host.log('warn', `The schema reconciliation before the fence took over ${ms} ms; it is finished inside the fence`, {
+          event: 'schema-follow-slow',
+        });
+      return Math.max(0, made);
+    } catch (e) {
+      this.host.log('warn', `The schema reconciliation before the fence failed (it runs again inside the fence): ${(e as Error).message}`, {
+        event: 'schema-follow-failed',
+      });
+      return 0;
+    }
+  }
+
+  /** Everything but the columns, reconciled now on `src` and `tgt`; the number of changes made. */
+  private async reconcileNow(src: pg.Client, tgt: pg.Client): Promise<number> {
     const res = await reconcileObjects(src, tgt, await this.reconcileOptions(src));
     await this.record(tgt, res.applied);
     return res.applied.length;
@@ -205,7 +233,7 @@ export class SchemaKeeper {
       for (const c of plan.changes) this.noted({ at, ...c });
       made += plan.changes.length;
     }
-    return made + (await this.beforeFence(src, tgt));
+    return made + (await this.reconcileNow(src, tgt));
   }
 
   status(): SchemaChangesStatus {
