@@ -106,10 +106,14 @@ const BEFORE_KILL: Step[] = [
   { ddl: 'ALTER TABLE accounts ALTER COLUMN n TYPE bigint', after: S.big },
 ];
 
-/** After the restart. */
-const AFTER_RESTART: Step[] = [
+/** After the restart, with the migration paused: the stream brings them once the source's catalog is past them. */
+const WHILE_PAUSED: Step[] = [
   { ddl: 'ALTER TABLE accounts RENAME COLUMN note TO remark', after: S.remark },
   { ddl: "CREATE TABLE accounts_log (id bigserial PRIMARY KEY, client_seq int NOT NULL, v text, m mood NOT NULL DEFAULT 'calm')", after: S.log },
+];
+
+/** After the migration resumed. */
+const AFTER_RESUME: Step[] = [
   { ddl: 'CREATE INDEX accounts_c2_idx ON accounts (c2)' },
   { ddl: 'CREATE VIEW accounts_recent AS SELECT id, client_seq, remark, n FROM accounts WHERE id > 100' },
   { ddl: 'CREATE FUNCTION accounts_total() RETURNS numeric LANGUAGE sql STABLE AS $$SELECT sum(n) FROM accounts$$', after: S.reads },
@@ -326,10 +330,7 @@ describe('schema-follow: schema changes on the source during the sync (PostgreSQ
 });
 
 function following(h: Harness): void {
-  // Awaited (engine): a new table whose column uses an enum value added since is copied before the value
-  // exists on the target (copy fails 22P02, retried 15 s later) and its rows never reach the target in 90 s;
-  // the function and the new table are not listed as followed. The lead un-skips once that lands.
-  it.skip('follows columns added, dropped, retyped and renamed, a new table, an index, a view, a function, an enum value and a TRUNCATE while the application writes, through a kill -9; the cutover passes with every write', async function () {
+  it('follows columns added, dropped, retyped and renamed, a new table, an index, a view, a function, an enum value and a TRUNCATE while the application writes, through a kill -9; the cutover passes with every write', async function () {
     const spec = await newDatabase(h, SEED);
     const id = spec.id!;
     await startSyncing(h, spec);
@@ -347,7 +348,11 @@ function following(h: Harness): void {
       await w.writes(10);
       await waitOnTarget(h, id, 'accounts', w.lastCommit('accounts'));
       assert.equal(await targetColumnType(h, id, 'accounts', 'n'), 'bigint');
-      await runSteps(h, id, w, AFTER_RESTART);
+      // The agent behind the catalog: a rename and a new table it meets in the stream after both are made.
+      await pause(h, id);
+      await runSteps(h, id, w, WHILE_PAUSED);
+      await h.client.resumeMigration(id);
+      await runSteps(h, id, w, AFTER_RESUME);
       await waitOnTarget(h, id, 'accounts_log', w.lastCommit('accounts_log'));
     } catch (e) {
       await w.stop();
@@ -411,19 +416,34 @@ function stopping(h: Harness): void {
     await h.client.deleteMigration(id);
   });
 
-  // Awaited (engine): after the fix on the target and the resume, the replayed old-shape Relation message
-  // makes the agent change the column back to text ("type changed from integer to text"), undoing the fix,
-  // then fail again on the same change. The lead un-skips once that lands.
-  it.skip('fails naming the column and a fix on a change the target cannot follow (text → integer USING on the source); after the fix, resumes and loses nothing', async function () {
+  cannotFollow(h, false);
+  // Not yet (issue 20's note): reached with old-shape rows not yet applied, the fix made by hand on the target
+  // cannot take those rows (their old values need the source's USING, which no catalog keeps); the migration
+  // fails again with APPLY_FAILED naming the row. Kept as a pending case, not a passing one.
+  it.skip(
+    'fails naming the column and a fix on a change the target cannot follow, reached with old-shape rows not yet applied (the agent lagging); after the fix, resumes and loses nothing',
+  );
+}
+
+/**
+ * A change the target cannot follow: the source retypes text codes ('A-1') to integers with a USING the
+ * target's plain cast rejects. `lagging`: the agent is paused while the application writes in the old shape,
+ * makes the change and writes in the new one, so the stream brings old-shape rows, then the change, in one go.
+ */
+function cannotFollow(h: Harness, lagging: boolean): void {
+  const when = lagging ? 'reached with old-shape rows not yet applied (the agent lagging)' : 'once every earlier row is applied';
+  it(`fails naming the column and a fix on a change the target cannot follow (text → integer USING on the source), ${when}; after the fix, resumes and loses nothing`, async function () {
     const spec = await newDatabase(h, CODES_SEED);
     const id = spec.id!;
     await startSyncing(h, spec);
+    if (lagging) await pause(h, id);
     const w = shapeWriter(() => h.source.client(id), codesShape(false));
-    // The target's plain cast of 'A-1' to integer fails: only the source's USING knows how.
     const alter = 'ALTER TABLE codes ALTER COLUMN code TYPE integer USING substr(code, 3)::integer';
     try {
       await w.writes(STEP_WRITES);
+      if (!lagging) await waitOnTarget(h, id, 'codes', w.lastCommit('codes'));
       await runSteps(h, id, w, [{ ddl: alter, after: codesShape(true) }]);
+      if (lagging) await h.client.resumeMigration(id);
       const failed = await waitFailed(h, id, async () => {
         const type = await targetColumnType(h, id, 'codes', 'code');
         if (type !== 'text') return `the target's column is ${type} (the change was applied)`;
@@ -436,11 +456,13 @@ function stopping(h: Harness): void {
       assert.match(failed.errorMessage, /\bcode\b/);
       assert.notEqual(failed.errorRemedy, '', 'a remedy says how to fix it');
       assert.equal(await targetColumnType(h, id, 'codes', 'code'), 'text');
+      // The fix the remedy names: the source's own change, made on the target by hand.
       await w.writes(STEP_WRITES);
       await h.target.query(alter, [], id);
       await startSyncing(h, spec);
       await w.writes(STEP_WRITES);
       await waitOnTarget(h, id, 'codes', w.lastCommit('codes'));
+      assert.equal(await targetColumnType(h, id, 'codes', 'code'), 'integer', 'the fix stays');
     } catch (e) {
       await w.stop();
       throw e;
@@ -448,4 +470,10 @@ function stopping(h: Harness): void {
     await cutoverAndCheck(h, id, w);
     await h.client.deleteMigration(id);
   });
+}
+
+/** Pause the migration (PauseMigration: nothing applies, the slot keeps WAL) and wait until it says so. */
+async function pause(h: Harness, id: string): Promise<void> {
+  await h.client.pauseMigration(id);
+  await pollUntil(`${id} paused`, async () => ((await h.client.getMigration(id)).paused ? true : undefined), WAIT_MS);
 }

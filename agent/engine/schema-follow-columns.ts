@@ -290,6 +290,8 @@ export class ShapeFollower {
   private src: pg.Client | null = null;
   /** The stream's last description of each table in this session. */
   private readonly seen = new Map<string, RelationMessage>();
+  /** Tables whose last description was the session's first (compared with the target, not with the stream). */
+  private readonly firstSeen = new Set<string>();
 
   /** `typesFromTarget`: pgferry created the target's tables (schemaMode 'create'), so their types are the source's. */
   constructor(
@@ -323,6 +325,8 @@ export class ShapeFollower {
   differs(rel: RelationMessage, key: string, target: TargetTable): boolean {
     const before = this.seen.get(key);
     this.seen.set(key, rel);
+    if (before) this.firstSeen.delete(key);
+    else this.firstSeen.add(key);
     return shapeDiffers(rel, target, this.records.get(key), before, this.typesFromTarget);
   }
 
@@ -339,6 +343,7 @@ export class ShapeFollower {
     const tq = { query: run } as unknown as pg.Client;
     const current = (await withCatalogPath(tq, () => readCatalogColumns(tq, [key]))).get(key) ?? [];
     const record = this.records.get(key) ?? initialRecord(target, catalog);
+    if (this.firstSeen.has(key)) keepTypesAhead(wanted, current, catalog);
     const plan = planShape(key, current, wanted, record, false);
     await runChanges(run, this.migrationId, key, plan);
     this.records.set(key, plan.record);
@@ -353,6 +358,21 @@ export class ShapeFollower {
 
   private async connection(): Promise<pg.Client> {
     return (this.src ??= await connect('source', this.source, { applicationName: 'pgferry-follow' }));
+  }
+}
+
+/**
+ * The session's first description of a table, replayed from before a change
+ * the target already has (a fix made by hand after a change pgferry could not
+ * follow, or a change followed before a restart): a column whose target type
+ * is the source's type now is not turned back to the stream's older one.
+ */
+function keepTypesAhead(wanted: WantedColumn[], current: CatalogColumn[], catalog: CatalogColumn[]): void {
+  const cur = new Map(current.map((c) => [c.name, c]));
+  const cat = new Map(catalog.map((c) => [c.name, c]));
+  for (const w of wanted) {
+    const t = cur.get(w.name);
+    if (t && t.type !== w.type && cat.get(w.name)?.type === t.type) w.type = t.type;
   }
 }
 
