@@ -459,7 +459,9 @@ function cannotFollow(h: Harness, lagging: boolean): void {
       // The fix the remedy names: the source's own change, made on the target by hand.
       await w.writes(STEP_WRITES);
       await h.target.query(alter, [], id);
-      await startSyncing(h, spec);
+      // `pgferry resume` retries a failed migration (as a start with the same spec does, used by the 'stop' case).
+      await h.client.resumeMigration(id);
+      await pollUntil(`${id} syncing`, async () => ((await h.client.getMigration(id)).phase === 'syncing' ? true : undefined), WAIT_MS);
       await w.writes(STEP_WRITES);
       await waitOnTarget(h, id, 'codes', w.lastCommit('codes'));
       assert.equal(await targetColumnType(h, id, 'codes', 'code'), 'integer', 'the fix stays');

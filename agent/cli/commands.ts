@@ -442,7 +442,7 @@ function registerLifecycleCommands(program: Command, io: Io, run: Run): void {
     program
       .command('resume')
       .argument('<id>', 'the migration id')
-      .description('Resume a paused migration from where it stopped.')
+      .description('Resume a paused migration, or retry a failed one once its cause is fixed, from where it stopped.')
       .option('--json', 'print the resulting status message as JSON'),
   ).action((id: string, o: ConnectionFlags & { json?: boolean }) =>
     run(async () => {

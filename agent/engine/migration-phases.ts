@@ -342,8 +342,8 @@ export class MigrationPhases {
     }));
     if (!this.analyzed) void this.analyzeOnce(signal);
     if (!this.keepingLargeObjects) void this.keepLargeObjects(signal);
-    const verifier = await this.startVerifier(signal);
-    const keeper = await this.startSchemaKeeper(map, signal);
+    // Both before the stream applies anything, and at once (a resume starts that much sooner).
+    const [verifier, keeper] = await Promise.all([this.startVerifier(signal), this.startSchemaKeeper(map, signal)]);
     await runSync({
       migrationId: this.rec.id,
       source: this.spec.source,

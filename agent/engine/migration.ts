@@ -215,7 +215,13 @@ export class MigrationRunner {
 
   /** Resume a paused migration from where it stopped. */
   resume(): void {
-    if (!this.rec.pausedAt) return;
+    if (!this.rec.pausedAt) {
+      // A failed migration is retried from where it stopped (the fix made, e.g. after SCHEMA_DRIFT).
+      if (this.rec.phase !== 'failed' || this.running) return;
+      this.log('info', `resumed after it failed (${this.rec.error?.code ?? 'unknown error'})`, { migration: this.rec.id, event: 'resumed' });
+      this.start();
+      return;
+    }
     const since = this.rec.pausedAt;
     delete this.rec.pausedAt;
     this.save();

@@ -386,7 +386,7 @@ export async function runChanges(run: RunSql, migrationId: string, key: string, 
       throw new PgferryError(
         'SCHEMA_DRIFT',
         `The source changed ${c.object} (${c.change}) and the target refused to follow: ${redact((e as Error).message)} (statement: ${c.statement}).`,
-        `Make the change on the target by hand (for a type change, ALTER TABLE ... ALTER COLUMN ... TYPE ... USING an expression that converts the values), then start the migration again with the same spec (pgferry start --spec FILE, or pulumi up): it resumes and follows the source from there.`,
+        `Make the change on the target by hand (for a type change, ALTER TABLE ... ALTER COLUMN ... TYPE ... USING an expression that converts the values), then resume the migration (pgferry resume ${migrationId}, or start it again with the same spec: pgferry start --spec FILE, or pulumi up): it goes on from the change and follows the source from there.`,
       );
     }
   }
