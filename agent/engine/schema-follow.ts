@@ -32,7 +32,7 @@ import type { Lsn } from './lsn';
 import { migratableTables } from './preflight';
 import { selectSchemas } from './schema-objects-read';
 import { changeRecordStatement, fenceColumnChanges, runChanges, type ShapeChange } from './schema-follow-columns';
-import { reconcileObjects, reconcileTypes, type AppliedChange, type ReconcileOptions } from './schema-follow-objects';
+import { reconcileObjects, reconcileTypes, type AppliedChange, type ReconcileOptions, type ReconcileResult } from './schema-follow-objects';
 import { TableGates, followNewTables, recopyTables, unfinishedFollowedTables, type FollowTablesContext } from './schema-follow-tables';
 import { sleep } from './sleep';
 import type { MigrationSpec } from './spec';
@@ -146,7 +146,7 @@ export class SchemaKeeper {
         this.host.log('warn', `New table ${s.table} is not followed: ${s.reason}`, { event: 'schema-follow-skipped', table: s.table });
       if (added.added.length) await this.tablesAdded(added.added.map((f) => ({ key: tableKey(f.table), rows: f.rows, statements: f.statements })));
       await this.noteDropped(src, tgt);
-      const res = await reconcileObjects(src, tgt, opts);
+      const res = await this.reconcileObjectsIfOurs(src, tgt, opts);
       await this.record(tgt, res.applied);
       this.lastReconciledAt = new Date().toISOString();
       if (res.failed.length) {
@@ -206,7 +206,7 @@ export class SchemaKeeper {
 
   /** Everything but the columns, reconciled now on `src` and `tgt`; the number of changes made. */
   private async reconcileNow(src: pg.Client, tgt: pg.Client): Promise<number> {
-    const res = await reconcileObjects(src, tgt, await this.reconcileOptions(src));
+    const res = await this.reconcileObjectsIfOurs(src, tgt, await this.reconcileOptions(src));
     await this.record(tgt, res.applied);
     return res.applied.length;
   }
@@ -249,6 +249,16 @@ export class SchemaKeeper {
   }
 
   // ───────────────────────────── internals ─────────────────────────────
+
+  /**
+   * The objects reconciled only where pgferry made the target's schema
+   * (`schemaMode: 'create'`): on a schema the user made (`existing`), an
+   * object the source lacks is theirs, never dropped or replaced.
+   */
+  private async reconcileObjectsIfOurs(src: pg.Client, tgt: pg.Client, opts: ReconcileOptions): Promise<ReconcileResult> {
+    if (this.host.spec.schemaMode !== 'create') return { applied: [], failed: [], unsupported: [] };
+    return reconcileObjects(src, tgt, opts);
+  }
 
   private tablesContext(signal: AbortSignal): FollowTablesContext {
     const h = this.host;
