@@ -151,10 +151,7 @@ function build(z: typeof Zod.z) {
         })
         .strict()
         .default({ ...DEFAULT_VERIFICATION }),
-      /**
-       * Schema changes on the source during the sync: `follow` applies them on the target (columns in stream
-       * order, new tables copied, other objects reconciled); `stop` stops the sync with SCHEMA_DRIFT.
-       */
+      /** Source DDL during the sync: `follow` it on the target (schema-follow.ts), or `stop` with SCHEMA_DRIFT. */
       schemaChanges: z.enum(SCHEMA_CHANGES).default('follow'),
     })
     .strict();

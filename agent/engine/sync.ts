@@ -169,9 +169,11 @@ export async function runSync(opts: SyncOptions): Promise<void> {
       }
       if (opts.catchUpSchema && schemaBehind(e) && state.caughtUpAt !== state.appliedLsn) {
         state.caughtUpAt = state.appliedLsn;
-        const made = await opts.catchUpSchema().catch(() => 0);
-        if (made > 0) {
-          log('warn', `a change failed because the target's schema was behind the source's; made ${made} schema change(s) on the target, applying again`, {
+        // Applied again once per position even when nothing was left to make: the keeper's own look at the source may have
+        // brought the types up meanwhile (a second failure at the same position stands).
+        const made = await opts.catchUpSchema().catch(() => -1);
+        if (made >= 0) {
+          log('warn', `a change failed as if the target's schema were behind the source's; made ${made} schema change(s) on the target, applying again`, {
             event: 'schema-caught-up',
             cause: redact((e as Error).message),
           });
