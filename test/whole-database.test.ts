@@ -129,11 +129,15 @@ for (const sourceVersion of [13, 14] as PgMajor[]) {
           early.text,
         );
         // A difference nobody accepted fails the cutover, names the object, lifts the fence, and switches nothing on.
+        // A comment taken off on the target is put back (schemaChanges 'follow' reconciles what it can); a sequence
+        // only the target has is not dropped (pgferry never drops one: it holds values), so it stays a difference.
         await target.query('COMMENT ON TABLE rental.customer IS NULL', [], DB);
+        await target.query('CREATE SEQUENCE rental.extra_seq', [], DB);
         await assert.rejects(client.cutover({ id, timeoutMs: 120_000 }), (e: unknown) => {
           assert.ok(isAgentError(e), String(e));
           assert.equal(e.code, 'CUTOVER_FAILED');
-          assert.match(e.message, /table rental\.customer: comment differs/);
+          assert.match(e.message, /sequence rental\.extra_seq: on the target only/);
+          assert.doesNotMatch(e.message, /table rental\.customer: comment differs/);
           assert.match(e.message, /The fence was lifted and verified/);
           assert.match(e.remedy, /pgferry schema diff .*acceptSchemaDifferences/);
           return true;
@@ -141,7 +145,9 @@ for (const sourceVersion of [13, 14] as PgMajor[]) {
         const still = await target.query(`SELECT tgenabled::text AS e FROM pg_trigger WHERE tgname = 'customer_touch'`, [], DB);
         assert.equal(still.rows[0].e, 'D', 'the failed handover switched nothing on');
         // Accepted, the same difference lets the cutover complete (and the report says it was accepted).
-        done = await client.cutover({ id, timeoutMs: 120_000, acceptSchemaDifferences: ['table rental.customer'] });
+        const comment = await target.query(`SELECT obj_description('rental.customer'::regclass, 'pg_class') AS c`, [], DB);
+        assert.notEqual(comment.rows[0].c, null, 'the comment taken off on the target was put back');
+        done = await client.cutover({ id, timeoutMs: 120_000, acceptSchemaDifferences: ['sequence rental.extra_seq'] });
       } finally {
         await w.stop();
       }
@@ -167,16 +173,15 @@ for (const sourceVersion of [13, 14] as PgMajor[]) {
         await t.end();
       }
       assert.ok(
-        rep.schemaCheck!.differences.some((d) => /table rental\.customer: comment differs.*\[accepted\]/.test(d)),
+        rep.schemaCheck!.differences.some((d) => /sequence rental\.extra_seq: on the target only.*\[accepted\]/.test(d)),
         rep.schemaCheck!.differences.join('\n'),
       );
       let diff = await client.schemaDiff(id);
       assert.deepEqual(
         diff.differences.map((d) => `${d.object} ${d.what}`),
-        ['table rental.customer comment'],
+        ['sequence rental.extra_seq extra-on-target'],
       );
-      const comment = (await source.query(`SELECT obj_description('rental.customer'::regclass, 'pg_class') AS c`, [], DB)).rows[0].c as string;
-      await target.query(`COMMENT ON TABLE rental.customer IS '${comment.replace(/'/g, "''")}'`, [], DB);
+      await target.query('DROP SEQUENCE rental.extra_seq', [], DB);
       diff = await client.schemaDiff(id);
       assert.equal(diff.equal, true, diff.text);
 
