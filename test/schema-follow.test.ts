@@ -417,6 +417,7 @@ function stopping(h: Harness): void {
   });
 
   cannotFollow(h, false);
+  shapeLagNotRepaired(h);
   // Not yet (issue 20's note): reached with old-shape rows not yet applied, the fix made by hand on the target
   // cannot take those rows (their old values need the source's USING, which no catalog keeps); the migration
   // fails again with APPLY_FAILED naming the row. Kept as a pending case, not a passing one.
@@ -475,6 +476,37 @@ function cannotFollow(h: Harness, lagging: boolean): void {
 }
 
 /** Pause the migration (PauseMigration: nothing applies, the slot keeps WAL) and wait until it says so. */
+/**
+ * Regression (seen in CI: a table's rows differed after a cutover that passed): a column change committed on the
+ * source before a verification round's point, with the table's next row after it, leaves the target in the old
+ * shape at that point. Compared then, the rows changed before the change differ (the source's values went through
+ * its USING) and were "repaired": the source's new values written into the target's old column, which the fix made
+ * by hand later converted again. A round leaves such a table out, and its rows count as changed whole.
+ */
+function shapeLagNotRepaired(h: Harness): void {
+  it('does not compare or repair a table whose column change the stream has not brought yet', async function () {
+    const spec = await newDatabase(h, CODES_SEED);
+    const id = spec.id!;
+    await startSyncing(h, spec);
+    await pollUntil('verified', async () => ((await h.client.getMigration(id)).verification?.state === 'verified' ? true : undefined), WAIT_MS);
+    // Rows changed since the verification: the next key rounds compare them.
+    await h.source.query("UPDATE codes SET code = 'A-' || (-client_seq + 1000) WHERE client_seq > -50", [], id);
+    await pollUntil('the updates on the target', async () => {
+      const r = await h.target.query("SELECT count(*)::int AS n FROM codes WHERE code = 'A-1001'", [], id);
+      return r.rows[0].n === 1 ? true : undefined;
+    });
+    await h.source.query('ALTER TABLE codes ALTER COLUMN code TYPE integer USING substr(code, 3)::integer', [], id);
+    // Key rounds run every 2 s while keys are pending: let several pass (nothing here depends on how long they take).
+    await new Promise((r) => setTimeout(r, 8000));
+    const m = await h.client.getMigration(id);
+    assert.equal(m.verification?.rowsRepaired, 0, 'no row was rewritten across the two shapes');
+    const odd = await h.target.query("SELECT count(*)::int AS n FROM codes WHERE code NOT LIKE 'A-%'", [], id);
+    assert.equal(odd.rows[0].n, 0, "the target's rows keep their old-shape values");
+    assert.equal(await targetColumnType(h, id, 'codes', 'code'), 'text');
+    await h.client.deleteMigration(id);
+  });
+}
+
 async function pause(h: Harness, id: string): Promise<void> {
   await h.client.pauseMigration(id);
   await pollUntil(`${id} paused`, async () => ((await h.client.getMigration(id)).paused ? true : undefined), WAIT_MS);

@@ -59,6 +59,8 @@ export interface RoundLinks {
   repair: pg.Client;
   barrier: ApplyBarrier;
   signal: AbortSignal;
+  /** Compare the tables' column names only, not their types (the user's own target schema may use other types on purpose). */
+  namesOnly: boolean;
 }
 
 /** A table's work in this round: go on with its pass, or re-check one range that differed. */
@@ -104,6 +106,11 @@ export interface RoundSink {
   unrepairable(item: RoundItem): void;
   /** Rows read so far, for the rate limit. */
   rowsRead(rows: number): void;
+  /**
+   * Tables whose columns differ between the pair of snapshots (a column change the stream has not brought to the
+   * target yet: its next row of the table will): left out of the round; their rows count as changed whole.
+   */
+  shapeLags(items: RoundItem[]): Promise<void>;
 }
 
 export interface RoundLimits {
@@ -154,6 +161,11 @@ export async function runRound(l: RoundLinks, items: RoundItem[], lim: RoundLimi
       await tgt.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
       tgtOpen = true;
       const snapshot = await guardSnapshot(tgt); // the first query fixes the snapshot
+      // Compared while their shapes differ, a table's rows would differ, and a repair would write the source's new
+      // values into the target's old columns (a text column getting what a USING on the source made of it).
+      const lagging = await shapeLagging(l, items);
+      if (lagging.length) await sink.shapeLags(lagging);
+      items = items.filter((i) => !lagging.includes(i));
       await sink.atPause(items, lsn, snapshot);
       for (const item of items) {
         if (item.recheck) await recheck(l, item, item.recheck, sink);
@@ -175,6 +187,27 @@ export async function runRound(l: RoundLinks, items: RoundItem[], lim: RoundLimi
     await src.query('ROLLBACK').catch(() => undefined);
     if (tgtOpen) await tgt.query('ROLLBACK').catch(() => undefined);
   }
+}
+
+/** The items whose columns (name and type, or name only) differ between the two snapshots of the pair. */
+async function shapeLagging(l: RoundLinks, items: RoundItem[]): Promise<RoundItem[]> {
+  if (items.length === 0) return [];
+  const sql = `SELECT k, (SELECT json_object_agg(a.attname, ${l.namesOnly ? "''" : 'pg_catalog.format_type(a.atttypid, a.atttypmod)'})
+                 FROM pg_catalog.pg_attribute a WHERE a.attrelid = pg_catalog.to_regclass(k) AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '') AS cols
+                 FROM unnest($1::text[]) AS k`;
+  const keys = items.map((i) => i.key);
+  const [a, b] = await Promise.all([l.src.query(sql, [keys]), l.tgt.query(sql, [keys])]);
+  const target = new Map(b.rows.map((r) => [r.k as string, (r.cols ?? {}) as Record<string, string>]));
+  const lagging = new Set(
+    a.rows
+      .filter((r) => {
+        const t = target.get(r.k) ?? {};
+        // Every source column, of the same type; a column only the target has is not compared (not the source's).
+        return Object.entries((r.cols ?? {}) as Record<string, string>).some(([name, type]) => t[name] !== type);
+      })
+      .map((r) => r.k as string),
+  );
+  return items.filter((i) => lagging.has(i.key));
 }
 
 /** The pass items' ranges, compared in the pair of snapshots, until the budget is spent. */

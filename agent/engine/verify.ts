@@ -71,6 +71,8 @@ interface TableState {
   foreign: boolean;
   /** A table without a key that differs: needs a person. */
   unrepairable: boolean;
+  /** Its columns differed between the last pair of snapshots (a change the stream had not brought yet): checked in full at the fence. */
+  shapeLag?: boolean;
 }
 
 /** The status of a migration whose spec switches the verification off. */
@@ -173,12 +175,12 @@ export class Verifier {
     const added: TableInfo[] = [];
     for (const [key, t] of next) {
       const s = this.tables.get(key);
-      if (s) {
-        if (JSON.stringify(s.info.columns) !== JSON.stringify(t.columns)) Object.assign(s, { pass: null, recheck: null, recheckKeys: null });
-        if (JSON.stringify(s.info.columns) !== JSON.stringify(t.columns)) this.tracker.abandonPass(key);
-        s.info = t;
-        continue;
+      if (s && JSON.stringify(s.info.columns) !== JSON.stringify(t.columns)) {
+        Object.assign(s, { pass: null, recheck: null, recheckKeys: null });
+        this.tracker.abandonPass(key);
       }
+      if (s) s.info = t;
+      if (s) continue;
       this.tables.set(key, { info: t, key, verified: null, pass: null, recheck: null, recheckKeys: null, foreign: false, unrepairable: false });
       this.tracker.track(key, t.keyColumns, t.root ? tableKey(t.root) : null);
       added.push(t);
@@ -365,6 +367,7 @@ export class Verifier {
       atPause: async (items, lsn, snapshot) => {
         const tgt = await this.stateClient();
         for (const i of items) {
+          this.tables.get(i.key)!.shapeLag = false;
           if (i.keys) {
             i.keys.taken = this.tracker.takeKeys(i.key);
             this.lastKeyRoundAt = Date.now();
@@ -374,6 +377,10 @@ export class Verifier {
           this.tracker.startPass(i.key);
           this.tables.get(i.key)!.pass = { after: null, rows: 0, snapshot };
         }
+      },
+      shapeLags: async (items) => {
+        for (const i of items) this.tables.get(i.key)!.shapeLag = true;
+        for (const i of items) await this.tracker.noteWhole(i.key);
       },
       passEnd: async (item, end) => {
         const t = this.tables.get(item.key)!;
@@ -498,7 +505,7 @@ export class Verifier {
     const all = [...this.tables.values()];
     const bad = all.filter((t) => t.unrepairable);
     if (bad.length) return { ready: false, waitingFor: `tables that differ and cannot be repaired: ${bad.map((t) => t.key).join(', ')}` };
-    const unverified = all.filter((t) => !t.verified || t.recheck || t.recheckKeys || t.foreign);
+    const unverified = all.filter((t) => !t.shapeLag && (!t.verified || t.recheck || t.recheckKeys || t.foreign));
     if (!unverified.length) {
       const keys = all.some((t) => typeof this.tracker.changedCount(t.key) === 'number' && (this.tracker.changedCount(t.key) as number) > 0);
       // A key round that took its keys after the cutover asked, and after the last pass completed (a pass gathers its table's changes from its start).
@@ -580,7 +587,8 @@ export class Verifier {
       throw e;
     });
     for (const c of [src, tgt, repair]) c.on('error', () => void this.closeLinks());
-    this.links = { source: this.spec.source, slotName: `pgferry_v_${this.id}`.slice(0, 63), src, tgt, repair, barrier: this.barrier };
+    const namesOnly = this.spec.schemaMode === 'existing';
+    this.links = { source: this.spec.source, slotName: `pgferry_v_${this.id}`.slice(0, 63), src, tgt, repair, barrier: this.barrier, namesOnly };
     return this.links;
   }
 
