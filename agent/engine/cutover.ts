@@ -357,10 +357,10 @@ async function handOverSchema(c: Cut, tables: TableInfo[], accept: string[], pre
  * since the read before the fence: catalog queries, and DDL only for what
  * changed. Counted in the outage's `schema` part.
  */
-async function followAtFence(c: Cut, tables: TableInfo[]): Promise<void> {
+async function followAtFence(c: Cut, tables: TableInfo[], signature: string): Promise<void> {
   const keeper = c.runner.schemaKeeper;
   if (!keeper) return;
-  const made = await keeper.atFence(c.src, c.tgt, tables);
+  const made = await keeper.atFence(c.src, c.tgt, tables, signature);
   if (made) c.log('info', `cutover: ${made} schema change(s) of the source followed on the target inside the fence`);
 }
 
@@ -502,7 +502,7 @@ export async function runCutover(runner: CutoverHost, opts: CutoverOptions, sign
     await step(c, 'large-objects');
     report.largeObjects = await largeObjectPass(c.src, c.tgt, runner.id, runner.spec);
     endPart(c, 'large-objects');
-    await followAtFence(c, tables);
+    await followAtFence(c, tables, pre.signature);
     handedOver = await handOverSchema(c, tables, opts.acceptSchemaDifferences ?? [], pre);
     endPart(c, 'schema');
     await validateTables(c, tables, validation);

@@ -71,6 +71,8 @@ export class SchemaKeeper {
   private lastError = '';
   /** The source's catalog signature at the last reconciliation that left nothing to do. */
   private signature = '';
+  /** The source's catalog signature at the last reconciliation of the objects that failed nowhere (the fence skips them when unchanged). */
+  private reconciledSig = '';
   private unfinished: TableInfo[] = [];
   private running = false;
 
@@ -149,6 +151,7 @@ export class SchemaKeeper {
       const res = await this.reconcileObjectsIfOurs(src, tgt, opts);
       await this.record(tgt, res.applied);
       this.lastReconciledAt = new Date().toISOString();
+      if (res.failed.length === 0) this.reconciledSig = sig;
       if (res.failed.length) {
         // Tried again next time (an index on a column the stream has not brought yet, say).
         this.lastError = res.failed.map((f) => `${f.object}: ${f.error}`).join('; ');
@@ -185,7 +188,10 @@ export class SchemaKeeper {
   async beforeFence(ms: number): Promise<number> {
     const work = this.withClients(async (src, tgt) => {
       await tgt.query("SET lock_timeout = '2s'");
-      return this.reconcileNow(src, tgt);
+      const sig = await catalogSignature(src);
+      const res = await this.reconcileNow(src, tgt);
+      if (res.failed.length === 0) this.reconciledSig = sig;
+      return res.applied.length;
     });
     work.catch(() => undefined);
     const timer = sleep(ms).then(() => -1);
@@ -204,20 +210,23 @@ export class SchemaKeeper {
     }
   }
 
-  /** Everything but the columns, reconciled now on `src` and `tgt`; the number of changes made. */
-  private async reconcileNow(src: pg.Client, tgt: pg.Client): Promise<number> {
+  /** Everything but the columns, reconciled now on `src` and `tgt`. */
+  private async reconcileNow(src: pg.Client, tgt: pg.Client): Promise<ReconcileResult> {
     const res = await this.reconcileObjectsIfOurs(src, tgt, await this.reconcileOptions(src));
     await this.record(tgt, res.applied);
-    return res.applied.length;
+    return res;
   }
 
   /**
    * Inside the fence (the stream drained, so the source's catalog is the
    * stream's point): the columns no row change brought, NOT NULL and
-   * defaults included, then everything else. A column change the target
-   * refuses throws SCHEMA_DRIFT (the cutover fails and lifts the fence).
+   * defaults included, then everything else, unless the source's catalog
+   * `signature` is the one a reconciliation that failed nowhere saw (the one
+   * before the fence, usually): the handover's check compares it all anyway.
+   * A column change the target refuses throws SCHEMA_DRIFT (the cutover
+   * fails and lifts the fence).
    */
-  async atFence(src: pg.Client, tgt: pg.Client, tables: TableInfo[]): Promise<number> {
+  async atFence(src: pg.Client, tgt: pg.Client, tables: TableInfo[], signature: string): Promise<number> {
     const plans = await fenceColumnChanges(src, tgt, this.host.id, tables.filter((t) => !t.root).map(tableKey));
     let made = 0;
     for (const [key, plan] of plans) {
@@ -233,7 +242,8 @@ export class SchemaKeeper {
       for (const c of plan.changes) this.noted({ at, ...c });
       made += plan.changes.length;
     }
-    return made + (await this.reconcileNow(src, tgt));
+    if (signature !== '' && signature === this.reconciledSig) return made;
+    return made + (await this.reconcileNow(src, tgt)).applied.length;
   }
 
   status(): SchemaChangesStatus {
