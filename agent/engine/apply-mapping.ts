@@ -105,6 +105,9 @@ export class TableMapper {
       changes = (await this.follower!.follow(rel, key, target, tx.run)).changes;
     } catch (e) {
       await tx.rollback();
+      // Not followed: the fix will be made on the target by hand (a DDL the write guard does not see, which may
+      // rewrite every value): the table's rows are verified again in full (the flag is committed now, on its own).
+      await this.opts.tracker?.noteWhole(key)?.catch(() => undefined);
       throw e;
     }
     if (changes.length === 0) return target;
