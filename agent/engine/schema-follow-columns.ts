@@ -62,8 +62,7 @@ export async function readCatalogColumns(c: pg.Client | { query: pg.Client['quer
   const r = await (c as pg.Client).query(
     `SELECT n.nspname AS schema, c.relname AS table, a.attnum, a.attname AS name,
             pg_catalog.format_type(a.atttypid, a.atttypmod) AS type, a.attnotnull AS not_null,
-            pg_catalog.pg_get_expr(d.adbin, d.adrelid) AS def, a.attgenerated <> '' AS generated,
-            current_setting('search_path') AS sp
+            pg_catalog.pg_get_expr(d.adbin, d.adrelid) AS def, a.attgenerated <> '' AS generated
        FROM pg_catalog.pg_attribute a
        JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
