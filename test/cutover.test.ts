@@ -8,6 +8,7 @@ import { startCluster, type Cluster } from '../dev/testbed';
 import { AgentClient, isAgentError, type MigrationMessage } from '../api/client';
 import { startAgent, type AgentProcess } from './support/agent';
 import { assertSameData, waitFor } from './support/compare';
+import { failpointsFile, type Failpoints } from './support/failpoints';
 import { LEDGER_SCHEMA, assertLedgerHolds, ledgerWriter } from './support/ledger';
 
 describe('cutover: PostgreSQL 14 → 17', function () {
@@ -16,6 +17,7 @@ describe('cutover: PostgreSQL 14 → 17', function () {
   let target: Cluster;
   let agent: AgentProcess;
   let client: AgentClient;
+  let fp: Failpoints;
   const DB = 'ledger';
 
   const spec = () => ({
@@ -65,7 +67,8 @@ describe('cutover: PostgreSQL 14 → 17', function () {
       [],
       DB,
     );
-    agent = await startAgent();
+    fp = failpointsFile();
+    agent = await startAgent({ env: { PGFERRY_FAILPOINTS_FILE: fp.path } });
     client = new AgentClient({ endpoint: agent.endpoint });
     await client.startMigration(spec());
     await waitSyncing();
@@ -74,6 +77,7 @@ describe('cutover: PostgreSQL 14 → 17', function () {
     client?.close();
     await agent?.stop();
     await Promise.all([source?.stop(), target?.stop()]);
+    fp?.remove();
   });
 
   it('refuses to cut over a migration that is still loading or unknown', async function () {
@@ -185,16 +189,54 @@ describe('cutover: PostgreSQL 14 → 17', function () {
 
   it('cuts over under a continuous write load: every committed row lands, sequences are ahead, the connection switches', async function () {
     const w = ledgerWriter(() => source.client(DB));
+    // Two sessions opened before the fence: `early` has written when the fence goes up and commits during the
+    // grace (acknowledged, so it must land); `late` begins writing only after the fence, in its old session (the
+    // fence binds new sessions only): the grace must not wait for it, and it ends unacknowledged.
+    const [early, late] = await Promise.all([source.client(DB), source.client(DB)]);
+    early.on('error', () => undefined); // ended with the other sessions after its commit
+    const lateError = new Promise<Error>((resolve) => late.on('error', resolve));
     let done: MigrationMessage;
     try {
       await waitFor('writes flowing', async () => w.committed.size > 200);
-      done = await client.cutover({ id: 'ledger', validation: 'checksums', timeoutMs: 120_000 });
+      await early.query("BEGIN; INSERT INTO ledger (client_seq, note) VALUES (-77001, 'in flight at the fence')");
+      fp.set({ 'cutover.fenced': 1000 });
+      const p = client.cutover({ id: 'ledger', validation: 'checksums', timeoutMs: 120_000 });
+      p.catch(() => undefined); // awaited below
+      await waitFor('the fence up', async () => fp.paused('cutover.fenced') > 0);
+      const lateWrite = late.query("BEGIN; INSERT INTO ledger (client_seq, note) VALUES (-77002, 'begun after the fence')");
+      await lateWrite;
+      await early.query('COMMIT');
+      done = await p;
+      assert.match(
+        String(
+          await Promise.race([
+            lateError,
+            late.query('COMMIT').then(
+              () => 'committed',
+              (e) => e,
+            ),
+          ]),
+        ),
+        /terminat/i,
+      );
       // keep the writer going a moment after the fence: its writes must be refused
       const refusedBefore = w.refused;
       await waitFor('writes refused after the fence', async () => w.refused > refusedBefore + 3);
     } finally {
+      fp.set({});
       await w.stop();
+      await early.end().catch(() => undefined);
+      await late.end().catch(() => undefined);
     }
+    const marks = await target.query('SELECT client_seq FROM ledger WHERE client_seq IN (-77001, -77002) ORDER BY 1', [], DB);
+    assert.deepEqual(
+      marks.rows.map((r) => r.client_seq),
+      [-77001],
+      'the transaction in flight at the fence landed; the one begun after it did not',
+    );
+    const grace = done!.cutover!.outageParts.find((x) => x.part === 'grace')!.ms;
+    // The grace part holds the 1 s failpoint pause; waiting for the later transaction would add the whole graceMs (500 ms).
+    assert.ok(grace < 1500, `the grace waited only for the transaction in flight at the fence, not for the later one (${grace} ms)`);
     assert.equal(done!.phase, 'completed');
     assert.equal(done!.activeEndpoint, 'target');
     const rep = done!.cutover!;

@@ -28,7 +28,7 @@ import { dropGuards } from './verify-guard';
 import type { Verifier } from './verify';
 import { getMarker, setMarker } from './target-state';
 import { failpoint } from './failpoints';
-import { liftStatement, type FenceKeeper, type LiftResult } from './fence';
+import { endClientSessions, liftStatement, waitForWriters, writersInFlight, type FenceKeeper, type LiftResult } from './fence';
 import type { CutoverReport, OutagePart, Phase, StoredError, Validation } from './state';
 import type { MigrationSpec } from './spec';
 import type { SyncProgress } from './sync';
@@ -193,27 +193,14 @@ async function fenceWriters(c: Cut, graceMs: number): Promise<{ fenceStart: numb
   c.partEnd = fenceStart;
   await c.runner.fence.raise(c.src, c.database);
   c.report.fenceStartedAt = new Date(fenceStart).toISOString();
+  const inFlight = await writersInFlight(c.src);
   await failpoint('cutover.fenced');
   if (c.signal.aborted) throw cancelled(c);
-  // Grace for transactions that already wrote.
-  const graceEnd = Date.now() + graceMs;
-  while (Date.now() < graceEnd) {
-    const w = await c.src.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()
-      AND backend_type = 'client backend' AND backend_xid IS NOT NULL AND coalesce(application_name, '') NOT LIKE 'pgferry%'`);
-    if (w.rows[0].n === 0) break;
-    await sleep(20);
-  }
+  await waitForWriters(c.src, inFlight, graceMs);
   endPart(c, 'grace');
-  const killed = await c.src
-    .query(`SELECT pid, pg_terminate_backend(pid) AS ok FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()
-      AND backend_type = 'client backend' AND coalesce(application_name, '') NOT LIKE 'pgferry%'`);
-  const pids = killed.rows.map((r) => r.pid as number);
-  while (pids.length) {
-    const left = await c.src.query('SELECT count(*)::int AS n FROM pg_stat_activity WHERE pid = ANY($1::int[])', [pids]);
-    if (left.rows[0].n === 0) break;
+  const pids = await endClientSessions(c.src, () => {
     if (remaining(c) <= 0) throw timedOut(c, 'waiting for terminated sessions to exit');
-    await sleep(10);
-  }
+  });
   // The INSERT position, not pg_current_wal_lsn() (the write position): with
   // synchronous_commit=off an acknowledged commit can sit above the latter.
   const fenceLsn: Lsn = parseLsn((await c.src.query('SELECT pg_current_wal_insert_lsn()::text AS l')).rows[0].l);

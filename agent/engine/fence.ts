@@ -308,3 +308,45 @@ export class FenceKeeper {
     this.loopAbort = new AbortController();
   }
 }
+
+/** The client sessions of the fenced database that are not pgferry's own. */
+const CLIENT_SESSIONS = `datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'
+  AND coalesce(application_name, '') NOT LIKE 'pgferry%'`;
+
+/**
+ * The transactions that had already written when the fence went up, by (pid,
+ * xid), read right after it: a session that began before the fence can go on
+ * writing new transactions (the fence binds only new sessions), and waiting
+ * for "no writer at all" would, under load, always run to the whole grace.
+ * Those later transactions are not waited for; they end with their session.
+ */
+export async function writersInFlight(src: pg.Client): Promise<string[]> {
+  const r = await src.query(`SELECT pid::text || ':' || backend_xid::text AS k FROM pg_stat_activity WHERE ${CLIENT_SESSIONS} AND backend_xid IS NOT NULL`);
+  return r.rows.map((x) => x.k as string);
+}
+
+/** The grace: wait up to `graceMs` for those transactions to end (commit or abort). */
+export async function waitForWriters(src: pg.Client, inFlight: string[], graceMs: number): Promise<void> {
+  const graceEnd = Date.now() + graceMs;
+  while (inFlight.length && Date.now() < graceEnd) {
+    const w = await src.query(
+      `SELECT count(*)::int AS n FROM pg_stat_activity WHERE backend_xid IS NOT NULL AND pid::text || ':' || backend_xid::text = ANY($1::text[])`,
+      [inFlight],
+    );
+    if (w.rows[0].n === 0) return;
+    await sleep(10);
+  }
+}
+
+/** End every other client session of the database and wait until they are gone; `check` may throw (timeout). Returns their pids. */
+export async function endClientSessions(src: pg.Client, check: () => void): Promise<number[]> {
+  const killed = await src.query(`SELECT pid, pg_terminate_backend(pid) AS ok FROM pg_stat_activity WHERE ${CLIENT_SESSIONS}`);
+  const pids = killed.rows.map((r) => r.pid as number);
+  while (pids.length) {
+    const left = await src.query('SELECT count(*)::int AS n FROM pg_stat_activity WHERE pid = ANY($1::int[])', [pids]);
+    if (left.rows[0].n === 0) break;
+    check();
+    await sleep(10);
+  }
+  return pids;
+}
