@@ -353,6 +353,67 @@ export interface MigrationOutputs {
   secretsDigest: string;
 }
 
+/**
+ * The output names of a Migration (registered so they exist on the resource
+ * object; the Terraform resource's computed attributes follow them).
+ */
+export const OUTPUT_NAMES = [
+  'phase',
+  'tablesTotal',
+  'tablesCopied',
+  'rowsCopied',
+  'progress',
+  'lagBytes',
+  'lagSeconds',
+  'retainedWalBytes',
+  'appliedLsn',
+  'replicationSlot',
+  'publication',
+  'sourceVersion',
+  'targetVersion',
+  'error',
+  'pausedAt',
+  'sourceFence',
+  'sourceFenceDetail',
+  'verificationState',
+  'verificationTablesTotal',
+  'tablesVerified',
+  'rowsVerified',
+  'lastVerifiedAt',
+  'oldestVerifiedAt',
+  'rowsRepaired',
+  'verificationRepairs',
+  'verificationError',
+  'schemaChangesApplied',
+  'lastSchemaChangeAt',
+  'recentSchemaChanges',
+  'keptTables',
+  'cutoverState',
+  'outageMs',
+  'outageParts',
+  'writeDowntimeMs',
+  'validationOk',
+  'validation',
+  'fenceLsn',
+  'cutoverCompletedAt',
+  'cutoverWarnings',
+  'schemaCheckOk',
+  'schemaDifferences',
+  'activeEndpoint',
+  'notes',
+  'activeConnection',
+  'sourceConnection',
+  'targetConnection',
+  'agentToken',
+  'agentClientKey',
+  'secretsDigest',
+] as const satisfies readonly (keyof MigrationOutputs)[];
+
+/** The agent fields that are secrets (kept secret by Pulumi, write-only in Terraform). */
+export const SECRET_AGENT_FIELDS = ['token', 'clientKey'] as const satisfies readonly (typeof AGENT_FIELDS)[number][];
+/** The endpoint fields that are secrets (kept secret by Pulumi, write-only in Terraform). */
+export const SECRET_ENDPOINT_FIELDS = ['password', 'connectionString'] as const satisfies readonly (typeof ENDPOINT_FIELDS)[number][];
+
 /** The outputs that hold or derive from secrets; the resource marks them secret. */
 export const SECRET_OUTPUTS = ['activeConnection', 'sourceConnection', 'targetConnection', 'agentToken', 'agentClientKey', 'secretsDigest'] as const;
 

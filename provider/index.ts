@@ -12,6 +12,9 @@
  */
 import * as pulumi from '@pulumi/pulumi';
 import {
+  OUTPUT_NAMES,
+  SECRET_AGENT_FIELDS,
+  SECRET_ENDPOINT_FIELDS,
   SECRET_OUTPUTS,
   deriveMigrationId,
   type ActiveEndpoint,
@@ -32,6 +35,7 @@ export {
   ACTIVE_ENDPOINTS,
   CUTOVER_VALIDATIONS,
   DEFAULTS,
+  OUTPUT_NAMES,
   PHASES,
   ROLE_MISSING,
   SCHEMA_CHANGES,
@@ -203,59 +207,6 @@ export interface MigrationArgs {
   cutoverOptions?: pulumi.Input<Inputs<CutoverOptionsArgs>>;
 }
 
-/** The output names of a Migration (registered so they exist on the resource object). */
-const OUTPUT_NAMES = [
-  'phase',
-  'tablesTotal',
-  'tablesCopied',
-  'rowsCopied',
-  'progress',
-  'lagBytes',
-  'lagSeconds',
-  'retainedWalBytes',
-  'appliedLsn',
-  'replicationSlot',
-  'publication',
-  'sourceVersion',
-  'targetVersion',
-  'error',
-  'pausedAt',
-  'sourceFence',
-  'sourceFenceDetail',
-  'verificationState',
-  'verificationTablesTotal',
-  'tablesVerified',
-  'rowsVerified',
-  'lastVerifiedAt',
-  'oldestVerifiedAt',
-  'rowsRepaired',
-  'verificationRepairs',
-  'verificationError',
-  'schemaChangesApplied',
-  'lastSchemaChangeAt',
-  'recentSchemaChanges',
-  'keptTables',
-  'cutoverState',
-  'outageMs',
-  'outageParts',
-  'writeDowntimeMs',
-  'validationOk',
-  'validation',
-  'fenceLsn',
-  'cutoverCompletedAt',
-  'cutoverWarnings',
-  'schemaCheckOk',
-  'schemaDifferences',
-  'activeEndpoint',
-  'notes',
-  'activeConnection',
-  'sourceConnection',
-  'targetConnection',
-  'agentToken',
-  'agentClientKey',
-  'secretsDigest',
-] as const;
-
 /** Wrap the secret fields of an endpoint/agent argument in `pulumi.secret`, keeping the rest readable in a preview. */
 function withSecretFields<T extends object>(value: pulumi.Input<T>, fields: readonly string[]): pulumi.Input<T> {
   if (value === undefined || value === null) return value;
@@ -413,9 +364,9 @@ export class Migration extends pulumi.dynamic.Resource {
   constructor(name: string, args: MigrationArgs, opts?: pulumi.CustomResourceOptions) {
     const props: Record<string, unknown> = {
       ...args,
-      agent: withSecretFields(args.agent, ['token', 'clientKey']),
-      source: withSecretFields(args.source, ['password', 'connectionString']),
-      target: withSecretFields(args.target, ['password', 'connectionString']),
+      agent: withSecretFields(args.agent, SECRET_AGENT_FIELDS),
+      source: withSecretFields(args.source, SECRET_ENDPOINT_FIELDS),
+      target: withSecretFields(args.target, SECRET_ENDPOINT_FIELDS),
       migrationId: args.migrationId ?? deriveMigrationId(name),
     };
     for (const k of OUTPUT_NAMES) props[k] = undefined;
