@@ -35,6 +35,7 @@ import type { TableValidation__Output } from './generated/pgferry/agent/v1/Table
 import type { SequenceSet__Output } from './generated/pgferry/agent/v1/SequenceSet';
 import type { CutoverReport__Output } from './generated/pgferry/agent/v1/CutoverReport';
 import type { FenceStatus__Output } from './generated/pgferry/agent/v1/FenceStatus';
+import type { ReverseSyncStatus__Output } from './generated/pgferry/agent/v1/ReverseSyncStatus';
 import type { Migration__Output } from './generated/pgferry/agent/v1/Migration';
 import type { DeleteMigrationResponse__Output } from './generated/pgferry/agent/v1/DeleteMigrationResponse';
 import type { CutoverRequest__Output } from './generated/pgferry/agent/v1/CutoverRequest';
@@ -92,7 +93,20 @@ export type SchemaChangeMessage = SchemaChange__Output;
 export type SchemaChangesStatusMessage = SchemaChangesStatus__Output;
 /** The write fence on the source database (`pgferry.agent.v1.FenceStatus`). */
 export type FenceStatusMessage = FenceStatus__Output;
-/** A migration's status (`pgferry.agent.v1.Migration`); `cutover` and `fence` are null when absent. */
+/**
+ * The reverse sync of a migration with a rollback window (`pgferry.agent.v1.ReverseSyncStatus`): the target's
+ * changes streamed back into the old source after the cutover; null in a status without one.
+ */
+export type ReverseSyncStatusMessage = ReverseSyncStatus__Output;
+
+/** The reverse sync's states (`ReverseSyncStatus.state`). */
+export const REVERSE_SYNC_STATES = ['prepared', 'streaming', 'dropped', 'failed'] as const;
+export type ReverseSyncStateName = (typeof REVERSE_SYNC_STATES)[number];
+
+/**
+ * A migration's status (`pgferry.agent.v1.Migration`); `cutover`, `fence`, `reverse` and `cutback` (the last
+ * cutback's report, the same shape as the cutover's) are null when absent.
+ */
 export type MigrationMessage = Migration__Output;
 export type DeleteMigrationResponseMessage = DeleteMigrationResponse__Output;
 /** The comparison of the target's schema with the source's (`pgferry.agent.v1.SchemaDiffResponse`). */
@@ -457,6 +471,16 @@ export class AgentClient {
   cutover(req: CutoverRequestMessage, opts?: CallOptions): Promise<MigrationMessage> {
     const timeoutMs = (req.timeoutMs || AGENT_DEFAULT_CUTOVER_TIMEOUT_MS) + CUTOVER_DEADLINE_MARGIN_MS;
     return this.unary('Cutover', req, { timeoutMs, ...opts }) as Promise<MigrationMessage>;
+  }
+
+  /**
+   * Cut back to the old source after a completed cutover with a rollback window (the same fenced, verified
+   * switch in the other direction; idempotent): returns when the cutback completed or failed. Deadline: as
+   * `cutover`'s.
+   */
+  cutback(req: CutoverRequestMessage, opts?: CallOptions): Promise<MigrationMessage> {
+    const timeoutMs = (req.timeoutMs || AGENT_DEFAULT_CUTOVER_TIMEOUT_MS) + CUTOVER_DEADLINE_MARGIN_MS;
+    return this.unary('Cutback', req, { timeoutMs, ...opts }) as Promise<MigrationMessage>;
   }
 
   /** Cancel a cutover that is still waiting for lag (before the fence). */

@@ -10,6 +10,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { AgentMetrics, METRIC_NAMES } from '../agent/server/metrics';
 import type { MigrationStatus } from '../agent/engine/migration';
+import { PHASES } from '../agent/engine/state';
 import { isAgentError } from '../api/client';
 import { makeTestCerts, type TestCerts } from './support/certs';
 import { pollUntil, startShop, type RunningShop } from './support/running';
@@ -68,6 +69,13 @@ describe('metrics: the Prometheus endpoint (PostgreSQL 14 → 17)', function () 
       'pgferry_cutover_write_downtime_milliseconds',
       'pgferry_cutover_validation_ok',
       'pgferry_migration_error_info',
+      // Only with a rollbackWindow, after the cutover (and the cutback's, after a cutback).
+      'pgferry_reverse_sync_streaming',
+      'pgferry_reverse_sync_lag_bytes',
+      'pgferry_reverse_sync_lag_seconds',
+      'pgferry_reverse_sync_window_ends_timestamp_seconds',
+      'pgferry_cutback_outage_milliseconds',
+      'pgferry_cutback_outage_part_milliseconds',
     ];
     for (const n of METRIC_NAMES) {
       if (absentUntilCutover.includes(n)) continue;
@@ -79,7 +87,7 @@ describe('metrics: the Prometheus endpoint (PostgreSQL 14 → 17)', function () 
     const mig = { migration: 'shop' };
     assert.equal(one(e, 'pgferry_migration_phase', { ...mig, phase: 'syncing' }), 1);
     assert.equal(sum(e, 'pgferry_migration_phase', mig), 1, 'exactly one phase is current');
-    assert.equal(pick(e, 'pgferry_migration_phase', mig).length, 9, 'every phase is listed');
+    assert.equal(pick(e, 'pgferry_migration_phase', mig).length, PHASES.length, 'every phase is listed');
     assert.equal(one(e, 'pgferry_migrations', { phase: 'syncing' }), 1);
     assert.equal(one(e, 'pgferry_migration_paused', mig), 0);
     assert.equal(one(e, 'pgferry_migration_info', { ...mig, slot: 'pgferry_shop', active_endpoint: 'source' }), 1);
@@ -232,5 +240,89 @@ describe('metrics: the schema changes followed, as the status gives them', funct
     assert.equal(one(e, 'pgferry_schema_changes_kept_tables', { migration: 'shop' }), 2);
     assert.equal(pick(e, 'pgferry_schema_changes_applied_total', { migration: 'early' }).length, 0, 'no series before the sync');
     assert.equal(pick(e, 'pgferry_schema_changes_kept_tables', { migration: 'early' }).length, 0);
+  });
+});
+
+describe('metrics: the way back (reverse sync and cutback), as the status gives them', function () {
+  const base = {
+    slotName: 'pgferry_shop',
+    publicationName: 'pgferry_shop',
+    sourceVersion: '14.0',
+    targetVersion: '17.0',
+    errorCode: '',
+    paused: false,
+    tables: [],
+    tablesTotal: 0,
+    tablesCopied: 0,
+    progress: 1,
+    etaSeconds: 0,
+    changesApplied: 0,
+    applyRate: 0,
+    lagBytes: 0,
+    lagSeconds: 0,
+    retainedWalBytes: 0,
+    fence: null,
+    verification: null,
+    schemaChanges: null,
+  };
+  const reverse = (state: 'streaming' | 'dropped', windowEndsAt: string) => ({
+    state,
+    slotName: 'pgferry_shop_reverse',
+    publicationName: 'pgferry_shop_reverse',
+    startLsn: '0/3000000',
+    appliedLsn: '0/3000100',
+    lagBytes: 4096,
+    lagSeconds: 1.5,
+    changesApplied: 12,
+    windowEndsAt,
+    droppedAt: state === 'dropped' ? '2026-12-04T10:00:00.000Z' : '',
+    dropReason: state === 'dropped' ? 'the cutback completed' : '',
+    lastError: '',
+  });
+  const cutback = {
+    state: 'completed',
+    fenceStartedAt: '2026-12-04T10:00:00.000Z',
+    fenceEndedAt: '2026-12-04T10:00:00.420Z',
+    writeDowntimeMs: 420,
+    outageMs: 420,
+    outageParts: [
+      { part: 'drain', ms: 300 },
+      { part: 'sequences', ms: 120 },
+    ],
+    tables: [],
+    sequences: [],
+    warnings: [],
+    validation: 'changes',
+    validationOk: true,
+    fenceLsn: '0/3000100',
+    completedAt: '2026-12-04T10:00:00.420Z',
+    attempts: 1,
+  };
+
+  it('shows a streaming reverse sync with its lag and window end, and a completed cutback with its outage and parts', async () => {
+    const windowEndsAt = '2026-12-07T10:00:00.000Z';
+    const streaming = { ...base, id: 'shop', phase: 'completed', activeEndpoint: 'target', reverse: reverse('streaming', windowEndsAt) };
+    const back = { ...base, id: 'back', phase: 'cut-back', activeEndpoint: 'source', reverse: reverse('dropped', windowEndsAt), cutback };
+    const plain = { ...base, id: 'plain', phase: 'completed', activeEndpoint: 'target', reverse: null };
+    const all = [streaming, back, plain] as unknown as MigrationStatus[];
+    const metrics = new AgentMetrics(async () => all, { version: '0.0.0', defaultMetrics: false });
+    const e = parseExposition(await metrics.render());
+
+    assert.equal(one(e, 'pgferry_reverse_sync_streaming', { migration: 'shop' }), 1);
+    assert.equal(one(e, 'pgferry_reverse_sync_lag_bytes', { migration: 'shop' }), 4096);
+    assert.equal(one(e, 'pgferry_reverse_sync_lag_seconds', { migration: 'shop' }), 1.5);
+    assert.equal(one(e, 'pgferry_reverse_sync_window_ends_timestamp_seconds', { migration: 'shop' }), Date.parse(windowEndsAt) / 1000);
+    assert.equal(pick(e, 'pgferry_cutback_outage_milliseconds', { migration: 'shop' }).length, 0, 'no cutback yet');
+
+    assert.equal(one(e, 'pgferry_reverse_sync_streaming', { migration: 'back' }), 0, 'dropped');
+    assert.equal(pick(e, 'pgferry_reverse_sync_window_ends_timestamp_seconds', { migration: 'back' }).length, 0, 'no window once dropped');
+    assert.equal(pick(e, 'pgferry_reverse_sync_lag_bytes', { migration: 'back' }).length, 0);
+    assert.equal(one(e, 'pgferry_cutback_outage_milliseconds', { migration: 'back' }), 420);
+    assert.equal(one(e, 'pgferry_cutback_outage_part_milliseconds', { migration: 'back', part: 'drain' }), 300);
+    assert.equal(sum(e, 'pgferry_cutback_outage_part_milliseconds', { migration: 'back' }), 420, 'the parts add up to the outage');
+    assert.equal(one(e, 'pgferry_migration_phase', { migration: 'back', phase: 'cut-back' }), 1);
+    assert.equal(one(e, 'pgferry_migration_info', { migration: 'back', active_endpoint: 'source' }), 1);
+
+    assert.equal(pick(e, 'pgferry_reverse_sync_streaming', { migration: 'plain' }).length, 0, 'absent without a rollback window');
   });
 });

@@ -19,6 +19,7 @@ import { PHASES, type CutoverReport, type VerificationStatus } from '../engine/s
 import { parseListenAddress } from './auth';
 import type { LogFn } from '../engine/log-fn';
 import type { MigrationStatus } from '../engine/migration';
+import type { ReverseStatus } from '../engine/migration-status';
 
 /** The states a cutover report goes through (agent/engine/cutover.ts). */
 export const CUTOVER_STATES = [
@@ -82,11 +83,62 @@ export const METRIC_NAMES = [
   'pgferry_cutover_validation_ok',
   'pgferry_source_fence_up',
   'pgferry_source_fence_lift_pending',
+  'pgferry_reverse_sync_streaming',
+  'pgferry_reverse_sync_lag_bytes',
+  'pgferry_reverse_sync_lag_seconds',
+  'pgferry_reverse_sync_window_ends_timestamp_seconds',
+  'pgferry_cutback_outage_milliseconds',
+  'pgferry_cutback_outage_part_milliseconds',
   'pgferry_errors_total',
   'pgferry_rpc_calls_total',
   'pgferry_tls_certificate_expiry_timestamp_seconds',
 ] as const;
 export type MetricName = (typeof METRIC_NAMES)[number];
+
+/** The gauges of the cutover, the source's fence, the reverse sync and the cutback. */
+function declareCutoverGauges(gauge: (name: MetricName, help: string, labelNames: string[]) => void): void {
+  gauge('pgferry_cutover_state', '1 for the state the last cutover is in, 0 for the others (absent before a cutover).', ['migration', 'state']);
+  gauge(
+    'pgferry_cutover_outage_milliseconds',
+    'Application outage of the last completed cutover: from the fence until the target was ready for the application, ms.',
+    ['migration'],
+  );
+  gauge('pgferry_cutover_outage_part_milliseconds', "The parts of the last completed cutover's outage, ms (they add up to the outage).", ['migration', 'part']);
+  gauge(
+    'pgferry_cutover_write_downtime_milliseconds',
+    'Write downtime of the last completed cutover, ms: the same figure as pgferry_cutover_outage_milliseconds (its older name).',
+    ['migration'],
+  );
+  gauge(
+    'pgferry_source_fence_up',
+    '1 while the write fence is up on the source database (during a cutover, lift pending, or kept after a completed one), 0 otherwise.',
+    ['migration'],
+  );
+  gauge(
+    'pgferry_source_fence_lift_pending',
+    '1 while a cutover that did not complete left the fence up and its lift is not verified yet (the source refuses writes; the agent keeps retrying), 0 otherwise.',
+    ['migration'],
+  );
+  gauge(
+    'pgferry_reverse_sync_streaming',
+    "1 while the reverse sync streams the target's changes back into the old source (rollbackWindow), 0 while it is prepared, failed or dropped (absent without one).",
+    ['migration'],
+  );
+  gauge('pgferry_reverse_sync_lag_bytes', "The target's WAL not yet applied to the old source by the reverse sync, bytes (absent without one).", ['migration']);
+  gauge('pgferry_reverse_sync_lag_seconds', 'How far the old source is behind the target, seconds (absent without a reverse sync).', ['migration']);
+  gauge(
+    'pgferry_reverse_sync_window_ends_timestamp_seconds',
+    'When the rollback window ends and the reverse slot and publication on the target are dropped, Unix seconds (absent once dropped).',
+    ['migration'],
+  );
+  gauge(
+    'pgferry_cutback_outage_milliseconds',
+    'Application outage of the last completed cutback: from the fence on the target until the old source was ready for the application, ms.',
+    ['migration'],
+  );
+  gauge('pgferry_cutback_outage_part_milliseconds', "The parts of the last completed cutback's outage, ms (they add up to the outage).", ['migration', 'part']);
+  gauge('pgferry_cutover_validation_ok', '1 when the cutover validation matched, 0 when it did not (absent until validated).', ['migration']);
+}
 
 export interface MetricsOptions {
   /** The agent's version, for `pgferry_build_info`. */
@@ -176,32 +228,7 @@ export class AgentMetrics {
       'Tables dropped on the source during the sync whose target copies were kept (drop them by hand once unneeded).',
       ['migration'],
     );
-    gauge('pgferry_cutover_state', '1 for the state the last cutover is in, 0 for the others (absent before a cutover).', ['migration', 'state']);
-    gauge(
-      'pgferry_cutover_outage_milliseconds',
-      'Application outage of the last completed cutover: from the fence until the target was ready for the application, ms.',
-      ['migration'],
-    );
-    gauge('pgferry_cutover_outage_part_milliseconds', "The parts of the last completed cutover's outage, ms (they add up to the outage).", [
-      'migration',
-      'part',
-    ]);
-    gauge(
-      'pgferry_cutover_write_downtime_milliseconds',
-      'Write downtime of the last completed cutover, ms: the same figure as pgferry_cutover_outage_milliseconds (its older name).',
-      ['migration'],
-    );
-    gauge(
-      'pgferry_source_fence_up',
-      '1 while the write fence is up on the source database (during a cutover, lift pending, or kept after a completed one), 0 otherwise.',
-      ['migration'],
-    );
-    gauge(
-      'pgferry_source_fence_lift_pending',
-      '1 while a cutover that did not complete left the fence up and its lift is not verified yet (the source refuses writes; the agent keeps retrying), 0 otherwise.',
-      ['migration'],
-    );
-    gauge('pgferry_cutover_validation_ok', '1 when the cutover validation matched, 0 when it did not (absent until validated).', ['migration']);
+    declareCutoverGauges(gauge);
     this.errors = new Counter({
       name: 'pgferry_errors_total',
       help: 'Errors by pgferry code: failed RPCs (origin rpc) and migration failures (origin migration).',
@@ -286,6 +313,12 @@ export class AgentMetrics {
         g.pgferry_schema_changes_kept_tables.set({ migration }, s.schemaChanges.keptTables.length);
       }
       if (s.cutover?.state) this.renderCutover(migration, s.cutover);
+      if (s.reverse) this.renderReverse(migration, s.reverse);
+      if (s.cutback?.state === 'completed') {
+        const outageMs = s.cutback.outageMs ?? s.cutback.writeDowntimeMs;
+        if (typeof outageMs === 'number') g.pgferry_cutback_outage_milliseconds.set({ migration }, outageMs);
+        for (const p of s.cutback.outageParts ?? []) g.pgferry_cutback_outage_part_milliseconds.inc({ migration, part: p.part }, p.ms);
+      }
     }
     for (const [phase, n] of byPhase) g.pgferry_migrations.set({ phase }, n);
     return this.registry.metrics();
@@ -301,6 +334,16 @@ export class AgentMetrics {
     this.c.pgferry_verification_rows_repaired_total.inc({ migration }, v.rowsRepaired);
     const oldest = Date.parse(v.oldestVerifiedAt);
     if (v.oldestVerifiedAt && Number.isFinite(oldest)) g.pgferry_verification_oldest_verified_timestamp_seconds.set({ migration }, oldest / 1000);
+  }
+
+  private renderReverse(migration: string, r: ReverseStatus): void {
+    const g = this.g;
+    g.pgferry_reverse_sync_streaming.set({ migration }, r.state === 'streaming' ? 1 : 0);
+    if (r.state === 'dropped') return;
+    g.pgferry_reverse_sync_lag_bytes.set({ migration }, r.lagBytes);
+    g.pgferry_reverse_sync_lag_seconds.set({ migration }, r.lagSeconds);
+    const ends = Date.parse(r.windowEndsAt);
+    if (r.windowEndsAt && Number.isFinite(ends)) g.pgferry_reverse_sync_window_ends_timestamp_seconds.set({ migration }, ends / 1000);
   }
 
   private renderCutover(migration: string, cut: CutoverReport): void {

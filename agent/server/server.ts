@@ -105,18 +105,20 @@ export function specFromProto(msg: unknown): unknown {
  * with another type) fails the build.
  */
 export function statusToProto(s: MigrationStatus): Migration__Output {
-  const c = s.cutover;
-  const cutover = c
-    ? {
-        ...c,
-        tables: c.tables.map((t) => ({ ...t, mode: t.mode ?? '', rowsChecked: t.rowsChecked ?? 0 })),
-        largeObjects: c.largeObjects ?? null,
-        schemaCheck: c.schemaCheck ?? null,
-        outageMs: c.outageMs ?? c.writeDowntimeMs,
-        outageParts: c.outageParts ?? [],
-      }
-    : null;
-  return { ...s, cutover };
+  return { ...s, cutover: reportToProto(s.cutover), cutback: reportToProto(s.cutback), reverse: s.reverse ?? null };
+}
+
+/** A cutover's (or a cutback's: the same shape) report as the API's `CutoverReport`; null when there is none. */
+function reportToProto(c: MigrationStatus['cutover']): Migration__Output['cutover'] {
+  if (!c) return null;
+  return {
+    ...c,
+    tables: c.tables.map((t) => ({ ...t, mode: t.mode ?? '', rowsChecked: t.rowsChecked ?? 0 })),
+    largeObjects: c.largeObjects ?? null,
+    schemaCheck: c.schemaCheck ?? null,
+    outageMs: c.outageMs ?? c.writeDowntimeMs,
+    outageParts: c.outageParts ?? [],
+  };
 }
 
 /** Remember the passwords of an incoming spec so that `redact()` scrubs them from anything that leaves the agent. */
@@ -273,7 +275,7 @@ function watchMigrationHandler(svc: AgentService, guard: Guard, finished: Finish
           last = text;
           call.write(statusToProto(s));
         }
-        if (s.phase === 'completed' || s.phase === 'deleted') {
+        if (s.phase === 'completed' || s.phase === 'cut-back' || s.phase === 'deleted') {
           end();
           return;
         }
@@ -326,6 +328,7 @@ export function createServer(svc: AgentService, opts: ServerOptions = {}): grpc.
     ListMigrations: unary('ListMigrations', async () => ({ migrations: (await svc.list()).map(statusToProto) })),
     DeleteMigration: unary('DeleteMigration', async (req: { id: string }) => ({ id: req.id, dropped: await svc.delete(req.id) })),
     Cutover: unary('Cutover', async (req: Record<string, unknown>) => statusToProto(await svc.cutover(req as never))),
+    Cutback: unary('Cutback', async (req: Record<string, unknown>) => statusToProto(await svc.cutback(req as never))),
     CancelCutover: unary('CancelCutover', async (req: { id: string }) => statusToProto(await svc.cancelCutover(req.id))),
     PauseMigration: unary('PauseMigration', async (req: { id: string }) => statusToProto(await svc.pause(req.id))),
     ResumeMigration: unary('ResumeMigration', async (req: { id: string }) => statusToProto(await svc.resume(req.id))),
