@@ -6,6 +6,7 @@
  *   agent/engine   the pipeline's stages and the supervisor (PostgreSQL, state)
  *   agent/server   the agent's gRPC service (typed against the proto), auth, TLS, metrics, logging
  *   provider       the Pulumi dynamic provider
+ *   terraform      the Terraform/OpenTofu provider (plugin protocol 6), over the same provider modules
  *   dev            demo, test bed, sample data
  *   agent/cli      the `pgferry` command (runs the agent, talks to it, runs the demo)
  */
@@ -15,7 +16,7 @@ import { dirname, join, normalize, relative } from 'node:path';
 
 const ROOT = join(__dirname, '..', '..');
 /** Lowest first: a layer may import its own and those before it. */
-const LAYERS = ['api', 'agent/engine', 'agent/server', 'provider', 'dev', 'agent/cli'] as const;
+const LAYERS = ['api', 'agent/engine', 'agent/server', 'provider', 'terraform', 'dev', 'agent/cli'] as const;
 
 function sources(dir: string): string[] {
   return readdirSync(join(ROOT, dir)).flatMap((n) => {
@@ -41,7 +42,7 @@ describe('layout: layers as folders', function () {
   const graph = new Map(files.map((f) => [f.replace(/\.ts$/, ''), importsOf(f)]));
 
   it('puts every source file of the product in a layer', () => {
-    const stray = ['agent', 'provider', 'api', 'dev']
+    const stray = ['agent', 'provider', 'terraform', 'api', 'dev']
       .flatMap((d) =>
         readdirSync(join(ROOT, d))
           .filter((n) => n.endsWith('.ts'))
