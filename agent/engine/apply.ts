@@ -54,6 +54,8 @@ export interface ApplierOptions {
   follow?: { source: Endpoint; typesFromTarget: boolean; onChanges: (changes: ShapeChange[]) => void };
   /** Tables being added (their copy in progress): a change before the copy's point is skipped, one after it waits for the copy. */
   gates?: GateLookup;
+  /** Extra `-c` settings for the target session (the reverse sync's old source is fenced read-only: it sets that off). */
+  targetOptions?: string;
   log?: LogFn;
 }
 
@@ -151,7 +153,7 @@ export class Applier {
 
   /** Connect to the target, prepare the session and read the applied position. */
   static async open(target: Endpoint, opts: ApplierOptions): Promise<Applier> {
-    const client = await connect('target', target, { applicationName: 'pgferry-apply' });
+    const client = await connect('target', target, { applicationName: 'pgferry-apply', extraOptions: opts.targetOptions });
     try {
       const mode = await prepareSession(client);
       await ensureTargetState(client);

@@ -16,7 +16,7 @@
  * and the fence".
  */
 import type pg from 'pg';
-import { closeQuietly, connect, qi, ql, qn, resolveEndpoint } from './conn';
+import { closeQuietly, connect, ql, qn, resolveEndpoint } from './conn';
 import { PgferryError, asPgferryError, isPgferryError } from './errors';
 import { formatLsn, parseLsn, type Lsn } from './lsn';
 import { selectTables, type TableInfo } from './catalog';
@@ -28,7 +28,7 @@ import { dropGuards } from './verify-guard';
 import type { Verifier } from './verify';
 import { getMarker, setMarker } from './target-state';
 import { failpoint } from './failpoints';
-import { endClientSessions, liftStatement, waitForWriters, writersInFlight, type FenceKeeper, type LiftResult } from './fence';
+import { checkFencePrivileges, endClientSessions, liftStatement, waitForWriters, writersInFlight, type FenceKeeper, type LiftResult } from './fence';
 import type { CutoverReport, OutagePart, Phase, StoredError, Validation } from './state';
 import type { MigrationSpec } from './spec';
 import type { SyncProgress } from './sync';
@@ -36,6 +36,8 @@ import { sleep } from './sleep';
 import type { SchemaKeeper } from './schema-follow';
 import { catalogSignature, handOver, largeObjectPass, prepareHandover, refreshAfterHandover, undoHandover, type PreparedHandover } from './cutover-schema';
 import type { SchemaPlan } from './schema';
+import type { ReverseSync } from './reverse-sync';
+import { rollbackWindowMs } from './spec';
 
 export { VALIDATIONS, type CutoverReport, type TableValidation, type Validation } from './state';
 
@@ -77,6 +79,8 @@ export interface CutoverHost {
   readonly verifier: Verifier | null;
   /** The source's schema kept on the target (schema-follow.ts), with schemaChanges 'follow' once the sync ran in this process. */
   readonly schemaKeeper: SchemaKeeper | null;
+  /** The way back (reverse-sync.ts): prepared before the fence when the spec has a `rollbackWindow`. */
+  readonly reverse: ReverseSync;
   status(): Promise<{ lagBytes: number; lagSeconds: number }>;
   log(level: 'info' | 'warn' | 'error', msg: string, fields?: object): void;
   /** Phase `cutting-over`, the report kept. */
@@ -89,7 +93,7 @@ export interface CutoverHost {
   abandonCutover(report: CutoverReport): void;
 }
 
-function newReport(prev: CutoverReport | undefined, validation: Validation): CutoverReport {
+export function newReport(prev: CutoverReport | undefined, validation: Validation): CutoverReport {
   return {
     state: 'waiting-for-lag',
     startedAt: new Date().toISOString(),
@@ -233,16 +237,25 @@ async function drainToFence(c: Cut, fenceLsn: Lsn): Promise<void> {
   endPart(c, 'drain');
 }
 
-/** 4. Sequences: after the last change, so the first insert on the target cannot collide. All read in one query, all set in one. */
+/** 4. Sequences: after the last change, so the first insert on the target cannot collide. */
 async function syncSequences(c: Cut, sequences: Array<{ schema: string; name: string }>): Promise<void> {
   await step(c, 'sequences');
-  if (!sequences.length) return;
+  c.report.sequences.push(...(await copySequences(c.src, c.tgt, sequences)));
+}
+
+/** Every sequence's position from `from` set on `to`: all read in one query, all set in one. */
+export async function copySequences(
+  from: pg.Client,
+  to: pg.Client,
+  sequences: Array<{ schema: string; name: string }>,
+): Promise<Array<{ sequence: string; value: number }>> {
+  if (!sequences.length) return [];
   const names = sequences.map((sq) => qn(sq.schema, sq.name));
   const read = names.map((n, i) => `SELECT ${i} AS i, last_value::text AS v, is_called FROM ${n}`).join(' UNION ALL ');
-  const rows = (await c.src.query(read)).rows.sort((a, b) => a.i - b.i);
+  const rows = (await from.query(read)).rows.sort((a, b) => a.i - b.i);
   const set = rows.map((r) => `SELECT setval(${ql(names[r.i])}::regclass, ${ql(r.v)}::bigint, ${r.is_called ? 'true' : 'false'})`).join('; ');
-  await c.tgt.query(set);
-  for (const r of rows) c.report.sequences.push({ sequence: names[r.i], value: Number(r.v) });
+  await to.query(set);
+  return rows.map((r) => ({ sequence: names[r.i], value: Number(r.v) }));
 }
 
 /** 5. The rows' check (source still fenced, so both sides are still): cutover-verify.ts. */
@@ -478,6 +491,10 @@ export async function runCutover(runner: CutoverHost, opts: CutoverOptions, sign
     const maxLagSeconds = opts.maxLagSeconds ?? 5;
     await waitForLag(c, maxLagBytes, maxLagSeconds);
     const before = await readBeforeFence(c);
+    if (rollbackWindowMs(runner.spec) > 0) {
+      // The way back, made before the fence so that it sees every change the target commits from there on.
+      await runner.reverse.prepare(c.tgt, before.tables);
+    }
     await waitForVerification(c, validation, maxLagBytes, maxLagSeconds);
     const { fenceStart, fenceLsn } = await fenceWriters(c, opts.graceMs ?? 500);
     await drainToFence(c, fenceLsn);
@@ -499,7 +516,10 @@ export async function runCutover(runner: CutoverHost, opts: CutoverOptions, sign
     guardsDropped = true;
     await dropGuards(c.tgt, tables);
     report.state = 'completed';
-    report.completedAt = new Date().toISOString();
+    const completedAt = new Date();
+    // After pgferry's last write to the target's tables: where the target's own changes begin.
+    await runner.reverse.markStart(c.tgt, completedAt);
+    report.completedAt = completedAt.toISOString();
     report.fenceEndedAt = report.completedAt;
     await runner.completeCutover(report);
     // The application's outage ends here: the completed cutover is recorded, `activeConnection` says target.
@@ -552,36 +572,16 @@ async function failCutover(c: Cut, e: unknown, handedOver: SchemaPlan | undefine
   const outcome = fenceOutcome(runner, database, lift, report.fenceStartedAt);
   // The sync goes on: so does its verification.
   runner.verifier?.resume(guardsDropped);
+  if (runner.reverse.active) {
+    // Made for this cutover: a slot nobody reads would keep the target's WAL (the next cutover makes a new one).
+    await runner.reverse
+      .drop('the cutover did not complete')
+      .catch((x) => c.log('warn', `the reverse slot on the target is left (dropped at the next cutover or at delete): ${(x as Error).message}`));
+  }
   report.error = `${err.detail} ${outcome}`;
   runner.abandonCutover(report);
   c.log(lift.lifted ? 'warn' : 'error', `cutover failed while ${failedStep}: ${err.message} ${outcome}`);
   const code = err.code === 'CUTOVER_TIMEOUT' || err.code === 'CUTOVER_CANCELLED' ? err.code : 'CUTOVER_FAILED';
   const message = code === 'CUTOVER_FAILED' && err.code !== 'CUTOVER_FAILED' ? `The cutover failed while ${failedStep}: ${err.message}` : err.message;
   return new PgferryError(code, `${message} ${outcome}`, err.remedy || 'Fix the cause and run the cutover again.', { cause: e });
-}
-
-async function checkFencePrivileges(src: pg.Client, database: string): Promise<void> {
-  const r = await src.query(
-    `SELECT r.rolsuper AS su,
-      pg_has_role(current_user, d.datdba, 'USAGE') AS owner,
-      pg_has_role(current_user, 'pg_signal_backend', 'MEMBER') AS signal
-    FROM pg_roles r, pg_database d WHERE r.rolname = current_user AND d.datname = $1`,
-    [database],
-  );
-  const row = r.rows[0];
-  if (!row) return;
-  if (!row.su && !row.owner) {
-    throw new PgferryError(
-      'INSUFFICIENT_PRIVILEGE',
-      `The source role cannot fence writers: it does not own database '${database}' (ALTER DATABASE … SET default_transaction_read_only needs that).`,
-      `Connect the migration's source as the database owner or a superuser, or run ALTER DATABASE ${qi(database)} OWNER TO <source user>;`,
-    );
-  }
-  if (!row.su && !row.signal) {
-    throw new PgferryError(
-      'INSUFFICIENT_PRIVILEGE',
-      'The source role cannot end the sessions still writing at the fence.',
-      'GRANT pg_signal_backend TO <source user>; (on Azure: the server admin has it).',
-    );
-  }
 }

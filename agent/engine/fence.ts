@@ -211,7 +211,7 @@ export class FenceKeeper {
           throw new Error(`the setting read back is ${now === null ? 'unset' : `'${now}'`}, not ${f.previous === null ? 'unset' : `'${f.previous}'`}`);
         }
         // Verified: the record goes first, so that nothing below can make a lift look failed.
-        if (this.host.record.fence?.id === f.id) delete this.host.record.fence;
+        if (this.host.record.fence?.id === f.id) this.host.record.fence = undefined;
         this.host.onLifted?.(new Date().toISOString());
         this.host.save();
         const sessionsEnded = f.previous === 'on' ? 0 : await this.endReadOnlySessions(c, f);
@@ -349,4 +349,31 @@ export async function endClientSessions(src: pg.Client, check: () => void): Prom
     await sleep(10);
   }
   return pids;
+}
+
+/** The source role may fence the database (owner or superuser) and end its sessions (pg_signal_backend). */
+export async function checkFencePrivileges(src: pg.Client, database: string): Promise<void> {
+  const r = await src.query(
+    `SELECT r.rolsuper AS su,
+      pg_has_role(current_user, d.datdba, 'USAGE') AS owner,
+      pg_has_role(current_user, 'pg_signal_backend', 'MEMBER') AS signal
+    FROM pg_roles r, pg_database d WHERE r.rolname = current_user AND d.datname = $1`,
+    [database],
+  );
+  const row = r.rows[0];
+  if (!row) return;
+  if (!row.su && !row.owner) {
+    throw new PgferryError(
+      'INSUFFICIENT_PRIVILEGE',
+      `The source role cannot fence writers: it does not own database '${database}' (ALTER DATABASE … SET default_transaction_read_only needs that).`,
+      `Connect the migration's source as the database owner or a superuser, or run ALTER DATABASE ${qi(database)} OWNER TO <source user>;`,
+    );
+  }
+  if (!row.su && !row.signal) {
+    throw new PgferryError(
+      'INSUFFICIENT_PRIVILEGE',
+      'The source role cannot end the sessions still writing at the fence.',
+      'GRANT pg_signal_backend TO <source user>; (on Azure: the server admin has it).',
+    );
+  }
 }

@@ -68,10 +68,34 @@ export interface MigrationStatus {
   /** The continuous verification (verify.ts); null before the sync (or by an agent without it). */
   verification: VerificationStatus | null;
   schemaChanges: SchemaChangesStatus | null;
+  /** The way back (reverse-sync.ts): null without a `rollbackWindow` or before the cutover made it. */
+  reverse: ReverseStatus | null;
+  /** The last cutback's report (cutback.ts), if any. */
+  cutback?: CutoverReport;
 }
 
-/** Phases a migration does not leave. */
-export const TERMINAL: Phase[] = ['completed', 'deleted'];
+/** The reverse sync: the target's changes streamed back into the old source during the rollback window. */
+export interface ReverseStatus {
+  /** `prepared` (made at the cutover, not streaming yet) · `streaming` · `dropped` (window ended, removed, cut back or deleted) · `failed` (retried; `lastError` says why). */
+  state: 'prepared' | 'streaming' | 'dropped' | 'failed';
+  slotName: string;
+  publicationName: string;
+  /** The target position its changes are streamed back from. */
+  startLsn: string;
+  /** Everything the target committed before this is committed on the old source. */
+  appliedLsn: string;
+  lagBytes: number;
+  lagSeconds: number;
+  changesApplied: number;
+  /** When the window ends and the slot and publication on the target are dropped. */
+  windowEndsAt: string;
+  droppedAt: string;
+  dropReason: string;
+  lastError: string;
+}
+
+/** Phases a migration does not leave (a completed one may still cut back: that is an operator's act, not the driver's). */
+export const TERMINAL: Phase[] = ['completed', 'cut-back', 'deleted'];
 
 /** What the status reads of its supervisor (MigrationRunner). */
 export interface StatusHost {
@@ -89,6 +113,8 @@ export interface StatusHost {
   verificationStatus(): VerificationStatus | null;
   /** The schema changes followed (schema-follow.ts); null before the sync. */
   schemaChangesStatus(): SchemaChangesStatus | null;
+  /** The reverse sync (reverse-sync.ts); null without one. */
+  reverseStatus(): Promise<ReverseStatus | null>;
 }
 
 /** The source's WAL insert position, and its slot's restart and confirmed positions. */
@@ -156,6 +182,8 @@ export class StatusReporter {
       fence: fence.status(this.host.cutoverRun !== null),
       verification: this.host.verificationStatus(),
       schemaChanges: this.host.schemaChangesStatus(),
+      reverse: await this.host.reverseStatus(),
+      cutback: rec.cutback,
     };
   }
 

@@ -35,6 +35,10 @@ import { MigrationPhases } from './migration-phases';
 import { verificationOff, type Verifier } from './verify';
 import { dropGuards } from './verify-guard';
 import { selectTables } from './catalog';
+import { ReverseSync } from './reverse-sync';
+import { runCutback } from './cutback';
+import type { CutoverOptions } from './cutover';
+import type { ReverseStatus } from './migration-status';
 
 export type { MigrationStatus, TableStatus } from './migration-status';
 
@@ -59,6 +63,12 @@ export class MigrationRunner {
   cutoverRun: { promise: Promise<unknown>; abort: AbortController } | null = null;
   /** The one owner of the source's write fence. */
   readonly fence: FenceKeeper;
+  /** The fence a cutback raises on the target (cutback.ts). */
+  readonly targetFence: FenceKeeper;
+  /** The way back (reverse-sync.ts): made by a cutover with a `rollbackWindow`. */
+  readonly reverse: ReverseSync;
+  /** The cutback in progress, if any. */
+  cutbackRun: { promise: Promise<unknown>; abort: AbortController } | null = null;
 
   constructor(
     private store: StateStore,
@@ -91,11 +101,29 @@ export class MigrationRunner {
         }
       },
     });
+    // The target's fence lives in the reverse record (there is none without a rollback window: then nothing raises it).
+    const targetFenceRecord = {
+      get fence() {
+        return rec.reverse?.fence;
+      },
+      set fence(f) {
+        if (rec.reverse) rec.reverse.fence = f;
+      },
+    };
+    this.targetFence = new FenceKeeper({
+      id: rec.id,
+      record: targetFenceRecord,
+      source: this.spec.target,
+      save: () => this.save(),
+      log: (level, msg, fields) => this.log(level, `target: ${msg}`, { migration: rec.id, ...fields }),
+    });
+    this.reverse = new ReverseSync({ rec, spec: this.spec, save: () => this.save(), log: this.migrationLog });
   }
 
   /** A fence left up (a failed cutover whose lift did not verify, an agent killed mid-cutover): keep lifting it, whatever the phase. */
   resumeFenceLift(): void {
     if (this.fence.pending && !this.cutoverRun) this.fence.keepLifting();
+    if (this.targetFence.pending && !this.cutbackRun) this.targetFence.keepLifting();
   }
 
   get phase(): Phase {
@@ -110,6 +138,9 @@ export class MigrationRunner {
   get previousCutover(): CutoverReport | undefined {
     return this.rec.cutover;
   }
+  get previousCutback(): CutoverReport | undefined {
+    return this.rec.cutback;
+  }
   verificationStatus(): VerificationStatus | null {
     return this.phases.verifier?.status() ?? (this.spec.verification.disabled && this.rec.phase === 'syncing' ? verificationOff() : null);
   }
@@ -118,6 +149,10 @@ export class MigrationRunner {
     if (k) return k.status();
     if (this.rec.phase !== 'syncing') return null;
     return { mode: this.spec.schemaChanges, applied: 0, lastAppliedAt: '', recent: [], keptTables: [], lastReconciledAt: '', lastError: '' };
+  }
+  /** The reverse sync (reverse-sync.ts), null without a rollback window or before the cutover made it. */
+  async reverseStatus(): Promise<ReverseStatus | null> {
+    return this.reverse ? this.reverse.status() : null;
   }
   /** The source's schema kept on the target (for the cutover; null with schemaChanges 'stop' or before the sync in this process). */
   get schemaKeeper(): SchemaKeeper | null {
@@ -162,8 +197,74 @@ export class MigrationRunner {
       );
     }
     this.rec.cutover = report;
-    this.setPhase('completed'); // phase, report and the kept fence in one atomic write
+    this.setPhase('completed'); // phase, report, the kept fence and the reverse sync's start in one atomic write
     await this.stopSync();
+    this.reverse.start();
+  }
+
+  // The cutback's view of its supervisor (cutback.ts, CutbackHost).
+
+  recordCutback(report: CutoverReport): void {
+    this.rec.cutback = report;
+    this.save();
+  }
+
+  completeCutback(report: CutoverReport): void {
+    this.rec.cutback = report;
+    this.setPhase('cut-back'); // phase, report and the target's kept fence in one atomic write
+  }
+
+  /**
+   * Cut back (idempotent): after a cutback completed it returns at once; a
+   * cutback already running is joined. Rejects with the cutback's error.
+   */
+  async cutback(opts: CutoverOptions): Promise<void> {
+    if (this.rec.phase === 'cut-back') return;
+    if (!this.cutbackRun) {
+      const abort = new AbortController();
+      const promise = runCutback(this, opts, abort.signal).finally(() => {
+        this.cutbackRun = null;
+      });
+      this.cutbackRun = { promise, abort };
+    }
+    await this.cutbackRun.promise;
+  }
+
+  /**
+   * After an agent restart, a completed migration: a cutback the restart
+   * interrupted did not complete (its fence on the target comes down), and
+   * the reverse sync goes on while its window lasts.
+   */
+  private resumeAfterCutover(): void {
+    const rep = this.rec.cutback;
+    if (rep && !this.cutbackRun && rep.state !== 'completed' && rep.state !== 'failed') {
+      rep.error = `Interrupted by an agent restart while ${rep.state}. ${
+        this.targetFence.pending ? 'The restarted agent lifts the fence it raised on the target and verifies it.' : 'Nothing was fenced on the target.'
+      } The application stays on the target.`;
+      rep.state = 'failed';
+      this.save();
+      this.log('warn', 'A cutback was interrupted by an agent restart; the application stays on the target', { migration: this.rec.id });
+    }
+    this.resumeFenceLift();
+    const r = this.rec.reverse;
+    if (r && this.reverse.active && this.reverse.windowMs > 0 && r.startLsn && this.rec.cutover?.completedAt) {
+      // The window as the spec says now (it may have been changed since the cutover).
+      r.windowEndsAt = new Date(Date.parse(this.rec.cutover.completedAt) + this.reverse.windowMs).toISOString();
+    }
+    if (this.reverse.active && this.reverse.windowMs === 0) {
+      void this.reverse
+        .drop('`rollbackWindow` was removed from the spec')
+        .catch((e) => this.log('warn', `dropping the reverse slot failed: ${(e as Error).message}`));
+      return;
+    }
+    const ends = this.rec.reverse?.windowEndsAt ? Date.parse(this.rec.reverse.windowEndsAt) : NaN;
+    if (this.reverse.active && ends <= Date.now()) {
+      void this.reverse
+        .drop(`the rollback window ended (${this.spec.rollbackWindow} after the cutover)`)
+        .catch((e) => this.log('warn', `dropping the reverse slot failed: ${(e as Error).message}`));
+      return;
+    }
+    this.reverse.start();
   }
 
   abandonCutover(report: CutoverReport): void {
@@ -174,6 +275,7 @@ export class MigrationRunner {
 
   /** Start (or resume) driving the phases in the background; a paused migration stays idle until `resume()`. */
   start(): void {
+    if (this.rec.phase === 'completed') this.resumeAfterCutover();
     if (this.running || TERMINAL.includes(this.rec.phase) || this.rec.pausedAt) return;
     if (this.rec.phase === 'failed') {
       this.setPhase(this.rec.resumePhase ?? 'created');
@@ -240,7 +342,9 @@ export class MigrationRunner {
   /** Stop everything, the fence's lift retries included (agent shutdown; the record keeps the fence for the next start). */
   async shutdown(): Promise<void> {
     await this.stop();
+    await this.reverse.stop();
     await this.fence.stop();
+    await this.targetFence.stop();
   }
 
   save(): void {
@@ -371,7 +475,17 @@ export class MigrationRunner {
       this.cutoverRun.abort.abort('pgferry delete');
       await this.cutoverRun.promise.catch(() => undefined);
     }
+    if (this.cutbackRun) {
+      this.cutbackRun.abort.abort('pgferry delete');
+      await this.cutbackRun.promise.catch(() => undefined);
+    }
     await this.shutdown();
+    const dropped: string[] = [];
+    if (this.rec.reverse) {
+      // The way back ends with the migration: its slot on the target would fill the target's disk with WAL.
+      if (this.targetFence.pending) await this.targetFence.liftOnce();
+      dropped.push(...(await this.reverse.destroy()).map((d) => `${d} (on the target)`));
+    }
     if (this.fence.pending) {
       // A fence that a cutover left up must not outlive the migration that knows about it.
       const lift = await this.fence.liftOnce();
@@ -384,7 +498,6 @@ export class MigrationRunner {
         );
       }
     }
-    const dropped: string[] = [];
     // A completed cutover leaves the source database read-only by default;
     // this session must still be able to drop what pgferry created.
     const src = await connect('source', this.spec.source, {

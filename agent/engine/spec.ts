@@ -153,6 +153,7 @@ function build(z: typeof Zod.z) {
         .default({ ...DEFAULT_VERIFICATION }),
       /** Source DDL during the sync: `follow` it on the target (schema-follow.ts), or `stop` with SCHEMA_DRIFT. */
       schemaChanges: z.enum(SCHEMA_CHANGES).default('follow'),
+      rollbackWindow: z.string().refine(isRollbackWindow, { message: ROLLBACK_WINDOW_MESSAGE }).optional(), // reverse-sync.ts
     })
     .strict();
 
@@ -207,7 +208,7 @@ export function specFingerprint(spec: MigrationSpec): string {
   const strip = (e: Endpoint) => ({ ...e, password: undefined, connectionString: e.connectionString?.replace(/:[^:@/]*@/, '@') });
   // The default `roles` is left out, so specs stored before `roles` existed keep their fingerprint.
   const roles = isDefaultRoles(spec.roles) ? undefined : spec.roles;
-  // `apply`, `verification` and `schemaChanges` are knobs a running migration takes up (service.ts): not its identity.
+  // `apply`, `verification`, `schemaChanges` and `rollbackWindow` are knobs a running migration takes up (service.ts): not its identity.
   const canon = {
     ...spec,
     source: strip(spec.source),
@@ -215,9 +216,28 @@ export function specFingerprint(spec: MigrationSpec): string {
     apply: undefined,
     verification: undefined,
     schemaChanges: undefined,
+    rollbackWindow: undefined,
     roles,
   };
   return createHash('sha256').update(stableJson(canon)).digest('hex').slice(0, 16);
+}
+
+export const ROLLBACK_WINDOW_MESSAGE = "must be a duration of at least a minute, such as '72h', '90m', '3d' or '1h30m' (units s, m, h, d)";
+/** `rollbackWindow`, the way back (reverse-sync.ts): how long the old source follows the target after the cutover; absent: off. */
+const isRollbackWindow = (v: string) => (durationMs(v) ?? 0) >= 60_000;
+
+/** A duration such as `72h`, `90m`, `3d`, `1h30m`, `45s` in ms; null when it is not one. */
+export function durationMs(text: string): number | null {
+  const unit: Record<string, number> = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+  if (!/^(\d+(\.\d+)?[smhd])+$/.test(text)) return null;
+  let ms = 0;
+  for (const m of text.matchAll(/(\d+(?:\.\d+)?)([smhd])/g)) ms += Number(m[1]) * unit[m[2]];
+  return Number.isFinite(ms) ? Math.round(ms) : null;
+}
+
+/** The spec's rollback window in ms, 0 when it has none. */
+export function rollbackWindowMs(spec: MigrationSpec): number {
+  return spec.rollbackWindow ? (durationMs(spec.rollbackWindow) ?? 0) : 0;
 }
 
 function isDefaultRoles(r: MigrationSpec['roles'] | undefined): boolean {

@@ -24,7 +24,8 @@ import { PgferryError, registerSecret } from './errors';
 import { withSpecDefaults, type Endpoint, type MigrationSpec } from './spec';
 import type { FenceRecord } from './fence';
 
-export const PHASES = ['created', 'schema', 'loading', 'indexing', 'syncing', 'cutting-over', 'completed', 'failed', 'deleted'] as const;
+/** `completed`: the application is on the target; `cut-back`: a cutback (cutback.ts) returned it to the source. */
+export const PHASES = ['created', 'schema', 'loading', 'indexing', 'syncing', 'cutting-over', 'completed', 'cut-back', 'failed', 'deleted'] as const;
 export type Phase = (typeof PHASES)[number];
 
 /**
@@ -189,6 +190,31 @@ export interface MigrationRecord {
   /** Set while an operator has paused the migration (pgferry pause): nothing runs until it is resumed, also across agent restarts. */
   pausedAt?: string;
   /** The write fence on the source, recorded before it is raised and cleared only by a verified lift (fence.ts). */
+  fence?: FenceRecord;
+  /** The way back (reverse-sync.ts): the slot and publication on the target, and where the old source follows it from. */
+  reverse?: ReverseRecord;
+  /** The report of the last cutback (cutback.ts): the same shape as the cutover's, source and target swapped. */
+  cutback?: CutoverReport;
+}
+
+/**
+ * The reverse sync of a migration with a `rollbackWindow`: made on the target before the cutover's fence, it
+ * streams the target's changes back into the old source once the cutover completed, until the window ends.
+ */
+export interface ReverseRecord {
+  /** `creating` (recorded before the slot is made: a restart drops a half-made one) → `prepared` → `streaming` → `dropped`. */
+  state: 'creating' | 'prepared' | 'streaming' | 'dropped';
+  slotName: string;
+  publicationName: string;
+  createdAt: string;
+  /** The target's position from which its changes go back: taken inside the cutover's fence, after its last own write there. */
+  startLsn?: string;
+  /** When the slot and publication are dropped (the cutover's completion plus the window). */
+  windowEndsAt?: string;
+  droppedAt?: string;
+  /** Why they were dropped: the window ended, `rollbackWindow` was removed, the cutback completed, the migration was deleted, the cutover failed. */
+  dropReason?: string;
+  /** The write fence a cutback raises on the target (fence.ts), as `fence` is the source's. */
   fence?: FenceRecord;
 }
 

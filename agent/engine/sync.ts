@@ -60,6 +60,8 @@ export interface SyncOptions {
    * resolves to the number of changes made (0: the failure stands).
    */
   catchUpSchema?: () => Promise<number>;
+  /** Extra `-c` settings for the target session (ApplierOptions.targetOptions). */
+  targetOptions?: string;
 }
 
 export interface SyncProgress {
@@ -310,6 +312,7 @@ async function openSession(opts: SyncOptions, state: SyncState, log: LogFn): Pro
       tracker: opts.tracker,
       follow: opts.follow,
       gates: opts.gates,
+      targetOptions: opts.targetOptions,
       log,
     }),
   ]);

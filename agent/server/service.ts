@@ -14,6 +14,7 @@ import { runPreflight, type PreflightReport } from '../engine/preflight';
 import { parseSpec, publicationNameOf, slotNameOf, specFingerprint, stableJson } from '../engine/spec';
 import type { MigrationRecord, StateStore } from '../engine/state';
 import { FENCE_METHODS, VALIDATIONS, runCutover, type CutoverOptions } from '../engine/cutover';
+import { cutbackRefusal } from '../engine/cutback';
 
 export interface CutoverRequest {
   id: string;
@@ -105,6 +106,14 @@ export class AgentService {
       const changed = stableJson(existing.spec) !== stableJson(spec);
       existing.rec.spec = this.store.sealSpec(spec);
       this.store.put(existing.rec);
+      if (changed && existing.rec.phase === 'completed' && existing.rec.reverse && !existing.cutbackRun) {
+        // The rollback window changed (removed: the reverse slot is dropped; another length: a new end).
+        await existing.shutdown();
+        const fresh = new MigrationRunner(this.store, existing.rec, this.log);
+        this.runners.set(spec.id, fresh);
+        fresh.start();
+        return fresh.status();
+      }
       if (changed && (existing.rec.phase === 'syncing' || existing.rec.phase === 'failed') && !existing.cutoverRun) {
         await existing.shutdown();
         const fresh = new MigrationRunner(this.store, existing.rec, this.log);
@@ -193,27 +202,30 @@ export class AgentService {
         );
       }
       const abort = new AbortController();
-      const opts: CutoverOptions = {
-        maxLagBytes: req.maxLagBytes || undefined,
-        maxLagSeconds: req.maxLagSeconds || undefined,
-        timeoutMs: req.timeoutMs || undefined,
-        skipSequences: req.skipSequences,
-        fenceMethod: (req.fenceMethod || undefined) as CutoverOptions['fenceMethod'],
-        validation: (req.validation || undefined) as CutoverOptions['validation'],
-        acceptSchemaDifferences: req.acceptSchemaDifferences ?? [],
-      };
-      if (opts.fenceMethod && !FENCE_METHODS.includes(opts.fenceMethod)) {
-        throw new PgferryError('INVALID_SPEC', `Unknown fence method '${opts.fenceMethod}'.`, `Use one of: ${FENCE_METHODS.join(', ')}.`);
-      }
-      if (opts.validation && !VALIDATIONS.includes(opts.validation)) {
-        throw new PgferryError('INVALID_SPEC', `Unknown validation '${opts.validation}'.`, `Use one of: ${VALIDATIONS.join(', ')}.`);
-      }
+      const opts = cutoverOptions(req);
       const promise = runCutover(r, opts, abort.signal).finally(() => {
         r.cutoverRun = null;
       });
       r.cutoverRun = { promise, abort };
     }
     await r.cutoverRun!.promise;
+    return r.status();
+  }
+
+  /**
+   * Cut back to the old source (idempotent): after a completed cutover with
+   * a rollback window; on a migration already cut back it returns the
+   * existing report; while one runs, a second call waits for the same one.
+   */
+  async cutback(req: CutoverRequest): Promise<MigrationStatus> {
+    const r = this.get(req.id);
+    if (r.phase === 'cut-back') {
+      this.log('info', `Cutback of ${req.id} requested again: already completed, nothing to do`, { migration: req.id });
+      return r.status();
+    }
+    const refused = r.cutbackRun ? null : cutbackRefusal(r);
+    if (refused) throw refused;
+    await r.cutback(cutoverOptions(req));
     return r.status();
   }
 
@@ -323,4 +335,24 @@ export class AgentService {
     this.log('info', `Deleted migration ${id}; dropped on the source: ${dropped.join(', ') || 'nothing'}`, { migration: id });
     return dropped;
   }
+}
+
+/** The cutover's (and cutback's) options from a request, checked. */
+function cutoverOptions(req: CutoverRequest): CutoverOptions {
+  const opts: CutoverOptions = {
+    maxLagBytes: req.maxLagBytes || undefined,
+    maxLagSeconds: req.maxLagSeconds || undefined,
+    timeoutMs: req.timeoutMs || undefined,
+    skipSequences: req.skipSequences,
+    fenceMethod: (req.fenceMethod || undefined) as CutoverOptions['fenceMethod'],
+    validation: (req.validation || undefined) as CutoverOptions['validation'],
+    acceptSchemaDifferences: req.acceptSchemaDifferences ?? [],
+  };
+  if (opts.fenceMethod && !FENCE_METHODS.includes(opts.fenceMethod)) {
+    throw new PgferryError('INVALID_SPEC', `Unknown fence method '${opts.fenceMethod}'.`, `Use one of: ${FENCE_METHODS.join(', ')}.`);
+  }
+  if (opts.validation && !VALIDATIONS.includes(opts.validation)) {
+    throw new PgferryError('INVALID_SPEC', `Unknown validation '${opts.validation}'.`, `Use one of: ${VALIDATIONS.join(', ')}.`);
+  }
+  return opts;
 }
