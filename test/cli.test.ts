@@ -10,7 +10,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { freePort } from '../dev/testbed';
-import { renderCutover, renderList, renderMigration, renderPreflight } from '../agent/cli/status-view';
+import { renderCutback, renderCutover, renderList, renderMigration, renderPreflight } from '../agent/cli/status-view';
 import { loadSpecFile } from '../agent/cli/commands';
 import type { MigrationMessage } from '../api/client';
 import { CLI } from './support/agent';
@@ -68,6 +68,8 @@ function loadingMigration(): MigrationMessage {
     fence: null,
     verification: null,
     schemaChanges: null,
+    reverse: null,
+    cutback: null,
     tables: [
       table('billing_and_accounting_schema', 'invoice_line_items_with_a_very_long_name', 'copying', 98_765_432, 150_000_000),
       table('public', 'orders', 'copied', 3_000_000, 3_000_000),
@@ -318,6 +320,107 @@ describe('cli: the schema changes followed', () => {
     const stop = renderMigration(syncing({ mode: 'stop', applied: 0, lastAppliedAt: '', recent: [], keptTables: [] }), { width: WIDTH, now }).join('\n');
     assert.match(stop, /^Schema {3}stop: a schema change on the source stops the sync \(SCHEMA_DRIFT\)$/m);
     assert.doesNotMatch(renderMigration(syncing(null), { width: WIDTH, now }).join('\n'), /^Schema/m, 'no block before the sync');
+  });
+});
+
+describe('cli: the way back (reverse sync and cutback)', () => {
+  const now = Date.parse('2026-12-04T10:00:00.000Z');
+  const reverse = {
+    state: 'streaming',
+    slotName: 'pgferry_a_rather_long_migration_identifier_40ch_reverse',
+    publicationName: 'pgferry_a_rather_long_migration_identifier_40ch_reverse',
+    startLsn: '1A/2B3C4D5E',
+    appliedLsn: '1A/2B3C9000',
+    lagBytes: 4096,
+    lagSeconds: 1.5,
+    changesApplied: 12_345,
+    windowEndsAt: '2026-12-07T10:00:00.000Z',
+    droppedAt: '',
+    dropReason: '',
+    lastError: '',
+  };
+  const after = (r: Partial<typeof reverse> | null): MigrationMessage => ({
+    ...completedCutover(loadingMigration()),
+    reverse: r ? { ...reverse, ...r } : null,
+  });
+
+  it('status shows the reverse sync: its lag, when the window ends and the command to cut back before', () => {
+    const lines = renderMigration(after({}), { width: WIDTH, now });
+    assertFits(lines);
+    assertFits(renderMigration(after({}), { width: 60, now }), 60);
+    const text = lines.join('\n');
+    const flat = text.replace(/\s+/g, ' ');
+    assert.match(text, /^Reverse {2}sync streaming · 4\.0 KiB · 1\.5s behind the target/m);
+    assert.match(flat, /behind the target · 12k change\(s\) applied/);
+    assert.match(flat, /window ends 2026-12-07T10:00:00\.000Z \(in 3d 0h\): then pgferry_\S+_reverse and pgferry_\S+_reverse are dropped on the target/);
+    assert.ok(flat.replace(/ /g, '').includes('cutbackbefore:pgferrycutbacka_rather_long_migration_identifier_40ch'), 'the whole command');
+    assert.doesNotMatch(text, /^Lag /m, "after the cutover the forward lag means nothing; the reverse sync's is shown");
+
+    const failed = renderMigration(after({ state: 'failed', lastError: 'the old source refused the connection (57P03); retrying in 5 s' }), {
+      width: WIDTH,
+      now,
+    });
+    assertFits(failed);
+    assert.match(failed.join('\n'), /^Reverse {2}sync FAILED \(retrying\) · 4\.0 KiB/m);
+    assert.match(failed.join(' ').replace(/\s+/g, ' '), /error \(retrying\): the old source refused the connection \(57P03\)/);
+
+    const prepared = renderMigration(after({ state: 'prepared' }), { width: WIDTH, now })
+      .join(' ')
+      .replace(/\s+/g, ' ');
+    assert.match(prepared, /sync prepared at the cutover's fence \(from 1A\/2B3C4D5E\); it streams once the cutover completed/);
+
+    const dropped = renderMigration(after({ state: 'dropped', droppedAt: '2026-12-07T10:00:01.000Z', dropReason: 'the rollback window ended' }), {
+      width: WIDTH,
+      now,
+    }).join(' ');
+    assert.match(
+      dropped.replace(/\s+/g, ' '),
+      /sync dropped 2026-12-07T10:00:01\.000Z \(the rollback window ended\): its slot and publication on the target are gone/,
+    );
+    assert.doesNotMatch(dropped, /window ends|pgferry cutback/, 'no way back to offer once dropped');
+    assert.doesNotMatch(renderMigration(after(null), { width: WIDTH, now }).join('\n'), /^Reverse/m, 'no block without a rollback window');
+  });
+
+  it('after a cutback: the list marks CUT-BACK, status and the report give its outage, the source is active again', () => {
+    const done = completedCutover(loadingMigration());
+    const m: MigrationMessage = {
+      ...done,
+      phase: 'cut-back',
+      activeEndpoint: 'source',
+      reverse: { ...reverse, state: 'dropped', droppedAt: '2026-12-04T10:00:00.900Z', dropReason: 'the cutback completed' },
+      cutback: {
+        ...done.cutover!,
+        fenceStartedAt: '2026-12-04T10:00:00.100Z',
+        fenceEndedAt: '2026-12-04T10:00:00.800Z',
+        completedAt: '2026-12-04T10:00:00.800Z',
+        validation: 'full',
+        outageMs: 700,
+        writeDowntimeMs: 700,
+        outageParts: [
+          { part: 'drain', ms: 120 },
+          { part: 'sequences', ms: 30 },
+          { part: 'verification', ms: 550 },
+        ],
+      },
+    };
+    const list = renderList([m], { width: WIDTH });
+    assertFits(list);
+    assert.match(list[1], /^a_rather_long_mig… CUT-BACK +37% +- /, 'no lag once cut back');
+    const streaming = renderList([{ ...done, reverse }], { width: WIDTH });
+    assert.match(streaming[1], / completed +37% +back 4\.0 KiB\/1\.5s /, "after the cutover, the reverse sync's lag");
+    const status = renderMigration(m, { width: WIDTH, now });
+    assertFits(status);
+    const flat = status.join(' ').replace(/\s+/g, ' ');
+    assert.match(renderMigration(m, { width: 120, now })[0], / {2}CUT-BACK {2}· .* · {2}active: source$/);
+    assert.match(flat, /Cutover completed · application outage 420 ms/);
+    assert.match(flat, /Cutback completed · application outage 700 ms · fence 1A\/2B3C4D5E · full match drain 120 · sequences 30 · verification 550 \(ms\)/);
+    const report = renderCutback(m, { width: WIDTH });
+    assertFits(report);
+    const text = report.join('\n');
+    assert.match(renderCutback(m, { width: 120 })[0], /^Cutback of a_rather_long_migration_identifier_40ch: COMPLETED · active endpoint: source$/);
+    assert.match(text, /application outage 700 ms/);
+    assert.match(text, /1 sequence\(s\) set on the source/);
+    assert.match(renderCutback({ ...done, cutback: null }, { width: 120 }).join(''), /has no cutback report \(phase completed\)/);
   });
 });
 

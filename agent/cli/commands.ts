@@ -1,6 +1,6 @@
 /**
  * commands — the operator's side of the `pgferry` CLI: `status`, `preflight`,
- * `start`, `cutover`, `cancel-cutover`, `pause`, `resume`, `unfence` and `delete`, each a client of a
+ * `start`, `cutover`, `cutback`, `cancel-cutover`, `pause`, `resume`, `unfence` and `delete`, each a client of a
  * running agent (api/client.ts), with human output for an 80-column
  * terminal or `--json` for scripts.
  *
@@ -9,11 +9,11 @@
  * (spec-file.ts; docs/cli.md).
  * Output: stdout for results, stderr for errors, and the exit code:
  *
- *   | code | meaning                                                         |
- *   |------|-----------------------------------------------------------------|
- *   | 0    | done                                                            |
- *   | 1    | failed: agent unreachable or refused, preflight or cutover failed |
- *   | 2    | usage or input error: bad flag, bad spec file, invalid spec       |
+ *   | code | meaning                                                                    |
+ *   |------|----------------------------------------------------------------------------|
+ *   | 0    | done                                                                       |
+ *   | 1    | failed: agent unreachable or refused, preflight, cutover or cutback failed |
+ *   | 2    | usage or input error: bad flag, bad spec file, invalid spec                |
  *
  * Secrets: spec files name passwords as `{"env": "VAR"}` or `{"file": "path"}`
  * instead of holding them; the token comes from `--token-file` or the
@@ -25,7 +25,7 @@ import { AgentClient, CUTOVER_VALIDATIONS, isAgentError, type MigrationMessage }
 import { isPgferryError } from '../engine/errors';
 import { clientOptions, withConnection, type ConnectionFlags } from './connection';
 import { loadSpecFile } from './spec-file';
-import { DEFAULT_WIDTH, formatBytes, formatDuration, renderCutover, renderList, renderMigration, renderPreflight } from './status-view';
+import { DEFAULT_WIDTH, formatBytes, formatDuration, renderCutback, renderCutover, renderList, renderMigration, renderPreflight } from './status-view';
 import { sleep } from '../engine/sleep';
 
 /** Exit codes of the client commands. */
@@ -282,9 +282,12 @@ function registerInspectCommands(program: Command, io: Io, run: Run): void {
   );
 }
 
-/** What a cutover waits for, said beside its state. */
-function narration(m: MigrationMessage): string {
-  const c = m.cutover;
+/** What a cutover (or a cutback) waits for, said beside its state. */
+function narration(m: MigrationMessage, kind: SwitchKind): string {
+  const c = kind === 'cutover' ? m.cutover : m.cutback;
+  if (c?.state === 'waiting-for-lag' && kind === 'cutback' && m.reverse) {
+    return ` (the old source is ${formatBytes(m.reverse.lagBytes)}, ${formatDuration(m.reverse.lagSeconds)} behind the target; nothing is fenced yet)`;
+  }
   if (c?.state === 'waiting-for-lag') return ` (lag ${formatBytes(m.lagBytes)}, ${formatDuration(m.lagSeconds)})`;
   const v = m.verification;
   if (c?.state === 'waiting-for-verification' && v) return ` (${v.tablesVerified}/${v.tablesTotal} tables verified; nothing is fenced yet)`;
@@ -301,51 +304,66 @@ type CutoverFlags = ConnectionFlags & {
   json?: boolean;
 };
 
-/** cutover, cancel-cutover, unfence. */
-function registerCutoverCommands(program: Command, io: Io, run: Run): void {
-  withConnection(
-    program
-      .command('cutover')
-      .argument('<id>', 'the migration id')
-      .description(
-        'Wait for a small lag (and, with --validation changes, for every table to be verified), fence writers on the source, drain, set sequences, check the rows and switch to the target (exit 1 unless it completed).',
-      )
-      .addOption(
-        new Option('--max-lag-bytes <n>', 'fence only once the lag is at most this many bytes (agent default 1 MiB)').argParser(intArg('--max-lag-bytes')),
-      )
-      .addOption(new Option('--max-lag-seconds <s>', '…and at most this many seconds (agent default 5)').argParser(numArg('--max-lag-seconds')))
-      .addOption(new Option('--timeout-ms <ms>', 'the whole cutover (agent default 300000)').argParser(intArg('--timeout-ms', 1)))
-      .addOption(
-        new Option(
-          '--validation <kind>',
-          'what to check of the rows inside the fence: changes (agent default: only the rows applied since the continuous verification, after waiting until every table is verified), full (every row; checksums is its older name), counts (row counts), none',
-        ).choices(CUTOVER_VALIDATIONS),
-      )
-      .option('--skip-sequences', 'do not set the target sequences at the fence')
-      .option('--accept-schema-difference <object...>', 'a schema difference (object as `pgferry schema diff` names it) that does not fail the cutover')
-      .option('--json', 'print the resulting status message as JSON'),
-  ).action((id: string, o: CutoverFlags) =>
+/** The two fenced switches: to the target (`cutover`) and back to the old source (`cutback`). */
+type SwitchKind = 'cutover' | 'cutback';
+
+const SWITCH_DESCRIPTIONS: Record<SwitchKind, string> = {
+  cutover:
+    'Wait for a small lag (and, with --validation changes, for every table to be verified), fence writers on the source, drain, set sequences, check the rows and switch to the target (exit 1 unless it completed).',
+  cutback:
+    'Go back to the old source after a completed cutover with a rollbackWindow: wait until the reverse sync has a small lag, fence writers on the target, drain into the source, set sequences, check the rows and switch to the source (exit 1 unless it completed; a failed cutback lifts the fence on the target and the reverse sync keeps running).',
+};
+
+/** `pgferry cutover <id>` and `pgferry cutback <id>`: the same flags (but the schema acceptance, a cutover's), report and narration. */
+function registerSwitchCommand(program: Command, io: Io, run: Run, kind: SwitchKind): void {
+  const side = kind === 'cutover' ? 'the target' : 'the source';
+  let cmd = program
+    .command(kind)
+    .argument('<id>', 'the migration id')
+    .description(SWITCH_DESCRIPTIONS[kind])
+    .addOption(
+      new Option(
+        '--max-lag-bytes <n>',
+        `fence only once the lag${kind === 'cutback' ? ' of the reverse sync' : ''} is at most this many bytes (agent default 1 MiB)`,
+      ).argParser(intArg('--max-lag-bytes')),
+    )
+    .addOption(new Option('--max-lag-seconds <s>', '…and at most this many seconds (agent default 5)').argParser(numArg('--max-lag-seconds')))
+    .addOption(new Option('--timeout-ms <ms>', `the whole ${kind} (agent default 300000)`).argParser(intArg('--timeout-ms', 1)))
+    .addOption(
+      new Option(
+        '--validation <kind>',
+        kind === 'cutover'
+          ? 'what to check of the rows inside the fence: changes (agent default: only the rows applied since the continuous verification, after waiting until every table is verified), full (every row; checksums is its older name), counts (row counts), none'
+          : 'what to check of the rows inside the fence: full (the default; changes means full here, as nothing verifies continuously in this direction), counts (row counts), none',
+      ).choices(CUTOVER_VALIDATIONS),
+    )
+    .option('--skip-sequences', `do not set the sequences on ${side} at the fence`);
+  if (kind === 'cutover') {
+    cmd = cmd.option('--accept-schema-difference <object...>', 'a schema difference (object as `pgferry schema diff` names it) that does not fail the cutover');
+  }
+  withConnection(cmd.option('--json', 'print the resulting status message as JSON')).action((id: string, o: CutoverFlags) =>
     run(async () => {
       return withClient(io, o, async (client) => {
-        if (!o.json) io.err.write(`pgferry: cutting over ${id}…\n`);
-        // On a terminal, narrate the cutover's states while the call runs.
+        if (!o.json) io.err.write(`pgferry: ${kind === 'cutover' ? 'cutting over' : 'cutting back'} ${id}…\n`);
+        const reportOf = (x: MigrationMessage) => (kind === 'cutover' ? x.cutover : x.cutback);
+        // On a terminal, narrate the switch's states while the call runs.
         const narrate = !o.json && io.err.isTTY;
         const stopNarrating = new AbortController();
         let narrating: Promise<void> | undefined;
         if (narrate) {
-          const attempts = (await client.getMigration(id)).cutover?.attempts ?? 0;
+          const attempts = reportOf(await client.getMigration(id))?.attempts ?? 0;
           let shown = '';
           narrating = client
             .watchMigration(
               id,
               250,
               (x) => {
-                const c = x.cutover;
+                const c = reportOf(x);
                 // A new state, or (while waiting for it) the verification's progress.
                 const now = c ? `${c.state}${c.state === 'waiting-for-verification' ? ` ${x.verification?.tablesVerified}` : ''}` : '';
                 if (!c || c.attempts <= attempts || now === shown) return;
                 shown = now;
-                io.err.write(`  ${new Date().toISOString().slice(11, 19)} ${c.state}${narration(x)}\n`);
+                io.err.write(`  ${new Date().toISOString().slice(11, 19)} ${c.state}${narration(x, kind)}\n`);
               },
               stopNarrating.signal,
             )
@@ -353,7 +371,7 @@ function registerCutoverCommands(program: Command, io: Io, run: Run): void {
         }
         let m: MigrationMessage;
         try {
-          m = await client.cutover({
+          const req = {
             id,
             maxLagBytes: o.maxLagBytes,
             maxLagSeconds: o.maxLagSeconds,
@@ -361,17 +379,25 @@ function registerCutoverCommands(program: Command, io: Io, run: Run): void {
             validation: o.validation,
             skipSequences: o.skipSequences,
             acceptSchemaDifferences: o.acceptSchemaDifference ?? [],
-          });
+          };
+          m = kind === 'cutover' ? await client.cutover(req) : await client.cutback(req);
         } finally {
           stopNarrating.abort();
           await narrating;
         }
         if (o.json) printJson(io, m);
-        else print(io, renderCutover(m, { width: termWidth(io) }));
-        return m.phase === 'completed' && m.cutover?.state === 'completed' ? EXIT.ok : EXIT.failure;
+        else print(io, kind === 'cutover' ? renderCutover(m, { width: termWidth(io) }) : renderCutback(m, { width: termWidth(io) }));
+        const done = kind === 'cutover' ? m.phase === 'completed' : m.phase === 'cut-back';
+        return done && reportOf(m)?.state === 'completed' ? EXIT.ok : EXIT.failure;
       });
     })(),
   );
+}
+
+/** cutover, cutback, cancel-cutover, unfence. */
+function registerCutoverCommands(program: Command, io: Io, run: Run): void {
+  registerSwitchCommand(program, io, run, 'cutover');
+  registerSwitchCommand(program, io, run, 'cutback');
 
   withConnection(
     program

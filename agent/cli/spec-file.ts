@@ -13,7 +13,7 @@ import { tablePatternError } from '../engine/table-pattern';
 import { DEFAULTS, SCHEMA_CHANGES, VERIFICATION_LIMITS } from '../../provider/args';
 
 /** Top-level keys of the Pulumi resource that a spec file may carry and the CLI ignores. */
-export const PULUMI_ONLY_KEYS = ['agent', 'waitForSync', 'createTimeoutMinutes', 'cutover', 'cutoverOptions'] as const;
+export const PULUMI_ONLY_KEYS = ['agent', 'waitForSync', 'createTimeoutMinutes', 'cutover', 'cutoverOptions', 'cutback'] as const;
 
 /** `stringMap`: an object of string values under any keys (`roles.map`: source role → target role). */
 type Kind = 'string' | 'number' | 'boolean' | 'strings' | 'stringMap' | Record<string, unknown>;
@@ -43,6 +43,7 @@ const SPEC_SHAPE: Record<string, Kind> = {
   roles: { map: 'stringMap', missing: 'string' },
   verification: { rowsPerSecond: 'number', rangeRows: 'number', disabled: 'boolean' },
   schemaChanges: 'string',
+  rollbackWindow: 'string',
 };
 const SECRET_KEYS = new Set(['password', 'connectionString']);
 /** Whole-number knobs checked here, so that the message names the fix (the agent checks them all again). */

@@ -1,6 +1,6 @@
 /**
  * status-view — what an operator reads: a migration's status, the list of
- * migrations, a preflight report and a cutover report, rendered as plain
+ * migrations, a preflight report and a cutover (or cutback) report, rendered as plain
  * lines that fit the terminal (80 columns unless told otherwise).
  *
  * Input: the agent's messages as the client returns them (api/client.ts).
@@ -13,6 +13,7 @@ import type {
   CutoverReportMessage,
   MigrationMessage,
   PreflightReportMessage,
+  ReverseSyncStatusMessage,
   SchemaChangesStatusMessage,
   TableStatusMessage,
   TableValidationMessage,
@@ -181,8 +182,8 @@ export function renderMigration(m: MigrationMessage, opts: ViewOptions = {}): st
     `${label('')}${m.tablesCopied}/${m.tablesTotal} tables · ${formatCount(m.rowsCopied)} rows · ${formatBytes(m.bytesCopied)} of ${formatBytes(m.bytesEstimated)}`,
   );
   // While loading, the lag is the WAL written since the snapshot (the stream catches up after the load);
-  // once completed, the target is the database of record and lag means nothing.
-  const done = m.phase === 'completed' || m.phase === 'deleted';
+  // once completed (or cut back), lag means nothing: the reverse sync's own lag is in its block.
+  const done = m.phase === 'completed' || m.phase === 'cut-back' || m.phase === 'deleted';
   if (!done && (!loading || m.lagBytes > 0)) lines.push(`${label('Lag')}${formatBytes(m.lagBytes)} · ${formatDuration(m.lagSeconds)} behind the source`);
   if (!done && (!loading || m.changesApplied > 0)) {
     lines.push(
@@ -196,7 +197,9 @@ export function renderMigration(m: MigrationMessage, opts: ViewOptions = {}): st
     lines.push(...wrap(`${m.errorCode}: ${m.errorMessage}`, width, label('Error'), label('')));
     if (m.errorRemedy) lines.push(...wrap(m.errorRemedy, width, label('Fix'), label('')));
   }
-  if (m.cutover && m.cutover.state) lines.push(...cutoverSummary(m.cutover, width, label));
+  if (m.cutover && m.cutover.state) lines.push(...cutoverSummary(m.cutover, width, label('Cutover'), label));
+  if (m.reverse?.state) lines.push(...reverseLines(m, m.reverse, width, label, opts.now ?? Date.now()));
+  if (m.cutback && m.cutback.state) lines.push(...cutoverSummary(m.cutback, width, label('Cutback'), label));
   lines.push(...fenceLines(m, width, label));
   if (m.tables.length && (loading || opts.allTables)) {
     lines.push('Tables');
@@ -227,6 +230,37 @@ function fenceLines(m: MigrationMessage, width: number, label: (l: string) => st
     ),
     ...wrap(`pgferry unfence ${m.id}, or by hand: ${f.liftStatement}`, width, label('Fix'), label('')),
   ];
+}
+
+/**
+ * The way back (a `rollbackWindow`): the reverse sync's state, its lag behind the target, when the window ends
+ * (and the reverse slot and publication on the target are dropped) or when and why they were dropped, the last error.
+ */
+function reverseLines(m: MigrationMessage, r: ReverseSyncStatusMessage, width: number, label: (l: string) => string, now: number): string[] {
+  const head = label('Reverse');
+  const lag = `${formatBytes(r.lagBytes)} · ${formatDuration(r.lagSeconds)} behind the target`;
+  const facts =
+    r.state === 'dropped'
+      ? [`sync dropped ${r.droppedAt}${r.dropReason ? ` (${r.dropReason})` : ''}: its slot and publication on the target are gone`]
+      : r.state === 'prepared'
+        ? [`sync prepared at the cutover's fence (from ${r.startLsn || '?'}); it streams once the cutover completed`]
+        : [`sync ${r.state === 'failed' ? 'FAILED (retrying)' : 'streaming'}`, lag, `${formatCount(r.changesApplied)} change(s) applied`];
+  const lines = wrap(facts.join(' · '), width, head, label(''));
+  if (r.state !== 'dropped' && r.windowEndsAt) {
+    const left = Date.parse(r.windowEndsAt) - now;
+    const when = Number.isFinite(left) ? (left > 0 ? ` (in ${formatDuration(left / 1000)})` : ' (now)') : '';
+    const back = m.phase === 'completed' ? `; cut back before: pgferry cutback ${m.id}` : '';
+    lines.push(
+      ...wrap(
+        `window ends ${r.windowEndsAt}${when}: then ${r.slotName} and ${r.publicationName} are dropped on the target${back}`,
+        width,
+        label(''),
+        label(''),
+      ),
+    );
+  }
+  if (r.lastError) lines.push(...wrap(`error (retrying): ${r.lastError}`, width, label(''), label('')));
+  return lines;
 }
 
 /** `2026-…Z` → `12s ago` (from `now`); '' for no time. */
@@ -299,16 +333,23 @@ function outageParts(c: CutoverReportMessage): string {
 /** The outage of a cutover (the older report's write downtime when the agent gave no outage). */
 const outageOf = (c: CutoverReportMessage): number => c.outageMs || c.writeDowntimeMs;
 
-function cutoverSummary(c: CutoverReportMessage, width: number, label: (l: string) => string): string[] {
+function cutoverSummary(c: CutoverReportMessage, width: number, head: string, label: (l: string) => string): string[] {
   const parts = [c.state];
   if (c.state === 'completed') parts.push(`application outage ${outageOf(c)} ms`);
   if (c.fenceLsn) parts.push(`fence ${c.fenceLsn}`);
   if (c.validation && c.validation !== 'none' && c.state === 'completed') parts.push(`${c.validation} ${c.validationOk ? 'match' : 'DIFFER'}`);
-  const lines = wrap(parts.join(' · '), width, label('Cutover'), label(''));
+  const lines = wrap(parts.join(' · '), width, head, label(''));
   if (c.state === 'completed' && c.outageParts?.length) lines.push(...wrap(`${outageParts(c)} (ms)`, width, label(''), label('')));
   if (c.error) lines.push(...wrap(c.error, width, label(''), label('')));
   for (const w of c.warnings ?? []) lines.push(...wrap(`warning: ${w}`, width, label(''), label('')));
   return lines;
+}
+
+/** The list's lag: the sync's; after the cutover the reverse sync's (`back …`) while it runs, else none. */
+function listLag(m: MigrationMessage): string {
+  if (m.phase !== 'completed' && m.phase !== 'cut-back') return `${formatBytes(m.lagBytes)} / ${formatDuration(m.lagSeconds)}`;
+  const r = m.reverse;
+  return r && (r.state === 'streaming' || r.state === 'failed') ? `back ${formatBytes(r.lagBytes)}/${formatDuration(r.lagSeconds)}` : '-';
 }
 
 /** One line per migration, under a header. */
@@ -320,11 +361,11 @@ export function renderList(ms: MigrationMessage[], opts: ViewOptions = {}): stri
     `${fit(id, idW).padEnd(idW)} ${fit(phase, 12).padEnd(12)} ${prog.padStart(5)}  ${fit(lag, 18).padEnd(18)} ${fit(rate, 9).padEnd(9)} ${wal}`;
   const lines = [row('ID', 'PHASE', 'LOAD', 'LAG', 'APPLY/S', 'WAL KEPT')];
   for (const m of ms) {
-    const lag = m.phase === 'failed' ? m.errorCode : `${formatBytes(m.lagBytes)} / ${formatDuration(m.lagSeconds)}`;
+    const lag = m.phase === 'failed' ? m.errorCode : listLag(m);
     lines.push(
       row(
         m.id,
-        m.fence?.state === 'lift-pending' ? 'FENCE-UP' : m.paused ? 'paused' : m.phase,
+        m.fence?.state === 'lift-pending' ? 'FENCE-UP' : m.paused ? 'paused' : m.phase === 'cut-back' ? 'CUT-BACK' : m.phase,
         pct(m.progress),
         lag,
         formatCount(Math.round(m.applyRate)),
@@ -386,11 +427,21 @@ function tableChecks(c: CutoverReportMessage, width: number): string[] {
 
 /** The full cutover report (after `pgferry cutover`). */
 export function renderCutover(m: MigrationMessage, opts: ViewOptions = {}): string[] {
+  return renderSwitch(m, 'cutover', opts);
+}
+
+/** The full cutback report (after `pgferry cutback`): the cutover's shape, source and target swapped. */
+export function renderCutback(m: MigrationMessage, opts: ViewOptions = {}): string[] {
+  return renderSwitch(m, 'cutback', opts);
+}
+
+function renderSwitch(m: MigrationMessage, kind: 'cutover' | 'cutback', opts: ViewOptions): string[] {
   const width = opts.width ?? DEFAULT_WIDTH;
-  const c = m.cutover;
-  if (!c) return [fit(`Migration ${m.id} has no cutover report (phase ${m.phase}).`, width)];
+  const c = kind === 'cutover' ? m.cutover : m.cutback;
+  if (!c) return [fit(`Migration ${m.id} has no ${kind} report (phase ${m.phase}).`, width)];
+  const title = kind === 'cutover' ? 'Cutover' : 'Cutback';
   const lines = [
-    fit(`Cutover of ${m.id}: ${c.state.toUpperCase()}${c.attempts > 1 ? ` (attempt ${c.attempts})` : ''} · active endpoint: ${m.activeEndpoint}`, width),
+    fit(`${title} of ${m.id}: ${c.state.toUpperCase()}${c.attempts > 1 ? ` (attempt ${c.attempts})` : ''} · active endpoint: ${m.activeEndpoint}`, width),
   ];
   const clock = (iso: string) => (iso ? `${iso.slice(11, 23)}Z` : '?');
   if (c.state === 'completed') {
@@ -418,7 +469,7 @@ export function renderCutover(m: MigrationMessage, opts: ViewOptions = {}): stri
     );
   }
   if (c.tables.length) lines.push(...tableChecks(c, width));
-  if (c.sequences.length) lines.push(fit(`  ${c.sequences.length} sequence(s) set on the target`, width));
+  if (c.sequences.length) lines.push(fit(`  ${c.sequences.length} sequence(s) set on the ${kind === 'cutover' ? 'target' : 'source'}`, width));
   for (const w of c.warnings) lines.push(...wrap(w, width, '  warning: ', '           '));
   return lines;
 }
