@@ -74,7 +74,9 @@ function oldsOf(state: Props, defaults: AgentDefaults, news?: Props): { olds: Pr
   olds.agentToken = agent.token;
   olds.agentClientKey = agent.clientKey;
   olds.migrationId ??= state.id;
-  const adopted = typeof olds.secretsDigest !== 'string';
+  // An imported migration's state holds no digest of the secrets (the read after an import cannot know them).
+  const adopted = !olds.secretsDigest;
+  if (adopted) delete olds.secretsDigest;
   if (adopted && news) for (const k of REPLACE_ON_CHANGE) olds[k] ??= news[k];
   return { olds, adopted };
 }
@@ -112,6 +114,19 @@ function unknownOutputs(state: Props, keepId: boolean): Props {
   return out;
 }
 
+/**
+ * Terraform shows the line of an attribute, not of a block: a failure on a
+ * whole block (`tables`, `source`) points at the block's first argument
+ * given, so the plan shows where to fix it.
+ */
+function pointInside(at: Diagnostic['attribute'], config: Props): Diagnostic['attribute'] {
+  const [first, ...rest] = at?.steps ?? [];
+  if (!first || rest.length > 0 || !('attribute_name' in first)) return at;
+  const block = ARGS.find((a) => a.name === first.attribute_name && a.block);
+  const given = block?.nested?.find((n) => isRecord(config[block.name]) && (config[block.name] as Props)[n.name] !== null);
+  return given ? { steps: [first, { attribute_name: given.name }] } : at;
+}
+
 const errorText = (e: unknown): string => (e instanceof Error ? e.message : String(e));
 
 // ---------------------------------------------------------------------------
@@ -147,7 +162,8 @@ export async function planMigration(prior: Props | null, proposed: Props | null,
   const checked = await check(olds, news);
   for (const f of checked.failures ?? []) {
     const preflight = f.reason.startsWith('Preflight check');
-    diagnostics.push(diagnostic(preflight ? 'The preflight fails on `%s`' : 'Invalid `%s`', f.reason, f.property));
+    const d = diagnostic(preflight ? 'The preflight fails on `%s`' : 'Invalid `%s`', f.reason, f.property);
+    diagnostics.push({ ...d, attribute: pointInside(d.attribute, config) });
   }
   const planned = withoutWriteOnly(proposed);
   if (diagnostics.some((d) => d.severity === 'ERROR')) return { planned, requiresReplace: [], diagnostics };

@@ -1,0 +1,355 @@
+/**
+ * The user's story through the real Terraform CLI (found on PATH; skipped,
+ * saying so, where there is none): a configuration declares a
+ * `pgferry_migration`, `terraform plan` runs the preflight, `apply` starts
+ * it, a refresh shows progress, `terraform import` adopts it, `cutover =
+ * true` cuts over under a live writer, and `destroy` cleans the source —
+ * against two real clusters (14 → 17) and a real agent process. Then the bad
+ * inputs `pulumi preview` refuses (test/support/bad-inputs.ts), refused by
+ * `terraform plan` with the same messages on the same attributes.
+ *
+ * It writes dist/terraform-tests.txt (what ran, how long), which .ci/run
+ * prints after `npm test`.
+ */
+import assert from 'node:assert/strict';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { freePort, startCluster, type Cluster } from '../dev/testbed';
+import { pathOf } from '../terraform/convert';
+import { startAgent, removeAgentDir, type AgentProcess } from './support/agent';
+import { BAD_INPUTS, expectedFragments, type BadInput } from './support/bad-inputs';
+import { LEDGER_SCHEMA, assertLedgerHolds, ledgerWriter, type LedgerWriter } from './support/ledger';
+import { TerraformDir, diagnosticsOf, expr, findTerraform, hclMigration, type JsonDiagnostic } from './support/terraform';
+
+const SOURCE_PW = 'src-Tf-Pw-14142135';
+const TARGET_PW = 'tgt-Tf-Pw-17320508';
+const TOKEN = 'tok-tf-22360679';
+const DB = 'shop';
+const MARKER = join(__dirname, '..', 'terraform-tests.txt');
+const HEADER = `terraform {\n  required_providers {\n    pgferry = { source = "pgferry/pgferry" }\n  }\n}\n`;
+
+type Values = Record<string, unknown>;
+
+const terraform = findTerraform();
+const started = Date.now();
+const results: string[] = [];
+/** Each terraform command of the end-to-end flow and its duration. */
+let timings: string[] = [];
+
+describe('terraform: the pgferry provider through the real Terraform CLI', function () {
+  before(function () {
+    if (!terraform) {
+      const why = 'no `terraform` on PATH: the Terraform provider tests are skipped (install Terraform 1.11+ to run them)';
+      console.log(`      ${why}`);
+      writeFileSync(MARKER, `terraform tests: SKIPPED (${why})\n`);
+      this.skip();
+    }
+  });
+  afterEach(function () {
+    results.push(`${this.currentTest?.state ?? 'unknown'}: ${this.currentTest?.title}`);
+  });
+  after(function () {
+    if (!terraform) return;
+    const passed = results.filter((r) => r.startsWith('passed')).length;
+    const s = ((Date.now() - started) / 1000).toFixed(1);
+    writeFileSync(
+      MARKER,
+      `terraform tests: ran with ${terraform}, ${passed} of ${results.length} passed in ${s} s\n${[...results, ...timings].map((r) => `  ${r}\n`).join('')}`,
+    );
+  });
+
+  describe('end to end: PostgreSQL 14 → 17 under a live writer, a real agent', function () {
+    this.timeout(300_000);
+    let source: Cluster;
+    let target: Cluster;
+    let agent: AgentProcess;
+    let tf: TerraformDir;
+    let writer: LedgerWriter | undefined;
+    let onTarget = false;
+    let config: { tables: Values; cutover: boolean; withDataSource: boolean };
+
+    /** The configuration: a provider block for the agent, the migration, and optionally the data source. */
+    function writeConfig(): { lines: Map<string, number> } {
+      const provider = `provider "pgferry" {\n  endpoint = ${JSON.stringify(agent.endpoint)}\n  token    = var.agent_token\n}\n`;
+      const vars = ['agent_token', 'source_password', 'target_password']
+        .map((v) => `variable "${v}" {\n  type      = string\n  sensitive = true\n}\n`)
+        .join('');
+      const head = `${HEADER}${vars}${provider}`;
+      const m = hclMigration(
+        'orders',
+        {
+          migrationId: 'orders',
+          source: { ...source.endpoint(DB), password: expr('var.source_password') },
+          target: { ...target.endpoint(DB), password: expr('var.target_password') },
+          tables: config.tables,
+          waitForSync: true,
+          createTimeoutMinutes: 4,
+          cutover: config.cutover,
+          cutoverOptions: { timeoutMs: 120_000, validation: 'checksums' },
+        },
+        head.split('\n').length,
+      );
+      const data = config.withDataSource ? `data "pgferry_migration" "live" {\n  migration_id = "orders"\n}\n` : '';
+      tf.write('main.tf', `${head}${m.text}${data}`);
+      return m;
+    }
+
+    async function stateValues(): Promise<{ resource?: Values; data?: Values }> {
+      const show = JSON.parse(await tf.ok(['show', '-json', '-no-color'])) as {
+        values?: { root_module?: { resources?: Array<{ mode: string; values: Values }> } };
+      };
+      const rs = show.values?.root_module?.resources ?? [];
+      return { resource: rs.find((r) => r.mode === 'managed')?.values, data: rs.find((r) => r.mode === 'data')?.values };
+    }
+
+    before(async function () {
+      if (!terraform) return this.skip();
+      [source, target] = await Promise.all([startCluster({ version: 14, fast: true }), startCluster({ version: 17, fast: true })]);
+      await source.query(`ALTER ROLE postgres PASSWORD '${SOURCE_PW}'`);
+      source.password = SOURCE_PW;
+      await target.query(`ALTER ROLE postgres PASSWORD '${TARGET_PW}'`);
+      target.password = TARGET_PW;
+      await Promise.all([source.createDatabase(DB), target.createDatabase(DB)]);
+      await source.query(
+        `${LEDGER_SCHEMA}
+        CREATE TABLE customers (id serial PRIMARY KEY, name text NOT NULL);
+        CREATE TABLE scratch (x int);  -- no replica identity: the preflight names it until it is excluded
+        INSERT INTO customers (name) SELECT 'customer ' || g FROM generate_series(1, 50) g;
+        INSERT INTO ledger (client_seq, note) SELECT -g, 'seed' FROM generate_series(1, 500) g;`,
+        [],
+        DB,
+      );
+      agent = await startAgent({ token: TOKEN });
+      // Secrets as variables from the environment (never on a command line); the debug log is checked at the end.
+      tf = TerraformDir.create(
+        terraform,
+        { TF_VAR_agent_token: TOKEN, TF_VAR_source_password: SOURCE_PW, TF_VAR_target_password: TARGET_PW },
+        { debugLog: true },
+      );
+    });
+
+    after(async function () {
+      await writer?.stop();
+      await agent?.stop();
+      if (agent && !process.env.PGFERRY_KEEP_AGENT_DIR) {
+        await new Promise((r) => setTimeout(r, 300));
+        removeAgentDir(agent);
+      }
+      timings = (tf?.timings ?? []).map((t) => `terraform ${t.command}: ${t.ms} ms`);
+      if (tf && !process.env.PGFERRY_KEEP_TF_DIR) tf.remove();
+      await Promise.all([source?.stop(), target?.stop()]);
+    });
+
+    it("plan runs the agent's preflight: a table without a replica identity fails on `tables`, shown at a line of its block", async function () {
+      config = { tables: { include: ['public.*'] }, cutover: false, withDataSource: false };
+      const { lines } = writeConfig();
+      const r = await tf.run(['plan', '-input=false', '-no-color', '-json']);
+      assert.notEqual(r.code, 0);
+      const errors = diagnosticsOf(r.stdout).filter((d) => d.severity === 'error');
+      assert.deepEqual(
+        errors.map((d) => d.summary),
+        ['The preflight fails on `tables`'],
+        r.stdout,
+      );
+      assert.match(errors[0]!.detail, /Preflight check 'replica_identity' failed: .*scratch.* Fix: /s);
+      assert.equal(errors[0]!.range?.start.line, lines.get('tables.include'), 'the line inside the `tables` block');
+    });
+
+    it('plan shows the migration to create, without a password or token; apply starts it and waits for the sync', async function () {
+      config = { tables: { include: ['public.*'], exclude: ['public.scratch'] }, cutover: false, withDataSource: false };
+      writeConfig();
+      const plan = await tf.ok(['plan', '-input=false', '-no-color', '-out=tfplan']);
+      assert.match(plan, /pgferry_migration\.orders will be created/);
+      assert.match(plan, /password\s+= \(write-only attribute\)/);
+      assert.match(plan, /phase\s+= \(known after apply\)/);
+      await tf.ok(['apply', '-input=false', '-no-color', 'tfplan']);
+      const { resource } = await stateValues();
+      assert.equal(resource?.id, 'orders');
+      assert.equal(resource?.phase, 'syncing');
+      assert.equal(resource?.tables_total, 3);
+      assert.equal(resource?.active_endpoint, 'source');
+      const conn = resource?.active_connection as Values;
+      assert.equal(conn.port, source.port);
+      assert.equal(conn.database, DB);
+      assert.doesNotMatch(String(conn.connection_string), /:[^@/]*@/, 'no password in the connection string');
+      assert.equal((resource?.source as Values).password, null);
+      writer = ledgerWriter(() => (onTarget ? target : source).client(DB));
+    });
+
+    it('refresh shows progress and lag; the data source reads the running migration by id', async function () {
+      await waitFor('writes flowing', () => writer!.committed.size > 50);
+      config.withDataSource = true;
+      writeConfig();
+      await tf.ok(['apply', '-refresh-only', '-auto-approve', '-input=false', '-no-color']);
+      const { resource, data } = await stateValues();
+      assert.equal(resource?.phase, 'syncing');
+      assert.equal(resource?.tables_copied, 3);
+      assert.ok((resource?.rows_copied as number) >= 550, `rows_copied ${String(resource?.rows_copied)}`);
+      assert.equal(typeof resource?.lag_bytes, 'number');
+      assert.equal(typeof resource?.retained_wal_bytes, 'number');
+      assert.equal(resource?.replication_slot, 'pgferry_orders');
+      assert.equal(data?.phase, 'syncing');
+      assert.equal(data?.replication_slot, 'pgferry_orders');
+    });
+
+    it('import adopts the running migration; plan with `cutover = true` updates it in place, and apply cuts over under the writer', async function () {
+      await tf.ok(['state', 'rm', '-no-color', 'pgferry_migration.orders']);
+      await tf.ok(['import', '-input=false', '-no-color', 'pgferry_migration.orders', 'orders']);
+      const imported = (await stateValues()).resource;
+      assert.equal(imported?.phase, 'syncing');
+      assert.equal(imported?.replication_slot, 'pgferry_orders');
+      config.cutover = true;
+      writeConfig();
+      const plan = await tf.ok(['plan', '-input=false', '-no-color', '-out=tfplan']);
+      assert.match(plan, /pgferry_migration\.orders will be updated in-place/);
+      assert.match(plan, /cutover\s+= true/);
+      assert.doesNotMatch(plan, /must be replaced/);
+      await tf.ok(['apply', '-input=false', '-no-color', 'tfplan']);
+      onTarget = true;
+      const { resource } = await stateValues();
+      assert.equal(resource?.phase, 'completed');
+      assert.equal(resource?.active_endpoint, 'target');
+      assert.equal(resource?.cutover, true);
+      assert.equal(resource?.validation_ok, true);
+      assert.equal(typeof resource?.write_downtime_ms, 'number');
+      assert.ok((resource?.outage_ms as number) >= 0);
+      assert.match(String(resource?.fence_lsn), /^[0-9A-F]+\/[0-9A-F]+$/i);
+      assert.ok(resource?.cutover_completed_at);
+      const conn = resource?.active_connection as Values;
+      assert.equal(conn.port, target.port);
+      assert.match(String(conn.connection_string), new RegExp(`^postgresql://postgres@127\\.0\\.0\\.1:${target.port}/${DB}\\?sslmode=disable$`));
+      // The application follows the handover: a few more commits on the target, then every acknowledged one is there.
+      const before = writer!.committed.size;
+      await waitFor('writes on the target', () => writer!.committed.size > before + 20);
+      await writer!.stop();
+      const t = await target.client(DB);
+      try {
+        await assertLedgerHolds(t, writer!);
+      } finally {
+        await t.end();
+      }
+      writer = undefined;
+      assert.equal((await tf.ok(['plan', '-input=false', '-no-color', '-detailed-exitcode'])).includes('No changes'), true);
+    });
+
+    it("destroy drops the slot and publication on the source and keeps the target's data", async function () {
+      await tf.ok(['destroy', '-auto-approve', '-input=false', '-no-color']);
+      assert.deepEqual((await source.query("SELECT slot_name FROM pg_replication_slots WHERE slot_name LIKE 'pgferry%'")).rows, []);
+      assert.deepEqual((await source.query("SELECT pubname FROM pg_publication WHERE pubname LIKE 'pgferry%'", [], DB)).rows, []);
+      assert.equal(Number((await target.query('SELECT count(*)::int AS n FROM customers', [], DB)).rows[0].n), 50);
+    });
+
+    it('no password or token in clear text in the state, the plan output or the logs', function () {
+      const places: Array<[string, string]> = [
+        ['printed output', tf.printed.join('\n')],
+        ['terraform log', readFileSync(join(tf.dir, 'terraform.log'), 'utf8')],
+        ['agent log', agent.logs()],
+      ];
+      for (const f of ['terraform.tfstate', 'terraform.tfstate.backup', 'tfplan']) {
+        if (existsSync(join(tf.dir, f))) places.push([f, readFileSync(join(tf.dir, f), 'latin1')]);
+      }
+      assert.ok(places[1]![1].includes('pgferry'), 'the debug log holds the provider');
+      for (const [where, text] of places) {
+        for (const secret of [SOURCE_PW, TARGET_PW, TOKEN]) assert.ok(!text.includes(secret), `${where} holds a secret in clear text`);
+      }
+    });
+  });
+
+  describe('bad inputs: `terraform plan` refuses what `pulumi preview` refuses, with the same messages on the same attributes', function () {
+    this.timeout(120_000);
+    let deadPort: number;
+    before(async function () {
+      if (!terraform) return this.skip();
+      deadPort = await freePort();
+    });
+
+    /** One configuration holding one resource per case; the provider block points at an agent nobody runs. */
+    async function planCases(cases: BadInput[]): Promise<{ diags: JsonDiagnostic[]; lines: Array<Map<string, number>>; stdout: string }> {
+      const tf = TerraformDir.create(terraform!);
+      try {
+        let text = `${HEADER}provider "pgferry" {\n  endpoint = "127.0.0.1:${deadPort}"\n}\n`;
+        const lines = cases.map((c, i) => {
+          const valid = {
+            migrationId: `c${i}`,
+            source: { host: '127.0.0.1', port: 5433, database: 'shop', user: 'postgres', password: 'pw', sslMode: 'disable' },
+            target: { host: '127.0.0.1', port: 5434, database: 'shop', user: 'postgres', password: 'pw', sslMode: 'disable' },
+          };
+          const m = hclMigration(`c${i}`, { ...valid, ...c.change }, text.split('\n').length);
+          text += m.text;
+          return m.lines;
+        });
+        tf.write('main.tf', text);
+        const r = await tf.run(['plan', '-input=false', '-no-color', '-json']);
+        assert.notEqual(r.code, 0);
+        return { diags: diagnosticsOf(r.stdout).filter((d) => d.severity === 'error'), lines, stdout: r.stdout };
+      } finally {
+        tf.remove();
+      }
+    }
+
+    const byProvider = BAD_INPUTS.filter((c) => !c.refusals.some((r) => r.terraform === 'type'));
+    const byTerraform = BAD_INPUTS.filter((c) => c.refusals.some((r) => r.terraform === 'type'));
+    let provider: Promise<Awaited<ReturnType<typeof planCases>>>;
+    let typed: Promise<Awaited<ReturnType<typeof planCases>>>;
+    before(function () {
+      // Both plans at once: each is a few seconds of Terraform and plugin start-up.
+      provider = planCases(byProvider);
+      typed = planCases(byTerraform);
+      provider.catch(() => undefined);
+      typed.catch(() => undefined);
+    });
+
+    it('each case the provider refuses: every failure on its attribute (at its line), with the same message', async function () {
+      const { diags, lines, stdout } = await provider;
+      byProvider.forEach((c, i) => {
+        const mine = diags.filter((d) => d.address === `pgferry_migration.c${i}`);
+        const expected = c.refusals.filter((r) => r.terraform !== 'coerced');
+        assert.deepEqual(mine.map((d) => d.summary).sort(), expected.map((r) => `Invalid \`${pathOf(r.property).name}\``).sort(), `${c.what}: ${stdout}`);
+        for (const r of expected) {
+          const d = mine.find((x) => x.summary === `Invalid \`${pathOf(r.property).name}\``)!;
+          for (const s of expectedFragments(r, (p) => pathOf(p).name))
+            assert.ok(d.detail.replace(/\s+/g, ' ').includes(s), `${c.what}: "${s}" not in ${d.detail}`);
+          // Terraform shows the line of the argument (a map key or list element: the attribute's; one not given: its block's).
+          const line = lineOf(lines[i]!, r.property);
+          assert.equal(d.range?.start.line, line, `${c.what}: ${r.property}`);
+        }
+      });
+    });
+
+    it("each case Terraform's types refuse first: refused, naming the attribute", async function () {
+      const { diags, lines, stdout } = await typed;
+      byTerraform.forEach((c, i) => {
+        const first = lines[i]!.get('migrationId')! - 1;
+        const last = Math.max(...lines[i]!.values()) + 2;
+        const mine = diags.filter((d) => (d.range?.start.line ?? 0) >= first && (d.range?.start.line ?? 0) <= last);
+        for (const r of c.refusals) {
+          const leaf = pathOf(r.property).name.split('.').pop()!;
+          const name = r.property
+            .split('.')
+            .pop()!
+            .replace(/[A-Z]/g, (x) => `_${x.toLowerCase()}`);
+          assert.ok(
+            mine.some((d) => `${d.summary} ${d.detail}`.includes(`"${name}"`) || `${d.summary} ${d.detail}`.includes(`"${leaf}"`)),
+            `${c.what}: no refusal naming ${name}: ${stdout}`,
+          );
+        }
+      });
+    });
+  });
+});
+
+/** The line of an argument, or of the nearest enclosing one that was written. */
+function lineOf(lines: Map<string, number>, property: string): number | undefined {
+  for (let p = property.replace(/\[\d+\]$/, ''); p; p = p.includes('.') ? p.slice(0, p.lastIndexOf('.')) : '') {
+    if (lines.has(p)) return lines.get(p);
+  }
+  return undefined;
+}
+
+async function waitFor(what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 30_000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!(await cond())) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
