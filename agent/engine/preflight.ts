@@ -16,6 +16,7 @@ import { selectSchemas } from './schema-objects-read';
 import { check, type PreflightCheck, type PreflightContext } from './preflight-check';
 import { targetChecks } from './preflight-target';
 import { schemaChecks } from './preflight-schema';
+import { reverseChecks } from './preflight-reverse';
 
 export type { PreflightCheck, PreflightContext, Verdict } from './preflight-check';
 
@@ -90,6 +91,8 @@ export async function runPreflight(spec: MigrationSpec, ctx: PreflightContext = 
     if (src && tgt && spec.schemaMode === 'create' && migratableTables(tables).length > 0) {
       await schemaChecks(src, tgt, spec, migratableTables(tables), checks);
     }
+    // What the way back needs (a `rollbackWindow`), of both servers.
+    await reverseChecks(src, tgt, spec, migratableTables(tables), checks);
   } catch (e) {
     if (!isPgferryError(e) && !(e as { code?: string })?.code) throw e;
     const err = asPgferryError(e, 'INTERNAL', 'preflight query failed');
