@@ -80,6 +80,8 @@ function status(over: Partial<MigrationMessage> = {}): MigrationMessage {
     fence: null,
     verification: null,
     schemaChanges: null,
+    reverse: null,
+    cutback: null,
     ...over,
   };
 }
