@@ -19,7 +19,7 @@ import { pathOf } from '../terraform/convert';
 import { startAgent, removeAgentDir, type AgentProcess } from './support/agent';
 import { BAD_INPUTS, expectedFragments, type BadInput } from './support/bad-inputs';
 import { LEDGER_SCHEMA, assertLedgerHolds, ledgerWriter, type LedgerWriter } from './support/ledger';
-import { TerraformDir, diagnosticsOf, expr, findTerraform, hclMigration, type JsonDiagnostic } from './support/terraform';
+import { TerraformDir, diagnosticsOf, expr, findTerraform, hclMigration, type JsonDiagnostic, type RunResult } from './support/terraform';
 
 const SOURCE_PW = 'src-Tf-Pw-14142135';
 const TARGET_PW = 'tgt-Tf-Pw-17320508';
@@ -291,12 +291,30 @@ describe('terraform: the pgferry provider through the real Terraform CLI', funct
     const byTerraform = BAD_INPUTS.filter((c) => c.refusals.some((r) => r.terraform === 'type'));
     let provider: Promise<Awaited<ReturnType<typeof planCases>>>;
     let typed: Promise<Awaited<ReturnType<typeof planCases>>>;
+    let example: Promise<RunResult>;
     before(function () {
-      // Both plans at once: each is a few seconds of Terraform and plugin start-up.
+      // All at once: each is a few seconds of Terraform and plugin start-up.
       provider = planCases(byProvider);
       typed = planCases(byTerraform);
-      provider.catch(() => undefined);
-      typed.catch(() => undefined);
+      example = validateExample('local');
+      for (const p of [provider, typed, example]) p.catch(() => undefined);
+    });
+
+    /** `terraform validate` of an example configuration, in a copy (nothing written next to it). */
+    async function validateExample(name: string): Promise<RunResult> {
+      const tf = TerraformDir.create(terraform!);
+      try {
+        tf.write('main.tf', readFileSync(join(__dirname, '..', '..', 'examples', 'terraform', name, 'main.tf'), 'utf8'));
+        return await tf.run(['validate', '-no-color']);
+      } finally {
+        tf.remove();
+      }
+    }
+
+    it('examples/terraform/local is a valid configuration for this provider', async function () {
+      const r = await example;
+      assert.equal(r.code, 0, `${r.stdout}\n${r.stderr}`);
+      assert.match(r.stdout, /The configuration is valid/);
     });
 
     it('each case the provider refuses: every failure on its attribute (at its line), with the same message', async function () {
