@@ -235,7 +235,8 @@ export class ReverseSync {
     const r = this.record;
     if (!r || r.state === 'dropped') return [];
     await this.stop();
-    const tgt = await connect('target', this.host.spec.target, { applicationName: `pgferry ${this.host.rec.id}` });
+    // After a cutback the target is fenced read-only by default: this session is pgferry's own.
+    const tgt = await connect('target', this.host.spec.target, { applicationName: `pgferry ${this.host.rec.id}`, extraOptions: OLD_SOURCE_OPTIONS });
     let dropped: string[];
     try {
       dropped = (await dropSourceObjects(tgt, reverseId(this.host.rec.id), r.slotName, r.publicationName)).dropped;
@@ -258,6 +259,7 @@ export class ReverseSync {
     const src = await connect('source', this.host.spec.source, { applicationName: `pgferry delete ${this.host.rec.id}`, extraOptions: OLD_SOURCE_OPTIONS });
     try {
       await dropTargetState(src, this.host.rec.id);
+      await dropEmptyStateSchema(src);
     } finally {
       await closeQuietly(src);
     }
@@ -326,6 +328,19 @@ export class ReverseSync {
       lastError: this.lastError,
     };
   }
+}
+
+/**
+ * The `pgferry` schema the reverse apply made on the old source, once no
+ * migration keeps anything in it (its tables all empty): the user's
+ * database is left as pgferry found it.
+ */
+async function dropEmptyStateSchema(src: pg.Client): Promise<void> {
+  const tables = await src.query(
+    "SELECT format('%I.%I', n.nspname, c.relname) AS t FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'pgferry' AND c.relkind = 'r'",
+  );
+  for (const t of tables.rows) if ((await src.query(`SELECT EXISTS (SELECT FROM ${t.t}) AS e`)).rows[0].e) return;
+  await src.query('DROP SCHEMA IF EXISTS pgferry CASCADE');
 }
 
 /** The reverse objects' owner tag (publication comment): told apart from the forward ones'. */

@@ -222,9 +222,9 @@ export function specFingerprint(spec: MigrationSpec): string {
   return createHash('sha256').update(stableJson(canon)).digest('hex').slice(0, 16);
 }
 
-export const ROLLBACK_WINDOW_MESSAGE = "must be a duration of at least a minute, such as '72h', '90m', '3d' or '1h30m' (units s, m, h, d)";
+export const ROLLBACK_WINDOW_MESSAGE = "must be a duration of at least ten seconds, such as '72h', '90m', '3d' or '1h30m' (units s, m, h, d)";
 /** `rollbackWindow`, the way back (reverse-sync.ts): how long the old source follows the target after the cutover; absent: off. */
-const isRollbackWindow = (v: string) => (durationMs(v) ?? 0) >= 60_000;
+const isRollbackWindow = (v: string) => (durationMs(v) ?? 0) >= 10_000;
 
 /** A duration such as `72h`, `90m`, `3d`, `1h30m`, `45s` in ms; null when it is not one. */
 export function durationMs(text: string): number | null {

@@ -55,7 +55,11 @@ export class AgentService {
           phase: rec.phase,
           event: 'paused',
         });
-      } else if (rec.phase !== 'completed' && rec.phase !== 'failed' && rec.phase !== 'deleted') {
+      } else if (rec.phase === 'completed' && rec.reverse && rec.reverse.state !== 'dropped') {
+        // The way back: the reverse sync goes on while its window lasts (a cutback the stop interrupted is failed, its fence lifted).
+        this.log('info', `Migration ${rec.id}: resuming the reverse sync (the old source follows the target)`, { migration: rec.id });
+        runner.start();
+      } else if (rec.phase !== 'completed' && rec.phase !== 'cut-back' && rec.phase !== 'failed' && rec.phase !== 'deleted') {
         this.log('info', `Resuming migration ${rec.id} in phase ${rec.phase}`, { migration: rec.id, phase: rec.phase });
         runner.start();
       }
