@@ -11,6 +11,7 @@ import assert from 'node:assert/strict';
 import { startCluster, type Cluster } from '../dev/testbed';
 import { AgentClient, isAgentError, type MigrationMessage } from '../api/client';
 import { startAgent, type AgentProcess } from './support/agent';
+import { failpointsFile, type Failpoints } from './support/failpoints';
 import { assertSameTables, waitFor } from './support/compare';
 import { LEDGER_SCHEMA, assertLedgerHolds, ledgerWriter } from './support/ledger';
 
@@ -25,6 +26,7 @@ describe('cutback: the way back, PostgreSQL 14 → 17', function () {
   let target: Cluster;
   let agent: AgentProcess;
   let client: AgentClient;
+  let fp: Failpoints;
 
   const spec = (db: string, rollbackWindow?: string) => ({
     id: db,
@@ -71,7 +73,8 @@ describe('cutback: the way back, PostgreSQL 14 → 17', function () {
 
   before(async function () {
     [source, target] = await Promise.all([startCluster({ version: 14, fast: true }), startCluster({ version: 17, fast: true })]);
-    agent = await startAgent();
+    fp = failpointsFile();
+    agent = await startAgent({ env: { PGFERRY_FAILPOINTS_FILE: fp.path } });
     client = new AgentClient({ endpoint: agent.endpoint });
   });
   afterEach(function () {
@@ -89,9 +92,10 @@ describe('cutback: the way back, PostgreSQL 14 → 17', function () {
     client?.close();
     await agent?.stop();
     await Promise.all([source?.stop(), target?.stop()]);
+    fp?.remove();
   });
 
-  it('cutover → the writer on the target → kill -9 → cutback → the writer on the source: every acknowledged write on the source, no loop', async function () {
+  it('cutover → the writer on the target → kill -9 in the reverse sync and in a cutback → cutback → the writer on the source: every acknowledged write on the source, no loop', async function () {
     const DB = 'back';
     await setUp(DB, '1h');
     // The writer follows activeEndpoint, as an application reading the `activeConnection` output would.
@@ -145,8 +149,29 @@ describe('cutback: the way back, PostgreSQL 14 → 17', function () {
       const truth = await target.query('SELECT note FROM ledger WHERE id = $1', [id], DB);
       await fix.query('UPDATE ledger SET note = $1 WHERE id = $2', [truth.rows[0].note, id]);
       await fix.end();
-      const beforeBack = w.committed.size;
+      let beforeBack = w.committed.size;
       await waitFor('the writer still on the target', async () => w.committed.size > beforeBack + 100);
+
+      // kill -9 of the agent in the middle of a cutback (the target fenced, draining): the restarted agent lifts the
+      // target's fence (verified), the application stays there and the reverse sync goes on.
+      fp.set({ 'cutback.draining': 5000 });
+      const dying = client.cutback({ id: DB, timeoutMs: 60_000 });
+      dying.catch(() => undefined); // the agent dies under it
+      await waitFor('the cutback held while draining', async () => fp.paused('cutback.draining') > 0);
+      assert.equal(await writable(target, DB), false, 'the target is fenced while the cutback drains');
+      agent.kill();
+      fp.set({});
+      await agent.restart();
+      client.close();
+      client = new AgentClient({ endpoint: agent.endpoint });
+      await waitFor("the target's fence lifted after the restart", async () => writable(target, DB));
+      m = await client.getMigration(DB);
+      assert.equal(m.phase, 'completed');
+      assert.equal(m.cutback?.state, 'failed');
+      assert.match(m.cutback?.error ?? '', /agent restart/);
+      await waitReverseStreaming(DB);
+      beforeBack = w.committed.size;
+      await waitFor('the writer back on the target', async () => w.committed.size > beforeBack + 100);
 
       m = await client.cutback({ id: DB, timeoutMs: 120_000 });
       assert.equal(m.phase, 'cut-back');

@@ -235,6 +235,19 @@ export class AgentService {
 
   async cancelCutover(id: string): Promise<MigrationStatus> {
     const r = this.get(id);
+    if (r.cutbackRun) {
+      // A cutback is cancelled the same way, before its fence (on the target).
+      if (r.rec.cutback?.state !== 'waiting-for-lag') {
+        throw new PgferryError(
+          'WRONG_PHASE',
+          `The cutback of '${id}' is past the fence (${r.rec.cutback?.state}); it completes or rolls back by itself.`,
+          'Wait for it to finish (pgferry status).',
+        );
+      }
+      r.cutbackRun.abort.abort();
+      await r.cutbackRun.promise.catch(() => undefined);
+      return r.status();
+    }
     const rep = r.rec.cutover;
     // Before the fence (waiting for lag or for the verification) nothing is fenced: cancelling is safe.
     if (r.cutoverRun && (rep?.state === 'waiting-for-lag' || rep?.state === 'waiting-for-verification')) {
