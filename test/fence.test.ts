@@ -218,7 +218,7 @@ describe('fence: a cutover interrupted at every step by every fault (PostgreSQL 
     }
   }
 
-  it('a source unreachable for a minute: the fence shows lift-pending the whole time (status, metric), and is lifted within seconds of the source coming back', async function () {
+  it('a source unreachable for 20 seconds: the fence shows lift-pending the whole time (status, metric), and is lifted within seconds of the source coming back', async function () {
     this.timeout(300_000);
     const { id, db } = await newMigration();
     const w = ledgerWriter(() => source.client(db));
@@ -238,7 +238,7 @@ describe('fence: a cutover interrupted at every step by every fault (PostgreSQL 
       assert.match(err.message, /could NOT be lifted yet/);
       assert.match(err.message, /ALTER DATABASE f\d+ RESET default_transaction_read_only/);
       let polls = 0;
-      while (Date.now() - downAt < 60_000) {
+      while (Date.now() - downAt < 20_000) {
         const m = await client.getMigration(id);
         assert.equal(m.fence?.state, 'lift-pending');
         assert.equal(m.phase, 'syncing');
@@ -247,9 +247,9 @@ describe('fence: a cutover interrupted at every step by every fault (PostgreSQL 
         assert.equal(one(metrics, 'pgferry_source_fence_lift_pending', { migration: id }), 1);
         assert.equal(one(metrics, 'pgferry_source_fence_up', { migration: id }), 1);
         polls++;
-        await new Promise((r) => setTimeout(r, 5000));
+        await new Promise((r) => setTimeout(r, 2000));
       }
-      assert.ok(polls >= 10);
+      assert.ok(polls >= 8);
       const status = await runCli(['status', id, '--agent', agent.endpoint, '--insecure-plaintext']);
       assert.match(status.stdout, /LIFT PENDING/);
       assert.match(status.stdout, /pgferry unfence/);
