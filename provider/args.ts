@@ -56,7 +56,7 @@ export const VERIFICATION_LIMITS = {
 } as const;
 
 /** The phases the agent reports (Migration.phase). */
-export const PHASES = ['preflight', 'schema', 'loading', 'indexing', 'syncing', 'cutting-over', 'completed', 'failed', 'deleted'] as const;
+export const PHASES = ['preflight', 'schema', 'loading', 'indexing', 'syncing', 'cutting-over', 'completed', 'cut-back', 'failed', 'deleted'] as const;
 export type Phase = (typeof PHASES)[number];
 
 export const ACTIVE_ENDPOINTS = ['source', 'target'] as const;
@@ -79,6 +79,7 @@ export const DEFAULTS = {
   waitForSync: false,
   createTimeoutMinutes: 30,
   cutover: false,
+  cutback: false,
   cutoverOptions: { maxLagBytes: 1024 * 1024, maxLagSeconds: 5, timeoutMs: 300_000, validation: 'changes' as CutoverValidation, skipSequences: false },
 } as const;
 
@@ -144,6 +145,10 @@ export interface MigrationInputs {
   createTimeoutMinutes?: number;
   cutover?: boolean;
   cutoverOptions?: CutoverOptionsArgs;
+  /** The way back: how long after the cutover the old source follows the target (`72h`, `90m`, `3d`, `1h30m`); absent: off. */
+  rollbackWindow?: string;
+  /** Cut back to the old source (after a completed cutover, within the rollback window). */
+  cutback?: boolean;
 }
 
 /** The top-level argument names, for the unknown-field check. */
@@ -166,6 +171,8 @@ export const ARG_NAMES = [
   'createTimeoutMinutes',
   'cutover',
   'cutoverOptions',
+  'rollbackWindow',
+  'cutback',
 ] as const;
 /**
  * The fields of a shape, as a runtime list (for the unknown-field check) that
@@ -207,6 +214,7 @@ export const PREFLIGHT_ARGS = [
   'roles',
   'verification',
   'schemaChanges',
+  'rollbackWindow',
 ] as const satisfies readonly (typeof ARG_NAMES)[number][];
 
 /** Arguments whose change means a different migration: the resource is replaced (delete first). */
@@ -240,6 +248,41 @@ export interface SchemaChangeOutput {
   statement: string;
 }
 
+/** The reverse sync of a migration with a `rollbackWindow` (the API's `ReverseSyncStatus`, the parts a program reads). */
+export interface ReverseSyncOutput {
+  /** `prepared` (made at the cutover's fence) · `streaming` · `dropped` (window ended, removed, cut back or deleted) · `failed` (retried). */
+  state: string;
+  /** The target's WAL not yet applied to the old source, bytes. */
+  lagBytes: number;
+  /** How far the old source is behind the target, seconds. */
+  lagSeconds: number;
+  /** When the window ends and the reverse slot and publication are dropped (ISO 8601). */
+  windowEndsAt?: string;
+  /** When they were dropped (ISO 8601), and why. */
+  droppedAt?: string;
+  dropReason?: string;
+  /** The last error (it retries by itself). */
+  lastError?: string;
+}
+
+/** The last cutback's report (the cutover report's outputs, gathered in one object). */
+export interface CutbackReportOutput {
+  /** waiting-for-lag, fencing, draining, sequences, validating, completed | failed. */
+  state: string;
+  /** The application's outage: from the fence on the target until the old source was ready for it, ms. */
+  outageMs?: number;
+  /** Its parts, part → ms (they add up to `outageMs`). */
+  outageParts?: Record<string, number>;
+  validation?: string;
+  validationOk?: boolean;
+  /** The target's LSN at the fence. */
+  fenceLsn?: string;
+  completedAt?: string;
+  warnings?: string[];
+  /** Why it failed, and what became of the target's fence. */
+  error?: string;
+}
+
 /** The resource's outputs (what the provider returns and the state holds). */
 export interface MigrationOutputs {
   // The arguments, echoed without secrets (diff() receives the old outputs).
@@ -262,6 +305,9 @@ export interface MigrationOutputs {
   /** `true` once a requested cutover completed (or is requested and the resource is up to date). */
   cutover: boolean;
   cutoverOptions?: CutoverOptionsArgs;
+  rollbackWindow?: string;
+  /** `true` once a requested cutback completed (or is requested and the resource is up to date). */
+  cutback: boolean;
 
   // Live status from the agent.
   phase: string;
@@ -337,7 +383,13 @@ export interface MigrationOutputs {
   /** What differed, one line each, when the comparison failed the cutover. */
   schemaDifferences?: string[];
 
-  /** `source` until the cutover completed, then `target`. */
+  // The way back (a `rollbackWindow`).
+  /** The reverse sync: absent without a rollback window or before the cutover made it. */
+  reverseSync?: ReverseSyncOutput;
+  /** The last cutback's report; absent before one. */
+  cutbackReport?: CutbackReportOutput;
+
+  /** `source` until the cutover completed, then `target`; `source` again after a cutback. */
   activeEndpoint: ActiveEndpoint;
   /** Things worth knowing about the last change (e.g. knobs that apply at the next start). */
   notes: string[];
@@ -399,6 +451,8 @@ export const OUTPUT_NAMES = [
   'cutoverWarnings',
   'schemaCheckOk',
   'schemaDifferences',
+  'reverseSync',
+  'cutbackReport',
   'activeEndpoint',
   'notes',
   'activeConnection',

@@ -31,6 +31,7 @@ import {
 } from './args';
 import type { PreflightReportMessage } from '../api/client';
 import { tablePatternError } from '../agent/engine/table-pattern';
+import { ROLLBACK_WINDOW_MESSAGE, durationMs } from '../agent/engine/spec';
 
 export interface CheckFailure {
   property: string;
@@ -378,7 +379,17 @@ export function validateInputs(news: Record<string, unknown>): CheckFailure[] {
       );
     }
   }
+  if (checkString(f, 'rollbackWindow', news.rollbackWindow) && !isRollbackWindow(news.rollbackWindow as string)) {
+    // The agent's own rule and words (agent/engine/spec.ts), so that Check refuses exactly what the agent does.
+    f.add('rollbackWindow', `\`rollbackWindow\` ${ROLLBACK_WINDOW_MESSAGE}, got ${show(news.rollbackWindow)}. Leave it out to migrate without a way back.`);
+  }
+  checkBoolean(f, 'cutback', news.cutback);
   return f.list;
+}
+
+/** A rollback window the agent takes (agent/engine/spec.ts: a duration of at least ten seconds). */
+export function isRollbackWindow(v: string): boolean {
+  return (durationMs(v) ?? 0) >= 10_000;
 }
 
 /** Which argument fixes each of the agent's preflight checks (agent/engine/preflight.ts names). */
@@ -413,11 +424,20 @@ export const PREFLIGHT_PROPERTY: Readonly<Record<string, string>> = {
   schema_extensions: 'target',
   schema_not_migrated: 'tables',
   schema_objects: 'tables',
+  // What the way back needs (agent/engine/preflight-reverse.ts): set up the servers, or remove `rollbackWindow`.
+  reverse_wal_level: 'rollbackWindow',
+  reverse_replication_slots: 'rollbackWindow',
+  reverse_replication_privilege: 'rollbackWindow',
+  reverse_publication_privilege: 'rollbackWindow',
+  reverse_session_replication_role: 'rollbackWindow',
+  reverse_schema_privilege: 'rollbackWindow',
 };
 
 /** The argument a preflight check is about (by name, then by prefix; `source` otherwise). */
 export function preflightProperty(checkName: string): string {
-  return PREFLIGHT_PROPERTY[checkName] ?? (checkName.startsWith('target') ? 'target' : checkName.startsWith('table') ? 'tables' : 'source');
+  if (PREFLIGHT_PROPERTY[checkName]) return PREFLIGHT_PROPERTY[checkName]!;
+  if (checkName.startsWith('reverse_')) return 'rollbackWindow';
+  return checkName.startsWith('target') ? 'target' : checkName.startsWith('table') ? 'tables' : 'source';
 }
 
 /** Each failed check of a preflight report as a CheckFailure (warnings are not failures). */

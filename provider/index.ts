@@ -22,8 +22,10 @@ import {
   type ApplyArgs,
   type ConnectionOutput,
   type CopyArgs,
+  type CutbackReportOutput,
   type CutoverOptionsArgs,
   type EndpointArgs,
+  type ReverseSyncOutput,
   type RoleMissing,
   type SchemaChangeOutput,
   type SchemaChanges,
@@ -49,10 +51,12 @@ export {
 export type {
   ActiveEndpoint,
   ConnectionOutput,
+  CutbackReportOutput,
   CutoverValidation,
   MigrationInputs,
   MigrationOutputs,
   Phase,
+  ReverseSyncOutput,
   RoleMissing,
   RolesArgs,
   SchemaChangeOutput,
@@ -205,6 +209,37 @@ export interface MigrationArgs {
    * - `counts`: row counts only. `none`: no check of the rows.
    */
   cutoverOptions?: pulumi.Input<Inputs<CutoverOptionsArgs>>;
+  /**
+   * The way back: how long after the cutover the old source keeps following
+   * the target, so that a cutback loses no write. A duration of at least ten
+   * seconds: `'72h'`, `'90m'`, `'3d'`, `'1h30m'` (units s, m, h, d). Set it
+   * before the cutover: the cutover then makes a replication slot and
+   * publication on the target inside its fence and, once it completed, the
+   * agent streams the target's changes back into the old source (which stays
+   * closed to everyone else). When the window ends, or the argument is
+   * removed, or the resource is deleted, the slot and publication on the
+   * target are dropped (a slot nobody reads would fill its disk) and there is
+   * no way back. The preflight then also checks the target (`wal_level =
+   * logical`, a role that may replicate and publish the tables) and the
+   * source (a role that may set `session_replication_role` and create schema
+   * `pgferry`). A change is an in-place update. Default: absent (off).
+   *
+   * @example rollbackWindow: '72h'   // three days to change our minds
+   */
+  rollbackWindow?: pulumi.Input<string>;
+  /**
+   * Cut back: after a completed cutover with a `rollbackWindow`, while the
+   * window is open, the same fenced, verified switch in the other direction
+   * (fence writes on the target, drain into the source, set the source's
+   * sequences, check every row, lift the source's fence); `activeConnection`
+   * then points at the source again and `cutbackReport` gives the outage.
+   * Flip to `true` in a later change (keep `cutover: true`); `cutoverOptions`
+   * tune it too (its `changes` validation means `full` here). A failed cutback
+   * lifts the fence on the target and the reverse sync keeps running: run
+   * `pulumi up` again. The preview refuses it before a completed cutover,
+   * without a `rollbackWindow`, or once the window ended. Default: `false`.
+   */
+  cutback?: pulumi.Input<boolean>;
 }
 
 /** Wrap the secret fields of an endpoint/agent argument in `pulumi.secret`, keeping the rest readable in a preview. */
@@ -252,7 +287,7 @@ export class Migration extends pulumi.dynamic.Resource {
   // `declare`: the base constructor sets these; a class field would reset them.
   /** The migration's id on the agent. */
   declare readonly migrationId: pulumi.Output<string>;
-  /** preflight | schema | loading | indexing | syncing | cutting-over | completed | failed */
+  /** preflight | schema | loading | indexing | syncing | cutting-over | completed | cut-back | failed */
   declare readonly phase: pulumi.Output<string>;
   declare readonly tablesTotal: pulumi.Output<number>;
   declare readonly tablesCopied: pulumi.Output<number>;
@@ -344,9 +379,21 @@ export class Migration extends pulumi.dynamic.Resource {
   declare readonly schemaCheckOk: pulumi.Output<boolean | undefined>;
   /** What differed, one line each (also: pgferry schema diff <id>). */
   declare readonly schemaDifferences: pulumi.Output<string[] | undefined>;
-  /** `source` until the cutover completed, then `target`. */
+  /**
+   * The way back (with `rollbackWindow`): the reverse sync's `state`
+   * (`prepared`, `streaming`, `dropped`, `failed`), how far the old source is
+   * behind the target (`lagBytes`, `lagSeconds`), when the window ends
+   * (`windowEndsAt`) or when and why it was dropped (`droppedAt`,
+   * `dropReason`), and its `lastError`. Absent without a rollback window.
+   *
+   * @example migration.reverseSync.apply((r) => r?.windowEndsAt)   // cut back before this
+   */
+  declare readonly reverseSync: pulumi.Output<ReverseSyncOutput | undefined>;
+  /** The last cutback's report, as the cutover's: `state`, `outageMs` and `outageParts`, `validation`, `validationOk`, `fenceLsn`, `completedAt`, `warnings`, `error`. */
+  declare readonly cutbackReport: pulumi.Output<CutbackReportOutput | undefined>;
+  /** `source` until the cutover completed, then `target`; `source` again after a cutback. */
   declare readonly activeEndpoint: pulumi.Output<ActiveEndpoint>;
-  /** The connection the application should use (secret): the source, then the target. */
+  /** The connection the application should use (secret): the source, then the target (and the source again after a cutback). */
   declare readonly activeConnection: pulumi.Output<ConnectionOutput>;
   /** The source connection (secret). */
   declare readonly sourceConnection: pulumi.Output<ConnectionOutput>;
@@ -355,6 +402,7 @@ export class Migration extends pulumi.dynamic.Resource {
   /** Things worth knowing about the last change (e.g. knobs that apply at the next start). */
   declare readonly notes: pulumi.Output<string[]>;
   declare readonly cutover: pulumi.Output<boolean>;
+  declare readonly cutback: pulumi.Output<boolean>;
 
   /**
    * @param name The resource name; also the default `migrationId` (sanitized).

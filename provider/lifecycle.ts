@@ -29,6 +29,7 @@ import { failuresFromAgentError, failuresFromPreflight, validateInputs, type Che
 import { AgentClient, isAgentError, type AgentError, type MigrationMessage } from '../api/client';
 import { buildOutputs, compact, echoArgs, echoEndpoint, fromState, secretPartsFromInputs, secretsDigest, toCutoverRequest, toSpec } from './outputs';
 import stableStringify from 'safe-stable-stringify';
+import { cutbackFailures, cutbackHint, runCutback, windowNote, windowTooLate } from './cutback';
 
 type Props = Record<string, unknown>;
 
@@ -148,6 +149,18 @@ function failedMessage(m: MigrationMessage): string {
   return `${m.errorCode ? `${m.errorCode}: ` : ''}${m.errorMessage || 'no detail given'}${m.errorRemedy ? ` Fix: ${m.errorRemedy}` : ''}`;
 }
 
+/** The migration's status, or undefined when the agent cannot tell (Check then judges by the old outputs). */
+async function liveStatus(agent: AgentArgs, id: string): Promise<MigrationMessage | undefined> {
+  const client = clientFor(agent);
+  try {
+    return await client.getMigration(id);
+  } catch {
+    return undefined;
+  } finally {
+    client.close();
+  }
+}
+
 /** Wait until the migration is in sync (syncing or later); throws on failure, deletion or `deadline`. */
 async function waitForSync(client: AgentClient, id: string, deadline: number): Promise<MigrationMessage> {
   let last: MigrationMessage | undefined;
@@ -179,10 +192,10 @@ async function waitForSync(client: AgentClient, id: string, deadline: number): P
   return last;
 }
 
-function cutoverBackError(id: string, when: string | undefined): Error {
+function cutoverBackError(id: string, when: string | undefined, hint = ''): Error {
   return userError(
-    `\`cutover\` cannot go back to \`false\`: migration '${id}' completed its cutover${when ? ` at ${when}` : ''}; the target is the active database and writes to the source are fenced.`,
-    'keep `cutover: true`. To clean up, remove the resource (Delete drops the slot and publication; the target keeps its data). To move back, declare a new Migration from the target to the source.',
+    `\`cutover\` cannot go back to \`false\`: migration '${id}' completed its cutover${when ? ` at ${when}` : ''}; the target is the active database and writes to the source are fenced.${hint}`,
+    'keep `cutover: true`. To clean up, remove the resource (Delete drops the slot and publication; the target keeps its data). To move back, set `cutback: true` while a `rollbackWindow` is open, or declare a new Migration from the target to the source.',
   );
 }
 
@@ -207,8 +220,8 @@ export async function check(olds: Props, news: Props): Promise<CheckResult> {
     const client = clientFor(news.agent as AgentArgs);
     try {
       const m = await client.getMigration(id);
-      if (m.phase === 'completed' || m.activeEndpoint === 'target') {
-        failures.push({ property: 'cutover', reason: cutoverBackError(id, m.cutover?.completedAt || undefined).message });
+      if (m.phase === 'completed' || (m.activeEndpoint === 'target' && m.phase !== 'cut-back')) {
+        failures.push({ property: 'cutover', reason: cutoverBackError(id, m.cutover?.completedAt || undefined, cutbackHint(olds, m)).message });
       }
     } catch {
       /* update() enforces it too; an unreachable agent is not this check's finding */
@@ -217,10 +230,19 @@ export async function check(olds: Props, news: Props): Promise<CheckResult> {
     }
     if (failures.length > 0) return { inputs: news, failures };
   }
+  // `cutback` (the way back): when it may be asked for; the agent's status when it answers, the old outputs otherwise.
+  if (news.cutback === true || olds?.cutback === true || olds?.phase === 'cut-back') {
+    const live = agentKnown ? await liveStatus(news.agent as AgentArgs, id) : undefined;
+    failures.push(...cutbackFailures(olds ?? {}, news, live));
+    if (failures.length > 0) return { inputs: news, failures };
+  }
 
   const creating = isEmpty(olds);
   const replacing = !creating && REPLACE_ON_CHANGE.some((f) => !same(replaceKey(f, olds), replaceKey(f, news)));
-  if (!creating && !replacing) return { inputs: news, failures };
+  // A rollback window added to a running migration: the preflight's reverse_* checks (what the way back needs).
+  const windowAdded = !creating && !replacing && typeof news.rollbackWindow === 'string' && news.rollbackWindow !== UNKNOWN && !olds.rollbackWindow;
+  if (windowAdded && (olds.phase === 'completed' || olds.phase === 'cut-back')) return { inputs: news, failures: [windowTooLate(id)] };
+  if (!creating && !replacing && !windowAdded) return { inputs: news, failures };
   const needed = PREFLIGHT_ARGS;
   if (!agentKnown || needed.some((k) => containsUnknown(news[k]))) return { inputs: news, failures };
 
@@ -237,6 +259,8 @@ export async function check(olds: Props, news: Props): Promise<CheckResult> {
     }
     const report = await client.preflight(toSpec(inputs), { timeoutMs: PREFLIGHT_TIMEOUT_MS });
     let found = failuresFromPreflight(report);
+    // A running migration's own slot and publication are not a clash: only the way back's checks apply.
+    if (windowAdded) found = found.filter((f) => f.property === 'rollbackWindow');
     if (replacing && olds.migrationId === news.migrationId && same(replaceKey('source', olds), replaceKey('source', news))) {
       // Delete runs first (deleteBeforeReplace) and drops the old slot and publication of this id.
       found = found.filter((f) => f.property !== 'slotName' && f.property !== 'publicationName');
@@ -277,7 +301,7 @@ export async function diff(_id: string, olds: Props, news: Props): Promise<DiffR
     else if (secretsDigest(n) !== olds.secretsDigest) changes = true;
   }
 
-  // In-place arguments (the agent connection, knobs, the cutover).
+  // In-place arguments (the agent connection, knobs, the cutover, the way back).
   if (!changes) {
     const agentNew = containsUnknown(news.agent)
       ? UNKNOWN
@@ -301,6 +325,8 @@ export async function diff(_id: string, olds: Props, news: Props): Promise<DiffR
       [olds.createTimeoutMinutes ?? DEFAULTS.createTimeoutMinutes, n.createTimeoutMinutes ?? DEFAULTS.createTimeoutMinutes],
       [olds.cutover ?? DEFAULTS.cutover, n.cutover ?? DEFAULTS.cutover],
       [olds.cutoverOptions, n.cutoverOptions],
+      [olds.rollbackWindow, n.rollbackWindow],
+      [olds.cutback ?? DEFAULTS.cutback, n.cutback ?? DEFAULTS.cutback],
     ];
     changes = pairs.some(([a, b]) => containsUnknown(b) || !same(a, b));
   }
@@ -444,14 +470,19 @@ export async function read(id: string, props: Props): Promise<ReadResult> {
  * migration restarts its stream to use them, an earlier phase uses them when
  * it next resumes); `copy`, `overwriteTarget` and `roles` apply to the next
  * start; the agent connection changes nothing on the agent. `cutover` true →
- * false after completion fails.
+ * false after completion fails. `cutback: true` after a completed cutover cuts
+ * back (cutback.ts); `rollbackWindow` is handed to the agent also after the
+ * cutover (removed: the reverse sync is dropped).
  */
 export async function update(id: string, olds: Props, news: Props): Promise<UpdateResult> {
   const a = news as unknown as MigrationInputs;
   const wantCutover = a.cutover === true;
-  if (!wantCutover && (olds.phase === 'completed' || olds.activeEndpoint === 'target')) {
-    throw cutoverBackError(id, olds.cutoverCompletedAt as string | undefined);
+  const wantCutback = a.cutback === true;
+  if (!wantCutover && (olds.phase === 'completed' || (olds.activeEndpoint === 'target' && olds.phase !== 'cut-back'))) {
+    throw cutoverBackError(id, olds.cutoverCompletedAt as string | undefined, cutbackHint(olds, undefined));
   }
+  const early = cutbackFailures(olds, news, undefined)[0];
+  if (early) throw new Error(early.reason);
   const notes: string[] = [];
   const client = clientFor(a.agent);
   try {
@@ -468,13 +499,20 @@ export async function update(id: string, olds: Props, news: Props): Promise<Upda
       }
       throw stepError('Update', id, e, a.agent.endpoint);
     }
-    if (!wantCutover && (m.phase === 'completed' || m.activeEndpoint === 'target')) {
-      throw cutoverBackError(id, m.cutover?.completedAt || undefined);
+    if (!wantCutover && (m.phase === 'completed' || (m.activeEndpoint === 'target' && m.phase !== 'cut-back'))) {
+      throw cutoverBackError(id, m.cutover?.completedAt || undefined, cutbackHint(olds, m));
+    }
+    const refused = cutbackFailures(olds, news, m)[0];
+    if (refused) throw new Error(refused.reason);
+    if (!wantCutover && m.phase === 'cut-back' && olds.cutover === true) {
+      notes.push(`\`cutover\` is \`false\`: migration '${id}' was cut back, the application is on the source; nothing changes on the agent.`);
     }
 
     const secretsChanged = typeof olds.secretsDigest !== 'string' || secretsDigest(a) !== olds.secretsDigest;
-    const knobsChanged = (['apply', 'verification', 'schemaChanges'] as const).filter((k) => !same(olds[k], a[k]));
-    if ((secretsChanged || knobsChanged.length > 0) && m.phase !== 'completed') {
+    const knobsChanged = (['apply', 'verification', 'schemaChanges', 'rollbackWindow'] as const).filter((k) => !same(olds[k], a[k]));
+    // After the cutover only the rollback window is still taken up (removed: the reverse sync is dropped; another length: a new end).
+    const handOver = m.phase === 'completed' ? knobsChanged.includes('rollbackWindow') : m.phase !== 'cut-back';
+    if ((secretsChanged || knobsChanged.length > 0) && handOver) {
       // Same spec as started (copy, overwriteTarget and roles as they were), newest credentials, apply, verification and schemaChanges knobs.
       const spec = toSpec({
         ...a,
@@ -493,7 +531,8 @@ export async function update(id: string, olds: Props, news: Props): Promise<Upda
           ? `the sync restarted its stream to use ${it}`
           : `migration '${id}' (phase '${m.phase}'${m.paused ? ', paused' : ''}) uses ${it} when it next resumes`;
       if (secretsChanged) notes.push(`Rotated credentials were handed to the agent, which stores them; ${use('them')}.`);
-      for (const k of knobsChanged) notes.push(`\`${k}\` changed: the agent stored it; ${use('it')}.`);
+      for (const k of knobsChanged)
+        notes.push(k === 'rollbackWindow' ? windowNote(a.rollbackWindow, m) : `\`${k}\` changed: the agent stored it; ${use('it')}.`);
     }
     if (!same(olds.copy, a.copy) || (olds.overwriteTarget ?? false) !== (a.overwriteTarget ?? false)) {
       notes.push(
@@ -506,7 +545,7 @@ export async function update(id: string, olds: Props, news: Props): Promise<Upda
       );
     }
 
-    if (wantCutover && m.phase !== 'completed') {
+    if (wantCutover && m.phase !== 'completed' && m.phase !== 'cut-back') {
       if (m.phase === 'failed') {
         throw userError(
           `Cannot cut over migration '${id}': it failed: ${failedMessage(m)}`,
@@ -514,6 +553,8 @@ export async function update(id: string, olds: Props, news: Props): Promise<Upda
         );
       }
       m = await runCutover(client, a);
+    } else if (wantCutback && m.phase === 'completed') {
+      m = await runCutback(client, a, (e) => stepError('Cutback', id, e, a.agent.endpoint));
     } else if (!wantCutover && m.phase === 'cutting-over') {
       try {
         m = await client.cancelCutover(id);

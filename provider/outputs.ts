@@ -6,7 +6,7 @@
  * Output: `MigrationOutputs`, where the arguments are echoed without any
  * secret (diff() receives old outputs, so they must be there), passwords and
  * the token live only in the outputs the resource marks secret
- * (`SECRET_OUTPUTS`), and `activeConnection` follows the cutover.
+ * (`SECRET_OUTPUTS`), and `activeConnection` follows the cutover (and the cutback).
  *
  * Also here: the migration spec sent to the agent, connection-string parsing
  * and redaction, the digest that lets diff() see a rotated secret without
@@ -20,10 +20,12 @@ import {
   type ActiveEndpoint,
   type AgentArgs,
   type ConnectionOutput,
+  type CutbackReportOutput,
   type EndpointArgs,
   type EndpointEcho,
   type MigrationInputs,
   type MigrationOutputs,
+  type ReverseSyncOutput,
   type SslMode,
 } from './args';
 import type {
@@ -31,6 +33,7 @@ import type {
   CutoverRequestMessage,
   MigrationMessage,
   MigrationSpecMessage,
+  ReverseSyncStatusMessage,
   SchemaChangesStatusMessage,
   VerificationStatusMessage,
 } from '../api/client';
@@ -135,10 +138,11 @@ export function toSpec(a: MigrationInputs): MigrationSpecMessage {
     roles: a.roles ? compact({ map: a.roles.map ? { ...a.roles.map } : undefined, missing: a.roles.missing }) : undefined,
     verification: a.verification ? compact({ ...a.verification }) : undefined,
     schemaChanges: a.schemaChanges,
+    rollbackWindow: a.rollbackWindow,
   });
 }
 
-/** The Cutover request from the arguments (agent defaults for what is not given). */
+/** The Cutover (and Cutback: the same request) request from the arguments (agent defaults for what is not given). */
 export function toCutoverRequest(a: MigrationInputs): CutoverRequestMessage {
   const o = a.cutoverOptions ?? {};
   return compact({
@@ -192,6 +196,8 @@ export function echoArgs(
   | 'createTimeoutMinutes'
   | 'cutover'
   | 'cutoverOptions'
+  | 'rollbackWindow'
+  | 'cutback'
 > {
   return compact({
     agent: compact({ endpoint: a.agent.endpoint, caCert: a.agent.caCert, clientCert: a.agent.clientCert, insecure: a.agent.insecure }),
@@ -215,6 +221,8 @@ export function echoArgs(
     createTimeoutMinutes: a.createTimeoutMinutes ?? DEFAULTS.createTimeoutMinutes,
     cutover: a.cutover ?? DEFAULTS.cutover,
     cutoverOptions: a.cutoverOptions,
+    rollbackWindow: a.rollbackWindow,
+    cutback: a.cutback ?? DEFAULTS.cutback,
   });
 }
 
@@ -278,6 +286,8 @@ export function fromState(props: Record<string, unknown>): { echo: ReturnType<ty
     createTimeoutMinutes: (props.createTimeoutMinutes as number | undefined) ?? DEFAULTS.createTimeoutMinutes,
     cutover: (props.cutover as boolean | undefined) ?? DEFAULTS.cutover,
     cutoverOptions: props.cutoverOptions as MigrationInputs['cutoverOptions'],
+    rollbackWindow: props.rollbackWindow as string | undefined,
+    cutback: (props.cutback as boolean | undefined) ?? DEFAULTS.cutback,
   });
   const secrets: SecretParts = {
     sourceConnection: (props.sourceConnection as ConnectionOutput | undefined) ?? empty,
@@ -314,6 +324,37 @@ function schemaChangesOutputs(c: SchemaChangesStatusMessage | null): Partial<Mig
     recentSchemaChanges: c.recent?.length ? c.recent.map(({ at, object, change, statement }) => ({ at, object, change, statement })) : undefined,
     keptTables: c.keptTables?.length ? [...c.keptTables] : undefined,
   };
+}
+
+/** The reverse sync as an output (none without a rollback window). */
+function reverseSyncOutput(r: ReverseSyncStatusMessage | null): ReverseSyncOutput | undefined {
+  if (!r || !r.state) return undefined;
+  return compact({
+    state: r.state,
+    lagBytes: r.lagBytes,
+    lagSeconds: r.lagSeconds,
+    windowEndsAt: r.windowEndsAt || undefined,
+    droppedAt: r.droppedAt || undefined,
+    dropReason: r.dropReason || undefined,
+    lastError: r.lastError || undefined,
+  });
+}
+
+/** The last cutback's report as an output (none before one). */
+function cutbackReportOutput(c: CutoverReportMessage | null): CutbackReportOutput | undefined {
+  if (!c || !c.state) return undefined;
+  const outage = outageOutputs(c);
+  return compact({
+    state: c.state,
+    outageMs: outage.outageMs,
+    outageParts: outage.outageParts,
+    validation: c.validation || undefined,
+    validationOk: c.state === 'completed' ? c.validationOk : undefined,
+    fenceLsn: c.fenceLsn || undefined,
+    completedAt: c.completedAt || undefined,
+    warnings: c.warnings?.length ? c.warnings : undefined,
+    error: c.error || undefined,
+  });
 }
 
 /** The cutover's outage and its parts (part → ms, in order), once the fence went up. */
@@ -356,7 +397,7 @@ export function liveOutputs(m: MigrationMessage): Partial<MigrationOutputs> {
         ? `lift pending on database '${m.fence.database}' since ${m.fence.since} (${m.fence.liftAttempts} attempt(s)${m.fence.lastLiftError ? `, last: ${m.fence.lastLiftError}` : ''}); the agent keeps retrying. By hand: ${m.fence.liftStatement}`
         : undefined,
     // After the cutover the target is the database of record: nothing is left to verify.
-    ...(m.phase === 'completed' || m.phase === 'deleted' ? {} : verificationOutputs(m.verification)),
+    ...(m.phase === 'completed' || m.phase === 'cut-back' || m.phase === 'deleted' ? {} : verificationOutputs(m.verification)),
     ...schemaChangesOutputs(m.schemaChanges),
     cutoverState: c?.state || undefined,
     ...outageOutputs(c),
@@ -367,12 +408,15 @@ export function liveOutputs(m: MigrationMessage): Partial<MigrationOutputs> {
     cutoverWarnings: c?.warnings?.length ? c.warnings : undefined,
     schemaCheckOk: c?.schemaCheck && c.schemaCheck.objects > 0 ? c.schemaCheck.ok : undefined,
     schemaDifferences: c?.schemaCheck?.differences?.length && !c.schemaCheck.ok ? c.schemaCheck.differences : undefined,
+    reverseSync: reverseSyncOutput(m.reverse),
+    cutbackReport: cutbackReportOutput(m.cutback),
     activeEndpoint: activeEndpointOf(m),
   });
 }
 
-/** `target` once the cutover completed, `source` before. */
+/** `target` once the cutover completed, `source` before, and `source` again after a cutback. */
 export function activeEndpointOf(m: MigrationMessage): ActiveEndpoint {
+  if (m.phase === 'cut-back') return 'source';
   return m.activeEndpoint === 'target' || m.phase === 'completed' ? 'target' : 'source';
 }
 
