@@ -93,11 +93,12 @@ const COMMANDS: Array<[RegExp, string]> = [
  */
 export function terraformText(message: string): string {
   const args = new Set<string>(ARG_NAMES);
-  let text = message.replace(/`([A-Za-z_][A-Za-z0-9_]*)((?:\.[^`.\s[\]]+|\[\d+\])*)`/g, (whole, head: string, rest: string) => {
+  let text = message.replace(/`([A-Za-z_][A-Za-z0-9_]*)((?:\.[^`.\s[\]:]+|\[\d+\])*)(: [^`]*)?`/g, (whole, head: string, rest: string, value?: string) => {
     if (!args.has(head)) return whole;
     const p = pathOf(`${head}${rest}`);
-    const known = p.name.split(/[.[]/).length >= `${head}${rest}`.split(/[.[]/).length;
-    return known ? `\`${p.name}\`` : whole;
+    if (p.name.split(/[.[]/).length < `${head}${rest}`.split(/[.[]/).length) return whole;
+    // `schemaMode: 'existing'` (a Pulumi argument with its value) is `schema_mode = "existing"` here.
+    return value ? `\`${p.name} = ${value.slice(2).replace(/'([^']*)'/g, '"$1"')}\`` : `\`${p.name}\``;
   });
   for (const [re, to] of COMMANDS) text = text.replace(re, to);
   return text;

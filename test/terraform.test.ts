@@ -67,6 +67,8 @@ describe('terraform: the pgferry provider through the real Terraform CLI', funct
     let writer: LedgerWriter | undefined;
     let onTarget = false;
     let config: { tables: Values; cutover: boolean; withDataSource: boolean };
+    /** More arguments, for one plan. */
+    let extra: Values = {};
 
     /** The configuration: a provider block for the agent, the migration, and optionally the data source. */
     function writeConfig(): { lines: Map<string, number> } {
@@ -86,6 +88,7 @@ describe('terraform: the pgferry provider through the real Terraform CLI', funct
           createTimeoutMinutes: 4,
           cutover: config.cutover,
           cutoverOptions: { timeoutMs: 120_000, validation: 'checksums' },
+          ...extra,
         },
         head.split('\n').length,
       );
@@ -192,6 +195,23 @@ describe('terraform: the pgferry provider through the real Terraform CLI', funct
       assert.equal(data?.replication_slot, 'pgferry_orders');
     });
 
+    it('a change that needs a new migration plans as a replacement, saying why', async function () {
+      // Loading into the tables the target has now (the preflight of the new migration passes): a different schema mode.
+      extra = { schemaMode: 'existing', overwriteTarget: true };
+      writeConfig();
+      let plan: string;
+      try {
+        plan = await tf.ok(['plan', '-input=false', '-no-color']);
+      } finally {
+        extra = {};
+        writeConfig();
+      }
+      assert.match(plan, /pgferry_migration\.orders must be replaced/);
+      assert.match(plan, /schema_mode\s+= "existing" # forces replacement/);
+      assert.match(plan, /Warning: Replacing the migration: `schema_mode` changed/);
+      assert.match(plan.replace(/\s+/g, ' '), /the old migration is deleted first \(its replication slot and publication dropped on the source/);
+    });
+
     it('import adopts the running migration; plan with `cutover = true` updates it in place, and apply cuts over under the writer', async function () {
       await tf.ok(['state', 'rm', '-no-color', 'pgferry_migration.orders']);
       await tf.ok(['import', '-input=false', '-no-color', 'pgferry_migration.orders', 'orders']);
@@ -292,13 +312,32 @@ describe('terraform: the pgferry provider through the real Terraform CLI', funct
     let provider: Promise<Awaited<ReturnType<typeof planCases>>>;
     let typed: Promise<Awaited<ReturnType<typeof planCases>>>;
     let example: Promise<RunResult>;
+    let unknownPlan: Promise<RunResult>;
     before(function () {
       // All at once: each is a few seconds of Terraform and plugin start-up.
       provider = planCases(byProvider);
       typed = planCases(byTerraform);
       example = validateExample('local');
-      for (const p of [provider, typed, example]) p.catch(() => undefined);
+      unknownPlan = planWithUnknowns();
+      for (const p of [provider, typed, example, unknownPlan]) p.catch(() => undefined);
     });
+
+    /** A plan whose target host comes from a resource not created yet; the agent is down, so a preflight attempt would fail it. */
+    async function planWithUnknowns(): Promise<RunResult> {
+      const tf = TerraformDir.create(terraform!);
+      try {
+        const server = `resource "terraform_data" "server" {\n  input = "db.example.com"\n}\n`;
+        const m = hclMigration('later', {
+          migrationId: 'later',
+          source: { host: '127.0.0.1', port: 5433, database: 'shop', user: 'postgres', password: 'pw' },
+          target: { host: expr('terraform_data.server.output'), database: 'shop', user: 'postgres', password: 'pw' },
+        });
+        tf.write('main.tf', `${HEADER}provider "pgferry" {\n  endpoint = "127.0.0.1:${deadPort}"\n}\n${server}${m.text}`);
+        return await tf.run(['plan', '-input=false', '-no-color']);
+      } finally {
+        tf.remove();
+      }
+    }
 
     /** `terraform validate` of an example configuration, in a copy (nothing written next to it). */
     async function validateExample(name: string): Promise<RunResult> {
@@ -310,6 +349,13 @@ describe('terraform: the pgferry provider through the real Terraform CLI', funct
         tf.remove();
       }
     }
+
+    it("plan with values not known yet (another resource's output) skips the preflight, as a Pulumi preview does", async function () {
+      const r = await unknownPlan;
+      assert.equal(r.code, 0, `${r.stdout}\n${r.stderr}`);
+      assert.match(r.stdout, /pgferry_migration\.later will be created/);
+      assert.match(r.stdout, /host\s+= \(known after apply\)/);
+    });
 
     it('examples/terraform/local is a valid configuration for this provider', async function () {
       const r = await example;
