@@ -152,7 +152,7 @@ export function windowNote(window: string | undefined, m: MigrationMessage): str
 export function windowTooLate(id: string): CheckFailure {
   return {
     property: 'rollbackWindow',
-    reason: `\`rollbackWindow\` comes too late: migration '${id}' already completed its cutover, and the reverse sync is made inside the cutover's fence (before the application's first write on the target). Fix: leave it out; to move back now, declare a new Migration from the target to the source. Next time, set it before \`cutover: true\`.`,
+    reason: `\`rollbackWindow\` comes too late: migration '${id}' already completed its cutover, and the reverse sync is made by the cutover, its start position taken inside the fence (before the application's first write on the target). Fix: leave it out; to move back now, declare a new Migration from the target to the source. Next time, set it before \`cutover: true\`.`,
   };
 }
 

@@ -214,7 +214,8 @@ export interface MigrationArgs {
    * the target, so that a cutback loses no write. A duration of at least ten
    * seconds: `'72h'`, `'90m'`, `'3d'`, `'1h30m'` (units s, m, h, d). Set it
    * before the cutover: the cutover then makes a replication slot and
-   * publication on the target inside its fence and, once it completed, the
+   * publication on the target (its start position taken inside the fence)
+   * and, once it completed, the
    * agent streams the target's changes back into the old source (which stays
    * closed to everyone else). When the window ends, or the argument is
    * removed, or the resource is deleted, the slot and publication on the
