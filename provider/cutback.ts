@@ -148,7 +148,7 @@ export function windowNote(window: string | undefined, m: MigrationMessage): str
     : `\`rollbackWindow\` set to ${window}: the cutover prepares the way back (a slot and publication on the target) and the old source follows the target that long.`;
 }
 
-/** A rollback window added after the cutover completed: the reverse sync is made inside the cutover's fence, so it comes too late. */
+/** A rollback window added after the cutover completed: the reverse sync is made by the cutover, so it comes too late. */
 export function windowTooLate(id: string): CheckFailure {
   return {
     property: 'rollbackWindow',

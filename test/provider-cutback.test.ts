@@ -242,7 +242,7 @@ describe('provider: the way back (rollbackWindow, cutback) through the real host
     });
   });
 
-  it('Check refuses a rollbackWindow added after the cutover completed: the reverse sync is made inside its fence', async function () {
+  it('Check refuses a rollbackWindow added after the cutover completed: the reverse sync is made by the cutover', async function () {
     const failures = await failuresOf(olds(status({ reverse: null }), { rollbackWindow: undefined }), with_({ rollbackWindow: '24h' }));
     assert.equal(failures[0]?.property, 'rollbackWindow');
     assert.match(failures[0]!.reason, /comes too late/);
