@@ -13,6 +13,9 @@
  *    `1|6|tcp|127.0.0.1:<port>|grpc|<certificate, DER, base64 without padding>`.
  *
  * stdout carries nothing else; logs go to stderr, which Terraform records.
+ * Written here because npm has no implementation of go-plugin's server side
+ * (nor of tfplugin6): the steps are few, the libraries under them
+ * (@grpc/grpc-js, selfsigned) are the well-kept ones.
  */
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';

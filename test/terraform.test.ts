@@ -15,7 +15,11 @@ import assert from 'node:assert/strict';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { freePort, startCluster, type Cluster } from '../dev/testbed';
+import { ExtData, decode, encode } from '@msgpack/msgpack';
+import { AGENT_FIELDS, ARG_NAMES, CUTOVER_OPTION_FIELDS, ENDPOINT_FIELDS, OUTPUT_NAMES, UNKNOWN } from '../provider/args';
 import { pathOf } from '../terraform/convert';
+import { argumentAttrs, resourceAttrs, snake } from '../terraform/schema';
+import { decodeValue, encodeValue, typeOf, type CtyType } from '../terraform/values';
 import { startAgent, removeAgentDir, type AgentProcess } from './support/agent';
 import { BAD_INPUTS, expectedFragments, type BadInput } from './support/bad-inputs';
 import { LEDGER_SCHEMA, assertLedgerHolds, ledgerWriter, type LedgerWriter } from './support/ledger';
@@ -399,6 +403,60 @@ describe('terraform: the pgferry provider through the real Terraform CLI', funct
         }
       });
     });
+  });
+});
+
+describe('terraform provider without terraform: the schema follows the provider, values as Terraform encodes them', function () {
+  it("has an attribute for every argument and field of the Pulumi resource, its secrets write-only, and every output but the agent's secrets", function () {
+    const args = argumentAttrs();
+    for (const key of ARG_NAMES)
+      assert.ok(
+        args.some((a) => a.key === key && a.name === snake(key)),
+        `no attribute for \`${key}\``,
+      );
+    const nested = (key: string) => args.find((a) => a.key === key)!.nested!.map((n) => n.key);
+    assert.deepEqual(nested('agent'), [...AGENT_FIELDS]);
+    assert.deepEqual(nested('source'), [...ENDPOINT_FIELDS]);
+    assert.deepEqual(nested('cutoverOptions'), [...CUTOVER_OPTION_FIELDS]);
+    const secret = args.flatMap((a) => (a.nested ?? []).filter((n) => n.writeOnly && n.sensitive).map((n) => `${a.key}.${n.key}`));
+    assert.deepEqual(secret.sort(), [
+      'agent.clientKey',
+      'agent.token',
+      'source.connectionString',
+      'source.password',
+      'target.connectionString',
+      'target.password',
+    ]);
+    const outs = resourceAttrs().filter((a) => a.computed);
+    assert.deepEqual(
+      OUTPUT_NAMES.filter((k) => !outs.some((a) => a.key === k)),
+      ['agentToken', 'agentClientKey'],
+    );
+    assert.ok(
+      outs.filter((a) => a.nested).every((a) => !a.nested!.some((n) => n.key === 'password')),
+      'a connection output with a password',
+    );
+    assert.equal(args.find((a) => a.key === 'source')!.nested!.find((n) => n.key === 'port')!.type, 'number', 'typed by the proto');
+  });
+
+  it('reads unknown values (extension 0, and 12 with refinements) as the preview sentinel, and writes them back as extension 0', function () {
+    const type: CtyType = ['object', { host: 'string', port: 'number', tags: ['list', 'string'] }];
+    const wire = (v: unknown) => Buffer.from(encode(v));
+    const refined = new ExtData(12, Uint8Array.of(0x81, 0x01, 0xc3));
+    const v = decodeValue({ msgpack: wire({ host: new ExtData(0, Uint8Array.of(0)), port: 5432, tags: refined }) }, type) as Values;
+    assert.deepEqual(v, { host: UNKNOWN, port: 5432, tags: UNKNOWN });
+    const bytes = encodeValue({ host: UNKNOWN, port: 5432 }, type).msgpack;
+    assert.ok(bytes.includes(Buffer.from([0xd4, 0x00, 0x00])), 'unknown as fixext 1, type 0 (what Terraform writes)');
+    const back = decode(bytes) as Values;
+    assert.deepEqual(Object.keys(back).sort(), ['host', 'port', 'tags'], 'every attribute of the object');
+    assert.equal(back.tags, null, 'null when absent');
+  });
+
+  it('writes a `dynamic` value as [type, value] and reads it back', function () {
+    const value = { parts: { drain: 12, schema: 3 }, ok: true };
+    const raw = decode(encodeValue(value, 'dynamic').msgpack) as [Uint8Array, unknown];
+    assert.deepEqual(JSON.parse(Buffer.from(raw[0]).toString()), typeOf(value));
+    assert.deepEqual(decodeValue(encodeValue(value, 'dynamic'), 'dynamic'), value);
   });
 });
 
