@@ -348,7 +348,7 @@ export async function create(news: Props): Promise<CreateResult> {
   const id = a.migrationId;
   const echo = echoArgs(a);
   const secrets = secretPartsFromInputs(a);
-  const pending = { ...echo, cutover: false };
+  const pending = { ...echo, cutover: false, cutback: false };
   const client = clientFor(a.agent);
   try {
     let m: MigrationMessage;
