@@ -101,12 +101,13 @@ describe('terraform: the pgferry provider through the real Terraform CLI', funct
       return m;
     }
 
-    async function stateValues(): Promise<{ resource?: Values; data?: Values }> {
-      const show = JSON.parse(await tf.ok(['show', '-json', '-no-color'])) as {
-        values?: { root_module?: { resources?: Array<{ mode: string; values: Values }> } };
+    /** The resource's and the data source's attributes, as the state file holds them (read directly: no plugin start). */
+    function stateValues(): { resource?: Values; data?: Values } {
+      const state = JSON.parse(readFileSync(join(tf.dir, 'terraform.tfstate'), 'utf8')) as {
+        resources?: Array<{ mode: string; instances: Array<{ attributes: Values }> }>;
       };
-      const rs = show.values?.root_module?.resources ?? [];
-      return { resource: rs.find((r) => r.mode === 'managed')?.values, data: rs.find((r) => r.mode === 'data')?.values };
+      const of = (mode: string) => state.resources?.find((r) => r.mode === mode)?.instances[0]?.attributes;
+      return { resource: of('managed'), data: of('data') };
     }
 
     before(async function () {
@@ -170,7 +171,7 @@ describe('terraform: the pgferry provider through the real Terraform CLI', funct
       assert.match(plan, /password\s+= \(write-only attribute\)/);
       assert.match(plan, /phase\s+= \(known after apply\)/);
       await tf.ok(['apply', '-input=false', '-no-color', 'tfplan']);
-      const { resource } = await stateValues();
+      const { resource } = stateValues();
       assert.equal(resource?.id, 'orders');
       assert.equal(resource?.phase, 'syncing');
       assert.equal(resource?.tables_total, 3);
@@ -188,7 +189,7 @@ describe('terraform: the pgferry provider through the real Terraform CLI', funct
       config.withDataSource = true;
       writeConfig();
       await tf.ok(['apply', '-refresh-only', '-auto-approve', '-input=false', '-no-color']);
-      const { resource, data } = await stateValues();
+      const { resource, data } = stateValues();
       assert.equal(resource?.phase, 'syncing');
       assert.equal(resource?.tables_copied, 3);
       assert.ok((resource?.rows_copied as number) >= 550, `rows_copied ${String(resource?.rows_copied)}`);
@@ -219,7 +220,7 @@ describe('terraform: the pgferry provider through the real Terraform CLI', funct
     it('import adopts the running migration; plan with `cutover = true` updates it in place, and apply cuts over under the writer', async function () {
       await tf.ok(['state', 'rm', '-no-color', 'pgferry_migration.orders']);
       await tf.ok(['import', '-input=false', '-no-color', 'pgferry_migration.orders', 'orders']);
-      const imported = (await stateValues()).resource;
+      const imported = stateValues().resource;
       assert.equal(imported?.phase, 'syncing');
       assert.equal(imported?.replication_slot, 'pgferry_orders');
       config.cutover = true;
@@ -230,7 +231,7 @@ describe('terraform: the pgferry provider through the real Terraform CLI', funct
       assert.doesNotMatch(plan, /must be replaced/);
       await tf.ok(['apply', '-input=false', '-no-color', 'tfplan']);
       onTarget = true;
-      const { resource } = await stateValues();
+      const { resource } = stateValues();
       assert.equal(resource?.phase, 'completed');
       assert.equal(resource?.active_endpoint, 'target');
       assert.equal(resource?.cutover, true);
