@@ -636,6 +636,18 @@ describe('cli: against a running migration (PostgreSQL 14 → 17)', function () 
     assert.match(refused.stderr, /INVALID_SPEC/);
   });
 
+  it('cutback before a cutover is refused with the reason and the fix (exit 1), nothing fenced; a bad flag is a usage error', async () => {
+    const early = await runCli(['cutback', 'shop', '--timeout-ms', '20000', ...conn]);
+    assert.equal(early.code, 1, early.stderr);
+    assert.match(early.stderr, /CUTOVER_FAILED/);
+    assert.match(early.stderr, /only after a completed cutover/);
+    assert.match(early.stderr, /fix: /);
+    assert.equal((await runCli(['cutback', 'shop', '--accept-schema-difference', 'x', ...conn])).code, 2, 'a cutover-only flag');
+    const json = JSON.parse((await runCli(['status', 'shop', '--json', ...conn])).stdout) as MigrationMessage;
+    assert.equal(json.phase, 'syncing');
+    assert.equal(json.cutback, null);
+  });
+
   it('preflight and start take a spec file; start is idempotent', async () => {
     const f = join(dir, 'shop.json');
     const { password, ...source } = shop.spec.source;
