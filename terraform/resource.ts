@@ -70,9 +70,11 @@ export function inputsOf(config: Props, defaults: AgentDefaults): Props {
 function oldsOf(state: Props, defaults: AgentDefaults, news?: Props): { olds: Props; adopted: boolean } {
   const olds: Props = { ...toProps(state, ARGS), ...toProps(state, OUTS) };
   const agent = agentOf(olds.agent, defaults) as Props;
-  olds.agent = agent;
-  olds.agentToken = agent.token;
-  olds.agentClientKey = agent.clientKey;
+  // The secrets in use: the configuration's at plan and apply (so they are never a change), the provider block's otherwise.
+  const now = isRecord(news?.agent) ? (news.agent as Props) : agent;
+  olds.agent = compact({ ...agent, token: now.token, clientKey: now.clientKey });
+  olds.agentToken = now.token;
+  olds.agentClientKey = now.clientKey;
   olds.migrationId ??= state.id;
   // An imported migration's state holds no digest of the secrets (the read after an import cannot know them).
   const adopted = !olds.secretsDigest;
@@ -267,7 +269,7 @@ export async function readDataSource(config: Props, defaults: AgentDefaults): Pr
       const detail = `The agent at '${String(agent.endpoint)}' has no migration '${id}'. Fix: give the id \`pgferry status\` lists, or point the provider block's \`endpoint\` at the agent that runs it.`;
       return {
         state: null,
-        diagnostics: [{ ...diagnostic('Migration not found', detail, 'migrationId'), attribute: { steps: [{ attribute_name: 'migration_id' }] } }],
+        diagnostics: [diagnostic('Migration not found', detail, 'migrationId')],
       };
     }
     const live = fromProps(r.props as Props, outputAttrs(true));
