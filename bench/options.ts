@@ -17,6 +17,9 @@
  *   --shop-scale N      the cutover's larger size, as a multiple of --shop-rows (10)
  *   --native-binary     the apply's native subscription WITH (binary = true)
  *                       (PostgreSQL's default, off, is the goal's baseline)
+ *   --no-rollback-window  pgferry's cutover runs without `rollbackWindow` and without
+ *                       the cutback after them (the cutover as before issue 21, to
+ *                       compare; by default they have one and are cut back)
  */
 import { PG_VERSIONS, type PgMajor } from '../dev/testbed';
 
@@ -39,6 +42,8 @@ export interface BenchOptions {
   shopScale: number;
   /** The apply's native subscription receives values in binary form (not the goal's baseline). */
   nativeBinary: boolean;
+  /** pgferry's cutover runs without a rollback window, and no cutback after them. */
+  noRollbackWindow: boolean;
 }
 
 export const ANCHOR_ROWS = 3_000_000;
@@ -47,6 +52,7 @@ export const ANCHOR_APPLY_TXNS = 20_000;
 const USAGE = `usage: npm run bench -- [--rows N] [--small-tables CxR] [--version 13|14|17]
                        [--only load,apply,cutover] [--runs N] [--baseline-runs N] [--rounds N]
                        [--apply-txns N] [--shop-rows N] [--shop-scale N] [--native-binary]
+                       [--no-rollback-window]
 (each also as an environment variable: PGFERRY_BENCH_ROWS, PGFERRY_BENCH_SMALL_TABLES, …)`;
 
 class UsageError extends Error {}
@@ -71,7 +77,7 @@ function onOff(flag: string, text: string): boolean {
 export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.env): BenchOptions {
   const given = new Map<string, string>();
   const flags = ['rows', 'small-tables', 'version', 'only', 'runs', 'baseline-runs', 'rounds', 'apply-txns', 'shop-rows', 'shop-scale'];
-  const switches = ['native-binary'];
+  const switches = ['native-binary', 'no-rollback-window'];
   for (const f of [...flags, ...switches]) {
     const v = env[envName(f)];
     if (v) given.set(f, v);
@@ -123,6 +129,7 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
     shopRows,
     shopScale: given.has('shop-scale') ? positiveInt('shop-scale', given.get('shop-scale')!) : 10,
     nativeBinary: onOff('native-binary', given.get('native-binary') ?? 'false'),
+    noRollbackWindow: onOff('no-rollback-window', given.get('no-rollback-window') ?? 'false'),
   };
 }
 

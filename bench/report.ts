@@ -11,6 +11,7 @@ import type { LoadDataset, SourceFacts } from './dataset';
 import type { LoadRun } from './load';
 import type { ApplyRun } from './apply';
 import type { CutoverResult, CutoverRun } from './cutover';
+import type { SwitchFigures } from './switch';
 import { median } from './measure';
 
 export const GOALS = {
@@ -197,31 +198,46 @@ export function applyReport(runs: ApplyRun[], nativeBinary = false): { text: str
   };
 }
 
-/** What a cutover run is judged on: the larger of the report's outage and the writer's own gap. */
-export function judgedOutageMs(r: CutoverRun): number | undefined {
+/** What a switch (a cutover, or a cutback) is judged on: the larger of the report's outage and the writer's own gap. */
+export function judgedOutageMs(r: SwitchFigures): number | undefined {
   if (r.error || r.outageMs === undefined) return undefined;
   return Math.max(r.outageMs, r.clientGapMs ?? 0);
 }
 
 const CONTENDER_LABELS: Record<CutoverRun['contender'], string> = { pgferry: 'pgferry (default)', full: "baseline 'full'" };
+const CUTBACK_LABEL = '  ↳ its cutback';
 
-function cutoverRows(runs: CutoverRun[]): string[][] {
-  return runs.map((r) => [
-    fmt(r.size),
-    CONTENDER_LABELS[r.contender],
-    String(r.run),
+function switchRow(size: number, label: string, run: number, r: SwitchFigures, after: string): string[] {
+  return [
+    fmt(size),
+    label,
+    String(run),
     r.error ? 'FAILED' : fmt(r.outageMs),
     fmt(r.clientGapMs),
     fmt(judgedOutageMs(r)),
     fmt(r.beforeFenceMs && r.beforeFenceMs / 1000, 1),
-    fmt(r.cutoverRpcMs),
+    fmt(r.rpcMs),
     r.modes ? ['unchanged', 'changes', 'full', 'counts'].map((m) => String(r.modes![m] ?? 0)).join(' / ') : '–',
     fmt(r.rowsChecked),
     fmt(r.writerCommitsPerSec),
     fmt(r.loadAvg, 1),
     r.validationOk === undefined ? '–' : r.validationOk ? 'ok' : 'MISMATCH',
-    r.error ? 'cutover failed' : r.notes.length ? `${r.notes.length} note(s)` : '',
+    after,
+  ];
+}
+
+/** One row per cutover, and for pgferry's runs its cutback's row right below it. */
+function cutoverRows(runs: CutoverRun[]): string[][] {
+  return runs.flatMap((r) => [
+    switchRow(r.size, CONTENDER_LABELS[r.contender], r.run, r, r.error ? 'cutover failed' : r.notes.length ? `${r.notes.length} note(s)` : ''),
+    ...(r.cutback ? [switchRow(r.size, CUTBACK_LABEL, r.run, r.cutback, r.cutback.error ? 'cutback failed' : cutbackVsCutover(r))] : []),
   ]);
+}
+
+/** "1.83× the cutover": the run's cutback judged outage over its cutover's. */
+function cutbackVsCutover(r: CutoverRun): string {
+  const x = ratio(r.cutback && judgedOutageMs(r.cutback), judgedOutageMs(r));
+  return x !== undefined ? `${fmt(x, 2)}× the cutover` : '';
 }
 
 /** Median and max of the judged outage of one contender at one size; failed runs counted apart. */
@@ -287,7 +303,7 @@ export function cutoverReport(result: CutoverResult): { text: string; goals: Goa
     );
   });
   const lines = [
-    "(c) Cutover under write load — pgferry's default validation ('changes': inside the fence, only the rows applied since the continuous verification) against the baseline",
+    "(c) Cutover (and pgferry's cutback) under write load — pgferry's default validation ('changes': inside the fence, only the rows applied since the continuous verification) against the baseline",
     "    validation 'full' (every row of every table read inside the fence: the cutover before issue 19), in the same bench run, at two sizes, each run a fresh migration:",
     ...result.sizes.map(
       (s) =>
@@ -297,6 +313,7 @@ export function cutoverReport(result: CutoverResult): { text: string; goals: Goa
     "    writer gap = the tight writer's last commit on the source → its first on the target: adds the RPC's return to the client and the reconnect;",
     '    judged = the larger of the two, per run. Left out of both: the wait before the fence (lag, and with the default the continuous verification: nothing is fenced then),',
     "    shown as 'before fence s'; and an application's own reconnect pool, DNS or configuration change. load = the machine's 1-minute load average at the cutover.",
+    ...cutbackIntro(runs),
     renderTable(
       [
         'orders',
@@ -322,15 +339,87 @@ export function cutoverReport(result: CutoverResult): { text: string; goals: Goa
       .map(
         (r) =>
           `    ${fmt(r.size)} ${CONTENDER_LABELS[r.contender]} run ${r.run}: ${r.outageParts!.map((p) => `${p.part} ${fmt(p.ms)}`).join(' · ')}` +
-          (r.contender === 'pgferry' && r.checkedTables?.length ? `\n      read: ${r.checkedTables.join('; ')}` : ''),
+          (r.contender === 'pgferry' && r.checkedTables?.length ? `\n      read: ${r.checkedTables.join('; ')}` : '') +
+          (r.cutback?.outageParts
+            ? `\n      its cutback: ${r.cutback.outageParts.map((p) => `${p.part} ${fmt(p.ms)}`).join(' · ')}${cutbackContext(r.cutback)}`
+            : ''),
       ),
     '    judged outage (median over completed runs):',
     ...perSize,
     `    growth: pgferry p50 at ${fmt(large)} / at ${fmt(small)} orders = ${growth !== undefined ? `${fmt(growth, 2)}×` : '–'} (goal ≤ ${GOALS.cutoverGrowthMax}×)`,
+    ...cutbackSummary(runs, sizes),
     ...runs.filter((r) => r.error).map((r) => `    ${fmt(r.size)} ${CONTENDER_LABELS[r.contender]} run ${r.run} error: ${r.error}`),
+    ...runs.filter((r) => r.cutback?.error).map((r) => `    ${fmt(r.size)} ${CONTENDER_LABELS[r.contender]} run ${r.run} cutback error: ${r.cutback!.error}`),
     ...[...new Set(runs.flatMap((r) => r.notes))].map((n) => `    note (${runs.filter((r) => r.notes.includes(n)).length} run(s)): ${n}`),
   ];
   return { text: lines.join('\n'), goals: cutoverGoals(sizes, stat, growth) };
+}
+
+/** What preceded the cutback: the reverse sync when it was sent, and the tight writer's acknowledged commits on each side. */
+function cutbackContext(b: NonNullable<CutoverRun['cutback']>): string {
+  return (
+    `\n        (when sent: reverse lag ${fmt(b.reverseLagBytes)} bytes, ${fmt(b.reverseChangesApplied)} changes applied back; ` +
+    `tight writer: ${fmt(b.targetCommits)} commits on the target, ${fmt(b.backCommits)} on the source after the cutback${b.sourceChecked ? '; the source checked: every one there, equal to the frozen target' : '; the source NOT checked or different: see the notes'})`
+  );
+}
+
+/** How the cutback rows were measured (only when some run had a rollback window). */
+function cutbackIntro(runs: CutoverRun[]): string[] {
+  const windows = [...new Set(runs.map((r) => r.rollbackWindow).filter(Boolean))];
+  if (!windows.length) {
+    return runs.some((r) => r.contender === 'pgferry')
+      ? ["    pgferry's runs had no rollback window (--no-rollback-window): no reverse slot made before the fence, no cutback measured."]
+      : [];
+  }
+  return [
+    `    pgferry's runs had \`rollbackWindow: '${windows.join("', '")}'\` (issue 21): their cutover also made the reverse slot and publication on the target before its fence`,
+    "    (in 'before fence s', not in the outage), and after it the writers wrote on the target ≥ 3 s while the reverse sync streamed back, then the cutback was",
+    "    measured the same way ('↳ its cutback': the agent's outage and parts; writer gap = the tight writer's last commit on the target → its first on the source,",
+    "    after following activeEndpoint back; commits/s on the target). Left out as for the cutover: the wait for the reverse sync's lag before the fence ('before",
+    "    fence s'). There is no continuous verification in this direction: the cutback reads every row inside its fence ('verification' part), so its outage grows",
+    '    with the database. Checked after: the source holds every write acknowledged on the target and equals the frozen target. No goal is set for it (the issue gives none).',
+  ];
+}
+
+/** Per size: the cutback's judged outage beside its cutover's (the same runs), their ratio, and its growth with the database; no verdict. */
+function cutbackSummary(runs: CutoverRun[], sizes: number[]): string[] {
+  const withBack = runs.filter((r) => r.cutback);
+  if (!withBack.length) return [];
+  const judgedAt = (size: number) => {
+    const done = withBack.filter((r) => r.size === size && judgedOutageMs(r.cutback!) !== undefined);
+    const back = done.map((r) => judgedOutageMs(r.cutback!)!);
+    const part = (name: string) => medianOf(done, (r) => r.cutback!.outageParts?.find((p) => p.part === name)?.ms);
+    return {
+      done,
+      failed: withBack.filter((r) => r.size === size && r.cutback!.error).length,
+      p50: back.length ? median(back) : undefined,
+      max: back.length ? Math.max(...back) : undefined,
+      outageP50: medianOf(done, (r) => r.cutback!.outageMs),
+      gapP50: medianOf(done, (r) => r.cutback!.clientGapMs),
+      verificationP50: part('verification'),
+      drainP50: part('drain'),
+      beforeFenceP50: medianOf(done, (r) => r.cutback!.beforeFenceMs),
+      cutoverP50: medianOf(done, (r) => judgedOutageMs(r)),
+    };
+  };
+  const lines = ['    the cutback beside the cutover (pgferry, judged, median over the runs whose cutback completed; measured, no goal):'];
+  for (const size of sizes) {
+    const b = judgedAt(size);
+    const vs = ratio(b.p50, b.cutoverP50);
+    lines.push(
+      `    ${fmt(size)} orders: cutback p50 ${fmt(b.p50)} ms, max ${fmt(b.max)} ms over ${b.done.length} run(s)${b.failed ? ` (${b.failed} failed)` : ''} ` +
+        `(outage p50 ${fmt(b.outageP50)} ms, of which verification ${fmt(b.verificationP50)} ms and drain ${fmt(b.drainP50)} ms; writer gap p50 ${fmt(b.gapP50)} ms; ` +
+        `before the fence ${fmt(b.beforeFenceP50 && b.beforeFenceP50 / 1000, 1)} s); cutover p50 ${fmt(b.cutoverP50)} ms; cutback / cutover ${vs !== undefined ? `${fmt(vs, 2)}×` : '–'}`,
+    );
+  }
+  const [small, large] = sizes;
+  if (small !== undefined && large !== undefined) {
+    const g = ratio(judgedAt(large).p50, judgedAt(small).p50);
+    lines.push(
+      `    cutback growth: p50 at ${fmt(large)} / at ${fmt(small)} orders = ${g !== undefined ? `${fmt(g, 2)}×` : '–'} (every row is read inside its fence)`,
+    );
+  }
+  return lines;
 }
 
 export function summary(goals: GoalLine[]): string {

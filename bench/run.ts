@@ -9,7 +9,8 @@
  *                COPY|COPY pipe (load.ts, dataset.ts)
  *   (b) apply    change-apply throughput vs the native subscriber (apply.ts)
  *   (c) cutover  the application's outage at the cutover under write load, at
- *                two database sizes, vs validation 'full' inside the fence (cutover.ts)
+ *                two database sizes, vs validation 'full' inside the fence (cutover.ts),
+ *                and at the cutback after each of pgferry's cutovers (cutback.ts)
  *
  * and prints one table per scenario and a summary of the goals (report.ts).
  * Knobs (argv or PGFERRY_BENCH_* env, see options.ts):
@@ -20,7 +21,7 @@
  *
  * Everything it starts (clusters, agent processes, temp dirs) is removed at
  * the end, on failure and on Ctrl-C (cleanup.ts). Exit code 1 when a
- * contender failed (unmet goals alone do not fail the run: it is a measurement).
+ * contender (or a cutback) failed (unmet goals alone do not fail the run: it is a measurement).
  */
 import { cpus, loadavg } from 'node:os';
 import { startCluster, type Cluster } from '../dev/testbed';
@@ -79,7 +80,7 @@ async function main(): Promise<number> {
       .map((x) => x.toFixed(2))
       .join(' ')}`,
     `  scenarios: ${opts.only.join(', ')}; load: ${opts.rows.toLocaleString('en-US')} rows + ${opts.smallTables} × ${opts.smallRows.toLocaleString('en-US')}; ` +
-      `apply backlog: ${opts.applyTxns.toLocaleString('en-US')} txns; cutover: ${opts.runs} run(s) + ${opts.baselineRuns} baseline at ${opts.shopRows.toLocaleString('en-US')} and ${(opts.shopRows * opts.shopScale).toLocaleString('en-US')} orders; rounds: ${opts.rounds}`,
+      `apply backlog: ${opts.applyTxns.toLocaleString('en-US')} txns; cutover: ${opts.runs} run(s) (${opts.noRollbackWindow ? 'without a rollback window: no cutback' : 'each with a rollback window and a cutback after it'}) + ${opts.baselineRuns} baseline at ${opts.shopRows.toLocaleString('en-US')} and ${(opts.shopRows * opts.shopScale).toLocaleString('en-US')} orders; rounds: ${opts.rounds}`,
   ];
   log(header.join('\n'));
   log('starting source and target clusters …');
@@ -125,12 +126,13 @@ async function main(): Promise<number> {
       shopScale: opts.shopScale,
       runs: opts.runs,
       baselineRuns: opts.baselineRuns,
+      cutback: !opts.noRollbackWindow,
       log,
     });
     const r = cutoverReport(result);
     sections.push(r.text);
     goals.push(...r.goals);
-    failures += result.runs.filter((x) => x.error).length;
+    failures += result.runs.filter((x) => x.error || x.cutback?.error).length;
   }
   if (failures) process.stderr.write(`${serverLogs()}\n`);
 
