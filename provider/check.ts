@@ -31,7 +31,7 @@ import {
 } from './args';
 import type { PreflightReportMessage } from '../api/client';
 import { tablePatternError } from '../agent/engine/table-pattern';
-import { ROLLBACK_WINDOW_MESSAGE, durationMs } from '../agent/engine/spec';
+import { ROLLBACK_WINDOW_MESSAGE, isRollbackWindow } from '../agent/engine/spec';
 
 export interface CheckFailure {
   property: string;
@@ -385,11 +385,6 @@ export function validateInputs(news: Record<string, unknown>): CheckFailure[] {
   }
   checkBoolean(f, 'cutback', news.cutback);
   return f.list;
-}
-
-/** A rollback window the agent takes (agent/engine/spec.ts: a duration of at least ten seconds). */
-export function isRollbackWindow(v: string): boolean {
-  return (durationMs(v) ?? 0) >= 10_000;
 }
 
 /** Which argument fixes each of the agent's preflight checks (agent/engine/preflight.ts names). */

@@ -224,7 +224,7 @@ export function specFingerprint(spec: MigrationSpec): string {
 
 export const ROLLBACK_WINDOW_MESSAGE = "must be a duration of at least ten seconds, such as '72h', '90m', '3d' or '1h30m' (units s, m, h, d)";
 /** `rollbackWindow`, the way back (reverse-sync.ts): how long the old source follows the target after the cutover; absent: off. */
-const isRollbackWindow = (v: string) => (durationMs(v) ?? 0) >= 10_000;
+export const isRollbackWindow = (v: string): boolean => (durationMs(v) ?? 0) >= 10_000;
 
 /** A duration such as `72h`, `90m`, `3d`, `1h30m`, `45s` in ms; null when it is not one. */
 export function durationMs(text: string): number | null {
