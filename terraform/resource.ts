@@ -76,11 +76,28 @@ function oldsOf(state: Props, defaults: AgentDefaults, news?: Props): { olds: Pr
   olds.agentToken = now.token;
   olds.agentClientKey = now.clientKey;
   olds.migrationId ??= state.id;
+  if (news) for (const side of ['source', 'target'] as const) keepConnectionString(olds, news, side);
   // An imported migration's state holds no digest of the secrets (the read after an import cannot know them).
   const adopted = !olds.secretsDigest;
   if (adopted) delete olds.secretsDigest;
   if (adopted && news) for (const k of REPLACE_ON_CHANGE) olds[k] ??= news[k];
   return { olds, adopted };
+}
+
+/**
+ * A write-only `connection_string` is not in the state: when the declared
+ * one still describes the endpoint the state has (host, port, database, user,
+ * sslmode), it is the same endpoint (a rotated password is seen by the
+ * digest), not a new migration.
+ */
+function keepConnectionString(olds: Props, news: Props, side: 'source' | 'target'): void {
+  const given = isRecord(news[side]) ? (news[side] as Props).connectionString : undefined;
+  const had = olds[`${side}Connection`] as Props | undefined;
+  if (typeof given !== 'string' || given === UNKNOWN || !had?.host || (isRecord(olds[side]) && (olds[side] as Props).connectionString)) return;
+  const now = resolveConnection({ connectionString: given }) as unknown as Props;
+  if ((['host', 'port', 'database', 'user', 'sslMode'] as const).every((k) => now[k] === had[k])) {
+    olds[side] = { ...(isRecord(olds[side]) ? (olds[side] as Props) : {}), connectionString: given };
+  }
 }
 
 /** A connection output without its password (the state is not encrypted). */
@@ -163,8 +180,13 @@ export async function planMigration(prior: Props | null, proposed: Props | null,
   }
   const checked = await check(olds, news);
   for (const f of checked.failures ?? []) {
-    const preflight = f.reason.startsWith('Preflight check');
-    const d = diagnostic(preflight ? 'The preflight fails on `%s`' : 'Invalid `%s`', f.reason, f.property);
+    // A preflight check, an argument's own problem (its message starts with its name), or the agent's answer (unreachable, token refused).
+    const summary = f.reason.startsWith('Preflight check')
+      ? 'The preflight fails on `%s`'
+      : f.reason.startsWith('`')
+        ? 'Invalid `%s`'
+        : 'Asking the agent fails on `%s`';
+    const d = diagnostic(summary, f.reason, f.property);
     diagnostics.push({ ...d, attribute: pointInside(d.attribute, config) });
   }
   const planned = withoutWriteOnly(proposed);

@@ -17,7 +17,8 @@ import { join } from 'node:path';
 import { freePort, startCluster, type Cluster } from '../dev/testbed';
 import { ExtData, decode, encode } from '@msgpack/msgpack';
 import { AGENT_FIELDS, ARG_NAMES, CUTOVER_OPTION_FIELDS, ENDPOINT_FIELDS, OUTPUT_NAMES, UNKNOWN } from '../provider/args';
-import { pathOf } from '../terraform/convert';
+import { fromProps, pathOf } from '../terraform/convert';
+import { planMigration } from '../terraform/resource';
 import { argumentAttrs, resourceAttrs, snake } from '../terraform/schema';
 import { decodeValue, encodeValue, typeOf, type CtyType } from '../terraform/values';
 import { startAgent, removeAgentDir, type AgentProcess } from './support/agent';
@@ -451,6 +452,46 @@ describe('terraform provider without terraform: the schema follows the provider,
     const back = decode(bytes) as Values;
     assert.deepEqual(Object.keys(back).sort(), ['host', 'port', 'tags'], 'every attribute of the object');
     assert.equal(back.tags, null, 'null when absent');
+  });
+
+  it('plans no replacement for the same endpoint given as a connection string (write-only, so not in the state)', async function () {
+    const cs = 'postgresql://app:pw-1@db.example.com:5432/shop?sslmode=require';
+    const config = fromProps({}, resourceAttrs());
+    Object.assign(config, {
+      migration_id: 'orders',
+      source: { ...fromProps({}, argumentAttrs().find((a) => a.key === 'source')!.nested!), connection_string: cs },
+      target: { ...fromProps({}, argumentAttrs().find((a) => a.key === 'target')!.nested!), connection_string: cs.replace('db.', 'db2.') },
+      agent: { ...fromProps({}, argumentAttrs().find((a) => a.key === 'agent')!.nested!), endpoint: '127.0.0.1:1' },
+    });
+    const conn = (host: string) => ({
+      host,
+      port: 5432,
+      database: 'shop',
+      user: 'app',
+      ssl_mode: 'require',
+      connection_string: `postgresql://app@${host}:5432/shop?sslmode=require`,
+    });
+    const written = (c: Values) => ({ ...c, connection_string: null });
+    const prior = {
+      ...config,
+      source: written(config.source as Values),
+      target: written(config.target as Values),
+      id: 'orders',
+      phase: 'syncing',
+      source_connection: conn('db.example.com'),
+      target_connection: conn('db2.example.com'),
+      secrets_digest: 'x',
+    };
+    const same = await planMigration(prior, prior, config, {});
+    assert.deepEqual(same.requiresReplace, [], JSON.stringify(same.diagnostics));
+    const moved = { ...config, source: { ...(config.source as Values), connection_string: cs.replace('db.', 'db3.') } };
+    // Another host is a new migration: its preflight runs (and finds no agent at 127.0.0.1:1), as a replacing change's does.
+    const other = await planMigration(prior, moved, moved, {});
+    assert.deepEqual(
+      other.diagnostics.map((d) => d.summary),
+      ['Asking the agent fails on `agent.endpoint`'],
+    );
+    assert.match(other.diagnostics[0]!.detail, /Cannot reach the pgferry agent/);
   });
 
   it('writes a `dynamic` value as [type, value] and reads it back', function () {
