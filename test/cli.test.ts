@@ -338,6 +338,7 @@ describe('cli: the way back (reverse sync and cutback)', () => {
     droppedAt: '',
     dropReason: '',
     lastError: '',
+    fence: null,
   };
   const after = (r: Partial<typeof reverse> | null): MigrationMessage => ({
     ...completedCutover(loadingMigration()),
@@ -387,7 +388,13 @@ describe('cli: the way back (reverse sync and cutback)', () => {
       ...done,
       phase: 'cut-back',
       activeEndpoint: 'source',
-      reverse: { ...reverse, state: 'dropped', droppedAt: '2026-12-04T10:00:00.900Z', dropReason: 'the cutback completed' },
+      reverse: {
+        ...reverse,
+        state: 'dropped',
+        droppedAt: '2026-12-04T10:00:00.900Z',
+        dropReason: 'the cutback completed',
+        fence: { state: 'kept', database: 'shop', since: '2026-12-04T10:00:00.100Z', liftAttempts: 0, lastLiftError: '', liftStatement: '' },
+      },
       cutback: {
         ...done.cutover!,
         fenceStartedAt: '2026-12-04T10:00:00.100Z',
@@ -413,6 +420,7 @@ describe('cli: the way back (reverse sync and cutback)', () => {
     const flat = status.join(' ').replace(/\s+/g, ' ');
     assert.match(renderMigration(m, { width: 120, now })[0], / {2}CUT-BACK {2}· .* · {2}active: source$/);
     assert.match(flat, /Cutover completed · application outage 420 ms/);
+    assert.match(flat, /target fence KEPT since 2026-12-04T10:00:00\.100Z: database shop starts every new session read-only/);
     assert.match(flat, /Cutback completed · application outage 700 ms · fence 1A\/2B3C4D5E · full match drain 120 · sequences 30 · verification 550 \(ms\)/);
     const report = renderCutback(m, { width: WIDTH });
     assertFits(report);

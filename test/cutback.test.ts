@@ -252,6 +252,9 @@ describe('cutback: the way back, PostgreSQL 14 → 17', function () {
     await client.cutover({ id: DB, timeoutMs: 120_000 });
     await target.query("INSERT INTO ledger (client_seq, note) VALUES (1, 'on the target')", [], DB);
     await waitReverseStreaming(DB);
+    await waitFor('the row back on the old source', async () => {
+      return (await source.query("SELECT count(*)::int AS n FROM ledger WHERE note = 'on the target'", [], DB)).rows[0].n === 1;
+    });
     assert.equal((await source.query("SELECT count(*)::int AS n FROM pgferry.apply_state WHERE migration_id = 'gone'", [], DB)).rows[0].n, 1);
     await client.deleteMigration(DB);
     assert.deepEqual(await slotsAndPublications(target, DB), []);

@@ -59,6 +59,7 @@ const reverse = (over: Partial<ReverseSyncStatusMessage> = {}): ReverseSyncStatu
   droppedAt: '',
   dropReason: '',
   lastError: '',
+  fence: null,
   ...over,
 });
 

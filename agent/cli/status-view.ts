@@ -260,6 +260,16 @@ function reverseLines(m: MigrationMessage, r: ReverseSyncStatusMessage, width: n
     );
   }
   if (r.lastError) lines.push(...wrap(`error (retrying): ${r.lastError}`, width, label(''), label('')));
+  const f = r.fence;
+  if (f && f.state !== 'none') {
+    const said =
+      f.state === 'kept'
+        ? `target fence KEPT since ${f.since}: database ${f.database} starts every new session read-only (the application is on the source)`
+        : f.state === 'up'
+          ? `target fence UP since ${f.since} (the cutback runs)`
+          : `target fence LIFT PENDING (${f.liftAttempts} attempt(s)${f.lastLiftError ? `, last: ${f.lastLiftError}` : ''}); the agent keeps retrying; by hand: ${f.liftStatement}`;
+    lines.push(...wrap(said, width, label(''), label('')));
+  }
   return lines;
 }
 

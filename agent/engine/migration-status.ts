@@ -92,6 +92,8 @@ export interface ReverseStatus {
   droppedAt: string;
   dropReason: string;
   lastError: string;
+  /** The write fence a cutback raises on the target (up, lift-pending, kept after a completed cutback). */
+  fence?: FenceStatus;
 }
 
 /** Phases a migration does not leave (a completed one may still cut back: that is an operator's act, not the driver's). */

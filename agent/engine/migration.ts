@@ -152,7 +152,8 @@ export class MigrationRunner {
   }
   /** The reverse sync (reverse-sync.ts), null without a rollback window or before the cutover made it. */
   async reverseStatus(): Promise<ReverseStatus | null> {
-    return this.reverse ? this.reverse.status() : null;
+    const r = await this.reverse.status();
+    return r && { ...r, fence: this.targetFence.status(this.cutbackRun !== null) };
   }
   /** The source's schema kept on the target (for the cutover; null with schemaChanges 'stop' or before the sync in this process). */
   get schemaKeeper(): SchemaKeeper | null {

@@ -105,7 +105,12 @@ export function specFromProto(msg: unknown): unknown {
  * with another type) fails the build.
  */
 export function statusToProto(s: MigrationStatus): Migration__Output {
-  return { ...s, cutover: reportToProto(s.cutover), cutback: reportToProto(s.cutback), reverse: s.reverse ?? null };
+  return {
+    ...s,
+    cutover: reportToProto(s.cutover),
+    cutback: reportToProto(s.cutback),
+    reverse: s.reverse ? { ...s.reverse, fence: s.reverse.fence ?? null } : null,
+  };
 }
 
 /** A cutover's (or a cutback's: the same shape) report as the API's `CutoverReport`; null when there is none. */
