@@ -36,13 +36,15 @@ const HEADER = `terraform {\n  required_providers {\n    pgferry = { source = "p
 type Values = Record<string, unknown>;
 
 const terraform = findTerraform();
-const started = Date.now();
+/** When this suite's first hook ran (the module loads with every other test file, long before). */
+let started = 0;
 const results: string[] = [];
 /** Each terraform command of the end-to-end flow and its duration. */
 let timings: string[] = [];
 
 describe('terraform: the pgferry provider through the real Terraform CLI', function () {
   before(function () {
+    started = Date.now();
     if (!terraform) {
       const why = 'no `terraform` on PATH: the Terraform provider tests are skipped (install Terraform 1.11+ to run them)';
       console.log(`      ${why}`);
