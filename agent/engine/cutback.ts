@@ -163,7 +163,7 @@ export async function runCutback(host: CutbackHost, opts: CutoverOptions, signal
       throw e;
     });
     connected = true;
-    await checkFencePrivileges(b.tgt, b.database);
+    await checkFencePrivileges(b.tgt, b.database, 'target');
     await waitForLag(b, opts.maxLagBytes ?? 1024 * 1024, opts.maxLagSeconds ?? 5);
     const tables = migratableTables((await selectTables(b.tgt, host.spec.tables)).tables);
     const schemas = host.spec.schemaMode === 'create' ? await selectSchemas(b.tgt, host.spec.tables) : [];

@@ -351,8 +351,8 @@ export async function endClientSessions(src: pg.Client, check: () => void): Prom
   return pids;
 }
 
-/** The source role may fence the database (owner or superuser) and end its sessions (pg_signal_backend). */
-export async function checkFencePrivileges(src: pg.Client, database: string): Promise<void> {
+/** The role may fence the database (owner or superuser) and end its sessions (pg_signal_backend): the source's for a cutover, the target's for a cutback. */
+export async function checkFencePrivileges(src: pg.Client, database: string, side: 'source' | 'target' = 'source'): Promise<void> {
   const r = await src.query(
     `SELECT r.rolsuper AS su,
       pg_has_role(current_user, d.datdba, 'USAGE') AS owner,
@@ -365,15 +365,15 @@ export async function checkFencePrivileges(src: pg.Client, database: string): Pr
   if (!row.su && !row.owner) {
     throw new PgferryError(
       'INSUFFICIENT_PRIVILEGE',
-      `The source role cannot fence writers: it does not own database '${database}' (ALTER DATABASE … SET default_transaction_read_only needs that).`,
-      `Connect the migration's source as the database owner or a superuser, or run ALTER DATABASE ${qi(database)} OWNER TO <source user>;`,
+      `The ${side} role cannot fence writers: it does not own database '${database}' (ALTER DATABASE … SET default_transaction_read_only needs that).`,
+      `Connect the migration's ${side} as the database owner or a superuser, or run ALTER DATABASE ${qi(database)} OWNER TO <${side} user>;`,
     );
   }
   if (!row.su && !row.signal) {
     throw new PgferryError(
       'INSUFFICIENT_PRIVILEGE',
-      'The source role cannot end the sessions still writing at the fence.',
-      'GRANT pg_signal_backend TO <source user>; (on Azure: the server admin has it).',
+      `The ${side} role cannot end the sessions still writing at the fence.`,
+      `GRANT pg_signal_backend TO <${side} user>; (on Azure: the server admin has it).`,
     );
   }
 }
