@@ -13,6 +13,7 @@ import { isPgferryError } from '../agent/engine/errors';
 import { UNKNOWN, type MigrationInputs } from '../provider/args';
 import { buildOutputs, echoArgs, secretPartsFromInputs, toSpec } from '../provider/outputs';
 import type { CutoverReportMessage, MigrationMessage, ReverseSyncStatusMessage } from '../api/client';
+import { migrationStatus } from './support/status-fixture';
 import { ProviderHost, declareMigration, urnOf, type Declared, type Props } from './support/provider-host';
 
 const SOURCE_PW = 'src-Secret-4711';
@@ -65,44 +66,7 @@ const reverse = (over: Partial<ReverseSyncStatusMessage> = {}): ReverseSyncStatu
 
 /** A status as the agent reports it, after the cutover by default. */
 function status(over: Partial<MigrationMessage> = {}): MigrationMessage {
-  return {
-    id: 'orders',
-    phase: 'completed',
-    errorCode: '',
-    errorMessage: '',
-    errorRemedy: '',
-    createdAt: '',
-    updatedAt: '',
-    tables: [],
-    tablesTotal: 3,
-    tablesCopied: 3,
-    rowsCopied: 30,
-    bytesCopied: 0,
-    bytesEstimated: 0,
-    progress: 1,
-    etaSeconds: 0,
-    lagBytes: 0,
-    lagSeconds: 0,
-    retainedWalBytes: 1000,
-    applyRate: 0,
-    appliedLsn: '0/1',
-    slotName: 'pgferry_orders',
-    publicationName: 'pgferry_orders',
-    specFingerprint: 'x',
-    cutover: report(),
-    activeEndpoint: 'target',
-    changesApplied: 0,
-    sourceVersion: '14.0',
-    targetVersion: '17.0',
-    paused: false,
-    pausedAt: '',
-    fence: null,
-    verification: null,
-    schemaChanges: null,
-    reverse: reverse(),
-    cutback: null,
-    ...over,
-  };
+  return migrationStatus({ phase: 'completed', etaSeconds: 0, cutover: report(), activeEndpoint: 'target', reverse: reverse(), ...over });
 }
 
 describe('provider: the way back (rollbackWindow, cutback) through the real host', function () {

@@ -33,6 +33,7 @@ import {
 import { AgentClient, isAgentError } from '../api/client';
 import { buildOutputs, echoArgs, redactConnectionString, resolveConnection, secretPartsFromInputs, toSpec } from '../provider/outputs';
 import type { MigrationMessage } from '../api/client';
+import { migrationStatus } from './support/status-fixture';
 import { BAD_INPUTS, expectedFragments } from './support/bad-inputs';
 import { ProviderHost, declareMigration, pathsContaining, secretPaths, urnOf, MIGRATION_TYPE, type Declared, type Props } from './support/provider-host';
 
@@ -45,46 +46,7 @@ function clone<T>(v: T): T {
 }
 
 /** A status as the agent reports it (test data for the old state diff() receives). */
-function status(over: Partial<MigrationMessage> = {}): MigrationMessage {
-  return {
-    id: 'orders',
-    phase: 'syncing',
-    errorCode: '',
-    errorMessage: '',
-    errorRemedy: '',
-    createdAt: '',
-    updatedAt: '',
-    tables: [],
-    tablesTotal: 3,
-    tablesCopied: 3,
-    rowsCopied: 30,
-    bytesCopied: 0,
-    bytesEstimated: 0,
-    progress: 1,
-    etaSeconds: -1,
-    lagBytes: 0,
-    lagSeconds: 0,
-    retainedWalBytes: 1000,
-    applyRate: 0,
-    appliedLsn: '0/1',
-    slotName: 'pgferry_orders',
-    publicationName: 'pgferry_orders',
-    specFingerprint: 'x',
-    cutover: null,
-    activeEndpoint: 'source',
-    changesApplied: 0,
-    sourceVersion: '14.0',
-    targetVersion: '17.0',
-    paused: false,
-    pausedAt: '',
-    fence: null,
-    verification: null,
-    schemaChanges: null,
-    reverse: null,
-    cutback: null,
-    ...over,
-  };
-}
+const status = migrationStatus;
 
 describe('provider without an agent: declaration, Check, Diff through the real host', function () {
   this.timeout(60_000);
